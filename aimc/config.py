@@ -1,0 +1,362 @@
+"""Configuration of an analog layer: data only, validated on construction, versioned to/from dict.
+
+A config never names the class that executes it. Every field documents its meaning and, where the
+value comes from the literature or from IBM AIHWKIT 1.2.0 (the reference simulator), where from.
+
+The resolution fields (``inp_res``, ``out_res``) follow AIHWKIT's convention: a value in ``(0, 1]``
+is the quantization step as a fraction of the full range ``2 * bound``; a value ``> 1`` is a number
+of steps (``254`` means ``1/254``); ``0`` turns quantization off. Use :func:`resolution_from_bits`
+to get the step of a ``b``-bit converter, ``1 / (2**b - 2)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+CONFIG_VERSION = 1
+
+
+class NoiseManagement(str, Enum):
+    """How the DAC input range is set for each input vector (REFERENCE.md §1.1)."""
+
+    NONE = "none"  #: no scaling, the input is used as is
+    ABS_MAX = "abs_max"  #: divide by ``max|x|`` of the vector within each tile
+    CONSTANT = "constant"  #: divide by the constant ``nm_thres``
+
+
+class BoundManagement(str, Enum):
+    """What happens when an ADC output saturates (REFERENCE.md §1.6)."""
+
+    NONE = "none"  #: saturated outputs stay clipped
+    ITERATIVE = "iterative"  #: halve the input and repeat the MVM until nothing saturates
+
+
+class WeightNoiseType(str, Enum):
+    """Output-referred weight (read) noise of the MVM (REFERENCE.md §1.4)."""
+
+    NONE = "none"
+    ADDITIVE_CONSTANT = "additive_constant"  #: ``w_noise * ||x'||_2 * xi`` per output
+    PCM_READ = "pcm_read"  #: ``w_noise * sqrt(sum_j |W_ij| x'_j^2) * xi`` per output
+
+
+def resolution_from_bits(bits: int) -> float:
+    """Quantization step (fraction of the full range) of a signed ``bits``-bit converter.
+
+    ``1 / (2**bits - 2)`` as in AIHWKIT (7 bits -> 1/126, 8 bits -> 1/254, 9 bits -> 1/510).
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 2:
+        raise ValueError(f"bits: got {bits!r}; allowed: an integer >= 2")
+    return 1.0 / (2**bits - 2)
+
+
+def _fail(path: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"{path}: got {value!r}; allowed: {allowed}")
+
+
+def _check_number(path: str, value: Any, *, min_value: float, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(path, value, f"a number {'>' if strict else '>='} {min_value}")
+    v = float(value)
+    bad = math.isnan(v) or math.isinf(v) or (v <= min_value if strict else v < min_value)
+    if bad:
+        _fail(path, value, f"a finite number {'>' if strict else '>='} {min_value}")
+    return v
+
+
+def _check_int(path: str, value: Any, *, min_value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < min_value:
+        _fail(path, value, f"an integer >= {min_value}")
+    return int(value)
+
+
+def _check_bool(path: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        _fail(path, value, "True or False")
+    return value
+
+
+def _check_enum(path: str, value: Any, enum_type: type[Enum]) -> Any:
+    if isinstance(value, enum_type):
+        return value
+    names = [m.value for m in enum_type]
+    if isinstance(value, str) and value.lower() in names:
+        return enum_type(value.lower())
+    _fail(path, value, "one of " + ", ".join(repr(n) for n in names))
+    return None  # unreachable
+
+
+class _ConfigBase:
+    """Shared validation and (de)serialization of the config dataclasses."""
+
+    _prefix = ""
+
+    def _validate(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (JSON-serializable; enums as their string values)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if isinstance(v, _ConfigBase):
+                v = v.to_dict()
+            elif isinstance(v, Enum):
+                v = v.value
+            elif isinstance(v, (list, tuple)):
+                v = list(v)
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: str | None = None) -> Any:
+        """Build from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
+        path = path or cls._prefix
+        if not isinstance(data, dict):
+            _fail(path, data, "a dict")
+        known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            _fail(f"{path}", unknown[0], "known keys: " + ", ".join(sorted(known)))
+        kwargs = {}
+        for name, value in data.items():
+            sub = _SUBCONFIGS.get((cls.__name__, name))
+            kwargs[name] = sub.from_dict(value, f"{path}.{name}") if sub else value
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> Any:
+        """A validated copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass
+class IOConfig(_ConfigBase):
+    """Forward periphery of a tile: noise/bound management, DAC, MVM noise, ADC (REFERENCE.md §1).
+
+    Defaults are AIHWKIT 1.2.0 ``IOParameters()`` (the forward of ``InferenceRPUConfig``).
+    """
+
+    _prefix = "io"
+
+    is_perfect: bool = False
+    """Skip the whole periphery (steps 1-6 of REFERENCE.md §1): an exact MVM."""
+    noise_management: NoiseManagement = NoiseManagement.ABS_MAX
+    """Input scaling per input vector and tile: ``none``, ``abs_max`` (default) or ``constant``."""
+    nm_thres: float = 1.0
+    """The divisor used by ``noise_management='constant'`` (> 0)."""
+    bound_management: BoundManagement = BoundManagement.ITERATIVE
+    """``iterative`` (default) halves the input of a saturating tile and repeats; ``none``."""
+    max_bm_factor: float = 1000.0
+    """Iterative bound management stops once the input down-scaling ``r`` exceeds this (AIHWKIT)."""
+    max_bm_res: float = 0.25
+    """... or once ``r > max_bm_res / inp_step`` (the input would vanish below a DAC step)."""
+    inp_bound: float = 1.0
+    """DAC input range ``[-inp_bound, inp_bound]`` (> 0)."""
+    inp_res: float = 1.0 / 126
+    """DAC step as a fraction of ``2*inp_bound`` (7-bit: 1/126); > 1 = number of steps; 0 = off."""
+    inp_sto_round: bool = False
+    """Stochastic instead of nearest rounding in the DAC."""
+    inp_noise: float = 0.0
+    """Std of Gaussian noise added to the DAC output (in units of ``inp_bound``)."""
+    w_noise_type: WeightNoiseType = WeightNoiseType.NONE
+    """Output-referred weight read noise: ``none``, ``additive_constant`` or ``pcm_read``."""
+    w_noise: float = 0.0
+    """Scale of the weight read noise (0.0175 is 'standard PCM', Rasch et al. 2023)."""
+    out_noise: float = 0.06
+    """Std of additive Gaussian output noise before the ADC (AIHWKIT default 0.06)."""
+    out_bound: float = 12.0
+    """ADC range ``[-out_bound, out_bound]`` (AIHWKIT default 12)."""
+    out_res: float = 1.0 / 510
+    """ADC step as a fraction of ``2*out_bound`` (9-bit: 1/510); > 1 = number of steps; 0 = off."""
+
+    def _validate(self) -> None:
+        p = self._prefix
+        self.is_perfect = _check_bool(f"{p}.is_perfect", self.is_perfect)
+        self.inp_sto_round = _check_bool(f"{p}.inp_sto_round", self.inp_sto_round)
+        self.noise_management = _check_enum(
+            f"{p}.noise_management", self.noise_management, NoiseManagement
+        )
+        self.bound_management = _check_enum(
+            f"{p}.bound_management", self.bound_management, BoundManagement
+        )
+        self.w_noise_type = _check_enum(f"{p}.w_noise_type", self.w_noise_type, WeightNoiseType)
+        for name in ("nm_thres", "inp_bound", "out_bound", "max_bm_factor", "max_bm_res"):
+            setattr(
+                self,
+                name,
+                _check_number(f"{p}.{name}", getattr(self, name), min_value=0, strict=True),
+            )
+        for name in ("inp_res", "out_res", "inp_noise", "w_noise", "out_noise"):
+            setattr(self, name, _check_number(f"{p}.{name}", getattr(self, name), min_value=0))
+
+    @property
+    def inp_step(self) -> float:
+        """DAC step in input units (0 when quantization is off)."""
+        return _step(self.inp_res, self.inp_bound)
+
+    @property
+    def out_step(self) -> float:
+        """ADC step in output units (0 when quantization is off)."""
+        return _step(self.out_res, self.out_bound)
+
+
+def _step(res: float, bound: float) -> float:
+    if res <= 0:
+        return 0.0
+    frac = 1.0 / res if res > 1 else res
+    return frac * 2.0 * bound
+
+
+@dataclass
+class MappingConfig(_ConfigBase):
+    """How a logical weight matrix is mapped onto physical tiles and rescaled digitally.
+
+    Defaults are AIHWKIT 1.2.0 ``MappingParameter()``.
+    """
+
+    _prefix = "mapping"
+
+    max_input_size: int = 512
+    """Most rows (inputs) per tile; larger layers are split into near-equal parts. 0 = no split."""
+    max_output_size: int = 512
+    """Most columns (outputs) per tile; 0 = no split."""
+    digital_bias: bool = True
+    """Add the bias digitally after the ADC (True) or as an extra analog input row (False)."""
+    weight_scaling_omega: float = 1.0
+    """Scale weights so that ``max|W| = omega`` on each tile (or column); the inverse scale is
+    applied digitally to the output. 0 turns weight scaling off."""
+    weight_scaling_columnwise: bool = False
+    """Weight scaling per tile column instead of per tile."""
+    learn_out_scaling: bool = False
+    """Add a trainable digital output scale (initialised to 1) on top of the weight scaling."""
+    out_scaling_columnwise: bool = False
+    """The trainable output scale has one value per output column (else one per layer)."""
+
+    def _validate(self) -> None:
+        p = self._prefix
+        for name in ("max_input_size", "max_output_size"):
+            setattr(self, name, _check_int(f"{p}.{name}", getattr(self, name), min_value=0))
+        self.weight_scaling_omega = _check_number(
+            f"{p}.weight_scaling_omega", self.weight_scaling_omega, min_value=0
+        )
+        for name in (
+            "digital_bias",
+            "weight_scaling_columnwise",
+            "learn_out_scaling",
+            "out_scaling_columnwise",
+        ):
+            setattr(self, name, _check_bool(f"{p}.{name}", getattr(self, name)))
+
+
+#: Device models known to the config. The PCM device-physics work registers more names.
+DEVICE_MODELS: set[str] = {"none"}
+
+
+@dataclass
+class DeviceConfig(_ConfigBase):
+    """Device / noise model of the conductances (programming, drift, read noise).
+
+    Slot for the device-physics layer: ``model='none'`` means the tile holds the exact weights
+    (only the IO noise of :class:`IOConfig` applies).
+    """
+
+    _prefix = "device"
+
+    model: str = "none"
+    """Name of a registered device model (``aimc.config.DEVICE_MODELS``)."""
+
+    def _validate(self) -> None:
+        if not isinstance(self.model, str) or self.model not in DEVICE_MODELS:
+            _fail(
+                f"{self._prefix}.model",
+                self.model,
+                "one of " + ", ".join(repr(m) for m in sorted(DEVICE_MODELS)),
+            )
+
+
+@dataclass
+class HWAConfig(_ConfigBase):
+    """Hardware-aware training knobs (REFERENCE.md §4); active in training mode only.
+
+    Slot for the hardware-aware training layer. ``enabled=False`` (the only state the engine
+    implements so far) leaves the training forward equal to the inference forward.
+    """
+
+    _prefix = "hwa"
+
+    enabled: bool = False
+    """Whether any HWA weight modifier / clipping / remapping is applied while training."""
+
+    def _validate(self) -> None:
+        self.enabled = _check_bool(f"{self._prefix}.enabled", self.enabled)
+        if self.enabled:
+            _fail(
+                f"{self._prefix}.enabled",
+                self.enabled,
+                "False (hardware-aware training is not implemented in this version)",
+            )
+
+
+@dataclass
+class AnalogConfig(_ConfigBase):
+    """Complete configuration of an analog layer."""
+
+    _prefix = "config"
+
+    io: IOConfig = field(default_factory=IOConfig)
+    """Forward periphery (REFERENCE.md §1)."""
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    """Tiling and digital rescaling."""
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    """Conductance / device model (REFERENCE.md §2-3)."""
+    hwa: HWAConfig = field(default_factory=HWAConfig)
+    """Hardware-aware training (REFERENCE.md §4)."""
+
+    def _validate(self) -> None:
+        for name, typ in (
+            ("io", IOConfig),
+            ("mapping", MappingConfig),
+            ("device", DeviceConfig),
+            ("hwa", HWAConfig),
+        ):
+            if not isinstance(getattr(self, name), typ):
+                _fail(f"config.{name}", getattr(self, name), f"an aimc.config.{typ.__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with a ``version`` field."""
+        return {"version": CONFIG_VERSION, **super().to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: str | None = None) -> AnalogConfig:
+        """Inverse of :meth:`to_dict`; checks the version and rejects unknown keys."""
+        if not isinstance(data, dict):
+            _fail("config", data, "a dict")
+        data = dict(data)
+        version = data.pop("version", None)
+        if version != CONFIG_VERSION:
+            _fail("config.version", version, f"{CONFIG_VERSION}")
+        return super().from_dict(data, "config")
+
+    def to_json(self, **kwargs: Any) -> str:
+        """JSON string of :meth:`to_dict`."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> AnalogConfig:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
+
+
+_SUBCONFIGS: dict[tuple[str, str], type[_ConfigBase]] = {
+    ("AnalogConfig", "io"): IOConfig,
+    ("AnalogConfig", "mapping"): MappingConfig,
+    ("AnalogConfig", "device"): DeviceConfig,
+    ("AnalogConfig", "hwa"): HWAConfig,
+}

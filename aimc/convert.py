@@ -1,0 +1,259 @@
+"""``aimc.convert``: swap digital layers of any model for analog ones, in place.
+
+Nothing is deep-copied: each analog layer is built on the meta device and then takes over the
+original ``weight``/``bias`` Parameter objects, so tied weights stay tied, optimizers built before
+conversion keep working, and memory does not double. :func:`to_digital` undoes it exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Union
+
+import torch
+from torch import nn
+
+from .config import AnalogConfig
+from .nn import AnalogConv1D, AnalogConv1d, AnalogConv2d, AnalogConv3d, AnalogLinear
+from .nn.base import AnalogLayerMixin
+from .random import check_seed, derive_seed
+
+Pattern = Union[str, "re.Pattern[str]"]
+
+
+def _hf_conv1d_type() -> type | None:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except Exception:  # transformers is optional
+        return None
+    return Conv1D
+
+
+def _handlers() -> list[tuple[type, type]]:
+    """(digital type, analog type), most specific first; matched with ``isinstance``."""
+    table: list[tuple[type, type]] = [
+        (nn.Linear, AnalogLinear),
+        (nn.Conv1d, AnalogConv1d),
+        (nn.Conv2d, AnalogConv2d),
+        (nn.Conv3d, AnalogConv3d),
+    ]
+    hf = _hf_conv1d_type()
+    if hf is not None:
+        table.append((hf, AnalogConv1D))
+    return table
+
+
+def _matches(pattern: Pattern, name: str) -> bool:
+    """Exact name, dotted suffix (``"query"`` hits ``"...attention.self.query"``), or regex.
+
+    A regex is a compiled ``re.Pattern`` or a string starting with ``"re:"``; it must match the
+    whole qualified name (``fullmatch``).
+    """
+    if isinstance(pattern, re.Pattern):
+        return pattern.fullmatch(name) is not None
+    if not isinstance(pattern, str):
+        raise ValueError(f"pattern: got {pattern!r}; allowed: a str or a compiled re.Pattern")
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return name == pattern or name.endswith("." + pattern)
+
+
+def _as_list(value: Pattern | Iterable[Pattern] | None, field: str) -> list[Pattern]:
+    if value is None:
+        return []
+    if isinstance(value, (str, re.Pattern)):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        raise ValueError(
+            f"{field}: got {value!r}; allowed: a pattern or a list of patterns"
+        ) from None
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def convert(
+    model: nn.Module,
+    config: AnalogConfig | None = None,
+    *,
+    targets: Pattern | Iterable[Pattern] | None = None,
+    exclude: Pattern | Iterable[Pattern] | None = None,
+    overrides: Mapping[Pattern, AnalogConfig] | None = None,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Replace, in place, every targeted ``nn.Linear``, ``nn.Conv1d/2d/3d`` and HuggingFace
+    ``Conv1D`` of ``model`` by its analog counterpart and return the same ``model`` object.
+
+    Args:
+        model: any ``nn.Module``; its submodules are replaced (the root itself cannot be).
+        config: the analog configuration (default ``AnalogConfig()``).
+        targets: only convert modules whose qualified name matches one of these patterns
+            (exact name, dotted suffix, or regex — see below). Default: every supported module.
+        exclude: never convert modules matching these patterns.
+        overrides: ``{pattern: config}`` — a per-layer config for matching modules; the first
+            matching pattern (in the mapping's order) wins.
+        filter_fn: ``(module, qualified_name) -> bool``, a further filter.
+        seed: base seed; layer ``name`` gets its own stream ``derive_seed(seed, name)``.
+
+    Patterns: a string is an exact qualified name or a dotted suffix (``"query"`` matches
+    ``"bert.encoder.layer.0.attention.self.query"``); ``"re:<regex>"`` or a compiled
+    ``re.Pattern`` must match the whole name. A pattern in ``targets``, ``exclude`` or
+    ``overrides`` that matches no supported module raises ``ValueError`` (a typo would
+    otherwise silently convert the wrong layers).
+
+    Modules already analog are left alone. Modules inside ``nn.MultiheadAttention`` are skipped:
+    it reads ``out_proj.weight`` directly and never calls the submodule's forward.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: got {type(model).__name__}; allowed: a torch.nn.Module")
+    config = AnalogConfig() if config is None else config
+    if not isinstance(config, AnalogConfig):
+        raise ValueError(f"config: got {type(config).__name__}; allowed: aimc.AnalogConfig")
+    check_seed(seed)
+    target_list = _as_list(targets, "targets")
+    exclude_list = _as_list(exclude, "exclude")
+    override_map = dict(overrides or {})
+    for pat, cfg in override_map.items():
+        if not isinstance(cfg, AnalogConfig):
+            raise ValueError(
+                f"overrides[{pat!r}]: got {type(cfg).__name__}; allowed: aimc.AnalogConfig"
+            )
+    handlers = _handlers()
+    mha_children = {
+        f"{n}.{c}" if n else c
+        for n, m in model.named_modules()
+        if isinstance(m, nn.MultiheadAttention)
+        for c, _ in m.named_children()
+    }
+    candidates = []
+    for name, module in model.named_modules():
+        if isinstance(module, AnalogLayerMixin) or name in mha_children:
+            continue
+        analog_cls = next((a for d, a in handlers if isinstance(module, d)), None)
+        if analog_cls is not None:
+            candidates.append((name, module, analog_cls))
+    seen = {"targets": set(), "exclude": set(), "overrides": set()}
+    override_pats = list(override_map)
+    chosen = []
+    for name, module, analog_cls in candidates:
+        for key, pats in (
+            ("targets", target_list),
+            ("exclude", exclude_list),
+            ("overrides", override_pats),
+        ):
+            seen[key].update(i for i, p in enumerate(pats) if _matches(p, name))
+        if target_list and not any(_matches(p, name) for p in target_list):
+            continue
+        if any(_matches(p, name) for p in exclude_list):
+            continue
+        if filter_fn is not None and not filter_fn(module, name):
+            continue
+        chosen.append((name, module, analog_cls))
+    for key, pats in (
+        ("targets", target_list),
+        ("exclude", exclude_list),
+        ("overrides", override_pats),
+    ):
+        missing = [p for i, p in enumerate(pats) if i not in seen[key]]
+        if missing:
+            raise ValueError(
+                f"{key}: pattern(s) {missing!r} matched no convertible module; "
+                "allowed: exact names, dotted suffixes or 're:' regexes of "
+                "Linear/Conv modules"
+            )
+    for name, module, analog_cls in chosen:
+        if not name:
+            raise ValueError(
+                f"model: the root module itself is a {type(module).__name__}; convert() "
+                "replaces submodules in place — wrap it (nn.Sequential) or use "
+                f"aimc.nn.{analog_cls.__name__}.from_digital(module, config)"
+            )
+        cfg = next((override_map[p] for p in override_pats if _matches(p, name)), config)
+        new = analog_cls.from_digital(module, cfg, seed=derive_seed(seed, name))
+        new._digital_class = type(module)
+        _set_submodule(model, name, new)
+    return model
+
+
+def _digital_twin(module: AnalogLayerMixin) -> nn.Module:
+    cls = getattr(module, "_digital_class", None)
+    with torch.device("meta"):
+        if isinstance(module, AnalogConv1D):
+            hf = _hf_conv1d_type()
+            if hf is None:
+                raise RuntimeError("to_digital: transformers is needed to rebuild a Conv1D")
+            new = hf(module.nf, module.nx)
+            cls = cls or hf
+        elif isinstance(module, AnalogLinear):
+            new = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            cls = cls or nn.Linear
+        else:
+            base = {AnalogConv1d: nn.Conv1d, AnalogConv2d: nn.Conv2d, AnalogConv3d: nn.Conv3d}
+            digital = next(d for a, d in base.items() if isinstance(module, a))
+            new = digital(
+                module.in_channels,
+                module.out_channels,
+                module.kernel_size,
+                stride=module.stride,
+                padding=module.padding,
+                dilation=module.dilation,
+                groups=module.groups,
+                bias=module.bias is not None,
+                padding_mode=module.padding_mode,
+            )
+            cls = cls or digital
+    if cls is not type(new) and issubclass(cls, type(new)):
+        new.__class__ = cls  # a plain subclass (e.g. NonDynamicallyQuantizableLinear)
+    new.weight = module.weight
+    new.bias = module.bias
+    if module.out_scale is not None:
+        with torch.no_grad():  # fold the learned output scale into the digital weight
+            scale = module.out_scale.to(module.weight.dtype)
+            w = module.weight_matrix()
+            w.mul_(scale.view(w.shape[0], -1, 1))
+            if module.bias is not None:
+                module.bias.mul_(scale)
+    new.train(module.training)
+    return new
+
+
+def to_digital(model: nn.Module) -> nn.Module:
+    """Replace every analog layer of ``model`` (in place) by the digital module it came from,
+    sharing its Parameters. A learned output scale is folded into the weight (and bias), so the
+    digital model computes what the noise-free analog one did."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, AnalogLayerMixin):
+            if not name:
+                raise ValueError(
+                    "model: the root module itself is analog; call "
+                    "aimc.convert.digital_module(model) on it instead"
+                )
+            _set_submodule(model, name, _digital_twin(module))
+    return model
+
+
+def digital_module(module: AnalogLayerMixin) -> nn.Module:
+    """The digital twin of one analog layer (sharing its Parameters)."""
+    return _digital_twin(module)
+
+
+def analog_layers(model: nn.Module) -> list[tuple[str, AnalogLayerMixin]]:
+    """``(qualified name, layer)`` of every analog layer of ``model``."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, AnalogLayerMixin)]
+
+
+def manual_seed(model: nn.Module, seed: int) -> None:
+    """Restart every analog layer's noise stream: layer ``name`` gets ``derive_seed(seed, name)``.
+
+    Two runs of the same model with the same seed give bit-identical outputs on the same device.
+    """
+    check_seed(seed)
+    for name, layer in analog_layers(model):
+        layer.manual_seed(derive_seed(seed, name))

@@ -1,0 +1,264 @@
+"""The tiled analog matrix-vector multiplication (REFERENCE.md §1), all tiles in one batched op.
+
+Work is done in place on large scratch buffers, in integer units of the converters' steps:
+inputs in DAC steps, outputs in ADC steps, so rounding is a plain ``round_`` and the units are
+folded into the tile weights and into one digital rescale at the end. Gaussian output noise is
+written into the output buffer first and the MVM accumulates onto it (``baddbmm_``), so adding it
+costs no extra pass. On CPU the scratch buffers are reused between calls (per thread): fresh
+multi-megabyte allocations cost page faults that would otherwise dominate.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType
+from .functional import TileLayout
+from .random import normal_, uniform_
+
+_local = threading.local()
+
+
+def _scratch(slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """A reusable float32 buffer (CPU only; other devices have caching allocators)."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    if like.device.type != "cpu":
+        return torch.empty(shape, device=like.device, dtype=torch.float32)
+    pool = getattr(_local, "pool", None)
+    if pool is None:
+        pool = _local.pool = {}
+    buf = pool.get(slot)
+    if buf is None or buf.numel() < numel:
+        with torch.inference_mode(False):  # usable both inside and outside inference mode
+            buf = pool[slot] = torch.empty(numel, dtype=torch.float32)
+    return buf[:numel].view(shape)
+
+
+def clear_workspace() -> None:
+    """Free the CPU scratch buffers kept by the calling thread."""
+    _local.pool = {}
+
+
+@dataclass
+class TileWeights:
+    """Tile matrices of one layer as the MVM consumes them."""
+
+    layout: TileLayout
+    w: Tensor  #: (B, O_pad, ci) normalised weights times ``gain`` (ADC steps per DAC step)
+    scale: Tensor | None  #: digital rescale, (B, to) per tile or (B, O_pad) per column; or None
+    w_abs: Tensor | None = None  #: |normalised weights| (B, O_pad, ci), for pcm_read noise
+
+
+def units(io: IOConfig) -> tuple[float, float]:
+    """``(in_unit, out_unit)``: the DAC and ADC steps (1.0 where quantization is off)."""
+    if io.is_perfect:
+        return 1.0, 1.0
+    return (io.inp_step if io.inp_step > 0 else 1.0, io.out_step if io.out_step > 0 else 1.0)
+
+
+def _input_scale(xv: Tensor, io: IOConfig) -> tuple[Tensor, Tensor]:
+    """Noise-management divisor per (group, vector, input tile) and a finite-input mask."""
+    amax = torch.maximum(xv.amax(dim=-1), xv.amin(dim=-1).neg_())
+    finite = torch.isfinite(amax)
+    if io.noise_management == NoiseManagement.ABS_MAX:
+        return amax, finite
+    value = io.nm_thres if io.noise_management == NoiseManagement.CONSTANT else 1.0
+    return torch.full_like(amax, value), finite
+
+
+def _dac_(xq: Tensor, io: IOConfig, in_unit: float, gen: torch.Generator) -> Tensor:
+    """In place on inputs already divided by ``s * r * in_unit``: round, clip, input noise."""
+    if io.inp_step > 0:
+        if io.inp_sto_round:
+            u = torch.empty_like(xq)
+            uniform_(u, gen)
+            xq.add_(u).floor_()
+        else:
+            xq.round_()
+    bound = io.inp_bound / in_unit
+    xq.clamp_(-bound, bound)
+    if io.inp_noise > 0:
+        noise = torch.empty_like(xq)
+        normal_(noise, gen)
+        xq.add_(noise, alpha=io.inp_noise / in_unit)
+    return xq
+
+
+def _mvm_adc(xq: Tensor, tw: TileWeights, io: IOConfig, gen: torch.Generator, z: Tensor) -> Tensor:
+    """``z = ADC(W x' + weight noise + output noise)`` in ADC steps; ``xq`` is ``(B, N, ci)``."""
+    in_unit, out_unit = units(io)
+    w_t = tw.w.transpose(1, 2)
+    kind = io.w_noise_type if io.w_noise > 0 else WeightNoiseType.NONE
+    if kind == WeightNoiseType.NONE and io.out_noise <= 0:
+        torch.bmm(xq, w_t, out=z)
+    else:
+        normal_(z, gen)
+        if kind == WeightNoiseType.NONE:
+            z.baddbmm_(xq, w_t, beta=io.out_noise / out_unit)
+        else:
+            if kind == WeightNoiseType.ADDITIVE_CONSTANT:
+                var = xq.square().sum(dim=-1, keepdim=True)
+            else:
+                w_abs = tw.w_abs if tw.w_abs is not None else tw.w.abs()
+                var = torch.bmm(xq.square(), w_abs.transpose(1, 2))
+            std = var.mul_((io.w_noise * in_unit) ** 2).add_(io.out_noise**2).sqrt_()
+            z.mul_(std.div_(out_unit)).baddbmm_(xq, w_t)
+    if io.out_step > 0:
+        z.round_()
+    bound = io.out_bound / out_unit
+    return z.clamp_(-bound, bound)
+
+
+def _saturated(z: Tensor, n_out: int, io: IOConfig) -> Tensor | None:
+    """``(B, N, to)`` mask of tiles whose ADC output reached the bound, or None if none did."""
+    bound = io.out_bound / units(io)[1]
+    lo, hi = torch.aminmax(z)
+    if hi < bound and lo > -bound:
+        return None
+    zv = z.view(z.shape[0], z.shape[1], n_out, -1)
+    return (zv.amax(dim=-1) >= bound) | (zv.amin(dim=-1) <= -bound)
+
+
+def _bm_allowed(r: Tensor, io: IOConfig) -> Tensor:
+    """Whether iterative bound management may double ``r`` once more.
+
+    AIHWKIT's rule: stop once ``r > max_bm_factor`` or ``r > max_bm_res / inp_res`` (``inp_res``
+    as the fraction of the range, e.g. 1/126).
+    """
+    ok = r <= io.max_bm_factor
+    if io.inp_res > 0:
+        frac = 1.0 / io.inp_res if io.inp_res > 1 else io.inp_res
+        ok &= r <= io.max_bm_res / frac
+    return ok
+
+
+def analog_mvm(
+    x: Tensor, tw: TileWeights, io: IOConfig, generator: torch.Generator, bias: Tensor | None = None
+) -> Tensor:
+    """Forward of tiled analog crossbars: ``(G, N, K)`` float32 inputs -> ``(G, N, O)``.
+
+    REFERENCE.md §1 steps 1-7 for every tile at once: noise management, DAC, MVM, weight and
+    output noise, ADC, iterative bound management (per input vector and tile), digital rescale,
+    digital sum over input tiles, then ``bias`` (``(G, O)``) if given. No autograd.
+
+    Non-finite inputs: a NaN or +-inf anywhere in the part of an input vector that feeds a tile
+    makes that tile's outputs NaN for that vector, hence the layer's outputs for that vector.
+    (The periphery would otherwise clip inf to a finite, wrong value.)
+    """
+    lo = tw.layout
+    g, n, k = x.shape
+    if lo.padded_in != k:
+        x = torch.nn.functional.pad(x, (0, lo.padded_in - k))
+    xv = x.view(g, n, lo.n_in, lo.rows)
+    xq = _scratch(0, (g, lo.n_in, n, lo.rows), x)
+    z = _scratch(1, (lo.batch, n, lo.padded_out), x)
+    if io.is_perfect:
+        xq.copy_(xv.transpose(1, 2))
+        torch.bmm(xq.view(lo.batch, n, lo.rows), tw.w.transpose(1, 2), out=z)
+        return _digital(z, None, tw, g, n, bias)
+    in_unit, out_unit = units(io)
+    s, finite = _input_scale(xv, io)  # (G, N, ti)
+    s_div = torch.where(s > 0, s, torch.ones_like(s)).transpose(1, 2).unsqueeze(-1)
+    torch.mul(xv.transpose(1, 2), s_div.reciprocal().mul_(1.0 / in_unit), out=xq)
+    xq3 = _dac_(xq, io, in_unit, generator).view(lo.batch, n, lo.rows)
+    _mvm_adc(xq3, tw, io, generator, z)
+    factor = (s * out_unit).transpose(1, 2).reshape(lo.batch, n, 1)
+    factor = torch.where(
+        finite.transpose(1, 2).reshape(lo.batch, n, 1),
+        factor,
+        torch.full_like(factor, float("nan")),
+    )
+    factor = factor.expand(-1, -1, lo.n_out)
+    if io.bound_management == BoundManagement.ITERATIVE:
+        sat = _saturated(z, lo.n_out, io)
+        if sat is not None:
+            x_t = xv.transpose(1, 2).reshape(lo.batch, n, lo.rows)
+            r = _bound_management(z, sat, x_t, s_div.reshape(lo.batch, n, 1), tw, io, generator)
+            factor = factor * r
+    return _digital(z, factor, tw, g, n, bias)
+
+
+def _digital(
+    z: Tensor, factor: Tensor | None, tw: TileWeights, g: int, n: int, bias: Tensor | None
+) -> Tensor:
+    """``y = sum_tiles z * factor * weight_rescale + bias`` into a fresh ``(G, N, O)`` tensor.
+
+    ``factor`` is ``(B, N, to)``; the input tiles of a group are accumulated in turn (each step
+    one fused multiply-add over the group's output).
+    """
+    lo = tw.layout
+    columnwise = tw.scale is not None and tw.scale.shape[1] != lo.n_out
+    if tw.scale is not None and not columnwise:
+        scale = tw.scale.unsqueeze(1)  # (B, 1, to)
+        factor = scale if factor is None else factor * scale
+    if columnwise:
+        z.mul_(tw.scale.unsqueeze(1))
+    zv = z.view(g, lo.n_in, n, lo.n_out, lo.cols)
+    y = torch.empty(g, n, lo.n_out, lo.cols, device=z.device, dtype=z.dtype)
+    if bias is None:
+        base = torch.zeros((), device=z.device, dtype=z.dtype)
+    else:
+        base = torch.nn.functional.pad(bias, (0, lo.padded_out - lo.out_size))
+        base = base.view(g, 1, lo.n_out, lo.cols)
+    if factor is None:
+        torch.add(base, zv[:, 0], out=y)
+        for t in range(1, lo.n_in):
+            y.add_(zv[:, t])
+    else:
+        fv = factor.expand(lo.batch, n, lo.n_out).reshape(g, lo.n_in, n, lo.n_out, 1)
+        torch.addcmul(base, zv[:, 0], fv[:, 0], out=y)
+        for t in range(1, lo.n_in):
+            y.addcmul_(zv[:, t], fv[:, t])
+    y = y.view(g, n, lo.padded_out)
+    return y if lo.padded_out == lo.out_size else y[..., : lo.out_size]
+
+
+def _bound_management(
+    z: Tensor,
+    sat: Tensor,
+    x_t: Tensor,
+    s_div: Tensor,
+    tw: TileWeights,
+    io: IOConfig,
+    gen: torch.Generator,
+) -> Tensor:
+    """Iterative bound management (REFERENCE.md §1.6), per input vector and tile.
+
+    Tiles whose output saturated are recomputed with their input halved (``r <- 2r``) and fresh
+    noise, until nothing saturates or the stop rule holds. Updates ``z`` in place and returns
+    ``r`` of shape ``(B, N, to)``. The recomputation visits only the saturated (tile, vector)
+    pairs, tile by tile.
+    """
+    lo = tw.layout
+    in_unit = units(io)[0]
+    r = torch.ones(sat.shape, device=z.device, dtype=torch.float32)
+    zv = z.view(z.shape[0], z.shape[1], lo.n_out, lo.cols)
+    while True:
+        redo = sat & _bm_allowed(r, io)
+        if not bool(redo.any()):
+            return r
+        r = torch.where(redo, r * 2, r)
+        sat = torch.zeros_like(sat)
+        for b, t in redo.any(dim=1).nonzero().tolist():
+            rows = redo[b, :, t].nonzero().squeeze(1)
+            cols = slice(t * lo.cols, (t + 1) * lo.cols)
+            sub = TileWeights(
+                lo,
+                tw.w[b : b + 1, cols],
+                None,
+                None if tw.w_abs is None else tw.w_abs[b : b + 1, cols],
+            )
+            inv = (s_div[b, rows] * r[b, rows, t : t + 1] * in_unit).reciprocal_()
+            xq = _dac_(x_t[b, rows].mul_(inv), io, in_unit, gen).unsqueeze(0)
+            zs = torch.empty(1, rows.numel(), lo.cols, device=z.device)
+            _mvm_adc(xq, sub, io, gen, zs)
+            zv[b, rows, t] = zs[0]
+            sub_sat = _saturated(zs, 1, io)
+            if sub_sat is not None:
+                sat[b, rows, t] = sub_sat[0, :, 0]

@@ -1,0 +1,206 @@
+"""What every analog layer shares: config, seeded generators, tile cache, the analog MVM.
+
+The digital weight stays an ordinary ``nn.Parameter`` of the layer (of the same shape as in the
+digital module it replaces); the tiles are a function of it, recomputed whenever the weight
+changes (tracked by the tensor's version counter) and cached otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import AnalogConfig, WeightNoiseType
+from ..functional import TileLayout, tile_weights
+from ..mvm import TileWeights, analog_mvm, units
+from ..random import check_seed
+
+
+class _AnalogMVM(torch.autograd.Function):
+    """Noisy analog forward; exact digital (straight-through) backward.
+
+    The backward treats every quantizer, clip and noise term as the identity, i.e. it is the
+    gradient of ``x @ W.T + b`` — what AIHWKIT's perfect backward pass of inference tiles
+    computes.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: Tensor,
+        w: Tensor,
+        b: Tensor | None,  # type: ignore[override]
+        layer: AnalogLayerMixin,
+    ) -> Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        with torch.no_grad():
+            return analog_mvm(
+                x, layer.tile_weights(), layer.analog_config.io, layer.generator(x), b
+            )
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, w = ctx.saved_tensors
+        gx = torch.bmm(grad, w) if ctx.needs_input_grad[0] else None
+        gw = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        gb = grad.sum(dim=1) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None
+
+
+class AnalogLayerMixin:
+    """Analog behaviour shared by :class:`AnalogLinear` and the analog convolutions.
+
+    Subclasses provide :meth:`weight_matrix` (the weight as ``(groups, out, in)``) and call
+    :meth:`analog_matmul` on ``(groups, vectors, in)`` inputs.
+    """
+
+    analog_config: AnalogConfig
+    weight: Tensor
+    bias: Tensor | None
+    groups_: int = 1
+
+    def _init_analog(self, config: AnalogConfig | None, seed: int) -> None:
+        config = AnalogConfig() if config is None else config
+        if not isinstance(config, AnalogConfig):
+            raise ValueError(f"config: got {type(config).__name__}; allowed: aimc.AnalogConfig")
+        self.analog_config = config
+        self.seed = check_seed(seed)
+        self._generators: dict[str, torch.Generator] = {}
+        self._tile_cache: tuple[tuple[Any, ...], TileWeights] | None = None
+        self._init_out_scale()
+
+    def _init_out_scale(self) -> None:
+        m = self.analog_config.mapping
+        if m.learn_out_scaling:
+            n = self.weight_matrix().shape[1] * self.groups_ if m.out_scaling_columnwise else 1
+            self.out_scale = nn.Parameter(
+                torch.ones(n, device=self.weight.device, dtype=torch.float32)
+            )
+        else:
+            self.out_scale = None
+
+    # -- randomness ------------------------------------------------------------------------
+    def manual_seed(self, seed: int) -> None:
+        """Restart this layer's noise stream from ``seed`` (on every device)."""
+        self.seed = check_seed(seed)
+        self._generators = {}
+
+    def generator(self, like: Tensor) -> torch.Generator:
+        """The layer's generator on the device of ``like`` (created from ``seed`` on first use)."""
+        key = str(like.device)
+        gen = self._generators.get(key)
+        if gen is None:
+            gen = torch.Generator(device=like.device)
+            gen.manual_seed(self.seed)
+            self._generators[key] = gen
+        return gen
+
+    # -- tiles -----------------------------------------------------------------------------
+    def weight_matrix(self) -> Tensor:
+        """The weight as a ``(groups, out, in)`` tensor (a view where possible)."""
+        raise NotImplementedError
+
+    def tile_layout(self) -> TileLayout:
+        """How this layer's weight is split onto tiles."""
+        g, o, k = self.weight_matrix().shape
+        return TileLayout.build(
+            g,
+            o,
+            k + (0 if self.analog_config.mapping.digital_bias or self.bias is None else 1),
+            self.analog_config.mapping,
+        )
+
+    def _analog_weight(self) -> Tensor:
+        w = self.weight_matrix()
+        if not self.analog_config.mapping.digital_bias and self.bias is not None:
+            b = self.bias.reshape(w.shape[0], w.shape[1], 1).to(w.dtype)
+            w = torch.cat([w, b], dim=2)
+        return w
+
+    def tile_weights(self) -> TileWeights:
+        """Tile matrices of the current weight (cached until the weight or bias changes)."""
+        params = [self.weight] + ([self.bias] if self.bias is not None else [])
+        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        if self._tile_cache is not None and self._tile_cache[0] == key:
+            return self._tile_cache[1]
+        cfg = self.analog_config
+        with torch.no_grad():
+            w = self._analog_weight()
+            layout = TileLayout.build(w.shape[0], w.shape[1], w.shape[2], cfg.mapping)
+            w_t, scale = tile_weights(w, layout, cfg.mapping)
+            need_abs = cfg.io.w_noise_type == WeightNoiseType.PCM_READ and cfg.io.w_noise > 0
+            w_abs = w_t.abs() if need_abs and not cfg.io.is_perfect else None
+            in_unit, out_unit = units(cfg.io)
+            if in_unit != out_unit:
+                w_t = w_t.mul_(in_unit / out_unit)
+            tw = TileWeights(layout, w_t, scale, w_abs)
+        self._tile_cache = (key, tw)
+        return tw
+
+    def invalidate_tiles(self) -> None:
+        """Drop cached tiles (only needed after writing to ``weight.data`` directly)."""
+        self._tile_cache = None
+
+    # -- forward ---------------------------------------------------------------------------
+    def analog_matmul(self, x: Tensor) -> Tensor:
+        """``(G, N, in)`` -> ``(G, N, out)`` through the tiles, plus bias and output scales.
+
+        Computation is float32 whatever the input dtype; the result has the input's dtype.
+        """
+        dtype = x.dtype
+        cfg = self.analog_config
+        w = self._analog_weight()
+        xf = x.float()
+        if not cfg.mapping.digital_bias and self.bias is not None:
+            xf = torch.cat([xf, xf.new_ones(*xf.shape[:-1], 1)], dim=-1)
+        bias = None
+        if cfg.mapping.digital_bias and self.bias is not None:
+            bias = self.bias.float().view(xf.shape[0], -1)
+        if self.out_scale is None:
+            return _AnalogMVM.apply(xf.contiguous(), w.float(), bias, self).to(dtype)
+        y = _AnalogMVM.apply(xf.contiguous(), w.float(), None, self)
+        scale = (
+            self.out_scale.view(1, 1, -1)
+            if self.out_scale.numel() == 1
+            else self.out_scale.view(y.shape[0], 1, -1)
+        )
+        if torch.is_grad_enabled() and (y.requires_grad or scale.requires_grad):
+            y = y * scale
+            return (y if bias is None else y + bias.unsqueeze(1)).to(dtype)
+        y = y.mul_(scale)  # inference: in place, no extra allocation
+        return (y if bias is None else y.add_(bias.unsqueeze(1))).to(dtype)
+
+    def is_exact(self) -> bool:
+        """True when the forward is exactly the digital one (perfect IO, no out scaling)."""
+        cfg = self.analog_config
+        return cfg.io.is_perfect and self.out_scale is None and cfg.device.model == "none"
+
+    def analog_extra_repr(self) -> str:
+        lo = self.tile_layout()
+        return (
+            f"tiles={lo.groups}x{lo.n_in}x{lo.n_out} of {lo.rows}x{lo.cols}, "
+            f"perfect={self.analog_config.io.is_perfect}, seed={self.seed}"
+        )
+
+    # -- checkpoint: the config travels with the state ---------------------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"config": self.analog_config.to_dict(), "seed": self.seed}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        loaded = AnalogConfig.from_dict(state["config"])
+        if loaded != self.analog_config:
+            mine, theirs = self.analog_config.to_dict(), loaded.to_dict()
+            diff = [
+                f"{sec}.{k}: model={mine[sec][k]!r}, checkpoint={theirs[sec][k]!r}"
+                for sec in mine
+                if isinstance(mine[sec], dict)
+                for k in mine[sec]
+                if mine[sec][k] != theirs[sec][k]
+            ]
+            raise ValueError(
+                "checkpoint config differs from the layer's config: " + "; ".join(diff)
+            )
+        self.manual_seed(int(state["seed"]))

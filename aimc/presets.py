@@ -1,0 +1,104 @@
+"""Named configurations (plain functions returning a fresh :class:`aimc.AnalogConfig`).
+
+The device-model part (PCM programming noise, drift, drift compensation) of the PCM presets is
+added by the device-physics layer; until then they carry ``device.model='none'``: the tiles hold
+the exact weights and only the periphery (DAC/ADC, IO noise, bound management) is simulated.
+"""
+
+from __future__ import annotations
+
+from .config import (
+    AnalogConfig,
+    BoundManagement,
+    IOConfig,
+    MappingConfig,
+    NoiseManagement,
+    WeightNoiseType,
+    resolution_from_bits,
+)
+
+
+def ideal() -> AnalogConfig:
+    """Everything off: perfect IO, no tiling effects; equals the digital model."""
+    return AnalogConfig(
+        io=IOConfig(is_perfect=True), mapping=MappingConfig(max_input_size=0, max_output_size=0)
+    )
+
+
+def pcm_inference() -> AnalogConfig:
+    """AIHWKIT 1.2.0 ``InferenceRPUConfig()`` defaults (REFERENCE.md §5): 7-bit DAC, 9-bit ADC
+    (bound 12), output noise 0.06, abs-max noise management, iterative bound management,
+    512 x 512 tiles, per-tile weight scaling (omega 1), digital bias."""
+    return AnalogConfig()
+
+
+def pcm_weights_only() -> AnalogConfig:
+    """:func:`pcm_inference` with a perfect periphery: only the (device) weight effects remain."""
+    cfg = pcm_inference()
+    return cfg.replace(io=cfg.io.replace(is_perfect=True))
+
+
+def standard_hwa() -> AnalogConfig:
+    """AIHWKIT ``StandardHWATrainingPreset`` (Rasch et al., Nat. Commun. 14, 5282 (2023)):
+    8-bit DAC and ADC, output noise 0.04, ADC bound 10, no bound management, constant noise
+    management (1.0), ``pcm_read`` weight noise 0.0175, tiles of 512 inputs with no output split,
+    column-wise weight scaling, learned column-wise output scales, digital bias.
+
+    The HWA-training part (input-range learning, clipping, remapping, weight modifiers) is
+    configured by the hardware-aware training layer.
+    """
+    res = resolution_from_bits(8)
+    return AnalogConfig(
+        io=IOConfig(
+            inp_res=res,
+            out_res=res,
+            out_noise=0.04,
+            out_bound=10.0,
+            bound_management=BoundManagement.NONE,
+            noise_management=NoiseManagement.CONSTANT,
+            nm_thres=1.0,
+            w_noise_type=WeightNoiseType.PCM_READ,
+            w_noise=0.0175,
+        ),
+        mapping=MappingConfig(
+            max_input_size=512,
+            max_output_size=0,
+            digital_bias=True,
+            weight_scaling_omega=1.0,
+            weight_scaling_columnwise=True,
+            learn_out_scaling=True,
+            out_scaling_columnwise=True,
+        ),
+    )
+
+
+def bert_squad(w_noise: float = 0.0175) -> AnalogConfig:
+    """The BERT-on-SQuAD experiment of AIHWKIT's examples (REFERENCE.md §5): 8-bit DAC/ADC
+    (1/254), output noise 0.04, ADC bound 10, abs-max noise management, iterative bound
+    management, ``pcm_read`` weight noise ``w_noise`` (0.0175 = standard PCM; 0.035, 0.07),
+    tiles of 512 inputs, column-wise weight scaling, learned output scaling, digital bias."""
+    res = resolution_from_bits(8)
+    return AnalogConfig(
+        io=IOConfig(
+            inp_res=res,
+            out_res=res,
+            out_noise=0.04,
+            out_bound=10.0,
+            bound_management=BoundManagement.ITERATIVE,
+            noise_management=NoiseManagement.ABS_MAX,
+            w_noise_type=WeightNoiseType.PCM_READ,
+            w_noise=w_noise,
+        ),
+        mapping=MappingConfig(
+            max_input_size=512,
+            max_output_size=0,
+            digital_bias=True,
+            weight_scaling_omega=1.0,
+            weight_scaling_columnwise=True,
+            learn_out_scaling=True,
+            out_scaling_columnwise=True,
+        ),
+    )
+
+
+__all__ = ["ideal", "pcm_inference", "pcm_weights_only", "standard_hwa", "bert_squad"]
