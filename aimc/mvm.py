@@ -219,46 +219,45 @@ def _digital(
     return y if lo.padded_out == lo.out_size else y[..., : lo.out_size]
 
 
-def _bound_management(
-    z: Tensor,
-    sat: Tensor,
-    x_t: Tensor,
-    s_div: Tensor,
-    tw: TileWeights,
-    io: IOConfig,
-    gen: torch.Generator,
-) -> Tensor:
+def _bound_management(z: Tensor, sat: Tensor, x_t: Tensor, s_div: Tensor, tw: TileWeights,
+                      io: IOConfig, gen: torch.Generator) -> Tensor:
     """Iterative bound management (REFERENCE.md §1.6), per input vector and tile.
 
     Tiles whose output saturated are recomputed with their input halved (``r <- 2r``) and fresh
     noise, until nothing saturates or the stop rule holds. Updates ``z`` in place and returns
-    ``r`` of shape ``(B, N, to)``. The recomputation visits only the saturated (tile, vector)
-    pairs, tile by tile.
+    ``r`` of shape ``(B, N, to)``. Each round gathers, for every tile, only the vectors that
+    saturated there (padded to the largest count) and recomputes them in one batched MVM.
     """
     lo = tw.layout
+    nb, n, n_out = sat.shape
     in_unit = units(io)[0]
     r = torch.ones(sat.shape, device=z.device, dtype=torch.float32)
-    zv = z.view(z.shape[0], z.shape[1], lo.n_out, lo.cols)
+    zv = z.view(nb, n, n_out, lo.cols)
+    w_sub = TileWeights(
+        lo, tw.w.view(nb * n_out, lo.cols, lo.rows), None,
+        None if tw.w_abs is None else tw.w_abs.view(nb * n_out, lo.cols, lo.rows),
+    )
+    b_ar = torch.arange(nb, device=z.device).view(nb, 1, 1)
+    t_ar = torch.arange(n_out, device=z.device).view(1, 1, n_out)
     while True:
         redo = sat & _bm_allowed(r, io)
-        if not bool(redo.any()):
+        counts = redo.sum(dim=1)  # (B, to)
+        k = int(counts.max())
+        if k == 0:
             return r
         r = torch.where(redo, r * 2, r)
+        # per tile, the saturated vectors first: (B, k, to) row indices
+        order = torch.argsort((~redo).to(torch.uint8), dim=1, stable=True)[:, :k]
+        valid = torch.arange(k, device=z.device).view(1, k, 1) < counts.unsqueeze(1)
+        inv = (s_div.view(nb, n)[b_ar, order] * r[b_ar, order, t_ar] * in_unit).reciprocal_()
+        xq = x_t[b_ar, order] * inv.unsqueeze(-1)  # (B, k, to, ci)
+        xq = _dac_(xq.transpose(1, 2).contiguous(), io, in_unit, gen)
+        zs = torch.empty(nb * n_out, k, lo.cols, device=z.device)
+        _mvm_adc(xq.view(nb * n_out, k, lo.rows), w_sub, io, gen, zs)
+        bound = io.out_bound / units(io)[1]
+        sat_new = (zs.amax(dim=-1) >= bound) | (zs.amin(dim=-1) <= -bound)  # (B*to, k)
+        bi, ki, ti = valid.nonzero(as_tuple=True)
+        ni = order[bi, ki, ti]
+        zv[bi, ni, ti] = zs.view(nb, n_out, k, lo.cols)[bi, ti, ki]
         sat = torch.zeros_like(sat)
-        for b, t in redo.any(dim=1).nonzero().tolist():
-            rows = redo[b, :, t].nonzero().squeeze(1)
-            cols = slice(t * lo.cols, (t + 1) * lo.cols)
-            sub = TileWeights(
-                lo,
-                tw.w[b : b + 1, cols],
-                None,
-                None if tw.w_abs is None else tw.w_abs[b : b + 1, cols],
-            )
-            inv = (s_div[b, rows] * r[b, rows, t : t + 1] * in_unit).reciprocal_()
-            xq = _dac_(x_t[b, rows].mul_(inv), io, in_unit, gen).unsqueeze(0)
-            zs = torch.empty(1, rows.numel(), lo.cols, device=z.device)
-            _mvm_adc(xq, sub, io, gen, zs)
-            zv[b, rows, t] = zs[0]
-            sub_sat = _saturated(zs, 1, io)
-            if sub_sat is not None:
-                sat[b, rows, t] = sub_sat[0, :, 0]
+        sat[bi, ni, ti] = sat_new.view(nb, n_out, k)[bi, ti, ki]

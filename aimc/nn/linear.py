@@ -10,7 +10,7 @@ from ..config import AnalogConfig
 from .base import AnalogLayerMixin
 
 
-class AnalogLinear(nn.Linear, AnalogLayerMixin):
+class AnalogLinear(AnalogLayerMixin, nn.Linear):
     """``nn.Linear`` whose matrix-vector products run on simulated analog crossbar tiles.
 
     ``weight`` and ``bias`` stay ordinary parameters of shape ``(out, in)`` and ``(out,)``, so

@@ -1,0 +1,587 @@
+"""Tile splitting, quantizers, DAC/ADC levels of the full MVM, exact tiling, and the RNG helpers.
+
+Expected behaviour: REFERENCE.md §1 (DAC/ADC, tiling) and the docstrings of
+:mod:`aimc.functional`, :mod:`aimc.mvm` and :mod:`aimc.random`. Every random draw uses a fixed
+seed; statistical tolerances are stated next to each assertion.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aimc import AnalogConfig, IOConfig, MappingConfig
+from aimc import random as arandom
+from aimc.functional import (
+    TileLayout,
+    quantize,
+    split_size,
+    stochastic_round,
+    tile_weights,
+)
+from aimc.mvm import TileWeights, analog_mvm, units
+from aimc.nn import AnalogLinear
+
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True)
+
+#: An IO config without any noise or management, so that only the converters act.
+QUIET = dict(out_noise=0.0, bound_management="none", noise_management="none")
+
+
+def build_tiles(weight: torch.Tensor, cfg: AnalogConfig) -> TileWeights:
+    """Tile matrices of a ``(G, O, K)`` weight exactly as ``AnalogLayerMixin.tile_weights``."""
+    g, o, k = weight.shape
+    layout = TileLayout.build(g, o, k, cfg.mapping)
+    w_t, scale = tile_weights(weight, layout, cfg.mapping)
+    w_abs = None
+    if cfg.io.w_noise_type == "pcm_read" and cfg.io.w_noise > 0 and not cfg.io.is_perfect:
+        w_abs = w_t.abs()
+    in_unit, out_unit = units(cfg.io)
+    return TileWeights(layout, w_t * (in_unit / out_unit), scale, w_abs)
+
+
+def mvm(x: torch.Tensor, weight: torch.Tensor, cfg: AnalogConfig, seed: int = 0) -> torch.Tensor:
+    return analog_mvm(x, build_tiles(weight, cfg), cfg.io, torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------------------------
+# split_size
+
+
+@pytest.mark.parametrize(
+    "n, max_size, expected",
+    [
+        (768, 512, (2, 384)),
+        (3072, 512, (6, 512)),
+        (512, 512, (1, 512)),
+        (513, 512, (2, 257)),
+        (1025, 512, (3, 342)),
+        (1, 512, (1, 1)),
+        (700, 0, (1, 700)),
+        (5, 0, (1, 5)),
+        (10, 3, (4, 3)),
+        (7, 1, (7, 1)),
+    ],
+)
+def test_split_size_examples(n, max_size, expected):
+    assert split_size(n, max_size) == expected
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_split_size_rejects_empty(n):
+    with pytest.raises(ValueError):
+        split_size(n, 512)
+
+
+@SETTINGS
+@given(n=st.integers(1, 20_000), max_size=st.integers(1, 1024))
+def test_split_size_properties(n, max_size):
+    tiles, size = split_size(n, max_size)
+    assert tiles == math.ceil(n / max_size)  # REFERENCE §1: ceil(n / max) parts
+    assert size <= max_size
+    assert tiles * size >= n  # covers all rows
+    assert (tiles - 1) * size < n  # no empty tile
+    # near-equal: the (possibly shorter) last tile is shorter by less than one row per tile
+    last = n - (tiles - 1) * size
+    assert 0 < last <= size
+    assert size - last < tiles
+
+
+@SETTINGS
+@given(n=st.integers(1, 5000))
+def test_split_size_no_split(n):
+    assert split_size(n, 0) == (1, n)
+    assert split_size(n, n) == (1, n)
+    assert split_size(n, n + 17) == (1, n)
+
+
+# --------------------------------------------------------------------------------------------
+# quantize
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+values = st.lists(finite, min_size=1, max_size=64)
+steps = st.floats(1e-3, 10.0, allow_nan=False)
+
+
+@SETTINGS
+@given(xs=values, step=steps, m=st.integers(1, 2000))
+def test_quantize_outputs_are_multiples_of_step_within_bound(xs, step, m):
+    bound = m * step
+    x = torch.tensor(xs, dtype=torch.float64)
+    y = quantize(x, step, bound)
+    k = y / step
+    assert torch.all((k - k.round()).abs() <= 1e-9 * k.abs().clamp(min=1.0))
+    assert torch.all(y.abs() <= bound)
+
+
+@SETTINGS
+@given(xs=values, step=steps, bound=st.floats(1e-2, 500.0))
+def test_quantize_rounds_to_nearest_level_inside_bound(xs, step, bound):
+    x = torch.tensor(xs, dtype=torch.float64)
+    y = quantize(x, step, bound)
+    inside = x.abs() <= bound
+    err = (y - x).abs()[inside]
+    tol = 1e-9 * (x.abs()[inside] + step)
+    assert torch.all(err <= step / 2 + tol)
+    assert torch.all(y.abs() <= bound)
+
+
+@SETTINGS
+@given(xs=values, step=steps, m=st.integers(1, 2000))
+def test_quantize_clips_to_bound_outside(xs, step, m):
+    bound = m * step
+    x = torch.tensor(xs, dtype=torch.float64)
+    y = quantize(x, step, bound)
+    far_hi = x > bound + step / 2 * (1 + 1e-9)
+    far_lo = x < -bound - step / 2 * (1 + 1e-9)
+    assert torch.all(y[far_hi] == bound)  # exactly the bound
+    assert torch.all(y[far_lo] == -bound)
+    near = (x.abs() > bound) & ~far_hi & ~far_lo  # in (bound, bound + step/2]: the top level
+    assert torch.allclose(y[near].abs(), torch.full_like(y[near], bound), rtol=1e-12, atol=0)
+    assert torch.all(torch.sign(y[near]) == torch.sign(x[near]))
+
+
+@SETTINGS
+@given(xs=values, step=steps, bound=st.floats(0.0, 100.0))
+def test_quantize_straight_through_gradient(xs, step, bound):
+    x = torch.tensor(xs, dtype=torch.float64, requires_grad=True)
+    quantize(x, step, bound).sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    x.grad = None
+    g = torch.linspace(-2, 3, x.numel(), dtype=torch.float64)
+    quantize(x, step, bound).backward(g)
+    assert torch.equal(x.grad, g)
+
+
+@SETTINGS
+@given(xs=values, step=st.floats(-10.0, 0.0), bound=st.floats(1e-2, 100.0))
+def test_quantize_non_positive_step_skips_rounding(xs, step, bound):
+    x = torch.tensor(xs, dtype=torch.float64)
+    assert torch.equal(quantize(x, step, bound), x.clamp(-bound, bound))
+    assert torch.equal(quantize(x, step, 0.0), x)
+
+
+@SETTINGS
+@given(xs=values, step=steps)
+def test_quantize_non_positive_bound_skips_clipping(xs, step):
+    x = torch.tensor(xs, dtype=torch.float64)
+    expected = torch.round(x / step) * step
+    assert torch.equal(quantize(x, step, 0.0), expected)
+    assert torch.equal(quantize(x, step, -1.0), expected)
+
+
+def test_quantize_examples_and_non_finite():
+    x = torch.tensor([0.26, -0.74, 5.0, -5.0, 0.0, float("nan"), float("inf"), -float("inf")])
+    y = quantize(x, 0.5, 1.0)
+    torch.testing.assert_close(y[:5], torch.tensor([0.5, -0.5, 1.0, -1.0, 0.0]))
+    assert torch.isnan(y[5])
+    assert y[6] == 1.0 and y[7] == -1.0
+    # no bound: inf stays inf, NaN stays NaN
+    y = quantize(x, 0.5)
+    assert torch.isnan(y[5]) and y[6] == float("inf") and y[7] == -float("inf")
+    # rounding is half to even (documented)
+    y = quantize(torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5]), 1.0)
+    assert y.tolist() == [0.0, 2.0, 2.0, -0.0, -2.0]
+
+
+def test_quantize_keeps_dtype_and_shape():
+    x = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        y = quantize(x.to(dtype), 0.1, 1.0)
+        assert y.dtype == dtype and y.shape == x.shape
+
+
+def test_stochastic_round_is_unbiased():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.full((200_000,), 0.3)
+    y = stochastic_round(x, gen)
+    assert set(y.unique().tolist()) == {0.0, 1.0}
+    # mean of Bernoulli(0.3): standard error sqrt(0.21 / 2e5) ~ 1e-3; allow 5e-3
+    assert abs(float(y.mean()) - 0.3) < 5e-3
+    z = stochastic_round(torch.tensor([-2.0, 0.0, 7.0]), gen)
+    assert z.tolist() == [-2.0, 0.0, 7.0]  # integers stay put
+
+
+# --------------------------------------------------------------------------------------------
+# DAC / ADC levels through the full MVM
+
+
+def scalar_layer(io: IOConfig, w: float = 1.0, mapping: MappingConfig | None = None):
+    cfg = AnalogConfig(io=io, mapping=mapping or MappingConfig())
+    lin = AnalogLinear(1, 1, bias=False, config=cfg, seed=0)
+    with torch.no_grad():
+        lin.weight.fill_(w)
+    return lin
+
+
+def dense_inputs(lo: float, hi: float, n: int = 20_001) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(11)
+    x = torch.cat([torch.linspace(lo, hi, n), torch.rand(n, generator=gen) * (hi - lo) + lo])
+    return x.unsqueeze(1)
+
+
+@pytest.mark.parametrize("bits, levels", [(7, 127), (8, 255), (5, 31)])
+def test_dac_levels_through_layer(bits, levels):
+    res = 1 / (2**bits - 2)
+    lin = scalar_layer(IOConfig(inp_res=res, out_res=0.0, **QUIET))
+    x = dense_inputs(-1.5, 1.5)
+    with torch.no_grad():
+        y = lin(x).squeeze(1)
+    step = 2 * res
+    k = y / step
+    assert torch.allclose(k, k.round(), atol=1e-4)
+    k = k.round().long()
+    half = (levels - 1) // 2
+    assert sorted(k.unique().tolist()) == list(range(-half, half + 1))
+    assert len(y.unique()) == levels
+    # each input goes to its nearest level (ties excepted), clipped at inp_bound = 1
+    expected = torch.clamp(torch.round(x.squeeze(1) / step), -half, half)
+    mism = k != expected.long()
+    tie = ((x.squeeze(1) / step).frac().abs() - 0.5).abs() < 1e-4
+    assert not torch.any(mism & ~tie)
+    assert float(y.abs().max()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_dac_levels_scale_with_abs_max_noise_management():
+    # identity weight: y_i = s * Q(x_i / s), s = max|x| of the vector, 7-bit DAC
+    k_in = 8
+    cfg = AnalogConfig(
+        io=IOConfig(inp_res=1 / 126, out_res=0.0, out_noise=0.0, bound_management="none"),
+    )
+    lin = AnalogLinear(k_in, k_in, bias=False, config=cfg)
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(k_in))
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.rand(500, k_in, generator=gen) - 0.5) * torch.logspace(-3, 3, 500).unsqueeze(1)
+    with torch.no_grad():
+        y = lin(x)
+    s = x.abs().amax(dim=1, keepdim=True)
+    k = y / s * 63
+    assert torch.allclose(k, k.round(), atol=1e-3)
+    expected = torch.round(x / s * 63)
+    tie = ((x / s * 63).frac().abs() - 0.5).abs() < 1e-4
+    assert torch.all((k.round() == expected) | tie)
+    # the largest input of every vector lands exactly on the top level
+    assert torch.allclose(k.abs().amax(dim=1), torch.full((500,), 63.0), atol=1e-3)
+
+
+@pytest.mark.parametrize("bits, out_bound", [(9, 12.0), (8, 10.0), (6, 3.0)])
+def test_adc_levels_through_mvm(bits, out_bound):
+    res = 1 / (2**bits - 2)
+    io = IOConfig(inp_res=0.0, inp_bound=100.0, out_res=res, out_bound=out_bound, **QUIET)
+    cfg = AnalogConfig(io=io, mapping=MappingConfig(weight_scaling_omega=0.0))
+    x = dense_inputs(-1.5 * out_bound, 1.5 * out_bound).unsqueeze(0)  # (1, N, 1)
+    y = mvm(x, torch.ones(1, 1, 1), cfg)[0, :, 0]
+    out_step = io.out_step
+    assert out_step == pytest.approx(2 * out_bound * res)
+    k = y / out_step
+    assert torch.allclose(k, k.round(), atol=1e-3)  # multiples of out_step
+    half = 2 ** (bits - 1) - 1  # bound / step
+    assert sorted(k.round().long().unique().tolist()) == list(range(-half, half + 1))
+    assert float(y.max()) == pytest.approx(out_bound, rel=1e-6)
+    assert float(y.min()) == pytest.approx(-out_bound, rel=1e-6)
+    # nearest level for unclipped outputs
+    xs = x[0, :, 0]
+    inside = xs.abs() < out_bound - out_step
+    tie = ((xs / out_step).frac().abs() - 0.5).abs() < 1e-3
+    err = (y - xs).abs()[inside & ~tie]
+    assert float(err.max()) <= out_step / 2 * (1 + 1e-4)
+
+
+def test_every_input_tile_has_its_own_adc():
+    # K = 4 inputs on 2 tiles of 2 rows: each tile clips at out_bound before the digital sum
+    io = IOConfig(inp_res=0.0, inp_bound=100.0, out_res=1 / 510, out_bound=12.0, **QUIET)
+    cfg = AnalogConfig(io=io, mapping=MappingConfig(max_input_size=2, weight_scaling_omega=0.0))
+    w = torch.ones(1, 1, 4)
+    x = torch.tensor([[[10.0, 10.0, 0.0, 0.0], [10.0, 10.0, 10.0, 10.0], [1.0, 2.0, 3.0, 4.0]]])
+    y = mvm(x, w, cfg)[0, :, 0]
+    step = io.out_step
+    q = [round(v / step) * step for v in (1.0 + 2.0, 3.0 + 4.0)]  # per-tile ADC, then sum
+    expected = torch.tensor([12.0, 24.0, q[0] + q[1]])
+    assert abs(float(expected[2]) - 10.0) > 1e-3  # the two ADC roundings are visible
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=0)
+    k = y / io.out_step
+    assert torch.allclose(k, k.round(), atol=1e-3)
+
+
+def test_dac_and_adc_quantize_together():
+    # 7-bit DAC, 9-bit ADC, weight 0.5, no management: y = Q_adc(0.5 * Q_dac(x))
+    io = IOConfig(**QUIET)
+    cfg = AnalogConfig(io=io, mapping=MappingConfig(weight_scaling_omega=0.0))
+    x = dense_inputs(-1.2, 1.2, 5001).unsqueeze(0)
+    y = mvm(x, torch.full((1, 1, 1), 0.5), cfg)[0, :, 0]
+    k = y / io.out_step
+    assert torch.allclose(k, k.round(), atol=1e-3)
+    assert len(y.unique()) <= 127  # at most one output level per DAC level
+    dac = torch.clamp(torch.round(x[0, :, 0] / io.inp_step), -63, 63) * io.inp_step
+    ref = torch.round(0.5 * dac / io.out_step) * io.out_step
+    close = (y - ref).abs() <= 1e-5
+    assert float(close.float().mean()) > 0.99  # only float ties may land on the other level
+    assert torch.all((y - ref).abs() <= io.out_step * 1.001)
+
+
+def test_adc_clips_at_out_bound_with_weight_scaling():
+    # with weight scaling the ADC sees W / max|W|; the clipping level in output units is
+    # out_bound * max|W| (the digital rescale undoes the normalisation)
+    io = IOConfig(inp_res=0.0, inp_bound=100.0, out_res=0.0, out_bound=2.0, **QUIET)
+    cfg = AnalogConfig(io=io, mapping=MappingConfig(weight_scaling_omega=1.0))
+    x = torch.tensor([[[1.0], [3.0], [-5.0]]])
+    y = mvm(x, torch.full((1, 1, 1), 4.0), cfg)[0, :, 0]
+    torch.testing.assert_close(y, torch.tensor([4.0, 8.0, -8.0]))
+
+
+# --------------------------------------------------------------------------------------------
+# Perfect IO: tiling is exact
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(
+    groups=st.integers(1, 3),
+    out_size=st.integers(1, 13),
+    in_size=st.integers(1, 13),
+    n=st.integers(1, 4),
+    max_in=st.integers(0, 7),
+    max_out=st.integers(0, 7),
+    omega=st.sampled_from([0.0, 1.0, 0.37]),
+    columnwise=st.booleans(),
+    with_bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_perfect_io_tiled_mvm_equals_matmul(
+    groups, out_size, in_size, n, max_in, max_out, omega, columnwise, with_bias, seed
+):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(groups, out_size, in_size, generator=gen)
+    w[..., 0, :] = 0.0  # an all-zero row (column of the tile) must not divide by zero
+    x = torch.randn(groups, n, in_size, generator=gen)
+    bias = torch.randn(groups, out_size, generator=gen) if with_bias else None
+    mapping = MappingConfig(
+        max_input_size=max_in,
+        max_output_size=max_out,
+        weight_scaling_omega=omega,
+        weight_scaling_columnwise=columnwise,
+    )
+    cfg = AnalogConfig(io=IOConfig(is_perfect=True), mapping=mapping)
+    tw = build_tiles(w, cfg)
+    lo = tw.layout
+    assert lo.n_in == split_size(in_size, max_in)[0]
+    assert lo.n_out == split_size(out_size, max_out)[0]
+    y = analog_mvm(x, tw, cfg.io, torch.Generator().manual_seed(0), bias)
+    ref = torch.bmm(x, w.transpose(1, 2))
+    if bias is not None:
+        ref = ref + bias.unsqueeze(1)
+    assert y.shape == (groups, n, out_size)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(
+    out_size=st.integers(1, 12),
+    in_size=st.integers(1, 12),
+    max_in=st.integers(1, 7),
+    max_out=st.integers(1, 7),
+    omega=st.sampled_from([0.0, 1.0]),
+    columnwise=st.booleans(),
+    digital_bias=st.booleans(),
+    out_columnwise=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_perfect_io_analog_linear_equals_linear(
+    out_size, in_size, max_in, max_out, omega, columnwise, digital_bias, out_columnwise, seed
+):
+    # learn_out_scaling=True (scales initialised to 1) keeps the layer off its exact F.linear
+    # shortcut, so the tiled analog path is exercised
+    mapping = MappingConfig(
+        max_input_size=max_in,
+        max_output_size=max_out,
+        weight_scaling_omega=omega,
+        weight_scaling_columnwise=columnwise,
+        digital_bias=digital_bias,
+        learn_out_scaling=True,
+        out_scaling_columnwise=out_columnwise,
+    )
+    cfg = AnalogConfig(io=IOConfig(is_perfect=True), mapping=mapping)
+    torch.manual_seed(seed)
+    lin = AnalogLinear(in_size, out_size, config=cfg, seed=seed)
+    assert not lin.is_exact()
+    x = torch.randn(2, 3, in_size)
+    with torch.no_grad():
+        y = lin(x)
+    ref = torch.nn.functional.linear(x, lin.weight.detach(), lin.bias.detach())
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_perfect_io_draws_no_random_numbers():
+    cfg = AnalogConfig(io=IOConfig(is_perfect=True), mapping=MappingConfig(max_input_size=3))
+    w = torch.randn(1, 5, 7, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(1, 4, 7, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(9)
+    before = gen.get_state().clone()
+    analog_mvm(x, build_tiles(w, cfg), cfg.io, gen)
+    assert torch.equal(gen.get_state(), before)
+
+
+def test_tile_weights_scale_shapes_and_normalisation():
+    w = torch.randn(2, 10, 9, generator=torch.Generator().manual_seed(2))
+    mapping = MappingConfig(max_input_size=4, max_output_size=3, weight_scaling_omega=0.5)
+    lo = TileLayout.build(2, 10, 9, mapping)
+    assert (lo.n_in, lo.rows, lo.n_out, lo.cols) == (3, 3, 4, 3)
+    w_t, scale = tile_weights(w, lo, mapping)
+    assert w_t.shape == (lo.batch, lo.padded_out, lo.rows) and scale.shape == (lo.batch, lo.n_out)
+    per_tile = w_t.abs().view(lo.batch, lo.n_out, lo.cols, lo.rows).amax(dim=(2, 3))
+    torch.testing.assert_close(per_tile, torch.full_like(per_tile, 0.5))
+    col = mapping.replace(weight_scaling_columnwise=True)
+    w_c, scale_c = tile_weights(w, lo, col)
+    assert scale_c.shape == (lo.batch, lo.padded_out)
+    col_max = w_c.abs().amax(dim=2)
+    real = col_max[:, :10]  # padded columns are all zero and keep scale 1
+    torch.testing.assert_close(real, torch.full_like(real, 0.5))
+    assert torch.all(scale_c[:, 10:] == 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# aimc.random
+
+CHUNK = arandom.CHUNK
+BIG = 3 * CHUNK + 12_345  # > 2 * CHUNK: chunked path with a short last chunk
+
+
+def draw(fill, numel: int, seed: int) -> torch.Tensor:
+    return fill(torch.empty(numel), torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("fill", [arandom.normal_, arandom.uniform_], ids=["normal", "uniform"])
+@pytest.mark.parametrize("numel", [1, 1000, 2 * CHUNK - 1, BIG])
+def test_same_seed_bit_identical(fill, numel):
+    a, b = draw(fill, numel, 123), draw(fill, numel, 123)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, draw(fill, numel, 124))
+
+
+@pytest.mark.parametrize("fill", [arandom.normal_, arandom.uniform_], ids=["normal", "uniform"])
+def test_draws_independent_of_thread_count(fill):
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = draw(fill, BIG, 7)
+        torch.set_num_threads(2)
+        two = draw(fill, BIG, 7)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("fill", [arandom.normal_, arandom.uniform_], ids=["normal", "uniform"])
+def test_small_tensors_are_plain_torch_draws(fill):
+    ref = torch.empty(1000)
+    gen = torch.Generator().manual_seed(5)
+    if fill is arandom.normal_:
+        ref.normal_(generator=gen)
+    else:
+        ref.uniform_(generator=gen)
+    assert torch.equal(draw(fill, 1000, 5), ref)
+
+
+def test_generator_advances_between_draws():
+    gen = torch.Generator().manual_seed(1)
+    a = arandom.normal_(torch.empty(BIG), gen)
+    b = arandom.normal_(torch.empty(BIG), gen)
+    assert not torch.equal(a, b)
+    c = arandom.uniform_(torch.empty(500), gen)
+    d = arandom.uniform_(torch.empty(500), gen)
+    assert not torch.equal(c, d)
+
+
+def test_normal_statistics_large():
+    t = draw(arandom.normal_, BIG, 2024)
+    n = t.numel()
+    # 4 standard errors: mean SE = 1/sqrt(n), std SE ~ 1/sqrt(2n)
+    assert abs(float(t.mean())) < 4 / math.sqrt(n)
+    assert abs(float(t.std()) - 1.0) < 4 / math.sqrt(2 * n)
+    # per chunk as well (each chunk is its own generator)
+    for i in range(3):
+        c = t[i * CHUNK : (i + 1) * CHUNK]
+        assert abs(float(c.mean())) < 4 / math.sqrt(CHUNK)
+        assert abs(float(c.std()) - 1.0) < 4 / math.sqrt(2 * CHUNK)
+    assert torch.isfinite(t).all()
+
+
+def test_uniform_statistics_large():
+    t = draw(arandom.uniform_, BIG, 99)
+    n = t.numel()
+    assert float(t.min()) >= 0.0 and float(t.max()) < 1.0
+    # U[0,1): mean 1/2 (SE sqrt(1/12 n)), variance 1/12 (SE ~ sqrt(1/180 n))
+    assert abs(float(t.mean()) - 0.5) < 4 * math.sqrt(1 / 12 / n)
+    assert abs(float(t.var()) - 1 / 12) < 4 * math.sqrt(1 / 180 / n)
+    for i in range(3):
+        c = t[i * CHUNK : (i + 1) * CHUNK]
+        assert abs(float(c.mean()) - 0.5) < 4 * math.sqrt(1 / 12 / CHUNK)
+
+
+@pytest.mark.parametrize("fill", [arandom.normal_, arandom.uniform_], ids=["normal", "uniform"])
+def test_chunks_are_not_copies(fill):
+    t = draw(fill, BIG, 31)
+    chunks = [t[i * CHUNK : (i + 1) * CHUNK] for i in range(3)]
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        assert not torch.equal(chunks[a], chunks[b])
+        r = torch.corrcoef(torch.stack([chunks[a], chunks[b]]))[0, 1]
+        # correlation of independent samples: SE 1/sqrt(CHUNK) ~ 0.0028; 4 SE
+        assert abs(float(r)) < 4 / math.sqrt(CHUNK)
+        # nor shifted copies of each other
+        r1 = torch.corrcoef(torch.stack([chunks[a][1:], chunks[b][:-1]]))[0, 1]
+        assert abs(float(r1)) < 4 / math.sqrt(CHUNK)
+    # the chunked draw is not the plain single-generator draw either
+    ref = torch.empty(BIG)
+    gen = torch.Generator().manual_seed(31)
+    (ref.normal_ if fill is arandom.normal_ else ref.uniform_)(generator=gen)
+    assert not torch.equal(t, ref)
+
+
+def test_fill_in_place_and_shapes():
+    t = torch.empty(4, CHUNK)  # 4 * CHUNK elements, multi-dimensional
+    out = arandom.normal_(t, torch.Generator().manual_seed(0))
+    assert out is t and t.shape == (4, CHUNK)
+    assert torch.equal(t.view(-1), draw(arandom.normal_, 4 * CHUNK, 0))
+    # non-contiguous tensors are filled too (unchunked)
+    nc = torch.zeros(2 * CHUNK + 10, 2)[:, 0]
+    assert not nc.is_contiguous()
+    arandom.uniform_(nc, torch.Generator().manual_seed(0))
+    assert float(nc.min()) >= 0.0 and float(nc.std()) > 0.2
+
+
+def test_fill_inside_inference_mode():
+    with torch.inference_mode():
+        t = draw(arandom.normal_, BIG, 4)
+    assert torch.equal(t, draw(arandom.normal_, BIG, 4))
+
+
+def test_derive_seed_stable_and_distinct():
+    # pinned values: the derivation must not change between versions or processes
+    assert arandom.derive_seed(0, "a") == 7340373685759566269
+    assert arandom.derive_seed(1, "a") == 8325196692398154901
+    assert arandom.derive_seed(0, "layer.0") == 5174683910037340598
+    names = [f"layers.{i}.attn.q_proj" for i in range(200)] + ["", "a", "b", "A"]
+    seeds = {arandom.derive_seed(42, name) for name in names}
+    assert len(seeds) == len(names)
+    by_seed = {arandom.derive_seed(s, "fc1") for s in range(200)}
+    assert len(by_seed) == 200
+    for s in seeds | by_seed:
+        assert 0 <= s < 2**63
+    assert arandom.derive_seed(7, "x") == arandom.derive_seed(7, "x")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**31, 2**63 - 1])
+def test_check_seed_accepts_non_negative_ints(seed):
+    assert arandom.check_seed(seed) == seed
+
+
+@pytest.mark.parametrize("seed", [-1, -(2**40), True, False, 1.0, 0.5, "3", None, [1]])
+def test_check_seed_rejects(seed):
+    with pytest.raises(ValueError) as info:
+        arandom.check_seed(seed, "layer.seed")
+    msg = str(info.value)
+    assert "layer.seed" in msg and repr(seed) in msg and "allowed" in msg

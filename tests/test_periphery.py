@@ -1,0 +1,247 @@
+"""Statistics of each noise term and the management schemes against their closed forms.
+
+Every check uses a fixed seed; tolerances are stated next to each assertion. With n independent
+Gaussian samples the relative standard error of a measured std is about 1/sqrt(2n); all checks
+use n >= 20,000 and a 3 % tolerance (> 4 standard errors).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import aimc
+from aimc import AnalogConfig, IOConfig, MappingConfig
+from aimc.nn import AnalogLinear
+
+QUIET = dict(inp_res=0.0, out_res=0.0, out_noise=0.0, bound_management="none")
+
+
+def layer(weight: torch.Tensor, seed: int = 0, mapping: MappingConfig | None = None,
+          **io) -> AnalogLinear:
+    out, inp = weight.shape
+    cfg = AnalogConfig(io=IOConfig(**io), mapping=mapping or MappingConfig())
+    lin = AnalogLinear(inp, out, bias=False, config=cfg, seed=seed)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+    return lin
+
+
+def rel_close(measured: float, expected: float, tol: float = 0.03) -> bool:
+    return abs(measured - expected) <= tol * expected
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)
+
+
+def test_output_noise_std(gen):
+    w = torch.rand(64, 32, generator=gen) - 0.5
+    x = torch.rand(400, 32, generator=gen) - 0.5
+    lin = layer(w, **{**QUIET, "out_noise": 0.06}, noise_management="abs_max")
+    with torch.no_grad():
+        err = lin(x) - x @ w.T
+    # y = s * c * (W/c x/s + sigma xi): noise std = sigma * s * c per vector
+    s = x.abs().amax(dim=1, keepdim=True)
+    c = w.abs().max()
+    normalised = err / (s * c)
+    assert rel_close(float(normalised.std()), 0.06)
+    assert abs(float(normalised.mean())) < 0.003
+
+
+def test_additive_constant_weight_noise(gen):
+    w = torch.rand(64, 32, generator=gen) - 0.5
+    x = torch.rand(400, 32, generator=gen) - 0.5
+    lin = layer(w, **QUIET, noise_management="abs_max", w_noise_type="additive_constant",
+                w_noise=0.05)
+    with torch.no_grad():
+        err = lin(x) - x @ w.T
+    s = x.abs().amax(dim=1, keepdim=True)
+    c = w.abs().max()
+    x_dac = x / s
+    expected = 0.05 * x_dac.norm(dim=1, keepdim=True)  # w_noise * ||x'||_2
+    z = err / (s * c * expected)
+    assert rel_close(float(z.std()), 1.0)
+
+
+def test_pcm_read_weight_noise(gen):
+    w = torch.rand(64, 32, generator=gen) - 0.5
+    x = torch.rand(400, 32, generator=gen) - 0.5
+    lin = layer(w, **QUIET, noise_management="abs_max", w_noise_type="pcm_read", w_noise=0.0175)
+    with torch.no_grad():
+        err = lin(x) - x @ w.T
+    s = x.abs().amax(dim=1, keepdim=True)
+    c = w.abs().max()
+    w_tile, x_dac = w / c, x / s
+    expected = 0.0175 * torch.sqrt(x_dac.square() @ w_tile.abs().T)  # (N, out)
+    z = err / (s * c * expected)
+    assert rel_close(float(z.std()), 1.0)
+
+
+def test_pcm_read_and_output_noise_add_in_quadrature(gen):
+    w = torch.rand(64, 32, generator=gen) - 0.5
+    x = torch.rand(400, 32, generator=gen) - 0.5
+    lin = layer(w, **{**QUIET, "out_noise": 0.04}, noise_management="abs_max",
+                w_noise_type="pcm_read", w_noise=0.07)
+    with torch.no_grad():
+        err = lin(x) - x @ w.T
+    s = x.abs().amax(dim=1, keepdim=True)
+    c = w.abs().max()
+    var_w = 0.07**2 * ((x / s).square() @ (w / c).abs().T)
+    z = err / (s * c * torch.sqrt(var_w + 0.04**2))
+    assert rel_close(float(z.std()), 1.0)
+
+
+def test_input_noise(gen):
+    w = torch.rand(64, 32, generator=gen) - 0.5
+    x = torch.rand(400, 32, generator=gen) * 0.5 - 0.25
+    lin = layer(w, **QUIET, noise_management="none", inp_noise=0.02,
+                mapping=MappingConfig(weight_scaling_omega=0))
+    with torch.no_grad():
+        err = lin(x) - x @ w.T
+    expected = 0.02 * w.norm(dim=1)  # y_i noise = sum_j W_ij * sigma * xi_j
+    z = err / expected
+    assert rel_close(float(z.std()), 1.0)
+
+
+def test_dac_quantization_error_is_uniform(gen):
+    """7-bit DAC, no other non-ideality: the input error is uniform in +-step/2."""
+    w = torch.eye(32)
+    x = torch.rand(2000, 32, generator=gen) * 2 - 1
+    x[:, 0] = 1.0  # abs_max scale is exactly 1
+    lin = layer(w, **{**QUIET, "inp_res": 1 / 126}, noise_management="abs_max",
+                mapping=MappingConfig(weight_scaling_omega=0))
+    with torch.no_grad():
+        y = lin(x)
+    step = 2 / 126
+    levels = y / step
+    assert torch.allclose(levels, levels.round(), atol=1e-4)
+    err = (y - x)[:, 1:]
+    assert float(err.abs().max()) <= step / 2 + 1e-6
+    assert rel_close(float(err.std()), step / math.sqrt(12))
+
+
+def test_abs_max_rescales_instead_of_clipping(gen):
+    w = torch.rand(16, 32, generator=gen) - 0.5
+    x = (torch.rand(64, 32, generator=gen) - 0.5) * 1000  # far outside inp_bound=1
+    exact = x @ w.T
+    managed = layer(w, **{**QUIET, "inp_res": 1 / 126}, noise_management="abs_max")
+    unmanaged = layer(w, **{**QUIET, "inp_res": 1 / 126}, noise_management="none")
+    with torch.no_grad():
+        e_managed = float((managed(x) - exact).norm() / exact.norm())
+        e_unmanaged = float((unmanaged(x) - exact).norm() / exact.norm())
+    assert e_managed < 0.02  # only DAC rounding remains
+    assert e_unmanaged > 0.9  # clipped to +-1: the output is ~1000x too small
+
+
+def test_constant_noise_management_divides_by_nm_thres(gen):
+    w = torch.rand(16, 32, generator=gen) - 0.5
+    x = (torch.rand(64, 32, generator=gen) - 0.5) * 8  # |x| <= 4
+    exact = x @ w.T
+    lin = layer(w, **QUIET, noise_management="constant", nm_thres=4.0)
+    with torch.no_grad():
+        assert torch.allclose(lin(x), exact, atol=1e-4)
+    clipped = layer(w, **QUIET, noise_management="constant", nm_thres=1.0)
+    with torch.no_grad():
+        assert not torch.allclose(clipped(x), exact, atol=1e-2)
+
+
+def test_zero_input_gives_exact_zero_output(gen):
+    w = torch.rand(16, 32, generator=gen) - 0.5
+    lin = layer(w, noise_management="abs_max")  # pcm_inference periphery, noisy
+    x = torch.rand(8, 32, generator=gen) - 0.5
+    x[3] = 0.0
+    with torch.no_grad():
+        y = lin(x)
+    assert torch.equal(y[3], torch.zeros(16))
+    assert (y[2] != 0).all()
+
+
+def _saturating_case():
+    w = torch.ones(4, 256)
+    x = torch.ones(10, 256)  # W x = 256 >> out_bound 12 (after abs_max: x' = 1)
+    return w, x
+
+
+def test_iterative_bound_management_recovers_saturated_outputs():
+    w, x = _saturating_case()
+    exact = x @ w.T
+    # quantization fine enough that BM can reach r = 32 (> 256/12)
+    bm = layer(w, **{**QUIET, "bound_management": "iterative", "inp_res": 1 / 1022})
+    no_bm = layer(w, **{**QUIET, "bound_management": "none", "inp_res": 1 / 1022})
+    with torch.no_grad():
+        y_bm, y_none = bm(x), no_bm(x)
+    assert torch.allclose(y_bm, exact, rtol=5e-3)  # DAC rounding of x/r remains
+    assert torch.allclose(y_none, torch.full_like(exact, 12.0))  # clipped at out_bound
+
+
+def test_bound_management_stops_at_max_bm_res():
+    """With a 7-bit DAC, r stops once r > max_bm_res / inp_res = 0.25 * 126 = 31.5 (r = 32)."""
+    w = torch.ones(1, 512)
+    x = torch.ones(1, 512)  # W x = 512: r = 32 gives 16 > 12, still saturated
+    lin = layer(w, **{**QUIET, "bound_management": "iterative", "inp_res": 1 / 126})
+    with torch.no_grad():
+        y = lin(x)
+    assert torch.allclose(y, torch.tensor([[12.0 * 32]]))
+
+
+def test_bound_management_is_per_vector_and_per_tile():
+    w = torch.ones(2, 64)
+    x = torch.zeros(3, 64)
+    x[0] = 1.0  # 64 > 12 in both input tiles: saturates
+    x[1, :2] = 1.0  # 2 < 12: never saturates
+    x[2, :32] = 1.0  # tile 0 saturates (32 > 12), tile 1 is zero
+    lin = layer(w, **{**QUIET, "bound_management": "iterative", "inp_res": 1 / 1022},
+                mapping=MappingConfig(max_input_size=32, weight_scaling_omega=0))
+    with torch.no_grad():
+        y = lin(x)
+    assert torch.allclose(y, x @ w.T, rtol=5e-3)
+
+
+def test_adc_clips_at_out_bound_without_bound_management():
+    w = torch.ones(3, 100)
+    x = torch.ones(5, 100)
+    lin = layer(w, **QUIET)
+    with torch.no_grad():
+        assert torch.allclose(lin(x), torch.full((5, 3), 12.0))
+
+
+def test_each_tile_has_its_own_noise_management(gen):
+    """A small-signal half and a huge half: per-tile abs_max keeps the small half's resolution."""
+    w = torch.zeros(8, 64)
+    w[:, 32:] = torch.rand(8, 32, generator=gen) - 0.5  # only the small half matters
+    x = torch.rand(200, 64, generator=gen) - 0.5
+    x[:, :32] *= 1000.0
+    exact = x @ w.T
+    io = {**QUIET, "inp_res": 1 / 126}
+    tiled = layer(w, mapping=MappingConfig(max_input_size=32), **io)
+    untiled = layer(w, mapping=MappingConfig(max_input_size=0), **io)
+    with torch.no_grad():
+        e_tiled = float((tiled(x) - exact).norm() / exact.norm())
+        e_untiled = float((untiled(x) - exact).norm() / exact.norm())
+    assert e_tiled < 0.02
+    assert e_untiled > 0.3  # the shared DAC range rounds the small half away
+
+
+def test_noise_is_fresh_each_call_and_present_in_eval(gen):
+    w = torch.rand(16, 32, generator=gen) - 0.5
+    x = torch.rand(4, 32, generator=gen) - 0.5
+    lin = layer(w).eval()
+    with torch.no_grad():
+        a, b = lin(x), lin(x)
+    assert not torch.equal(a, b)
+
+
+def test_pcm_inference_error_magnitude_matches_reference_periphery(gen):
+    """End-to-end sanity of the default periphery on a 512x512 tile with Gaussian inputs."""
+    w = (torch.rand(512, 512, generator=gen) - 0.5) * 0.1
+    x = torch.randn(256, 512, generator=gen)
+    lin = layer(w, **IOConfig().to_dict())
+    with torch.no_grad():
+        err = float((lin(x) - x @ w.T).norm() / (x @ w.T).norm())
+    # output noise 0.06 per tile output against |W x'| ~ 0.3-1 for these scales: a few percent
+    assert 0.01 < err < 0.2
+    assert aimc.presets.pcm_inference() == AnalogConfig()
