@@ -12,7 +12,7 @@ from .config import (
     WeightNoiseType,
     resolution_from_bits,
 )
-from .convert import analog_layers, convert, manual_seed, to_digital
+from .convert import analog_layers, convert, digital_module, manual_seed, to_digital
 
 __version__ = "0.1.0"
 
@@ -27,6 +27,7 @@ __all__ = [
     "WeightNoiseType",
     "analog_layers",
     "convert",
+    "digital_module",
     "functional",
     "manual_seed",
     "nn",

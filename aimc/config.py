@@ -83,6 +83,8 @@ def _check_bool(path: str, value: Any) -> bool:
 def _check_enum(path: str, value: Any, enum_type: type[Enum]) -> Any:
     if isinstance(value, enum_type):
         return value
+    if isinstance(value, Enum):  # a member of another enum, even one with the same value
+        value = object()
     names = [m.value for m in enum_type]
     if isinstance(value, str) and value.lower() in names:
         return enum_type(value.lower())
@@ -340,7 +342,7 @@ class AnalogConfig(_ConfigBase):
             _fail("config", data, "a dict")
         data = dict(data)
         version = data.pop("version", None)
-        if version != CONFIG_VERSION:
+        if isinstance(version, bool) or version != CONFIG_VERSION:
             _fail("config.version", version, f"{CONFIG_VERSION}")
         return super().from_dict(data, "config")
 

@@ -168,6 +168,9 @@ def convert(
                 "allowed: exact names, dotted suffixes or 're:' regexes of "
                 "Linear/Conv modules"
             )
+    aliases: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(module), []).append(name)
     for name, module, analog_cls in chosen:
         if not name:
             raise ValueError(
@@ -178,7 +181,8 @@ def convert(
         cfg = next((override_map[p] for p in override_pats if _matches(p, name)), config)
         new = analog_cls.from_digital(module, cfg, seed=derive_seed(seed, name))
         new._digital_class = type(module)
-        _set_submodule(model, name, new)
+        for alias in aliases[id(module)]:  # a module registered under several names
+            _set_submodule(model, alias, new)
     return model
 
 
@@ -217,8 +221,9 @@ def _digital_twin(module: AnalogLayerMixin) -> nn.Module:
         with torch.no_grad():  # fold the learned output scale into the digital weight
             scale = module.out_scale.to(module.weight.dtype)
             w = module.weight_matrix()
-            w.mul_(scale.view(w.shape[0], -1, 1))
-            if module.bias is not None:
+            w.mul_(scale.view(w.shape[0], -1, 1) if scale.numel() > 1 else scale)
+            # a digital bias is added after the output scale; an analog one is scaled with W
+            if module.bias is not None and not module.analog_config.mapping.digital_bias:
                 module.bias.mul_(scale)
     new.train(module.training)
     return new
@@ -226,16 +231,19 @@ def _digital_twin(module: AnalogLayerMixin) -> nn.Module:
 
 def to_digital(model: nn.Module) -> nn.Module:
     """Replace every analog layer of ``model`` (in place) by the digital module it came from,
-    sharing its Parameters. A learned output scale is folded into the weight (and bias), so the
-    digital model computes what the noise-free analog one did."""
-    for name, module in list(model.named_modules()):
+    sharing its Parameters. A learned output scale is folded into the weight (and an analog
+    bias), so the digital model computes what the noise-free analog one did."""
+    twins: dict[int, nn.Module] = {}
+    for name, module in list(model.named_modules(remove_duplicate=False)):
         if isinstance(module, AnalogLayerMixin):
             if not name:
                 raise ValueError(
-                    "model: the root module itself is analog; call "
-                    "aimc.convert.digital_module(model) on it instead"
+                    "model: the root module itself is analog; use "
+                    "aimc.digital_module(model) to get its digital twin"
                 )
-            _set_submodule(model, name, _digital_twin(module))
+            if id(module) not in twins:  # a layer registered under several names: fold once
+                twins[id(module)] = _digital_twin(module)
+            _set_submodule(model, name, twins[id(module)])
     return model
 
 

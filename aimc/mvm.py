@@ -153,6 +153,8 @@ def analog_mvm(
     """
     lo = tw.layout
     g, n, k = x.shape
+    if n == 0:  # an empty batch
+        return x.new_zeros(g, 0, lo.out_size)
     if lo.padded_in != k:
         x = torch.nn.functional.pad(x, (0, lo.padded_in - k))
     xv = x.view(g, n, lo.n_in, lo.rows)
@@ -219,8 +221,15 @@ def _digital(
     return y if lo.padded_out == lo.out_size else y[..., : lo.out_size]
 
 
-def _bound_management(z: Tensor, sat: Tensor, x_t: Tensor, s_div: Tensor, tw: TileWeights,
-                      io: IOConfig, gen: torch.Generator) -> Tensor:
+def _bound_management(
+    z: Tensor,
+    sat: Tensor,
+    x_t: Tensor,
+    s_div: Tensor,
+    tw: TileWeights,
+    io: IOConfig,
+    gen: torch.Generator,
+) -> Tensor:
     """Iterative bound management (REFERENCE.md §1.6), per input vector and tile.
 
     Tiles whose output saturated are recomputed with their input halved (``r <- 2r``) and fresh
@@ -234,7 +243,9 @@ def _bound_management(z: Tensor, sat: Tensor, x_t: Tensor, s_div: Tensor, tw: Ti
     r = torch.ones(sat.shape, device=z.device, dtype=torch.float32)
     zv = z.view(nb, n, n_out, lo.cols)
     w_sub = TileWeights(
-        lo, tw.w.view(nb * n_out, lo.cols, lo.rows), None,
+        lo,
+        tw.w.view(nb * n_out, lo.cols, lo.rows),
+        None,
         None if tw.w_abs is None else tw.w_abs.view(nb * n_out, lo.cols, lo.rows),
     )
     b_ar = torch.arange(nb, device=z.device).view(nb, 1, 1)

@@ -74,10 +74,13 @@ def standard_hwa() -> AnalogConfig:
 
 def bert_squad(w_noise: float = 0.0175) -> AnalogConfig:
     """The BERT-on-SQuAD experiment of AIHWKIT's examples (REFERENCE.md §5): 8-bit DAC/ADC
-    (1/254), output noise 0.04, ADC bound 10, abs-max noise management, iterative bound
+    (256 steps), output noise 0.04, ADC bound 10, abs-max noise management, iterative bound
     management, ``pcm_read`` weight noise ``w_noise`` (0.0175 = standard PCM; 0.035, 0.07),
-    tiles of 512 inputs, column-wise weight scaling, learned output scaling, digital bias."""
-    res = resolution_from_bits(8)
+    tiles of 512 inputs, column-wise weight scaling, learned output scaling, digital bias.
+
+    The example sets ``inp_res = out_res = 256`` (256 steps, i.e. 1/256 of the range), which
+    differs slightly from ``resolution_from_bits(8) = 1/254`` used by :func:`standard_hwa`."""
+    res = 256.0
     return AnalogConfig(
         io=IOConfig(
             inp_res=res,

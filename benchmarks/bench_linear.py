@@ -46,8 +46,11 @@ def _interleaved(fa, fb, repeats: int, device: torch.device) -> tuple[list[float
 
 
 def _stats(ts: list[float]) -> dict[str, float]:
-    return {"median_ms": 1e3 * statistics.median(ts), "min_ms": 1e3 * min(ts),
-            "max_ms": 1e3 * max(ts)}
+    return {
+        "median_ms": 1e3 * statistics.median(ts),
+        "min_ms": 1e3 * min(ts),
+        "max_ms": 1e3 * max(ts),
+    }
 
 
 def make_config(preset: str, bound_management: str | None) -> aimc.AnalogConfig:
@@ -57,8 +60,14 @@ def make_config(preset: str, bound_management: str | None) -> aimc.AnalogConfig:
     return cfg
 
 
-def bench_shape(n_in: int, n_out: int, tokens: int, config: aimc.AnalogConfig, repeats: int,
-                device: torch.device) -> dict:
+def bench_shape(
+    n_in: int,
+    n_out: int,
+    tokens: int,
+    config: aimc.AnalogConfig,
+    repeats: int,
+    device: torch.device,
+) -> dict:
     gen = torch.Generator(device="cpu").manual_seed(0)
     digital = torch.nn.Linear(n_in, n_out).to(device)
     with torch.no_grad():
@@ -76,6 +85,7 @@ def bench_shape(n_in: int, n_out: int, tokens: int, config: aimc.AnalogConfig, r
         def run():
             with torch.no_grad():
                 m(x)
+
         return run
 
     def fwd_bwd(m):
@@ -87,12 +97,16 @@ def bench_shape(n_in: int, n_out: int, tokens: int, config: aimc.AnalogConfig, r
             m.weight.grad = None
             xg.grad = None
             m(xg).backward(grad)
+
         return run
 
     for label, make in (("forward", fwd), ("forward_backward", fwd_bwd)):
         ta, td = _interleaved(make(analog), make(digital), repeats, device)
-        out[label] = {"analog": _stats(ta), "digital": _stats(td),
-                      "ratio": statistics.median(ta) / statistics.median(td)}
+        out[label] = {
+            "analog": _stats(ta),
+            "digital": _stats(td),
+            "ratio": statistics.median(ta) / statistics.median(td),
+        }
     return out
 
 
@@ -102,35 +116,57 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--preset", default="pcm_inference")
-    parser.add_argument("--bound-management", choices=["none", "iterative"], default=None,
-                        help="override the preset's bound management")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON path (default benchmarks/results/linear_<device>.json)")
+    parser.add_argument(
+        "--bound-management",
+        choices=["none", "iterative"],
+        default=None,
+        help="override the preset's bound management",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default benchmarks/results/linear_<device>.json)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     results = []
     config = make_config(args.preset, args.bound_management)
     bm = config.io.bound_management.value
-    print(f"AnalogLinear({args.preset}, bound management {bm}) vs nn.Linear on {device}, {args.threads} threads, "
-          f"median of {args.repeats} interleaved runs")
-    print(f"{'in':>5} {'out':>5} {'tokens':>6} | {'pass':<16} {'analog ms':>10} "
-          f"{'digital ms':>10} {'ratio':>6} | analog min-max, digital min-max")
+    print(
+        f"AnalogLinear({args.preset}, bound management {bm}) vs nn.Linear on {device}, "
+        f"{args.threads} threads, median of {args.repeats} interleaved runs"
+    )
+    print(
+        f"{'in':>5} {'out':>5} {'tokens':>6} | {'pass':<16} {'analog ms':>10} "
+        f"{'digital ms':>10} {'ratio':>6} | analog min-max, digital min-max"
+    )
     for n_in, n_out, tokens in SHAPES:
         r = bench_shape(n_in, n_out, tokens, config, args.repeats, device)
         results.append(r)
         for label in ("forward", "forward_backward"):
             a, d = r[label]["analog"], r[label]["digital"]
-            print(f"{n_in:>5} {n_out:>5} {tokens:>6} | {label:<16} {a['median_ms']:>10.1f} "
-                  f"{d['median_ms']:>10.1f} {r[label]['ratio']:>6.2f} | "
-                  f"{a['min_ms']:.1f}-{a['max_ms']:.1f}, {d['min_ms']:.1f}-{d['max_ms']:.1f}")
+            print(
+                f"{n_in:>5} {n_out:>5} {tokens:>6} | {label:<16} {a['median_ms']:>10.1f} "
+                f"{d['median_ms']:>10.1f} {r[label]['ratio']:>6.2f} | "
+                f"{a['min_ms']:.1f}-{a['max_ms']:.1f}, {d['min_ms']:.1f}-{d['max_ms']:.1f}"
+            )
     suffix = "" if args.bound_management is None else f"_bm-{args.bound_management}"
     path = args.out or Path(__file__).parent / "results" / f"linear_{device.type}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "aimc": aimc.__version__, "threads": args.threads,
-            "device": str(device), "preset": args.preset, "config": config.to_dict(), "repeats": args.repeats,
-            "machine": platform.machine(), "processor": platform.processor(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    meta = {
+        "torch": torch.__version__,
+        "aimc": aimc.__version__,
+        "threads": args.threads,
+        "device": str(device),
+        "preset": args.preset,
+        "config": config.to_dict(),
+        "repeats": args.repeats,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     path.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -400,12 +400,6 @@ def test_from_dict_wrong_version_raises(version):
     assert "config.version" in msg and repr(version) in msg
 
 
-@pytest.mark.xfail(
-    reason="BUG: AnalogConfig.from_dict compares `version != CONFIG_VERSION`, so the bool True "
-    "(== 1 in Python) is accepted as version 1, although the config rejects bools for numbers "
-    "everywhere else",
-    strict=True,
-)
 def test_from_dict_bool_version_raises():
     d = AnalogConfig().to_dict()
     d["version"] = True
@@ -573,12 +567,6 @@ def test_bert_squad_preset(w_noise):
     _off_parts(cfg)
 
 
-@pytest.mark.xfail(
-    reason="BUG: presets.bert_squad uses resolution_from_bits(8) = 1/254, but REFERENCE.md §5 "
-    "(AIHWKIT 'BERT on SQuAD' example: inp_res=dac_res=256, out_res=adc_res=256) specifies an "
-    "8-bit DAC/ADC of 256 steps, i.e. a step of 1/256 of the range",
-    strict=True,
-)
 @pytest.mark.parametrize("w_noise", [0.0175])
 def test_bert_squad_converters_have_256_steps(w_noise):
     io = presets.bert_squad(w_noise).io

@@ -19,8 +19,9 @@ from aimc.nn import AnalogLinear
 QUIET = dict(inp_res=0.0, out_res=0.0, out_noise=0.0, bound_management="none")
 
 
-def layer(weight: torch.Tensor, seed: int = 0, mapping: MappingConfig | None = None,
-          **io) -> AnalogLinear:
+def layer(
+    weight: torch.Tensor, seed: int = 0, mapping: MappingConfig | None = None, **io
+) -> AnalogLinear:
     out, inp = weight.shape
     cfg = AnalogConfig(io=IOConfig(**io), mapping=mapping or MappingConfig())
     lin = AnalogLinear(inp, out, bias=False, config=cfg, seed=seed)
@@ -55,8 +56,9 @@ def test_output_noise_std(gen):
 def test_additive_constant_weight_noise(gen):
     w = torch.rand(64, 32, generator=gen) - 0.5
     x = torch.rand(400, 32, generator=gen) - 0.5
-    lin = layer(w, **QUIET, noise_management="abs_max", w_noise_type="additive_constant",
-                w_noise=0.05)
+    lin = layer(
+        w, **QUIET, noise_management="abs_max", w_noise_type="additive_constant", w_noise=0.05
+    )
     with torch.no_grad():
         err = lin(x) - x @ w.T
     s = x.abs().amax(dim=1, keepdim=True)
@@ -84,8 +86,13 @@ def test_pcm_read_weight_noise(gen):
 def test_pcm_read_and_output_noise_add_in_quadrature(gen):
     w = torch.rand(64, 32, generator=gen) - 0.5
     x = torch.rand(400, 32, generator=gen) - 0.5
-    lin = layer(w, **{**QUIET, "out_noise": 0.04}, noise_management="abs_max",
-                w_noise_type="pcm_read", w_noise=0.07)
+    lin = layer(
+        w,
+        **{**QUIET, "out_noise": 0.04},
+        noise_management="abs_max",
+        w_noise_type="pcm_read",
+        w_noise=0.07,
+    )
     with torch.no_grad():
         err = lin(x) - x @ w.T
     s = x.abs().amax(dim=1, keepdim=True)
@@ -98,8 +105,13 @@ def test_pcm_read_and_output_noise_add_in_quadrature(gen):
 def test_input_noise(gen):
     w = torch.rand(64, 32, generator=gen) - 0.5
     x = torch.rand(400, 32, generator=gen) * 0.5 - 0.25
-    lin = layer(w, **QUIET, noise_management="none", inp_noise=0.02,
-                mapping=MappingConfig(weight_scaling_omega=0))
+    lin = layer(
+        w,
+        **QUIET,
+        noise_management="none",
+        inp_noise=0.02,
+        mapping=MappingConfig(weight_scaling_omega=0),
+    )
     with torch.no_grad():
         err = lin(x) - x @ w.T
     expected = 0.02 * w.norm(dim=1)  # y_i noise = sum_j W_ij * sigma * xi_j
@@ -112,8 +124,12 @@ def test_dac_quantization_error_is_uniform(gen):
     w = torch.eye(32)
     x = torch.rand(2000, 32, generator=gen) * 2 - 1
     x[:, 0] = 1.0  # abs_max scale is exactly 1
-    lin = layer(w, **{**QUIET, "inp_res": 1 / 126}, noise_management="abs_max",
-                mapping=MappingConfig(weight_scaling_omega=0))
+    lin = layer(
+        w,
+        **{**QUIET, "inp_res": 1 / 126},
+        noise_management="abs_max",
+        mapping=MappingConfig(weight_scaling_omega=0),
+    )
     with torch.no_grad():
         y = lin(x)
     step = 2 / 126
@@ -194,8 +210,11 @@ def test_bound_management_is_per_vector_and_per_tile():
     x[0] = 1.0  # 64 > 12 in both input tiles: saturates
     x[1, :2] = 1.0  # 2 < 12: never saturates
     x[2, :32] = 1.0  # tile 0 saturates (32 > 12), tile 1 is zero
-    lin = layer(w, **{**QUIET, "bound_management": "iterative", "inp_res": 1 / 1022},
-                mapping=MappingConfig(max_input_size=32, weight_scaling_omega=0))
+    lin = layer(
+        w,
+        **{**QUIET, "bound_management": "iterative", "inp_res": 1 / 1022},
+        mapping=MappingConfig(max_input_size=32, weight_scaling_omega=0),
+    )
     with torch.no_grad():
         y = lin(x)
     assert torch.allclose(y, x @ w.T, rtol=5e-3)
