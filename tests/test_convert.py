@@ -541,39 +541,9 @@ def _scaled_model(kind: str, columnwise: bool, digital_bias: bool):
     return model, torch.randn(*x)
 
 
-def _fold_case(kind, columnwise, digital_bias):
-    # Bugs (see the xfail reasons): a digital bias is wrongly scaled too, and a single (not
-    # column-wise) scale cannot be folded into a grouped convolution.
-    marks = []
-    if digital_bias:
-        marks.append(
-            pytest.mark.xfail(
-                reason="BUG: to_digital multiplies a digital bias by out_scale, but the analog "
-                "forward adds the digital bias after the output scaling",
-                strict=True,
-            )
-        )
-    elif kind == "grouped_conv" and not columnwise:
-        marks.append(
-            pytest.mark.xfail(
-                reason="BUG: to_digital reshapes a 1-element out_scale to (groups, -1, 1): "
-                "RuntimeError for grouped convolutions",
-                strict=True,
-                raises=RuntimeError,
-            )
-        )
-    return pytest.param(kind, columnwise, digital_bias, marks=marks)
-
-
-@pytest.mark.parametrize(
-    "kind,columnwise,digital_bias",
-    [
-        _fold_case(kind, columnwise, digital_bias)
-        for kind in ("linear", "conv", "grouped_conv", "hf_conv1d")
-        for columnwise in (False, True)
-        for digital_bias in (False, True)
-    ],
-)
+@pytest.mark.parametrize("digital_bias", [True, False])
+@pytest.mark.parametrize("columnwise", [False, True])
+@pytest.mark.parametrize("kind", ["linear", "conv", "grouped_conv", "hf_conv1d"])
 def test_to_digital_folds_learned_out_scale(kind, columnwise, digital_bias):
     """to_digital: 'the digital model computes what the noise-free analog one did'."""
     model, x = _scaled_model(kind, columnwise, digital_bias)
@@ -597,16 +567,25 @@ class Aliased(nn.Module):
         return self.head(self.encoder(x))
 
 
-@pytest.mark.xfail(
-    reason="BUG: convert replaces only the first name of a module registered twice; the alias "
-    "keeps the digital nn.Linear (named_modules() deduplicates)",
-    strict=True,
-)
 def test_aliased_module_is_converted_everywhere():
+    """A module registered under two names becomes one analog layer under both names."""
+    torch.manual_seed(0)
     model = Aliased()
-    aimc.convert(model, presets.pcm_inference())
+    weight = model.encoder.weight
+    x = torch.randn(3, 4)
+    ref = output(model, (x,))
+    aimc.convert(model, TILED)
     assert isinstance(model.encoder, AnalogLinear)
     assert model.head is model.encoder
+    assert model.encoder.weight is weight
+    with torch.no_grad():
+        model.encoder.out_scale.fill_(2.0)
+    analog_out = output(model, (x,))
+    assert not torch.allclose(analog_out, ref)
+    aimc.to_digital(model)
+    assert type(model.encoder) is nn.Linear
+    assert model.head is model.encoder  # still one module, and the scale folded only once
+    torch.testing.assert_close(output(model, (x,)), analog_out, atol=1e-5, rtol=1e-5)
 
 
 def test_conv_classes_for_every_ndim():
@@ -615,3 +594,39 @@ def test_conv_classes_for_every_ndim():
     assert [type(m) for m in model] == [AnalogConv1d, AnalogConv2d, aimc.nn.AnalogConv3d]
     aimc.to_digital(model)
     assert [type(m) for m in model] == [nn.Conv1d, nn.Conv2d, nn.Conv3d]
+
+
+def test_digital_module_of_one_layer():
+    torch.manual_seed(0)
+    layer = AnalogConv2d(3, 4, 3, padding=1, config=TILED)
+    twin = aimc.digital_module(layer)
+    assert type(twin) is nn.Conv2d
+    assert twin.weight is layer.weight and twin.bias is layer.bias
+    assert (twin.padding, twin.kernel_size) == (layer.padding, layer.kernel_size)
+    x = torch.randn(1, 3, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), layer(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "resnet"])
+def test_state_dict_roundtrip_whole_model(name):
+    src, args, _ = build(name)
+    aimc.convert(src, presets.bert_squad(), seed=1)
+    with torch.no_grad():
+        for _, layer in aimc.analog_layers(src):
+            layer.out_scale.uniform_(0.8, 1.2)
+    state = src.state_dict()
+    ref = output(src, args)
+
+    dst = build(name)[0]
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in dst.parameters():  # different weights
+            p.normal_(generator=gen)
+    aimc.convert(dst, presets.bert_squad(), seed=2)
+    dst.load_state_dict(state)
+    assert torch.equal(output(dst, args), ref)
+    if name == "gpt2":
+        assert dst.lm_head.weight is dst.transformer.wte.weight
+    with pytest.raises(ValueError, match="io.w_noise"):
+        aimc.convert(build(name)[0], presets.bert_squad(w_noise=0.07)).load_state_dict(state)

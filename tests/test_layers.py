@@ -515,19 +515,7 @@ def test_load_digital_state_dict():
 
 
 def _empty_case(kind: str, cfg_name: str):
-    bug = None
-    if kind == "linear" and cfg_name == "pcm_inference":
-        bug = (
-            "BUG: AnalogLinear with iterative bound management fails on an empty batch: "
-            "torch.aminmax on an empty tensor in mvm._saturated (RuntimeError)"
-        )
-    elif kind == "conv2d" and cfg_name != "ideal":
-        bug = (
-            "BUG: analog conv forward fails on an empty batch: cols.view(0, groups, -1) in "
-            "_AnalogConvMixin.forward (RuntimeError)"
-        )
-    marks = [pytest.mark.xfail(reason=bug, strict=True, raises=RuntimeError)] if bug else []
-    return pytest.param(kind, cfg_name, marks=marks)
+    return pytest.param(kind, cfg_name)
 
 
 EMPTY_CONFIGS = {

@@ -81,9 +81,10 @@ class _AnalogConvMixin(AnalogLayerMixin):
             x = F.pad(x, pad, mode=mode)
         b, g = x.shape[0], self.groups
         cols, out_shape = im2col(x, self.kernel_size, self.stride, self.dilation)
-        cols = cols.reshape(cols.shape[0], g, -1).transpose(0, 1)  # (G, N, Cg*K)
+        cols = cols.reshape(cols.shape[0], g, cols.shape[1] // g).transpose(0, 1)  # (G, N, Cg*K)
         y = self.analog_matmul(cols)  # (G, N, O/G)
-        y = y.reshape(g, b, -1, y.shape[-1]).permute(1, 0, 3, 2)  # (B, G, O/G, L)
+        y = y.reshape(g, b, math.prod(out_shape), y.shape[-1])  # (G, B, L, O/G)
+        y = y.permute(1, 0, 3, 2)  # (B, G, O/G, L)
         y = y.reshape(b, self.out_channels, *out_shape)
         return y.squeeze(0) if unbatched else y
 
