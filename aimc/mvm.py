@@ -235,40 +235,46 @@ def _bound_management(
     Tiles whose output saturated are recomputed with their input halved (``r <- 2r``) and fresh
     noise, until nothing saturates or the stop rule holds. Updates ``z`` in place and returns
     ``r`` of shape ``(B, N, to)``. Each round gathers, for every tile, only the vectors that
-    saturated there (padded to the largest count) and recomputes them in one batched MVM.
+    saturated there (padded to the largest count), recomputes them in one batched MVM and copies
+    the rows back (row-wise ``index_select`` / ``index_copy_``).
     """
     lo = tw.layout
     nb, n, n_out = sat.shape
-    in_unit = units(io)[0]
+    in_unit, out_unit = units(io)
+    bound = io.out_bound / out_unit
     r = torch.ones(sat.shape, device=z.device, dtype=torch.float32)
-    zv = z.view(nb, n, n_out, lo.cols)
+    x_rows = x_t.reshape(nb * n, lo.rows)
+    z_rows = z.view(nb * n * n_out, lo.cols)  # row (b*N + v)*to + t
     w_sub = TileWeights(
         lo,
         tw.w.view(nb * n_out, lo.cols, lo.rows),
         None,
         None if tw.w_abs is None else tw.w_abs.view(nb * n_out, lo.cols, lo.rows),
     )
-    b_ar = torch.arange(nb, device=z.device).view(nb, 1, 1)
-    t_ar = torch.arange(n_out, device=z.device).view(1, 1, n_out)
+    base = (torch.arange(nb, device=z.device) * n).view(nb, 1, 1)
+    t_ar = torch.arange(n_out, device=z.device).view(1, n_out, 1)
     while True:
-        redo = sat & _bm_allowed(r, io)
-        counts = redo.sum(dim=1)  # (B, to)
+        redo = (sat & _bm_allowed(r, io)).transpose(1, 2)  # (B, to, N)
+        counts = redo.sum(dim=2)  # (B, to)
         k = int(counts.max())
         if k == 0:
             return r
-        r = torch.where(redo, r * 2, r)
-        # per tile, the saturated vectors first: (B, k, to) row indices
-        order = torch.argsort((~redo).to(torch.uint8), dim=1, stable=True)[:, :k]
-        valid = torch.arange(k, device=z.device).view(1, k, 1) < counts.unsqueeze(1)
-        inv = (s_div.view(nb, n)[b_ar, order] * r[b_ar, order, t_ar] * in_unit).reciprocal_()
-        xq = x_t[b_ar, order] * inv.unsqueeze(-1)  # (B, k, to, ci)
-        xq = _dac_(xq.transpose(1, 2).contiguous(), io, in_unit, gen)
+        r = torch.where(redo.transpose(1, 2), r * 2, r)
+        # per tile, the saturated vectors first
+        order = torch.argsort((~redo).to(torch.uint8), dim=2, stable=True)[..., :k]  # (B,to,k)
+        rows = (base + order).reshape(-1)  # rows of x_rows
+        factor = s_div.reshape(-1)[rows] * r.transpose(1, 2).reshape(nb, n_out, n).gather(
+            2, order
+        ).reshape(-1)
+        xq = x_rows.index_select(0, rows).mul_(factor.mul_(in_unit).reciprocal_().unsqueeze(1))
+        xq = _dac_(xq, io, in_unit, gen).view(nb * n_out, k, lo.rows)
         zs = torch.empty(nb * n_out, k, lo.cols, device=z.device)
-        _mvm_adc(xq.view(nb * n_out, k, lo.rows), w_sub, io, gen, zs)
-        bound = io.out_bound / units(io)[1]
+        _mvm_adc(xq, w_sub, io, gen, zs)
         sat_new = (zs.amax(dim=-1) >= bound) | (zs.amin(dim=-1) <= -bound)  # (B*to, k)
-        bi, ki, ti = valid.nonzero(as_tuple=True)
-        ni = order[bi, ki, ti]
-        zv[bi, ni, ti] = zs.view(nb, n_out, k, lo.cols)[bi, ti, ki]
-        sat = torch.zeros_like(sat)
-        sat[bi, ni, ti] = sat_new.view(nb, n_out, k)[bi, ti, ki]
+        valid = (torch.arange(k, device=z.device).view(1, 1, k) < counts.unsqueeze(2)).reshape(-1)
+        pos = valid.nonzero().squeeze(1)
+        dst = ((base + order) * n_out + t_ar).reshape(-1).index_select(0, pos)
+        z_rows.index_copy_(0, dst, zs.view(-1, lo.cols).index_select(0, pos))
+        sat = torch.zeros(nb * n * n_out, dtype=torch.bool, device=z.device)
+        sat[dst] = sat_new.reshape(-1)[pos]
+        sat = sat.view(nb, n, n_out)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 #: Elements per independently seeded chunk (and the size below which no splitting happens).
-CHUNK = 1 << 17
+CHUNK = 1 << 18
 
 _pool: ThreadPoolExecutor | None = None
 _pool_workers = 0

@@ -379,7 +379,8 @@ def test_random_stream_independent_of_thread_count():
     """Large noise tensors are filled in parallel chunks; the draws must not depend on threads."""
     torch.manual_seed(0)
     layer = AnalogLinear(64, 512, config=presets.pcm_inference(), seed=9)
-    x = torch.randn(600, 64)  # output noise buffer 600 * 512 > 2 * aimc.random.CHUNK
+    rows = 2 * aimc.random.CHUNK // 512 + 88  # output noise buffer larger than two chunks
+    x = torch.randn(rows, 64)
     assert x.shape[0] * 512 > 2 * aimc.random.CHUNK
     threads = torch.get_num_threads()
     try:

@@ -1,0 +1,115 @@
+"""Where the time of an AnalogLinear forward goes (pcm_inference, CPU).
+
+For each benchmark shape, times (median of interleaved repeats, 2 threads) the pieces of the
+analog forward in isolation — the batched MVM, the Gaussian output-noise draw, the remaining
+periphery — and measures the fraction of (tile, vector) pairs that iterative bound management has
+to recompute. Writes benchmarks/results/profile_linear_cpu.json.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import aimc
+import aimc.mvm as mvm
+from aimc.nn import AnalogLinear
+from aimc.random import normal_
+
+SHAPES = [(768, 768, 2048), (768, 3072, 2048), (4096, 4096, 256)]
+
+
+def _median_ms(fns: dict, repeats: int = 11) -> dict[str, float]:
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            start = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - start)
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
+def saturation_fraction(layer: AnalogLinear, x: torch.Tensor) -> float:
+    seen: list[float] = []
+    original = mvm._bound_management
+
+    def spy(z, sat, *args):
+        seen.append(float(sat.float().mean()))
+        return original(z, sat, *args)
+
+    mvm._bound_management = spy
+    try:
+        with torch.no_grad():
+            layer(x)
+    finally:
+        mvm._bound_management = original
+    return seen[0] if seen else 0.0
+
+
+def profile_shape(n_in: int, n_out: int, tokens: int, gen: torch.Generator) -> dict:
+    digital = torch.nn.Linear(n_in, n_out)
+    cfg = aimc.presets.pcm_inference()
+    bm = AnalogLinear.from_digital(digital, cfg)
+    no_bm = AnalogLinear.from_digital(
+        digital, cfg.replace(io=cfg.io.replace(bound_management="none"))
+    )
+    x = torch.randn(tokens, n_in, generator=gen)
+    tw = bm.tile_weights()
+    lo = tw.layout
+    xq = torch.randn(lo.batch, tokens, lo.rows, generator=gen)
+    z = torch.empty(lo.batch, tokens, lo.padded_out)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        t = _median_ms(
+            {
+                "nn.Linear": lambda: digital(x),
+                "analog (iterative BM)": lambda: bm(x),
+                "analog (no BM)": lambda: no_bm(x),
+                "batched MVM only": lambda: torch.bmm(xq, tw.w.transpose(1, 2), out=z),
+                "output-noise draw only": lambda: normal_(z, g),
+            }
+        )
+    t["other periphery (no BM)"] = (
+        t["analog (no BM)"] - t["batched MVM only"] - t["output-noise draw only"]
+    )
+    t["bound-management recompute"] = t["analog (iterative BM)"] - t["analog (no BM)"]
+    return {
+        "in": n_in,
+        "out": n_out,
+        "tokens": tokens,
+        "ms": t,
+        "saturated_fraction_first_pass": saturation_fraction(bm, x),
+        "noise_values": lo.batch * tokens * lo.padded_out,
+    }
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)  # nn.Linear's initialisation
+    rows = []
+    for n_in, n_out, tokens in SHAPES:
+        row = profile_shape(n_in, n_out, tokens, gen)
+        rows.append(row)
+        t, lin = row["ms"], row["ms"]["nn.Linear"]
+        print(
+            f"({n_in}, {n_out}, {tokens}): first-pass saturated (tile, vector) pairs "
+            f"{100 * row['saturated_fraction_first_pass']:.0f} %, "
+            f"{row['noise_values'] / 1e6:.1f} M noise values"
+        )
+        for k, v in t.items():
+            print(f"    {k:<28} {v:7.1f} ms  ({v / lin:4.2f} x nn.Linear)")
+    path = Path(__file__).parent / "results" / "profile_linear_cpu.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
