@@ -1,10 +1,12 @@
 """aimc: fast, pure-PyTorch simulation of analog in-memory-computing crossbar hardware."""
 
-from . import functional, nn, presets
+from . import devices, functional, nn, presets
 from .config import (
     AnalogConfig,
     BoundManagement,
     DeviceConfig,
+    DeviceParams,
+    DriftCompensation,
     HWAConfig,
     IOConfig,
     MappingConfig,
@@ -13,6 +15,7 @@ from .config import (
     resolution_from_bits,
 )
 from .convert import analog_layers, convert, digital_module, manual_seed, to_digital
+from .lifecycle import drift, program
 
 __version__ = "0.1.0"
 
@@ -20,6 +23,8 @@ __all__ = [
     "AnalogConfig",
     "BoundManagement",
     "DeviceConfig",
+    "DeviceParams",
+    "DriftCompensation",
     "HWAConfig",
     "IOConfig",
     "MappingConfig",
@@ -27,11 +32,14 @@ __all__ = [
     "WeightNoiseType",
     "analog_layers",
     "convert",
+    "devices",
+    "drift",
     "digital_module",
     "functional",
     "manual_seed",
     "nn",
     "presets",
+    "program",
     "resolution_from_bits",
     "to_digital",
 ]

@@ -257,30 +257,85 @@ class MappingConfig(_ConfigBase):
             setattr(self, name, _check_bool(f"{p}.{name}", getattr(self, name)))
 
 
-#: Device models known to the config. The PCM device-physics work registers more names.
-DEVICE_MODELS: set[str] = {"none"}
+class DriftCompensation(str, Enum):
+    """How the drift of the conductances is compensated digitally (REFERENCE.md §3)."""
+
+    NONE = "none"  #: no compensation
+    GLOBAL = "global"  #: one factor per tile from the mean |output| of an identity readout
+    PER_COLUMN = "per_column"  #: one factor per tile column
+    EXACT_REFERENCE = "exact_reference"  #: global, baseline from the exact (target) weights
+
+
+class DeviceParams(_ConfigBase):
+    """Base of a device model's parameters (each device-model file defines a dataclass)."""
+
+    _prefix = "device.params"
+    g_max: float
+
+    def _check_positive(self, *names: str) -> None:
+        for name in names:
+            setattr(
+                self,
+                name,
+                _check_number(
+                    f"{self._prefix}.{name}", getattr(self, name), min_value=0, strict=True
+                ),
+            )
+
+    def _check_non_negative(self, *names: str) -> None:
+        for name in names:
+            setattr(
+                self,
+                name,
+                _check_number(f"{self._prefix}.{name}", getattr(self, name), min_value=0),
+            )
+
+
+#: Parameter classes of the registered device models (filled by ``aimc.devices``).
+DEVICE_PARAMS: dict[str, type[DeviceParams]] = {}
 
 
 @dataclass
 class DeviceConfig(_ConfigBase):
-    """Device / noise model of the conductances (programming, drift, read noise).
+    """Device / noise model of the conductances (programming, drift, read noise) and the drift
+    compensation (REFERENCE.md §2-3).
 
-    Slot for the device-physics layer: ``model='none'`` means the tile holds the exact weights
-    (only the IO noise of :class:`IOConfig` applies).
+    ``model='none'`` means the tiles hold the exact weights (only the IO noise of
+    :class:`IOConfig` applies). Other names are device-model plugins (``aimc.devices``):
+    ``pcm``, ``pcm_custom_drift``, ``gaussian``.
     """
 
     _prefix = "device"
 
     model: str = "none"
-    """Name of a registered device model (``aimc.config.DEVICE_MODELS``)."""
+    """Name of a registered device model, or ``'none'``."""
+    params: Any = None
+    """The model's parameters: a dict (missing keys take the model's defaults) or the model's
+    params dataclass. Must be empty for ``model='none'``."""
+    drift_compensation: DriftCompensation = DriftCompensation.NONE
+    """``none``, ``global`` (AIHWKIT's default for inference), ``per_column`` or
+    ``exact_reference``."""
 
     def _validate(self) -> None:
-        if not isinstance(self.model, str) or self.model not in DEVICE_MODELS:
-            _fail(
-                f"{self._prefix}.model",
-                self.model,
-                "one of " + ", ".join(repr(m) for m in sorted(DEVICE_MODELS)),
-            )
+        p = self._prefix
+        allowed = ["none", *sorted(DEVICE_PARAMS)]
+        if not isinstance(self.model, str) or self.model not in allowed:
+            _fail(f"{p}.model", self.model, "one of " + ", ".join(repr(m) for m in allowed))
+        self.drift_compensation = _check_enum(
+            f"{p}.drift_compensation", self.drift_compensation, DriftCompensation
+        )
+        if self.model == "none":
+            if self.params not in (None, {}):
+                _fail(f"{p}.params", self.params, "empty for device model 'none'")
+            self.params = None
+            return
+        cls = DEVICE_PARAMS[self.model]
+        if self.params is None:
+            self.params = cls()
+        elif isinstance(self.params, dict):
+            self.params = cls.from_dict(self.params, f"{p}.params")
+        elif not isinstance(self.params, cls):
+            _fail(f"{p}.params", self.params, f"a dict or an {cls.__name__}")
 
 
 @dataclass

@@ -1,8 +1,7 @@
 """Named configurations (plain functions returning a fresh :class:`aimc.AnalogConfig`).
 
-The device-model part (PCM programming noise, drift, drift compensation) of the PCM presets is
-added by the device-physics layer; until then they carry ``device.model='none'``: the tiles hold
-the exact weights and only the periphery (DAC/ADC, IO noise, bound management) is simulated.
+Every PCM preset carries the PCM statistical model (REFERENCE.md §2, ``pcm``) with global drift
+compensation (§3); ``ideal()`` has no device model.
 """
 
 from __future__ import annotations
@@ -10,12 +9,18 @@ from __future__ import annotations
 from .config import (
     AnalogConfig,
     BoundManagement,
+    DeviceConfig,
+    DriftCompensation,
     IOConfig,
     MappingConfig,
     NoiseManagement,
     WeightNoiseType,
     resolution_from_bits,
 )
+
+
+def _pcm() -> DeviceConfig:
+    return DeviceConfig(model="pcm", drift_compensation=DriftCompensation.GLOBAL)
 
 
 def ideal() -> AnalogConfig:
@@ -28,8 +33,9 @@ def ideal() -> AnalogConfig:
 def pcm_inference() -> AnalogConfig:
     """AIHWKIT 1.2.0 ``InferenceRPUConfig()`` defaults (REFERENCE.md §5): 7-bit DAC, 9-bit ADC
     (bound 12), output noise 0.06, abs-max noise management, iterative bound management,
-    512 x 512 tiles, per-tile weight scaling (omega 1), digital bias."""
-    return AnalogConfig()
+    512 x 512 tiles, per-tile weight scaling (omega 1), digital bias, PCM model, global drift
+    compensation."""
+    return AnalogConfig(device=_pcm())
 
 
 def pcm_weights_only() -> AnalogConfig:
@@ -44,8 +50,8 @@ def standard_hwa() -> AnalogConfig:
     management (1.0), ``pcm_read`` weight noise 0.0175, tiles of 512 inputs with no output split,
     column-wise weight scaling, learned column-wise output scales, digital bias.
 
-    The HWA-training part (input-range learning, clipping, remapping, weight modifiers) is
-    configured by the hardware-aware training layer.
+    PCM model with global drift compensation. The HWA-training part (input-range learning,
+    clipping, remapping, weight modifiers) is configured by the hardware-aware training layer.
     """
     res = resolution_from_bits(8)
     return AnalogConfig(
@@ -69,6 +75,7 @@ def standard_hwa() -> AnalogConfig:
             learn_out_scaling=True,
             out_scaling_columnwise=True,
         ),
+        device=_pcm(),
     )
 
 
@@ -76,7 +83,8 @@ def bert_squad(w_noise: float = 0.0175) -> AnalogConfig:
     """The BERT-on-SQuAD experiment of AIHWKIT's examples (REFERENCE.md §5): 8-bit DAC/ADC
     (256 steps), output noise 0.04, ADC bound 10, abs-max noise management, iterative bound
     management, ``pcm_read`` weight noise ``w_noise`` (0.0175 = standard PCM; 0.035, 0.07),
-    tiles of 512 inputs, column-wise weight scaling, learned output scaling, digital bias.
+    tiles of 512 inputs, column-wise weight scaling, learned output scaling, digital bias, PCM
+    model, global drift compensation.
 
     The example sets ``inp_res = out_res = 256`` (256 steps, i.e. 1/256 of the range), which
     differs slightly from ``resolution_from_bits(8) = 1/254`` used by :func:`standard_hwa`."""
@@ -101,6 +109,7 @@ def bert_squad(w_noise: float = 0.0175) -> AnalogConfig:
             learn_out_scaling=True,
             out_scaling_columnwise=True,
         ),
+        device=_pcm(),
     )
 
 

@@ -209,7 +209,7 @@ def test_mapping_defaults_are_aihwkit_mapping_parameter():
     assert m.out_scaling_columnwise is False
 
 
-@pytest.mark.parametrize("model", ["pcm", "PCM", "", None, 0])
+@pytest.mark.parametrize("model", ["pcm_typo", "PCM", "", None, 0])
 def test_device_unknown_model_raises(model):
     assert_rejects(DeviceConfig, "model", model, "'none'")
 
@@ -507,14 +507,16 @@ def test_preset_names_exported():
 
 
 def _off_parts(cfg: AnalogConfig) -> None:
-    # device physics and HWA training are not implemented yet: their slots must be off
-    assert cfg.device == DeviceConfig(model="none")
+    # PCM presets: the PCM statistical model with its default parameters and global drift
+    # compensation (REFERENCE.md §5); HWA training is not implemented yet: its slot is off
+    assert cfg.device == DeviceConfig(model="pcm", drift_compensation="global")
+    assert cfg.device.params == aimc.devices.pcm.PCMParams()
     assert cfg.hwa == HWAConfig(enabled=False)
 
 
 def test_pcm_inference_is_inference_rpu_config_defaults():
     cfg = presets.pcm_inference()
-    assert cfg == AnalogConfig()
+    assert cfg == AnalogConfig(device=DeviceConfig(model="pcm", drift_compensation="global"))
     io, m = cfg.io, cfg.mapping
     assert io.is_perfect is False
     assert io.inp_res == 1 / 126 and io.inp_bound == 1.0
@@ -587,7 +589,8 @@ def test_ideal_preset_is_perfect():
     assert cfg.io.is_perfect is True
     assert cfg.mapping.learn_out_scaling is False  # no trainable scale: exactly digital
     assert cfg.mapping.digital_bias is True
-    _off_parts(cfg)
+    assert cfg.device == DeviceConfig(model="none")
+    assert cfg.device.drift_compensation is aimc.DriftCompensation.NONE
 
 
 def test_pcm_weights_only_preset():

@@ -219,6 +219,7 @@ def test_pcm_inference_close_to_digital(name):
     ref = output(model, args)
     aimc.convert(model, presets.pcm_inference())
     assert analog_names(model) == expected
+    aimc.program(model, seed=0)  # eval mode runs on the programmed PCM chip
     y = output(model, args)
     assert y.shape == ref.shape
     assert torch.isfinite(y).all()
@@ -250,6 +251,7 @@ def test_optimizer_built_before_conversion_keeps_working():
     model, args, _ = build("resnet")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     aimc.convert(model, presets.pcm_inference())
+    aimc.program(model, seed=0)
     w = model.fc.weight.detach().clone()
     output(model, args)
     model.train()
@@ -504,10 +506,12 @@ def test_same_seed_same_outputs_across_builds():
     for _ in range(2):
         model, args, _ = build("distilbert")
         aimc.convert(model, presets.pcm_inference(), seed=3)
+        aimc.program(model, seed=3)
         outs.append(output(model, args))
     assert torch.equal(outs[0], outs[1])
     model, args, _ = build("distilbert")
     aimc.convert(model, presets.pcm_inference(), seed=4)
+    aimc.program(model, seed=3)  # the same chip, another IO-noise stream
     assert not torch.equal(output(model, args), outs[0])
 
 
@@ -615,6 +619,8 @@ def test_state_dict_roundtrip_whole_model(name):
     with torch.no_grad():
         for _, layer in aimc.analog_layers(src):
             layer.out_scale.uniform_(0.8, 1.2)
+    aimc.program(src, seed=5)
+    aimc.drift(src, 3600.0, seed=6)  # the chip one hour after programming
     state = src.state_dict()
     ref = output(src, args)
 

@@ -366,6 +366,7 @@ def test_noise_active_in_eval_mode(ctx):
     torch.manual_seed(0)
     d, a = twin_linear(presets.pcm_inference())
     a.eval()
+    a.program_chip(seed=0)
     x = torch.randn(8, 16)
     guard = torch.no_grad() if ctx == "no_grad" else torch.inference_mode()
     with guard:

@@ -263,4 +263,4 @@ def test_pcm_inference_error_magnitude_matches_reference_periphery(gen):
         err = float((lin(x) - x @ w.T).norm() / (x @ w.T).norm())
     # output noise 0.06 per tile output against |W x'| ~ 0.3-1 for these scales: a few percent
     assert 0.01 < err < 0.2
-    assert aimc.presets.pcm_inference() == AnalogConfig()
+    assert aimc.presets.pcm_inference().io == IOConfig()

@@ -16,6 +16,7 @@ from ..config import AnalogConfig, WeightNoiseType
 from ..functional import TileLayout, tile_weights
 from ..mvm import TileWeights, analog_mvm, units
 from ..random import check_seed
+from .chip import ChipMixin
 
 
 class _AnalogMVM(torch.autograd.Function):
@@ -38,7 +39,7 @@ class _AnalogMVM(torch.autograd.Function):
         ctx.has_bias = b is not None
         with torch.no_grad():
             return analog_mvm(
-                x, layer.tile_weights(), layer.analog_config.io, layer.generator(x), b
+                x, layer.active_tiles(), layer.analog_config.io, layer.generator(x), b
             )
 
     @staticmethod
@@ -50,7 +51,7 @@ class _AnalogMVM(torch.autograd.Function):
         return gx, gw, gb, None
 
 
-class AnalogLayerMixin:
+class AnalogLayerMixin(ChipMixin):
     """Analog behaviour shared by :class:`AnalogLinear` and the analog convolutions.
 
     Subclasses provide :meth:`weight_matrix` (the weight as ``(groups, out, in)``) and call
@@ -139,6 +140,13 @@ class AnalogLayerMixin:
             tw = TileWeights(layout, w_t, scale, w_abs)
         self._tile_cache = (key, tw)
         return tw
+
+    def active_tiles(self) -> TileWeights:
+        """The tiles the forward uses: the programmed chip in eval mode when the layer has a
+        device model, else the digital weights."""
+        if not self.training and self.has_device():
+            return self.chip_tiles()
+        return self.tile_weights()
 
     def invalidate_tiles(self) -> None:
         """Drop cached tiles (only needed after writing to ``weight.data`` directly)."""

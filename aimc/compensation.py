@@ -1,0 +1,51 @@
+"""Drift compensation (REFERENCE.md §3): identity readout through the noisy IO path.
+
+The readout of a tile is the mean absolute output of its forward pass (the same periphery as
+inference, noise included) on one-hot inputs. Right after programming it gives the baseline
+``m_0``; at drift time ``t`` it gives ``m_t``, and ``alpha = m_0 / m_t`` multiplies the tile's
+output in eval mode (one factor per tile, or per tile column).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .config import IOConfig, WeightNoiseType
+from .functional import TileLayout
+from .mvm import TileWeights, analog_mvm, units
+
+
+def valid_mask(layout: TileLayout, device: torch.device) -> Tensor:
+    """``(B, ci, O_pad)`` mask of the tile cells that hold real weights (not padding)."""
+    lo = layout
+    rows = torch.arange(lo.rows, device=device).view(1, lo.rows)
+    split = torch.arange(lo.n_in, device=device).view(lo.n_in, 1)
+    row_ok = (split * lo.rows + rows < lo.in_size).repeat(lo.groups, 1)  # (B, ci)
+    col_ok = torch.arange(lo.padded_out, device=device) < lo.out_size  # (O_pad,)
+    return row_ok.unsqueeze(2) & col_ok.view(1, 1, -1)
+
+
+def readout(
+    w: Tensor, layout: TileLayout, io: IOConfig, gen: torch.Generator, per_column: bool
+) -> Tensor:
+    """Mean |output| of every tile on the identity: ``(B, to)`` or ``(B, O_pad)`` if per column.
+
+    ``w`` is ``(B, O_pad, ci)`` tile weights in normalised units. Clamped below at 1e-4.
+    """
+    lo = layout
+    nb = lo.batch
+    per_tile = TileLayout(nb, lo.padded_out, lo.rows, 1, lo.rows, lo.n_out, lo.cols)
+    in_unit, out_unit = units(io)
+    need_abs = io.w_noise_type == WeightNoiseType.PCM_READ and io.w_noise > 0
+    tw = TileWeights(per_tile, w * (in_unit / out_unit), None, w.abs() if need_abs else None)
+    eye = torch.eye(lo.rows, device=w.device, dtype=torch.float32)
+    y = analog_mvm(eye.expand(nb, lo.rows, lo.rows).contiguous(), tw, io, gen)  # (B, ci, O)
+    mask = valid_mask(lo, w.device).to(y.dtype)
+    y = y.abs() * mask
+    if per_column:
+        m = y.sum(dim=1) / mask.sum(dim=1).clamp_min(1)
+    else:
+        m = y.view(nb, lo.rows, lo.n_out, lo.cols).sum(dim=(1, 3))
+        m = m / mask.view(nb, lo.rows, lo.n_out, lo.cols).sum(dim=(1, 3)).clamp_min(1)
+    return m.clamp_min(1e-4)

@@ -1,0 +1,104 @@
+"""``pcm``: the PCM statistical model (REFERENCE.md §2).
+
+Programming noise, conductance-dependent drift exponents, power-law drift and accumulated 1/f
+read noise, fitted to measurements of about one million IBM PCM devices: S. R. Nandakumar et al.,
+"Phase-change memory models for deep learning training and inference", ICECS 2019; V. Joshi et
+al., "Accurate deep neural network inference using computational phase-change memory", Nat.
+Commun. 11, 2473 (2020). Constants as in IBM AIHWKIT 1.2.0 ``PCMLikeNoiseModel``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..config import DeviceParams, _fail
+from ..random import normal_
+from .base import DeviceModel, State, register
+
+#: Programming-noise polynomial ``sigma(g) = c0 + c1 g/g_max + c2 (g/g_max)^2`` (µS at g_max=25).
+PROG_COEFF = (0.26348, 1.9650, -1.1731)
+
+
+@dataclass
+class PCMParams(DeviceParams):
+    """Parameters of the PCM statistical model (units: µS and seconds)."""
+
+    g_max: float = 25.0
+    """Conductance of the largest weight (µS)."""
+    prog_noise_scale: float = 1.0
+    """Multiplier of the programming-noise std (0 = perfect programming)."""
+    read_noise_scale: float = 1.0
+    """Multiplier of the accumulated 1/f read-noise std (0 = noiseless reads)."""
+    drift_scale: float = 1.0
+    """Multiplier of the drift exponents (0 = no drift)."""
+    t0: float = 20.0
+    """Time of the reference conductance read after programming (s)."""
+    t_read: float = 250e-9
+    """Duration of one read pulse (s); sets the low-frequency cut-off of the 1/f noise."""
+    prog_coeff: tuple[float, float, float] = field(default=PROG_COEFF)
+    """Coefficients ``(c0, c1, c2)`` of the programming-noise polynomial (µS, for g_max 25)."""
+
+    def _validate(self) -> None:
+        self._check_positive("g_max", "t0", "t_read")
+        self._check_non_negative("prog_noise_scale", "read_noise_scale", "drift_scale")
+        coeff = self.prog_coeff
+        if (
+            not isinstance(coeff, (tuple, list))
+            or len(coeff) != 3
+            or not all(
+                isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
+                for c in coeff
+            )
+        ):
+            _fail(f"{self._prefix}.prog_coeff", coeff, "three finite numbers (c0, c1, c2)")
+        self.prog_coeff = tuple(float(c) for c in coeff)
+
+
+def prog_noise_std(g: Tensor, params: PCMParams) -> Tensor:
+    """``sigma_prog(g) = (c0 + c1 g/g_max + c2 (g/g_max)^2) * g_max / 25`` (µS)."""
+    c0, c1, c2 = params.prog_coeff
+    rel = g / params.g_max
+    return (c0 + c1 * rel + c2 * rel * rel) * (params.g_max / 25.0)
+
+
+def nu_mean_std(g: Tensor, params: DeviceParams) -> tuple[Tensor, Tensor]:
+    """Mean and std of the drift exponent for target conductances ``g`` (REFERENCE.md §2)."""
+    log_g = torch.log((g / params.g_max).abs().clamp_min(1e-7))
+    mu = (-0.0155 * log_g + 0.0244).clamp(0.049, 0.1)
+    sigma = (-0.0125 * log_g - 0.0059).clamp(0.008, 0.045)
+    return mu, sigma
+
+
+def program_with(
+    g_target: Tensor, params: PCMParams, gen: torch.Generator, nu_stats=nu_mean_std
+) -> State:
+    """Programming noise and drift exponents (shared with ``pcm_custom_drift``)."""
+    xi = normal_(torch.empty_like(g_target), gen)
+    g = (g_target + params.prog_noise_scale * prog_noise_std(g_target, params) * xi).clamp_min(0)
+    mu, sigma = nu_stats(g_target, params)
+    nu = (mu + sigma * normal_(torch.empty_like(g_target), gen)).abs() * params.drift_scale
+    return {"g": g, "nu": nu}
+
+
+def read_noise_q(g_prog: Tensor, params: DeviceParams) -> Tensor:
+    """``Q_s = min(0.0088 / max((|g|/g_max)^0.65, 1e-3), 0.2)``."""
+    return (0.0088 / ((g_prog.abs() / params.g_max) ** 0.65).clamp_min(1e-3)).clamp_max(0.2)
+
+
+def drift(state: State, t_inference: float, params: PCMParams, gen: torch.Generator) -> Tensor:
+    """``g(t) = max(0, g_drift + |g_drift| * read_noise_scale * sigma_read * xi)``."""
+    g_prog, nu = state["g"].float(), state["nu"].float()
+    t = t_inference + params.t0
+    g_drift = g_prog * (t / params.t0) ** (-nu) if t > params.t0 else g_prog.clone()
+    sigma_read = read_noise_q(g_prog, params) * math.sqrt(
+        math.log((t + params.t_read) / (2 * params.t_read))
+    )
+    xi = normal_(torch.empty_like(g_drift), gen)
+    return (g_drift + g_drift.abs() * (params.read_noise_scale * sigma_read) * xi).clamp_min(0)
+
+
+MODEL = register(DeviceModel("pcm", PCMParams, program_with, drift))

@@ -1,0 +1,57 @@
+"""Lifecycle verbs over a whole model: program the chip, let it drift.
+
+Training mode always uses the digital weights; eval mode uses the programmed (and drifted)
+conductances of every layer whose config has a device model.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .convert import analog_layers
+from .nn.chip import check_time
+from .random import check_seed, derive_seed
+
+
+def _device_layers(model: nn.Module, verb: str):
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: got {type(model).__name__}; allowed: a torch.nn.Module")
+    layers = [(n, m) for n, m in analog_layers(model) if m.has_device()]
+    if not layers:
+        raise ValueError(
+            f"{verb}: the model has no analog layer with a device model; convert it with a "
+            "config whose device.model is not 'none' (e.g. aimc.presets.pcm_inference())"
+        )
+    return layers
+
+
+def program(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Program every analog layer with a device model: programming noise and per-device state
+    (e.g. drift exponents) drawn from ``seed`` (layer ``name`` uses ``derive_seed(seed, name)``),
+    plus the drift-compensation baseline. The chip stays fixed until the next ``program``; later
+    changes of the digital weights do not reach it. Returns ``model``."""
+    check_seed(seed)
+    for name, layer in _device_layers(model, "program"):
+        layer.program_chip(derive_seed(seed, "program:" + name))
+    return model
+
+
+def drift(model: nn.Module, t_seconds: float, seed: int = 0) -> nn.Module:
+    """Let the programmed conductances drift to ``t_seconds`` after programming and read them
+    with fresh read noise drawn from ``seed``; update the drift compensation.
+
+    Drift always starts from the programmed state (it is not cumulative): ``drift(m, 3600)``
+    then ``drift(m, 60)`` gives the chip one minute after programming. ``t_seconds`` must be a
+    finite number >= 0 (at 0 the read noise of a read at ``t0`` after programming still applies).
+
+    A layer that has not been programmed yet is programmed first, with ``seed`` as the
+    programming seed (as :func:`program` would with the same seed) — call :func:`program`
+    yourself to choose the chip independently of the read seed. Returns ``model``.
+    """
+    t = check_time(t_seconds)
+    check_seed(seed)
+    for name, layer in _device_layers(model, "drift"):
+        if not layer.is_programmed():
+            layer.program_chip(derive_seed(seed, "program:" + name))
+        layer.drift_chip(t, derive_seed(seed, "drift:" + name))
+    return model
