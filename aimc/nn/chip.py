@@ -84,7 +84,7 @@ class ChipMixin:
         params = cfg.device.params
         w_t, layout, w_scale = self._digital_layout()
         gen = torch.Generator(device=w_t.device).manual_seed(seed)
-        g_pos, g_neg, g_scale = devices.to_conductances(w_t, layout.n_out, params.g_max)
+        g_pos, g_neg, g_scale = model.to_conductances(w_t, layout.n_out, params.g_max)
         for sign, target in (("pos", g_pos), ("neg", g_neg)):
             for key, value in model.program(target, params, gen).items():
                 self._set_chip(f"{key}_{sign}", value.to(STATE_DTYPE))
@@ -98,7 +98,7 @@ class ChipMixin:
             if comp == DriftCompensation.EXACT_REFERENCE:
                 reference = w_t
             else:
-                reference = devices.from_conductances(
+                reference = model.from_conductances(
                     self._chip("g_pos").float(), self._chip("g_neg").float(), g_scale
                 )
             per_column = comp == DriftCompensation.PER_COLUMN
@@ -158,13 +158,13 @@ class ChipMixin:
         alpha = None
         if t < 0:  # programmed, not yet read
             g_pos, g_neg = self._chip("g_pos").float(), self._chip("g_neg").float()
-            w_t = devices.from_conductances(g_pos, g_neg, g_scale)
+            w_t = model.from_conductances(g_pos, g_neg, g_scale)
         else:
             gen = torch.Generator(device=g_scale.device)
             gen.manual_seed(int(self._chip("drift_seed")))
             g_pos = model.drift(self._state("pos"), t, params, gen)
             g_neg = model.drift(self._state("neg"), t, params, gen)
-            w_t = devices.from_conductances(g_pos, g_neg, g_scale)
+            w_t = model.from_conductances(g_pos, g_neg, g_scale)
             comp = cfg.device.drift_compensation
             if comp != DriftCompensation.NONE:
                 per_column = comp == DriftCompensation.PER_COLUMN
