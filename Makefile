@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(PIP_C) torch
-	$(PY) -m pip install -q $(PIP_C) -e '.[hf,dev]'
+	$(PY) -m pip install -q $(PIP_C) -e '.[hf,experiments,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -14,7 +14,10 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="convert small models with each preset; print errors")
     demo.add_argument("--seeds", type=int, default=3, help="noise seeds per preset (default 3)")
     demo.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    _add_squad_drift(sub)
     args = parser.parse_args(argv)
+    if args.command == "squad-drift":
+        return _squad_drift(args, parser)
     if args.command == "demo":
         if args.seeds < 1:
             parser.error(f"--seeds: got {args.seeds}; allowed: an integer >= 1")
@@ -25,6 +28,97 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads > 0:
             torch.set_num_threads(args.threads)
         print(run(args.seeds))
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _add_squad_drift(sub) -> None:
+    from .experiments.squad_drift import DEFAULT_CONFIGS, DEFAULT_DATA, DEFAULT_MODEL
+
+    p = sub.add_parser(
+        "squad-drift",
+        help="SQuAD v1.1 EM/F1 of an analog QA model as PCM drifts",
+        description="Convert a HuggingFace QA model to analog and evaluate SQuAD v1.1 exact match "
+        "and F1 at several drift times, configs and Monte-Carlo chips. Works under torchrun.",
+    )
+    p.add_argument(
+        "--model",
+        default=str(DEFAULT_MODEL),
+        help="HF QA model: local directory or hub id (default: shared MiniLM)",
+    )
+    p.add_argument(
+        "--data", default=str(DEFAULT_DATA), help="SQuAD v1.1 JSON (.json, .json.gz, .json.xz)"
+    )
+    p.add_argument("--out", default="runs/squad-drift/default", help="run directory")
+    p.add_argument(
+        "--configs",
+        default=",".join(DEFAULT_CONFIGS),
+        help="comma-separated: digital, ideal, pcm_inference, pcm_weights_only, "
+        "standard_hwa, bert_squad[:w_noise]",
+    )
+    p.add_argument(
+        "--times",
+        type=_floats,
+        default=None,
+        help="comma-separated drift times in s (default: 0, logspace(0,6,9), "
+        "1 month, 1 year, 10 years)",
+    )
+    p.add_argument("--chips", type=int, default=3, help="Monte-Carlo chips per config")
+    p.add_argument(
+        "--max-questions",
+        type=int,
+        default=None,
+        help="evaluate a fixed random subset of this many questions",
+    )
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the question subset")
+    p.add_argument("--seed", type=int, default=0, help="base seed of chips and noise")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
+    p.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _squad_drift(args, parser) -> int:
+    import torch
+
+    from .experiments.squad_drift import DEFAULT_TIMES, SweepSpec, run
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    spec = SweepSpec(
+        model=args.model,
+        data=args.data,
+        configs=[c.strip() for c in args.configs.split(",") if c.strip()],
+        times=args.times if args.times is not None else list(DEFAULT_TIMES),
+        chips=args.chips,
+        max_questions=args.max_questions,
+        subset_seed=args.subset_seed,
+        seed=args.seed,
+    )
+    try:
+        run(
+            spec,
+            args.out,
+            resume=args.resume,
+            batch_size=args.batch_size,
+            device=args.device,
+            use_wandb=args.wandb,
+            wandb_mode=args.wandb_mode,
+            progress=not args.no_progress,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"aimc squad-drift: error: {err}\n")
     return 0
 
 

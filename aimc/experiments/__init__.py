@@ -1,0 +1,1 @@
+"""Experiment recipes (SQuAD drift sweep, ...): thin layers over the library."""

@@ -1,0 +1,230 @@
+"""Outputs of a drift sweep: TensorBoard / W&B logging, summary table, plot."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+METRICS = (("f1", "F1"), ("exact_match", "exact match"))
+
+
+def _tb_writer(log_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+class Logger:
+    """Per-unit logging to TensorBoard (``<out>/tensorboard/<config>/chip<k>``; step = t in s)
+    and, with ``--wandb``, to Weights & Biases (offline mode needs no network)."""
+
+    def __init__(
+        self, out: Path, rank: int, use_wandb: bool, wandb_mode: str, spec: dict[str, Any]
+    ) -> None:
+        self.out = out
+        self.writers: dict[tuple[str, int], Any] = {}
+        self.tb_ok = True
+        self.wandb = None
+        if use_wandb:
+            self.wandb = _wandb_init(out, wandb_mode, spec, f"rank{rank}")
+
+    def log_unit(self, row: dict[str, Any]) -> None:
+        key = (row["config"], row["chip"])
+        if self.tb_ok and key not in self.writers:
+            writer = _tb_writer(self.out / "tensorboard" / row["config"] / f"chip{row['chip']}")
+            if writer is None:
+                print(
+                    "squad-drift: tensorboard is not installed; TensorBoard logging is off "
+                    "(pip install 'aimc[experiments]')",
+                    file=sys.stderr,
+                )
+                self.tb_ok = False
+            self.writers[key] = writer
+        writer = self.writers.get(key)
+        step = int(round(row["t"] or 0.0))
+        if writer is not None:
+            for name, _ in METRICS:
+                writer.add_scalar(f"val/{name}", row[name], global_step=step)
+            writer.flush()
+        if self.wandb is not None:
+            self.wandb.log(
+                {f"{row['config']}/chip{row['chip']}/val/{name}": row[name] for name, _ in METRICS}
+                | {"t_seconds": row["t"] or 0.0}
+            )
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            if w is not None:
+                w.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _wandb_init(out: Path, mode: str, spec: dict[str, Any], name: str):
+    if mode not in ("offline", "online"):
+        raise ValueError(f"--wandb-mode: got {mode!r}; allowed: 'offline' or 'online'")
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError(
+            "--wandb: the wandb package is not installed (pip install 'aimc[experiments]')"
+        ) from None
+    return wandb.init(
+        project="aimc-squad-drift",
+        dir=str(out),
+        mode=mode,
+        config=spec,
+        name=f"{out.name}-{name}",
+        reinit=True,
+    )
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[float | None, dict[str, list[float]]]]:
+    """``{config: {t: {metric: [value per chip]}}}``."""
+    table: dict[str, dict[float | None, dict[str, list[float]]]] = {}
+    for row in rows:
+        cell = table.setdefault(row["config"], {}).setdefault(row["t"], {})
+        for name, _ in METRICS:
+            cell.setdefault(name, []).append(row[name])
+    return table
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt_time(t: float | None) -> str:
+    """Human-readable drift time."""
+    if t is None:
+        return "-"
+    for unit, sec in (
+        ("y", 365 * 86400.0),
+        ("mo", 30 * 86400.0),
+        ("d", 86400.0),
+        ("h", 3600.0),
+        ("min", 60.0),
+    ):
+        if t >= sec:
+            return f"{t / sec:.3g} {unit}"
+    return f"{t:.3g} s"
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: mean ± std over chips of EM and F1, per config and t."""
+    lines = ["| config | t | chips | exact match | F1 |", "|---|---|---:|---:|---:|"]
+    for config, by_t in aggregate(rows).items():
+        for t, cell in by_t.items():
+            em, f1 = _mean_std(cell["exact_match"]), _mean_std(cell["f1"])
+            lines.append(
+                f"| {config} | {fmt_time(t)} | {len(cell['f1'])} | "
+                f"{em[0]:.2f} ± {em[1]:.2f} | {f1[0]:.2f} ± {f1[1]:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path_stem: Path) -> list[Path]:
+    """F1 and EM against drift time (log x; t = 0 drawn at the left edge), one line per config
+    with a min-max band over chips, digital as a horizontal reference. PNG and SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = aggregate(rows)
+    times = sorted({t for by_t in table.values() for t in by_t if t is not None})
+    positive = [t for t in times if t > 0]
+    zero_at = (min(positive) / 10) if positive else 1.0
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
+    for ax, (metric, label) in zip(axes, METRICS, strict=True):
+        for config, by_t in table.items():
+            if None in by_t:  # digital: no drift
+                ax.axhline(
+                    statistics.fmean(by_t[None][metric]),
+                    color="black",
+                    ls="--",
+                    lw=1.2,
+                    label=config,
+                )
+                continue
+            ts = sorted(by_t)
+            x = [t if t > 0 else zero_at for t in ts]
+            vals = [by_t[t][metric] for t in ts]
+            mean = [statistics.fmean(v) for v in vals]
+            (line,) = ax.plot(x, mean, marker="o", ms=3, label=config)
+            ax.fill_between(
+                x,
+                [min(v) for v in vals],
+                [max(v) for v in vals],
+                color=line.get_color(),
+                alpha=0.2,
+                lw=0,
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("time after programming (s); leftmost point: t = 0")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        for sec, name in ((3600, "1 h"), (86400, "1 d"), (365 * 86400, "1 y")):
+            if positive and positive[0] <= sec <= positive[-1]:
+                ax.axvline(sec, color="grey", lw=0.6, alpha=0.5)
+                ax.text(sec, ax.get_ylim()[0], name, fontsize=7, color="grey")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("SQuAD v1.1 dev as PCM drifts (band: min-max over chips)")
+    fig.tight_layout()
+    paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".svg")]
+    for p in paths:
+        fig.savefig(p, dpi=130)
+    plt.close(fig)
+    return paths
+
+
+def finish(out: Path, rows: list[dict[str, Any]], spec, use_wandb: bool, wandb_mode: str) -> None:
+    """Rank 0, after all units: summary (printed and ``summary.md``), plot, mean curves."""
+    table = summary_table(rows)
+    wall = sum(r["wall_s"] for r in rows)
+    (out / "summary.md").write_text(table + f"\n\nsum of unit wall times: {wall:.0f} s\n")
+    print(table)
+    try:
+        paths = plot(rows, out / "plot")
+        print("plot: " + ", ".join(str(p) for p in paths))
+    except ImportError:
+        print(
+            "squad-drift: matplotlib is not installed; no plot (pip install 'aimc[experiments]')",
+            file=sys.stderr,
+        )
+    for config, by_t in aggregate(rows).items():
+        writer = _tb_writer(out / "tensorboard" / config / "mean")
+        if writer is None:
+            break
+        for t, cell in by_t.items():
+            for name, _ in METRICS:
+                writer.add_scalar(
+                    f"val/{name}", statistics.fmean(cell[name]), global_step=int(round(t or 0.0))
+                )
+        writer.close()
+    if use_wandb:
+        run = _wandb_init(out, wandb_mode, spec.__dict__, "summary")
+        import wandb
+
+        run.log(
+            {
+                "summary": wandb.Table(
+                    columns=["config", "t", "chip", "em", "f1"],
+                    data=[
+                        [
+                            r["config"],
+                            r["t"] if r["t"] is not None else math.nan,
+                            r["chip"],
+                            r["exact_match"],
+                            r["f1"],
+                        ]
+                        for r in rows
+                    ],
+                )
+            }
+        )
+        run.finish()
