@@ -334,7 +334,7 @@ class DeviceConfig(_ConfigBase):
             self.params = cls()
         elif isinstance(self.params, dict):
             self.params = cls.from_dict(self.params, f"{p}.params")
-        elif not isinstance(self.params, cls):
+        elif type(self.params) is not cls:  # a subclass would carry fields the model ignores
             _fail(f"{p}.params", self.params, f"a dict or an {cls.__name__}")
 
 

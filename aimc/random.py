@@ -85,8 +85,12 @@ def derive_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+MAX_SEED = (1 << 63) - 1
+
+
 def check_seed(seed: object, field: str = "seed") -> int:
-    """Validate a user seed: a non-negative integer."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"{field}: got {seed!r}; allowed: an integer >= 0")
+    """Validate a user seed: an integer in ``[0, 2**63 - 1]`` (what a generator and an int64
+    buffer hold)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{field}: got {seed!r}; allowed: an integer in [0, 2**63 - 1]")
     return seed

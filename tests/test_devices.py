@@ -432,11 +432,6 @@ def test_custom_drift_length_mismatch(changes):
         PCMCustomDriftParams(**changes)
 
 
-@pytest.mark.xfail(
-    reason="BUG: PCMCustomDriftParams._validate accepts inf in g_points/nu_mean/nu_std "
-    "(only checks >= 0); an inf nu_mean gives NaN drift exponents",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "changes, field",
     [
@@ -688,12 +683,6 @@ def test_params_of_another_model_rejected():
         DeviceConfig(model="pcm_custom_drift", params=PCMParams())
 
 
-@pytest.mark.xfail(
-    reason="BUG: DeviceConfig._validate uses isinstance, so model='pcm' accepts a "
-    "PCMCustomDriftParams (a PCMParams subclass); its table is silently ignored and "
-    "AnalogConfig.from_json(cfg.to_json()) then fails on the unknown key 'g_points'",
-    strict=True,
-)
 def test_params_subclass_of_another_model_rejected_or_round_trips():
     try:
         cfg = AnalogConfig(device=DeviceConfig(model="pcm", params=PCMCustomDriftParams()))

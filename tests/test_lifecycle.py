@@ -279,12 +279,6 @@ def test_load_into_different_device_params_raises():
         b.load_state_dict(a.state_dict())
 
 
-@pytest.mark.xfail(
-    reason="BUG: AnalogLayerMixin.set_extra_state reports a device-params difference only as "
-    "'device.params: model={...whole dict...}, checkpoint={...}', not naming the differing "
-    "field device.params.drift_scale",
-    strict=True,
-)
 def test_load_into_different_device_params_names_field():
     a = make_model(presets.pcm_inference())
     aimc.program(a, seed=5)
@@ -362,11 +356,6 @@ def test_drift_rejects_bad_times(t):
     assert m[0].chip_drift_time.item() == HOUR  # a rejected call leaves the chip alone
 
 
-@pytest.mark.xfail(
-    reason="BUG: aimc.nn.chip.check_time calls math.isfinite on a huge int (10**400), which "
-    "raises OverflowError instead of the documented ValueError naming t_seconds",
-    strict=True,
-)
 def test_drift_rejects_huge_int_time():
     m = make_model(presets.pcm_inference())
     with pytest.raises(ValueError, match="t_seconds"):
@@ -391,11 +380,14 @@ def test_program_and_drift_reject_bad_seeds(seed):
         m[0].drift_chip(HOUR, seed)
 
 
-def test_large_model_level_seeds_work():
+def test_largest_seed_works_and_larger_is_rejected():
     m = make_model(presets.pcm_inference())
-    aimc.program(m, seed=2**70)  # model-level seeds are hashed into 63-bit layer seeds
-    aimc.drift(m, HOUR, seed=2**70)
+    aimc.program(m, seed=2**63 - 1)  # seeds are 63-bit everywhere (int64 buffers)
+    aimc.drift(m, HOUR, seed=2**63 - 1)
     assert torch.isfinite(eval_out(m)).all()
+    for verb in (aimc.program, lambda m, seed: aimc.drift(m, HOUR, seed=seed)):
+        with pytest.raises(ValueError, match=r"seed.*2\*\*63"):
+            verb(m, seed=2**70)
 
 
 @pytest.mark.parametrize(
@@ -404,31 +396,14 @@ def test_large_model_level_seeds_work():
         pytest.param(
             "drift_chip",
             2**63,
-            marks=pytest.mark.xfail(
-                reason="BUG: ChipMixin.drift_chip(t, 2**63): check_seed accepts it, then "
-                "chip_drift_seed.fill_ raises RuntimeError (int64 overflow) after "
-                "chip_drift_time was already overwritten",
-                strict=True,
-            ),
         ),
         pytest.param(
             "drift_chip",
             2**64,
-            marks=pytest.mark.xfail(
-                reason="BUG: ChipMixin.drift_chip(t, 2**64) raises OverflowError (from "
-                "fill_) instead of ValueError naming the seed",
-                strict=True,
-            ),
         ),
         pytest.param(
             "program_chip",
             2**64,
-            marks=pytest.mark.xfail(
-                reason="BUG: ChipMixin.program_chip(2**64): check_seed accepts it, then "
-                "torch.Generator.manual_seed raises 'Overflow when unpacking long long' "
-                "(no mention of the seed)",
-                strict=True,
-            ),
         ),
         ("program_chip", 2**63),
     ],
@@ -753,11 +728,6 @@ def test_chip_memory_at_most_twice_weights(make, cfg_name):
         HOUR,
         pytest.param(
             DAY,
-            marks=pytest.mark.xfail(
-                reason="BUG: chip_drift_time is a float64 buffer, so model.half() casts it to "
-                "float16: 86400 s overflows to inf and eval outputs become NaN",
-                strict=True,
-            ),
         ),
     ],
 )
@@ -772,12 +742,6 @@ def test_half_after_drift_keeps_outputs(t):
     assert ((yh.float() - y).abs().max() / y.abs().max()).item() < 1e-2
 
 
-@pytest.mark.xfail(
-    reason="BUG: model.double() after aimc.program casts the chip buffers "
-    "(chip_conductance_scale etc.) to float64; ChipMixin._compute_chip_tiles then builds "
-    "float64 tiles and the eval forward raises RuntimeError (dtype mismatch in the MVM)",
-    strict=True,
-)
 def test_double_after_program_keeps_outputs():
     m = make_model(presets.pcm_weights_only())
     aimc.drift(m, HOUR, seed=1)
@@ -801,12 +765,6 @@ def test_program_float64_model():
         1000.0,
         pytest.param(
             1e5,
-            marks=pytest.mark.xfail(
-                reason="BUG: DeviceParams accept any finite g_max > 0, but the chip stores "
-                "conductances as float16 (max 65504): g_max=1e5 gives inf conductances and "
-                "NaN eval outputs",
-                strict=True,
-            ),
         ),
     ],
 )

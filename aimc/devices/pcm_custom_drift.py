@@ -7,6 +7,7 @@ conductance from ``(g_points, nu_mean, nu_std)`` (clamped at the ends); everythi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -37,11 +38,15 @@ class PCMCustomDriftParams(PCMParams):
                 isinstance(v, (tuple, list))
                 and len(v) >= 2
                 and all(
-                    isinstance(c, (int, float)) and not isinstance(c, bool) and c >= 0 for c in v
+                    isinstance(c, (int, float))
+                    and not isinstance(c, bool)
+                    and math.isfinite(c)
+                    and c >= 0
+                    for c in v
                 )
             )
             if not ok:
-                _fail(f"{p}.{name}", v, "a list of at least 2 numbers >= 0")
+                _fail(f"{p}.{name}", v, "a list of at least 2 finite numbers >= 0")
             setattr(self, name, tuple(float(c) for c in v))
         if not len(self.g_points) == len(self.nu_mean) == len(self.nu_std):
             _fail(f"{p}.g_points", self.g_points, "as many entries as nu_mean and nu_std")

@@ -200,15 +200,21 @@ class AnalogLayerMixin(ChipMixin):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         loaded = AnalogConfig.from_dict(state["config"])
         if loaded != self.analog_config:
-            mine, theirs = self.analog_config.to_dict(), loaded.to_dict()
-            diff = [
-                f"{sec}.{k}: model={mine[sec][k]!r}, checkpoint={theirs[sec][k]!r}"
-                for sec in mine
-                if isinstance(mine[sec], dict)
-                for k in mine[sec]
-                if mine[sec][k] != theirs[sec][k]
-            ]
+            diff = _dict_diff(self.analog_config.to_dict(), loaded.to_dict())
             raise ValueError(
                 "checkpoint config differs from the layer's config: " + "; ".join(diff)
             )
         self.manual_seed(int(state["seed"]))
+
+
+def _dict_diff(mine: dict[str, Any], theirs: dict[str, Any], path: str = "") -> list[str]:
+    """``field.path: model=..., checkpoint=...`` for every leaf that differs."""
+    out = []
+    for key in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(key), theirs.get(key)
+        name = f"{path}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _dict_diff(a, b, name + ".")
+        elif a != b:
+            out.append(f"{name}: model={a!r}, checkpoint={b!r}")
+    return out

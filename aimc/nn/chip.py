@@ -25,7 +25,8 @@ from ..mvm import TileWeights, units
 from ..random import check_seed
 
 PREFIX = "chip_"
-#: Per-device state is stored in half precision (conductances in µS, drift exponents): the
+#: Per-device state is stored in half precision (conductances relative to g_max, drift
+#: exponents): the
 #: rounding (relative 5e-4) is far below programming and read noise, and it keeps the chip at
 #: 2x the float32 weight memory.
 STATE_DTYPE = torch.float16
@@ -33,11 +34,16 @@ STATE_DTYPE = torch.float16
 
 def check_time(t: Any) -> float:
     """Validate an inference time in seconds since programming."""
+    allowed = "a finite number >= 0 (seconds)"
     if isinstance(t, bool) or not isinstance(t, (int, float)):
-        raise ValueError(f"t_seconds: got {t!r}; allowed: a finite number >= 0 (seconds)")
-    if not math.isfinite(t) or t < 0:
-        raise ValueError(f"t_seconds: got {t!r}; allowed: a finite number >= 0 (seconds)")
-    return float(t)
+        raise ValueError(f"t_seconds: got {t!r}; allowed: {allowed}")
+    try:
+        value = float(t)
+    except OverflowError:
+        raise ValueError(f"t_seconds: got {t!r}; allowed: {allowed}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"t_seconds: got {t!r}; allowed: {allowed}")
+    return value
 
 
 class ChipMixin:
@@ -87,6 +93,8 @@ class ChipMixin:
         g_pos, g_neg, g_scale = model.to_conductances(w_t, layout.n_out, params.g_max)
         for sign, target in (("pos", g_pos), ("neg", g_neg)):
             for key, value in model.program(target, params, gen).items():
+                if key == "g":  # stored relative to g_max: float16 range for any g_max
+                    value = value / params.g_max
                 self._set_chip(f"{key}_{sign}", value.to(STATE_DTYPE))
         self._set_chip("conductance_scale", g_scale.float())
         if w_scale is not None:
@@ -98,9 +106,8 @@ class ChipMixin:
             if comp == DriftCompensation.EXACT_REFERENCE:
                 reference = w_t
             else:
-                reference = model.from_conductances(
-                    self._chip("g_pos").float(), self._chip("g_neg").float(), g_scale
-                )
+                state_pos, state_neg = self._state("pos"), self._state("neg")
+                reference = model.from_conductances(state_pos["g"], state_neg["g"], g_scale)
             per_column = comp == DriftCompensation.PER_COLUMN
             self._set_chip("baseline", readout(reference, layout, cfg.io, gen, per_column))
         self._chip_cache = None
@@ -120,12 +127,15 @@ class ChipMixin:
         self.chip_tiles()
 
     def _state(self, sign: str) -> dict[str, Tensor]:
+        """The device state of one device of every pair (float32; conductances in µS)."""
         names = [
             k[len(PREFIX) : -len(sign) - 1]
             for k in self._buffers
             if k.startswith(PREFIX) and k.endswith("_" + sign)
         ]
-        return {n: self._chip(f"{n}_{sign}") for n in names}
+        state = {n: self._chip(f"{n}_{sign}").float() for n in names}
+        state["g"] = state["g"] * self.analog_config.device.params.g_max
+        return state
 
     # -- the tiles used in eval mode -------------------------------------------------------------
     def chip_tiles(self) -> TileWeights:
@@ -154,11 +164,10 @@ class ChipMixin:
         w = self._analog_weight()
         layout = TileLayout.build(w.shape[0], w.shape[1], w.shape[2], cfg.mapping)
         t = float(self._chip("drift_time"))
-        g_scale = self._chip("conductance_scale")
+        g_scale = self._chip("conductance_scale").float()
         alpha = None
         if t < 0:  # programmed, not yet read
-            g_pos, g_neg = self._chip("g_pos").float(), self._chip("g_neg").float()
-            w_t = model.from_conductances(g_pos, g_neg, g_scale)
+            w_t = model.from_conductances(self._state("pos")["g"], self._state("neg")["g"], g_scale)
         else:
             gen = torch.Generator(device=g_scale.device)
             gen.manual_seed(int(self._chip("drift_seed")))
@@ -168,13 +177,29 @@ class ChipMixin:
             comp = cfg.device.drift_compensation
             if comp != DriftCompensation.NONE:
                 per_column = comp == DriftCompensation.PER_COLUMN
-                alpha = self._chip("baseline") / readout(w_t, layout, cfg.io, gen, per_column)
-        scale = self._chip("weight_scale") if hasattr(self, PREFIX + "weight_scale") else None
+                baseline = self._chip("baseline").float()
+                alpha = baseline / readout(w_t, layout, cfg.io, gen, per_column)
+        scale = (
+            self._chip("weight_scale").float() if hasattr(self, PREFIX + "weight_scale") else None
+        )
         scale = _combine_scales(scale, alpha, layout)
         in_unit, out_unit = units(cfg.io)
         need_abs = cfg.io.w_noise_type == WeightNoiseType.PCM_READ and cfg.io.w_noise > 0
         w_abs = w_t.abs() if need_abs and not cfg.io.is_perfect else None
         return TileWeights(layout, w_t * (in_unit / out_unit), scale, w_abs)
+
+    # -- the chip keeps its dtypes: model.half()/double() move it but never cast it -------------
+    def _apply(self, fn, recurse=True):
+        chip = {k: b for k, b in self._buffers.items() if k.startswith(PREFIX)}
+        for k in chip:
+            del self._buffers[k]
+        try:
+            out = super()._apply(fn, recurse)
+        finally:
+            for k, b in chip.items():
+                self._buffers[k] = b.to(fn(b).device)
+        self._chip_cache = None
+        return out
 
     # -- loading a programmed chip into a fresh layer ------------------------------------------
     def _load_from_state_dict(
