@@ -1,3 +1,5 @@
-from .cli import main
+"""``python -m aimc`` (also ``torchrun -m aimc ...``)."""
+
+from aimc.cli import main
 
 raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Time of one SQuAD evaluation point, analog vs digital (500 dev questions, shared MiniLM).
+
+Features are tokenized once; each configuration is programmed and drifted (1 day) once, then
+the evaluation of the same questions is timed, interleaving digital and analog (A B A B ...).
+Writes benchmarks/results/squad_eval_cpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import aimc
+from aimc.experiments.squad_drift import DEFAULT_DATA, DEFAULT_MODEL, load_qa_model, resolve_config
+from aimc.squad.data import load_squad, select_questions
+from aimc.squad.features import best_spans, make_features, qa_logits
+from aimc.squad.metrics import squad_scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--questions", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--configs", default="ideal,pcm_inference,bert_squad:0.0175")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    examples = select_questions(load_squad(DEFAULT_DATA), args.questions, 0)
+    digital, tokenizer = load_qa_model(str(DEFAULT_MODEL), torch.device("cpu"))
+    analog, _ = load_qa_model(str(DEFAULT_MODEL), torch.device("cpu"))
+    features = make_features(examples, tokenizer)
+
+    def evaluate(model) -> tuple[float, dict]:
+        start = time.perf_counter()
+        s, e = qa_logits(model, features, 32)
+        scores = squad_scores(best_spans(examples, features, s, e), examples)
+        return time.perf_counter() - start, scores
+
+    rows = []
+    for name in args.configs.split(","):
+        aimc.convert(analog, resolve_config(name), seed=0).eval()
+        aimc.program(analog, seed=0)
+        aimc.drift(analog, 86400.0, seed=0)
+        td, ta = [], []
+        for _ in range(args.repeats):
+            t, d_scores = evaluate(digital)
+            td.append(t)
+            t, a_scores = evaluate(analog)
+            ta.append(t)
+        aimc.to_digital(analog)
+        row = {
+            "config": name,
+            "questions": len(examples),
+            "features": len(features),
+            "digital_s": statistics.median(td),
+            "analog_s": statistics.median(ta),
+            "ratio": statistics.median(ta) / statistics.median(td),
+            "digital_minmax": [min(td), max(td)],
+            "analog_minmax": [min(ta), max(ta)],
+            "digital_f1": d_scores["f1"],
+            "analog_f1_1day": a_scores["f1"],
+        }
+        rows.append(row)
+        print(
+            f"{name:<20} digital {row['digital_s']:.1f} s  analog {row['analog_s']:.1f} s  "
+            f"ratio {row['ratio']:.2f}  (digital {min(td):.1f}-{max(td):.1f}, analog "
+            f"{min(ta):.1f}-{max(ta):.1f})"
+        )
+    path = Path(__file__).parent / "results" / "squad_eval_cpu.json"
+    path.write_text(
+        json.dumps({"threads": args.threads, "torch": torch.__version__, "rows": rows}, indent=2)
+        + "\n"
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
