@@ -165,13 +165,18 @@ def plot(rows: list[dict[str, Any]], path_stem: Path) -> list[Path]:
                 lw=0,
             )
         ax.set_xscale("log")
-        ax.set_xlabel("time after programming (s); leftmost point: t = 0")
+        ticks = ([zero_at] if 0.0 in times else []) + positive
+        ax.set_xticks(
+            ticks,
+            ["0"] * (0.0 in times) + [fmt_time(t) for t in positive],
+            rotation=45,
+            ha="right",
+            fontsize=7,
+        )
+        ax.minorticks_off()
+        ax.set_xlabel("time after programming")
         ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-        for sec, name in ((3600, "1 h"), (86400, "1 d"), (365 * 86400, "1 y")):
-            if positive and positive[0] <= sec <= positive[-1]:
-                ax.axvline(sec, color="grey", lw=0.6, alpha=0.5)
-                ax.text(sec, ax.get_ylim()[0], name, fontsize=7, color="grey")
+        ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("SQuAD v1.1 dev as PCM drifts (band: min-max over chips)")
     fig.tight_layout()
