@@ -161,8 +161,11 @@ def read_results(out: Path) -> list[dict[str, Any]]:
 def append_row(path: Path, row: dict[str, Any]) -> None:
     """Append one JSON line and force it to disk (a kill loses at most the unit in flight)."""
     data = (json.dumps(row, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data  # a line torn by a kill: end it, so this row stays whole
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -173,35 +176,41 @@ def spec_dict(spec: SweepSpec) -> dict[str, Any]:
     return asdict(spec)
 
 
-def prepare_run_dir(out: Path, spec: SweepSpec, resume: bool, rank: int) -> None:
-    """Create ``out`` and ``run_config.json``; refuse to mix runs of different specs."""
+def prepare_run_dir(out: Path, spec: SweepSpec, resume: bool, numbers: dict[str, Any]) -> None:
+    """Create ``out`` and ``run_config.json``; refuse to mix runs made with settings that change
+    the numbers (the spec, the batch size — noise draws follow the batching — and the device
+    type)."""
     cfg_path = out / "run_config.json"
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg_path.exists() or read_results(out):
-            if not resume:
-                raise ValueError(
-                    f"--out: {out} already holds a run; pass --resume to continue it "
-                    "or choose a new directory"
-                )
-            old = json.loads(cfg_path.read_text())["spec"] if cfg_path.exists() else {}
-            mine = spec_dict(spec)
-            diff = [k for k in mine if k in old and old[k] != mine[k]]
-            if diff:
-                raise ValueError(
-                    "--resume: the run in "
-                    + str(out)
-                    + " was made with different "
-                    + ", ".join(f"{k} ({old[k]!r} != {mine[k]!r})" for k in diff)
-                )
-        meta = {
-            "spec": spec_dict(spec),
-            "torch": torch.__version__,
-            "configs_resolved": {
-                n: (c.to_dict() if (c := resolve_config(n)) else None) for n in spec.configs
-            },
-        }
-        cfg_path.write_text(json.dumps(meta, indent=2) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    mine = spec_dict(spec) | numbers
+    if cfg_path.exists() or read_results(out):
+        if not resume:
+            raise ValueError(
+                f"--out: {out} already holds a run; pass --resume to continue it "
+                "or choose a new directory"
+            )
+        old = (
+            json.loads(cfg_path.read_text()).get("determines_numbers", {})
+            if cfg_path.exists()
+            else {}
+        )
+        diff = [k for k in mine if k in old and old[k] != mine[k]]
+        if diff:
+            raise ValueError(
+                "--resume: the run in "
+                + str(out)
+                + " was made with different "
+                + ", ".join(f"{k} ({old[k]!r} != {mine[k]!r})" for k in diff)
+            )
+    meta = {
+        "spec": spec_dict(spec),
+        "determines_numbers": mine,
+        "torch": torch.__version__,
+        "configs_resolved": {
+            n: (c.to_dict() if (c := resolve_config(n)) else None) for n in spec.configs
+        },
+    }
+    cfg_path.write_text(json.dumps(meta, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,12 +297,13 @@ def run(
         torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if rank == 0:
-        prepare_run_dir(out, spec, resume, rank)
-    _barrier(world)
+    # load (and so validate) data and model before anything is written to --out
     examples = select_questions(load_squad(spec.data), spec.max_questions, spec.subset_seed)
     model, tokenizer = load_qa_model(spec.model, dev)
     features = make_features(examples, tokenizer, spec.max_length, spec.stride)
+    if rank == 0:
+        prepare_run_dir(out, spec, resume, {"batch_size": batch_size, "device": dev.type})
+    _barrier(world)
     units = work_units(spec)
     done = {row["key"] for row in read_results(out)}
     mine = [u for i, u in enumerate(units) if i % world == rank and u.key not in done]
