@@ -11,10 +11,14 @@ from .config import (
     IOConfig,
     MappingConfig,
     NoiseManagement,
+    WeightClip,
+    WeightModifier,
     WeightNoiseType,
+    WeightRemap,
     resolution_from_bits,
 )
 from .convert import analog_layers, convert, digital_module, manual_seed, to_digital
+from .hwa import post_step, register_post_step_hook
 from .lifecycle import drift, program
 
 __version__ = "0.1.0"
@@ -29,7 +33,10 @@ __all__ = [
     "IOConfig",
     "MappingConfig",
     "NoiseManagement",
+    "WeightClip",
+    "WeightModifier",
     "WeightNoiseType",
+    "WeightRemap",
     "analog_layers",
     "convert",
     "devices",
@@ -38,8 +45,10 @@ __all__ = [
     "functional",
     "manual_seed",
     "nn",
+    "post_step",
     "presets",
     "program",
+    "register_post_step_hook",
     "resolution_from_bits",
     "to_digital",
 ]

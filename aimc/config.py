@@ -338,27 +338,111 @@ class DeviceConfig(_ConfigBase):
             _fail(f"{p}.params", self.params, f"a dict or an {cls.__name__}")
 
 
+class WeightModifier(str, Enum):
+    """Weight noise injected in the training forward, resampled every mini-batch (REFERENCE §4)."""
+
+    NONE = "none"
+    ADD_NORMAL = "add_normal"  #: ``W + std * a * xi``
+    MULT_NORMAL = "mult_normal"  #: ``W + W * std * a * xi``
+    DISCRETIZE = "discretize"  #: ``a * Q(W / a)`` with step ``res``
+    POLY = "poly"  #: ``W + a * std * (c0 + c1 |W|/a + c2 (|W|/a)^2) * xi``
+    PROG_NOISE = "prog_noise"  #: ``poly`` with the PCM programming-noise coefficients / g_max
+
+
+class WeightClip(str, Enum):
+    """Clipping of the digital weights after each optimizer step (REFERENCE §4)."""
+
+    NONE = "none"
+    FIXED = "fixed"  #: clip to ``+-clip_value``
+    LAYER_GAUSSIAN = "layer_gaussian"  #: clip to ``+-clip_sigma * std(W)`` of the layer
+
+
+class WeightRemap(str, Enum):
+    """Symmetric remapping of the digital weights after each optimizer step (REFERENCE §4)."""
+
+    NONE = "none"
+    LAYERWISE = "layerwise"  #: scale W so that max|W| = 1 over the layer
+    COLUMNWISE = "columnwise"  #: ... per output column; the scale moves to the output scale
+
+
 @dataclass
 class HWAConfig(_ConfigBase):
-    """Hardware-aware training knobs (REFERENCE.md §4); active in training mode only.
+    """Hardware-aware training knobs (REFERENCE.md §4; Rasch et al., Nat. Commun. 14, 5282
+    (2023); AIHWKIT ``WeightModifierParameter``, ``WeightClipParameter``,
+    ``WeightRemapParameter``, input-range learning).
 
-    Slot for the hardware-aware training layer. ``enabled=False`` (the only state the engine
-    implements so far) leaves the training forward equal to the inference forward.
+    Weight modifiers act in the training forward only (resampled every forward). Clipping and
+    remapping change the digital weights after an optimizer step (:func:`aimc.post_step`). The
+    learned input range is the DAC range in training and eval; it is only updated in training.
     """
 
     _prefix = "hwa"
 
-    enabled: bool = False
-    """Whether any HWA weight modifier / clipping / remapping is applied while training."""
+    modifier: WeightModifier = WeightModifier.NONE
+    """Weight-noise model of the training forward."""
+    modifier_std: float = 0.0
+    """Noise std of ``add_normal``, ``mult_normal``, ``poly``, ``prog_noise`` (relative to
+    ``a = max|W|``)."""
+    modifier_res: float = 0.0
+    """Step of ``discretize`` as a fraction of ``a`` (> 1 = number of steps; 0 = off)."""
+    modifier_coeffs: tuple[float, float, float] = (0.0105, 0.0786, -0.0469)
+    """``(c0, c1, c2)`` of ``poly`` (default: the PCM programming-noise polynomial / 25 µS)."""
+    modifier_per_tile: bool = True
+    """``a = max|W|`` per tile (True) or per layer."""
+    clip: WeightClip = WeightClip.NONE
+    """Weight clipping after each optimizer step."""
+    clip_value: float = 1.0
+    """``fixed`` clipping bound (> 0)."""
+    clip_sigma: float = 2.5
+    """``layer_gaussian`` bound in standard deviations of the layer's weights (> 0)."""
+    remap: WeightRemap = WeightRemap.NONE
+    """Symmetric remapping after each optimizer step (needs ``mapping.learn_out_scaling``)."""
+    learn_input_range: bool = False
+    """Learn a per-layer DAC input range (replaces noise management)."""
+    input_range_init_batches: int = 100
+    """Initialise the input range from this many training batches (mean of
+    ``input_range_init_std * std(x)``)."""
+    input_range_init_std: float = 3.0
+    """... in standard deviations of the inputs."""
+    input_range_decay: float = 0.001
+    """Slow decay of the range, added to its gradient (AIHWKIT ``input_range.decay``)."""
 
     def _validate(self) -> None:
-        self.enabled = _check_bool(f"{self._prefix}.enabled", self.enabled)
-        if self.enabled:
-            _fail(
-                f"{self._prefix}.enabled",
-                self.enabled,
-                "False (hardware-aware training is not implemented in this version)",
+        p = self._prefix
+        self.modifier = _check_enum(f"{p}.modifier", self.modifier, WeightModifier)
+        self.clip = _check_enum(f"{p}.clip", self.clip, WeightClip)
+        self.remap = _check_enum(f"{p}.remap", self.remap, WeightRemap)
+        for name in ("modifier_std", "modifier_res", "input_range_decay"):
+            setattr(self, name, _check_number(f"{p}.{name}", getattr(self, name), min_value=0))
+        for name in ("clip_value", "clip_sigma", "input_range_init_std"):
+            setattr(
+                self,
+                name,
+                _check_number(f"{p}.{name}", getattr(self, name), min_value=0, strict=True),
             )
+        for name in ("modifier_per_tile", "learn_input_range"):
+            setattr(self, name, _check_bool(f"{p}.{name}", getattr(self, name)))
+        self.input_range_init_batches = _check_int(
+            f"{p}.input_range_init_batches", self.input_range_init_batches, min_value=1
+        )
+        c = self.modifier_coeffs
+        if (
+            not isinstance(c, (tuple, list))
+            or len(c) != 3
+            or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in c
+            )
+        ):
+            _fail(f"{p}.modifier_coeffs", c, "three finite numbers (c0, c1, c2)")
+        self.modifier_coeffs = tuple(float(v) for v in c)
+        if self.modifier == WeightModifier.DISCRETIZE and self.modifier_res <= 0:
+            _fail(f"{p}.modifier_res", self.modifier_res, "> 0 when modifier is 'discretize'")
+
+    @property
+    def any_modifier(self) -> bool:
+        """Whether the training forward modifies the weights."""
+        return self.modifier != WeightModifier.NONE
 
 
 @dataclass
@@ -385,6 +469,20 @@ class AnalogConfig(_ConfigBase):
         ):
             if not isinstance(getattr(self, name), typ):
                 _fail(f"config.{name}", getattr(self, name), f"an aimc.config.{typ.__name__}")
+        if self.hwa.learn_input_range and not self.mapping.digital_bias:
+            _fail(
+                "config.hwa.learn_input_range",
+                True,
+                "False unless mapping.digital_bias is True (an analog bias row would be "
+                "clipped by the learned range)",
+            )
+        if self.hwa.remap != WeightRemap.NONE and not self.mapping.learn_out_scaling:
+            _fail(
+                "config.hwa.remap",
+                self.hwa.remap.value,
+                "'none' unless mapping.learn_out_scaling is True (the remap scale is moved to "
+                "the output scale)",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with a ``version`` field."""

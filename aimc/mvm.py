@@ -62,10 +62,16 @@ def units(io: IOConfig) -> tuple[float, float]:
     return (io.inp_step if io.inp_step > 0 else 1.0, io.out_step if io.out_step > 0 else 1.0)
 
 
-def _input_scale(xv: Tensor, io: IOConfig) -> tuple[Tensor, Tensor]:
-    """Noise-management divisor per (group, vector, input tile) and a finite-input mask."""
+def _input_scale(
+    xv: Tensor, io: IOConfig, input_range: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Noise-management divisor per (group, vector, input tile) and a finite-input mask.
+
+    A learned ``input_range`` (HWA) replaces noise management."""
     amax = torch.maximum(xv.amax(dim=-1), xv.amin(dim=-1).neg_())
     finite = torch.isfinite(amax)
+    if input_range is not None:
+        return input_range.float().expand_as(amax).clone(), finite
     if io.noise_management == NoiseManagement.ABS_MAX:
         return amax, finite
     value = io.nm_thres if io.noise_management == NoiseManagement.CONSTANT else 1.0
@@ -139,7 +145,12 @@ def _bm_allowed(r: Tensor, io: IOConfig) -> Tensor:
 
 
 def analog_mvm(
-    x: Tensor, tw: TileWeights, io: IOConfig, generator: torch.Generator, bias: Tensor | None = None
+    x: Tensor,
+    tw: TileWeights,
+    io: IOConfig,
+    generator: torch.Generator,
+    bias: Tensor | None = None,
+    input_range: Tensor | None = None,
 ) -> Tensor:
     """Forward of tiled analog crossbars: ``(G, N, K)`` float32 inputs -> ``(G, N, O)``.
 
@@ -165,7 +176,7 @@ def analog_mvm(
         torch.bmm(xq.view(lo.batch, n, lo.rows), tw.w.transpose(1, 2), out=z)
         return _digital(z, None, tw, g, n, bias)
     in_unit, out_unit = units(io)
-    s, finite = _input_scale(xv, io)  # (G, N, ti)
+    s, finite = _input_scale(xv, io, input_range)  # (G, N, ti)
     s_div = torch.where(s > 0, s, torch.ones_like(s)).transpose(1, 2).unsqueeze(-1)
     torch.mul(xv.transpose(1, 2), s_div.reciprocal().mul_(1.0 / in_unit), out=xq)
     xq3 = _dac_(xq, io, in_unit, generator).view(lo.batch, n, lo.rows)

@@ -11,10 +11,13 @@ from .config import (
     BoundManagement,
     DeviceConfig,
     DriftCompensation,
+    HWAConfig,
     IOConfig,
     MappingConfig,
     NoiseManagement,
+    WeightClip,
     WeightNoiseType,
+    WeightRemap,
     resolution_from_bits,
 )
 
@@ -50,8 +53,9 @@ def standard_hwa() -> AnalogConfig:
     management (1.0), ``pcm_read`` weight noise 0.0175, tiles of 512 inputs with no output split,
     column-wise weight scaling, learned column-wise output scales, digital bias.
 
-    PCM model with global drift compensation. The HWA-training part (input-range learning,
-    clipping, remapping, weight modifiers) is configured by the hardware-aware training layer.
+    HWA training: learned input ranges (replacing the constant noise management in training and
+    eval), weights clipped at 1.0 and remapped column-wise after every optimizer step
+    (:func:`aimc.post_step`). PCM model with global drift compensation.
     """
     res = resolution_from_bits(8)
     return AnalogConfig(
@@ -76,6 +80,12 @@ def standard_hwa() -> AnalogConfig:
             out_scaling_columnwise=True,
         ),
         device=_pcm(),
+        hwa=HWAConfig(
+            clip=WeightClip.FIXED,
+            clip_value=1.0,
+            remap=WeightRemap.COLUMNWISE,
+            learn_input_range=True,
+        ),
     )
 
 

@@ -218,16 +218,41 @@ def test_device_default_model_none():
     assert DeviceConfig().model == "none"
 
 
-def test_hwa_enabled_raises_not_implemented():
-    with pytest.raises(ValueError) as info:
-        HWAConfig(enabled=True)
-    msg = str(info.value)
-    assert "hwa.enabled" in msg and "True" in msg and "not implemented" in msg
+@pytest.mark.parametrize(
+    "field, value, allowed",
+    [
+        ("modifier", "gauss", "'add_normal'"),
+        ("clip", "hard", "'layer_gaussian'"),
+        ("remap", "rowwise", "'columnwise'"),
+        ("modifier_std", -0.1, ">= 0"),
+        ("modifier_res", float("nan"), ">= 0"),
+        ("clip_value", 0.0, "> 0"),
+        ("clip_sigma", -1.0, "> 0"),
+        ("input_range_init_std", 0.0, "> 0"),
+        ("input_range_decay", -1e-3, ">= 0"),
+        ("input_range_init_batches", 0, ">= 1"),
+        ("learn_input_range", 1, "True or False"),
+        ("modifier_per_tile", "yes", "True or False"),
+        ("modifier_coeffs", (1.0, 2.0), "three finite numbers"),
+    ],
+)
+def test_hwa_rejects_bad_values(field, value, allowed):
+    assert_rejects(HWAConfig, field, value, allowed)
 
 
-@pytest.mark.parametrize("value", [1, 0, "False", None])
-def test_hwa_enabled_must_be_bool(value):
-    assert_rejects(HWAConfig, "enabled", value, "True or False")
+def test_hwa_discretize_needs_a_resolution():
+    with pytest.raises(ValueError, match=r"hwa\.modifier_res"):
+        HWAConfig(modifier="discretize")
+    assert HWAConfig(modifier="discretize", modifier_res=1 / 16).modifier_res == 1 / 16
+
+
+def test_hwa_cross_field_rules():
+    with pytest.raises(ValueError, match=r"config\.hwa\.remap.*learn_out_scaling"):
+        AnalogConfig(hwa=HWAConfig(remap="columnwise"))
+    with pytest.raises(ValueError, match=r"config\.hwa\.learn_input_range.*digital_bias"):
+        AnalogConfig(
+            mapping=MappingConfig(digital_bias=False), hwa=HWAConfig(learn_input_range=True)
+        )
 
 
 @pytest.mark.parametrize(
@@ -266,7 +291,7 @@ def test_sub_config_defaults_are_independent_instances():
         (IOConfig(), {"inp_res": NAN}, "io.inp_res"),
         (IOConfig(), {"noise_management": "bogus"}, "io.noise_management"),
         (MappingConfig(), {"max_input_size": 1.5}, "mapping.max_input_size"),
-        (HWAConfig(), {"enabled": True}, "hwa.enabled"),
+        (HWAConfig(), {"clip_value": 0.0}, "hwa.clip_value"),
         (AnalogConfig(), {"io": MappingConfig()}, "config.io"),
     ],
 )
@@ -453,7 +478,7 @@ def test_misspelled_field_is_not_silently_ignored():
         ("io", "is_perfect", 1, "io.is_perfect"),
         ("mapping", "max_input_size", -1, "mapping.max_input_size"),
         ("device", "model", "pcm_unknown", "device.model"),
-        ("hwa", "enabled", True, "hwa.enabled"),
+        ("hwa", "modifier", "bogus", "hwa.modifier"),
     ],
 )
 def test_from_dict_validates_values(section, key, value, path):
@@ -511,7 +536,7 @@ def _off_parts(cfg: AnalogConfig) -> None:
     # compensation (REFERENCE.md §5); HWA training is not implemented yet: its slot is off
     assert cfg.device == DeviceConfig(model="pcm", drift_compensation="global")
     assert cfg.device.params == aimc.devices.pcm.PCMParams()
-    assert cfg.hwa == HWAConfig(enabled=False)
+    assert cfg.hwa == HWAConfig()
 
 
 def test_pcm_inference_is_inference_rpu_config_defaults():
@@ -549,7 +574,11 @@ def test_standard_hwa_preset():
     assert m.weight_scaling_omega == 1.0 and m.weight_scaling_columnwise is True
     assert m.learn_out_scaling is True and m.out_scaling_columnwise is True
     assert m.digital_bias is True
-    _off_parts(cfg)
+    assert cfg.device == DeviceConfig(model="pcm", drift_compensation="global")
+    # REFERENCE.md §5: learned input ranges, clip fixed 1.0, column-wise remap
+    assert cfg.hwa == HWAConfig(
+        clip="fixed", clip_value=1.0, remap="columnwise", learn_input_range=True
+    )
 
 
 @pytest.mark.parametrize("w_noise", [0.0175, 0.035, 0.07])

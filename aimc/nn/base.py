@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..config import AnalogConfig, WeightNoiseType
 from ..functional import TileLayout, tile_weights
+from ..hwa import clip_input, modify_weights, update_input_range
 from ..mvm import TileWeights, analog_mvm, units
 from ..random import check_seed
 from .chip import ChipMixin
@@ -34,12 +35,18 @@ class _AnalogMVM(torch.autograd.Function):
         w: Tensor,
         b: Tensor | None,  # type: ignore[override]
         layer: AnalogLayerMixin,
+        input_range: Tensor | None = None,
     ) -> Tensor:
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
         with torch.no_grad():
             return analog_mvm(
-                x, layer.active_tiles(), layer.analog_config.io, layer.generator(x), b
+                x,
+                layer.active_tiles(),
+                layer.analog_config.io,
+                layer.generator(x),
+                b,
+                None if input_range is None else input_range.detach(),
             )
 
     @staticmethod
@@ -48,7 +55,7 @@ class _AnalogMVM(torch.autograd.Function):
         gx = torch.bmm(grad, w) if ctx.needs_input_grad[0] else None
         gw = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
         gb = grad.sum(dim=1) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gx, gw, gb, None
+        return gx, gw, gb, None, None
 
 
 class AnalogLayerMixin(ChipMixin):
@@ -72,6 +79,14 @@ class AnalogLayerMixin(ChipMixin):
         self._generators: dict[str, torch.Generator] = {}
         self._tile_cache: tuple[tuple[Any, ...], TileWeights] | None = None
         self._init_out_scale()
+        if config.hwa.learn_input_range:
+            device = self.weight.device
+            self.input_range = nn.Parameter(torch.ones(1, device=device, dtype=torch.float32))
+            self.register_buffer(
+                "input_range_batches", torch.zeros((), dtype=torch.int64, device=device)
+            )
+        else:
+            self.input_range = None
 
     def _init_out_scale(self) -> None:
         m = self.analog_config.mapping
@@ -143,10 +158,19 @@ class AnalogLayerMixin(ChipMixin):
 
     def active_tiles(self) -> TileWeights:
         """The tiles the forward uses: the programmed chip in eval mode when the layer has a
-        device model, else the digital weights."""
+        device model, else the digital weights (perturbed by the HWA weight modifier while
+        training)."""
         if not self.training and self.has_device():
             return self.chip_tiles()
-        return self.tile_weights()
+        tw = self.tile_weights()
+        hwa = self.analog_config.hwa
+        if not (self.training and hwa.any_modifier):
+            return tw
+        in_unit, out_unit = units(self.analog_config.io)
+        gain = in_unit / out_unit
+        gen = self.generator(tw.w)
+        w = modify_weights(tw.w / gain, tw.layout, hwa, gen)
+        return TileWeights(tw.layout, w * gain, tw.scale, None if tw.w_abs is None else w.abs())
 
     def invalidate_tiles(self) -> None:
         """Drop cached tiles (only needed after writing to ``weight.data`` directly)."""
@@ -162,14 +186,19 @@ class AnalogLayerMixin(ChipMixin):
         cfg = self.analog_config
         w = self._analog_weight()
         xf = x.float()
+        r = self.input_range
+        if r is not None:
+            if self.training:
+                update_input_range(self, xf)
+            xf = clip_input(xf, r, cfg.hwa.input_range_decay)
         if not cfg.mapping.digital_bias and self.bias is not None:
             xf = torch.cat([xf, xf.new_ones(*xf.shape[:-1], 1)], dim=-1)
         bias = None
         if cfg.mapping.digital_bias and self.bias is not None:
             bias = self.bias.float().view(xf.shape[0], -1)
         if self.out_scale is None:
-            return _AnalogMVM.apply(xf.contiguous(), w.float(), bias, self).to(dtype)
-        y = _AnalogMVM.apply(xf.contiguous(), w.float(), None, self)
+            return _AnalogMVM.apply(xf.contiguous(), w.float(), bias, self, r).to(dtype)
+        y = _AnalogMVM.apply(xf.contiguous(), w.float(), None, self, r)
         scale = (
             self.out_scale.view(1, 1, -1)
             if self.out_scale.numel() == 1
@@ -182,9 +211,16 @@ class AnalogLayerMixin(ChipMixin):
         return (y if bias is None else y.add_(bias.unsqueeze(1))).to(dtype)
 
     def is_exact(self) -> bool:
-        """True when the forward is exactly the digital one (perfect IO, no out scaling)."""
+        """True when the forward is exactly the digital one (perfect IO, no out scaling, no
+        device model, no HWA weight modifier or input range)."""
         cfg = self.analog_config
-        return cfg.io.is_perfect and self.out_scale is None and cfg.device.model == "none"
+        return (
+            cfg.io.is_perfect
+            and self.out_scale is None
+            and cfg.device.model == "none"
+            and not cfg.hwa.any_modifier
+            and not cfg.hwa.learn_input_range
+        )
 
     def analog_extra_repr(self) -> str:
         lo = self.tile_layout()

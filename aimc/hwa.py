@@ -1,0 +1,145 @@
+"""Hardware-aware (HWA) training: weight modifiers, clipping, remapping, learned input ranges.
+
+REFERENCE.md §4; Rasch et al., "Hardware-aware training for large-scale and diverse deep learning
+inference workloads using in-memory computing-based accelerators", Nat. Commun. 14, 5282 (2023).
+
+* Weight modifiers perturb the tile weights of the training forward (fresh draws every forward;
+  the backward is straight-through to the digital weights). ``a = max|W|`` per tile or layer.
+* Clipping and remapping act on the digital weights after an optimizer step:
+  :func:`post_step` (call it after ``optimizer.step()``) or :func:`register_post_step_hook`
+  (an optimizer step hook that does it for you).
+* The learned input range is a per-layer DAC range ``r``: inputs are clipped to ``[-r, r]`` and
+  divided by ``r`` (instead of noise management); ``r`` is initialised from the data and trained
+  with a straight-through gradient plus a slow decay.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .config import HWAConfig, WeightClip, WeightModifier, WeightRemap
+from .functional import TileLayout
+from .random import normal_
+
+#: PCM programming-noise polynomial (REFERENCE.md §2) divided by g_max = 25 µS.
+PROG_NOISE_COEFFS = (0.26348 / 25, 1.9650 / 25, -1.1731 / 25)
+
+
+def _amax(w: Tensor, layout: TileLayout, per_tile: bool) -> Tensor:
+    """``a = max|W|`` broadcastable to ``w`` ``(B, O_pad, ci)``: per tile or per layer."""
+    if not per_tile:
+        return w.abs().amax().clamp_min(1e-12)
+    b, o, c = w.shape
+    a = w.abs().view(b, layout.n_out, o // layout.n_out, c).amax(dim=(2, 3)).clamp_min(1e-12)
+    return a.repeat_interleave(o // layout.n_out, dim=1).unsqueeze(2)
+
+
+def modify_weights(w: Tensor, layout: TileLayout, hwa: HWAConfig, gen: torch.Generator) -> Tensor:
+    """The perturbed tile weights of one training forward (REFERENCE.md §4)."""
+    kind = hwa.modifier
+    if kind == WeightModifier.NONE:
+        return w
+    a = _amax(w, layout, hwa.modifier_per_tile)
+    if kind == WeightModifier.DISCRETIZE:
+        res = 1.0 / hwa.modifier_res if hwa.modifier_res > 1 else hwa.modifier_res
+        return torch.round(w / (a * res)) * (a * res)
+    xi = normal_(torch.empty_like(w), gen)
+    std = hwa.modifier_std
+    if kind == WeightModifier.ADD_NORMAL:
+        return w + std * a * xi
+    if kind == WeightModifier.MULT_NORMAL:
+        return w + w * (std * a) * xi
+    c0, c1, c2 = PROG_NOISE_COEFFS if kind == WeightModifier.PROG_NOISE else hwa.modifier_coeffs
+    rel = w.abs() / a
+    return w + a * std * (c0 + c1 * rel + c2 * rel * rel) * xi
+
+
+class _InputRange(torch.autograd.Function):
+    """``clamp(x, -r, r)`` with the straight-through gradient of AIHWKIT's input-range learning:
+    ``dx = g`` inside the range (0 outside); ``dr = sum(g | x >= r) - sum(g | x <= -r) +
+    decay * r``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, r: Tensor, decay: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, r)
+        ctx.decay = decay
+        return torch.maximum(torch.minimum(x, r), -r)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, r = ctx.saved_tensors
+        upper, lower = x >= r, x <= -r
+        gx = grad.masked_fill(upper | lower, 0.0)
+        gr = (grad[upper].sum() - grad[lower].sum() + ctx.decay * r.sum()).reshape(r.shape)
+        return gx, gr.to(r.dtype), None
+
+
+def clip_input(x: Tensor, r: Tensor, decay: float) -> Tensor:
+    """Clip ``x`` to the learned range ``r`` (straight-through gradient, :class:`_InputRange`)."""
+    return _InputRange.apply(x, r, decay)
+
+
+@torch.no_grad()
+def update_input_range(layer: nn.Module, x: Tensor) -> None:
+    """During the first ``input_range_init_batches`` training batches, set the range to the
+    running mean of ``input_range_init_std * std(x)``."""
+    hwa = layer.analog_config.hwa
+    n = int(layer.input_range_batches)
+    if n >= hwa.input_range_init_batches:
+        return
+    estimate = hwa.input_range_init_std * x.detach().float().std().clamp_min(1e-6)
+    layer.input_range.mul_(n / (n + 1)).add_(estimate / (n + 1))
+    layer.input_range_batches.add_(1)
+
+
+@torch.no_grad()
+def post_step(model: nn.Module) -> nn.Module:
+    """Apply the HWA clipping and remapping of every analog layer to its digital weights.
+
+    Call it after each ``optimizer.step()`` (or use :func:`register_post_step_hook`). Clipping
+    runs first, then remapping; remapping moves the scale into the layer's output scale, so the
+    layer's function is unchanged by it.
+    """
+    from .convert import analog_layers
+
+    for _, layer in analog_layers(model):
+        hwa = layer.analog_config.hwa
+        if hwa.clip != WeightClip.NONE:
+            _clip(layer, hwa)
+        if hwa.remap != WeightRemap.NONE:
+            _remap(layer, hwa)
+    return model
+
+
+def _clip(layer: nn.Module, hwa: HWAConfig) -> None:
+    w = layer.weight
+    bound = hwa.clip_value if hwa.clip == WeightClip.FIXED else hwa.clip_sigma * float(w.std())
+    w.clamp_(-bound, bound)
+
+
+def _remap(layer: nn.Module, hwa: HWAConfig) -> None:
+    w = layer.weight_matrix()  # (G, O, K) view
+    analog_bias = layer.bias is not None and not layer.analog_config.mapping.digital_bias
+    mags = w.abs().amax(dim=2)  # (G, O)
+    if analog_bias:
+        mags = torch.maximum(mags, layer.bias.abs().view_as(mags))
+    if hwa.remap == WeightRemap.LAYERWISE:
+        mags = mags.amax().expand_as(mags)
+    scale = mags.clamp_min(1e-12).to(w.dtype)
+    if layer.out_scale.numel() == 1 and not bool((scale == scale.flatten()[0]).all()):
+        raise ValueError(
+            "hwa.remap: 'columnwise' needs mapping.out_scaling_columnwise=True "
+            "(one output scale per column to move the remap scale into)"
+        )
+    w.div_(scale.unsqueeze(2))
+    if analog_bias:
+        layer.bias.div_(scale.flatten())
+    layer.out_scale.mul_(scale.flatten()[: layer.out_scale.numel()].to(layer.out_scale.dtype))
+    layer.invalidate_tiles()
+
+
+def register_post_step_hook(optimizer: torch.optim.Optimizer, model: nn.Module):
+    """Run :func:`post_step` on ``model`` after every ``optimizer.step()``; returns the handle
+    (``handle.remove()`` undoes it)."""
+    return optimizer.register_step_post_hook(lambda *_: post_step(model))
