@@ -1,0 +1,225 @@
+"""Hardware-aware training knobs: modifier statistics, clipping/remapping invariants, input ranges.
+
+Statistical checks use fixed seeds; n >= 50,000 samples and a 3 % tolerance (> 6 standard errors).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import aimc
+from aimc import AnalogConfig, HWAConfig, IOConfig, MappingConfig
+from aimc.functional import TileLayout
+from aimc.hwa import PROG_NOISE_COEFFS, modify_weights
+from aimc.nn import AnalogLinear
+
+PERFECT = IOConfig(is_perfect=True)
+
+
+def _layout(o: int, k: int, max_out: int = 0) -> TileLayout:
+    return TileLayout.build(1, o, k, MappingConfig(max_input_size=0, max_output_size=max_out))
+
+
+def _draws(kind: str, w: torch.Tensor, **kw) -> torch.Tensor:
+    hwa = HWAConfig(modifier=kind, **kw)
+    gen = torch.Generator().manual_seed(0)
+    lo = _layout(w.shape[1], w.shape[2])
+    return modify_weights(w, lo, hwa, gen) - w
+
+
+@pytest.fixture
+def w() -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    w = torch.rand(1, 256, 256, generator=gen) * 2 - 1
+    w[0, 0, 0] = 1.0  # a = max|W| = 1 exactly
+    return w * 0.5  # now a = 0.5
+
+
+def test_add_normal_std(w):
+    d = _draws("add_normal", w, modifier_std=0.1)
+    assert abs(float(d.std()) - 0.1 * 0.5) <= 0.03 * 0.05  # std * a
+
+
+def test_mult_normal_std(w):
+    d = _draws("mult_normal", w, modifier_std=0.1)
+    rel = d / (w * 0.1 * 0.5)  # W * std * a * xi
+    assert abs(float(rel[w.abs() > 0.05].std()) - 1.0) < 0.03
+
+
+@pytest.mark.parametrize("kind", ["poly", "prog_noise"])
+def test_poly_std(w, kind):
+    coeffs = (0.02, 0.1, -0.05)
+    d = _draws(kind, w, modifier_std=2.0, modifier_coeffs=coeffs)
+    c0, c1, c2 = PROG_NOISE_COEFFS if kind == "prog_noise" else coeffs
+    a = 0.5
+    rel = w.abs() / a
+    expected = a * 2.0 * (c0 + c1 * rel + c2 * rel**2)
+    assert abs(float((d / expected).std()) - 1.0) < 0.03
+
+
+def test_discretize_levels(w):
+    d = _draws("discretize", w, modifier_res=1 / 8)
+    q = (w + d) / (0.5 / 8)  # multiples of a * res
+    assert torch.allclose(q, q.round(), atol=1e-5)
+    assert float(d.abs().max()) <= 0.5 / 16 + 1e-6
+
+
+def test_modifier_per_tile_uses_each_tiles_max():
+    w = torch.ones(1, 4, 8)
+    w[:, 2:] *= 10.0  # second output tile 10x larger
+    lo = TileLayout.build(1, 4, 8, MappingConfig(max_input_size=0, max_output_size=2))
+    gen = torch.Generator().manual_seed(0)
+    d = modify_weights(w, lo, HWAConfig(modifier="add_normal", modifier_std=0.1), gen) - w
+    assert float(d[:, :2].abs().max()) < 1.0  # a = 1 there
+    assert float(d[:, 2:].abs().max()) > 1.0  # a = 10 there (and 0.1*10*|xi| > 1 somewhere)
+
+
+def _layer(hwa: HWAConfig, **mapping) -> AnalogLinear:
+    cfg = AnalogConfig(
+        io=PERFECT, mapping=MappingConfig(learn_out_scaling=True, **mapping), hwa=hwa
+    )
+    torch.manual_seed(0)
+    return AnalogLinear(32, 16, config=cfg, seed=3)
+
+
+def test_modifier_only_in_training_and_resampled():
+    layer = _layer(HWAConfig(modifier="add_normal", modifier_std=0.05))
+    x = torch.randn(8, 32)
+    ref = nn.functional.linear(x, layer.weight, layer.bias)
+    layer.train()
+    with torch.no_grad():
+        a, b = layer(x), layer(x)
+    assert not torch.equal(a, b) and not torch.allclose(a, ref, atol=1e-3)
+    layer.eval()
+    with torch.no_grad():
+        assert torch.allclose(layer(x), ref, atol=1e-5)  # perfect IO, no device: exact in eval
+
+
+def test_modifier_gradient_is_straight_through():
+    layer = _layer(HWAConfig(modifier="add_normal", modifier_std=0.05)).train()
+    x = torch.randn(8, 32, requires_grad=True)
+    g = torch.randn(8, 16)
+    layer(x).backward(g)
+    assert torch.allclose(layer.weight.grad, g.t() @ x.detach(), atol=1e-5)
+
+
+def test_fixed_and_gaussian_clipping():
+    layer = _layer(HWAConfig(clip="fixed", clip_value=0.05))
+    aimc.post_step(nn.Sequential(layer))
+    assert float(layer.weight.detach().abs().max()) <= 0.05 + 1e-7
+    layer = _layer(HWAConfig(clip="layer_gaussian", clip_sigma=1.0))
+    std = float(layer.weight.detach().std())
+    aimc.post_step(nn.Sequential(layer))
+    assert float(layer.weight.detach().abs().max()) <= std + 1e-6
+
+
+@pytest.mark.parametrize("remap,columnwise", [("layerwise", False), ("columnwise", True)])
+def test_remap_keeps_the_function(remap, columnwise):
+    layer = _layer(HWAConfig(remap=remap), out_scaling_columnwise=columnwise).eval()
+    x = torch.randn(8, 32)
+    with torch.no_grad():
+        before = layer(x)
+    aimc.post_step(nn.Sequential(layer))
+    mags = layer.weight.abs().amax(dim=1)
+    if remap == "columnwise":
+        assert torch.allclose(mags, torch.ones(16))
+    else:
+        assert torch.isclose(mags.max(), torch.tensor(1.0))
+    with torch.no_grad():
+        assert torch.allclose(layer(x), before, atol=1e-5)
+
+
+def test_columnwise_remap_needs_columnwise_out_scale():
+    layer = _layer(HWAConfig(remap="columnwise"), out_scaling_columnwise=False)
+    with pytest.raises(ValueError, match="out_scaling_columnwise"):
+        aimc.post_step(nn.Sequential(layer))
+
+
+def test_optimizer_hook_runs_post_step():
+    layer = _layer(HWAConfig(clip="fixed", clip_value=0.01)).train()
+    model = nn.Sequential(layer)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    handle = aimc.register_post_step_hook(opt, model)
+    layer(torch.randn(4, 32)).square().sum().backward()
+    opt.step()
+    assert float(layer.weight.detach().abs().max()) <= 0.01 + 1e-7
+    handle.remove()
+
+
+def test_input_range_initialised_from_data_then_learned():
+    hwa = HWAConfig(learn_input_range=True, input_range_init_batches=5)
+    layer = _layer(hwa).train()
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(64, 32, generator=gen) * 2.0 for _ in range(5)]
+    for x in xs:
+        layer(x)
+    # mean of 3 * std over the first 5 batches (std ~ 2 -> range ~ 6)
+    expected = sum(3 * float(x.std()) for x in xs) / 5
+    assert abs(float(layer.input_range.detach()) - expected) < 1e-4
+    assert int(layer.input_range_batches) == 5
+    # learning: a range far too small gets a negative loss gradient pushing it up
+    with torch.no_grad():
+        layer.input_range.fill_(0.5)
+    opt = torch.optim.SGD([layer.input_range], lr=0.01)
+    before = float(layer.input_range.detach())
+    for _ in range(5):
+        opt.zero_grad()
+        y = layer(xs[0])
+        target = nn.functional.linear(xs[0], layer.weight, layer.bias).detach()
+        (y - target).square().mean().backward()
+        opt.step()
+    assert float(layer.input_range.detach()) > before
+
+
+def test_input_range_gradient_formula():
+    x = torch.tensor([-3.0, -0.5, 0.2, 2.0, 5.0], requires_grad=True)
+    r = torch.tensor([1.0], requires_grad=True)
+    y = aimc.hwa.clip_input(x, r, decay=0.1)
+    g = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    y.backward(g)
+    assert torch.equal(y.detach(), torch.tensor([-1.0, -0.5, 0.2, 1.0, 1.0]))
+    assert torch.equal(x.grad, torch.tensor([0.0, 2.0, 3.0, 0.0, 0.0]))
+    # upper: 4 + 5; lower: -1; decay 0.1 * r
+    assert torch.allclose(r.grad, torch.tensor([4.0 + 5.0 - 1.0 + 0.1]))
+
+
+def test_input_range_is_the_dac_range_in_eval():
+    hwa = HWAConfig(learn_input_range=True)
+    cfg = AnalogConfig(
+        io=IOConfig(out_noise=0.0, inp_res=0.0, out_res=0.0, bound_management="none"), hwa=hwa
+    )
+    layer = AnalogLinear(8, 4, bias=False, config=cfg).eval()
+    with torch.no_grad():
+        layer.input_range.fill_(2.0)
+    x = torch.tensor([[3.0, -3.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0]])
+    with torch.no_grad():
+        y = layer(x)
+    clipped = torch.tensor([[2.0, -2.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0]])
+    assert torch.allclose(y, clipped @ layer.weight.T, atol=1e-5)
+    assert int(layer.input_range_batches) == 0  # eval never updates the range
+
+
+def test_standard_hwa_trains_with_post_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    aimc.convert(model, aimc.presets.standard_hwa())
+    # remapping moves the weight scale into the output scale, which slows plain SGD on the
+    # remapped weights (AIHWKIT has the same effect): a larger learning rate
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    aimc.register_post_step_hook(opt, model)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 16, generator=gen)
+    y = x @ torch.randn(16, 4, generator=gen) * 0.3
+    model.train()
+    losses = []
+    for _ in range(40):
+        opt.zero_grad()
+        loss = (model(x) - y).square().mean()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]  # measured 1.46 -> 0.25
+    for layer in (model[0], model[2]):
+        assert float(layer.weight.detach().abs().amax(dim=1).max()) <= 1.0 + 1e-6
