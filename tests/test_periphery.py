@@ -264,3 +264,19 @@ def test_pcm_inference_error_magnitude_matches_reference_periphery(gen):
     # output noise 0.06 per tile output against |W x'| ~ 0.3-1 for these scales: a few percent
     assert 0.01 < err < 0.2
     assert aimc.presets.pcm_inference().io == IOConfig()
+
+
+@pytest.mark.parametrize("omega", [0.0, 1.0])
+def test_forward_never_modifies_the_digital_weight(gen, omega):
+    """Regression: without weight scaling the tile layout can alias the weight's storage."""
+    w = torch.rand(16, 32, generator=gen) - 0.5
+    lin = layer(w, mapping=MappingConfig(weight_scaling_omega=omega, max_input_size=0))
+    x = torch.rand(8, 32, generator=gen) - 0.5
+    with torch.no_grad():
+        first = lin(x)
+        for _ in range(3):
+            lin(x)
+    assert torch.equal(lin.weight.detach(), w)
+    lin.manual_seed(0)
+    with torch.no_grad():
+        assert torch.equal(lin(x), first)

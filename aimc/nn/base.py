@@ -150,8 +150,8 @@ class AnalogLayerMixin(ChipMixin):
             need_abs = cfg.io.w_noise_type == WeightNoiseType.PCM_READ and cfg.io.w_noise > 0
             w_abs = w_t.abs() if need_abs and not cfg.io.is_perfect else None
             in_unit, out_unit = units(cfg.io)
-            if in_unit != out_unit:
-                w_t = w_t.mul_(in_unit / out_unit)
+            if in_unit != out_unit:  # out of place: w_t may share the weight's storage
+                w_t = w_t * (in_unit / out_unit)
             tw = TileWeights(layout, w_t, scale, w_abs)
         self._tile_cache = (key, tw)
         return tw
