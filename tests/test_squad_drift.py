@@ -828,7 +828,7 @@ def test_wandb_offline(assets, tmp_path):
     tables = list((out / "wandb").rglob("summary_*.table.json"))
     assert len(tables) == 1
     table = json.loads(tables[0].read_text())
-    assert table["columns"] == ["config", "t", "chip", "em", "f1"]
+    assert table["columns"] == ["config", "t", "chip", "exact_match", "f1"]
     assert len(table["data"]) == 2
     assert len(read_results(out)) == 2
 

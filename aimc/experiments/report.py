@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-METRICS = (("f1", "F1"), ("exact_match", "exact match"))
+Metrics = tuple[tuple[str, str], ...]  #: (row key, axis label) of each metric
+SQUAD_METRICS: Metrics = (("exact_match", "exact match"), ("f1", "F1"))
 
 
 def _tb_writer(log_dir: Path):
@@ -24,9 +25,15 @@ class Logger:
     and, with ``--wandb``, to Weights & Biases (offline mode needs no network)."""
 
     def __init__(
-        self, out: Path, rank: int, use_wandb: bool, wandb_mode: str, spec: dict[str, Any]
+        self,
+        out: Path,
+        rank: int,
+        use_wandb: bool,
+        wandb_mode: str,
+        spec: dict[str, Any],
+        metrics: Metrics,
     ) -> None:
-        self.out = out
+        self.out, self.metrics = out, metrics
         self.writers: dict[tuple[str, int], Any] = {}
         self.tb_ok = True
         self.wandb = None
@@ -39,7 +46,7 @@ class Logger:
             writer = _tb_writer(self.out / "tensorboard" / row["config"] / f"chip{row['chip']}")
             if writer is None:
                 print(
-                    "squad-drift: tensorboard is not installed; TensorBoard logging is off "
+                    "aimc: tensorboard is not installed; TensorBoard logging is off "
                     "(pip install 'aimc[experiments]')",
                     file=sys.stderr,
                 )
@@ -48,12 +55,15 @@ class Logger:
         writer = self.writers.get(key)
         step = int(round(row["t"] or 0.0))
         if writer is not None:
-            for name, _ in METRICS:
+            for name, _ in self.metrics:
                 writer.add_scalar(f"val/{name}", row[name], global_step=step)
             writer.flush()
         if self.wandb is not None:
             self.wandb.log(
-                {f"{row['config']}/chip{row['chip']}/val/{name}": row[name] for name, _ in METRICS}
+                {
+                    f"{row['config']}/chip{row['chip']}/val/{name}": row[name]
+                    for name, _ in self.metrics
+                }
                 | {"t_seconds": row["t"] or 0.0}
             )
 
@@ -84,12 +94,15 @@ def _wandb_init(out: Path, mode: str, spec: dict[str, Any], name: str):
     )
 
 
-def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[float | None, dict[str, list[float]]]]:
+def aggregate(
+    rows: list[dict[str, Any]], metrics: Metrics | None = None
+) -> dict[str, dict[float | None, dict[str, list[float]]]]:
     """``{config: {t: {metric: [value per chip]}}}``."""
+    metrics = metrics or SQUAD_METRICS
     table: dict[str, dict[float | None, dict[str, list[float]]]] = {}
     for row in rows:
         cell = table.setdefault(row["config"], {}).setdefault(row["t"], {})
-        for name, _ in METRICS:
+        for name, _ in metrics:
             cell.setdefault(name, []).append(row[name])
     return table
 
@@ -114,33 +127,40 @@ def fmt_time(t: float | None) -> str:
     return f"{t:.3g} s"
 
 
-def summary_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table: mean ± std over chips of EM and F1, per config and t."""
-    lines = ["| config | t | chips | exact match | F1 |", "|---|---|---:|---:|---:|"]
-    for config, by_t in aggregate(rows).items():
+def summary_table(rows: list[dict[str, Any]], metrics: Metrics | None = None) -> str:
+    """Markdown table: mean ± std over chips of each metric, per config and t."""
+    metrics = metrics or SQUAD_METRICS
+    header = "| config | t | chips | " + " | ".join(label for _, label in metrics) + " |"
+    lines = [header, "|---|---|---:|" + "---:|" * len(metrics)]
+    for config, by_t in aggregate(rows, metrics).items():
         for t, cell in by_t.items():
-            em, f1 = _mean_std(cell["exact_match"]), _mean_std(cell["f1"])
-            lines.append(
-                f"| {config} | {fmt_time(t)} | {len(cell['f1'])} | "
-                f"{em[0]:.2f} ± {em[1]:.2f} | {f1[0]:.2f} ± {f1[1]:.2f} |"
-            )
+            vals = [_mean_std(cell[name]) for name, _ in metrics]
+            cells = " | ".join(f"{m:.2f} ± {sd:.2f}" for m, sd in vals)
+            lines.append(f"| {config} | {fmt_time(t)} | {len(cell[metrics[0][0]])} | {cells} |")
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], path_stem: Path) -> list[Path]:
-    """F1 and EM against drift time (log x; t = 0 drawn at the left edge), one line per config
+def plot(
+    rows: list[dict[str, Any]],
+    path_stem: Path,
+    metrics: Metrics | None = None,
+    title: str = "SQuAD v1.1 dev as PCM drifts",
+) -> list[Path]:
+    """Each metric against drift time (log x; t = 0 drawn at the left edge), one line per config
     with a min-max band over chips, digital as a horizontal reference. PNG and SVG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = aggregate(rows)
+    metrics = metrics or SQUAD_METRICS
+    table = aggregate(rows, metrics)
     times = sorted({t for by_t in table.values() for t in by_t if t is not None})
     positive = [t for t in times if t > 0]
     zero_at = (min(positive) / 10) if positive else 1.0
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
-    for ax, (metric, label) in zip(axes, METRICS, strict=True):
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
+    axes = axes[0]
+    for ax, (metric, label) in zip(axes, metrics, strict=True):
         for config, by_t in table.items():
             if None in by_t:  # digital: no drift
                 ax.axhline(
@@ -178,7 +198,7 @@ def plot(rows: list[dict[str, Any]], path_stem: Path) -> list[Path]:
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("SQuAD v1.1 dev as PCM drifts (band: min-max over chips)")
+    fig.suptitle(f"{title} (band: min-max over chips)")
     fig.tight_layout()
     paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".svg")]
     for p in paths:
@@ -187,45 +207,52 @@ def plot(rows: list[dict[str, Any]], path_stem: Path) -> list[Path]:
     return paths
 
 
-def finish(out: Path, rows: list[dict[str, Any]], spec, use_wandb: bool, wandb_mode: str) -> None:
+def finish(
+    out: Path,
+    rows: list[dict[str, Any]],
+    spec: dict[str, Any],
+    use_wandb: bool,
+    wandb_mode: str,
+    metrics: Metrics,
+    title: str,
+) -> None:
     """Rank 0, after all units: summary (printed and ``summary.md``), plot, mean curves."""
-    table = summary_table(rows)
+    table = summary_table(rows, metrics)
     wall = sum(r["wall_s"] for r in rows)
     (out / "summary.md").write_text(table + f"\n\nsum of unit wall times: {wall:.0f} s\n")
     print(table)
     try:
-        paths = plot(rows, out / "plot")
+        paths = plot(rows, out / "plot", metrics, title)
         print("plot: " + ", ".join(str(p) for p in paths))
     except ImportError:
         print(
-            "squad-drift: matplotlib is not installed; no plot (pip install 'aimc[experiments]')",
+            "aimc: matplotlib is not installed; no plot (pip install 'aimc[experiments]')",
             file=sys.stderr,
         )
-    for config, by_t in aggregate(rows).items():
+    for config, by_t in aggregate(rows, metrics).items():
         writer = _tb_writer(out / "tensorboard" / config / "mean")
         if writer is None:
             break
         for t, cell in by_t.items():
-            for name, _ in METRICS:
+            for name, _ in metrics:
                 writer.add_scalar(
                     f"val/{name}", statistics.fmean(cell[name]), global_step=int(round(t or 0.0))
                 )
         writer.close()
     if use_wandb:
-        run = _wandb_init(out, wandb_mode, spec.__dict__, "summary")
+        run = _wandb_init(out, wandb_mode, spec, "summary")
         import wandb
 
         run.log(
             {
                 "summary": wandb.Table(
-                    columns=["config", "t", "chip", "em", "f1"],
+                    columns=["config", "t", "chip", *[name for name, _ in metrics]],
                     data=[
                         [
                             r["config"],
                             r["t"] if r["t"] is not None else math.nan,
                             r["chip"],
-                            r["exact_match"],
-                            r["f1"],
+                            *[r[name] for name, _ in metrics],
                         ]
                         for r in rows
                     ],

@@ -1,0 +1,306 @@
+"""The drift-sweep machinery shared by ``squad-drift`` and ``train-vision``.
+
+A sweep is a list of work units ``(config, chip, t)``. Every random draw of a unit comes from
+seeds derived from ``(seed, config, chip)`` (programming) and ``(seed, config, chip, t)`` (read
+noise and IO noise), so a unit's result does not depend on which process runs it or in which
+order: a resumed run, or one split over ``torchrun`` ranks, gives the same table as one
+uninterrupted process. Results are appended to ``results.jsonl`` as each unit finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import presets
+from ..config import AnalogConfig, DeviceConfig, DriftCompensation, IOConfig
+from ..convert import convert, manual_seed, to_digital
+from ..lifecycle import drift, program
+from ..random import derive_seed
+
+DAY = 86400.0
+
+
+def _ideal_bert_squad() -> AnalogConfig:
+    """REFERENCE.md §5's "ideal": the bert_squad mapping with perfect IO and PCM noise scales 0
+    (programming and read noise off; drift and its compensation on)."""
+    cfg = presets.bert_squad()
+    params = {"prog_noise_scale": 0.0, "read_noise_scale": 0.0}
+    device = DeviceConfig(model="pcm", params=params, drift_compensation=DriftCompensation.GLOBAL)
+    return cfg.replace(io=IOConfig(is_perfect=True), device=device)
+
+
+def resolve_config(name: str) -> AnalogConfig | None:
+    """The analog config of a sweep entry (``None`` for ``digital``).
+
+    Names: ``digital``, ``ideal`` (see :func:`_ideal_bert_squad`), ``pcm_inference``,
+    ``pcm_weights_only``, ``standard_hwa``, ``bert_squad`` or ``bert_squad:<w_noise>``.
+    """
+    if name == "digital":
+        return None
+    if name == "ideal":
+        return _ideal_bert_squad()
+    base, _, arg = name.partition(":")
+    simple = {
+        "pcm_inference": presets.pcm_inference,
+        "pcm_weights_only": presets.pcm_weights_only,
+        "standard_hwa": presets.standard_hwa,
+    }
+    if base in simple and not arg:
+        return simple[base]()
+    if base == "bert_squad":
+        if not arg:
+            return presets.bert_squad()
+        try:
+            w_noise = float(arg)
+        except ValueError:
+            w_noise = math.nan
+        if not math.isfinite(w_noise) or w_noise < 0:
+            raise ValueError(f"--configs: got {name!r}; allowed: bert_squad:<w_noise >= 0>")
+        return presets.bert_squad(w_noise)
+    allowed = "digital, ideal, pcm_inference, pcm_weights_only, standard_hwa, bert_squad[:w]"
+    raise ValueError(f"--configs: unknown config {name!r}; allowed: {allowed}")
+
+
+def validate_sweep(configs: list[str], times: list[float], chips: int) -> None:
+    """Check the sweep axes; errors name the command-line option."""
+    for name in configs:
+        resolve_config(name)
+    if not configs or len(set(configs)) != len(configs):
+        raise ValueError(f"--configs: got {configs!r}; allowed: distinct config names")
+    if not times:
+        raise ValueError("--times: got an empty list; allowed: times >= 0 in seconds")
+    for t in times:
+        if not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise ValueError(f"--times: got {t!r}; allowed: finite times >= 0 (seconds)")
+    if len(set(times)) != len(times):
+        raise ValueError(f"--times: got duplicates in {times!r}")
+    if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
+        raise ValueError(f"--chips: got {chips!r}; allowed: an integer >= 1")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One evaluation: a config, a chip (program seed index) and a drift time."""
+
+    config: str
+    chip: int
+    t: float | None  # None: no drift (digital)
+
+    @property
+    def key(self) -> str:
+        return f"{self.config}|{self.chip}|{self.t!r}"
+
+
+def work_units(configs: list[str], chips: int, times: list[float]) -> list[Unit]:
+    """All units of a sweep in canonical order (config, chip, t); digital has one unit."""
+    units = []
+    for name in configs:
+        if resolve_config(name) is None:
+            units.append(Unit(name, 0, None))
+            continue
+        units += [Unit(name, chip, float(t)) for chip in range(chips) for t in times]
+    return units
+
+
+def unit_seeds(seed: int, unit: Unit) -> tuple[int, int]:
+    """(program seed, read/IO-noise seed) of a unit — a function of the unit alone."""
+    chip_key = f"{unit.config}|chip{unit.chip}"
+    return derive_seed(seed, chip_key), derive_seed(seed, f"{chip_key}|t{unit.t!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# results file and run directory
+
+
+def read_results(out: Path) -> list[dict[str, Any]]:
+    """Rows of ``results*.jsonl`` in ``out`` (a torn last line from a killed run is skipped)."""
+    rows = []
+    for path in sorted(out.glob("results*.jsonl")):
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by SIGKILL: that unit is redone
+    return rows
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line and force it to disk (a kill loses at most the unit in flight)."""
+    data = (json.dumps(row, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data  # a line torn by a kill: end it, so this row stays whole
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prepare_run_dir(
+    out: Path, determines: dict[str, Any], resume: bool, extra: dict[str, Any] | None = None
+) -> None:
+    """Create ``out`` and ``run_config.json``; refuse to mix runs made with settings that change
+    the numbers (``determines``)."""
+    cfg_path = out / "run_config.json"
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg_path.exists() or read_results(out):
+        if not resume:
+            raise ValueError(
+                f"--out: {out} already holds a run; pass --resume to continue it "
+                "or choose a new directory"
+            )
+        old = (
+            json.loads(cfg_path.read_text()).get("determines_numbers", {})
+            if cfg_path.exists()
+            else {}
+        )
+        diff = [k for k in determines if k in old and old[k] != determines[k]]
+        if diff:
+            raise ValueError(
+                "--resume: the run in "
+                + str(out)
+                + " was made with different "
+                + ", ".join(f"{k} ({old[k]!r} != {determines[k]!r})" for k in diff)
+            )
+    meta = {"determines_numbers": determines, "torch": torch.__version__, **(extra or {})}
+    cfg_path.write_text(json.dumps(meta, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# running the units
+
+
+class SweepModel:
+    """A model and which sweep state it is in (config converted, chip programmed)."""
+
+    def __init__(self, model: torch.nn.Module, seed: int) -> None:
+        self.model, self.seed = model, seed
+        self.config: str | None = None  # name of the converted config, None = digital
+        self.chip: int | None = None
+
+    def prepare(self, unit: Unit) -> None:
+        cfg = resolve_config(unit.config)
+        if self.config != unit.config:
+            if self.config is not None and resolve_config(self.config) is not None:
+                to_digital(self.model)
+            if cfg is not None:
+                convert(self.model, cfg, seed=derive_seed(self.seed, unit.config))
+            self.model.eval()
+            self.config, self.chip = unit.config, None
+        if cfg is None:
+            return
+        prog_seed, read_seed = unit_seeds(self.seed, unit)
+        if cfg.device.model != "none":
+            if self.chip != unit.chip:
+                program(self.model, seed=prog_seed)
+                self.chip = unit.chip
+            drift(self.model, unit.t, seed=read_seed)
+        manual_seed(self.model, read_seed)
+
+
+def dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def run_units(
+    model: torch.nn.Module,
+    units: list[Unit],
+    evaluate: Callable[[torch.nn.Module], dict[str, float]],
+    out: Path,
+    seed: int,
+    logger: Any,
+    progress: bool,
+    extra_row: dict[str, Any] | None = None,
+    main_metric: str = "",
+) -> list[dict[str, Any]]:
+    """Run this rank's share of ``units`` not yet in ``out``; every rank then waits, and all
+    rows (merged over ranks, one per unit, canonical order) are returned.
+
+    ``evaluate(model) -> {metric: value}`` runs on the prepared model (eval mode)."""
+    rank, world = dist_info()
+    done = {row["key"] for row in read_results(out)}
+    mine = [u for i, u in enumerate(units) if i % world == rank and u.key not in done]
+    results_path = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
+    state = SweepModel(model, seed)
+    bar = _progress(progress and rank == 0, len(mine))
+    for unit in mine:
+        start = time.perf_counter()
+        state.prepare(unit)
+        eval_start = time.perf_counter()
+        scores = evaluate(state.model)
+        now = time.perf_counter()
+        prog_seed, read_seed = unit_seeds(seed, unit)
+        cfg = resolve_config(unit.config)
+        row = {
+            "key": unit.key,
+            "config": unit.config,
+            "chip": unit.chip,
+            "t": unit.t,
+            **scores,
+            **(extra_row or {}),
+            "eval_s": now - eval_start,
+            "wall_s": now - start,
+            "program_seed": prog_seed if cfg is not None else None,
+            "read_seed": read_seed if cfg is not None else None,
+            "rank": rank,
+            "config_resolved": cfg.to_dict() if cfg is not None else None,
+        }
+        append_row(results_path, row)
+        logger.log_unit(row)
+        bar.update(1)
+        shown = f" {main_metric} {scores[main_metric]:.2f}" if main_metric in scores else ""
+        bar.set_postfix_str(f"{unit.config} chip {unit.chip} t={unit.t}{shown}")
+    bar.close()
+    logger.close()
+    barrier(world)
+    return final_rows(read_results(out), units)
+
+
+def barrier(world: int) -> None:
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def final_rows(rows: list[dict[str, Any]], units: list[Unit]) -> list[dict[str, Any]]:
+    """One row per unit in canonical order (a unit redone after a kill keeps its first row)."""
+    by_key: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        by_key.setdefault(row["key"], row)
+    missing = [u.key for u in units if u.key not in by_key]
+    if missing:
+        raise RuntimeError(
+            f"sweep: {len(missing)} work units have no result "
+            f"(first: {missing[0]}); rerun with --resume"
+        )
+    return [by_key[u.key] for u in units]
+
+
+def _progress(enabled: bool, total: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a declared dependency of the extra
+        enabled = False
+    if not enabled:
+
+        class _Null:
+            def update(self, n: int) -> None: ...
+            def set_postfix_str(self, s: str) -> None: ...
+            def close(self) -> None: ...
+
+        return _Null()
+    return tqdm(total=total, desc="squad-drift", unit="eval", dynamic_ncols=True)
