@@ -15,9 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seeds", type=int, default=3, help="noise seeds per preset (default 3)")
     demo.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     _add_squad_drift(sub)
+    _add_train_vision(sub)
     args = parser.parse_args(argv)
     if args.command == "squad-drift":
         return _squad_drift(args, parser)
+    if args.command == "train-vision":
+        return _train_vision(args, parser)
     if args.command == "demo":
         if args.seeds < 1:
             parser.error(f"--seeds: got {args.seeds}; allowed: an integer >= 1")
@@ -119,6 +122,80 @@ def _squad_drift(args, parser) -> int:
         )
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"aimc squad-drift: error: {err}\n")
+    return 0
+
+
+def _add_train_vision(sub) -> None:
+    from .experiments.train_vision import DEFAULT_DATA
+
+    p = sub.add_parser(
+        "train-vision",
+        help="train LeNet-5 on (Fashion-)MNIST, digital or HWA, then sweep accuracy vs drift",
+    )
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="directory with the IDX .gz files")
+    p.add_argument("--out", default="runs/train-vision/default", help="run directory")
+    p.add_argument(
+        "--train-config",
+        default="digital",
+        help="digital, or a config to train with (e.g. standard_hwa)",
+    )
+    p.add_argument(
+        "--hwa-noise",
+        type=float,
+        default=0.0,
+        help="additive Gaussian weight noise while training (relative to max|W|)",
+    )
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--max-train", type=int, default=None)
+    p.add_argument("--max-test", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--configs", default="digital,pcm_inference", help="configs of the drift sweep")
+    p.add_argument(
+        "--times", type=_floats, default=None, help="drift times in s (default: 0, 1 day, 1 year)"
+    )
+    p.add_argument("--chips", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--wandb", action="store_true")
+    p.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _train_vision(args, parser) -> int:
+    import torch
+
+    from .experiments.train_vision import VisionSpec, run
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    spec = VisionSpec(
+        data=args.data,
+        train_config=args.train_config,
+        hwa_noise=args.hwa_noise,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_train=args.max_train,
+        max_test=args.max_test,
+        seed=args.seed,
+        configs=[c.strip() for c in args.configs.split(",") if c.strip()],
+        chips=args.chips,
+    )
+    if args.times is not None:
+        spec.times = args.times
+    try:
+        run(
+            spec,
+            args.out,
+            resume=args.resume,
+            use_wandb=args.wandb,
+            wandb_mode=args.wandb_mode,
+            progress=not args.no_progress,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"aimc train-vision: error: {err}\n")
     return 0
 
 

@@ -303,4 +303,4 @@ def _progress(enabled: bool, total: int):
             def close(self) -> None: ...
 
         return _Null()
-    return tqdm(total=total, desc="squad-drift", unit="eval", dynamic_ncols=True)
+    return tqdm(total=total, desc="sweep", unit="eval", dynamic_ncols=True)

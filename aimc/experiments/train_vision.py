@@ -1,0 +1,225 @@
+"""``aimc train-vision``: train LeNet-5 on (Fashion-)MNIST, digitally or hardware-aware, then sweep
+its accuracy as PCM drifts with the same machinery as ``squad-drift``.
+
+Training is resumable from the last epoch checkpoint and deterministic: the data order of epoch
+``e`` and the analog noise streams of that epoch are seeded from ``(seed, e)``, so a resumed run
+ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import AnalogConfig, WeightModifier
+from ..convert import analog_layers, convert, manual_seed, to_digital
+from ..hwa import register_post_step_hook
+from ..random import derive_seed
+from ..vision import LeNet5, load_idx_split
+from .report import Logger, finish
+from .sweep import (
+    DAY,
+    append_row,
+    barrier,
+    dist_info,
+    prepare_run_dir,
+    resolve_config,
+    run_units,
+    validate_sweep,
+    work_units,
+)
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+DEFAULT_DATA = SHARED / "data" / "fashion-mnist"
+METRICS = (("accuracy", "test accuracy (%)"),)
+
+
+@dataclass
+class VisionSpec:
+    """Everything that determines the numbers of a train-vision run."""
+
+    data: str = str(DEFAULT_DATA)
+    train_config: str = "digital"
+    hwa_noise: float = 0.0
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    max_train: int | None = None
+    max_test: int | None = None
+    seed: int = 0
+    configs: list[str] = field(default_factory=lambda: ["digital", "pcm_inference"])
+    times: list[float] = field(default_factory=lambda: [0.0, DAY, 365 * DAY])
+    chips: int = 5
+
+    def validate(self) -> None:
+        resolve_config(self.train_config)
+        validate_sweep(self.configs, self.times, self.chips)
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: got {v!r}; allowed: an integer >= 1")
+        for name in ("max_train", "max_test"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"--{name.replace('_', '-')}: got {v!r}; allowed: >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"--lr: got {self.lr!r}; allowed: a number > 0")
+        if not 0 <= self.hwa_noise < float("inf"):
+            raise ValueError(f"--hwa-noise: got {self.hwa_noise!r}; allowed: a number >= 0")
+
+    def training_config(self) -> AnalogConfig | None:
+        """The analog config used while training (None = digital), with ``--hwa-noise`` as an
+        additive Gaussian weight modifier (relative to max|W| per tile)."""
+        cfg = resolve_config(self.train_config)
+        if self.hwa_noise > 0:
+            base = cfg if cfg is not None else resolve_config("pcm_inference")
+            hwa = base.hwa.replace(modifier=WeightModifier.ADD_NORMAL, modifier_std=self.hwa_noise)
+            cfg = base.replace(hwa=hwa)
+        return cfg
+
+
+def _subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int):
+    if n is None or n >= len(x):
+        return x, y
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return x[idx], y[idx]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    """Top-1 accuracy in percent."""
+    correct = 0
+    for i in range(0, len(x), batch):
+        correct += int((model(x[i : i + batch]).argmax(dim=1) == y[i : i + batch]).sum())
+    return 100.0 * correct / len(x)
+
+
+def _digital_accuracy(model: nn.Module, x, y) -> float:
+    twin = copy.deepcopy(model)
+    if analog_layers(twin):
+        to_digital(twin)
+    return accuracy(twin.eval(), x, y)
+
+
+def train(spec: VisionSpec, out: Path, resume: bool, progress: bool = True) -> nn.Module:
+    """Train (or resume training) and return the trained model as a digital LeNet-5."""
+    x_train, y_train = _subset(*load_idx_split(spec.data, "train"), spec.max_train, spec.seed)
+    x_test, y_test = _subset(*load_idx_split(spec.data, "test"), spec.max_test, spec.seed + 1)
+    with torch.random.fork_rng():  # nn init draws from torch's default generator: seed it locally
+        torch.manual_seed(spec.seed)
+        model = LeNet5()
+    cfg = spec.training_config()
+    if cfg is not None:
+        convert(model, cfg, seed=spec.seed)
+    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
+    if cfg is not None:
+        register_post_step_hook(opt, model)
+    ckpt, log = out / "checkpoint.pt", out / "train_log.jsonl"
+    start = 0
+    if ckpt.exists():
+        if not resume:
+            raise ValueError(f"--out: {out} holds a training checkpoint; pass --resume")
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = state["epoch"] + 1
+    for epoch in range(start, spec.epochs):
+        model.train()
+        if cfg is not None:
+            manual_seed(model, derive_seed(spec.seed, f"epoch{epoch}"))
+        order = torch.randperm(
+            len(x_train),
+            generator=torch.Generator().manual_seed(derive_seed(spec.seed, f"order{epoch}")),
+        )
+        total = 0.0
+        for i in range(0, len(order), spec.batch_size):
+            idx = order[i : i + spec.batch_size]
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        row = {
+            "epoch": epoch,
+            "train_loss": total / len(order),
+            "test_accuracy_digital": _digital_accuracy(model, x_test, y_test),
+        }
+        append_row(log, row)
+        if progress:
+            print(
+                f"train-vision: epoch {epoch + 1}/{spec.epochs} loss {row['train_loss']:.4f} "
+                f"digital test accuracy {row['test_accuracy_digital']:.2f} %"
+            )
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save(
+            {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch}, tmp
+        )
+        os.replace(tmp, ckpt)  # atomic: a kill leaves the previous checkpoint intact
+    if analog_layers(model):
+        to_digital(model)
+    return model.eval()
+
+
+def run(
+    spec: VisionSpec,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    use_wandb: bool = False,
+    wandb_mode: str = "offline",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train, then sweep the trained model's test accuracy over configs x chips x times."""
+    spec.validate()
+    out = Path(out)
+    rank, world = dist_info()
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    load_idx_split(spec.data, "test")  # validate the data before touching --out
+    if rank == 0:
+        prepare_run_dir(out, asdict(spec), resume, {"spec": asdict(spec)})
+        model = train(spec, out, resume, progress)
+        torch.save(model.state_dict(), out / "model.pt")
+    barrier(world)
+    model = LeNet5()
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    model.eval()
+    x_test, y_test = _subset(*load_idx_split(spec.data, "test"), spec.max_test, spec.seed + 1)
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        return {"accuracy": accuracy(m, x_test, y_test)}
+
+    logger = Logger(out, rank, use_wandb, wandb_mode, asdict(spec), METRICS)
+    units = work_units(spec.configs, spec.chips, spec.times)
+    rows = run_units(
+        model,
+        units,
+        evaluate,
+        out,
+        spec.seed,
+        logger,
+        progress,
+        {"test_images": len(x_test)},
+        main_metric="accuracy",
+    )
+    if rank == 0:
+        title = f"LeNet-5 ({Path(spec.data).name}, trained: {spec.train_config}"
+        title += f", hwa-noise {spec.hwa_noise})" if spec.hwa_noise else ")"
+        finish(out, rows, asdict(spec), use_wandb, wandb_mode, METRICS, title)
+        (out / "train_summary.json").write_text(
+            json.dumps({"final_digital_accuracy": accuracy(model, x_test, y_test)}, indent=2) + "\n"
+        )
+    barrier(world)
+    return rows
+
+
+__all__ = ["VisionSpec", "accuracy", "run", "train"]
