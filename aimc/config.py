@@ -68,6 +68,21 @@ def _check_number(path: str, value: Any, *, min_value: float, strict: bool = Fal
     return v
 
 
+def check_coefficients(path: str, value: Any) -> tuple[float, float, float]:
+    """Validate polynomial coefficients ``(c0, c1, c2)``: three finite numbers."""
+    ok = (
+        isinstance(value, (tuple, list))
+        and len(value) == 3
+        and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value
+        )
+    )
+    if not ok:
+        _fail(path, value, "three finite numbers (c0, c1, c2)")
+    return (float(value[0]), float(value[1]), float(value[2]))
+
+
 def _check_int(path: str, value: Any, *, min_value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < min_value:
         _fail(path, value, f"an integer >= {min_value}")
@@ -425,17 +440,7 @@ class HWAConfig(_ConfigBase):
         self.input_range_init_batches = _check_int(
             f"{p}.input_range_init_batches", self.input_range_init_batches, min_value=1
         )
-        c = self.modifier_coeffs
-        if (
-            not isinstance(c, (tuple, list))
-            or len(c) != 3
-            or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                for v in c
-            )
-        ):
-            _fail(f"{p}.modifier_coeffs", c, "three finite numbers (c0, c1, c2)")
-        self.modifier_coeffs = tuple(float(v) for v in c)
+        self.modifier_coeffs = check_coefficients(f"{p}.modifier_coeffs", self.modifier_coeffs)
         if self.modifier == WeightModifier.DISCRETIZE and self.modifier_res <= 0:
             _fail(f"{p}.modifier_res", self.modifier_res, "> 0 when modifier is 'discretize'")
 

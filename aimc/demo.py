@@ -12,6 +12,7 @@ from . import presets
 from .config import AnalogConfig
 from .convert import analog_layers, convert, manual_seed, to_digital
 from .lifecycle import drift, program
+from .vision import LeNet5
 
 PRESETS: dict[str, Callable[[], AnalogConfig]] = {
     "ideal": presets.ideal,
@@ -24,30 +25,13 @@ PRESETS: dict[str, Callable[[], AnalogConfig]] = {
 }
 
 
-def _small_cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120),
-        nn.ReLU(),
-        nn.Linear(120, 84),
-        nn.ReLU(),
-        nn.Linear(84, 10),
-    )
-
-
 Forward = Callable[[nn.Module], torch.Tensor]
 
 
 def _models(gen: torch.Generator) -> list[tuple[str, nn.Module, Forward]]:
     torch.manual_seed(0)  # demo-only: module initialisation uses torch's default generator
     out = []
-    cnn = _small_cnn().eval()
+    cnn = LeNet5().eval()
     images = torch.randn(64, 1, 28, 28, generator=gen)
     out.append(("LeNet-5 (28x28)", cnn, lambda m: m(images)))
     try:

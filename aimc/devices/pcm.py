@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..config import DeviceParams, _fail
+from ..config import DeviceParams, check_coefficients
 from ..random import normal_
 from .base import DeviceModel, State, register
 
@@ -45,17 +45,7 @@ class PCMParams(DeviceParams):
     def _validate(self) -> None:
         self._check_positive("g_max", "t0", "t_read")
         self._check_non_negative("prog_noise_scale", "read_noise_scale", "drift_scale")
-        coeff = self.prog_coeff
-        if (
-            not isinstance(coeff, (tuple, list))
-            or len(coeff) != 3
-            or not all(
-                isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
-                for c in coeff
-            )
-        ):
-            _fail(f"{self._prefix}.prog_coeff", coeff, "three finite numbers (c0, c1, c2)")
-        self.prog_coeff = tuple(float(c) for c in coeff)
+        self.prog_coeff = check_coefficients(f"{self._prefix}.prog_coeff", self.prog_coeff)
 
 
 def prog_noise_std(g: Tensor, params: PCMParams) -> Tensor:
