@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--hwa-noise", type=float, default=0.1)
     parser.add_argument("--chips", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/hwa-study"))
     args = parser.parse_args()
