@@ -44,6 +44,8 @@ def main() -> None:
     for label, kw in variants.items():
         spec = VisionSpec(
             epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
             chips=args.chips,
             times=times,
             configs=["digital", "pcm_inference"],
@@ -70,7 +72,16 @@ def main() -> None:
         print(f"{label:<58} {cell['digital']:8.2f} " + " ".join(f"{p:>14}" for p in parts))
     path = Path(__file__).parent / "results" / "hwa_study.json"
     path.write_text(
-        json.dumps({"epochs": args.epochs, "hwa_noise": args.hwa_noise, "table": table}, indent=2)
+        json.dumps(
+            {
+                "epochs": args.epochs,
+                "hwa_noise": args.hwa_noise,
+                "lr": args.lr,
+                "batch_size": args.batch_size,
+                "table": table,
+            },
+            indent=2,
+        )
         + "\n"
     )
     print(f"wrote {path}")
