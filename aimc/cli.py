@@ -145,6 +145,12 @@ def _add_train_vision(sub) -> None:
         default=0.0,
         help="additive Gaussian weight noise while training (relative to max|W|)",
     )
+    p.add_argument(
+        "--hwa-clip-sigma",
+        type=float,
+        default=0.0,
+        help="clip weights to +-sigma*std(W) after each step while training (0 = off)",
+    )
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)

@@ -28,7 +28,8 @@ def main() -> None:
     parser.add_argument("--hwa-noise", type=float, default=0.1)
     parser.add_argument("--chips", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--clip-sigma", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/hwa-study"))
     args = parser.parse_args()
@@ -36,8 +37,8 @@ def main() -> None:
     times = [0.0, DAY, 365 * DAY]
     variants = {
         "digital training": dict(train_config="digital", hwa_noise=0.0),
-        f"HWA training (pcm_inference IO + {args.hwa_noise} weight noise)": dict(
-            train_config="pcm_inference", hwa_noise=args.hwa_noise
+        f"HWA training (noise {args.hwa_noise}, clip {args.clip_sigma} sigma)": dict(
+            train_config="pcm_inference", hwa_noise=args.hwa_noise, hwa_clip_sigma=args.clip_sigma
         ),
     }
     table = {}

@@ -158,3 +158,14 @@ def test_missing_data_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="--data"):
         run(_spec(tmp_path / "nope"), tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_hwa_options_build_the_training_config(tiny_data):
+    cfg = _spec(
+        tiny_data, train_config="pcm_inference", hwa_noise=0.1, hwa_clip_sigma=3.0
+    ).training_config()
+    assert cfg.hwa.modifier.value == "add_normal" and cfg.hwa.modifier_std == 0.1
+    assert cfg.hwa.clip.value == "layer_gaussian" and cfg.hwa.clip_sigma == 3.0
+    assert _spec(tiny_data).training_config() is None
+    with pytest.raises(ValueError, match="--hwa-clip-sigma"):
+        _spec(tiny_data, hwa_clip_sigma=-1.0).validate()

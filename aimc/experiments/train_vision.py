@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import AnalogConfig, WeightModifier
+from ..config import AnalogConfig, WeightClip, WeightModifier
 from ..convert import analog_layers, convert, manual_seed, to_digital
 from ..hwa import register_post_step_hook
 from ..random import derive_seed
@@ -49,6 +49,7 @@ class VisionSpec:
     data: str = str(DEFAULT_DATA)
     train_config: str = "digital"
     hwa_noise: float = 0.0
+    hwa_clip_sigma: float = 0.0
     epochs: int = 5
     batch_size: int = 64
     lr: float = 0.05
@@ -75,14 +76,23 @@ class VisionSpec:
             raise ValueError(f"--lr: got {self.lr!r}; allowed: a number > 0")
         if not 0 <= self.hwa_noise < float("inf"):
             raise ValueError(f"--hwa-noise: got {self.hwa_noise!r}; allowed: a number >= 0")
+        if not 0 <= self.hwa_clip_sigma < float("inf"):
+            raise ValueError(
+                f"--hwa-clip-sigma: got {self.hwa_clip_sigma!r}; allowed: a number >= 0"
+            )
 
     def training_config(self) -> AnalogConfig | None:
         """The analog config used while training (None = digital), with ``--hwa-noise`` as an
-        additive Gaussian weight modifier (relative to max|W| per tile)."""
+        additive Gaussian weight modifier (relative to max|W| per tile) and ``--hwa-clip-sigma``
+        as layer-Gaussian weight clipping after each step."""
         cfg = resolve_config(self.train_config)
-        if self.hwa_noise > 0:
+        if self.hwa_noise > 0 or self.hwa_clip_sigma > 0:
             base = cfg if cfg is not None else resolve_config("pcm_inference")
-            hwa = base.hwa.replace(modifier=WeightModifier.ADD_NORMAL, modifier_std=self.hwa_noise)
+            hwa = base.hwa
+            if self.hwa_noise > 0:
+                hwa = hwa.replace(modifier=WeightModifier.ADD_NORMAL, modifier_std=self.hwa_noise)
+            if self.hwa_clip_sigma > 0:
+                hwa = hwa.replace(clip=WeightClip.LAYER_GAUSSIAN, clip_sigma=self.hwa_clip_sigma)
             cfg = base.replace(hwa=hwa)
         return cfg
 
