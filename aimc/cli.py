@@ -109,20 +109,9 @@ def _squad_drift(args, parser) -> int:
         subset_seed=args.subset_seed,
         seed=args.seed,
     )
-    try:
-        run(
-            spec,
-            args.out,
-            resume=args.resume,
-            batch_size=args.batch_size,
-            device=args.device,
-            use_wandb=args.wandb,
-            wandb_mode=args.wandb_mode,
-            progress=not args.no_progress,
-        )
-    except (ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"aimc squad-drift: error: {err}\n")
-    return 0
+    return _run_or_exit(
+        parser, "squad-drift", run, spec, args, batch_size=args.batch_size, device=args.device
+    )
 
 
 def _add_train_vision(sub) -> None:
@@ -180,6 +169,7 @@ def _train_vision(args, parser) -> int:
         data=args.data,
         train_config=args.train_config,
         hwa_noise=args.hwa_noise,
+        hwa_clip_sigma=args.hwa_clip_sigma,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -191,6 +181,11 @@ def _train_vision(args, parser) -> int:
     )
     if args.times is not None:
         spec.times = args.times
+    return _run_or_exit(parser, "train-vision", run, spec, args)
+
+
+def _run_or_exit(parser, name: str, run, spec, args, **extra) -> int:
+    """Run an experiment; a bad input exits with status 2 and a one-line message."""
     try:
         run(
             spec,
@@ -199,9 +194,10 @@ def _train_vision(args, parser) -> int:
             use_wandb=args.wandb,
             wandb_mode=args.wandb_mode,
             progress=not args.no_progress,
+            **extra,
         )
     except (ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"aimc train-vision: error: {err}\n")
+        parser.exit(2, f"aimc {name}: error: {err}\n")
     return 0
 
 

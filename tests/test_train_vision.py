@@ -169,3 +169,41 @@ def test_hwa_options_build_the_training_config(tiny_data):
     assert _spec(tiny_data).training_config() is None
     with pytest.raises(ValueError, match="--hwa-clip-sigma"):
         _spec(tiny_data, hwa_clip_sigma=-1.0).validate()
+
+
+def test_cli_passes_every_option(tiny_data, tmp_path, monkeypatch):
+    """Regression: --hwa-clip-sigma was parsed but not passed on."""
+    import aimc.experiments.train_vision as tv
+    from aimc.cli import main
+
+    seen = {}
+    monkeypatch.setattr(tv, "run", lambda spec, out, **kw: seen.update(spec=spec, out=out, **kw))
+    main(
+        [
+            "train-vision",
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "o"),
+            "--train-config",
+            "pcm_inference",
+            "--hwa-noise",
+            "0.1",
+            "--hwa-clip-sigma",
+            "2.5",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.02",
+            "--times",
+            "0,60",
+            "--chips",
+            "3",
+            "--resume",
+            "--no-progress",
+        ]
+    )
+    spec = seen["spec"]
+    assert (spec.hwa_noise, spec.hwa_clip_sigma, spec.epochs, spec.lr) == (0.1, 2.5, 2, 0.02)
+    assert spec.times == [0.0, 60.0] and spec.chips == 3
+    assert seen["resume"] is True and seen["progress"] is False
