@@ -41,6 +41,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/profile_linear.py
 	$(PY) benchmarks/bench_pcm.py
 	$(PY) benchmarks/drift_error_table.py
+	$(PY) benchmarks/bench_squad_eval.py
+	$(PY) benchmarks/bench_hwa_step.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
