@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType
-from .functional import TileLayout
-from .random import normal_, uniform_
+from .functional import TileLayout, stochastic_round
+from .random import normal_
 
 _local = threading.local()
 
@@ -82,9 +82,7 @@ def _dac_(xq: Tensor, io: IOConfig, in_unit: float, gen: torch.Generator) -> Ten
     """In place on inputs already divided by ``s * r * in_unit``: round, clip, input noise."""
     if io.inp_step > 0:
         if io.inp_sto_round:
-            u = torch.empty_like(xq)
-            uniform_(u, gen)
-            xq.add_(u).floor_()
+            xq.copy_(stochastic_round(xq, gen))
         else:
             xq.round_()
     bound = io.inp_bound / in_unit
@@ -251,8 +249,7 @@ def _bound_management(
     """
     lo = tw.layout
     nb, n, n_out = sat.shape
-    in_unit, out_unit = units(io)
-    bound = io.out_bound / out_unit
+    in_unit = units(io)[0]
     r = torch.ones(sat.shape, device=z.device, dtype=torch.float32)
     x_rows = x_t.reshape(nb * n, lo.rows)
     z_rows = z.view(nb * n * n_out, lo.cols)  # row (b*N + v)*to + t
@@ -281,11 +278,12 @@ def _bound_management(
         xq = _dac_(xq, io, in_unit, gen).view(nb * n_out, k, lo.rows)
         zs = torch.empty(nb * n_out, k, lo.cols, device=z.device)
         _mvm_adc(xq, w_sub, io, gen, zs)
-        sat_new = (zs.amax(dim=-1) >= bound) | (zs.amin(dim=-1) <= -bound)  # (B*to, k)
+        sat_new = _saturated(zs, 1, io)  # (B*to, k, 1), or None if nothing saturated
         valid = (torch.arange(k, device=z.device).view(1, 1, k) < counts.unsqueeze(2)).reshape(-1)
         pos = valid.nonzero().squeeze(1)
         dst = ((base + order) * n_out + t_ar).reshape(-1).index_select(0, pos)
         z_rows.index_copy_(0, dst, zs.view(-1, lo.cols).index_select(0, pos))
         sat = torch.zeros(nb * n * n_out, dtype=torch.bool, device=z.device)
-        sat[dst] = sat_new.reshape(-1)[pos]
+        if sat_new is not None:
+            sat[dst] = sat_new.reshape(-1)[pos]
         sat = sat.view(nb, n, n_out)

@@ -280,3 +280,17 @@ def test_forward_never_modifies_the_digital_weight(gen, omega):
     lin.manual_seed(0)
     with torch.no_grad():
         assert torch.equal(lin(x), first)
+
+
+def test_stochastic_rounding_dac_is_unbiased():
+    """inp_sto_round: x = 0.3 with a DAC step of 0.5 gives 0 or 0.5, 0.5 with probability 0.6."""
+    lin = layer(
+        torch.ones(1, 1),
+        **{**QUIET, "inp_res": 1 / 4, "inp_sto_round": True},
+        noise_management="none",
+        mapping=MappingConfig(weight_scaling_omega=0),
+    )
+    with torch.no_grad():
+        y = lin(torch.full((50_000, 1), 0.3))
+    assert set(y.unique().tolist()) == {0.0, 0.5}
+    assert abs(float(y.mean()) - 0.3) < 0.005  # std error 0.5*sqrt(0.24/5e4) = 0.0011
