@@ -93,16 +93,13 @@ def _add_squad_drift(sub) -> None:
 
 
 def _squad_drift(args, parser) -> int:
-    import torch
 
     from .experiments.squad_drift import DEFAULT_TIMES, SweepSpec, run
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     spec = SweepSpec(
         model=args.model,
         data=args.data,
-        configs=[c.strip() for c in args.configs.split(",") if c.strip()],
+        configs=_names(args.configs),
         times=args.times if args.times is not None else list(DEFAULT_TIMES),
         chips=args.chips,
         max_questions=args.max_questions,
@@ -159,12 +156,9 @@ def _add_train_vision(sub) -> None:
 
 
 def _train_vision(args, parser) -> int:
-    import torch
 
     from .experiments.train_vision import VisionSpec, run
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     spec = VisionSpec(
         data=args.data,
         train_config=args.train_config,
@@ -176,7 +170,7 @@ def _train_vision(args, parser) -> int:
         max_train=args.max_train,
         max_test=args.max_test,
         seed=args.seed,
-        configs=[c.strip() for c in args.configs.split(",") if c.strip()],
+        configs=_names(args.configs),
         chips=args.chips,
     )
     if args.times is not None:
@@ -184,8 +178,18 @@ def _train_vision(args, parser) -> int:
     return _run_or_exit(parser, "train-vision", run, spec, args)
 
 
+def _names(text: str) -> list[str]:
+    """Comma-separated names, blanks dropped."""
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
 def _run_or_exit(parser, name: str, run, spec, args, **extra) -> int:
-    """Run an experiment; a bad input exits with status 2 and a one-line message."""
+    """Run an experiment with ``--threads``; a bad input exits with status 2 and a one-line
+    message."""
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     try:
         run(
             spec,
