@@ -257,11 +257,14 @@ def analog_layers(model: nn.Module) -> list[tuple[str, AnalogLayerMixin]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, AnalogLayerMixin)]
 
 
-def manual_seed(model: nn.Module, seed: int) -> None:
+def manual_seed(model: nn.Module, seed: int, io_stream: int | None = None) -> None:
     """Restart every analog layer's noise stream: layer ``name`` gets ``derive_seed(seed, name)``.
 
     Two runs of the same model with the same seed give bit-identical outputs on the same device.
+    ``io_stream`` (e.g. the data-parallel rank) gives the IO noise its own stream while the HWA
+    weight modifier keeps the shared one (see :meth:`AnalogLinear.manual_seed
+    <aimc.nn.base.AnalogLayerMixin.manual_seed>`).
     """
     check_seed(seed)
     for name, layer in analog_layers(model):
-        layer.manual_seed(derive_seed(seed, name))
+        layer.manual_seed(derive_seed(seed, name), io_stream)

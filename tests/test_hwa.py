@@ -223,3 +223,25 @@ def test_standard_hwa_trains_with_post_step():
     assert losses[-1] < 0.5 * losses[0]  # measured 1.46 -> 0.25
     for layer in (model[0], model[2]):
         assert float(layer.weight.detach().abs().amax(dim=1).max()) <= 1.0 + 1e-6
+
+
+def test_io_stream_shares_the_weight_draw_but_not_the_io_noise():
+    """Data-parallel ranks: same weight modifier draw (as one process), independent IO noise."""
+    hwa = HWAConfig(modifier="add_normal", modifier_std=0.1)
+    noisy = AnalogConfig(io=IOConfig(out_noise=0.1), hwa=hwa)
+    exact_io = AnalogConfig(io=IOConfig(is_perfect=True), hwa=hwa)
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
+    outs = {}
+    for name, cfg in (("noisy", noisy), ("exact", exact_io)):
+        layer = AnalogLinear(16, 4, config=cfg).train()
+        for stream in (None, 0, 1):
+            layer.manual_seed(5, io_stream=stream)
+            outs[name, stream] = layer(x).detach()
+    # perfect IO: only the weight draw is random, and every stream draws the same weights
+    assert torch.equal(outs["exact", None], outs["exact", 0])
+    assert torch.equal(outs["exact", 0], outs["exact", 1])
+    # with output noise the ranks' noise differs
+    assert not torch.equal(outs["noisy", 0], outs["noisy", 1])
+    assert not torch.equal(outs["noisy", None], outs["noisy", 0])
+    with pytest.raises(ValueError, match="io_stream: got -1"):
+        layer.manual_seed(5, io_stream=-1)

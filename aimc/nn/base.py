@@ -16,7 +16,7 @@ from ..config import AnalogConfig, WeightNoiseType
 from ..functional import TileLayout, tile_weights
 from ..hwa import clip_input, modify_weights, update_input_range
 from ..mvm import TileWeights, analog_mvm, units
-from ..random import check_seed
+from ..random import check_seed, derive_seed
 from .chip import ChipMixin
 
 
@@ -44,7 +44,7 @@ class _AnalogMVM(torch.autograd.Function):
                 x,
                 layer.active_tiles(),
                 layer.analog_config.io,
-                layer.generator(x),
+                layer.io_generator(x),
                 b,
                 None if input_range is None else input_range.detach(),
             )
@@ -77,6 +77,7 @@ class AnalogLayerMixin(ChipMixin):
         self.analog_config = config
         self.seed = check_seed(seed)
         self._generators: dict[str, torch.Generator] = {}
+        self.io_stream: int | None = None
         self._tile_cache: tuple[tuple[Any, ...], TileWeights] | None = None
         self._init_out_scale()
         if config.hwa.learn_input_range:
@@ -99,20 +100,37 @@ class AnalogLayerMixin(ChipMixin):
             self.out_scale = None
 
     # -- randomness ------------------------------------------------------------------------
-    def manual_seed(self, seed: int) -> None:
-        """Restart this layer's noise stream from ``seed`` (on every device)."""
+    def manual_seed(self, seed: int, io_stream: int | None = None) -> None:
+        """Restart this layer's noise streams from ``seed`` (on every device).
+
+        By default one stream feeds both the HWA weight modifier and the IO noise (output noise,
+        stochastic rounding). With ``io_stream=k`` the IO noise comes from a second stream
+        derived from ``(seed, k)`` while the weight modifier keeps the ``seed`` stream: data-
+        parallel ranks pass their rank as ``k``, so all ranks draw the same weight realization
+        for a mini-batch (as one process would) but independent noise for their samples.
+        """
         self.seed = check_seed(seed)
+        if io_stream is not None and (
+            isinstance(io_stream, bool) or not isinstance(io_stream, int) or io_stream < 0
+        ):
+            raise ValueError(f"io_stream: got {io_stream!r}; allowed: None or an integer >= 0")
+        self.io_stream = io_stream
         self._generators = {}
 
-    def generator(self, like: Tensor) -> torch.Generator:
-        """The layer's generator on the device of ``like`` (created from ``seed`` on first use)."""
-        key = str(like.device)
+    def generator(self, like: Tensor, stream: str = "") -> torch.Generator:
+        """The layer's generator on the device of ``like`` (created on first use): the main
+        stream from ``seed``, a named ``stream`` from ``derive_seed(seed, stream)``."""
+        key = f"{stream}@{like.device}"
         gen = self._generators.get(key)
         if gen is None:
             gen = torch.Generator(device=like.device)
-            gen.manual_seed(self.seed)
+            gen.manual_seed(derive_seed(self.seed, stream) if stream else self.seed)
             self._generators[key] = gen
         return gen
+
+    def io_generator(self, like: Tensor) -> torch.Generator:
+        """The generator of the IO noise (see :meth:`manual_seed`)."""
+        return self.generator(like, "" if self.io_stream is None else f"io{self.io_stream}")
 
     # -- tiles -----------------------------------------------------------------------------
     def weight_matrix(self) -> Tensor:
