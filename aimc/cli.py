@@ -1,4 +1,4 @@
-"""Command line: ``aimc demo``."""
+"""Command line: ``aimc demo``, ``squad-drift``, ``train-vision``, ``finetune-squad``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     _add_squad_drift(sub)
     _add_train_vision(sub)
+    _add_finetune_squad(sub)
     args = parser.parse_args(argv)
+    if args.command == "finetune-squad":
+        return _finetune_squad(args, parser)
     if args.command == "squad-drift":
         return _squad_drift(args, parser)
     if args.command == "train-vision":
@@ -176,6 +179,95 @@ def _train_vision(args, parser) -> int:
     if args.times is not None:
         spec.times = args.times
     return _run_or_exit(parser, "train-vision", run, spec, args)
+
+
+def _add_finetune_squad(sub) -> None:
+    from .experiments.finetune_squad import DEFAULT_MODEL, DEFAULT_TRAIN, FinetuneSpec
+
+    d = FinetuneSpec()
+    p = sub.add_parser(
+        "finetune-squad",
+        help="fine-tune a HF QA model on SQuAD v1.1, digital or hardware-aware (HWA)",
+        description="Fine-tune a HuggingFace extractive-QA model on SQuAD v1.1 train, digitally or "
+        "with hardware-aware training; writes HF checkpoints (safetensors + tokenizer) that "
+        "'aimc squad-drift --model' loads. Resumable; works under torchrun (DDP).",
+    )
+    p.add_argument(
+        "--model",
+        default=str(DEFAULT_MODEL),
+        help="HF model dir or hub id (default: shared MiniLM)",
+    )
+    p.add_argument("--train", default=str(DEFAULT_TRAIN), help="SQuAD v1.1 train JSON")
+    p.add_argument("--out", default="runs/finetune-squad/default", help="run directory")
+    p.add_argument(
+        "--preset",
+        default=d.preset,
+        help="training config: digital, standard_hwa, bert_squad[:w_noise], pcm_inference, ...",
+    )
+    p.add_argument(
+        "--hwa-noise",
+        type=float,
+        default=d.hwa_noise,
+        help="add_normal weight noise while training, relative to max|W| per tile "
+        "(with --preset digital: on the bert_squad periphery)",
+    )
+    p.add_argument("--max-questions", type=int, default=None, help="train on a random subset")
+    p.add_argument("--subset-seed", type=int, default=d.subset_seed)
+    p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--stride", type=int, default=d.stride)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N steps")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=float, default=d.warmup, help="warm-up fraction of steps")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 = off")
+    p.add_argument("--freeze-embeddings", action="store_true", help="keep word embeddings fixed")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps")
+    p.add_argument("--keep", type=int, default=2, help="checkpoints kept")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
+    p.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _finetune_squad(args, parser) -> int:
+    from .experiments.finetune_squad import FinetuneSpec, run
+
+    spec = FinetuneSpec(
+        model=args.model,
+        train=args.train,
+        preset=args.preset,
+        hwa_noise=args.hwa_noise,
+        max_questions=args.max_questions,
+        subset_seed=args.subset_seed,
+        max_length=args.max_length,
+        stride=args.stride,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        freeze_embeddings=args.freeze_embeddings,
+        seed=args.seed,
+    )
+    return _run_or_exit(
+        parser,
+        "finetune-squad",
+        run,
+        spec,
+        args,
+        device=args.device,
+        amp=args.amp,
+        save_every=args.save_every,
+        keep=args.keep,
+    )
 
 
 def _names(text: str) -> list[str]:

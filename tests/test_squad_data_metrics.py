@@ -25,7 +25,7 @@ from aimc.squad.metrics import (
     squad_scores,
 )
 
-SHARED = Path("/work/shared/data/squad")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
 DEV = SHARED / "dev-v1.1.json.gz"
 TRAIN = SHARED / "train-v1.1.rebuilt.json.xz"
 

@@ -47,8 +47,8 @@ from aimc.squad.metrics import exact_match_score, f1_score, metric_max_over_grou
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_MODEL = Path("/work/shared/models/minilm-l6-squad")
-SHARED_DEV = Path("/work/shared/data/squad/dev-v1.1.json.gz")
+SHARED_MODEL = ROOT.parent / "shared" / "models" / "minilm-l6-squad"
+SHARED_DEV = ROOT.parent / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
 
 CONFIGS = ["digital", "ideal", "bert_squad:0.035"]
 TIMES = [0.0, 3600.0]

@@ -75,7 +75,9 @@ class Logger:
             self.wandb.finish()
 
 
-def _wandb_init(out: Path, mode: str, spec: dict[str, Any], name: str):
+def _wandb_init(
+    out: Path, mode: str, spec: dict[str, Any], name: str, project: str = "aimc-squad-drift"
+):
     if mode not in ("offline", "online"):
         raise ValueError(f"--wandb-mode: got {mode!r}; allowed: 'offline' or 'online'")
     try:
@@ -85,7 +87,7 @@ def _wandb_init(out: Path, mode: str, spec: dict[str, Any], name: str):
             "--wandb: the wandb package is not installed (pip install 'aimc[experiments]')"
         ) from None
     return wandb.init(
-        project="aimc-squad-drift",
+        project=project,
         dir=str(out),
         mode=mode,
         config=spec,

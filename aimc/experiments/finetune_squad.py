@@ -1,0 +1,451 @@
+"""``aimc finetune-squad``: fine-tune a HuggingFace extractive-QA model on SQuAD v1.1, digitally or
+hardware-aware (HWA), single process or under ``torchrun`` (DDP: gloo on CPU, NCCL on CUDA).
+
+Outputs in ``--out``: ``checkpoints/step-NNNNNNN/`` (a HuggingFace model directory — safetensors,
+config, tokenizer — plus ``training_state.pt`` to resume from), ``model/`` (the final model, the
+directory to give ``aimc squad-drift --model``), ``train_log.jsonl``, ``run_config.json`` and
+TensorBoard logs. Exported models are digital: an HWA model's learned output scales are folded
+into its weights (:func:`aimc.to_digital`), so the export computes what the noise-free analog
+model did; learned input ranges are written to ``aimc_finetune.json`` beside the weights.
+
+Determinism: the data order of epoch ``e`` comes from ``(seed, e)``; the HWA noise, dropout and
+IO noise of step ``s`` from ``(seed, s)`` (and the rank). A resumed run therefore ends with the
+same weights as an uninterrupted one, and a DDP run draws the same HWA weight realization on all
+ranks (as a single process does for the whole batch) with independent IO noise and dropout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import AnalogConfig, WeightModifier
+from ..convert import analog_layers, convert, manual_seed, to_digital
+from ..hwa import register_post_step_hook
+from ..random import derive_seed
+from .sweep import append_row, barrier, dist_info, prepare_run_dir, resolve_config
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+DEFAULT_MODEL = SHARED / "models" / "minilm-l6-squad"
+DEFAULT_TRAIN = SHARED / "data" / "squad" / "train-v1.1.rebuilt.json.xz"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class FinetuneSpec:
+    """Everything that determines the numbers of a fine-tuning run."""
+
+    model: str = str(DEFAULT_MODEL)  #: HF model dir or hub id (QA head optional: added if absent)
+    train: str = str(DEFAULT_TRAIN)  #: SQuAD v1.1 train JSON (.json, .json.gz, .json.xz)
+    preset: str = "digital"  #: training config: digital or a squad-drift config name
+    hwa_noise: float = 0.0  #: add_normal weight noise (relative to max|W| per tile) while training
+    max_questions: int | None = None  #: train on a fixed random subset of questions
+    subset_seed: int = 0
+    max_length: int = 256
+    stride: int = 128
+    epochs: int = 1
+    max_steps: int | None = None  #: stop after this many optimizer steps (overrides epochs)
+    batch_size: int = 32  #: global batch (split evenly over torchrun ranks)
+    lr: float = 5e-5
+    warmup: float = 0.1  #: fraction of the steps with linear warm-up, then linear decay to 0
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  #: max global gradient norm (0 = off)
+    freeze_embeddings: bool = False  #: keep the word embeddings fixed
+    seed: int = 0
+
+    def validate(self) -> None:
+        self.training_config()
+        for name in ("epochs", "batch_size", "max_length", "max_steps", "max_questions"):
+            v = getattr(self, name)
+            if v is None and name in ("max_steps", "max_questions"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: got {v!r}; allowed: an integer >= 1")
+        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 0:
+            raise ValueError(f"--stride: got {self.stride!r}; allowed: an integer >= 0")
+        if self.stride >= self.max_length:
+            raise ValueError(
+                f"--stride: got {self.stride} with --max-length {self.max_length}; "
+                "allowed: stride < max-length"
+            )
+        checks = {
+            "lr": (self.lr, 0, False, "a number > 0"),
+            "warmup": (self.warmup, 0, True, "a fraction in [0, 1)"),
+            "weight_decay": (self.weight_decay, 0, True, "a number >= 0"),
+            "grad_clip": (self.grad_clip, 0, True, "a number >= 0 (0 = off)"),
+            "hwa_noise": (self.hwa_noise, 0, True, "a number >= 0"),
+        }
+        for name, (v, lo, inclusive, allowed) in checks.items():
+            ok = (
+                isinstance(v, (int, float))
+                and math.isfinite(v)
+                and (v >= lo if inclusive else v > lo)
+            )
+            if not ok or (name == "warmup" and v >= 1):
+                raise ValueError(f"--{name.replace('_', '-')}: got {v!r}; allowed: {allowed}")
+
+    def training_config(self) -> AnalogConfig | None:
+        """The analog config of the training forward (``None`` = digital). ``--hwa-noise`` adds
+        an ``add_normal`` weight modifier; with ``--preset digital`` it is added to
+        ``bert_squad`` (the periphery ``squad-drift`` evaluates)."""
+        cfg = resolve_config(self.preset)
+        if self.hwa_noise > 0:
+            base = cfg if cfg is not None else resolve_config("bert_squad")
+            hwa = base.hwa.replace(modifier=WeightModifier.ADD_NORMAL, modifier_std=self.hwa_noise)
+            cfg = base.replace(hwa=hwa)
+        return cfg
+
+
+def load_model(path: str, device: torch.device, seed: int):
+    """``(model, fast tokenizer, new_head)``: a QA model from a QA checkpoint or from a base
+    encoder (then the QA head is new, initialised from ``seed``)."""
+    from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
+
+    try:
+        hf_config = AutoConfig.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--model: cannot load a HuggingFace model from {path!r}: {err}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"--model: {path!r} has no fast tokenizer (offsets are needed)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # a new QA head is initialised from torch's default generator
+        try:
+            model = AutoModelForQuestionAnswering.from_pretrained(path)
+        except ValueError as err:
+            raise ValueError(
+                f"--model: {path!r} (model_type {hf_config.model_type!r}) has no extractive-QA "
+                f"variant in transformers: {err}"
+            ) from None
+    new_head = not any(a.endswith("ForQuestionAnswering") for a in hf_config.architectures or [])
+    return model.to(device), tokenizer, new_head
+
+
+def _optimizer(model: torch.nn.Module, spec: FinetuneSpec, total: int):
+    if spec.freeze_embeddings:
+        for name, p in model.named_parameters():
+            if name.endswith("word_embeddings.weight"):
+                p.requires_grad_(False)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            plain = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
+            (no_decay if plain else decay).append(p)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": spec.weight_decay},
+            {"params": no_decay, "weight_decay": 0},
+        ],
+        lr=spec.lr,
+    )
+    warm = int(spec.warmup * total)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint directory in ``out`` (``None`` if there is none)."""
+    found = []
+    for d in (out / "checkpoints").glob("step-*"):
+        m = _STEP_DIR.match(d.name)
+        if m and (d / "training_state.pt").exists():
+            found.append((int(m.group(1)), d))
+    return max(found)[1] if found else None
+
+
+def _export_tmp(model: torch.nn.Module, tokenizer, path: Path, meta: dict[str, Any]) -> Path:
+    """Write ``model`` as a digital HuggingFace directory beside ``path`` (``<path>.tmp``)."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    twin = copy.deepcopy(model)
+    ranges = {
+        n: float(m.input_range.detach())
+        for n, m in analog_layers(twin)
+        if m.input_range is not None
+    }
+    if analog_layers(twin):
+        to_digital(twin)
+    twin.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    meta = meta | {"learned_input_ranges": ranges}
+    (tmp / "aimc_finetune.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return tmp
+
+
+def export_model(model: torch.nn.Module, tokenizer, path: str | Path, meta: dict[str, Any]) -> Path:
+    """Write ``model`` (analog or digital) and ``tokenizer`` to ``path`` as a digital HuggingFace
+    directory that ``from_pretrained`` and ``aimc squad-drift --model`` load; ``meta`` goes to
+    ``aimc_finetune.json`` with the learned input ranges. Atomic: a kill leaves either the old
+    directory or the new one."""
+    path = Path(path)
+    _replace_dir(_export_tmp(model, tokenizer, path, meta), path)
+    return path
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def _save_checkpoint(out: Path, step: int, model, tokenizer, opt, sched, meta, keep: int) -> Path:
+    path = out / "checkpoints" / f"step-{step:07d}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _export_tmp(model, tokenizer, path, meta | {"step": step})
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}
+    torch.save(state | {"scheduler": sched.state_dict()}, tmp / "training_state.pt")
+    _replace_dir(tmp, path)
+    done = sorted(d for d in path.parent.glob("step-*") if _STEP_DIR.match(d.name))
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _batch_indices(step: int, n: int, batch: int, steps_per_epoch: int, seed: int) -> list[int]:
+    epoch, k = divmod(step, steps_per_epoch)
+    order = torch.randperm(
+        n, generator=torch.Generator().manual_seed(derive_seed(seed, f"order{epoch}"))
+    )
+    return order[k * batch : (k + 1) * batch].tolist()
+
+
+def _sync_input_ranges(model: torch.nn.Module, world: int) -> None:
+    """Average the input ranges still being initialised from data (each rank saw its own
+    samples) so every rank keeps identical parameters."""
+    ranges = [m.input_range for _, m in analog_layers(model) if m.input_range is not None]
+    if world > 1 and ranges:
+        with torch.no_grad():
+            flat = torch.cat([r.detach().view(-1) for r in ranges])
+            torch.distributed.all_reduce(flat)
+            flat /= world
+            for r, v in zip(ranges, flat.split([r.numel() for r in ranges]), strict=True):
+                r.copy_(v.view_as(r))
+
+
+class _TrainLogger:
+    """Rank 0's per-step log: ``train_log.jsonl``, TensorBoard and (optionally) W&B."""
+
+    def __init__(self, out: Path, rank: int, use_wandb: bool, wandb_mode: str, spec: dict) -> None:
+        from .report import _tb_writer, _wandb_init
+
+        self.out, self.active = out, rank == 0
+        self.tb = _tb_writer(out / "tensorboard" / "train") if self.active else None
+        self.wandb = None
+        if use_wandb and self.active:
+            self.wandb = _wandb_init(out, wandb_mode, spec, "train", project="aimc-finetune-squad")
+
+    def log(self, row: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        append_row(self.out / "train_log.jsonl", row)
+        if self.tb is not None:
+            for key in ("loss", "lr", "step_s"):
+                self.tb.add_scalar(f"train/{key}", row[key], global_step=row["step"])
+        if self.wandb is not None:
+            self.wandb.log(
+                {f"train/{k}": row[k] for k in ("loss", "lr", "step_s")}, step=row["step"]
+            )
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _check_run_options(save_every: int, keep: int, amp: bool, dev: torch.device) -> None:
+    for name, v in (("save_every", save_every), ("keep", keep)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: got {v!r}; allowed: an integer >= 1")
+    if amp and dev.type != "cuda":
+        raise ValueError(f"--amp: mixed precision needs a CUDA --device; got {dev.type!r}")
+
+
+def run(
+    spec: FinetuneSpec,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    device: str = "cpu",
+    amp: bool = False,
+    save_every: int = 500,
+    keep: int = 2,
+    use_wandb: bool = False,
+    wandb_mode: str = "offline",
+    progress: bool = True,
+) -> Path:
+    """Fine-tune (or resume); returns the directory of the exported final model."""
+    from ..squad.data import load_squad, select_questions
+    from ..squad.train_features import make_train_features
+    from .squad_drift import _init_distributed
+    from .sweep import _progress
+
+    spec.validate()
+    out = Path(out)
+    rank, world = dist_info()
+    dev = _init_distributed(device, world)
+    _check_run_options(save_every, keep, amp, dev)
+    if spec.batch_size % world:
+        raise ValueError(
+            f"--batch-size: got {spec.batch_size} with {world} ranks; allowed: a multiple of "
+            "the number of ranks (each rank takes an equal share of the global batch)"
+        )
+    examples = select_questions(load_squad(spec.train), spec.max_questions, spec.subset_seed)
+    model, tokenizer, new_head = load_model(spec.model, dev, spec.seed)
+    feats = make_train_features(examples, tokenizer, spec.max_length, spec.stride)
+    per_epoch = len(feats) // spec.batch_size
+    if per_epoch == 0:
+        raise ValueError(
+            f"--batch-size: got {spec.batch_size} but the data give only {len(feats)} "
+            "training windows; allowed: at most the number of windows"
+        )
+    total = spec.max_steps if spec.max_steps is not None else spec.epochs * per_epoch
+    determines = asdict(spec) | {"world_size": world, "device": dev.type, "amp": amp}
+    cfg = spec.training_config()
+    if rank == 0:
+        extra = {"spec": asdict(spec), "training_config": cfg.to_dict() if cfg else None}
+        prepare_run_dir(out, determines, resume, extra)
+    barrier(world)
+    if cfg is not None:
+        convert(model, cfg, seed=spec.seed)
+    opt, sched = _optimizer(model, spec, total)
+    if cfg is not None:
+        register_post_step_hook(opt, model)
+    start = 0
+    if (ckpt := latest_checkpoint(out)) is not None:
+        state = torch.load(ckpt / "training_state.pt", map_location=dev, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = state["step"] + 1
+    meta = {
+        "spec": asdict(spec),
+        "training_config": cfg.to_dict() if cfg else None,
+        "new_qa_head": new_head,
+        "train_windows": len(feats),
+        "total_steps": total,
+    }
+    net = model
+    if world > 1:
+        ids = [dev.index] if dev.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    logger = _TrainLogger(out, rank, use_wandb, wandb_mode, asdict(spec))
+    bar = _progress(progress and rank == 0, total - start)
+    if progress and rank == 0 and hasattr(bar, "set_description"):
+        bar.set_description("finetune")
+    model.train()
+    devices = [dev] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        for step in range(start, total):
+            t0 = time.perf_counter()
+            idx = _batch_indices(step, len(feats), spec.batch_size, per_epoch, spec.seed)
+            loss = _train_step(net, model, opt, sched, feats, idx, step, spec, dev, amp)
+            _sync_input_ranges(model, world)
+            row = {
+                "step": step,
+                "epoch": step // per_epoch,
+                "loss": loss,
+                "lr": sched.get_last_lr()[0],
+                "step_s": time.perf_counter() - t0,
+            }
+            logger.log(row)
+            bar.update(1)
+            bar.set_postfix_str(f"loss {loss:.4f}")
+            if (step + 1) % save_every == 0 or step + 1 == total:
+                if rank == 0:
+                    _save_checkpoint(out, step, model, tokenizer, opt, sched, meta, keep)
+                barrier(world)
+    bar.close()
+    logger.close()
+    if world > 1:
+        meta["ddp_max_weight_diff_across_ranks"] = _rank_weight_diff(model)
+    final = out / "model"
+    if rank == 0:
+        last = latest_checkpoint(out)
+        step = total - 1 if last is None else int(_STEP_DIR.match(last.name).group(1))
+        export_model(model, tokenizer, final, meta | {"step": step})
+    barrier(world)
+    return final
+
+
+def qa_loss(
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    attention_mask: torch.Tensor,
+    start_positions: torch.Tensor,
+    end_positions: torch.Tensor,
+) -> torch.Tensor:
+    """Mean of the start and end cross-entropies over the real tokens only.
+
+    HuggingFace's built-in QA loss lets padding positions compete in the softmax, so with
+    dynamic padding a sample's loss would depend on the other samples of its batch (and a
+    data-parallel run would not match a single-process one); here padding is masked out.
+    """
+    pad = attention_mask == 0
+    s = start_logits.float().masked_fill(pad, -1e9)
+    e = end_logits.float().masked_fill(pad, -1e9)
+    ce = torch.nn.functional.cross_entropy
+    return (ce(s, start_positions) + ce(e, end_positions)) / 2
+
+
+def _rank_weight_diff(model: torch.nn.Module) -> float:
+    """The largest difference of any parameter between ranks (0.0 when DDP kept them equal)."""
+    worst = 0.0
+    with torch.no_grad():
+        for p in model.parameters():
+            hi, lo = p.detach().clone(), p.detach().clone()
+            torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+            torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+            worst = max(worst, float((hi - lo).abs().max()))
+    return worst
+
+
+def _train_step(net, model, opt, sched, feats, idx, step, spec, dev, amp) -> float:
+    """One optimizer step on this rank's share of the global batch ``idx``; the loss averaged
+    over all ranks."""
+    from ..squad.train_features import collate_train
+
+    rank, world = dist_info()
+    manual_seed(model, derive_seed(spec.seed, f"step{step}"), io_stream=rank if world > 1 else None)
+    torch.manual_seed(derive_seed(spec.seed, f"dropout{step}:{rank}"))
+    batch = collate_train(feats, idx[rank::world], dev)
+    starts, ends = batch.pop("start_positions"), batch.pop("end_positions")
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    with ctx:
+        out = net(**batch)
+    loss = qa_loss(out.start_logits, out.end_logits, batch["attention_mask"], starts, ends)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if spec.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+    opt.step()
+    sched.step()
+    value = loss.detach().float()
+    if world > 1:
+        torch.distributed.all_reduce(value)
+        value /= world
+    return float(value)
+
+
+__all__ = ["FinetuneSpec", "export_model", "latest_checkpoint", "load_model", "qa_loss", "run"]
