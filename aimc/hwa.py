@@ -69,9 +69,10 @@ class _InputRange(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         x, r = ctx.saved_tensors
-        upper, lower = x >= r, x <= -r
-        gx = grad.masked_fill(upper | lower, 0.0)
-        gr = (grad[upper].sum() - grad[lower].sum() + ctx.decay * r.sum()).reshape(r.shape)
+        outside = x.abs() >= r  # x >= r or x <= -r (r > 0)
+        gx = grad.masked_fill(outside, 0.0)
+        # sum(g | x >= r) - sum(g | x <= -r) in one pass, without boolean indexing
+        gr = (torch.sum((grad - gx) * torch.sign(x)) + ctx.decay * r.sum()).reshape(r.shape)
         return gx, gr.to(r.dtype), None
 
 
