@@ -351,9 +351,7 @@ def run(
         ids = [dev.index] if dev.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     logger = _TrainLogger(out, rank, use_wandb, wandb_mode, asdict(spec))
-    bar = _progress(progress and rank == 0, total - start)
-    if progress and rank == 0 and hasattr(bar, "set_description"):
-        bar.set_description("finetune")
+    bar = _progress(progress and rank == 0, total - start, "finetune", "step")
     model.train()
     devices = [dev] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):

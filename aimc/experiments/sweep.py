@@ -290,7 +290,7 @@ def final_rows(rows: list[dict[str, Any]], units: list[Unit]) -> list[dict[str, 
     return [by_key[u.key] for u in units]
 
 
-def _progress(enabled: bool, total: int):
+def _progress(enabled: bool, total: int, desc: str = "sweep", unit: str = "eval"):
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is a declared dependency of the extra
@@ -303,4 +303,4 @@ def _progress(enabled: bool, total: int):
             def close(self) -> None: ...
 
         return _Null()
-    return tqdm(total=total, desc="sweep", unit="eval", dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
