@@ -110,7 +110,11 @@ def _mvm_adc(xq: Tensor, tw: TileWeights, io: IOConfig, gen: torch.Generator, z:
                 var = xq.square().sum(dim=-1, keepdim=True)
             else:
                 w_abs = tw.w_abs if tw.w_abs is not None else tw.w.abs()
-                var = torch.bmm(xq.square(), w_abs.transpose(1, 2))
+                if io.w_noise_bf16:
+                    bf = torch.bfloat16
+                    var = torch.bmm(xq.square().to(bf), w_abs.to(bf).transpose(1, 2)).float()
+                else:
+                    var = torch.bmm(xq.square(), w_abs.transpose(1, 2))
             std = var.mul_((io.w_noise * in_unit) ** 2).add_(io.out_noise**2).sqrt_()
             z.mul_(std.div_(out_unit)).baddbmm_(xq, w_t)
     if io.out_step > 0:

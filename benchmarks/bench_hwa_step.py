@@ -1,7 +1,11 @@
-"""HWA training step (forward + backward + optimizer) vs a digital step, BERT-sized layer stack.
+"""HWA training step (forward + backward + optimizer) vs a digital step, BERT-sized layer stacks.
 
-Four transformer-MLP blocks (768 -> 3072 -> GELU -> 768), 8 x 128 tokens, AdamW. Digital and
-analog steps are interleaved (A B A B ...), medians and min-max reported; 2 threads.
+Two stacks, 8 x 128 tokens of width 768, AdamW:
+- ``mlp``: four transformer-MLP blocks (768 -> 3072 -> GELU -> 768) — only analog matmuls and a
+  GELU, the worst case for the ratio;
+- ``bert``: four BERT-base encoder layers (HF ``BertLayer``: attention, MLP, LayerNorms, random
+  init) — what a BERT fine-tune runs.
+Digital and analog steps are interleaved (A B A B ...), medians and min-max reported; 2 threads.
 Writes benchmarks/results/hwa_step_cpu.json.
 """
 
@@ -19,9 +23,28 @@ from torch import nn
 import aimc
 
 
-def _stack(seed: int) -> nn.Module:
+class _BertStack(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import BertConfig
+        from transformers.models.bert.modeling_bert import BertLayer
+
+        cfg = BertConfig(hidden_size=768, num_attention_heads=12, intermediate_size=3072)
+        cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
+        self.layers = nn.ModuleList(BertLayer(cfg) for _ in range(4))
+
+    def forward(self, x):
+        for layer in self.layers:
+            out = layer(x)
+            x = out[0] if isinstance(out, tuple) else out
+        return x
+
+
+def _stack(kind: str, seed: int) -> nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
+        if kind == "bert":
+            return _BertStack()
         return nn.Sequential(
             *[
                 nn.Sequential(nn.Linear(768, 3072), nn.GELU(), nn.Linear(3072, 768))
@@ -37,8 +60,10 @@ def _configs() -> dict[str, aimc.AnalogConfig]:
             modifier="add_normal", modifier_std=0.1, clip="layer_gaussian", clip_sigma=3.0
         )
     )
+    std = aimc.presets.standard_hwa()
     return {
-        "standard_hwa": aimc.presets.standard_hwa(),
+        "standard_hwa": std,
+        "standard_hwa, w_noise_bf16": std.replace(io=std.io.replace(w_noise_bf16=True)),
         "pcm_inference + noise 0.1 + 3 sigma clip": noisy,
     }
 
@@ -47,12 +72,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--stacks", default="mlp,bert", help="comma-separated: mlp, bert")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    x = torch.randn(8 * 128, 768, generator=torch.Generator().manual_seed(0))
     rows = []
-    for name, cfg in _configs().items():
-        digital, analog = _stack(0), aimc.convert(_stack(0), cfg, seed=0)
+    cases = [(k, n, c) for k in args.stacks.split(",") for n, c in _configs().items()]
+    for kind, name, cfg in cases:
+        shape = (8 * 128, 768) if kind == "mlp" else (8, 128, 768)
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+        digital, analog = _stack(kind, 0), aimc.convert(_stack(kind, 0), cfg, seed=0)
         opts = {}
         for label, model in (("digital", digital), ("analog", analog)):
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -60,7 +88,7 @@ def main() -> None:
                 aimc.register_post_step_hook(opt, model)
             opts[label] = (model.train(), opt)
 
-        def step(label: str, opts=opts) -> float:
+        def step(label: str, opts=opts, x=x) -> float:
             model, opt = opts[label]
             start = time.perf_counter()
             opt.zero_grad()
@@ -75,6 +103,7 @@ def main() -> None:
             td.append(step("digital"))
             ta.append(step("analog"))
         row = {
+            "stack": kind,
             "config": name,
             "digital_ms": 1e3 * statistics.median(td),
             "analog_ms": 1e3 * statistics.median(ta),
@@ -84,7 +113,8 @@ def main() -> None:
         }
         rows.append(row)
         print(
-            f"{name:<42} digital {row['digital_ms']:7.1f} ms  HWA {row['analog_ms']:7.1f} ms  "
+            f"{kind:<5} {name:<42} digital {row['digital_ms']:7.1f} ms  "
+            f"HWA {row['analog_ms']:7.1f} ms  "
             f"ratio {row['ratio']:.2f}  (digital {min(td) * 1e3:.0f}-{max(td) * 1e3:.0f}, "
             f"HWA {min(ta) * 1e3:.0f}-{max(ta) * 1e3:.0f})"
         )

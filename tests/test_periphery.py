@@ -294,3 +294,35 @@ def test_stochastic_rounding_dac_is_unbiased():
         y = lin(torch.full((50_000, 1), 0.3))
     assert set(y.unique().tolist()) == {0.0, 0.5}
     assert abs(float(y.mean()) - 0.3) < 0.005  # std error 0.5*sqrt(0.24/5e4) = 0.0011
+
+
+def test_pcm_read_variance_in_bf16_matches_float32():
+    """``w_noise_bf16``: the same noise draws, the noise std within bfloat16's rounding."""
+    base = IOConfig(
+        inp_res=0,
+        out_res=0,
+        out_noise=0.0,
+        out_bound=1e6,
+        bound_management="none",
+        w_noise_type="pcm_read",
+        w_noise=0.05,
+    )
+    x = torch.randn(64, 300, generator=torch.Generator().manual_seed(3))
+    outs = {}
+    for name, io in {
+        "exact": base.replace(w_noise=0.0),
+        "fp32": base,
+        "bf16": base.replace(w_noise_bf16=True),
+    }.items():
+        lin = AnalogLinear(300, 40, config=AnalogConfig(io=io), seed=0)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(40, 300, generator=torch.Generator().manual_seed(4)))
+            lin.bias.zero_()
+            outs[name] = lin(x)
+    noise_fp32 = outs["fp32"] - outs["exact"]
+    noise_bf16 = outs["bf16"] - outs["exact"]
+    assert noise_fp32.abs().mean() > 1e-2  # the noise is there
+    ratio = noise_bf16 / noise_fp32
+    big = noise_fp32.abs() > 1e-3  # avoid dividing float32 rounding by tiny draws
+    assert (ratio[big] - 1).abs().max() < 0.01
+    assert not torch.equal(noise_bf16, noise_fp32)  # it did run in bfloat16
