@@ -38,7 +38,8 @@ def common_d2d(
     ``dw_up = dw_min_ij (1 + beta_ij)``, ``dw_down = dw_min_ij (1 - beta_ij)`` with
     ``dw_min_ij = |dw_min (1 + dw_min_dtod xi)|`` (a device always moves in the pulse's
     direction) and ``beta_ij = up_down + up_down_dtod xi`` (clipped to ``[-1, 1]``); bounds
-    ``w_max (1 + w_max_dtod xi)`` and ``w_min (1 + w_min_dtod xi)``, with ``w_max_ij`` raised to
+    ``w_max (1 + w_max_dtod xi)`` and ``w_min (1 + w_min_dtod xi)``. A bound never crosses zero
+    when its mean does not (a rare draw beyond zero is set to zero), and ``w_max_ij`` is raised to
     ``w_min_ij`` where a draw would invert them.
     """
     p = params
@@ -46,6 +47,10 @@ def common_d2d(
     beta = (p.up_down + p.up_down_dtod * _normal(shape, gen, device)).clamp(-1.0, 1.0)
     w_max = p.w_max * (1 + p.w_max_dtod * _normal(shape, gen, device))
     w_min = p.w_min * (1 + p.w_min_dtod * _normal(shape, gen, device))
+    if p.w_max >= 0:
+        w_max = w_max.clamp_min(0)
+    if p.w_min <= 0:
+        w_min = w_min.clamp_max(0)
     return {
         "dw_up": dw * (1 + beta),
         "dw_down": dw * (1 - beta),
