@@ -268,3 +268,15 @@ def test_config_round_trips():
     assert cfg.to_dict()["update"]["mode"] == "expected"
     for cls in (TikiTakaConfig, MixedPrecisionConfig, UpdateConfig):
         assert cls.from_dict(cls().to_dict()) == cls()
+
+
+def test_docs_usage_example_runs():
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "insitu.md"
+    block = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)[0]
+    scope: dict = {}
+    exec(compile(block, "docs/insitu.md", "exec"), scope)
+    model = scope["model"]
+    assert torch.equal(model[0].weight.detach(), model[0].pulsed.weight())

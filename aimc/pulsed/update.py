@@ -10,13 +10,13 @@ number of pulses is ``lr |x_j delta_i| / dw_min``, i.e. ``E[Delta w] = -lr x_j d
 ideal device.
 
 Here the loop runs over the ``BL`` slots only. In each slot the Bernoulli draws of the whole
-batch are made at once and the coincidences of all samples are counted with one matrix product
-(up and down separately, by sign). **Approximation** (the only one of the stochastic mode): the
-pulses a device receives in one slot from different batch samples are applied together at its
-current state (``n`` steps, cycle-to-cycle noise with std scaled by ``sqrt(n)``); AIHWKIT applies
-them one sample after another. With the small per-slot coincidence rates of update management
-this rarely matters (a device gets more than one pulse per slot with probability
-``O((B p_x p_d)^2)``).
+batch are made at once and the coincidences of all samples are counted with two matrix products
+(all coincidences, and same-sign minus opposite-sign ones). **Approximation** (the only one of
+the stochastic mode): the pulses a device receives in one slot from different batch samples are
+applied together at its current state (``n`` steps, cycle-to-cycle noise with std scaled by
+``sqrt(n)``); AIHWKIT applies them one sample after another. With the small per-slot
+coincidence rates of update management this rarely matters (a device gets more than one pulse
+per slot with probability ``O((B p_x p_d)^2)``).
 """
 
 from __future__ import annotations
@@ -60,19 +60,15 @@ def pulse_probabilities(
     return p_x, p_d, bl
 
 
-def _split_counts(m: Tensor, n_out: int, n_in: int) -> tuple[Tensor, Tensor]:
-    """``(2 out, 2 in)`` coincidence blocks ``[[d+ x+, d+ x-], [d- x+, d- x-]]`` -> (up, down).
-
-    ``Delta w = -lr delta x``: same signs move down, opposite signs move up.
+def _up_down(fd: Tensor, sd: Tensor, fx: Tensor, sx: Tensor) -> tuple[Tensor, Tensor]:
+    """Up and down coincidences from firing weights ``fd`` ``(B, out)``, ``fx`` ``(B, in)`` and
+    signs ``sd``, ``sx``: with ``T = fd^T fx`` (all) and ``S = (fd sd)^T (fx sx)`` (same sign
+    minus opposite sign), ``down = (T + S) / 2`` and ``up = (T - S) / 2`` (``Delta w = -lr delta
+    x``: same signs move down). Two matrix products; exact for integer counts below 2**24.
     """
-    down = m[:n_out, :n_in] + m[n_out:, n_in:]
-    up = m[:n_out, n_in:] + m[n_out:, :n_in]
-    return up, down
-
-
-def _signed(v: Tensor, p: Tensor) -> Tensor:
-    """``[p * (v > 0), p * (v < 0)]`` along the last dimension."""
-    return torch.cat([p * (v > 0), p * (v < 0)], dim=1)
+    total = fd.t() @ fx
+    signed = (fd * sd).t() @ (fx * sx)
+    return (total - signed) * 0.5, (total + signed) * 0.5
 
 
 def expected_counts(
@@ -82,8 +78,7 @@ def expected_counts(
     (``(out, in)`` each, fractional). Without probability clipping ``up - down`` equals
     ``-lr delta^T x / dw_min``."""
     p_x, p_d, bl = pulse_probabilities(x, d, lr, dw_min, cfg)
-    m = _signed(d, p_d * bl).t() @ _signed(x, p_x)
-    return _split_counts(m, d.shape[1], x.shape[1])
+    return _up_down(p_d * bl, d.sign(), p_x, x.sign())
 
 
 def slot_counts(
@@ -101,17 +96,13 @@ def slot_counts(
     """
     p_x, p_d, bl = pulse_probabilities(x, d, lr, dw_min, cfg)
     n_slots = int(bl.max().item()) if bl.numel() else 0
-    x_pos, x_neg = (x > 0).float(), (x < 0).float()
-    d_pos, d_neg = (d > 0).float(), (d < 0).float()
-    n_out, n_in = d.shape[1], x.shape[1]
+    sx, sd = x.sign(), d.sign()
     for t in range(n_slots):
         fire_x = (uniform_(torch.empty_like(p_x), gen) < p_x).float()
         fire_d = (uniform_(torch.empty_like(p_d), gen) < p_d).float() * (bl > t)
-        xs = torch.cat([fire_x * x_pos, fire_x * x_neg], dim=1)
-        ds = torch.cat([fire_d * d_pos, fire_d * d_neg], dim=1)
-        m = ds.t() @ xs
-        if bool(m.any()):
-            yield _split_counts(m, n_out, n_in)
+        up, down = _up_down(fire_d, sd, fire_x, sx)
+        if bool(up.any()) or bool(down.any()):
+            yield up, down
 
 
 def max_train_length(x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig) -> int:
