@@ -83,33 +83,48 @@ class PulsedArray(nn.Module):
             self.devices[0].w.copy_(self.devices[0].clip(target))
 
     @torch.no_grad()
-    def apply_counts(self, n_up: Tensor, n_down: Tensor, gen: torch.Generator | None) -> None:
-        """Apply ``n_up`` up and ``n_down`` down pulses per device (``(out, in)``) at the current
-        state; ``gen=None`` means no cycle-to-cycle noise. In a one-sided pair, down pulses are
-        up pulses of the minus device."""
+    def apply_counts(
+        self,
+        n_up: Tensor,
+        n_down: Tensor,
+        gen: torch.Generator | None,
+        cols: Tensor | None = None,
+    ) -> None:
+        """Apply ``n_up`` up and ``n_down`` down pulses per device at the current state;
+        ``gen=None`` means no cycle-to-cycle noise. In a one-sided pair, down pulses are up
+        pulses of the minus device. ``cols`` (an index tensor) restricts the pulses to those
+        columns (inputs); the counts are then ``(out, len(cols))``."""
         params = self.config.params
+        pulses = [(self.devices[0], n_up, n_down)]
         if self.pair:
             zero = torch.zeros_like(n_up)
-            for dev, n in ((self.devices[0], n_up), (self.devices[1], n_down)):
-                dev.w.copy_(apply_pulses(self.model, dev.w, n, zero, dev.d2d(), params, gen))
-        else:
-            dev = self.devices[0]
-            dev.w.copy_(apply_pulses(self.model, dev.w, n_up, n_down, dev.d2d(), params, gen))
+            pulses = [(self.devices[0], n_up, zero), (self.devices[1], n_down, zero)]
+        for dev, up, down in pulses:
+            if cols is None:
+                dev.w.copy_(apply_pulses(self.model, dev.w, up, down, dev.d2d(), params, gen))
+            else:
+                d2d = {k: v[:, cols] for k, v in dev.d2d().items()}
+                new = apply_pulses(self.model, dev.w[:, cols], up, down, d2d, params, gen)
+                dev.w[:, cols] = new
 
     @torch.no_grad()
-    def update(self, x: Tensor, d: Tensor, lr: float, gen: torch.Generator) -> None:
+    def update(
+        self, x: Tensor, d: Tensor, lr: float, gen: torch.Generator, cols: Tensor | None = None
+    ) -> None:
         """Pulsed update ``Delta W ~ -lr d^T x`` from a batch of inputs ``x`` ``(B, in)`` and
-        errors ``d`` ``(B, out)`` (see :mod:`aimc.pulsed.update`), then the pair refresh."""
-        check_batch(x, d, self.shape)
+        errors ``d`` ``(B, out)`` (see :mod:`aimc.pulsed.update`), then the pair refresh.
+        With ``cols``, ``x`` holds only those input columns and only they are updated."""
+        shape = self.shape if cols is None else (self.shape[0], len(cols))
+        check_batch(x, d, shape)
         if lr > 0:
             cfg = self.config.update
             dw_min = self.config.params.dw_min
             x, d = x.float(), d.float()
             if cfg.mode == UpdateMode.EXPECTED:
-                self.apply_counts(*expected_counts(x, d, lr, dw_min, cfg), None)
+                self.apply_counts(*expected_counts(x, d, lr, dw_min, cfg), None, cols)
             else:
                 for n_up, n_down in slot_counts(x, d, lr, dw_min, cfg, gen):
-                    self.apply_counts(n_up, n_down, gen)
+                    self.apply_counts(n_up, n_down, gen, cols)
         self.finish_update(gen)
 
     @torch.no_grad()

@@ -86,9 +86,10 @@ class TikiTakaArrays(nn.Module):
         if self.tt.read_noise > 0:
             noise = torch.empty_like(read).normal_(generator=gen)
             read = read + self.tt.read_noise * noise
-        x = torch.zeros(len(cols), inp, device=read.device)
-        x[torch.arange(len(cols)), cols] = 1.0
-        self.slow.update(x, -read, lr, gen)
+        # one-hot inputs on the transferred columns only: the other columns get no pulses
+        x = torch.eye(len(cols), device=read.device)
+        index = torch.tensor(cols, device=read.device)
+        self.slow.update(x, -read, lr, gen, cols=index)
         return cols
 
 
