@@ -2,6 +2,10 @@
 #   make showcase - analog MiniLM on SQuAD as PCM drifts (a reduced sweep, ~15 min on 2 cores)
 #   make test     - lint + the test suite (what CI runs)
 #   make demo     - convert small models with each preset and print the error table
+#   make docs     - build the documentation site into site/ (mkdocs build --strict)
+#   make docs-serve - the same, served with live reload at http://127.0.0.1:8000
+#   make bench    - rerun every benchmark (writes benchmarks/results/*.json), then make report
+#   make report   - rewrite the docs' benchmark tables from benchmarks/results/*.json
 # CPU machines get the light CPU build of PyTorch through constraints-cpu.txt. GPU users:
 #   make demo CONSTRAINTS=   (no constraint: pip takes the default CUDA build of torch)
 
@@ -12,12 +16,12 @@ PY := $(VENV)/bin/python
 PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 STAMP := $(VENV)/.installed
 
-.PHONY: showcase demo test lint bench clean
+.PHONY: showcase demo test lint docs docs-serve bench report clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(PIP_C) torch
-	$(PY) -m pip install -q $(PIP_C) -e '.[hf,experiments,dev]'
+	$(PY) -m pip install -q $(PIP_C) -e '.[hf,experiments,dev,docs]'
 	touch $(STAMP)
 
 SHOWCASE_OUT ?= runs/squad-drift/showcase
@@ -32,7 +36,14 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check aimc tests benchmarks
 
-test: $(STAMP) lint
+# NO_MKDOCS_2_WARNING silences Material's end-of-life banner; the build fetches nothing.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
+test: $(STAMP) lint docs
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 bench: $(STAMP)
@@ -43,6 +54,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/drift_error_table.py
 	$(PY) benchmarks/bench_squad_eval.py
 	$(PY) benchmarks/bench_hwa_step.py
+	$(PY) benchmarks/hwa_study.py --epochs 3 --out runs/hwa-study3
+	$(PY) benchmarks/report.py
+
+report: $(STAMP)
+	$(PY) benchmarks/report.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site

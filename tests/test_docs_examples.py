@@ -17,8 +17,10 @@ def _python_blocks(page: str) -> list[str]:
 
 
 def test_device_plugin_example_registers_and_runs():
-    block = next(b for b in _python_blocks("devices.md") if "register(DeviceModel(" in b)
-    exec(compile(block, "docs/devices.md", "exec"), {})
+    block = next(
+        b for b in _python_blocks("howto/add-device-model.md") if "register(DeviceModel(" in b
+    )
+    exec(compile(block, "docs/howto/add-device-model.md", "exec"), {})
     try:
         cfg = aimc.AnalogConfig(
             io=aimc.IOConfig(is_perfect=True),
@@ -35,3 +37,16 @@ def test_device_plugin_example_registers_and_runs():
     finally:
         aimc.devices.DEVICE_MODELS.pop("lognormal", None)
         aimc.config.DEVICE_PARAMS.pop("lognormal", None)
+
+
+def test_quickstart_example_runs(capsys):
+    block = _python_blocks("quickstart.md")[0]
+    exec(compile(block, "docs/quickstart.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all("relative error" in line for line in lines)
+
+
+def test_hwa_training_loop_example_runs(capsys):
+    block = _python_blocks("howto/hwa-finetune.md")[0]
+    exec(compile(block, "docs/howto/hwa-finetune.md", "exec"), {})
+    assert "accuracy on the chip after a day" in capsys.readouterr().out

@@ -1,0 +1,415 @@
+"""Rewrite the benchmark and study tables of the docs from the measured JSON.
+
+Every table lives between marker comments in a docs page::
+
+    <!-- report:bench_linear -->
+    | ... generated ... |
+    <!-- /report -->
+
+and is regenerated from ``benchmarks/results/*.json`` (and the showcase's ``results.jsonl``). Run
+after the benchmarks (``make bench`` does; ``make report`` runs only this). Running it twice
+changes nothing the second time. A missing or malformed input, an unknown or unclosed marker is an
+error that names the file.
+
+    python benchmarks/report.py [--check] [--results DIR] [--docs DIR]
+
+``--check`` writes nothing and exits 1 when a page is out of date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = ROOT / "docs"
+
+MARKER = re.compile(r"<!-- report:([a-z0-9_]+) -->\n(.*?)<!-- /report -->", re.S)
+OPEN = re.compile(r"<!-- report:([a-z0-9_]+) -->")
+
+
+class ReportError(Exception):
+    """A missing or malformed input, or a bad marker."""
+
+
+class Inputs:
+    """Loads the input files once; every error names the file and what was wrong."""
+
+    def __init__(self, results: Path, docs: Path) -> None:
+        self.results, self.docs = results, docs
+        self._cache: dict[Path, Any] = {}
+
+    def json(self, name: str) -> Any:
+        return self._load(self.results / name, lambda text: json.loads(text))
+
+    def jsonl(self, path: Path) -> list[dict[str, Any]]:
+        return self._load(
+            path, lambda text: [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
+
+    def _load(self, path: Path, parse: Callable[[str], Any]) -> Any:
+        if path not in self._cache:
+            if not path.is_file():
+                raise ReportError(f"{path}: missing (run `make bench` to measure it)")
+            try:
+                self._cache[path] = parse(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ReportError(f"{path}: not valid JSON: {err}") from None
+        return self._cache[path]
+
+
+def _get(data: Any, *keys: Any, source: str) -> Any:
+    """``data[k0][k1]...`` or a ReportError naming the file and the missing key."""
+    cur = data
+    for k in keys:
+        try:
+            cur = cur[k]
+        except (KeyError, IndexError, TypeError):
+            path = "".join(f"[{k!r}]" for k in keys)
+            raise ReportError(f"{source}: malformed: no {path}") from None
+    return cur
+
+
+def _num(data: Any, *keys: Any, source: str) -> float:
+    v = _get(data, *keys, source=source)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        path = "".join(f"[{k!r}]" for k in keys)
+        raise ReportError(f"{source}: malformed: {path} is {v!r}, not a number")
+    return float(v)
+
+
+def _rows(data: Any, key: str, source: str) -> list[Any]:
+    rows = _get(data, key, source=source)
+    if not isinstance(rows, list) or not rows:
+        raise ReportError(f"{source}: malformed: [{key!r}] is not a non-empty list")
+    return rows
+
+
+def _table(header: list[str], align: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# --- one function per marker -------------------------------------------------------------------
+
+PASSES = (("forward", "forward"), ("forward_backward", "forward+backward"))
+
+
+def bench_linear(inp: Inputs) -> str:
+    src = "linear_cpu.json"
+    data = inp.json(src)
+    rows = []
+    for i, _ in enumerate(_rows(data, "results", src)):
+        for key, label in PASSES:
+
+            def n(*k, i=i, key=key):
+                return _num(data, "results", i, key, *k, source=src)
+
+            rows.append(
+                [
+                    str(int(_num(data, "results", i, "in", source=src))),
+                    str(int(_num(data, "results", i, "out", source=src))),
+                    str(int(_num(data, "results", i, "tokens", source=src))),
+                    label,
+                    f"{n('analog', 'median_ms'):.1f}",
+                    f"{n('digital', 'median_ms'):.1f}",
+                    f"**{n('ratio'):.2f}**",
+                    f"{n('analog', 'min_ms'):.1f}–{n('analog', 'max_ms'):.1f}",
+                    f"{n('digital', 'min_ms'):.1f}–{n('digital', 'max_ms'):.1f}",
+                ]
+            )
+    header = ["in", "out", "tokens", "pass", "analog ms", "nn.Linear ms", "ratio"]
+    header += ["analog min–max", "digital min–max"]
+    return _table(header, ["---:"] * 3 + ["---"] + ["---:"] * 3 + ["---"] * 2, rows)
+
+
+def bench_linear_bm_none(inp: Inputs) -> str:
+    src = "linear_cpu_bm-none.json"
+    data = inp.json(src)
+    rows = []
+    for i, _ in enumerate(_rows(data, "results", src)):
+        for key, label in PASSES:
+            rows.append(
+                [
+                    *(str(int(_num(data, "results", i, k, source=src))) for k in ("in", "out")),
+                    str(int(_num(data, "results", i, "tokens", source=src))),
+                    label,
+                    f"{_num(data, 'results', i, key, 'analog', 'median_ms', source=src):.1f}",
+                    f"{_num(data, 'results', i, key, 'digital', 'median_ms', source=src):.1f}",
+                    f"{_num(data, 'results', i, key, 'ratio', source=src):.2f}",
+                ]
+            )
+    header = ["in", "out", "tokens", "pass", "analog ms", "nn.Linear ms", "ratio"]
+    return _table(header, ["---:"] * 3 + ["---"] + ["---:"] * 3, rows)
+
+
+def profile_linear(inp: Inputs) -> str:
+    src = "profile_linear_cpu.json"
+    data = inp.json(src)
+    rows = []
+    for i, _ in enumerate(_rows(data, "rows", src)):
+
+        def ms(name, i=i):
+            return _num(data, "rows", i, "ms", name, source=src)
+
+        base = ms("nn.Linear")
+        shape = (
+            f"{int(_num(data, 'rows', i, 'in', source=src))} × "
+            f"{int(_num(data, 'rows', i, 'out', source=src))}, "
+            f"{int(_num(data, 'rows', i, 'tokens', source=src))} tok."
+        )
+        cells = [shape, f"{base:.1f} ms"]
+        for name in (
+            "batched MVM only",
+            "output-noise draw only",
+            "other periphery (no BM)",
+            "bound-management recompute",
+        ):
+            cells.append(f"{ms(name):.1f} ms ({ms(name) / base:.2f}×)")
+        sat = _num(data, "rows", i, "saturated_fraction_first_pass", source=src)
+        cells.append(f"{100 * sat:.0f} %")
+        rows.append(cells)
+    header = ["shape", "nn.Linear", "batched MVM", "output-noise draw", "other periphery"]
+    header += ["bound-management recompute", "saturated pairs, 1st pass"]
+    return _table(header, ["---"] + ["---:"] * 6, rows)
+
+
+def drift_error_table(inp: Inputs) -> str:
+    src = "drift_error_table.json"
+    data = inp.json(src)
+    presets = ("pcm_inference", "pcm_weights_only")
+    labels = {"0 (programmed)": "0 (programmed only)"}
+    times = list(_get(data, "errors", presets[0], source=src))
+    rows = []
+    for t in times:
+        cells = [labels.get(t, t)]
+        for p in presets:
+            errs = _get(data, "errors", p, t, source=src)
+            if not isinstance(errs, list) or len(errs) < 2:
+                raise ReportError(f"{src}: malformed: errors[{p!r}][{t!r}] is not a list of >= 2")
+            cells.append(f"{statistics.mean(errs):.4f} ± {statistics.stdev(errs):.4f}")
+        rows.append(cells)
+    return _table(["t", *(f"`{p}()`" for p in presets)], ["---", "---:", "---:"], rows)
+
+
+def pcm_cost(inp: Inputs) -> str:
+    src = "pcm_cpu.json"
+    data = inp.json(src)
+    fwd = _num(data, "digital_forward_8x384_s", source=src)
+    items = [
+        ("`aimc.program(model, seed)`", "program_s"),
+        (
+            "`aimc.drift(model, 1 day, seed)` (drift, read noise, compensation readout)",
+            "drift_s",
+        ),
+        ("analog forward, 8 × 384 tokens, after drift", "analog_forward_8x384_s"),
+    ]
+    rows = [
+        [what, f"{_num(data, k, source=src):.2f} s", f"{_num(data, k, source=src) / fwd:.2f}×"]
+        for what, k in items
+    ]
+    header = ["what", "time", f"vs one digital forward of 8 × 384 tokens ({fwd:.2f} s)"]
+    return _table(header, ["---", "---:", "---:"], rows)
+
+
+def pcm_memory(inp: Inputs) -> str:
+    src = "pcm_cpu.json"
+    data = inp.json(src)
+    w = _num(data, "digital_weight_bytes", source=src)
+    n = int(_num(data, "analog_layers", source=src))
+    items = [
+        (f"digital weights of the {n} layers", "digital_weight_bytes", False),
+        (
+            "persistent chip state (`state_dict`: 4 float16 tensors per weight + per-tile scalars)",
+            "chip_state_bytes",
+            True,
+        ),
+        ("eval-time cache of the drifted tile weights (not saved)", "eval_tile_cache_bytes", False),
+    ]
+    rows = []
+    for what, k, bold in items:
+        v = _num(data, k, source=src)
+        ratio = f"{v / w:.2f}×" if k != "digital_weight_bytes" else "1×"
+        ratio = ratio.replace(".00×", "×") if not bold else f"**{ratio}**"
+        rows.append([what, f"{int(v):,}", ratio])
+    return _table(["memory", "bytes", "vs float32 weights"], ["---", "---:", "---:"], rows)
+
+
+def hwa_step(inp: Inputs) -> str:
+    src = "hwa_step_cpu.json"
+    data = inp.json(src)
+    names = {
+        "standard_hwa": "`standard_hwa()`",
+        "pcm_inference + noise 0.1 + 3 sigma clip": (
+            "`pcm_inference()` + 0.1 additive weight noise + 3σ clipping"
+        ),
+    }
+    rows = []
+    for i, _ in enumerate(_rows(data, "rows", src)):
+        name = str(_get(data, "rows", i, "config", source=src))
+        rows.append(
+            [
+                names.get(name, f"`{name}`"),
+                f"{_num(data, 'rows', i, 'digital_ms', source=src):.1f} ms",
+                f"{_num(data, 'rows', i, 'analog_ms', source=src):.1f} ms",
+                f"**{_num(data, 'rows', i, 'ratio', source=src):.2f}**",
+            ]
+        )
+    return _table(["HWA config", "digital step", "HWA step", "ratio"], ["---"] + ["---:"] * 3, rows)
+
+
+def hwa_study(inp: Inputs) -> str:
+    src = "hwa_study.json"
+    data = inp.json(src)
+    table = _get(data, "table", source=src)
+    if not isinstance(table, dict) or len(table) != 2:
+        raise ReportError(f"{src}: malformed: ['table'] must hold the two trained models")
+    labels = [
+        "digitally",
+        r"HWA: `pcm_inference` IO + 0.1·max\|W\| additive weight noise + 3σ clipping",
+    ]
+    times = ("0.0", "86400.0", "31536000.0")
+    rows = []
+    for label, name in zip(labels, table, strict=True):
+        cells = [label, f"{_num(table, name, 'digital', source=src):.2f}"]
+        for j, t in enumerate(times):
+            cell = (
+                f"{_num(table, name, t, 'mean', source=src):.2f} ± "
+                f"{_num(table, name, t, 'std', source=src):.2f}"
+            )
+            cells.append(f"**{cell}**" if j == len(times) - 1 else cell)
+        rows.append(cells)
+    header = ["trained", "digital accuracy", "t = 0", "1 day", "1 year"]
+    return _table(header, ["---"] + ["---:"] * 4, rows)
+
+
+def squad_eval(inp: Inputs) -> str:
+    src = "squad_eval_cpu.json"
+    data = inp.json(src)
+    rows = []
+    for i, _ in enumerate(_rows(data, "rows", src)):
+        rows.append(
+            [
+                f"`{_get(data, 'rows', i, 'config', source=src)}`",
+                f"{_num(data, 'rows', i, 'digital_s', source=src):.1f} s",
+                f"{_num(data, 'rows', i, 'analog_s', source=src):.1f} s",
+                f"**{_num(data, 'rows', i, 'ratio', source=src):.2f}**",
+            ]
+        )
+    return _table(["config", "digital", "analog", "ratio"], ["---"] + ["---:"] * 3, rows)
+
+
+def squad_dev1000(inp: Inputs) -> str:
+    path = inp.docs / "img" / "squad_drift_dev1000_results.jsonl"
+    rows = inp.jsonl(path)
+    by: dict[tuple[str, float | None], list[dict[str, Any]]] = {}
+    for r in rows:
+        try:
+            by.setdefault((r["config"], r["t"]), []).append(r)
+        except (KeyError, TypeError):
+            raise ReportError(f"{path}: malformed: a row without 'config' and 't'") from None
+    names = {"0": "0", "1 h": "1 h", "1 d": "1 day", "1 mo": "1 month", "1 y": "1 year"}
+    out = []
+    for (config, t), group in by.items():
+        em = [_num(r, "exact_match", source=str(path)) for r in group]
+        f1 = [_num(r, "f1", source=str(path)) for r in group]
+        if config == "digital":
+            out.append([config, "–", f"{em[0]:.2f}", f"{f1[0]:.2f}"])
+            continue
+        label = _fmt_time(t)
+        cells = [config, names.get(label, label)]
+        for vals in (em, f1):
+            std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells.append(f"{statistics.mean(vals):.2f} ± {std:.2f}")
+        out.append(cells)
+    return _table(["config", "t", "exact match", "F1"], ["---", "---", "---:", "---:"], out)
+
+
+def _fmt_time(t: float) -> str:
+    for unit, sec in (("y", 365 * 86400.0), ("mo", 30 * 86400.0), ("d", 86400.0), ("h", 3600.0)):
+        if t >= sec:
+            return f"{t / sec:.3g} {unit}"
+    return f"{t:.3g}"
+
+
+TABLES: dict[str, Callable[[Inputs], str]] = {
+    f.__name__: f
+    for f in (
+        bench_linear,
+        bench_linear_bm_none,
+        profile_linear,
+        drift_error_table,
+        pcm_cost,
+        pcm_memory,
+        hwa_step,
+        hwa_study,
+        squad_eval,
+        squad_dev1000,
+    )
+}
+
+
+# --- rewriting the pages -----------------------------------------------------------------------
+
+
+def render_page(text: str, inp: Inputs, page: str) -> str:
+    """``text`` with every marked table regenerated."""
+    opened = OPEN.findall(text)
+    closed = MARKER.findall(text)
+    if len(opened) != len(closed) or text.count("<!-- /report -->") != len(opened):
+        raise ReportError(f"{page}: a report marker is not closed by '<!-- /report -->'")
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in TABLES:
+            raise ReportError(f"{page}: unknown report marker {name!r}; known: {sorted(TABLES)}")
+        return f"<!-- report:{name} -->\n{TABLES[name](inp)}\n<!-- /report -->"
+
+    return MARKER.sub(sub, text)
+
+
+def run(results: Path = RESULTS, docs: Path = DOCS, check: bool = False) -> list[Path]:
+    """Regenerate every marked table under ``docs``; returns the pages that changed (or, with
+    ``check``, that would change)."""
+    inp = Inputs(results, docs)
+    changed = []
+    for page in sorted(docs.rglob("*.md")):
+        text = page.read_text()
+        if "<!-- report:" not in text:
+            continue
+        new = render_page(text, inp, str(page))
+        if new != text:
+            changed.append(page)
+            if not check:
+                page.write_text(new)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help="benchmark JSON directory")
+    parser.add_argument("--docs", type=Path, default=DOCS, help="docs directory")
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 if out of date")
+    args = parser.parse_args(argv)
+    try:
+        changed = run(args.results, args.docs, args.check)
+    except ReportError as err:
+        print(f"report: error: {err}", file=sys.stderr)
+        return 2
+    for page in changed:
+        print(f"{'out of date' if args.check else 'updated'}: {page}")
+    if not changed:
+        print("report: all tables up to date")
+    return 1 if (args.check and changed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""``benchmarks/report.py``: the docs' benchmark tables are generated from the measured JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "report.py")
+report = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(report)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of docs/ and benchmarks/results/."""
+    docs, results = tmp_path / "docs", tmp_path / "results"
+    shutil.copytree(ROOT / "docs", docs)
+    shutil.copytree(ROOT / "benchmarks" / "results", results)
+    return docs, results
+
+
+def _marked(docs: Path) -> set[str]:
+    return {n for p in docs.rglob("*.md") for n in report.OPEN.findall(p.read_text())}
+
+
+def test_committed_docs_are_up_to_date_and_every_table_is_used():
+    assert report.run(check=True) == [], "run `make report` and commit the docs"
+    assert _marked(ROOT / "docs") == set(report.TABLES)
+
+
+def test_idempotent_and_regenerates_emptied_tables(tree):
+    docs, results = tree
+    page = docs / "benchmarks.md"
+    original = page.read_text()
+    emptied = report.MARKER.sub(
+        lambda m: f"<!-- report:{m.group(1)} -->\n<!-- /report -->", original
+    )
+    assert emptied != original
+    page.write_text(emptied)
+    assert report.run(results, docs) == [page]
+    assert page.read_text() == original
+    assert report.run(results, docs) == []  # a second run changes nothing
+
+
+def test_numbers_follow_the_json(tree):
+    docs, results = tree
+    path = results / "hwa_step_cpu.json"
+    data = json.loads(path.read_text())
+    data["rows"][0]["ratio"] = 9.87654
+    path.write_text(json.dumps(data))
+    changed = report.run(results, docs)
+    assert changed and all("**9.88**" in p.read_text() for p in changed)
+
+
+def test_missing_json_fails_clearly(tree, capsys):
+    docs, results = tree
+    (results / "pcm_cpu.json").unlink()
+    with pytest.raises(report.ReportError, match=r"pcm_cpu\.json: missing"):
+        report.run(results, docs)
+    assert report.main(["--results", str(results), "--docs", str(docs)]) == 2
+    assert "pcm_cpu.json: missing" in capsys.readouterr().err
+
+
+def test_malformed_json_fails_clearly(tree):
+    docs, results = tree
+    (results / "linear_cpu.json").write_text("{not json")
+    with pytest.raises(report.ReportError, match=r"linear_cpu\.json: not valid JSON"):
+        report.run(results, docs)
+    (results / "linear_cpu.json").write_text(json.dumps({"results": [{"in": 768}]}))
+    with pytest.raises(report.ReportError, match=r"linear_cpu\.json: malformed"):
+        report.run(results, docs)
+
+
+def test_bad_markers_fail(tree):
+    docs, results = tree
+    page = docs / "extra.md"
+    page.write_text("<!-- report:no_such_table -->\nx\n<!-- /report -->\n")
+    with pytest.raises(report.ReportError, match="unknown report marker 'no_such_table'"):
+        report.run(results, docs)
+    page.write_text("<!-- report:hwa_step -->\nno closing marker\n")
+    with pytest.raises(report.ReportError, match="not closed"):
+        report.run(results, docs)
+
+
+def test_check_mode_reports_without_writing(tree):
+    docs, results = tree
+    page = docs / "hwa.md"
+    stale = page.read_text().replace("**1.97**", "**1.00**")
+    page.write_text(stale)
+    assert report.main(["--results", str(results), "--docs", str(docs), "--check"]) == 1
+    assert page.read_text() == stale
