@@ -55,6 +55,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_squad_eval.py
 	$(PY) benchmarks/bench_hwa_step.py
 	$(PY) benchmarks/hwa_study.py --epochs 3 --out runs/hwa-study3
+	$(PY) benchmarks/finetune_study.py
+	$(PY) benchmarks/bench_pulsed_update.py
+	$(PY) benchmarks/insitu_mnist.py
 	$(PY) benchmarks/report.py
 
 report: $(STAMP)

@@ -1,6 +1,6 @@
 """aimc: fast, pure-PyTorch simulation of analog in-memory-computing crossbar hardware."""
 
-from . import devices, functional, nn, presets
+from . import devices, functional, nn, presets, pulsed
 from .config import (
     AnalogConfig,
     BoundManagement,
@@ -48,6 +48,7 @@ __all__ = [
     "post_step",
     "presets",
     "program",
+    "pulsed",
     "register_post_step_hook",
     "resolution_from_bits",
     "to_digital",
