@@ -61,10 +61,17 @@ def _configs() -> dict[str, aimc.AnalogConfig]:
         )
     )
     std = aimc.presets.standard_hwa()
+    inject = aimc.presets.pcm_weights_only()
+    inject = inject.replace(
+        hwa=inject.hwa.replace(
+            modifier="add_normal", modifier_std=0.1, clip="layer_gaussian", clip_sigma=3.0
+        )
+    )
     return {
         "standard_hwa": std,
         "standard_hwa, w_noise_bf16": std.replace(io=std.io.replace(w_noise_bf16=True)),
         "pcm_inference + noise 0.1 + 3 sigma clip": noisy,
+        "noise injection: pcm_weights_only + noise 0.1 + 3 sigma clip": inject,
     }
 
 

@@ -40,6 +40,12 @@ def main() -> None:
         f"HWA training (noise {args.hwa_noise}, clip {args.clip_sigma} sigma)": dict(
             train_config="pcm_inference", hwa_noise=args.hwa_noise, hwa_clip_sigma=args.clip_sigma
         ),
+        # noise injection only (Joshi et al., Nat. Commun. 2020): exact periphery while training
+        f"HWA, weight noise only (noise {args.hwa_noise}, clip {args.clip_sigma} sigma)": dict(
+            train_config="pcm_weights_only",
+            hwa_noise=args.hwa_noise,
+            hwa_clip_sigma=args.clip_sigma,
+        ),
     }
     table = {}
     for label, kw in variants.items():

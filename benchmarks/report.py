@@ -248,33 +248,128 @@ def hwa_step(inp: Inputs) -> str:
     data = inp.json(src)
     names = {
         "standard_hwa": "`standard_hwa()`",
+        "standard_hwa, w_noise_bf16": "`standard_hwa()`, `io.w_noise_bf16=True`",
         "pcm_inference + noise 0.1 + 3 sigma clip": (
             "`pcm_inference()` + 0.1 additive weight noise + 3σ clipping"
         ),
+        "noise injection: pcm_weights_only + noise 0.1 + 3 sigma clip": (
+            "noise injection: `pcm_weights_only()` + 0.1 additive weight noise + 3σ clipping"
+        ),
     }
+    stacks = {"mlp": "4 MLP blocks", "bert": "4 BERT-base layers"}
     rows = []
     for i, _ in enumerate(_rows(data, "rows", src)):
         name = str(_get(data, "rows", i, "config", source=src))
+        stack = str(_get(data, "rows", i, "stack", source=src))
+        spread = [
+            f"{_num(data, 'rows', i, key, k, source=src):.0f}"
+            for key in ("digital_minmax_ms", "analog_minmax_ms")
+            for k in (0, 1)
+        ]
         rows.append(
             [
+                stacks.get(stack, stack),
                 names.get(name, f"`{name}`"),
                 f"{_num(data, 'rows', i, 'digital_ms', source=src):.1f} ms",
                 f"{_num(data, 'rows', i, 'analog_ms', source=src):.1f} ms",
                 f"**{_num(data, 'rows', i, 'ratio', source=src):.2f}**",
+                f"{spread[0]}–{spread[1]} / {spread[2]}–{spread[3]} ms",
             ]
         )
-    return _table(["HWA config", "digital step", "HWA step", "ratio"], ["---"] + ["---:"] * 3, rows)
+    header = ["stack", "HWA config", "digital step", "HWA step", "ratio", "min–max (d / HWA)"]
+    return _table(header, ["---", "---"] + ["---:"] * 4, rows)
+
+
+def insitu_mnist(inp: Inputs) -> str:
+    src = "insitu_mnist.json"
+    data = inp.json(src)
+    epochs = int(_num(data, "epochs", source=src))
+    rows = []
+    for i, _ in enumerate(_rows(data, "rows", src)):
+        accs = _get(data, "rows", i, "test_accuracy_per_epoch", source=src)
+        if not isinstance(accs, list) or len(accs) != epochs:
+            raise ReportError(f"{src}: malformed: rows[{i}] needs {epochs} per-epoch accuracies")
+        secs = _get(data, "rows", i, "train_seconds", source=src)
+        cells = [str(_get(data, "rows", i, "run", source=src))]
+        cells += [f"{100 * _num(accs, e, source=src):.2f} %" for e in range(epochs)]
+        cells.append(
+            "–" if secs is None else f"{_num(data, 'rows', i, 'train_seconds', source=src):.0f} s"
+        )
+        rows.append(cells)
+    header = ["training"] + [f"test accuracy, epoch {e + 1}" for e in range(epochs)] + ["time"]
+    return _table(header, ["---"] + ["---:"] * (epochs + 1), rows)
+
+
+def _ms(v: float) -> str:
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+
+def pulsed_update(inp: Inputs) -> str:
+    src = "pulsed_update_cpu.json"
+    data = inp.json(src)
+
+    def cell(i: int, key: str) -> str:
+        med, lo, hi = (
+            _num(data, "rows", i, key, k, source=src) for k in ("median_ms", "min_ms", "max_ms")
+        )
+        return f"{_ms(med)} ms ({_ms(lo)}–{_ms(hi)})"
+
+    rows = []
+    for i, _ in enumerate(_rows(data, "rows", src)):
+        rows.append(
+            [
+                str(_get(data, "rows", i, "optimizer", source=src)),
+                cell(i, "digital_step"),
+                cell(i, "pulsed_step"),
+                f"**{_num(data, 'rows', i, 'ratio_step', source=src):.1f}**",
+                " / ".join(
+                    _ms(_num(data, "rows", i, key, "median_ms", source=src)) + " ms"
+                    for key in ("digital_update_only", "pulsed_update_only")
+                ),
+            ]
+        )
+    header = [
+        "optimizer",
+        "digital step",
+        "pulsed step",
+        "ratio",
+        "`step()` alone: digital / pulsed",
+    ]
+    return _table(header, ["---"] + ["---:"] * 4, rows)
+
+
+def finetune_study(inp: Inputs) -> str:
+    src = "finetune_study.json"
+    data = inp.json(src)
+    f1 = _get(data, "f1", source=src)
+    labels = {
+        "original": "shared MiniLM QA model (no further training)",
+        "digital-continued": "+ digital fine-tuning (control)",
+        "hwa": "+ HWA fine-tuning",
+    }
+    rows = []
+    for name in ("original", "digital-continued", "hwa"):
+        cells = [labels[name], f"{_num(f1, name, 'digital_f1', source=src):.2f}"]
+        for t in ("0", "86400", "31536000"):
+            chips = _get(f1, name, f"analog_f1_t{t}_chips", source=src)
+            mean = _num(f1, name, f"analog_f1_t{t}", source=src)
+            std = statistics.stdev(chips) if isinstance(chips, list) and len(chips) > 1 else 0.0
+            cells.append(f"{mean:.2f} ± {std:.2f}")
+        rows.append(cells)
+    header = ["model", "digital F1", "analog F1, t = 0", "1 day", "1 year"]
+    return _table(header, ["---"] + ["---:"] * 4, rows)
 
 
 def hwa_study(inp: Inputs) -> str:
     src = "hwa_study.json"
     data = inp.json(src)
     table = _get(data, "table", source=src)
-    if not isinstance(table, dict) or len(table) != 2:
-        raise ReportError(f"{src}: malformed: ['table'] must hold the two trained models")
+    if not isinstance(table, dict) or len(table) != 3:
+        raise ReportError(f"{src}: malformed: ['table'] must hold the three trained models")
     labels = [
         "digitally",
         r"HWA: `pcm_inference` IO + 0.1·max\|W\| additive weight noise + 3σ clipping",
+        r"HWA, noise injection only: exact IO + 0.1·max\|W\| weight noise + 3σ clipping",
     ]
     times = ("0.0", "86400.0", "31536000.0")
     rows = []
@@ -351,6 +446,9 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
         pcm_memory,
         hwa_step,
         hwa_study,
+        insitu_mnist,
+        pulsed_update,
+        finetune_study,
         squad_eval,
         squad_dev1000,
     )
