@@ -88,11 +88,7 @@ def _add_squad_drift(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="base seed of chips and noise")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
-    p.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_run_options(p, "continue the run in --out")
 
 
 def _squad_drift(args, parser) -> int:
@@ -151,11 +147,7 @@ def _add_train_vision(sub) -> None:
         "--times", type=_floats, default=None, help="drift times in s (default: 0, 1 day, 1 year)"
     )
     p.add_argument("--chips", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--wandb", action="store_true")
-    p.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
-    p.add_argument("--no-progress", action="store_true")
+    _add_run_options(p, "continue the run in --out")
 
 
 def _train_vision(args, parser) -> int:
@@ -228,11 +220,7 @@ def _add_finetune_squad(sub) -> None:
     p.add_argument("--keep", type=int, default=2, help="checkpoints kept")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
-    p.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_run_options(p, "continue from the last checkpoint in --out")
 
 
 def _finetune_squad(args, parser) -> int:
@@ -268,6 +256,15 @@ def _finetune_squad(args, parser) -> int:
         save_every=args.save_every,
         keep=args.keep,
     )
+
+
+def _add_run_options(p, resume_help: str) -> None:
+    """The options every experiment takes: threads, resume, logging, progress bar."""
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--resume", action="store_true", help=resume_help)
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
+    p.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _names(text: str) -> list[str]:

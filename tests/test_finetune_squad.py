@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import ROOT, SHARED_DEV, SHARED_MODEL, save_tiny_bert
 from safetensors.torch import load_file
 
 from aimc.experiments.finetune_squad import FinetuneSpec, latest_checkpoint, run
@@ -26,11 +27,6 @@ from aimc.experiments.squad_drift import load_qa_model
 from aimc.squad.data import load_squad
 from aimc.squad.metrics import normalize_answer
 from aimc.squad.train_features import collate_train, make_train_features
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-SHARED_MODEL = SHARED / "models" / "minilm-l6-squad"
-SHARED_DEV = SHARED / "data" / "squad" / "dev-v1.1.json.gz"
 
 
 def _official(examples) -> dict[str, Any]:
@@ -52,27 +48,9 @@ def _official(examples) -> dict[str, Any]:
 def assets(tmp_path_factory) -> dict[str, Any]:
     if not (SHARED_MODEL / "tokenizer.json").exists() or not SHARED_DEV.exists():
         pytest.skip("shared MiniLM tokenizer or SQuAD dev set not available")
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering, BertModel
-
     root = tmp_path_factory.mktemp("finetune_assets")
-    tokenizer = AutoTokenizer.from_pretrained(str(SHARED_MODEL))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        qa, bare = BertForQuestionAnswering(config), BertModel(config, add_pooling_layer=False)
-    model_dir, bare_dir = root / "tiny-qa", root / "tiny-bare"
-    for m, d in ((qa, model_dir), (bare, bare_dir)):
-        m.save_pretrained(d)
-        tokenizer.save_pretrained(d)
+    model_dir = save_tiny_bert(root / "tiny-qa", dropout=False)
+    bare_dir = save_tiny_bert(root / "tiny-bare", qa=False, dropout=False)
     dev = load_squad(SHARED_DEV)
     train = root / "train.json"
     train.write_text(json.dumps(_official(dev[:24])))
@@ -275,24 +253,10 @@ def test_ddp_two_ranks_match_one_process(assets):
     ddp_out, one_out = assets["root"] / "ddp", assets["root"] / "one"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     torchrun += ["--master-port", str(_free_port()), "-m", "aimc"]
-    proc = subprocess.run(
-        [*torchrun, *args, "--out", str(ddp_out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    proc = subprocess.run(
-        [sys.executable, "-m", "aimc", *args, "--out", str(one_out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    for out, launcher in ((ddp_out, torchrun), (one_out, [sys.executable, "-m", "aimc"])):
+        cmd = [*launcher, *args, "--out", str(out)]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
     meta = json.loads((ddp_out / "model" / "aimc_finetune.json").read_text())
     assert meta["ddp_max_weight_diff_across_ranks"] == 0.0  # both ranks hold the same weights
     a, b = _weights(ddp_out / "model"), _weights(one_out / "model")

@@ -12,30 +12,14 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DEV, SHARED_MODEL, save_tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "bert_squad_drift.ipynb"
-SHARED_MODEL = Path("/work/shared/models/minilm-l6-squad")
-SHARED_DEV = Path("/work/shared/data/squad/dev-v1.1.json.gz")
 
 
 def _tiny_qa_model(out: Path) -> None:
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
-
-    tokenizer = AutoTokenizer.from_pretrained(str(SHARED_MODEL))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    import torch
-
-    torch.manual_seed(0)
-    BertForQuestionAnswering(config).save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
+    save_tiny_bert(out)
 
 
 def test_parameters_cell_is_tagged_and_first_code_cell():

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import SHARED_DEV, SHARED_MODEL, save_tiny_bert
 
 from aimc import presets
 from aimc.cli import main as cli_main
@@ -47,8 +48,6 @@ from aimc.squad.metrics import exact_match_score, f1_score, metric_max_over_grou
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_MODEL = ROOT.parent / "shared" / "models" / "minilm-l6-squad"
-SHARED_DEV = ROOT.parent / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
 
 CONFIGS = ["digital", "ideal", "bert_squad:0.035"]
 TIMES = [0.0, 3600.0]
@@ -185,29 +184,16 @@ def assets(tmp_path_factory) -> dict[str, Any]:
     """Tiny QA model + tokenizer, a tiny BertModel (no QA head), SQuAD .json and .json.gz."""
     if not (SHARED_MODEL / "tokenizer.json").exists() or not SHARED_DEV.exists():
         pytest.skip("shared MiniLM tokenizer or SQuAD dev set not available")
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering, BertModel
+    from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("squad_drift_assets")
     tokenizer = AutoTokenizer.from_pretrained(str(SHARED_MODEL))
     assert tokenizer.is_fast
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    torch.manual_seed(0)
-    model_dir = root / "tiny-qa"
-    BertForQuestionAnswering(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny_bert(root / "tiny-qa")
     assert json.loads((model_dir / "config.json").read_text())["architectures"] == [
         "BertForQuestionAnswering"
     ]
-    bare_dir = root / "tiny-bare"
-    BertModel(config).save_pretrained(bare_dir)
-    tokenizer.save_pretrained(bare_dir)
+    bare_dir = save_tiny_bert(root / "tiny-bare", qa=False)
 
     dev = load_squad(SHARED_DEV)
     long_ex = dev[250]  # question + context > 384 tokens: two features

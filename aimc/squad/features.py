@@ -31,16 +31,18 @@ class Features:
         return len(self.input_ids)
 
 
-def make_features(
+def tokenize_windows(
     examples: list[SquadExample], tokenizer, max_length: int = 384, stride: int = 128
-) -> Features:
-    """Tokenize every (question, context) pair once."""
+):
+    """The fast tokenizer's encoding of every (question, context) pair as overlapping windows of
+    ``max_length`` tokens (``stride`` tokens of overlap), with offsets and the window -> example
+    map (``overflow_to_sample_mapping``)."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
             "--model: the tokenizer must be a fast (Rust) tokenizer: offsets are "
-            "needed to map answer spans back to the context"
+            "needed to map answer spans to and from the context"
         )
-    enc = tokenizer(
+    return tokenizer(
         [e.question.lstrip() for e in examples],
         [e.context for e in examples],
         truncation="only_second",
@@ -50,6 +52,13 @@ def make_features(
         return_offsets_mapping=True,
         padding=False,
     )
+
+
+def make_features(
+    examples: list[SquadExample], tokenizer, max_length: int = 384, stride: int = 128
+) -> Features:
+    """Tokenize every (question, context) pair once."""
+    enc = tokenize_windows(examples, tokenizer, max_length, stride)
     offsets = []
     for i, offs in enumerate(enc["offset_mapping"]):
         seq = enc.sequence_ids(i)
@@ -69,21 +78,33 @@ def _batches(features: Features, batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _collate(features: Features, idx: list[int], device: torch.device) -> dict[str, Tensor]:
-    width = max(len(features.input_ids[i]) for i in idx)
-    ids = torch.full((len(idx), width), features.pad_id, dtype=torch.long)
+def pad_batch(
+    input_ids: list[list[int]],
+    token_type_ids: list[list[int]] | None,
+    idx: list[int],
+    pad_id: int,
+    device: torch.device,
+) -> dict[str, Tensor]:
+    """The sequences ``idx`` right-padded to the longest of them: ``input_ids``,
+    ``attention_mask`` (and ``token_type_ids`` when the tokenizer gives them), on ``device``."""
+    width = max(len(input_ids[i]) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(idx), width), dtype=torch.long)
     types = torch.zeros((len(idx), width), dtype=torch.long)
     for row, i in enumerate(idx):
-        n = len(features.input_ids[i])
-        ids[row, :n] = torch.tensor(features.input_ids[i])
+        n = len(input_ids[i])
+        ids[row, :n] = torch.tensor(input_ids[i])
         mask[row, :n] = 1
-        if features.token_type_ids is not None:
-            types[row, :n] = torch.tensor(features.token_type_ids[i])
+        if token_type_ids is not None:
+            types[row, :n] = torch.tensor(token_type_ids[i])
     batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-    if features.token_type_ids is not None:
+    if token_type_ids is not None:
         batch["token_type_ids"] = types.to(device)
     return batch
+
+
+def _collate(features: Features, idx: list[int], device: torch.device) -> dict[str, Tensor]:
+    return pad_batch(features.input_ids, features.token_type_ids, idx, features.pad_id, device)
 
 
 @torch.inference_mode()

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .data import SquadExample
+from .features import pad_batch, tokenize_windows
 
 
 @dataclass
@@ -58,25 +59,11 @@ def make_train_features(
     examples: list[SquadExample], tokenizer, max_length: int = 384, stride: int = 128
 ) -> TrainFeatures:
     """Tokenize and label every (question, context) pair (first gold answer)."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(
-            "--model: the tokenizer must be a fast (Rust) tokenizer: offsets are needed to map "
-            "answers to tokens"
-        )
     if stride >= max_length:
         raise ValueError(
             f"--stride: got {stride} with --max-length {max_length}; allowed: stride < max_length"
         )
-    enc = tokenizer(
-        [e.question.lstrip() for e in examples],
-        [e.context for e in examples],
-        truncation="only_second",
-        max_length=max_length,
-        stride=stride,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-        padding=False,
-    )
+    enc = tokenize_windows(examples, tokenizer, max_length, stride)
     starts, ends = [], []
     cls_id = tokenizer.cls_token_id
     for i, offsets in enumerate(enc["offset_mapping"]):
@@ -103,25 +90,12 @@ def collate_train(
     features: TrainFeatures, idx: list[int], device: torch.device
 ) -> dict[str, Tensor]:
     """A padded batch of the windows ``idx`` with their labels, on ``device``."""
-    width = max(len(features.input_ids[i]) for i in idx)
-    ids = torch.full((len(idx), width), features.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(idx), width), dtype=torch.long)
-    types = torch.zeros((len(idx), width), dtype=torch.long)
-    for row, i in enumerate(idx):
-        n = len(features.input_ids[i])
-        ids[row, :n] = torch.tensor(features.input_ids[i])
-        mask[row, :n] = 1
-        if features.token_type_ids is not None:
-            types[row, :n] = torch.tensor(features.token_type_ids[i])
-    batch = {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "start_positions": torch.tensor([features.start_positions[i] for i in idx]),
-        "end_positions": torch.tensor([features.end_positions[i] for i in idx]),
-    }
-    if features.token_type_ids is not None:
-        batch["token_type_ids"] = types
-    return {k: v.to(device) for k, v in batch.items()}
+    batch = pad_batch(features.input_ids, features.token_type_ids, idx, features.pad_id, device)
+    batch["start_positions"] = torch.tensor(
+        [features.start_positions[i] for i in idx], device=device
+    )
+    batch["end_positions"] = torch.tensor([features.end_positions[i] for i in idx], device=device)
+    return batch
 
 
 __all__ = ["TrainFeatures", "collate_train", "make_train_features"]
