@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(PY) -m aimc demo
 
 lint: $(STAMP)
-	$(PY) -m ruff check aimc tests benchmarks
+	$(PY) -m ruff check aimc tests benchmarks scripts
 
 # NO_MKDOCS_2_WARNING silences Material's end-of-life banner; the build fetches nothing.
 docs: $(STAMP)
