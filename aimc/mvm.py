@@ -106,16 +106,17 @@ def _mvm_adc(xq: Tensor, tw: TileWeights, io: IOConfig, gen: torch.Generator, z:
         if kind == WeightNoiseType.NONE:
             z.baddbmm_(xq, w_t, beta=io.out_noise / out_unit)
         else:
+            gain = (io.w_noise * in_unit) ** 2
             if kind == WeightNoiseType.ADDITIVE_CONSTANT:
-                var = xq.square().sum(dim=-1, keepdim=True)
+                var = xq.square().sum(dim=-1, keepdim=True).mul_(gain).add_(io.out_noise**2)
             else:
+                # var = out_noise^2 + gain * (x'^2 @ |W|^T): the scale and offset ride on the MVM
                 w_abs = tw.w_abs if tw.w_abs is not None else tw.w.abs()
-                if io.w_noise_bf16:
-                    bf = torch.bfloat16
-                    var = torch.bmm(xq.square().to(bf), w_abs.to(bf).transpose(1, 2)).float()
-                else:
-                    var = torch.bmm(xq.square(), w_abs.transpose(1, 2))
-            std = var.mul_((io.w_noise * in_unit) ** 2).add_(io.out_noise**2).sqrt_()
+                dtype = torch.bfloat16 if io.w_noise_bf16 else xq.dtype
+                offset = torch.full((), io.out_noise**2, dtype=dtype, device=xq.device)
+                x2, w2 = xq.square().to(dtype), w_abs.to(dtype).transpose(1, 2)
+                var = torch.baddbmm(offset, x2, w2, alpha=gain).float()
+            std = var.sqrt_()
             z.mul_(std.div_(out_unit)).baddbmm_(xq, w_t)
     if io.out_step > 0:
         z.round_()
