@@ -218,45 +218,39 @@ def test_qa_loss_ignores_padding():
     torch.testing.assert_close(short, (ce(s, pos) + ce(e, pos)) / 2)
 
 
-def test_ddp_two_ranks_match_one_process(assets):
-    """2 gloo ranks x 2 samples == 1 process x 4 samples, with an HWA weight modifier drawn
-    identically on both ranks (perfect IO, no dropout: nothing else is random)."""
-    args = [
+def _finetune_args(assets, preset: str, hwa_noise: str) -> list[str]:
+    return [
         "finetune-squad",
-        "--model",
-        str(assets["model"]),
-        "--train",
-        str(assets["train"]),
-        "--preset",
-        "pcm_weights_only",
-        "--hwa-noise",
-        "0.05",
-        "--max-length",
-        "128",
-        "--stride",
-        "32",
-        "--max-steps",
-        "3",
-        "--batch-size",
-        "4",
-        "--lr",
-        "1e-3",
-        "--seed",
-        "3",
-        "--no-progress",
-        "--threads",
-        "1",
+        *("--model", str(assets["model"]), "--train", str(assets["train"])),
+        *("--preset", preset, "--hwa-noise", hwa_noise),
+        *("--max-length", "128", "--stride", "32", "--max-steps", "3", "--batch-size", "4"),
+        *("--lr", "1e-3", "--seed", "3", "--no-progress", "--threads", "1"),
     ]
+
+
+def _launch(launcher: list[str], args: list[str], out: Path) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [*launcher, *args, "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _torchrun() -> list[str]:
+    return [
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"),
+        *("--master-port", str(_free_port()), "-m", "aimc"),
+    ]
+
+
+def test_ddp_two_ranks_match_one_process(assets):
+    """2 gloo ranks x 2 samples == 1 process x 4 samples, with an HWA weight modifier drawn
+    identically on both ranks (perfect IO, no dropout: nothing else is random)."""
+    args = _finetune_args(assets, "pcm_weights_only", "0.05")
     ddp_out, one_out = assets["root"] / "ddp", assets["root"] / "one"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    torchrun += ["--master-port", str(_free_port()), "-m", "aimc"]
-    for out, launcher in ((ddp_out, torchrun), (one_out, [sys.executable, "-m", "aimc"])):
-        cmd = [*launcher, *args, "--out", str(out)]
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-4000:]
+    _launch(_torchrun(), args, ddp_out)
+    _launch([sys.executable, "-m", "aimc"], args, one_out)
     meta = json.loads((ddp_out / "model" / "aimc_finetune.json").read_text())
     assert meta["ddp_max_weight_diff_across_ranks"] == 0.0  # both ranks hold the same weights
     a, b = _weights(ddp_out / "model"), _weights(one_out / "model")
@@ -271,6 +265,18 @@ def test_ddp_two_ranks_match_one_process(assets):
     one = [json.loads(x) for x in (one_out / "train_log.jsonl").read_text().splitlines()]
     for r, s in zip(log, one, strict=True):
         assert r["loss"] == pytest.approx(s["loss"], rel=1e-4)
+
+
+def test_ddp_standard_hwa_keeps_the_ranks_identical(assets):
+    """Full periphery (independent output noise per rank) and learned input ranges (initialised
+    from each rank's own samples, then averaged): the ranks still end with the same weights."""
+    out = assets["root"] / "ddp_standard_hwa"
+    _launch(_torchrun(), _finetune_args(assets, "standard_hwa", "0.0"), out)
+    meta = json.loads((out / "model" / "aimc_finetune.json").read_text())
+    assert meta["ddp_max_weight_diff_across_ranks"] == 0.0
+    assert meta["training_config"]["hwa"]["learn_input_range"] is True
+    assert len(meta["learned_input_ranges"]) == 13
+    assert all(v > 0 for v in meta["learned_input_ranges"].values())
 
 
 # -- bad inputs --------------------------------------------------------------------------------
