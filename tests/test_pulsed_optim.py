@@ -88,6 +88,23 @@ def test_state_dict_holds_the_devices(name, make):
             assert torch.equal(v, state[k]), k
 
 
+def test_trained_weights_load_into_a_fresh_model_for_inference():
+    model = mlp()
+    train(model, AnalogSGD(model, lr=0.1, seed=3), 2)
+    state = model.state_dict()
+    fresh = mlp(seed=5)
+    result = fresh.load_state_dict(state, strict=False)
+    assert result.missing_keys == []
+    assert result.unexpected_keys and all(".pulsed." in k for k in result.unexpected_keys)
+    x = torch.randn(
+        4, next(fresh.parameters()).shape[1], generator=torch.Generator().manual_seed(0)
+    )
+    aimc.manual_seed(fresh, 7)
+    aimc.manual_seed(model, 7)  # the same IO noise on both: only the weights could differ
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), model.eval()(x))
+
+
 def test_analog_sgd_learns_a_linear_teacher():
     """Pulsed SGD on an idealized device fits y = W* x (loss falls by > 5x)."""
     g = torch.Generator().manual_seed(0)
