@@ -34,8 +34,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--w-noise", type=float, default=0.035)
     p.add_argument("--hwa-noise", type=float, default=0.02)
-    p.add_argument("--questions", type=int, default=300)
-    p.add_argument("--chips", type=int, default=2)
+    p.add_argument("--questions", type=int, default=500)
+    p.add_argument("--chips", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "runs" / "finetune-study"))
     args = p.parse_args()
@@ -74,7 +74,9 @@ def main() -> None:
             chips=args.chips,
             max_questions=args.questions,
         )
-        rows = squad_drift.run(sweep, out / f"eval-{name}", resume=True)
+        rows = squad_drift.run(
+            sweep, out / f"eval-{name}-q{args.questions}-c{args.chips}", resume=True
+        )
         agg = aggregate(rows)
         table[name] = {
             "digital_f1": statistics.mean(agg["digital"][None]["f1"]),

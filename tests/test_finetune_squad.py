@@ -333,3 +333,21 @@ def test_cli_reports_bad_input_with_status_2(assets, tmp_path):
             ]
         )
     assert exc.value.code == 2
+
+
+def test_wandb_offline(assets, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    home = tmp_path / "wandb_home"
+    home.mkdir()
+    for key in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR"):
+        monkeypatch.setenv(key, str(home))
+    for key, value in (("WANDB_MODE", "offline"), ("WANDB_SILENT", "true")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    args = _finetune_args(assets, "digital", "0.0")
+    args[args.index("--max-steps") + 1] = "2"
+    out = tmp_path / "run"
+    _launch([sys.executable, "-m", "aimc"], [*args, "--wandb"], out)  # the child sees the env
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    assert (out / "model" / "model.safetensors").exists()
