@@ -4,7 +4,8 @@
 #   make demo     - convert small models with each preset and print the error table
 #   make docs     - build the documentation site into site/ (mkdocs build --strict)
 #   make docs-serve - the same, served with live reload at http://127.0.0.1:8000
-#   make bench    - rerun every benchmark (writes benchmarks/results/*.json), then make report
+#   make bench    - rerun every benchmark and study (writes benchmarks/results/*.json), then make
+#                   report; long on 2 cores: the SQuAD fine-tuning study alone is ~1 h there
 #   make report   - rewrite the docs' benchmark tables from benchmarks/results/*.json
 # CPU machines get the light CPU build of PyTorch through constraints-cpu.txt. GPU users:
 #   make demo CONSTRAINTS=   (no constraint: pip takes the default CUDA build of torch)

@@ -305,6 +305,11 @@ def test_bad_spec_values_name_the_option(assets, change, message):
 def test_bad_run_inputs(assets, tmp_path):
     with pytest.raises(ValueError, match="--amp: mixed precision needs a CUDA"):
         run(_spec(assets), tmp_path / "a", amp=True, progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device: got 'cuda' but CUDA is not available"):
+            run(_spec(assets), tmp_path / "a", device="cuda", progress=False)
+    with pytest.raises(ValueError, match="--device: got 'tpu7'"):
+        run(_spec(assets), tmp_path / "a", device="tpu7", progress=False)
     with pytest.raises(ValueError, match="--save-every: got 0"):
         run(_spec(assets), tmp_path / "b", save_every=0, progress=False)
     with pytest.raises(ValueError, match="--batch-size: got 4096 but the data give only"):

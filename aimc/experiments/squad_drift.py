@@ -172,7 +172,14 @@ def _init_distributed(device: str, world: int) -> torch.device:
     """Join the process group under torchrun (gloo on CPU, NCCL on CUDA); the rank's device."""
     import os
 
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device: got {device!r}; allowed: cpu, cuda, cuda:<index>") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: got {device!r} but CUDA is not available here; allowed: cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: got {device!r}; allowed: cpu, cuda, cuda:<index>")
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     if dev.type == "cuda" and world > 1:
