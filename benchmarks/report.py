@@ -284,20 +284,23 @@ def insitu_mnist(inp: Inputs) -> str:
     src = "insitu_mnist.json"
     data = inp.json(src)
     epochs = int(_num(data, "epochs", source=src))
+    seeds = _get(data, "seeds", source=src)
+    if not isinstance(seeds, list) or not seeds:
+        raise ReportError(f"{src}: malformed: 'seeds' must be a non-empty list")
     rows = []
     for i, _ in enumerate(_rows(data, "rows", src)):
         accs = _get(data, "rows", i, "test_accuracy_per_epoch", source=src)
         if not isinstance(accs, list) or len(accs) != epochs:
             raise ReportError(f"{src}: malformed: rows[{i}] needs {epochs} per-epoch accuracies")
-        secs = _get(data, "rows", i, "train_seconds", source=src)
         cells = [str(_get(data, "rows", i, "run", source=src))]
-        cells += [f"{100 * _num(accs, e, source=src):.2f} %" for e in range(epochs)]
-        cells.append(
-            "–" if secs is None else f"{_num(data, 'rows', i, 'train_seconds', source=src):.0f} s"
-        )
+        cells += [f"{100 * _num(accs, e, source=src):.2f} %" for e in range(epochs - 1)]
+        std = _num(data, "rows", i, "test_accuracy_std", source=src)
+        cells.append(f"**{100 * _num(accs, epochs - 1, source=src):.2f} ± {100 * std:.2f} %**")
+        cells.append(f"{_num(data, 'rows', i, 'train_seconds', source=src):.0f} s")
         rows.append(cells)
-    header = ["training"] + [f"test accuracy, epoch {e + 1}" for e in range(epochs)] + ["time"]
-    return _table(header, ["---"] + ["---:"] * (epochs + 1), rows)
+    header = ["training"] + [f"test accuracy, epoch {e + 1}" for e in range(epochs)]
+    header[-1] += f" (± std over {len(seeds)} seeds)"
+    return _table(header + ["time per run"], ["---"] + ["---:"] * (epochs + 1), rows)
 
 
 def _ms(v: float) -> str:
