@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--clip-sigma", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/hwa-study"))
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds (init, data order, noise)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     times = [0.0, DAY, 365 * DAY]
@@ -47,26 +48,44 @@ def main() -> None:
             hwa_clip_sigma=args.clip_sigma,
         ),
     }
+    seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
     table = {}
     for label, kw in variants.items():
-        spec = VisionSpec(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            chips=args.chips,
-            times=times,
-            configs=["digital", "pcm_inference"],
-            **kw,
-        )
-        start = time.perf_counter()
-        rows = run(spec, args.out / kw["train_config"], resume=True, progress=False)
-        wall = time.perf_counter() - start
+        rows, wall = [], 0.0
+        for seed in seeds:
+            spec = VisionSpec(
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                chips=args.chips,
+                times=times,
+                configs=["digital", "pcm_inference"],
+                seed=seed,
+                **kw,
+            )
+            # seed 0 keeps the directory of the single-seed study, so it resumes
+            base = args.out if seed == 0 else args.out / f"seed{seed}"
+            out = base / kw["train_config"]
+            start = time.perf_counter()
+            rows.append(run(spec, out, resume=True, progress=False))
+            wall += time.perf_counter() - start
         cell = {
-            "digital": next(r["accuracy"] for r in rows if r["config"] == "digital"),
+            "digital": statistics.fmean(
+                next(r["accuracy"] for r in rs if r["config"] == "digital") for rs in rows
+            ),
+            "digital_seeds": [
+                next(r["accuracy"] for r in rs if r["config"] == "digital") for rs in rows
+            ],
             "wall_s": wall,
         }
         for t in times:
-            acc = [r["accuracy"] for r in rows if r["config"] == "pcm_inference" and r["t"] == t]
+            # every (training seed, chip): the spread of a random model on a random chip
+            acc = [
+                r["accuracy"]
+                for rs in rows
+                for r in rs
+                if r["config"] == "pcm_inference" and r["t"] == t
+            ]
             cell[str(t)] = {
                 "mean": statistics.fmean(acc),
                 "std": statistics.stdev(acc),
@@ -82,6 +101,8 @@ def main() -> None:
         json.dumps(
             {
                 "epochs": args.epochs,
+                "seeds": seeds,
+                "chips": args.chips,
                 "hwa_noise": args.hwa_noise,
                 "lr": args.lr,
                 "batch_size": args.batch_size,

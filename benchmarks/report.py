@@ -375,9 +375,15 @@ def hwa_study(inp: Inputs) -> str:
         r"HWA, noise injection only: exact IO + 0.1·max\|W\| weight noise + 3σ clipping",
     ]
     times = ("0.0", "86400.0", "31536000.0")
+    seeds = _get(data, "seeds", source=src)
+    chips = int(_num(data, "chips", source=src))
+    if not isinstance(seeds, list) or not seeds:
+        raise ReportError(f"{src}: malformed: 'seeds' must be a non-empty list")
     rows = []
     for label, name in zip(labels, table, strict=True):
-        cells = [label, f"{_num(table, name, 'digital', source=src):.2f}"]
+        digital = [_num(table, name, "digital_seeds", k, source=src) for k in range(len(seeds))]
+        spread = f" ± {statistics.stdev(digital):.2f}" if len(digital) > 1 else ""
+        cells = [label, f"{_num(table, name, 'digital', source=src):.2f}{spread}"]
         for j, t in enumerate(times):
             cell = (
                 f"{_num(table, name, t, 'mean', source=src):.2f} ± "
@@ -385,7 +391,14 @@ def hwa_study(inp: Inputs) -> str:
             )
             cells.append(f"**{cell}**" if j == len(times) - 1 else cell)
         rows.append(cells)
-    header = ["trained", "digital accuracy", "t = 0", "1 day", "1 year"]
+    over = f"{len(seeds)} seeds × {chips} chips"
+    header = [
+        "trained",
+        f"digital accuracy (± over {len(seeds)} seeds)",
+        f"t = 0 (± over {over})",
+        "1 day",
+        "1 year",
+    ]
     return _table(header, ["---"] + ["---:"] * 4, rows)
 
 
