@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 
@@ -93,18 +94,9 @@ def _add_squad_drift(sub) -> None:
 
 def _squad_drift(args, parser) -> int:
 
-    from .experiments.squad_drift import DEFAULT_TIMES, SweepSpec, run
+    from .experiments.squad_drift import SweepSpec, run
 
-    spec = SweepSpec(
-        model=args.model,
-        data=args.data,
-        configs=_names(args.configs),
-        times=args.times if args.times is not None else list(DEFAULT_TIMES),
-        chips=args.chips,
-        max_questions=args.max_questions,
-        subset_seed=args.subset_seed,
-        seed=args.seed,
-    )
+    spec = _spec(SweepSpec, args, configs=_names(args.configs))
     return _run_or_exit(
         parser, "squad-drift", run, spec, args, batch_size=args.batch_size, device=args.device
     )
@@ -154,22 +146,7 @@ def _train_vision(args, parser) -> int:
 
     from .experiments.train_vision import VisionSpec, run
 
-    spec = VisionSpec(
-        data=args.data,
-        train_config=args.train_config,
-        hwa_noise=args.hwa_noise,
-        hwa_clip_sigma=args.hwa_clip_sigma,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        max_train=args.max_train,
-        max_test=args.max_test,
-        seed=args.seed,
-        configs=_names(args.configs),
-        chips=args.chips,
-    )
-    if args.times is not None:
-        spec.times = args.times
+    spec = _spec(VisionSpec, args, configs=_names(args.configs))
     return _run_or_exit(parser, "train-vision", run, spec, args)
 
 
@@ -226,25 +203,7 @@ def _add_finetune_squad(sub) -> None:
 def _finetune_squad(args, parser) -> int:
     from .experiments.finetune_squad import FinetuneSpec, run
 
-    spec = FinetuneSpec(
-        model=args.model,
-        train=args.train,
-        preset=args.preset,
-        hwa_noise=args.hwa_noise,
-        max_questions=args.max_questions,
-        subset_seed=args.subset_seed,
-        max_length=args.max_length,
-        stride=args.stride,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup=args.warmup,
-        weight_decay=args.weight_decay,
-        grad_clip=args.grad_clip,
-        freeze_embeddings=args.freeze_embeddings,
-        seed=args.seed,
-    )
+    spec = _spec(FinetuneSpec, args)
     return _run_or_exit(
         parser,
         "finetune-squad",
@@ -265,6 +224,17 @@ def _add_run_options(p, resume_help: str) -> None:
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     p.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _spec(cls, args, **overrides):
+    """An experiment spec from the parsed options: every field of ``cls`` that is an option of
+    the same name (an option left at ``None`` keeps the field's default), then ``overrides``."""
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(args, f.name, None) is not None
+    }
+    return cls(**(values | overrides))
 
 
 def _names(text: str) -> list[str]:
