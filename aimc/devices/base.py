@@ -19,11 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 from ..config import DEVICE_PARAMS, DeviceParams
+
+T = TypeVar("T")
 
 State = dict[str, Tensor]
 
@@ -79,11 +82,15 @@ def register(model: DeviceModel) -> DeviceModel:
     return model
 
 
+def lookup(table: dict[str, T], name: str, field: str) -> T:
+    """``table[name]`` of a name registry, or a ``ValueError`` naming ``field``, the value and
+    the registered names."""
+    if name not in table:
+        allowed = ", ".join(repr(n) for n in sorted(table))
+        raise ValueError(f"{field}: got {name!r}; allowed: one of {allowed}")
+    return table[name]
+
+
 def get(name: str) -> DeviceModel:
     """The registered device model ``name``."""
-    if name not in DEVICE_MODELS:
-        raise ValueError(
-            f"device.model: got {name!r}; allowed: one of "
-            + ", ".join(repr(n) for n in sorted(DEVICE_MODELS))
-        )
-    return DEVICE_MODELS[name]
+    return lookup(DEVICE_MODELS, name, "device.model")

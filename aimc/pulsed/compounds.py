@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..random import derive_seed
+from ..random import derive_seed, normal_
 from .array import PulsedArray
 from .config import MixedPrecisionConfig, PulsedConfig, TikiTakaConfig
 from .update import check_batch
@@ -84,8 +84,7 @@ class TikiTakaArrays(nn.Module):
         self.next_column.fill_((start + len(cols)) % inp)
         read = self.fast.weight()[:, cols].t()  # (n_cols, out)
         if self.tt.read_noise > 0:
-            noise = torch.empty_like(read).normal_(generator=gen)
-            read = read + self.tt.read_noise * noise
+            read = read + self.tt.read_noise * normal_(torch.empty_like(read), gen)
         # one-hot inputs on the transferred columns only: the other columns get no pulses
         x = torch.eye(len(cols), device=read.device)
         index = torch.tensor(cols, device=read.device)

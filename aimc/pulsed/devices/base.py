@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ...devices.base import lookup
 from ...random import normal_
 from ..config import PULSED_PARAMS, PulsedDeviceParams
 
@@ -83,12 +84,7 @@ def register(model: PulsedDeviceModel) -> PulsedDeviceModel:
 
 def get(name: str) -> PulsedDeviceModel:
     """The registered pulsed device model ``name``."""
-    if name not in PULSED_DEVICES:
-        raise ValueError(
-            f"pulsed.device: got {name!r}; allowed: one of "
-            + ", ".join(repr(n) for n in sorted(PULSED_DEVICES))
-        )
-    return PULSED_DEVICES[name]
+    return lookup(PULSED_DEVICES, name, "pulsed.device")
 
 
 def apply_pulses(
