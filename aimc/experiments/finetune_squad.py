@@ -231,8 +231,9 @@ def _batch_indices(step: int, n: int, batch: int, steps_per_epoch: int, seed: in
 
 
 def _sync_input_ranges(model: torch.nn.Module, world: int) -> None:
-    """Average the input ranges still being initialised from data (each rank saw its own
-    samples) so every rank keeps identical parameters."""
+    """Average the learned input ranges over ranks after each step: while they are initialised
+    from data each rank sees its own samples; afterwards they are equal and this changes
+    nothing. Keeps every rank's parameters identical."""
     ranges = [m.input_range for _, m in analog_layers(model) if m.input_range is not None]
     if world > 1 and ranges:
         with torch.no_grad():
@@ -380,9 +381,7 @@ def run(
         meta["ddp_max_weight_diff_across_ranks"] = _rank_weight_diff(model)
     final = out / "model"
     if rank == 0:
-        last = latest_checkpoint(out)
-        step = total - 1 if last is None else int(_STEP_DIR.match(last.name).group(1))
-        export_model(model, tokenizer, final, meta | {"step": step})
+        export_model(model, tokenizer, final, meta | {"step": total - 1})
     barrier(world)
     return final
 
