@@ -110,11 +110,7 @@ class AnalogLayerMixin(ChipMixin):
         for a mini-batch (as one process would) but independent noise for their samples.
         """
         self.seed = check_seed(seed)
-        if io_stream is not None and (
-            isinstance(io_stream, bool) or not isinstance(io_stream, int) or io_stream < 0
-        ):
-            raise ValueError(f"io_stream: got {io_stream!r}; allowed: None or an integer >= 0")
-        self.io_stream = io_stream
+        self.io_stream = None if io_stream is None else check_seed(io_stream, "io_stream")
         self._generators = {}
 
     def generator(self, like: Tensor, stream: str = "") -> torch.Generator:
