@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aimc.experiments.report import fmt_time
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
@@ -427,7 +429,7 @@ def squad_dev1000(inp: Inputs) -> str:
             by.setdefault((r["config"], r["t"]), []).append(r)
         except (KeyError, TypeError):
             raise ReportError(f"{path}: malformed: a row without 'config' and 't'") from None
-    names = {"0": "0", "1 h": "1 h", "1 d": "1 day", "1 mo": "1 month", "1 y": "1 year"}
+    names = {"0 s": "0", "1 h": "1 h", "1 d": "1 day", "1 mo": "1 month", "1 y": "1 year"}
     out = []
     for (config, t), group in by.items():
         em = [_num(r, "exact_match", source=str(path)) for r in group]
@@ -435,20 +437,13 @@ def squad_dev1000(inp: Inputs) -> str:
         if config == "digital":
             out.append([config, "–", f"{em[0]:.2f}", f"{f1[0]:.2f}"])
             continue
-        label = _fmt_time(t)
+        label = fmt_time(t)
         cells = [config, names.get(label, label)]
         for vals in (em, f1):
             std = statistics.stdev(vals) if len(vals) > 1 else 0.0
             cells.append(f"{statistics.mean(vals):.2f} ± {std:.2f}")
         out.append(cells)
     return _table(["config", "t", "exact match", "F1"], ["---", "---", "---:", "---:"], out)
-
-
-def _fmt_time(t: float) -> str:
-    for unit, sec in (("y", 365 * 86400.0), ("mo", 30 * 86400.0), ("d", 86400.0), ("h", 3600.0)):
-        if t >= sec:
-            return f"{t / sec:.3g} {unit}"
-    return f"{t:.3g}"
 
 
 TABLES: dict[str, Callable[[Inputs], str]] = {
