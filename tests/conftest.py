@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,3 +36,25 @@ def save_tiny_bert(out: Path, *, qa: bool = True, dropout: bool = True, seed: in
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     return out
+
+
+def official_layout(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Official SQuAD layout; consecutive items with the same title / context are grouped."""
+    data: list[dict[str, Any]] = []
+    for it in items:
+        if not data or data[-1]["title"] != it["title"]:
+            data.append({"title": it["title"], "paragraphs": []})
+        paras = data[-1]["paragraphs"]
+        if not paras or paras[-1]["context"] != it["context"]:
+            paras.append({"context": it["context"], "qas": []})
+        paras[-1]["qas"].append(
+            {
+                "id": it["id"],
+                "question": it["question"],
+                "answers": [
+                    {"text": t, "answer_start": s}
+                    for t, s in zip(it["answers"], it["answer_starts"], strict=True)
+                ],
+            }
+        )
+    return {"version": "1.1", "data": data}

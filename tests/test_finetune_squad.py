@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ROOT, SHARED_DEV, SHARED_MODEL, save_tiny_bert
+from conftest import ROOT, SHARED_DEV, SHARED_MODEL, official_layout, save_tiny_bert
 from safetensors.torch import load_file
 
 from aimc.experiments.finetune_squad import FinetuneSpec, latest_checkpoint, run
@@ -27,21 +27,6 @@ from aimc.experiments.squad_drift import load_qa_model
 from aimc.squad.data import load_squad
 from aimc.squad.metrics import normalize_answer
 from aimc.squad.train_features import collate_train, make_train_features
-
-
-def _official(examples) -> dict[str, Any]:
-    data = []
-    for e in examples:
-        qa = {
-            "id": e.id,
-            "question": e.question,
-            "answers": [
-                {"text": t, "answer_start": s}
-                for t, s in zip(e.answers, e.answer_starts, strict=True)
-            ],
-        }
-        data.append({"title": e.title, "paragraphs": [{"context": e.context, "qas": [qa]}]})
-    return {"version": "1.1", "data": data}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +38,7 @@ def assets(tmp_path_factory) -> dict[str, Any]:
     bare_dir = save_tiny_bert(root / "tiny-bare", qa=False, dropout=False)
     dev = load_squad(SHARED_DEV)
     train = root / "train.json"
-    train.write_text(json.dumps(_official(dev[:24])))
+    train.write_text(json.dumps(official_layout([e.__dict__ for e in dev[:24]])))
     return {"root": root, "model": model_dir, "bare": bare_dir, "train": train, "dev": dev}
 
 

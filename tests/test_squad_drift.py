@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import SHARED_DEV, SHARED_MODEL, save_tiny_bert
+from conftest import SHARED_DEV, SHARED_MODEL, official_layout, save_tiny_bert
 
 from aimc import presets
 from aimc.cli import main as cli_main
@@ -146,28 +146,6 @@ def _table(summary: str) -> list[str]:
     return [line for line in summary.splitlines() if line.startswith("|")]
 
 
-def _official_layout(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Official SQuAD layout; consecutive items with the same title / context are grouped."""
-    data: list[dict[str, Any]] = []
-    for it in items:
-        if not data or data[-1]["title"] != it["title"]:
-            data.append({"title": it["title"], "paragraphs": []})
-        paras = data[-1]["paragraphs"]
-        if not paras or paras[-1]["context"] != it["context"]:
-            paras.append({"context": it["context"], "qas": []})
-        paras[-1]["qas"].append(
-            {
-                "id": it["id"],
-                "question": it["question"],
-                "answers": [
-                    {"text": t, "answer_start": s}
-                    for t, s in zip(it["answers"], it["answer_starts"], strict=True)
-                ],
-            }
-        )
-    return {"version": "1.1", "data": data}
-
-
 def _synthetic(qid: str, question: str, context: str, answer: str) -> dict[str, Any]:
     return {
         "id": qid,
@@ -207,7 +185,7 @@ def assets(tmp_path_factory) -> dict[str, Any]:
         *real[4:6],
         _synthetic("syn-tower", "Where is the Eiffel Tower?", "In Paris.", "Paris"),
     ]
-    doc = _official_layout(items)
+    doc = official_layout(items)
     json_path = root / "squad.json"
     json_path.write_text(json.dumps(doc))
     gz_path = root / "squad.json.gz"
