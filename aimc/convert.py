@@ -17,6 +17,7 @@ from torch import nn
 from .config import AnalogConfig
 from .nn import AnalogConv1D, AnalogConv1d, AnalogConv2d, AnalogConv3d, AnalogLinear
 from .nn.base import AnalogLayerMixin
+from .nn.checks import check_finite_weights
 from .random import check_seed, derive_seed
 
 Pattern = Union[str, "re.Pattern[str]"]
@@ -168,18 +169,27 @@ def convert(
                 "allowed: exact names, dotted suffixes or 're:' regexes of "
                 "Linear/Conv modules"
             )
-    aliases: dict[int, list[str]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        aliases.setdefault(id(module), []).append(name)
-    for name, module, analog_cls in chosen:
+    configs = [
+        next((override_map[p] for p in override_pats if _matches(p, name)), config)
+        for name, _, _ in chosen
+    ]
+    for (name, module, analog_cls), cfg in zip(
+        chosen, configs, strict=True
+    ):  # checks before any change
         if not name:
             raise ValueError(
                 f"model: the root module itself is a {type(module).__name__}; convert() "
                 "replaces submodules in place — wrap it (nn.Sequential) or use "
                 f"aimc.nn.{analog_cls.__name__}.from_digital(module, config)"
             )
-        cfg = next((override_map[p] for p in override_pats if _matches(p, name)), config)
+        if cfg.device.model != "none":  # it will be programmed: refuse NaN/inf weights
+            check_finite_weights(module, "convert", f"{type(module).__name__} {name!r}")
+    aliases: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(module), []).append(name)
+    for (name, module, analog_cls), cfg in zip(chosen, configs, strict=True):
         new = analog_cls.from_digital(module, cfg, seed=derive_seed(seed, name))
+        new.analog_name = name
         new._digital_class = type(module)
         for alias in aliases[id(module)]:  # a module registered under several names
             _set_submodule(model, alias, new)

@@ -64,7 +64,9 @@ class _InputRange(torch.autograd.Function):
     def forward(ctx, x: Tensor, r: Tensor, decay: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, r)
         ctx.decay = decay
-        return torch.maximum(torch.minimum(x, r), -r)
+        # NaN passes through minimum/maximum; +-inf would be clipped to a finite, wrong value,
+        # so it becomes NaN (a non-finite input gives non-finite outputs, as digitally)
+        return torch.maximum(torch.minimum(x, r), -r).masked_fill_(x.isinf(), float("nan"))
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -87,9 +89,11 @@ def update_input_range(layer: nn.Module, x: Tensor) -> None:
     running mean of ``input_range_init_std * std(x)``."""
     hwa = layer.analog_config.hwa
     n = int(layer.input_range_batches)
-    if n >= hwa.input_range_init_batches:
+    if n >= hwa.input_range_init_batches or x.numel() < 2:  # no std from an empty batch
         return
     estimate = hwa.input_range_init_std * x.detach().float().std().clamp_min(1e-6)
+    if not bool(torch.isfinite(estimate)):  # a batch with NaN/inf must not poison the range
+        return
     layer.input_range.mul_(n / (n + 1)).add_(estimate / (n + 1))
     layer.input_range_batches.add_(1)
 

@@ -17,6 +17,7 @@ from ..functional import TileLayout, tile_weights
 from ..hwa import clip_input, modify_weights, update_input_range
 from ..mvm import TileWeights, analog_mvm, units
 from ..random import check_seed, derive_seed
+from .checks import check_finite_weights, layer_label
 from .chip import ChipMixin
 
 
@@ -75,6 +76,8 @@ class AnalogLayerMixin(ChipMixin):
         if not isinstance(config, AnalogConfig):
             raise ValueError(f"config: got {type(config).__name__}; allowed: aimc.AnalogConfig")
         self.analog_config = config
+        #: the qualified name :func:`aimc.convert` found the layer under (used in messages)
+        self.analog_name: str = getattr(self, "analog_name", "")
         self.seed = check_seed(seed)
         self._generators: dict[str, torch.Generator] = {}
         self.io_stream: int | None = None
@@ -161,6 +164,10 @@ class AnalogLayerMixin(ChipMixin):
             w = self._analog_weight()
             layout = TileLayout.build(w.shape[0], w.shape[1], w.shape[2], cfg.mapping)
             w_t, scale = tile_weights(w, layout, cfg.mapping)
+            # amax propagates NaN, so the per-tile scales tell cheaply whether any weight is
+            # non-finite; without weight scaling the tiles themselves are checked
+            if not bool(torch.isfinite(w_t if scale is None else scale).all()):
+                check_finite_weights(self, "forward")
             need_abs = cfg.io.w_noise_type == WeightNoiseType.PCM_READ and cfg.io.w_noise > 0
             w_abs = w_t.abs() if need_abs and not cfg.io.is_perfect else None
             in_unit, out_unit = units(cfg.io)
@@ -248,13 +255,22 @@ class AnalogLayerMixin(ChipMixin):
         return {"config": self.analog_config.to_dict(), "seed": self.seed}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        loaded = AnalogConfig.from_dict(state["config"])
+        where = f"checkpoint of {layer_label(self)}"
+        if not isinstance(state, dict) or "config" not in state or "seed" not in state:
+            raise ValueError(
+                f"{where}: the analog extra state is not a dict with 'config' and 'seed' "
+                f"(got {type(state).__name__}); was it written by aimc?"
+            )
+        try:
+            loaded = AnalogConfig.from_dict(state["config"])
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
         if loaded != self.analog_config:
             diff = _dict_diff(self.analog_config.to_dict(), loaded.to_dict())
             raise ValueError(
-                "checkpoint config differs from the layer's config: " + "; ".join(diff)
+                f"{where}: its config differs from the layer's config: " + "; ".join(diff)
             )
-        self.manual_seed(int(state["seed"]))
+        self.manual_seed(state["seed"])
 
 
 def _dict_diff(mine: dict[str, Any], theirs: dict[str, Any], path: str = "") -> list[str]:

@@ -23,6 +23,7 @@ from ..config import DriftCompensation, WeightNoiseType
 from ..functional import TileLayout, tile_weights
 from ..mvm import TileWeights, units
 from ..random import check_seed
+from .checks import check_finite_weights
 
 PREFIX = "chip_"
 #: Per-device state is stored in half precision (conductances relative to g_max, drift
@@ -85,6 +86,7 @@ class ChipMixin:
         check_seed(seed)
         if not self.has_device():
             raise RuntimeError("program: this layer has no device model (device.model='none')")
+        check_finite_weights(self, "program")
         cfg = self.analog_config
         model = devices.get(cfg.device.model)
         params = cfg.device.params

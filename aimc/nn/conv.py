@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 
 from ..config import AnalogConfig
 from .base import AnalogLayerMixin
+from .checks import check_conv_input, check_conv_spatial, layer_label
 
 
 def im2col(
@@ -31,6 +33,15 @@ def im2col(
     perm = (0, *range(2, 2 + n), 1, *range(2 + n, 2 + 2 * n))
     cols = x.permute(perm).reshape(b * math.prod(out_shape), c * math.prod(kernel))
     return cols, out_shape
+
+
+@contextlib.contextmanager
+def _named_errors(layer: nn.Module, shape: tuple[int, ...]):
+    """Re-raise the errors of the digital ops (padding, exact conv) with the layer's name."""
+    try:
+        yield
+    except (RuntimeError, NotImplementedError) as e:
+        raise type(e)(f"{layer_label(layer)}: input of shape {shape}: {e}") from e
 
 
 class _AnalogConvMixin(AnalogLayerMixin):
@@ -70,15 +81,20 @@ class _AnalogConvMixin(AnalogLayerMixin):
         return self.weight.reshape(g, self.out_channels // g, -1)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_conv_input(self, x)
+        shape = tuple(x.shape)
         if self.is_exact():
-            return self._conv_forward(x, self.weight, self.bias)
+            with _named_errors(self, shape):
+                return self._conv_forward(x, self.weight, self.bias)
         unbatched = x.dim() == self._ndim + 1
         if unbatched:
             x = x.unsqueeze(0)
         mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
         pad = self._reversed_padding_repeated_twice
-        if any(pad):
-            x = F.pad(x, pad, mode=mode)
+        if any(pad) or mode != "constant":  # the digital layer pads in every other mode too
+            with _named_errors(self, shape):  # e.g. reflect padding wider than the input
+                x = F.pad(x, pad, mode=mode)
+        check_conv_spatial(self, x, shape)
         b, g = x.shape[0], self.groups
         cols, out_shape = im2col(x, self.kernel_size, self.stride, self.dilation)
         cols = cols.reshape(cols.shape[0], g, cols.shape[1] // g).transpose(0, 1)  # (G, N, Cg*K)

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ..config import AnalogConfig
 from .base import AnalogLayerMixin
+from .checks import check_linear_input
 
 
 class AnalogLinear(AnalogLayerMixin, nn.Linear):
@@ -55,8 +56,12 @@ class AnalogLinear(AnalogLayerMixin, nn.Linear):
         return self.weight.unsqueeze(0)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_linear_input(self, x)
         if self.is_exact():
             return F.linear(x, self.weight, self.bias)
+        return self._analog_forward(x)
+
+    def _analog_forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         y = self.analog_matmul(x.reshape(1, -1, x.shape[-1]))
         return y.reshape(*lead, self.out_features)
@@ -103,11 +108,12 @@ class AnalogConv1D(AnalogLinear):
         return self.weight.t().unsqueeze(0)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_linear_input(self, x, "transformers Conv1D", IndexError)
         if self.is_exact():
             lead = x.shape[:-1]
             y = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)
             return y.reshape(*lead, self.nf)
-        return super().forward(x)
+        return self._analog_forward(x)
 
     def extra_repr(self) -> str:
         return f"nf={self.nf}, nx={self.nx}, " + self.analog_extra_repr()
