@@ -68,8 +68,9 @@ def _add_squad_drift(sub) -> None:
     p.add_argument(
         "--configs",
         default=",".join(DEFAULT_CONFIGS),
-        help="comma-separated: digital, ideal, pcm_inference, pcm_weights_only, "
-        "standard_hwa, bert_squad[:w_noise]",
+        help="comma-separated: digital, ideal (AIHWKIT's ideal: no noise, no drift), "
+        "ideal_drift (perfect IO, PCM drift + compensation, no noise), pcm_inference, "
+        "pcm_weights_only, standard_hwa, bert_squad[:w_noise]",
     )
     p.add_argument(
         "--times",
@@ -247,6 +248,8 @@ def _run_or_exit(parser, name: str, run, spec, args, **extra) -> int:
     message."""
     import torch
 
+    from .experiments.safeio import RunWriteError
+
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
@@ -261,6 +264,8 @@ def _run_or_exit(parser, name: str, run, spec, args, **extra) -> int:
         )
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"aimc {name}: error: {err}\n")
+    except RunWriteError as err:  # a full disk: nothing written is torn; --resume continues
+        parser.exit(1, f"aimc {name}: error: {err}\n")
     return 0
 
 

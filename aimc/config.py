@@ -5,8 +5,9 @@ value comes from the literature or from IBM AIHWKIT 1.2.0 (the reference simulat
 
 The resolution fields (``inp_res``, ``out_res``) follow AIHWKIT's convention: a value in ``(0, 1]``
 is the quantization step as a fraction of the full range ``2 * bound``; a value ``> 1`` is a number
-of steps (``254`` means ``1/254``); ``0`` turns quantization off. Use :func:`resolution_from_bits`
-to get the step of a ``b``-bit converter, ``1 / (2**b - 2)``.
+of steps (``254`` means ``1/254``); ``<= 0`` turns quantization off (and a bound ``<= 0`` turns
+clipping and quantization off). Use :func:`resolution_from_bits` to get the step of a ``b``-bit
+converter, ``1 / (2**b - 2)``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 CONFIG_VERSION = 1
+"""Version of the dict / JSON form written by :meth:`AnalogConfig.to_dict`."""
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+
+#: Upgrades of the dicts written by an older aimc: ``CONFIG_MIGRATIONS[v]`` takes the dict of
+#: version ``v`` (without its ``"version"`` key) and returns a new dict of version ``v + 1``
+#: (without modifying its argument); :meth:`AnalogConfig.from_dict` applies them in turn up to
+#: :data:`CONFIG_VERSION`. Empty: version 1 is the first. A change of the format bumps
+#: ``CONFIG_VERSION`` to 2 and adds ``1: _v1_to_v2`` here, with a test that loads a version-1 dict.
+CONFIG_MIGRATIONS: dict[int, Migration] = {}
+
+_MAX_INT = 2**63 - 1  # the largest integer field value (torch's int64)
+_SHOW_CHARS = 200  # longest value shown in an error message
 
 
 class NoiseManagement(str, Enum):
@@ -54,18 +69,60 @@ def resolution_from_bits(bits: int) -> float:
     return 1.0 / (2**bits - 2)
 
 
+def _show(value: Any) -> str:
+    """``repr(value)``, shortened to at most about ``_SHOW_CHARS`` characters; never raises."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # a deeply nested list; an int of > 4300 digits
+        if isinstance(value, int):
+            return f"<an integer of {value.bit_length()} bits>"
+        return f"<a deeply nested {type(value).__name__}>"
+    if isinstance(value, int) and len(text) > 40:
+        return f"{text[:16]}...{text[-4:]} (an integer of {len(text.lstrip('-'))} digits)"
+    if len(text) > _SHOW_CHARS:
+        text = text[: _SHOW_CHARS - 4] + " ..."
+    return text
+
+
 def _fail(path: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{path}: got {value!r}; allowed: {allowed}")
+    raise ValueError(f"{path}: got {_show(value)}; allowed: {allowed}")
+
+
+def _as_float(value: Any) -> float | None:
+    """``value`` as a float if it is a real number (not a bool) that a float64 holds exactly
+    (NaN and infinities included), else ``None``: an integer too large for a float or one that
+    would be rounded is not silently changed."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, int):
+        try:
+            v = float(value)
+        except OverflowError:
+            return None
+        return v if int(v) == value else None
+    return float(value)
+
+
+_EXACT = "; an integer must be exactly representable as a float64"
 
 
 def _check_number(path: str, value: Any, *, min_value: float, strict: bool = False) -> float:
+    op = ">" if strict else ">="
+    rng = "" if min_value == -math.inf else f" {op} {min_value}"  # -inf: any finite number
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(path, value, f"a number {'>' if strict else '>='} {min_value}")
-    v = float(value)
+        _fail(path, value, f"a number{rng}")
+    v = _as_float(value)
+    if v is None:
+        _fail(path, value, f"a finite number{rng}{_EXACT}")
     bad = math.isnan(v) or math.isinf(v) or (v <= min_value if strict else v < min_value)
     if bad:
-        _fail(path, value, f"a finite number {'>' if strict else '>='} {min_value}")
+        _fail(path, value, f"a finite number{rng}")
     return v
+
+
+def _is_finite_number(value: Any) -> bool:
+    v = _as_float(value)
+    return v is not None and math.isfinite(v)
 
 
 def check_coefficients(path: str, value: Any) -> tuple[float, float, float]:
@@ -73,10 +130,7 @@ def check_coefficients(path: str, value: Any) -> tuple[float, float, float]:
     ok = (
         isinstance(value, (tuple, list))
         and len(value) == 3
-        and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in value
-        )
+        and all(_is_finite_number(v) for v in value)
     )
     if not ok:
         _fail(path, value, "three finite numbers (c0, c1, c2)")
@@ -84,8 +138,9 @@ def check_coefficients(path: str, value: Any) -> tuple[float, float, float]:
 
 
 def _check_int(path: str, value: Any, *, min_value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < min_value:
-        _fail(path, value, f"an integer >= {min_value}")
+    bad = isinstance(value, bool) or not isinstance(value, int)
+    if bad or not min_value <= value <= _MAX_INT:
+        _fail(path, value, f"an integer >= {min_value} (and < 2**63)")
     return int(value)
 
 
@@ -101,21 +156,117 @@ def _check_enum(path: str, value: Any, enum_type: type[Enum]) -> Any:
     if isinstance(value, Enum):  # a member of another enum, even one with the same value
         value = object()
     names = [m.value for m in enum_type]
-    if isinstance(value, str) and value.lower() in names:
+    if isinstance(value, str) and value.isascii() and value.lower() in names:
         return enum_type(value.lower())
     _fail(path, value, "one of " + ", ".join(repr(n) for n in names))
     return None  # unreachable
+
+
+class _JSONObject(dict):
+    """A JSON object of :func:`_loads`; remembers its first duplicate key, which ``json.loads``
+    would otherwise resolve silently (the last value wins)."""
+
+    duplicate: tuple[str, Any, Any] | None = None
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> _JSONObject:
+        out = cls()
+        for key, value in pairs:
+            if key in out and out.duplicate is None:
+                out.duplicate = (key, out[key], value)
+            out[key] = value
+        return out
+
+
+def _loads(path: str, text: Any) -> Any:
+    """``json.loads(text)``; any failure is a ``ValueError`` naming ``path``."""
+    if not isinstance(text, (str, bytes, bytearray)):
+        _fail(path, text, "JSON text (a str, bytes or bytearray) as written by to_json()")
+    try:
+        return json.loads(text, object_pairs_hook=_JSONObject.from_pairs)
+    except RecursionError:
+        problem = "JSON nested too deeply to parse"
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an int of > 4300 digits
+        problem = f"invalid JSON: {err}"
+    raise ValueError(f"{path}: got {_show(text)} ({problem}); allowed: JSON text from to_json()")
+
+
+def _check_dict(path: str, data: Any) -> dict[str, Any]:
+    """``data`` if it is a dict without duplicate JSON keys."""
+    if not isinstance(data, dict):
+        _fail(path, data, "a dict")
+    if isinstance(data, _JSONObject) and data.duplicate is not None:
+        key, first, second = data.duplicate
+        raise ValueError(
+            f"{path}.{key}: got {_show(first)} and then {_show(second)} (a duplicate key); "
+            "allowed: each key once"
+        )
+    return data
+
+
+def _check_keys(
+    path: str, data: dict[Any, Any], known: list[str], *, complete: bool, keys_of: str = ""
+) -> None:
+    """No unknown key in ``data``; with ``complete``, no missing one either."""
+    of = f" of {keys_of}" if keys_of else ""
+    for key in data:
+        if not isinstance(key, str) or key not in known:
+            _fail(path, key, f"one of the keys{of}: " + ", ".join(sorted(known)))
+    if complete:
+        for key in known:
+            if key not in data:
+                raise ValueError(
+                    f"{path}.{key}: got no value (the key is missing); allowed: a value for "
+                    f"every key{of} (to_dict() writes them all)"
+                )
+
+
+def _upgrade(path: str, data: dict[str, Any], current: int, migrations: dict[int, Migration]):
+    """``data`` (a dict with a ``"version"``) without its version, migrated to ``current``."""
+    oldest = current
+    while oldest - 1 in migrations:
+        oldest -= 1
+    readable = f"the integer {current}" if oldest == current else f"{oldest} to {current}"
+    vpath = f"{path}.version"
+    data = dict(data)
+    version = data.pop("version", None)
+    if isinstance(version, bool) or not isinstance(version, int):
+        _fail(vpath, version, readable)
+    if version > current:
+        _fail(vpath, version, f"{readable} (this config was written by a newer aimc; upgrade aimc)")
+    if version < oldest:
+        _fail(vpath, version, f"{readable} (no migration from version {version} is known)")
+    while version < current:
+        data = migrations[version](data)
+        version += 1
+    return data
+
+
+def _check_exact_list(path: str, value: Any) -> None:
+    """No integer in a list of numbers is changed by its conversion to float."""
+    ok = all(
+        isinstance(v, bool) or not isinstance(v, int) or _as_float(v) is not None for v in value
+    )
+    if not ok:
+        _fail(path, value, f"a list of finite numbers{_EXACT}")
 
 
 class _ConfigBase:
     """Shared validation and (de)serialization of the config dataclasses."""
 
     _prefix = ""
+    _params_of: tuple[str, dict[str, type[_ConfigBase]]] | None = None
+    """``(name field, registry)`` of a config whose ``params`` are the params class of a
+    registered model (:class:`DeviceConfig`, ``PulsedConfig``)."""
 
     def _validate(self) -> None:  # pragma: no cover - overridden
         pass
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, (list, tuple)):
+                _check_exact_list(f"{self._prefix}.{f.name}", value)
         self._validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,23 +285,44 @@ class _ConfigBase:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: str | None = None) -> Any:
-        """Build from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
-        path = path or cls._prefix
-        if not isinstance(data, dict):
-            _fail(path, data, "a dict")
-        known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            _fail(f"{path}", unknown[0], "known keys: " + ", ".join(sorted(known)))
+        """Build from :meth:`to_dict` output; unknown keys raise ``ValueError``, missing keys
+        take their defaults (as in the constructor). The versioned forms
+        (:meth:`AnalogConfig.from_dict`) require every key."""
+        return cls._from_dict(data, path or cls._prefix, complete=False)
+
+    @classmethod
+    def _from_dict(cls, data: Any, path: str, *, complete: bool, keys_of: str = "") -> Any:
+        """:meth:`from_dict`; ``complete`` requires every key, at every level."""
+        data = _check_dict(path, data)
+        known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        _check_keys(path, data, known, complete=complete, keys_of=keys_of)
         kwargs = {}
         for name, value in data.items():
             sub = _SUBCONFIGS.get((cls.__name__, name))
-            kwargs[name] = sub.from_dict(value, f"{path}.{name}") if sub else value
+            if sub is not None:
+                value = sub._from_dict(value, f"{path}.{name}", complete=complete)
+            kwargs[name] = value
+        if complete and cls._params_of is not None:
+            kwargs["params"] = _complete_params(path, kwargs, *cls._params_of)
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> Any:
         """A validated copy with some fields changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _complete_params(
+    path: str, kwargs: dict[str, Any], name_field: str, registry: dict[str, type[_ConfigBase]]
+) -> Any:
+    """The ``params`` of a loaded dict as the registered model's params class, every key
+    required; left to the constructor when the model name is not a registered one."""
+    name, params = kwargs[name_field], kwargs["params"]
+    if not isinstance(name, str) or name not in registry or type(params) is registry[name]:
+        return params  # the constructor checks them
+    owner = f"{path}.{name_field} {name!r}"
+    if not isinstance(params, dict):
+        _fail(f"{path}.params", params, f"a dict of the parameters of {owner}")
+    return registry[name]._from_dict(params, f"{path}.params", complete=True, keys_of=owner)
 
 
 @dataclass
@@ -166,8 +338,10 @@ class IOConfig(_ConfigBase):
     """Skip the whole periphery (steps 1-6 of REFERENCE.md §1): an exact MVM."""
     noise_management: NoiseManagement = NoiseManagement.ABS_MAX
     """Input scaling per input vector and tile: ``none``, ``abs_max`` (default) or ``constant``."""
-    nm_thres: float = 1.0
-    """The divisor used by ``noise_management='constant'`` (> 0)."""
+    nm_thres: float = 0.0
+    """Noise-management threshold (AIHWKIT ``IOParameters.nm_thres``, default 0): the divisor of
+    ``noise_management='constant'`` (0 means 1); under ``abs_max`` a cap on the divisor,
+    ``s = min(max|x|, nm_thres)`` when > 0 (inputs beyond it then clip at the DAC bound)."""
     bound_management: BoundManagement = BoundManagement.ITERATIVE
     """``iterative`` (default) halves the input of a saturating tile and repeats; ``none``."""
     max_bm_factor: float = 1000.0
@@ -175,9 +349,11 @@ class IOConfig(_ConfigBase):
     max_bm_res: float = 0.25
     """... or once ``r > max_bm_res / inp_step`` (the input would vanish below a DAC step)."""
     inp_bound: float = 1.0
-    """DAC input range ``[-inp_bound, inp_bound]`` (> 0)."""
+    """DAC input range ``[-inp_bound, inp_bound]``; ``<= 0`` = no bound and no quantization
+    (AIHWKIT: an infinite bound)."""
     inp_res: float = 1.0 / 126
-    """DAC step as a fraction of ``2*inp_bound`` (7-bit: 1/126); > 1 = number of steps; 0 = off."""
+    """DAC step as a fraction of ``2*inp_bound`` (7-bit: 1/126); > 1 = number of steps; <= 0 =
+    off."""
     inp_sto_round: bool = False
     """Stochastic instead of nearest rounding in the DAC."""
     inp_noise: float = 0.0
@@ -195,9 +371,11 @@ class IOConfig(_ConfigBase):
     out_noise: float = 0.06
     """Std of additive Gaussian output noise before the ADC (AIHWKIT default 0.06)."""
     out_bound: float = 12.0
-    """ADC range ``[-out_bound, out_bound]`` (AIHWKIT default 12)."""
+    """ADC range ``[-out_bound, out_bound]`` (AIHWKIT default 12); ``<= 0`` = no bound and no
+    quantization (AIHWKIT: an infinite bound; bound management then never triggers)."""
     out_res: float = 1.0 / 510
-    """ADC step as a fraction of ``2*out_bound`` (9-bit: 1/510); > 1 = number of steps; 0 = off."""
+    """ADC step as a fraction of ``2*out_bound`` (9-bit: 1/510); > 1 = number of steps; <= 0 =
+    off."""
 
     def _validate(self) -> None:
         p = self._prefix
@@ -211,14 +389,19 @@ class IOConfig(_ConfigBase):
             f"{p}.bound_management", self.bound_management, BoundManagement
         )
         self.w_noise_type = _check_enum(f"{p}.w_noise_type", self.w_noise_type, WeightNoiseType)
-        for name in ("nm_thres", "inp_bound", "out_bound", "max_bm_factor", "max_bm_res"):
+        for name in ("max_bm_factor", "max_bm_res"):
             setattr(
                 self,
                 name,
                 _check_number(f"{p}.{name}", getattr(self, name), min_value=0, strict=True),
             )
-        for name in ("inp_res", "out_res", "inp_noise", "w_noise", "out_noise"):
+        for name in ("nm_thres", "inp_noise", "w_noise", "out_noise"):
             setattr(self, name, _check_number(f"{p}.{name}", getattr(self, name), min_value=0))
+        # AIHWKIT's "off" values: a resolution <= 0 is no quantization, a bound <= 0 no bound
+        for name in ("inp_bound", "out_bound", "inp_res", "out_res"):
+            setattr(
+                self, name, _check_number(f"{p}.{name}", getattr(self, name), min_value=-math.inf)
+            )
 
     @property
     def inp_step(self) -> float:
@@ -232,7 +415,7 @@ class IOConfig(_ConfigBase):
 
 
 def _step(res: float, bound: float) -> float:
-    if res <= 0:
+    if res <= 0 or bound <= 0:
         return 0.0
     frac = 1.0 / res if res > 1 else res
     return frac * 2.0 * bound
@@ -253,9 +436,12 @@ class MappingConfig(_ConfigBase):
     """Most columns (outputs) per tile; 0 = no split."""
     digital_bias: bool = True
     """Add the bias digitally after the ADC (True) or as an extra analog input row (False)."""
-    weight_scaling_omega: float = 1.0
+    weight_scaling_omega: float = 0.0
     """Scale weights so that ``max|W| = omega`` on each tile (or column); the inverse scale is
-    applied digitally to the output. 0 turns weight scaling off."""
+    applied digitally to the output. 0 turns weight scaling off — AIHWKIT 1.2.0's default
+    (``MappingParameter.weight_scaling_omega = 0.0``): the output noise is then relative to the
+    raw weight magnitudes. (aimc < 0.2 defaulted to 1.0, which made ``pcm_inference()`` 27-48 %
+    less noisy than AIHWKIT's ``InferenceRPUConfig()``.)"""
     weight_scaling_columnwise: bool = False
     """Weight scaling per tile column instead of per tile."""
     learn_out_scaling: bool = False
@@ -328,6 +514,7 @@ class DeviceConfig(_ConfigBase):
     """
 
     _prefix = "device"
+    _params_of = ("model", DEVICE_PARAMS)
 
     model: str = "none"
     """Name of a registered device model, or ``'none'``."""
@@ -347,17 +534,19 @@ class DeviceConfig(_ConfigBase):
             f"{p}.drift_compensation", self.drift_compensation, DriftCompensation
         )
         if self.model == "none":
-            if self.params not in (None, {}):
-                _fail(f"{p}.params", self.params, "empty for device model 'none'")
+            empty = self.params is None or (isinstance(self.params, dict) and not self.params)
+            if not empty:
+                _fail(f"{p}.params", self.params, f"None or {{}} when {p}.model is 'none'")
             self.params = None
             return
         cls = DEVICE_PARAMS[self.model]
+        owner = f"{p}.model {self.model!r}"
         if self.params is None:
             self.params = cls()
         elif isinstance(self.params, dict):
-            self.params = cls.from_dict(self.params, f"{p}.params")
+            self.params = cls._from_dict(self.params, f"{p}.params", complete=False, keys_of=owner)
         elif type(self.params) is not cls:  # a subclass would carry fields the model ignores
-            _fail(f"{p}.params", self.params, f"a dict or an {cls.__name__}")
+            _fail(f"{p}.params", self.params, f"a dict or a {cls.__name__} (for {owner})")
 
 
 class WeightModifier(str, Enum):
@@ -368,7 +557,9 @@ class WeightModifier(str, Enum):
     MULT_NORMAL = "mult_normal"  #: ``W + W * std * a * xi``
     DISCRETIZE = "discretize"  #: ``a * Q(W / a)`` with step ``res``
     POLY = "poly"  #: ``W + a * std * (c0 + c1 |W|/a + c2 (|W|/a)^2) * xi``
-    PROG_NOISE = "prog_noise"  #: ``poly`` with the PCM programming-noise coefficients / g_max
+    #: ``poly`` with the PCM programming-noise coefficients / g_max; the noise is mirrored at
+    #: zero so no weight changes sign (AIHWKIT ``ProgNoise``)
+    PROG_NOISE = "prog_noise"
 
 
 class WeightClip(str, Enum):
@@ -376,7 +567,9 @@ class WeightClip(str, Enum):
 
     NONE = "none"
     FIXED = "fixed"  #: clip to ``+-clip_value``
-    LAYER_GAUSSIAN = "layer_gaussian"  #: clip to ``+-clip_sigma * std(W)`` of the layer
+    #: clip each tile to ``+-clip_sigma * std`` of that tile's weights (analog bias included),
+    #: as AIHWKIT clips its tiles
+    LAYER_GAUSSIAN = "layer_gaussian"
 
 
 class WeightRemap(str, Enum):
@@ -407,8 +600,9 @@ class HWAConfig(_ConfigBase):
     ``a = max|W|``)."""
     modifier_res: float = 0.0
     """Step of ``discretize`` as a fraction of ``a`` (> 1 = number of steps; 0 = off)."""
-    modifier_coeffs: tuple[float, float, float] = (0.0105, 0.0786, -0.0469)
-    """``(c0, c1, c2)`` of ``poly`` (default: the PCM programming-noise polynomial / 25 µS)."""
+    modifier_coeffs: tuple[float, float, float] = (0.0105392, 0.0768, -0.046925)
+    """``(c0, c1, c2)`` of ``poly``; default AIHWKIT 1.2.0's ``WeightModifierParameter.coeffs``
+    (close to the PCM programming-noise polynomial / 25 µS, whose c1 would be 0.0786)."""
     modifier_per_tile: bool = True
     """``a = max|W|`` per tile (True) or per layer."""
     clip: WeightClip = WeightClip.NONE
@@ -416,7 +610,7 @@ class HWAConfig(_ConfigBase):
     clip_value: float = 1.0
     """``fixed`` clipping bound (> 0)."""
     clip_sigma: float = 2.5
-    """``layer_gaussian`` bound in standard deviations of the layer's weights (> 0)."""
+    """``layer_gaussian`` bound in standard deviations of each tile's weights (> 0)."""
     remap: WeightRemap = WeightRemap.NONE
     """Symmetric remapping after each optimizer step (needs ``mapping.learn_out_scaling``)."""
     learn_input_range: bool = False
@@ -449,7 +643,7 @@ class HWAConfig(_ConfigBase):
         )
         self.modifier_coeffs = check_coefficients(f"{p}.modifier_coeffs", self.modifier_coeffs)
         if self.modifier == WeightModifier.DISCRETIZE and self.modifier_res <= 0:
-            _fail(f"{p}.modifier_res", self.modifier_res, "> 0 when modifier is 'discretize'")
+            _fail(f"{p}.modifier_res", self.modifier_res, f"> 0 when {p}.modifier is 'discretize'")
 
     @property
     def any_modifier(self) -> bool:
@@ -502,23 +696,21 @@ class AnalogConfig(_ConfigBase):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: str | None = None) -> AnalogConfig:
-        """Inverse of :meth:`to_dict`; checks the version and rejects unknown keys."""
-        if not isinstance(data, dict):
-            _fail("config", data, "a dict")
-        data = dict(data)
-        version = data.pop("version", None)
-        if isinstance(version, bool) or version != CONFIG_VERSION:
-            _fail("config.version", version, f"{CONFIG_VERSION}")
-        return super().from_dict(data, "config")
+        """Inverse of :meth:`to_dict`. Every problem is a ``ValueError`` naming the field: a
+        version other than :data:`CONFIG_VERSION` (an older one is migrated by
+        :data:`CONFIG_MIGRATIONS`), an unknown or a missing key, a wrong value."""
+        path = path or cls._prefix
+        data = _upgrade(path, _check_dict(path, data), CONFIG_VERSION, CONFIG_MIGRATIONS)
+        return cls._from_dict(data, path, complete=True)
 
     def to_json(self, **kwargs: Any) -> str:
         """JSON string of :meth:`to_dict`."""
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
-    def from_json(cls, text: str) -> AnalogConfig:
-        """Inverse of :meth:`to_json`."""
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str | bytes) -> AnalogConfig:
+        """Inverse of :meth:`to_json`; invalid JSON and a duplicate key are ``ValueError``s too."""
+        return cls.from_dict(_loads(cls._prefix, text))
 
 
 _SUBCONFIGS: dict[tuple[str, str], type[_ConfigBase]] = {

@@ -58,3 +58,58 @@ def official_layout(items: list[dict[str, Any]]) -> dict[str, Any]:
             }
         )
     return {"version": "1.1", "data": data}
+
+
+def write_tiny_idx(root: Path, n_train: int = 40, n_test: int = 20) -> Path:
+    """Gzipped IDX files of a tiny two-class image set (bright top half vs bright bottom half)
+    in ``root``, the layout ``aimc train-vision --data`` reads."""
+    import gzip
+    import struct
+
+    root.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+
+    def write(path: Path, data: torch.Tensor) -> None:
+        header = bytes([0, 0, 0x08, data.ndim]) + struct.pack(f">{data.ndim}I", *data.shape)
+        path.write_bytes(gzip.compress(header + data.numpy().astype(">u1").tobytes()))
+
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = torch.arange(n) % 2
+        images = (torch.rand(n, 28, 28, generator=gen) * 60).to(torch.uint8)
+        images[labels == 0, :14] += 150
+        images[labels == 1, 14:] += 150
+        write(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write(root / f"{prefix}-labels-idx1-ubyte.gz", labels.to(torch.uint8))
+    return root
+
+
+def tiny_squad_assets(root: Path, n_questions: int = 6) -> dict[str, Path]:
+    """A tiny random QA model (:func:`save_tiny_bert`, no dropout) and a SQuAD file of the first
+    ``n_questions`` shared dev questions in ``root``: ``{"root", "model", "data"}``. Skips the
+    calling test when the shared tokenizer or dev set is missing."""
+    import json
+
+    import pytest
+
+    from aimc.squad.data import load_squad
+
+    if not (SHARED_MODEL / "tokenizer.json").exists() or not SHARED_DEV.exists():
+        pytest.skip("shared MiniLM tokenizer or SQuAD dev set not available")
+    items = [e.__dict__ for e in load_squad(SHARED_DEV)[:n_questions]]
+    data = root / "squad.json"
+    root.mkdir(parents=True, exist_ok=True)
+    data.write_text(json.dumps(official_layout(items)))
+    model = save_tiny_bert(root / "tiny-qa", dropout=False)
+    return {"root": root, "model": model, "data": data}
+
+
+def pytest_report_header(config):
+    """One line on whether the conformance suite runs against the reference simulator."""
+    from conformance.reference import reference_status
+
+    ok, reason = reference_status()
+    if ok:
+        import aihwkit
+
+        return f"conformance: against AIHWKIT {aihwkit.__version__}"
+    return f"conformance: SKIPPED — {reason}"

@@ -56,8 +56,10 @@ def assert_rejects(cls, field: str, value, allowed: str, path: str | None = None
 # --------------------------------------------------------------------------------------------
 # Validation of IOConfig
 
-IO_STRICT_POSITIVE = ["nm_thres", "inp_bound", "out_bound", "max_bm_factor", "max_bm_res"]
-IO_NON_NEGATIVE = ["inp_res", "out_res", "inp_noise", "w_noise", "out_noise"]
+IO_STRICT_POSITIVE = ["max_bm_factor", "max_bm_res"]
+IO_NON_NEGATIVE = ["nm_thres", "inp_noise", "w_noise", "out_noise"]
+#: any finite number, as in AIHWKIT: a resolution <= 0 is no quantization, a bound <= 0 no bound
+IO_ANY_FINITE = ["inp_bound", "out_bound", "inp_res", "out_res"]
 IO_BOOLS = ["is_perfect", "inp_sto_round"]
 IO_ENUMS = {
     "noise_management": NoiseManagement,
@@ -85,19 +87,27 @@ def test_io_non_negative_fields_accept_zero(field):
     assert isinstance(getattr(cfg, field), float)
 
 
-@pytest.mark.parametrize("field", IO_STRICT_POSITIVE + IO_NON_NEGATIVE)
+@pytest.mark.parametrize("field", IO_ANY_FINITE)
+@pytest.mark.parametrize("value", [0, -1e-12, -1, -254.0])
+def test_io_off_values_of_aihwkit_are_accepted(field, value):
+    cfg = IOConfig(**{field: value})
+    assert getattr(cfg, field) == value and type(getattr(cfg, field)) is float
+    assert (cfg.inp_step if field.startswith("inp") else cfg.out_step) == 0.0  # "off"
+
+
+@pytest.mark.parametrize("field", IO_STRICT_POSITIVE + IO_NON_NEGATIVE + IO_ANY_FINITE)
 @pytest.mark.parametrize("value", [NAN, INF, -INF])
 def test_io_numbers_reject_non_finite(field, value):
     assert_rejects(IOConfig, field, value, "finite")
 
 
-@pytest.mark.parametrize("field", IO_STRICT_POSITIVE + IO_NON_NEGATIVE)
+@pytest.mark.parametrize("field", IO_STRICT_POSITIVE + IO_NON_NEGATIVE + IO_ANY_FINITE)
 @pytest.mark.parametrize("value", [True, False, "1.0", None, [1.0], 1 + 0j])
 def test_io_numbers_reject_non_numbers(field, value):
     assert_rejects(IOConfig, field, value, "a number")
 
 
-@pytest.mark.parametrize("field", IO_STRICT_POSITIVE + IO_NON_NEGATIVE)
+@pytest.mark.parametrize("field", IO_STRICT_POSITIVE + IO_NON_NEGATIVE + IO_ANY_FINITE)
 def test_io_numbers_accept_ints_and_store_floats(field):
     cfg = IOConfig(**{field: 3})
     assert getattr(cfg, field) == 3.0
@@ -203,7 +213,7 @@ def test_mapping_defaults_are_aihwkit_mapping_parameter():
     m = MappingConfig()
     assert (m.max_input_size, m.max_output_size) == (512, 512)
     assert m.digital_bias is True
-    assert m.weight_scaling_omega == 1.0
+    assert m.weight_scaling_omega == 0.0  # AIHWKIT 1.2.0: no weight scaling by default
     assert m.weight_scaling_columnwise is False
     assert m.learn_out_scaling is False
     assert m.out_scaling_columnwise is False
@@ -287,7 +297,7 @@ def test_sub_config_defaults_are_independent_instances():
 @pytest.mark.parametrize(
     "obj, changes, path",
     [
-        (IOConfig(), {"out_bound": -1.0}, "io.out_bound"),
+        (IOConfig(), {"out_noise": -1.0}, "io.out_noise"),
         (IOConfig(), {"inp_res": NAN}, "io.inp_res"),
         (IOConfig(), {"noise_management": "bogus"}, "io.noise_management"),
         (MappingConfig(), {"max_input_size": 1.5}, "mapping.max_input_size"),
@@ -473,7 +483,7 @@ def test_misspelled_field_is_not_silently_ignored():
 @pytest.mark.parametrize(
     "section, key, value, path",
     [
-        ("io", "out_bound", 0.0, "io.out_bound"),
+        ("io", "out_bound", INF, "io.out_bound"),
         ("io", "noise_management", "nope", "io.noise_management"),
         ("io", "is_perfect", 1, "io.is_perfect"),
         ("mapping", "max_input_size", -1, "mapping.max_input_size"),
@@ -554,7 +564,7 @@ def test_pcm_inference_is_inference_rpu_config_defaults():
     assert io.max_bm_factor == 1000.0 and io.max_bm_res == 0.25
     assert (m.max_input_size, m.max_output_size) == (512, 512)
     assert m.digital_bias is True
-    assert m.weight_scaling_omega == 1.0 and m.weight_scaling_columnwise is False
+    assert m.weight_scaling_omega == 0.0 and m.weight_scaling_columnwise is False
     assert m.learn_out_scaling is False and m.out_scaling_columnwise is False
     _off_parts(cfg)
 

@@ -817,15 +817,25 @@ def test_resolve_config_every_name():
         assert resolve_config(name).to_dict() == want.to_dict(), name
     assert resolve_config("bert_squad:0.035").io.w_noise == 0.035
 
-    ideal = resolve_config("ideal")
+    # "ideal" = AIHWKIT example 24's create_ideal_rpu_config: every PCM scale 0, no compensation,
+    # one learned output scale per layer; "ideal_drift" keeps drift and global compensation
     base = presets.bert_squad().to_dict()
+    ideal = resolve_config("ideal")
     got = ideal.to_dict()
     assert got["io"] == IOConfig(is_perfect=True).to_dict()
-    assert got["mapping"] == base["mapping"] and got["hwa"] == base["hwa"]
+    assert got["mapping"] == {**base["mapping"], "out_scaling_columnwise": False}
+    assert got["hwa"] == base["hwa"]
     assert ideal.device.model == "pcm"
-    assert ideal.device.drift_compensation == DriftCompensation.GLOBAL
-    assert ideal.device.params.prog_noise_scale == 0.0
-    assert ideal.device.params.read_noise_scale == 0.0
+    assert ideal.device.drift_compensation == DriftCompensation.NONE
+    p = ideal.device.params
+    assert p.prog_noise_scale == p.read_noise_scale == p.drift_scale == 0.0
+    ideal_drift = resolve_config("ideal_drift")
+    got = ideal_drift.to_dict()
+    assert got["io"] == IOConfig(is_perfect=True).to_dict()
+    assert got["mapping"] == base["mapping"] and got["hwa"] == base["hwa"]
+    assert ideal_drift.device.drift_compensation == DriftCompensation.GLOBAL
+    p = ideal_drift.device.params
+    assert p.prog_noise_scale == p.read_noise_scale == 0.0 and p.drift_scale == 1.0
     # resolve_config returns a fresh object every time
     assert resolve_config("ideal") is not resolve_config("ideal")
 

@@ -17,12 +17,7 @@ ranks (as a single process does for the whole batch) with independent IO noise a
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import math
-import os
-import re
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,15 +26,18 @@ from typing import Any
 import torch
 
 from ..config import AnalogConfig, WeightModifier
-from ..convert import analog_layers, convert, manual_seed, to_digital
+from ..convert import analog_layers, convert, manual_seed
 from ..hwa import register_post_step_hook
 from ..random import derive_seed
-from .sweep import append_row, barrier, dist_info, prepare_run_dir, resolve_config
+from .checkpoints import export_model, latest_checkpoint, resume_from, save_checkpoint
+from .rundir import barrier, dist_info, fail_if_busy, open_run_dir
+from .safeio import append_row, keep_rows
+from .squad_drift import load_weights
+from .sweep import resolve_config
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 DEFAULT_MODEL = SHARED / "models" / "minilm-l6-squad"
 DEFAULT_TRAIN = SHARED / "data" / "squad" / "train-v1.1.rebuilt.json.xz"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 @dataclass
@@ -122,8 +120,10 @@ def load_model(path: str, device: torch.device, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # a new QA head is initialised from torch's default generator
         try:
-            model = AutoModelForQuestionAnswering.from_pretrained(path)
+            model = load_weights(lambda: AutoModelForQuestionAnswering.from_pretrained(path), path)
         except ValueError as err:
+            if str(err).startswith("--model: cannot load the weights"):
+                raise
             raise ValueError(
                 f"--model: {path!r} (model_type {hf_config.model_type!r}) has no extractive-QA "
                 f"variant in transformers: {err}"
@@ -157,69 +157,6 @@ def _optimizer(model: torch.nn.Module, spec: FinetuneSpec, total: int):
         return max(0.0, (total - step) / max(1, total - warm))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint directory in ``out`` (``None`` if there is none)."""
-    found = []
-    for d in (out / "checkpoints").glob("step-*"):
-        m = _STEP_DIR.match(d.name)
-        if m and (d / "training_state.pt").exists():
-            found.append((int(m.group(1)), d))
-    return max(found)[1] if found else None
-
-
-def _export_tmp(model: torch.nn.Module, tokenizer, path: Path, meta: dict[str, Any]) -> Path:
-    """Write ``model`` as a digital HuggingFace directory beside ``path`` (``<path>.tmp``)."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    twin = copy.deepcopy(model)
-    ranges = {
-        n: float(m.input_range.detach())
-        for n, m in analog_layers(twin)
-        if m.input_range is not None
-    }
-    if analog_layers(twin):
-        to_digital(twin)
-    twin.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    meta = meta | {"learned_input_ranges": ranges}
-    (tmp / "aimc_finetune.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return tmp
-
-
-def export_model(model: torch.nn.Module, tokenizer, path: str | Path, meta: dict[str, Any]) -> Path:
-    """Write ``model`` (analog or digital) and ``tokenizer`` to ``path`` as a digital HuggingFace
-    directory that ``from_pretrained`` and ``aimc squad-drift --model`` load; ``meta`` goes to
-    ``aimc_finetune.json`` with the learned input ranges. Atomic: a kill leaves either the old
-    directory or the new one."""
-    path = Path(path)
-    _replace_dir(_export_tmp(model, tokenizer, path, meta), path)
-    return path
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    if path.exists():
-        old = path.with_name(path.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-
-
-def _save_checkpoint(out: Path, step: int, model, tokenizer, opt, sched, meta, keep: int) -> Path:
-    path = out / "checkpoints" / f"step-{step:07d}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _export_tmp(model, tokenizer, path, meta | {"step": step})
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}
-    torch.save(state | {"scheduler": sched.state_dict()}, tmp / "training_state.pt")
-    _replace_dir(tmp, path)
-    done = sorted(d for d in path.parent.glob("step-*") if _STEP_DIR.match(d.name))
-    for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return path
 
 
 def _batch_indices(step: int, n: int, batch: int, steps_per_epoch: int, seed: int) -> list[int]:
@@ -312,6 +249,7 @@ def run(
             f"--batch-size: got {spec.batch_size} with {world} ranks; allowed: a multiple of "
             "the number of ranks (each rank takes an equal share of the global batch)"
         )
+    fail_if_busy(out)  # before the (long) loading and tokenizing of the data
     examples = select_questions(load_squad(spec.train), spec.max_questions, spec.subset_seed)
     model, tokenizer, new_head = load_model(spec.model, dev, spec.seed)
     feats = make_train_features(examples, tokenizer, spec.max_length, spec.stride)
@@ -322,67 +260,62 @@ def run(
             "training windows; allowed: at most the number of windows"
         )
     total = spec.max_steps if spec.max_steps is not None else spec.epochs * per_epoch
-    determines = asdict(spec) | {"world_size": world, "device": dev.type, "amp": amp}
     cfg = spec.training_config()
-    if rank == 0:
-        extra = {"spec": asdict(spec), "training_config": cfg.to_dict() if cfg else None}
-        prepare_run_dir(out, determines, resume, extra)
-    barrier(world)
-    if cfg is not None:
-        convert(model, cfg, seed=spec.seed)
-    opt, sched = _optimizer(model, spec, total)
-    if cfg is not None:
-        register_post_step_hook(opt, model)
-    start = 0
-    if (ckpt := latest_checkpoint(out)) is not None:
-        state = torch.load(ckpt / "training_state.pt", map_location=dev, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start = state["step"] + 1
-    meta = {
-        "spec": asdict(spec),
-        "training_config": cfg.to_dict() if cfg else None,
-        "new_qa_head": new_head,
-        "train_windows": len(feats),
-        "total_steps": total,
-    }
-    net = model
-    if world > 1:
-        ids = [dev.index] if dev.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    logger = _TrainLogger(out, rank, use_wandb, wandb_mode, asdict(spec))
-    bar = _progress(progress and rank == 0, total - start, "finetune", "step")
-    model.train()
-    devices = [dev] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        for step in range(start, total):
-            t0 = time.perf_counter()
-            idx = _batch_indices(step, len(feats), spec.batch_size, per_epoch, spec.seed)
-            loss = _train_step(net, model, opt, sched, feats, idx, step, spec, dev, amp)
-            _sync_input_ranges(model, world)
-            row = {
-                "step": step,
-                "epoch": step // per_epoch,
-                "loss": loss,
-                "lr": sched.get_last_lr()[0],
-                "step_s": time.perf_counter() - t0,
-            }
-            logger.log(row)
-            bar.update(1)
-            bar.set_postfix_str(f"loss {loss:.4f}")
-            if (step + 1) % save_every == 0 or step + 1 == total:
-                if rank == 0:
-                    _save_checkpoint(out, step, model, tokenizer, opt, sched, meta, keep)
-                barrier(world)
-    bar.close()
-    logger.close()
-    if world > 1:
-        meta["ddp_max_weight_diff_across_ranks"] = _rank_weight_diff(model)
-    final = out / "model"
-    if rank == 0:
-        export_model(model, tokenizer, final, meta | {"step": total - 1})
-    barrier(world)
+    extra = {"spec": asdict(spec), "training_config": cfg.to_dict() if cfg else None}
+    determines = asdict(spec) | {"world_size": world, "device": dev.type, "amp": amp}
+    determines |= {"training_config": extra["training_config"]}
+    with open_run_dir(out, determines, resume, extra):  # one process (or job) per --out
+        if cfg is not None:
+            convert(model, cfg, seed=spec.seed)
+        opt, sched = _optimizer(model, spec, total)
+        if cfg is not None:
+            register_post_step_hook(opt, model)
+        start = resume_from(out, model, opt, sched, dev)
+        if rank == 0:  # steps after the checkpoint are redone: so are their log rows
+            keep_rows(out / "train_log.jsonl", lambda row: row.get("step", -1) < start)
+        meta = {
+            "spec": asdict(spec),
+            "training_config": cfg.to_dict() if cfg else None,
+            "new_qa_head": new_head,
+            "train_windows": len(feats),
+            "total_steps": total,
+        }
+        net = model
+        if world > 1:
+            ids = [dev.index] if dev.type == "cuda" else None
+            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        logger = _TrainLogger(out, rank, use_wandb, wandb_mode, asdict(spec))
+        bar = _progress(progress and rank == 0, total - start, "finetune", "step")
+        model.train()
+        devices = [dev] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for step in range(start, total):
+                t0 = time.perf_counter()
+                idx = _batch_indices(step, len(feats), spec.batch_size, per_epoch, spec.seed)
+                loss = _train_step(net, model, opt, sched, feats, idx, step, spec, dev, amp)
+                _sync_input_ranges(model, world)
+                row = {
+                    "step": step,
+                    "epoch": step // per_epoch,
+                    "loss": loss,
+                    "lr": sched.get_last_lr()[0],
+                    "step_s": time.perf_counter() - t0,
+                }
+                logger.log(row)
+                bar.update(1)
+                bar.set_postfix_str(f"loss {loss:.4f}")
+                if (step + 1) % save_every == 0 or step + 1 == total:
+                    if rank == 0:
+                        save_checkpoint(out, step, model, tokenizer, opt, sched, meta, keep)
+                    barrier(world)
+        bar.close()
+        logger.close()
+        if world > 1:
+            meta["ddp_max_weight_diff_across_ranks"] = _rank_weight_diff(model)
+        final = out / "model"
+        if rank == 0:
+            export_model(model, tokenizer, final, meta | {"step": total - 1})
+        barrier(world)
     return final
 
 

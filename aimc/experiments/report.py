@@ -219,13 +219,22 @@ def finish(
     title: str,
 ) -> None:
     """Rank 0, after all units: summary (printed and ``summary.md``), plot, mean curves."""
+    from .safeio import RunWriteError, reason, write_file
+
     table = summary_table(rows, metrics)
     wall = sum(r["wall_s"] for r in rows)
-    (out / "summary.md").write_text(table + f"\n\nsum of unit wall times: {wall:.0f} s\n")
+    text = table + f"\n\nsum of unit wall times: {wall:.0f} s\n"
+    done = "every unit's result is saved (only the summary is redone)"
+    write_file(out / "summary.md", lambda tmp: tmp.write_text(text), done)
     print(table)
     try:
         paths = plot(rows, out / "plot", metrics, title)
         print("plot: " + ", ".join(str(p) for p in paths))
+    except OSError as err:
+        raise RunWriteError(
+            f"could not write {out / 'plot'}.png/.svg: {reason(err, out)}; {done}; free space "
+            "and rerun with --resume"
+        ) from err
     except ImportError:
         print(
             "aimc: matplotlib is not installed; no plot (pip install 'aimc[experiments]')",

@@ -6,6 +6,7 @@ The sweep machinery (work units, seeds, resumable ``results.jsonl``, torchrun sp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,9 @@ from typing import Any
 import torch
 
 from .report import SQUAD_METRICS
-from .sweep import (
-    DAY,
-    Unit,
-    append_row,
-    barrier,
-    dist_info,
-    prepare_run_dir,
-    read_results,
-    resolve_config,
-    run_units,
-    validate_sweep,
-)
+from .rundir import barrier, dist_info, fail_if_busy, open_run_dir
+from .safeio import append_row, reason
+from .sweep import DAY, Unit, read_results, resolve_config, run_units, validate_sweep
 from .sweep import unit_seeds as _unit_seeds
 from .sweep import work_units as _work_units
 
@@ -102,9 +94,25 @@ def load_qa_model(path: str, device: torch.device):
             f"--model: {path!r} has no question-answering head (architectures="
             f"{arch!r}); allowed: a model fine-tuned for extractive QA"
         )
-    model = AutoModelForQuestionAnswering.from_pretrained(path).to(device).eval()
+    model = load_weights(lambda: AutoModelForQuestionAnswering.from_pretrained(path), path)
     tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
-    return model, tokenizer
+    return model.to(device).eval(), tokenizer
+
+
+def load_weights(load: Callable[[], Any], path: str) -> Any:
+    """``load()`` (a ``from_pretrained``); unreadable weights (a truncated or damaged
+    ``model.safetensors``) are a ``ValueError`` naming ``--model`` and the file."""
+    try:
+        return load()
+    except ValueError:
+        raise
+    except Exception as err:
+        files = [Path(path) / n for n in ("model.safetensors", "pytorch_model.bin")]
+        where = next((str(f) for f in files if f.exists()), path)
+        raise ValueError(
+            f"--model: cannot load the weights in {where} ({reason(err)}); the file is damaged "
+            "or incomplete: export or download the model again"
+        ) from err
 
 
 def run(
@@ -120,8 +128,7 @@ def run(
 ) -> list[dict[str, Any]]:
     """Run (or resume) the sweep; returns all result rows (on every rank, after merging)."""
     from ..squad.data import load_squad, select_questions
-    from ..squad.features import best_spans, make_features, qa_logits
-    from ..squad.metrics import squad_scores
+    from ..squad.features import make_features
     from .report import Logger, finish
 
     spec.validate()
@@ -130,18 +137,36 @@ def run(
     out = Path(out)
     rank, world = dist_info()
     dev = _init_distributed(device, world)
+    fail_if_busy(out)  # before the (long) loading of data and model
     # load (and so validate) data and model before anything is written to --out
     examples = select_questions(load_squad(spec.data), spec.max_questions, spec.subset_seed)
     model, tokenizer = load_qa_model(spec.model, dev)
     features = make_features(examples, tokenizer, spec.max_length, spec.stride)
-    if rank == 0:
-        # the batch size changes the numbers (noise draws follow the batching), so does the device
-        determines = spec_dict(spec) | {"batch_size": batch_size, "device": dev.type}
-        configs = {n: (c.to_dict() if (c := resolve_config(n)) else None) for n in spec.configs}
-        prepare_run_dir(
-            out, determines, resume, {"spec": spec_dict(spec), "configs_resolved": configs}
+    # the batch size changes the numbers (noise draws follow the batching), so does the device;
+    # the resolved configs catch a preset whose definition changed between two aimc versions
+    configs = {n: (c.to_dict() if (c := resolve_config(n)) else None) for n in spec.configs}
+    determines = spec_dict(spec) | {"batch_size": batch_size, "device": dev.type}
+    determines |= {"configs_resolved": configs}
+    extra = {"spec": spec_dict(spec), "configs_resolved": configs}
+    evaluate = _evaluator(spec, examples, features, batch_size, dev)
+    with open_run_dir(out, determines, resume, extra):  # one process (or job) per --out
+        logger = Logger(out, rank, use_wandb, wandb_mode, spec_dict(spec), METRICS)
+        extra = {"questions": len(examples), "features": len(features)}
+        units = work_units(spec)
+        rows = run_units(
+            model, units, evaluate, out, spec.seed, logger, progress, extra, main_metric="f1"
         )
-    barrier(world)
+        if rank == 0:
+            title = "SQuAD v1.1 dev as PCM drifts"
+            finish(out, rows, spec_dict(spec), use_wandb, wandb_mode, METRICS, title)
+        barrier(world)
+    return rows
+
+
+def _evaluator(spec: SweepSpec, examples, features, batch_size: int, dev: torch.device):
+    """``evaluate(model) -> {"exact_match", "f1"}`` on the prepared SQuAD features."""
+    from ..squad.features import best_spans, qa_logits
+    from ..squad.metrics import squad_scores
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         starts, ends = qa_logits(m, features, batch_size, dev)
@@ -149,23 +174,7 @@ def run(
         scores = squad_scores(preds, examples)
         return {"exact_match": scores["exact_match"], "f1": scores["f1"]}
 
-    logger = Logger(out, rank, use_wandb, wandb_mode, spec_dict(spec), METRICS)
-    extra = {"questions": len(examples), "features": len(features)}
-    rows = run_units(
-        model, work_units(spec), evaluate, out, spec.seed, logger, progress, extra, main_metric="f1"
-    )
-    if rank == 0:
-        finish(
-            out,
-            rows,
-            spec_dict(spec),
-            use_wandb,
-            wandb_mode,
-            METRICS,
-            "SQuAD v1.1 dev as PCM drifts",
-        )
-    barrier(world)
-    return rows
+    return evaluate
 
 
 def _init_distributed(device: str, world: int) -> torch.device:

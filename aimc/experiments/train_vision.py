@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,17 +24,9 @@ from ..hwa import register_post_step_hook
 from ..random import derive_seed
 from ..vision import LeNet5, load_idx_split
 from .report import Logger, finish
-from .sweep import (
-    DAY,
-    append_row,
-    barrier,
-    dist_info,
-    prepare_run_dir,
-    resolve_config,
-    run_units,
-    validate_sweep,
-    work_units,
-)
+from .rundir import barrier, dist_info, fail_if_busy, open_run_dir
+from .safeio import append_row, keep_rows, load_state, load_torch, write_file, write_text
+from .sweep import DAY, resolve_config, run_units, validate_sweep, work_units
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 DEFAULT_DATA = SHARED / "data" / "fashion-mnist"
@@ -134,14 +125,10 @@ def train(spec: VisionSpec, out: Path, resume: bool, progress: bool = True) -> n
     if cfg is not None:
         register_post_step_hook(opt, model)
     ckpt, log = out / "checkpoint.pt", out / "train_log.jsonl"
-    start = 0
-    if ckpt.exists():
-        if not resume:
-            raise ValueError(f"--out: {out} holds a training checkpoint; pass --resume")
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = state["epoch"] + 1
+    if ckpt.exists() and not resume:
+        raise ValueError(f"--out: {out} holds a training checkpoint; pass --resume")
+    start = _resume_from(ckpt, model, opt) if ckpt.exists() else 0
+    keep_rows(log, lambda row: row.get("epoch", -1) < start)  # redone epochs: new log rows
     for epoch in range(start, spec.epochs):
         model.train()
         if cfg is not None:
@@ -169,14 +156,26 @@ def train(spec: VisionSpec, out: Path, resume: bool, progress: bool = True) -> n
                 f"train-vision: epoch {epoch + 1}/{spec.epochs} loss {row['train_loss']:.4f} "
                 f"digital test accuracy {row['test_accuracy_digital']:.2f} %"
             )
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save(
-            {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch}, tmp
-        )
-        os.replace(tmp, ckpt)  # atomic: a kill leaves the previous checkpoint intact
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch}
+        # atomic: a kill or a full disk leaves the previous checkpoint intact
+        write_file(ckpt, lambda tmp, s=state: torch.save(s, tmp), _intact(ckpt))
     if analog_layers(model):
         to_digital(model)
     return model.eval()
+
+
+def _intact(ckpt: Path) -> str:
+    return "the previous checkpoint is intact" if ckpt.exists() else "no checkpoint was lost"
+
+
+def _resume_from(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer) -> int:
+    """Load ``checkpoint.pt`` into model and optimizer; the first epoch still to train. Damage
+    is an error naming the file."""
+    hint = "delete it to train again from the start with --resume, or start a new --out"
+    state = load_torch(ckpt, ("model", "optimizer", "epoch"), hint)
+    load_state(model, state["model"], ckpt, hint)
+    load_state(opt, state["optimizer"], ckpt, hint)
+    return int(state["epoch"]) + 1
 
 
 def run(
@@ -194,14 +193,34 @@ def run(
     rank, world = dist_info()
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")
+    fail_if_busy(out)
     load_idx_split(spec.data, "test")  # validate the data before touching --out
+    with open_run_dir(out, _determines(spec), resume, {"spec": asdict(spec)}):
+        return _train_and_sweep(spec, out, resume, use_wandb, wandb_mode, progress)
+
+
+def _determines(spec: VisionSpec) -> dict[str, Any]:
+    """What a resume must not change: the spec and the configs it resolves to."""
+    cfg = spec.training_config()
+    configs = {n: (c.to_dict() if (c := resolve_config(n)) else None) for n in spec.configs}
+    training = cfg.to_dict() if cfg is not None else None
+    return asdict(spec) | {"training_config": training, "configs_resolved": configs}
+
+
+def _train_and_sweep(
+    spec: VisionSpec, out: Path, resume: bool, use_wandb: bool, wandb_mode: str, progress: bool
+) -> list[dict[str, Any]]:
+    """:func:`run` in the locked run directory."""
+    rank, world = dist_info()
+    model_pt = out / "model.pt"
     if rank == 0:
-        prepare_run_dir(out, asdict(spec), resume, {"spec": asdict(spec)})
         model = train(spec, out, resume, progress)
-        torch.save(model.state_dict(), out / "model.pt")
+        state = model.state_dict()
+        write_file(model_pt, lambda tmp: torch.save(state, tmp), "model.pt is unchanged")
     barrier(world)
     model = LeNet5()
-    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    hint = "delete it and rerun with --resume (it is rebuilt from checkpoint.pt)"
+    load_state(model, load_torch(model_pt, (), hint, weights_only=True), model_pt, hint)
     model.eval()
     x_test, y_test = _subset(*load_idx_split(spec.data, "test"), spec.max_test, spec.seed + 1)
 
@@ -225,9 +244,8 @@ def run(
         title = f"LeNet-5 ({Path(spec.data).name}, trained: {spec.train_config}"
         title += f", hwa-noise {spec.hwa_noise})" if spec.hwa_noise else ")"
         finish(out, rows, asdict(spec), use_wandb, wandb_mode, METRICS, title)
-        (out / "train_summary.json").write_text(
-            json.dumps({"final_digital_accuracy": accuracy(model, x_test, y_test)}, indent=2) + "\n"
-        )
+        summary = {"final_digital_accuracy": accuracy(model, x_test, y_test)}
+        write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     barrier(world)
     return rows
 

@@ -16,23 +16,34 @@ from typing import Any
 
 from ..config import (
     _SUBCONFIGS,
+    Migration,
+    _as_float,
     _check_bool,
+    _check_dict,
     _check_enum,
     _check_int,
     _check_number,
     _ConfigBase,
     _fail,
+    _loads,
+    _upgrade,
 )
 
 PULSED_CONFIG_VERSION = 1
+"""Version of the dict / JSON form written by :meth:`PulsedConfig.to_dict`."""
+
+#: Upgrades of older pulsed-config dicts, ``{v: dict of version v -> dict of version v + 1}``
+#: (without the ``"version"`` key), as :data:`aimc.config.CONFIG_MIGRATIONS`. Empty: version 1
+#: is the first.
+PULSED_CONFIG_MIGRATIONS: dict[int, Migration] = {}
 
 
 def check_finite(path: str, value: Any) -> float:
     """Validate a finite real number (either sign)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value):
+    v = _as_float(value)
+    if v is None or not math.isfinite(v):
         _fail(path, value, "a finite number")
-    return float(value)
+    return v
 
 
 class UpdateMode(str, Enum):
@@ -46,10 +57,11 @@ class UpdateMode(str, Enum):
 class PulsedDeviceParams(_ConfigBase):
     """Parameters every pulsed device shares (REFERENCE.md §6; AIHWKIT ``PulsedDevice``).
 
-    Device-to-device (d2d) values are drawn once per device, when an array is created:
-    ``dw_min_ij = dw_min (1 + dw_min_dtod xi)``, ``beta_ij = up_down + up_down_dtod xi``,
-    ``w_max_ij = w_max (1 + w_max_dtod xi)``, ``w_min_ij = w_min (1 + w_min_dtod xi)``. The step
-    of one pulse in direction ``d`` is ``d dw_min_ij (1 + d beta_ij)`` times the device model's
+    Device-to-device (d2d) values are drawn once per device, when an array is created (AIHWKIT
+    1.2.0 ``PulsedRPUDevice::populate``): with ``g_ij = 1 + dw_min_dtod xi`` and ``r_ij =
+    up_down_dtod xi``, the up step is ``dw_min |g_ij + min(up_down, 0) + r_ij|`` and the down
+    step ``dw_min |g_ij - max(up_down, 0) - r_ij|``; ``w_max_ij = w_max (1 + w_max_dtod xi)``,
+    ``w_min_ij = w_min (1 + w_min_dtod xi)``. A pulse's step is that times the device model's
     state-dependent factor, times the cycle-to-cycle factor ``(1 + dw_min_std xi)``.
     """
 
@@ -63,12 +75,15 @@ class PulsedDeviceParams(_ConfigBase):
     """Cycle-to-cycle spread of each pulse's step (relative std; Gokmen & Vlasov 2016)."""
     mult_noise: bool = True
     """Cycle-to-cycle noise multiplies the state-dependent step (True, REFERENCE §6), or is
-    additive with std ``dw_min_std * |dw_min_ij (1 + d beta_ij)|`` (AIHWKIT ``mult_noise=False``,
-    used by the ReRAM soft-bounds and capacitor fits)."""
+    additive with std ``dw_min_std * dw^d_ij``, the device's up or down step (AIHWKIT
+    ``mult_noise=False``, used by the ReRAM soft-bounds and capacitor fits)."""
     up_down: float = 0.0
-    """Mean up/down asymmetry ``beta``: up steps scale by ``1 + beta``, down by ``1 - beta``."""
+    """Up/down asymmetry (AIHWKIT ``up_down``): ``> 0`` shortens the down steps to ``dw_min (1 -
+    up_down)``, ``< 0`` the up steps to ``dw_min (1 + up_down)``; the other direction keeps
+    ``dw_min``."""
     up_down_dtod: float = 0.01
-    """Device-to-device std of the asymmetry (absolute)."""
+    """Device-to-device std of the asymmetry, in units of ``dw_min``: ``+r`` on the up step,
+    ``-r`` on the down step."""
     w_max: float = 0.6
     """Mean upper bound of a device's weight."""
     w_min: float = -0.6
@@ -87,7 +102,8 @@ class PulsedDeviceParams(_ConfigBase):
             setattr(self, name, check_finite(f"{self._prefix}.{name}", getattr(self, name)))
         self._flag("mult_noise")
         if not self.w_min < self.w_max:
-            _fail(f"{self._prefix}.w_max", self.w_max, f"a number > w_min ({self.w_min})")
+            p = self._prefix
+            _fail(f"{p}.w_max", self.w_max, f"a number > {p}.w_min ({self.w_min})")
         if abs(self.up_down) >= 1:
             _fail(f"{self._prefix}.up_down", self.up_down, "a number in (-1, 1)")
 
@@ -121,7 +137,12 @@ class UpdateConfig(_ConfigBase):
     update_management: bool = True
     """Balance the x- and delta-probabilities so their maxima are equal:
     ``A = sqrt(lr d_max / (dw_min BL x_max))``, ``B = sqrt(lr x_max / (dw_min BL d_max))``
-    (Gokmen & Vlasov 2016; AIHWKIT ``update_management``). Off: ``A = B = sqrt(lr/(dw_min BL))``."""
+    (Gokmen & Vlasov 2016; AIHWKIT ``update_management``); when the update saturates
+    (``lr x_max d_max / dw_min > desired_bl``) the x-probabilities top out at 1 and the
+    delta-probabilities take the rest (AIHWKIT). Off: ``A = B = sqrt(lr/(dw_min BL))``. On
+    whenever ``update_bl_management`` is (as in AIHWKIT). ``dw_min`` here is the device model's
+    weight granularity (``PulsedDeviceModel.granularity``: ``dw_min``, or e.g. for
+    ``pow_step`` ``dw_min 0.5^pow_gamma``)."""
     update_bl_management: bool = True
     """Shorten the trains when the update is small: ``BL = min(desired_bl,
     ceil(lr x_max d_max / dw_min))`` per sample (AIHWKIT ``update_bl_management``)."""
@@ -149,6 +170,7 @@ class PulsedConfig(_ConfigBase):
     """
 
     _prefix = "pulsed"
+    _params_of = ("device", PULSED_PARAMS)
 
     device: str = "constant_step"
     """Name of a registered pulsed device model (``aimc.pulsed.devices``)."""
@@ -170,12 +192,13 @@ class PulsedConfig(_ConfigBase):
         if not isinstance(self.device, str) or self.device not in allowed:
             _fail(f"{p}.device", self.device, "one of " + ", ".join(repr(m) for m in allowed))
         cls = PULSED_PARAMS[self.device]
+        owner = f"{p}.device {self.device!r}"
         if self.params is None:
             self.params = cls()
         elif isinstance(self.params, dict):
-            self.params = cls.from_dict(self.params, f"{p}.params")
+            self.params = cls._from_dict(self.params, f"{p}.params", complete=False, keys_of=owner)
         elif type(self.params) is not cls:
-            _fail(f"{p}.params", self.params, f"a dict or a {cls.__name__}")
+            _fail(f"{p}.params", self.params, f"a dict or a {cls.__name__} (for {owner})")
         if not isinstance(self.update, UpdateConfig):
             _fail(f"{p}.update", self.update, "an aimc.pulsed.UpdateConfig")
         self.one_sided_pair = _check_bool(f"{p}.one_sided_pair", self.one_sided_pair)
@@ -185,7 +208,7 @@ class PulsedConfig(_ConfigBase):
             _fail(f"{p}.refresh_upper_thres", thres, "a number in [0, 1]")
         self.refresh_upper_thres = thres
         if self.one_sided_pair and self.params.w_min < 0:
-            _fail(f"{p}.params.w_min", self.params.w_min, ">= 0 when one_sided_pair is True")
+            _fail(f"{p}.params.w_min", self.params.w_min, f">= 0 when {p}.one_sided_pair is True")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with a ``version`` field."""
@@ -193,24 +216,22 @@ class PulsedConfig(_ConfigBase):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: str | None = None) -> PulsedConfig:
-        """Inverse of :meth:`to_dict`; checks the version and rejects unknown keys."""
+        """Inverse of :meth:`to_dict`. Every problem is a ``ValueError`` naming the field: a
+        version other than :data:`PULSED_CONFIG_VERSION` (an older one is migrated by
+        :data:`PULSED_CONFIG_MIGRATIONS`), an unknown or a missing key, a wrong value."""
         path = path or cls._prefix
-        if not isinstance(data, dict):
-            _fail(path, data, "a dict")
-        data = dict(data)
-        version = data.pop("version", None)
-        if isinstance(version, bool) or version != PULSED_CONFIG_VERSION:
-            _fail(f"{path}.version", version, f"{PULSED_CONFIG_VERSION}")
-        return super().from_dict(data, path)
+        data = _check_dict(path, data)
+        data = _upgrade(path, data, PULSED_CONFIG_VERSION, PULSED_CONFIG_MIGRATIONS)
+        return cls._from_dict(data, path, complete=True)
 
     def to_json(self, **kwargs: Any) -> str:
         """JSON string of :meth:`to_dict`."""
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
-    def from_json(cls, text: str) -> PulsedConfig:
-        """Inverse of :meth:`to_json`."""
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str | bytes) -> PulsedConfig:
+        """Inverse of :meth:`to_json`; invalid JSON and a duplicate key are ``ValueError``s too."""
+        return cls.from_dict(_loads(cls._prefix, text))
 
 
 @dataclass
@@ -258,14 +279,16 @@ class MixedPrecisionConfig(_ConfigBase):
     ``MixedPrecisionCompound``).
 
     The gradient ``-lr delta^T x`` is accumulated digitally in ``chi``; wherever
-    ``|chi| >= granularity * dw_min`` the device receives ``n = trunc(chi / (granularity
-    dw_min))`` pulses (one update, at the current state) and ``chi -= n granularity dw_min``.
+    ``|chi| >= granularity * dw`` the device receives ``n = trunc(chi / (granularity dw))``
+    pulses (one update, at the current state) and ``chi -= n granularity dw``, with ``dw`` the
+    device model's weight granularity (``dw_min`` for most models; AIHWKIT's default).
     """
 
     _prefix = "mixed_precision"
 
     granularity: float = 1.0
-    """Pulse threshold in units of the nominal ``dw_min``."""
+    """Pulse threshold in units of the device's weight granularity (``dw_min`` for most
+    models)."""
     max_pulses: int = 0
     """Most pulses applied to one device in one step (0 = no limit)."""
 
