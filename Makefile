@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 STAMP := $(VENV)/.installed
 
-.PHONY: showcase demo test lint docs docs-serve bench report clean
+.PHONY: showcase demo test reference lint docs docs-serve bench report clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,12 @@ docs: $(STAMP)
 docs-serve: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
-test: $(STAMP) lint docs
+# the reference simulator (AIHWKIT 1.2.0 from ../shared/wheels) for the conformance tests, when
+# the wheel fits this Python and torch; otherwise one line says why (the tests say it again)
+reference: $(STAMP)
+	$(PY) scripts/install_reference.py
+
+test: $(STAMP) reference lint docs
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 bench: $(STAMP)

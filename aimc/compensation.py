@@ -3,7 +3,9 @@
 The readout of a tile is the mean absolute output of its forward pass (the same periphery as
 inference, noise included) on one-hot inputs. Right after programming it gives the baseline
 ``m_0``; at drift time ``t`` it gives ``m_t``, and ``alpha = m_0 / m_t`` multiplies the tile's
-output in eval mode (one factor per tile, or per tile column).
+output in eval mode (one factor per tile, or per tile column). The ``exact_reference`` variant
+takes the baseline from the exact MVM of the target weights (:func:`exact_readout`), as
+AIHWKIT's ``GlobalDriftCompensationWithExactReference``.
 """
 
 from __future__ import annotations
@@ -47,5 +49,20 @@ def readout(
         m = y.sum(dim=1) / mask.sum(dim=1).clamp_min(1)
     else:
         m = y.view(nb, lo.rows, lo.n_out, lo.cols).sum(dim=(1, 3))
+        m = m / mask.view(nb, lo.rows, lo.n_out, lo.cols).sum(dim=(1, 3)).clamp_min(1)
+    return m.clamp_min(1e-4)
+
+
+def exact_readout(w: Tensor, layout: TileLayout, per_column: bool) -> Tensor:
+    """The noise-free readout: mean ``|W|`` of every tile (the exact MVM on the identity), shaped
+    as :func:`readout`. AIHWKIT's ``GlobalDriftCompensationWithExactReference`` baseline."""
+    lo = layout
+    nb = lo.batch
+    mask = valid_mask(lo, w.device).to(w.dtype)
+    y = w.transpose(1, 2).abs() * mask  # (B, ci, O_pad)
+    if per_column:
+        m = y.sum(dim=1) / mask.sum(dim=1).clamp_min(1)
+    else:
+        m = y.reshape(nb, lo.rows, lo.n_out, lo.cols).sum(dim=(1, 3))
         m = m / mask.view(nb, lo.rows, lo.n_out, lo.cols).sum(dim=(1, 3)).clamp_min(1)
     return m.clamp_min(1e-4)

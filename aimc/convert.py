@@ -233,7 +233,7 @@ def _digital_twin(module: AnalogLayerMixin) -> nn.Module:
             w = module.weight_matrix()
             w.mul_(scale.view(w.shape[0], -1, 1) if scale.numel() > 1 else scale)
             # a digital bias is added after the output scale; an analog one is scaled with W
-            if module.bias is not None and not module.analog_config.mapping.digital_bias:
+            if module.analog_bias():
                 module.bias.mul_(scale)
     new.train(module.training)
     return new

@@ -43,16 +43,26 @@ def modify_weights(w: Tensor, layout: TileLayout, hwa: HWAConfig, gen: torch.Gen
     a = _amax(w, layout, hwa.modifier_per_tile)
     if kind == WeightModifier.DISCRETIZE:
         res = 1.0 / hwa.modifier_res if hwa.modifier_res > 1 else hwa.modifier_res
-        return torch.round(w / (a * res)) * (a * res)
+        return _round_half_away(w / (a * res)) * (a * res)
     xi = normal_(torch.empty_like(w), gen)
     std = hwa.modifier_std
     if kind == WeightModifier.ADD_NORMAL:
         return w + std * a * xi
     if kind == WeightModifier.MULT_NORMAL:
         return w + w * (std * a) * xi
-    c0, c1, c2 = PROG_NOISE_COEFFS if kind == WeightModifier.PROG_NOISE else hwa.modifier_coeffs
+    prog = kind == WeightModifier.PROG_NOISE
+    c0, c1, c2 = PROG_NOISE_COEFFS if prog else hwa.modifier_coeffs
     rel = w.abs() / a
-    return w + a * std * (c0 + c1 * rel + c2 * rel * rel) * xi
+    noisy = w + a * std * (c0 + c1 * rel + c2 * rel * rel) * xi
+    if prog:  # AIHWKIT ``ProgNoise``: a weight keeps its sign, the noise is mirrored at zero
+        return torch.where(w < 0, -noisy.abs(), noisy.abs())
+    return noisy
+
+
+def _round_half_away(v: Tensor) -> Tensor:
+    """``roundf``: to the nearest integer, halves away from zero (AIHWKIT's discretization;
+    ``torch.round`` rounds halves to even)."""
+    return torch.sign(v) * torch.floor(v.abs() + 0.5)
 
 
 class _InputRange(torch.autograd.Function):
@@ -118,14 +128,48 @@ def post_step(model: nn.Module) -> nn.Module:
 
 
 def _clip(layer: nn.Module, hwa: HWAConfig) -> None:
-    w = layer.weight
-    bound = hwa.clip_value if hwa.clip == WeightClip.FIXED else hwa.clip_sigma * float(w.std())
-    w.clamp_(-bound, bound)
+    """Clip the tile weights as AIHWKIT's ``WeightClipper`` does on each tile: ``fixed`` to
+    ``+-clip_value``; ``layer_gaussian`` to ``+-clip_sigma * std`` with the (unbiased) std of
+    each tile's weights. An analog bias is a row of the tile, so it is clipped (and counted in
+    the std) with the weights."""
+    analog_bias = layer.analog_bias()
+    w = layer.weight_matrix()  # (G, O, K) view
+    if hwa.clip == WeightClip.FIXED:
+        w.clamp_(-hwa.clip_value, hwa.clip_value)
+        if analog_bias:
+            layer.bias.clamp_(-hwa.clip_value, hwa.clip_value)
+        return
+    full = layer._analog_weight()  # (G, O, K [+ 1]) with the analog bias as the last input
+    bound = (hwa.clip_sigma * _tile_std(full.detach(), layer.tile_layout())).to(w.dtype)
+    k = w.shape[2]
+    w.copy_(torch.maximum(torch.minimum(w, bound[..., :k]), -bound[..., :k]))
+    if analog_bias:
+        b = layer.bias.view(w.shape[0], w.shape[1])
+        bb = bound[..., k]
+        b.copy_(torch.maximum(torch.minimum(b, bb), -bb))
+
+
+def _tile_std(w: Tensor, layout: TileLayout) -> Tensor:
+    """The unbiased std of each tile's elements of ``w`` ``(G, O, K)`` (float64), broadcast
+    back to the shape of ``w`` (padding excluded)."""
+    g, o, k = w.shape
+    lo = layout
+    w = w.double()
+    pad = (0, lo.padded_in - k, 0, lo.padded_out - o)
+    vals = torch.nn.functional.pad(w, pad)
+    mask = torch.nn.functional.pad(torch.ones_like(w), pad)
+    shape = (g, lo.n_out, lo.cols, lo.n_in, lo.rows)
+    vals, mask = vals.view(shape), mask.view(shape)
+    n = mask.sum(dim=(2, 4), keepdim=True)
+    mean = vals.sum(dim=(2, 4), keepdim=True) / n
+    var = ((vals - mean) * mask).square().sum(dim=(2, 4), keepdim=True) / (n - 1).clamp_min(1)
+    std = var.sqrt().expand(shape).reshape(g, lo.padded_out, lo.padded_in)
+    return std[:, :o, :k]
 
 
 def _remap(layer: nn.Module, hwa: HWAConfig) -> None:
     w = layer.weight_matrix()  # (G, O, K) view
-    analog_bias = layer.bias is not None and not layer.analog_config.mapping.digital_bias
+    analog_bias = layer.analog_bias()
     mags = w.abs().amax(dim=2)  # (G, O)
     if analog_bias:
         mags = torch.maximum(mags, layer.bias.abs().view_as(mags))

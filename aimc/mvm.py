@@ -10,6 +10,8 @@ multi-megabyte allocations cost page faults that would otherwise dominate.
 
 from __future__ import annotations
 
+import functools
+import math
 import threading
 from dataclasses import dataclass
 
@@ -73,8 +75,11 @@ def _input_scale(
     if input_range is not None:
         return input_range.float().expand_as(amax).clone(), finite
     if io.noise_management == NoiseManagement.ABS_MAX:
-        return amax, finite
+        # AIHWKIT: a positive nm_thres caps the abs-max scale
+        return (amax.clamp(max=io.nm_thres) if io.nm_thres > 0 else amax), finite
+    # constant: nm_thres, or 1 where nm_thres is 0 (AIHWKIT's computeNoiseManagement)
     value = io.nm_thres if io.noise_management == NoiseManagement.CONSTANT else 1.0
+    value = value if value > 0 else 1.0
     return torch.full_like(amax, value), finite
 
 
@@ -85,8 +90,9 @@ def _dac_(xq: Tensor, io: IOConfig, in_unit: float, gen: torch.Generator) -> Ten
             xq.copy_(stochastic_round(xq, gen))
         else:
             xq.round_()
-    bound = io.inp_bound / in_unit
-    xq.clamp_(-bound, bound)
+    if io.inp_bound > 0:  # <= 0: no bound (AIHWKIT: infinite)
+        bound = io.inp_bound / in_unit
+        xq.clamp_(-bound, bound)
     if io.inp_noise > 0:
         noise = torch.empty_like(xq)
         normal_(noise, gen)
@@ -94,8 +100,18 @@ def _dac_(xq: Tensor, io: IOConfig, in_unit: float, gen: torch.Generator) -> Ten
     return xq
 
 
-def _mvm_adc(xq: Tensor, tw: TileWeights, io: IOConfig, gen: torch.Generator, z: Tensor) -> Tensor:
-    """``z = ADC(W x' + weight noise + output noise)`` in ADC steps; ``xq`` is ``(B, N, ci)``."""
+def _mvm_adc(
+    xq: Tensor,
+    tw: TileWeights,
+    io: IOConfig,
+    gen: torch.Generator,
+    z: Tensor,
+    n_out: int | None = None,
+) -> Tensor | None:
+    """``z = ADC(W x' + weight noise + output noise)`` in ADC steps, in place; ``xq`` is
+    ``(B, N, ci)``. With ``n_out`` (the number of output tiles in ``z``'s last dimension) returns
+    the ``(B, N, n_out)`` mask of the tiles whose output saturated (:func:`_saturated`, tested
+    before the clip), or None if none did."""
     in_unit, out_unit = units(io)
     w_t = tw.w.transpose(1, 2)
     kind = io.w_noise_type if io.w_noise > 0 else WeightNoiseType.NONE
@@ -120,30 +136,69 @@ def _mvm_adc(xq: Tensor, tw: TileWeights, io: IOConfig, gen: torch.Generator, z:
             z.mul_(std.div_(out_unit)).baddbmm_(xq, w_t)
     if io.out_step > 0:
         z.round_()
-    bound = io.out_bound / out_unit
-    return z.clamp_(-bound, bound)
+    sat = None if n_out is None else _saturated(z, n_out, io)
+    if io.out_bound > 0:  # <= 0: no bound (AIHWKIT: infinite)
+        bound = io.out_bound / out_unit
+        z.clamp_(-bound, bound)
+    return sat
+
+
+def _saturation_limit(io: IOConfig) -> float:
+    """The ADC output (in ADC steps, rounded, before the clip) above which AIHWKIT's bound test
+    fails: ``|y| > out_bound``, strictly (``finalizeOutput`` of ``rpu_forward_backward_pass.cpp``).
+
+    With quantization, whether the top level ``k = out_bound / step`` itself "exceeds" the bound
+    depends on AIHWKIT's float32 arithmetic ``rint(y / res) * res > out_bound``: for the default
+    9-bit ADC (bound 12) ``255 * res`` is 12.000001 (saturated), for an 8-bit ADC with bound 10
+    ``127 * res`` is exactly 10 (not saturated, no bound-management round). Computed here the
+    same way (cached per ``(out_res, out_bound)``).
+    """
+    return _limit(io.out_res, io.out_bound)
+
+
+@functools.lru_cache(maxsize=64)
+def _limit(out_res: float, out_bound: float) -> float:
+    if out_bound <= 0:
+        return math.inf
+    if out_res <= 0:
+        return out_bound
+    res = 1.0 / out_res if out_res > 1 else out_res
+    levels = 1.0 / (2.0 * res)  # out_bound / step
+    k = round(levels)
+    if abs(levels - k) > 1e-6 * max(1.0, levels):
+        return levels  # the rounded levels never equal it
+
+    def f32(v: float) -> Tensor:
+        return torch.tensor(v, dtype=torch.float32)
+
+    top = f32(k) * (f32(res) * f32(2.0 * out_bound))  # AIHWKIT's rint(y / res) * res at level k
+    return k - 0.5 if bool(top > f32(out_bound)) else k + 0.5
 
 
 def _saturated(z: Tensor, n_out: int, io: IOConfig) -> Tensor | None:
-    """``(B, N, to)`` mask of tiles whose ADC output reached the bound, or None if none did."""
-    bound = io.out_bound / units(io)[1]
+    """``(B, N, to)`` mask of tiles whose (rounded, not yet clipped) ADC output exceeds the
+    bound (:func:`_saturation_limit`), or None if none did."""
+    limit = _saturation_limit(io)
+    if limit == math.inf:
+        return None
     lo, hi = torch.aminmax(z)
-    if hi < bound and lo > -bound:
+    if hi <= limit and lo >= -limit:
         return None
     zv = z.view(z.shape[0], z.shape[1], n_out, -1)
-    return (zv.amax(dim=-1) >= bound) | (zv.amin(dim=-1) <= -bound)
+    return (zv.amax(dim=-1) > limit) | (zv.amin(dim=-1) < -limit)
 
 
 def _bm_allowed(r: Tensor, io: IOConfig) -> Tensor:
     """Whether iterative bound management may double ``r`` once more.
 
-    AIHWKIT's rule: stop once ``r > max_bm_factor`` or ``r > max_bm_res / inp_res`` (``inp_res``
-    as the fraction of the range, e.g. 1/126).
+    AIHWKIT's rule (``forwardVector`` of ``rpu_forward_backward_pass.cpp``): stop once
+    ``r > max_bm_factor`` or ``r > max_bm_res / inp_res``, where AIHWKIT's ``inp_res`` is by then
+    the DAC step in input units (``initializeForForward`` multiplies the fraction by
+    ``2 * inp_bound``): 2/126 for the default 7-bit DAC, so ``r`` stops at 16 (not 32).
     """
     ok = r <= io.max_bm_factor
-    if io.inp_res > 0:
-        frac = 1.0 / io.inp_res if io.inp_res > 1 else io.inp_res
-        ok &= r <= io.max_bm_res / frac
+    if io.inp_step > 0:
+        ok &= r <= io.max_bm_res / io.inp_step
     return ok
 
 
@@ -183,20 +238,22 @@ def analog_mvm(
     s_div = torch.where(s > 0, s, torch.ones_like(s)).transpose(1, 2).unsqueeze(-1)
     torch.mul(xv.transpose(1, 2), s_div.reciprocal().mul_(1.0 / in_unit), out=xq)
     xq3 = _dac_(xq, io, in_unit, generator).view(lo.batch, n, lo.rows)
-    _mvm_adc(xq3, tw, io, generator, z)
-    factor = (s * out_unit).transpose(1, 2).reshape(lo.batch, n, 1)
+    bm = io.bound_management == BoundManagement.ITERATIVE
+    sat = _mvm_adc(xq3, tw, io, generator, z, lo.n_out if bm else None)
+    # an all-zero vector (s = 0) gives 0, unless input noise makes it non-zero: AIHWKIT then
+    # runs the MVM unscaled (``forwardVector`` short-cuts only without input noise)
+    s_out = s if io.inp_noise <= 0 else torch.where(s > 0, s, torch.ones_like(s))
+    factor = (s_out * out_unit).transpose(1, 2).reshape(lo.batch, n, 1)
     factor = torch.where(
         finite.transpose(1, 2).reshape(lo.batch, n, 1),
         factor,
         torch.full_like(factor, float("nan")),
     )
     factor = factor.expand(-1, -1, lo.n_out)
-    if io.bound_management == BoundManagement.ITERATIVE:
-        sat = _saturated(z, lo.n_out, io)
-        if sat is not None:
-            x_t = xv.transpose(1, 2).reshape(lo.batch, n, lo.rows)
-            r = _bound_management(z, sat, x_t, s_div.reshape(lo.batch, n, 1), tw, io, generator)
-            factor = factor * r
+    if bm and sat is not None:
+        x_t = xv.transpose(1, 2).reshape(lo.batch, n, lo.rows)
+        r = _bound_management(z, sat, x_t, s_div.reshape(lo.batch, n, 1), tw, io, generator)
+        factor = factor * r
     return _digital(z, factor, tw, g, n, bias)
 
 
@@ -282,8 +339,7 @@ def _bound_management(
         xq = x_rows.index_select(0, rows).mul_(factor.mul_(in_unit).reciprocal_().unsqueeze(1))
         xq = _dac_(xq, io, in_unit, gen).view(nb * n_out, k, lo.rows)
         zs = torch.empty(nb * n_out, k, lo.cols, device=z.device)
-        _mvm_adc(xq, w_sub, io, gen, zs)
-        sat_new = _saturated(zs, 1, io)  # (B*to, k, 1), or None if nothing saturated
+        sat_new = _mvm_adc(xq, w_sub, io, gen, zs, 1)  # (B*to, k, 1), or None
         valid = (torch.arange(k, device=z.device).view(1, 1, k) < counts.unsqueeze(2)).reshape(-1)
         pos = valid.nonzero().squeeze(1)
         dst = ((base + order) * n_out + t_ar).reshape(-1).index_select(0, pos)

@@ -36,8 +36,9 @@ def ideal() -> AnalogConfig:
 def pcm_inference() -> AnalogConfig:
     """AIHWKIT 1.2.0 ``InferenceRPUConfig()`` defaults (REFERENCE.md §5): 7-bit DAC, 9-bit ADC
     (bound 12), output noise 0.06, abs-max noise management, iterative bound management,
-    512 x 512 tiles, per-tile weight scaling (omega 1), digital bias, PCM model, global drift
-    compensation."""
+    512 x 512 tiles, no weight scaling (``weight_scaling_omega = 0``, AIHWKIT's default), digital
+    bias, PCM model, global drift compensation. Checked against AIHWKIT itself by the
+    conformance suite (``tests/conformance``)."""
     return AnalogConfig(device=_pcm())
 
 

@@ -1,22 +1,19 @@
-"""The same layer under aimc and IBM AIHWKIT: output-error statistics and forward speed.
+"""aimc against IBM AIHWKIT 1.2.0 itself: the conformance table and the forward speed.
 
-Needs ``import aihwkit`` to work (``pip install aihwkit``); without it the script says so and
-exits with status 2 — nothing is measured and no JSON is written.
+Needs the reference simulator (``make test`` installs it from ``../shared/wheels`` where the wheel
+fits); without it the script says why and exits with status 2 — nothing is measured or written.
 
-One ``Linear(768, 768)`` (``nn.Linear``'s default initialisation, fixed seed) and 2048 standard
-normal input rows, under AIHWKIT's ``InferenceRPUConfig()`` defaults and aimc's
-``pcm_inference()`` (the same semantics, REFERENCE.md §1-3):
+* **fidelity** — every case of the conformance suite (``tests/conformance``: the periphery, PCM
+  drift, the presets, HWA training forwards) through both simulators with the same weights,
+  inputs and protocol: the statistics, their deviation and the case's verdict;
+* **speed** — the eval forward of a programmed layer drifted to 1 h on the shapes of
+  ``bench_linear.py``: ``nn.Linear``, aimc ``pcm_inference()``, AIHWKIT's C++ tile
+  (``InferenceRPUConfig()``) and AIHWKIT's pure-torch tile (``TorchInferenceRPUConfig()``),
+  interleaved (A B C D A B C D ...) in one run; medians, min-max and the ratio to ``nn.Linear``.
 
-* **fidelity** — the relative error ``||y - y_digital|| / ||y_digital||`` and the mean and std of
-  the element-wise error ``y - y_digital``, over ``--repeats`` noise draws, for
-  (a) the IO periphery alone (DAC/ADC, output noise, noise and bound management; exact weights),
-  and (b) PCM programmed and drifted to each of ``--times`` (a fresh chip per repeat);
-* **speed** — the forward time of the IO-periphery layer, aimc and AIHWKIT interleaved with
-  ``nn.Linear`` (median, min, max over ``--timing-repeats``).
+    python benchmarks/compare_aihwkit.py [--threads 2] [--repeats 9] [--skip-fidelity]
 
-    python benchmarks/compare_aihwkit.py [--threads 2] [--repeats 10] [--device cpu]
-
-Writes ``benchmarks/results/compare_aihwkit_<device>.json`` and prints a table.
+Writes ``benchmarks/results/compare_aihwkit_cpu.json`` and prints both tables.
 """
 
 from __future__ import annotations
@@ -32,222 +29,147 @@ from pathlib import Path
 
 import torch
 
-IN, OUT, TOKENS = 768, 768, 2048
-DAY = 86400.0
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+SHAPES = [(768, 768, 2048), (768, 3072, 2048), (4096, 4096, 256)]  # (in, out, rows)
 
 
-def _aihwkit_available() -> str | None:
-    try:
-        import aihwkit
-    except ImportError:
-        return None
-    return getattr(aihwkit, "__version__", "unknown")
+def fidelity() -> list[dict]:
+    """Every conformance case: both simulators' statistics and the verdicts."""
+    from conformance.harness import run_case
+    from conformance.test_conformance import CASES
+
+    rows = []
+    for case in CASES:
+        start = time.perf_counter()
+        res = run_case(case)
+        rows.append(
+            {
+                "case": case.name,
+                "note": case.note,
+                "draws": case.draws,
+                "aimc": res["aimc"],
+                "aihwkit": res["aihwkit"],
+                "ok": res["ok"],
+                "verdicts": [
+                    {
+                        "stat": v.stat,
+                        "aimc": v.aimc,
+                        "aihwkit": v.aihwkit,
+                        "allowed": v.allowed,
+                        "ok": v.ok,
+                    }
+                    for v in res["verdicts"]
+                ],
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        err = rows[-1]["aimc"]["rel_error"], rows[-1]["aihwkit"]["rel_error"]
+        flag = "ok " if res["ok"] else "BAD"
+        print(f"{flag} {case.name:<60} aimc {err[0]:.4f}  AIHWKIT {err[1]:.4f}", flush=True)
+    return rows
 
 
-def _reference(device: torch.device) -> tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]:
+def _layers(k: int, o: int) -> dict[str, torch.nn.Module]:
+    """The four sides on the same weights, programmed and drifted to 1 h where analog."""
+    from aihwkit.nn import AnalogLinear as KitLinear
+    from aihwkit.simulator.configs import InferenceRPUConfig, TorchInferenceRPUConfig
+
+    import aimc
+
     torch.manual_seed(0)
-    digital = torch.nn.Linear(IN, OUT).to(device)
-    x = torch.randn(TOKENS, IN, device=device)
-    with torch.no_grad():
-        y = digital(x)
-    return digital, x, y
-
-
-def _errors(y: torch.Tensor, y_ref: torch.Tensor) -> dict[str, float]:
-    d = (y - y_ref).double()
-    return {
-        "rel_error": float(d.norm() / y_ref.double().norm()),
-        "err_mean": float(d.mean()),
-        "err_std": float(d.std()),
-    }
-
-
-def _summary(draws: list[dict[str, float]]) -> dict[str, float]:
-    out = {}
-    for k in draws[0]:
-        vals = [d[k] for d in draws]
-        out[k] = statistics.mean(vals)
-        out[k + "_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return out
-
-
-# --- aimc --------------------------------------------------------------------------------------
-
-
-def aimc_layer(digital: torch.nn.Linear, pcm: bool, seed: int) -> torch.nn.Module:
-    import aimc
-
-    cfg = aimc.presets.pcm_inference()
-    if not pcm:
-        cfg = cfg.replace(device=aimc.DeviceConfig())  # exact weights, IO periphery only
-    layer = aimc.nn.AnalogLinear.from_digital(digital, cfg, seed=seed)
-    return layer.eval()
-
-
-def aimc_draw(layer, x: torch.Tensor, seed: int, t: float | None) -> torch.Tensor:
-    import aimc
-
-    if t is not None:
-        aimc.program(layer, seed=seed)
-        aimc.drift(layer, t, seed=seed + 1)
-    aimc.manual_seed(layer, seed)
-    with torch.no_grad():
-        return layer(x)
-
-
-# --- AIHWKIT -----------------------------------------------------------------------------------
-
-
-def aihwkit_layer(digital: torch.nn.Linear) -> torch.nn.Module:
-    """AIHWKIT's layer; it uses the exact weights until ``program_analog_weights``."""
-    from aihwkit.inference import GlobalDriftCompensation, PCMLikeNoiseModel
-    from aihwkit.nn import AnalogLinear
-    from aihwkit.simulator.configs import InferenceRPUConfig
-
-    rpu = InferenceRPUConfig()  # the defaults aimc's pcm_inference() reproduces
-    rpu.noise_model = PCMLikeNoiseModel(g_max=25.0)
-    rpu.drift_compensation = GlobalDriftCompensation()
-    layer = AnalogLinear(IN, OUT, bias=True, rpu_config=rpu).to(digital.weight.device)
-    layer.set_weights(digital.weight.detach().clone(), digital.bias.detach().clone())
-    layer.eval()
-    return layer
-
-
-def aihwkit_draw(layer, x: torch.Tensor, seed: int, t: float | None) -> torch.Tensor:
-    torch.manual_seed(seed)
-    if t is not None:
+    digital = torch.nn.Linear(k, o)
+    ours = aimc.nn.AnalogLinear.from_digital(digital, aimc.presets.pcm_inference(), seed=0)
+    ours.eval()
+    aimc.drift(aimc.program(ours, seed=1), 3600.0, seed=2)
+    sides: dict[str, torch.nn.Module] = {"nn.Linear": digital, "aimc": ours}
+    for name, rpu in (
+        ("AIHWKIT C++", InferenceRPUConfig),
+        ("AIHWKIT torch", TorchInferenceRPUConfig),
+    ):
+        layer = KitLinear(k, o, bias=True, rpu_config=rpu())
+        layer.set_weights(digital.weight.detach().clone(), digital.bias.detach().clone())
+        layer.eval()
         layer.program_analog_weights()
-        layer.drift_analog_weights(t)
-    with torch.no_grad():
-        return layer(x)
+        layer.drift_analog_weights(3600.0)
+        sides[name] = layer
+    return sides
 
 
-# --- measurements ------------------------------------------------------------------------------
-
-
-def fidelity(
-    make: Callable[[bool], torch.nn.Module],
-    draw: Callable[[torch.nn.Module, torch.Tensor, int, float | None], torch.Tensor],
-    x: torch.Tensor,
-    y_ref: torch.Tensor,
-    times: list[float],
-    repeats: int,
-) -> dict[str, dict[str, float]]:
-    out = {}
-    io = make(False)
-    out["io_only"] = _summary([_errors(draw(io, x, 1000 + r, None), y_ref) for r in range(repeats)])
-    pcm = make(True)
-    for t in times:
-        draws = [_errors(draw(pcm, x, 2000 + 7 * r, t), y_ref) for r in range(repeats)]
-        out[f"pcm_t={t:g}"] = _summary(draws)
-    return out
-
-
-def _time(fn: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def _time(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
-def speed(
-    layers: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int, device: torch.device
-) -> dict[str, dict[str, float]]:
-    """Forward times, all layers interleaved (A B C A B C ...) so a busy machine slows all."""
-    times: dict[str, list[float]] = {name: [] for name in layers}
-    with torch.no_grad():
-        for layer in layers.values():  # warm-up
-            layer(x), layer(x)
-        for _ in range(repeats):
-            for name, layer in layers.items():
-                times[name].append(_time(lambda layer=layer: layer(x), device))
-    base = statistics.median(times["nn.Linear"])
-    return {
-        name: {
-            "median_ms": 1e3 * statistics.median(ts),
-            "min_ms": 1e3 * min(ts),
-            "max_ms": 1e3 * max(ts),
-            "vs_nn_linear": statistics.median(ts) / base,
-        }
-        for name, ts in times.items()
-    }
+def speed(repeats: int) -> list[dict]:
+    """Interleaved forward times per shape."""
+    out = []
+    for k, o, n in SHAPES:
+        sides = _layers(k, o)
+        x = torch.randn(n, k, generator=torch.Generator().manual_seed(3))
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        with torch.no_grad():
+            for layer in sides.values():  # warm-up
+                layer(x), layer(x)
+            for _ in range(repeats):
+                for name, layer in sides.items():
+                    times[name].append(_time(lambda layer=layer, x=x: layer(x)))
+        base = statistics.median(times["nn.Linear"])
+        row = {"shape": [k, o, n], "sides": {}}
+        for name, ts in times.items():
+            row["sides"][name] = {
+                "median_ms": 1e3 * statistics.median(ts),
+                "min_ms": 1e3 * min(ts),
+                "max_ms": 1e3 * max(ts),
+                "vs_nn_linear": statistics.median(ts) / base,
+            }
+        out.append(row)
+        cells = "  ".join(f"{s}: {v['vs_nn_linear']:.2f}x" for s, v in row["sides"].items())
+        print(f"speed {k}x{o}x{n}: {cells}", flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=10, help="noise draws per fidelity cell")
-    parser.add_argument("--timing-repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=9, help="timed forwards per side")
+    parser.add_argument("--skip-fidelity", action="store_true", help="only the speed table")
     parser.add_argument(
-        "--times", default="0,86400,31536000", help="PCM drift times in s (comma-separated)"
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "compare_aihwkit_cpu.json"
     )
-    parser.add_argument("--out", type=Path, default=None, help="JSON path")
     args = parser.parse_args(argv)
 
-    version = _aihwkit_available()
-    if version is None:
-        print(
-            "compare_aihwkit: AIHWKIT is not installed (`import aihwkit` failed), so there is "
-            "nothing to compare against; install it (pip install aihwkit) and rerun. "
-            "Nothing was measured or written.",
-            file=sys.stderr,
-        )
+    from conformance.reference import reference_status
+
+    ok, reason = reference_status()
+    if not ok:
+        print(f"compare_aihwkit: {reason}; nothing was measured or written.", file=sys.stderr)
         return 2
+    import aihwkit
 
     import aimc
 
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    times = [float(t) for t in args.times.split(",") if t.strip()]
-    digital, x, y_ref = _reference(device)
+    old = json.loads(args.out.read_text()) if args.out.exists() else {}
     result = {
         "meta": {
-            "aihwkit": version,
+            "aihwkit": aihwkit.__version__,
             "aimc": aimc.__version__,
             "torch": torch.__version__,
             "threads": args.threads,
-            "device": device.type,
             "machine": platform.machine(),
-            "shape": {"in": IN, "out": OUT, "tokens": TOKENS},
             "repeats": args.repeats,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
-        "fidelity": {
-            "aimc": fidelity(
-                lambda pcm: aimc_layer(digital, pcm, 0), aimc_draw, x, y_ref, times, args.repeats
-            ),
-            "aihwkit": fidelity(
-                lambda pcm: aihwkit_layer(digital), aihwkit_draw, x, y_ref, times, args.repeats
-            ),
-        },
-        "speed": speed(
-            {
-                "nn.Linear": digital,
-                "aimc": aimc_layer(digital, False, 0),
-                "aihwkit": aihwkit_layer(digital),
-            },
-            x,
-            args.timing_repeats,
-            device,
-        ),
+        "fidelity": old.get("fidelity", []) if args.skip_fidelity else fidelity(),
+        "speed": speed(args.repeats),
     }
-    out = args.out or Path(__file__).parent / "results" / f"compare_aihwkit_{device.type}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-
-    print(f"{'cell':<22} {'aimc rel. error':>20} {'AIHWKIT rel. error':>20}")
-    for cell, a in result["fidelity"]["aimc"].items():
-        b = result["fidelity"]["aihwkit"][cell]
-        print(
-            f"{cell:<22} {a['rel_error']:>12.4f} ± {a['rel_error_sd']:.4f} "
-            f"{b['rel_error']:>12.4f} ± {b['rel_error_sd']:.4f}"
-        )
-    for name, s in result["speed"].items():
-        print(f"forward {name:<10} {s['median_ms']:8.1f} ms  ({s['vs_nn_linear']:.2f}x nn.Linear)")
-    print(f"wrote {out}")
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    bad = [r["case"] for r in result["fidelity"] if not r["ok"]]
+    if bad:
+        print(f"compare_aihwkit: {len(bad)} case(s) disagree: {bad}", file=sys.stderr)
     return 0
 
 

@@ -446,6 +446,66 @@ def squad_dev1000(inp: Inputs) -> str:
     return _table(["config", "t", "exact match", "F1"], ["---", "---", "---:", "---:"], out)
 
 
+def _pct(a: float, b: float) -> str:
+    return f"{100 * (a - b) / abs(b):+.1f} %" if b else "—"
+
+
+def conformance(inp: Inputs) -> str:
+    """The conformance suite's cases: aimc against AIHWKIT 1.2.0 (compare_aihwkit.py)."""
+    src = "compare_aihwkit_cpu.json"
+    rows = []
+    for i, _ in enumerate(_rows(inp.json(src), "fidelity", src)):
+
+        def n(side: str, key: str, i: int = i) -> float:
+            return _num(inp.json(src), "fidelity", i, side, key, source=src)
+
+        case = _get(inp.json(src), "fidelity", i, source=src)
+        a, b = n("aimc", "rel_error"), n("aihwkit", "rel_error")
+        alpha = "—"
+        if "alpha" in case["aimc"] and "alpha" in case["aihwkit"]:
+            alpha = f"{n('aimc', 'alpha'):.4f} / {n('aihwkit', 'alpha'):.4f}"
+        verdict = "agrees" if case["ok"] else "**differs**"
+        rows.append([case["case"], f"{a:.4f}", f"{b:.4f}", _pct(a, b), alpha, verdict])
+    header = ["case", "aimc rel. error", "AIHWKIT rel. error", "deviation", "α aimc / AIHWKIT"]
+    return _table(header + ["verdict"], ["---", "---:", "---:", "---:", "---:", "---"], rows)
+
+
+def aihwkit_speed(inp: Inputs) -> str:
+    """Forward time of aimc, AIHWKIT's C++ and torch tiles and nn.Linear (compare_aihwkit.py)."""
+    src = "compare_aihwkit_cpu.json"
+    data = inp.json(src)
+    rows = []
+    for i, _ in enumerate(_rows(data, "speed", src)):
+        shape = "×".join(str(int(v)) for v in _get(data, "speed", i, "shape", source=src))
+        sides = _get(data, "speed", i, "sides", source=src)
+        for name in sides:
+
+            def n(key: str, i: int = i, name: str = name) -> float:
+                return _num(data, "speed", i, "sides", name, key, source=src)
+
+            spread = f"{n('min_ms'):.1f}–{n('max_ms'):.1f}"
+            ratio = f"**{n('vs_nn_linear'):.2f}×**"
+            rows.append([shape, name, f"{n('median_ms'):.1f}", spread, ratio])
+    header = ["in×out×rows", "forward", "median ms", "min–max ms", "vs nn.Linear"]
+    return _table(header, ["---", "---", "---:", "---", "---:"], rows)
+
+
+def fault_battery(inp: Inputs) -> str:
+    """scripts/fault_battery.py: each fault case on the code before issue 11 and now."""
+    src = "fault_battery.json"
+    data = inp.json(src)
+    rows = []
+    for i, _ in enumerate(_rows(data, "cases", src)):
+
+        def cell(side: str, i: int = i) -> str:
+            res = _get(data, "cases", i, side, source=src)
+            mark = "" if res["ok"] else "**fails:** "
+            return mark + str(res["outcome"]).replace("|", "\\|")
+
+        rows.append([str(_get(data, "cases", i, "case", source=src)), cell("before"), cell("now")])
+    return _table(["case", "before (aimc 0.1)", "now"], ["---", "---", "---"], rows)
+
+
 TABLES: dict[str, Callable[[Inputs], str]] = {
     f.__name__: f
     for f in (
@@ -462,6 +522,9 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
         finetune_study,
         squad_eval,
         squad_dev1000,
+        conformance,
+        aihwkit_speed,
+        fault_battery,
     )
 }
 

@@ -217,7 +217,10 @@ def test_ideal_convert_matches_digital_and_roundtrips(name, mode):
 def test_pcm_inference_close_to_digital(name):
     model, args, expected = build(name)
     ref = output(model, args)
-    aimc.convert(model, presets.pcm_inference())
+    # with weight scaling: AIHWKIT's default (omega 0) puts the output noise next to the raw
+    # weights, and these small randomly initialised weights (std 0.02) drown in it
+    cfg = presets.pcm_inference()
+    aimc.convert(model, cfg.replace(mapping=cfg.mapping.replace(weight_scaling_omega=1.0)))
     assert analog_names(model) == expected
     aimc.program(model, seed=0)  # eval mode runs on the programmed PCM chip
     y = output(model, args)

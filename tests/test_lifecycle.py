@@ -104,7 +104,9 @@ def test_chip_buffers_after_program(name):
         assert layer.is_programmed()
         bufs = {k: v for k, v in layer.named_buffers() if k.startswith("chip_")}
         expected = {"chip_g_pos", "chip_g_neg", "chip_conductance_scale", "chip_drift_time"}
-        expected |= {"chip_drift_seed", "chip_weight_scale"}
+        expected.add("chip_drift_seed")
+        if cfg.mapping.weight_scaling_omega > 0:
+            expected.add("chip_weight_scale")
         if has_nu:
             expected |= {"chip_nu_pos", "chip_nu_neg"}
         if cfg.device.drift_compensation != aimc.DriftCompensation.NONE:
@@ -116,7 +118,8 @@ def test_chip_buffers_after_program(name):
             assert bufs[f"chip_{key}"].shape == (lo.batch, lo.padded_out, lo.rows)
         assert bufs["chip_conductance_scale"].dtype == torch.float32
         assert bufs["chip_conductance_scale"].shape == (lo.batch, lo.n_out)
-        assert bufs["chip_weight_scale"].dtype == torch.float32
+        if "chip_weight_scale" in bufs:
+            assert bufs["chip_weight_scale"].dtype == torch.float32
         assert bufs["chip_drift_time"].dtype == torch.float64
         assert bufs["chip_drift_time"].item() == -1.0
         assert bufs["chip_drift_seed"].dtype == torch.int64
@@ -563,6 +566,7 @@ X256 = torch.rand(512, N_IN, generator=gen(1)) * 2 - 1
 def comp_layer(comp: str, **params) -> AnalogLinear:
     cfg = aimc.AnalogConfig(
         io=aimc.IOConfig(is_perfect=True),
+        mapping=aimc.MappingConfig(weight_scaling_omega=1.0),  # chip_weight_scale exists
         device=aimc.DeviceConfig(model="pcm", params=params, drift_compensation=comp),
     )
     layer = AnalogLinear(N_IN, N_OUT, bias=False, config=cfg)
@@ -580,9 +584,15 @@ def run(layer: AnalogLinear, x: torch.Tensor = X256) -> torch.Tensor:
 def alpha(layer: AnalogLinear) -> torch.Tensor:
     """Compensation factors: the digital scale of the chip tiles over the weight rescale."""
     scale = layer.chip_tiles().scale
+    if not hasattr(layer, "chip_weight_scale"):  # no weight scaling: the scale is alpha
+        assert torch.equal(layer.compensation_factor(), scale)
+        return scale
     w_scale = layer.chip_weight_scale
     if w_scale.shape != scale.shape:
         w_scale = w_scale.repeat_interleave(scale.shape[1] // w_scale.shape[1], dim=1)
+    a = layer.compensation_factor()
+    if a is not None:  # the public accessor agrees
+        torch.testing.assert_close(a.expand_as(scale), scale / w_scale, rtol=1e-6, atol=0)
     return scale / w_scale
 
 

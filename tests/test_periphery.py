@@ -23,7 +23,10 @@ def layer(
     weight: torch.Tensor, seed: int = 0, mapping: MappingConfig | None = None, **io
 ) -> AnalogLinear:
     out, inp = weight.shape
-    cfg = AnalogConfig(io=IOConfig(**io), mapping=mapping or MappingConfig())
+    # per-tile weight scaling (omega 1) unless a test says otherwise: the closed forms below
+    # divide by the tile scale c = max|W| (AIHWKIT's default, omega 0, has c = 1)
+    mapping = mapping or MappingConfig(weight_scaling_omega=1.0)
+    cfg = AnalogConfig(io=IOConfig(**io), mapping=mapping)
     lin = AnalogLinear(inp, out, bias=False, config=cfg, seed=seed)
     with torch.no_grad():
         lin.weight.copy_(weight)
@@ -39,15 +42,17 @@ def gen() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
 
 
-def test_output_noise_std(gen):
+@pytest.mark.parametrize("omega", [1.0, 0.0])
+def test_output_noise_std(gen, omega):
     w = torch.rand(64, 32, generator=gen) - 0.5
     x = torch.rand(400, 32, generator=gen) - 0.5
-    lin = layer(w, **{**QUIET, "out_noise": 0.06}, noise_management="abs_max")
+    mapping = MappingConfig(weight_scaling_omega=omega)
+    lin = layer(w, mapping=mapping, **{**QUIET, "out_noise": 0.06}, noise_management="abs_max")
     with torch.no_grad():
         err = lin(x) - x @ w.T
-    # y = s * c * (W/c x/s + sigma xi): noise std = sigma * s * c per vector
+    # y = s * c * (W/c x/s + sigma xi): noise std = sigma * s * c per vector (c = 1: no scaling)
     s = x.abs().amax(dim=1, keepdim=True)
-    c = w.abs().max()
+    c = w.abs().max() if omega else 1.0
     normalised = err / (s * c)
     assert rel_close(float(normalised.std()), 0.06)
     assert abs(float(normalised.mean())) < 0.003
@@ -195,13 +200,67 @@ def test_iterative_bound_management_recovers_saturated_outputs():
 
 
 def test_bound_management_stops_at_max_bm_res():
-    """With a 7-bit DAC, r stops once r > max_bm_res / inp_res = 0.25 * 126 = 31.5 (r = 32)."""
+    """With a 7-bit DAC, r stops once r > max_bm_res / inp_step = 0.25 / (2/126) = 15.75, i.e.
+    at r = 16 (AIHWKIT divides by its ``inp_res``, by then the step 2 * inp_bound / 126)."""
     w = torch.ones(1, 512)
-    x = torch.ones(1, 512)  # W x = 512: r = 32 gives 16 > 12, still saturated
+    x = torch.ones(1, 512)  # W x = 512: r = 16 gives 32 > 12, still saturated
     lin = layer(w, **{**QUIET, "bound_management": "iterative", "inp_res": 1 / 126})
     with torch.no_grad():
         y = lin(x)
-    assert torch.allclose(y, torch.tensor([[12.0 * 32]]))
+    assert torch.allclose(y, torch.tensor([[12.0 * 16]]))
+
+
+def test_bound_management_stops_at_max_bm_factor():
+    w = torch.ones(1, 512)
+    x = torch.ones(1, 512)
+    io = {**QUIET, "bound_management": "iterative", "inp_res": 1 / 1022, "max_bm_factor": 4}
+    with torch.no_grad():
+        y = layer(w, **io)(x)
+    assert torch.allclose(y, torch.tensor([[12.0 * 8]]))  # r = 8 > 4 is the last round
+
+
+@pytest.mark.parametrize(
+    "out_res, out_bound, top_saturates",
+    [(1 / 510, 12.0, True), (1 / 254, 10.0, False), (1 / 30, 10.0, False), (1 / 126, 12.0, True)],
+)
+def test_top_adc_level_saturates_as_in_aihwkit(out_res, out_bound, top_saturates):
+    """An output that rounds to the top ADC level k = out_bound / step is "saturated" (a bound-
+    management round) iff AIHWKIT's float32 ``k * res`` exceeds out_bound (12.000001 for the
+    9-bit default, exactly 10.0 for an 8-bit ADC with bound 10)."""
+    step = 2 * out_bound * out_res
+    k = round(out_bound / step)
+    w = torch.tensor([[k * step + 0.2 * step]])  # rounds to level k
+    x = torch.ones(1, 1)
+    io = dict(QUIET, out_res=out_res, out_bound=out_bound, bound_management="iterative")
+    lin = layer(w, mapping=MappingConfig(), **io, noise_management="none")
+    with torch.no_grad():
+        y = float(lin(x))
+    # redone at r = 2 (exact DAC): level round((k + 0.2) / 2) = (k + 1) / 2 (k is odd), times 2
+    assert k % 2 == 1
+    assert y == pytest.approx((k + 1) * step if top_saturates else k * step, rel=1e-6)
+
+
+def test_off_values_as_in_aihwkit():
+    """AIHWKIT's "off": a bound <= 0 is no bound (and no quantization), a resolution <= 0 no
+    quantization, constant noise management with nm_thres 0 divides by 1."""
+    w = torch.full((2, 4), 5.0)
+    x = torch.full((3, 4), 0.7)
+    exact = x @ w.T  # 14 > out_bound 12
+    free = dict(out_noise=0.0, bound_management="none", noise_management="none")
+    for io in (
+        dict(out_bound=0.0, inp_res=-1.0),
+        dict(out_bound=-1.0, inp_res=0.0),
+        dict(out_res=-1.0, out_bound=20.0, inp_res=0.0),
+        dict(inp_bound=0.0, out_bound=-5.0, inp_res=1 / 126),  # inp_bound <= 0: no DAC at all
+    ):
+        lin = layer(w, mapping=MappingConfig(), **free, **io)
+        with torch.no_grad():
+            assert torch.allclose(lin(x), exact, rtol=1e-6), io
+    constant = dict(free, noise_management="constant", out_bound=0.0, inp_res=0.0)
+    with torch.no_grad():
+        y0 = layer(w, mapping=MappingConfig(), **constant, nm_thres=0.0)(x)
+        y1 = layer(w, mapping=MappingConfig(), **constant, nm_thres=1.0)(x)
+    assert torch.equal(y0, y1)
 
 
 def test_bound_management_is_per_vector_and_per_tile():
@@ -326,3 +385,16 @@ def test_pcm_read_variance_in_bf16_matches_float32():
     big = noise_fp32.abs() > 1e-3  # avoid dividing float32 rounding by tiny draws
     assert (ratio[big] - 1).abs().max() < 0.01
     assert not torch.equal(noise_bf16, noise_fp32)  # it did run in bfloat16
+
+
+def test_zero_input_vector_with_input_noise_is_noisy(gen):
+    """An all-zero vector gives 0 without input noise; with it AIHWKIT runs the MVM unscaled
+    (``forwardVector`` short-cuts only when inp_noise is 0): y = W (0 + inp_noise xi) + noise."""
+    w = torch.rand(64, 32, generator=gen) - 0.5
+    x = torch.zeros(400, 32)
+    io = dict(QUIET, noise_management="abs_max", out_noise=0.06)
+    with torch.no_grad():
+        assert torch.equal(layer(w, mapping=MappingConfig(), **io)(x), torch.zeros(400, 64))
+        y = layer(w, mapping=MappingConfig(), **io, inp_noise=0.05)(x)
+    expected = (0.05**2 * w.square().sum(dim=1) + 0.06**2).sqrt()  # per output
+    assert rel_close(float((y / expected).std()), 1.0)

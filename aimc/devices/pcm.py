@@ -40,7 +40,9 @@ class PCMParams(DeviceParams):
     t_read: float = 250e-9
     """Duration of one read pulse (s); sets the low-frequency cut-off of the 1/f noise."""
     prog_coeff: tuple[float, float, float] = field(default=PROG_COEFF)
-    """Coefficients ``(c0, c1, c2)`` of the programming-noise polynomial (µS, for g_max 25)."""
+    """Coefficients ``(c0, c1, c2)`` of the programming-noise polynomial, in µS. The default is
+    the fit at 25 µS and is rescaled by ``g_max / 25``; coefficients you give are taken at this
+    ``g_max`` as they are (AIHWKIT's ``prog_coeff_g_max_reference`` rule)."""
 
     def _validate(self) -> None:
         self._check_positive("g_max", "t0", "t_read")
@@ -48,11 +50,23 @@ class PCMParams(DeviceParams):
         self.prog_coeff = check_coefficients(f"{self._prefix}.prog_coeff", self.prog_coeff)
 
 
+def prog_coeff_reference(params: PCMParams) -> float:
+    """The ``g_max`` (µS) at which ``prog_coeff`` holds: 25 for the built-in fit, else ``g_max``.
+
+    As AIHWKIT 1.2.0 ``PCMLikeNoiseModel``: its default coefficients carry
+    ``prog_coeff_g_max_reference = 25``, explicitly given ones the model's ``g_max`` (aimc < 0.2
+    rescaled every coefficient set by ``g_max / 25``: 0.4x AIHWKIT's noise for own coefficients
+    at ``g_max = 10``). Only the exact default values count as the built-in fit.
+    """
+    return 25.0 if tuple(params.prog_coeff) == PROG_COEFF else params.g_max
+
+
 def prog_noise_std(g: Tensor, params: PCMParams) -> Tensor:
-    """``sigma_prog(g) = (c0 + c1 g/g_max + c2 (g/g_max)^2) * g_max / 25`` (µS)."""
+    """``sigma_prog(g) = (c0 + c1 g/g_max + c2 (g/g_max)^2) * g_max / g_ref`` (µS), ``g_ref``
+    from :func:`prog_coeff_reference` (25 for the default coefficients)."""
     c0, c1, c2 = params.prog_coeff
     rel = g / params.g_max
-    return (c0 + c1 * rel + c2 * rel * rel) * (params.g_max / 25.0)
+    return (c0 + c1 * rel + c2 * rel * rel) * (params.g_max / prog_coeff_reference(params))
 
 
 def nu_mean_std(g: Tensor, params: DeviceParams) -> tuple[Tensor, Tensor]:

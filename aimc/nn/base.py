@@ -85,7 +85,11 @@ class AnalogLayerMixin(ChipMixin):
         self._init_out_scale()
         if config.hwa.learn_input_range:
             device = self.weight.device
-            self.input_range = nn.Parameter(torch.ones(1, device=device, dtype=torch.float32))
+            # AIHWKIT InputRangeParameter.init_value = 3.0 (replaced by the data estimate
+            # during the first training batches)
+            self.input_range = nn.Parameter(
+                torch.full((1,), 3.0, device=device, dtype=torch.float32)
+            )
             self.register_buffer(
                 "input_range_batches", torch.zeros((), dtype=torch.int64, device=device)
             )
@@ -136,19 +140,31 @@ class AnalogLayerMixin(ChipMixin):
         """The weight as a ``(groups, out, in)`` tensor (a view where possible)."""
         raise NotImplementedError
 
+    def analog_bias(self) -> bool:
+        """Whether the bias is an extra analog input row of the tile.
+
+        As AIHWKIT 1.2.0: only with ``digital_bias=False`` and when the layer fits on one tile
+        (``in <= max_input_size`` and ``out <= max_output_size``, or no split), which then has
+        ``in + 1`` rows; a layer split over several tiles adds its bias digitally."""
+        m = self.analog_config.mapping
+        if m.digital_bias or self.bias is None:
+            return False
+        _, o, k = self.weight_matrix().shape
+        if m.max_input_size == 0 and m.max_output_size == 0:
+            return True
+        return k <= m.max_input_size and o <= m.max_output_size
+
     def tile_layout(self) -> TileLayout:
-        """How this layer's weight is split onto tiles."""
+        """How this layer's weight (with an analog bias row) is split onto tiles."""
         g, o, k = self.weight_matrix().shape
-        return TileLayout.build(
-            g,
-            o,
-            k + (0 if self.analog_config.mapping.digital_bias or self.bias is None else 1),
-            self.analog_config.mapping,
-        )
+        m = self.analog_config.mapping
+        if self.analog_bias():  # one tile of k + 1 rows, even past max_input_size
+            return TileLayout.build(g, o, k + 1, m.replace(max_input_size=0, max_output_size=0))
+        return TileLayout.build(g, o, k, m)
 
     def _analog_weight(self) -> Tensor:
         w = self.weight_matrix()
-        if not self.analog_config.mapping.digital_bias and self.bias is not None:
+        if self.analog_bias():
             b = self.bias.reshape(w.shape[0], w.shape[1], 1).to(w.dtype)
             w = torch.cat([w, b], dim=2)
         return w
@@ -162,7 +178,7 @@ class AnalogLayerMixin(ChipMixin):
         cfg = self.analog_config
         with torch.no_grad():
             w = self._analog_weight()
-            layout = TileLayout.build(w.shape[0], w.shape[1], w.shape[2], cfg.mapping)
+            layout = self.tile_layout()
             w_t, scale = tile_weights(w, layout, cfg.mapping)
             # amax propagates NaN, so the per-tile scales tell cheaply whether any weight is
             # non-finite; without weight scaling the tiles themselves are checked
@@ -212,10 +228,11 @@ class AnalogLayerMixin(ChipMixin):
             if self.training:
                 update_input_range(self, xf)
             xf = clip_input(xf, r, cfg.hwa.input_range_decay)
-        if not cfg.mapping.digital_bias and self.bias is not None:
+        analog_bias = self.analog_bias()
+        if analog_bias:
             xf = torch.cat([xf, xf.new_ones(*xf.shape[:-1], 1)], dim=-1)
         bias = None
-        if cfg.mapping.digital_bias and self.bias is not None:
+        if not analog_bias and self.bias is not None:
             bias = self.bias.float().view(xf.shape[0], -1)
         if self.out_scale is None:
             return _AnalogMVM.apply(xf.contiguous(), w.float(), bias, self, r).to(dtype)

@@ -65,6 +65,12 @@ class PulsedArray(nn.Module):
     def pair(self) -> bool:
         return self.config.one_sided_pair
 
+    def granularity(self) -> float:
+        """The weight granularity the update is computed for (AIHWKIT
+        ``getWeightGranularity``): ``dw_min`` or the model's own (e.g. ``pow_step``: the step at
+        mid-range)."""
+        return self.model.granularity(self.config.params)
+
     def weight(self) -> Tensor:
         """The effective weight ``(out, in)``."""
         if self.pair:
@@ -118,7 +124,7 @@ class PulsedArray(nn.Module):
         check_batch(x, d, shape)
         if lr > 0:
             cfg = self.config.update
-            dw_min = self.config.params.dw_min
+            dw_min = self.granularity()
             x, d = x.float(), d.float()
             if cfg.mode == UpdateMode.EXPECTED:
                 self.apply_counts(*expected_counts(x, d, lr, dw_min, cfg), None, cols)

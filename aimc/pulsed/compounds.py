@@ -95,8 +95,8 @@ class TikiTakaArrays(nn.Module):
 class MixedPrecisionArray(nn.Module):
     """Mixed precision (Nandakumar et al., Front. Neurosci. 14, 406 (2020)): the gradient
     ``-lr delta^T x`` accumulates in a digital matrix ``chi`` (a buffer); devices where
-    ``|chi|`` reaches the threshold ``granularity * dw_min`` get ``trunc(chi / threshold)``
-    pulses and ``chi`` keeps the remainder."""
+    ``|chi|`` reaches the threshold ``granularity * dw`` (``dw``: the device's weight
+    granularity) get ``trunc(chi / threshold)`` pulses and ``chi`` keeps the remainder."""
 
     def __init__(
         self, weight: Tensor, config: PulsedConfig, seed: int, mixed: MixedPrecisionConfig
@@ -120,7 +120,7 @@ class MixedPrecisionArray(nn.Module):
     def step(self, x: Tensor, d: Tensor, lr: float, gen: torch.Generator) -> None:
         check_batch(x, d, self.array.shape)
         self.chi.add_(d.float().t() @ x.float(), alpha=-lr)
-        threshold = self.mp.granularity * self.array.config.params.dw_min
+        threshold = self.mp.granularity * self.array.granularity()
         n = torch.trunc(self.chi / threshold)
         if self.mp.max_pulses > 0:
             n = n.clamp(-self.mp.max_pulses, self.mp.max_pulses)

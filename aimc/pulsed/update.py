@@ -35,28 +35,39 @@ def pulse_probabilities(
     x: Tensor, d: Tensor, lr: float, dw_min: float, cfg: UpdateConfig
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Firing probabilities ``p_x`` (``(B, in)``), ``p_d`` (``(B, out)``) and train lengths
-    ``BL`` (``(B, 1)``, float) per batch sample, with update and BL management (AIHWKIT
-    ``UpdateParameters``). A sample with ``x = 0`` or ``delta = 0`` gets ``BL = 0``.
+    ``BL`` (``(B, 1)``, float) per batch sample, with update and BL management exactly as
+    AIHWKIT 1.2.0 (``PulsedUpdateMetaParameter::performUpdateManagement``). ``dw_min`` is the
+    device's weight granularity (:attr:`PulsedDeviceModel.granularity`). A sample with ``x = 0``
+    or ``delta = 0`` gets ``BL = 0``.
 
-    Probabilities above 1 are clipped to 1 (the update is then truncated, as in hardware).
+    With ``k = lr x_max d_max / dw_min``: BL management sets ``BL = min(ceil(k), desired_bl)``
+    (else ``BL = desired_bl``); ``A = B = sqrt(lr / (dw_min BL))``. Update management (always
+    on with BL management, as in AIHWKIT) balances them, ``p_x = B sqrt(d'/x_max) |x|``, ``p_d =
+    A sqrt(x_max/d') |delta|`` with ``d' = d_max`` — or, when the update saturates (``k >
+    desired_bl``), ``d' = d_max desired_bl / k``: the x-probabilities then top out at 1 and the
+    delta-probabilities are ``k / desired_bl`` times larger (clipped at 1).
     """
     x_max = x.abs().amax(dim=1, keepdim=True)
     d_max = d.abs().amax(dim=1, keepdim=True)
     live = (x_max > 0) & (d_max > 0)
+    k_val = lr * x_max * d_max / dw_min
+    desired = float(cfg.desired_bl)
     if cfg.update_bl_management:
-        bl = torch.ceil(lr * x_max * d_max / dw_min).clamp(1, cfg.desired_bl)
+        bl = torch.ceil(k_val).clamp(1, desired)
     else:
-        bl = torch.full_like(x_max, float(cfg.desired_bl))
+        bl = torch.full_like(x_max, desired)
     bl = torch.where(live, bl, torch.zeros_like(bl))
-    k = lr / (dw_min * bl.clamp_min(1))
-    if cfg.update_management:
-        ratio = d_max / x_max.clamp_min(1e-30)
-        a = (k * ratio).sqrt()
-        b = (k / ratio.clamp_min(1e-30)).sqrt()
+    base = (lr / (dw_min * bl.clamp_min(1))).sqrt()
+    if cfg.update_management or cfg.update_bl_management:
+        x_val = x_max.clamp_min(1e-30)
+        d_val = d_max * torch.where(k_val > desired, desired / k_val.clamp_min(1e-30), 1.0)
+        d_val = d_val.clamp_min(1e-30)
+        b = base * (d_val / x_val).sqrt()  # scales x
+        a = base * (x_val / d_val).sqrt()  # scales delta
     else:
-        a = b = k.sqrt()
-    p_x = (a * x.abs()).clamp(max=1.0)
-    p_d = (b * d.abs()).clamp(max=1.0)
+        a = b = base
+    p_x = (b * x.abs()).clamp(max=1.0)
+    p_d = (a * d.abs()).clamp(max=1.0)
     return p_x, p_d, bl
 
 

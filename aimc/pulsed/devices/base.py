@@ -7,6 +7,8 @@ A pulsed device model is one file that defines
   parameters, drawn once, as a dict of tensors of ``shape`` (start from :func:`common_d2d`);
 * ``step_sizes(w, d2d, params) -> (up, down)``: the mean magnitude (>= 0) of one up and one
   down pulse for devices at weight ``w``;
+* optionally ``granularity(params) -> float``: the nominal step the update is computed for
+  (AIHWKIT's ``calcWeightGranularity``; default ``dw_min``);
 
 and registers them with :func:`register`. :func:`apply_pulses` turns signed pulse counts into a
 new weight with the cycle-to-cycle noise and the per-device bounds, the same for every model.
@@ -34,30 +36,42 @@ def _normal(shape: torch.Size | tuple[int, ...], gen: torch.Generator, device=No
 def common_d2d(
     shape: tuple[int, ...], params: PulsedDeviceParams, gen: torch.Generator, device=None
 ) -> State:
-    """The d2d draws every model shares (REFERENCE.md §6).
+    """The d2d draws every model shares (AIHWKIT 1.2.0 ``PulsedRPUDevice::populate``).
 
-    ``dw_up = dw_min_ij (1 + beta_ij)``, ``dw_down = dw_min_ij (1 - beta_ij)`` with
-    ``dw_min_ij = |dw_min (1 + dw_min_dtod xi)|`` (a device always moves in the pulse's
-    direction) and ``beta_ij = up_down + up_down_dtod xi`` (clipped to ``[-1, 1]``); bounds
-    ``w_max (1 + w_max_dtod xi)`` and ``w_min (1 + w_min_dtod xi)``. A bound never crosses zero
-    when its mean does not (a rare draw beyond zero is set to zero), and ``w_max_ij`` is raised to
-    ``w_min_ij`` where a draw would invert them.
+    With a gain ``g_ij = 1 + dw_min_dtod xi`` and an asymmetry ``r_ij = up_down_dtod xi``:
+    ``dw_up = |dw_min (g_ij + min(up_down, 0) + r_ij)|`` and ``dw_down = |dw_min (g_ij -
+    max(up_down, 0) - r_ij)|``, i.e. ``up_down`` shortens the steps of one direction only (the
+    other keeps ``dw_min``) and the asymmetry spread is additive. Bounds ``w_max (1 + w_max_dtod
+    xi)`` and ``w_min (1 + w_min_dtod xi)``; when the mean range contains 0 (AIHWKIT's
+    requirement), an inverted pair is swapped and ``w_max_ij = |.|``, ``w_min_ij = -|.|``
+    (``enforce_consistency``); otherwise a bound is kept on the side of zero of its mean and
+    ``w_max_ij`` is raised to ``w_min_ij`` where a draw would invert them.
     """
     p = params
-    dw = (p.dw_min * (1 + p.dw_min_dtod * _normal(shape, gen, device))).abs()
-    beta = (p.up_down + p.up_down_dtod * _normal(shape, gen, device)).clamp(-1.0, 1.0)
+    gain = 1 + p.dw_min_dtod * _normal(shape, gen, device)
+    r = p.up_down_dtod * _normal(shape, gen, device)
     w_max = p.w_max * (1 + p.w_max_dtod * _normal(shape, gen, device))
     w_min = p.w_min * (1 + p.w_min_dtod * _normal(shape, gen, device))
-    if p.w_max >= 0:
-        w_max = w_max.clamp_min(0)
-    if p.w_min <= 0:
-        w_min = w_min.clamp_max(0)
+    up_bias, down_bias = min(p.up_down, 0.0), -max(p.up_down, 0.0)
+    if p.w_min <= 0 <= p.w_max:
+        w_max, w_min = torch.maximum(w_max, w_min).abs(), -torch.minimum(w_max, w_min).abs()
+    else:
+        if p.w_max >= 0:
+            w_max = w_max.clamp_min(0)
+        if p.w_min <= 0:
+            w_min = w_min.clamp_max(0)
+        w_max = torch.maximum(w_max, w_min)
     return {
-        "dw_up": dw * (1 + beta),
-        "dw_down": dw * (1 - beta),
-        "w_max": torch.maximum(w_max, w_min),
+        "dw_up": (p.dw_min * (gain + up_bias + r)).abs(),
+        "dw_down": (p.dw_min * (gain + down_bias - r)).abs(),
+        "w_max": w_max,
         "w_min": w_min,
     }
+
+
+def nominal_granularity(params: PulsedDeviceParams) -> float:
+    """The default weight granularity of a model: ``dw_min``."""
+    return float(params.dw_min)
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,10 @@ class PulsedDeviceModel:
     params_class: type[PulsedDeviceParams]
     sample_d2d: Callable[[tuple[int, ...], PulsedDeviceParams, torch.Generator], State]
     step_sizes: Callable[[Tensor, State, PulsedDeviceParams], tuple[Tensor, Tensor]]
+    #: the weight granularity of the update (AIHWKIT ``calcWeightGranularity``): the nominal
+    #: step that the pulse probabilities and train lengths are computed for
+    #: (``A B = lr / (granularity BL)``); ``dw_min`` unless the model says otherwise
+    granularity: Callable[[PulsedDeviceParams], float] = nominal_granularity
 
 
 PULSED_DEVICES: dict[str, PulsedDeviceModel] = {}
@@ -117,8 +135,9 @@ def apply_pulses(
 
 
 def linear_factor(w: Tensor, gamma: Tensor | float, bound: Tensor | float) -> Tensor:
-    """``max(1 - gamma w / bound, 0)``: the linear step shrink toward ``bound`` (the pulse's
-    direction), shared by the linear-step and soft-bounds models. A zero bound has no slope."""
+    """``max(1 - gamma w / bound, 0)``: the step shrink toward ``bound`` (the pulse's direction)
+    of the soft-bounds model (linear-step has its own, unclamped factor). A zero bound has no
+    slope."""
     bound = torch.as_tensor(bound, dtype=w.dtype, device=w.device)
     safe = torch.where(bound == 0, torch.ones_like(bound), bound)
     slope = torch.where(bound == 0, torch.zeros_like(safe), gamma / safe)

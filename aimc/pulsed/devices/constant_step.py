@@ -1,7 +1,9 @@
 """``constant_step``: every pulse moves the weight by the same (per-device) step.
 
-``w += d dw_min_ij (1 + d beta_ij) (1 + dw_min_std xi)``, clipped to the device's bounds
-(REFERENCE.md §6; AIHWKIT ``ConstantStepDevice``; Gokmen & Vlasov, Front. Neurosci. 2016).
+``w += d dw^d_ij (1 + dw_min_std xi)``, clipped to the device's bounds, with the per-device up and
+down steps ``dw_up``/``dw_down`` of :func:`~aimc.pulsed.devices.base.common_d2d` (AIHWKIT's
+asymmetry rule: ``up_down`` shortens one direction only; AIHWKIT ``ConstantStepDevice``; Gokmen &
+Vlasov, Front. Neurosci. 2016).
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """``exp_step``: exponentially state-dependent steps (fits of ReRAM and PCM pulse responses).
 
-``w += max(y, 0) d dw_min_ij (1 + d beta_ij)`` with ``y = 1 - A^d exp(d gamma^d z)``,
+``w += max(y, 0) d dw^d_ij`` (the per-device up/down steps of ``common_d2d``) with
+``y = 1 - A^d exp(d gamma^d z)``,
 ``z = 2 a w / (w_max_ij - w_min_ij) + b`` (REFERENCE.md §6; AIHWKIT ``ExpStepDevice``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -55,4 +57,15 @@ def step_sizes(w: Tensor, d2d: State, params: ExpStepParams) -> tuple[Tensor, Te
     return d2d["dw_up"] * y_up, d2d["dw_down"] * y_down
 
 
-MODEL = register(PulsedDeviceModel("exp_step", ExpStepParams, sample_d2d, step_sizes))
+def granularity(params: ExpStepParams) -> float:
+    """AIHWKIT ``ExpStepDevice``: the mean down step of the nominal device at ``w = 0`` (AIHWKIT
+    1.2.0 averages the down step with itself, ``(dw_down + dw_down) / 2``; reproduced), or
+    ``dw_min`` if that is not positive."""
+    p = params
+    down_scale = (1.0 - max(p.up_down, 0.0)) * p.dw_min
+    z = p.b  # 2 a w / (w_max - w_min) + b at w = 0
+    dw_down = down_scale * max(1.0 - p.A_down * math.exp(-p.gamma_down * z), 0.0)
+    return dw_down if dw_down > 0 else p.dw_min
+
+
+MODEL = register(PulsedDeviceModel("exp_step", ExpStepParams, sample_d2d, step_sizes, granularity))

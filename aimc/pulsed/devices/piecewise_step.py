@@ -68,4 +68,13 @@ def step_sizes(w: Tensor, d2d: State, params: PiecewiseStepParams) -> tuple[Tens
     return up, down
 
 
-MODEL = register(PulsedDeviceModel("piecewise_step", PiecewiseStepParams, sample_d2d, step_sizes))
+def granularity(params: PiecewiseStepParams) -> float:
+    """AIHWKIT ``PiecewiseStepDevice``: ``dw_min`` times the middle node of ``piecewise_up``
+    (index ``len // 2``); ``dw_min`` if that node is 0."""
+    g = params.dw_min * params.piecewise_up[len(params.piecewise_up) // 2]
+    return g if g > 0 else params.dw_min
+
+
+MODEL = register(
+    PulsedDeviceModel("piecewise_step", PiecewiseStepParams, sample_d2d, step_sizes, granularity)
+)

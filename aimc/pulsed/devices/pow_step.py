@@ -34,7 +34,7 @@ class PowStepParams(PulsedDeviceParams):
 def sample_d2d(shape: tuple[int, ...], params: PowStepParams, gen: torch.Generator) -> State:
     d2d = common_d2d(shape, params, gen)
     spread = 1 + params.pow_gamma_dtod * _normal(shape, gen)
-    d2d["pow_gamma"] = (params.pow_gamma * spread).clamp_min(0)
+    d2d["pow_gamma"] = (params.pow_gamma * spread).abs()  # AIHWKIT enforce_consistency
     return d2d
 
 
@@ -46,4 +46,9 @@ def step_sizes(w: Tensor, d2d: State, params: PowStepParams) -> tuple[Tensor, Te
     return d2d["dw_up"] * omega_up.pow(g), d2d["dw_down"] * omega_down.pow(g)
 
 
-MODEL = register(PulsedDeviceModel("pow_step", PowStepParams, sample_d2d, step_sizes))
+def granularity(params: PowStepParams) -> float:
+    """AIHWKIT ``PowStepDevice``: the step at mid-range, ``dw_min 0.5^pow_gamma``."""
+    return params.dw_min * 0.5**params.pow_gamma
+
+
+MODEL = register(PulsedDeviceModel("pow_step", PowStepParams, sample_d2d, step_sizes, granularity))
