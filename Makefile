@@ -52,7 +52,7 @@ reference: $(STAMP)
 test: $(STAMP) reference lint docs
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) reference
 	$(PY) benchmarks/bench_linear.py
 	$(PY) benchmarks/bench_linear.py --bound-management none
 	$(PY) benchmarks/profile_linear.py
@@ -64,6 +64,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/finetune_study.py
 	$(PY) benchmarks/bench_pulsed_update.py
 	$(PY) benchmarks/insitu_mnist.py
+	$(PY) benchmarks/compare_aihwkit.py
+	$(PY) scripts/fault_battery.py  # add --before DIR for the "before" column
 	$(PY) benchmarks/report.py
 
 report: $(STAMP)

@@ -498,6 +498,8 @@ def fault_battery(inp: Inputs) -> str:
     for i, _ in enumerate(_rows(data, "cases", src)):
 
         def cell(side: str, i: int = i) -> str:
+            if side not in _get(data, "cases", i, source=src):  # a run without --before
+                return "—"
             res = _get(data, "cases", i, side, source=src)
             mark = "" if res["ok"] else "**fails:** "
             return mark + str(res["outcome"]).replace("|", "\\|")
