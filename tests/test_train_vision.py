@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_tiny_idx
 
 from aimc.experiments.train_vision import VisionSpec, run
 from aimc.vision import LeNet5, load_idx_split, read_idx
@@ -25,16 +26,7 @@ def _write_idx(path: Path, data: torch.Tensor, code: int = 0x08, compress: bool 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     """40 train / 20 test images of two easy classes (bright top half vs bright bottom half)."""
-    root = tmp_path_factory.mktemp("idx")
-    gen = torch.Generator().manual_seed(0)
-    for prefix, n in (("train", 40), ("t10k", 20)):
-        labels = torch.arange(n) % 2
-        images = (torch.rand(n, 28, 28, generator=gen) * 60).to(torch.uint8)
-        images[labels == 0, :14] += 150
-        images[labels == 1, 14:] += 150
-        _write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
-        _write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels.to(torch.uint8))
-    return root
+    return write_tiny_idx(tmp_path_factory.mktemp("idx"), 40, 20)
 
 
 def test_read_idx_roundtrip_and_int32(tmp_path):
