@@ -21,10 +21,8 @@ from .mvm import TileWeights, analog_mvm, units
 def valid_mask(layout: TileLayout, device: torch.device) -> Tensor:
     """``(B, ci, O_pad)`` mask of the tile cells that hold real weights (not padding)."""
     lo = layout
-    rows = torch.arange(lo.rows, device=device).view(1, lo.rows)
-    split = torch.arange(lo.n_in, device=device).view(lo.n_in, 1)
-    row_ok = (split * lo.rows + rows < lo.in_size).repeat(lo.groups, 1)  # (B, ci)
-    col_ok = torch.arange(lo.padded_out, device=device) < lo.out_size  # (O_pad,)
+    row_ok = lo.in_valid(device).view(lo.n_in, lo.rows).repeat(lo.groups, 1)  # (B, ci)
+    col_ok = lo.out_valid(device)  # (O_pad,)
     return row_ok.unsqueeze(2) & col_ok.view(1, 1, -1)
 
 

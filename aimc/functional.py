@@ -6,16 +6,21 @@ Conventions of the tiled MVM (see REFERENCE.md §1):
 
 * a (grouped) weight ``W`` of shape ``(G, O, K)`` maps inputs of size ``K`` to outputs of size
   ``O``; ``G`` independent groups (grouped convolution) are simulated side by side;
-* the ``K`` inputs are split into ``ti`` near-equal tiles of ``ci`` rows, the ``O`` outputs into
-  ``to`` tiles of ``ro`` columns (zero padding makes the split regular; zero rows/columns change
-  neither the MVM nor any of its noise terms, and padded outputs are discarded);
+* the ``K`` inputs are split into ``ti`` near-equal parts as AIHWKIT does (``base + (i <
+  extra)`` rows with ``base, extra = divmod(K, ti)``: 13 at 4 -> 4 + 3 + 3 + 3), each laid out on
+  a tile of ``ci`` = the largest part's rows; likewise the ``O`` outputs into ``to`` tiles of
+  ``ro`` columns. A shorter part is followed by zero padding *within its own tile* (zero
+  rows/columns change neither the MVM nor any of its noise terms, and padded outputs are
+  discarded), so the tiles stay a plain reshape. An even split (``K % ti == 0``) has no padding
+  at all; an uneven one maps between the logical and the padded index with a cached index map
+  (:meth:`TileLayout.pad_in` and friends);
 * a physical tile is one (group, input split, output split) triple. The MVM runs as one batched
   matmul over ``B = G * ti`` input splits against all output columns at once.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -25,19 +30,69 @@ from .config import MappingConfig
 from .random import uniform_
 
 
+def split_sizes(n: int, max_size: int) -> list[int]:
+    """The part sizes of ``n`` rows split over tiles of at most ``max_size`` (0 = no split).
+
+    AIHWKIT 1.2.0 ``TileModuleArray.get_split_sizes``: ``parts = ceil(n / max_size)`` parts of
+    ``base + (i < extra)`` rows, ``base, extra = divmod(n, parts)`` (13 at 4 -> 4 + 3 + 3 + 3,
+    1030 at 512 -> 344 + 343 + 343, 768 at 512 -> 384 + 384).
+    """
+    if n <= 0:
+        raise ValueError(f"split_sizes: n must be > 0, got {n}")
+    if max_size <= 0 or n <= max_size:
+        return [n]
+    parts = -(-n // max_size)
+    base, extra = divmod(n, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
 def split_size(n: int, max_size: int) -> tuple[int, int]:
     """Split ``n`` rows into near-equal tiles of at most ``max_size`` (0 = no split).
 
-    Returns ``(number_of_tiles, rows_per_tile)``; the last tile may be shorter (768 -> 2 x 384,
-    3072 -> 6 x 512, 1025 -> 3 x 342 with the last one 341).
+    Returns ``(number_of_tiles, rows_per_tile)``, the rows of a tile being the largest part of
+    :func:`split_sizes` (768 -> 2 x 384, 3072 -> 6 x 512, 1025 -> 3 x 342 holding 342 + 342 +
+    341 rows, 13 at 4 -> 4 x 4 holding 4 + 3 + 3 + 3).
     """
     if n <= 0:
         raise ValueError(f"split_size: n must be > 0, got {n}")
     if max_size <= 0 or n <= max_size:
         return 1, n
-    parts = math.ceil(n / max_size)
-    size = math.ceil(n / parts)
-    return math.ceil(n / size), size
+    parts = -(-n // max_size)
+    return parts, -(-n // parts)
+
+
+@functools.lru_cache(maxsize=256)
+def _positions(n: int, parts: int, size: int, device: torch.device) -> Tensor:
+    """Padded position (``tile * size + row``) of each of the ``n`` logical indices split as
+    :func:`split_sizes` into ``parts`` tiles of ``size`` slots."""
+    base, extra = divmod(n, parts)
+    with torch.inference_mode(False):  # a normal tensor: usable in and outside inference mode
+        i = torch.arange(n, dtype=torch.int64)
+        # the first ``extra`` parts hold base + 1 rows, the others base
+        big = extra * (base + 1)
+        tile = torch.where(i < big, i // (base + 1), extra + (i - big) // base)
+        row = torch.where(i < big, i % (base + 1), (i - big) % base)
+        return (tile * size + row).to(device)
+
+
+def _valid(n: int, parts: int, size: int, device: torch.device) -> Tensor:
+    mask = torch.zeros(parts * size, dtype=torch.bool, device=device)
+    return mask.index_fill_(0, _positions(n, parts, size, device), True)
+
+
+def _pad(x: Tensor, dim: int, n: int, parts: int, size: int) -> Tensor:
+    if parts * size == n:
+        return x
+    dim = dim % x.dim()
+    shape = list(x.shape)
+    shape[dim] = parts * size
+    return x.new_zeros(shape).index_copy_(dim, _positions(n, parts, size, x.device), x)
+
+
+def _unpad(x: Tensor, dim: int, n: int, parts: int, size: int) -> Tensor:
+    if parts * size == n:
+        return x
+    return x.index_select(dim, _positions(n, parts, size, x.device))
 
 
 @dataclass(frozen=True)
@@ -70,6 +125,51 @@ class TileLayout:
     @property
     def padded_out(self) -> int:
         return self.n_out * self.cols
+
+    @property
+    def in_sizes(self) -> list[int]:
+        """The rows of each input part (AIHWKIT's ``in_sizes``)."""
+        base, extra = divmod(self.in_size, self.n_in)
+        return [base + (i < extra) for i in range(self.n_in)]
+
+    @property
+    def out_sizes(self) -> list[int]:
+        """The columns of each output part (AIHWKIT's ``out_sizes``)."""
+        base, extra = divmod(self.out_size, self.n_out)
+        return [base + (i < extra) for i in range(self.n_out)]
+
+    def in_positions(self, device: torch.device) -> Tensor:
+        """``(K,)`` padded input position of each input (cached per layout and device)."""
+        return _positions(self.in_size, self.n_in, self.rows, torch.device(device))
+
+    def out_positions(self, device: torch.device) -> Tensor:
+        """``(O,)`` padded output position of each output (cached per layout and device)."""
+        return _positions(self.out_size, self.n_out, self.cols, torch.device(device))
+
+    def in_valid(self, device: torch.device) -> Tensor:
+        """``(K_pad,)`` bool: the padded input positions that hold a real input."""
+        return _valid(self.in_size, self.n_in, self.rows, torch.device(device))
+
+    def out_valid(self, device: torch.device) -> Tensor:
+        """``(O_pad,)`` bool: the padded output positions that hold a real output."""
+        return _valid(self.out_size, self.n_out, self.cols, torch.device(device))
+
+    def pad_in(self, x: Tensor, dim: int = -1) -> Tensor:
+        """``K`` -> ``K_pad`` along ``dim``: each input part into its tile, zeros after it.
+        Returns ``x`` itself when the split is even (no padding)."""
+        return _pad(x, dim, self.in_size, self.n_in, self.rows)
+
+    def pad_out(self, x: Tensor, dim: int = -1) -> Tensor:
+        """``O`` -> ``O_pad`` along ``dim`` (as :meth:`pad_in`)."""
+        return _pad(x, dim, self.out_size, self.n_out, self.cols)
+
+    def unpad_in(self, x: Tensor, dim: int = -1) -> Tensor:
+        """``K_pad`` -> ``K`` along ``dim``, dropping the padding (``x`` itself if even)."""
+        return _unpad(x, dim, self.in_size, self.n_in, self.rows)
+
+    def unpad_out(self, x: Tensor, dim: int = -1) -> Tensor:
+        """``O_pad`` -> ``O`` along ``dim``, dropping the padding (``x`` itself if even)."""
+        return _unpad(x, dim, self.out_size, self.n_out, self.cols)
 
 
 class _QuantizeSTE(torch.autograd.Function):
@@ -116,8 +216,7 @@ def tile_weights(
     g, o, k = weight.shape
     lo = layout
     w = weight.detach().float()
-    if lo.padded_in != k or lo.padded_out != o:
-        w = torch.nn.functional.pad(w, (0, lo.padded_in - k, 0, lo.padded_out - o))
+    w = lo.pad_out(lo.pad_in(w, 2), 1)  # no-op for an even split
     # (G, O_pad, ti, ci) -> (G, ti, O_pad, ci) -> (B, O_pad, ci)
     w = w.reshape(g, lo.padded_out, lo.n_in, lo.rows).transpose(1, 2)
     w = w.reshape(lo.batch, lo.padded_out, lo.rows)

@@ -152,19 +152,18 @@ def _clip(layer: nn.Module, hwa: HWAConfig) -> None:
 def _tile_std(w: Tensor, layout: TileLayout) -> Tensor:
     """The unbiased std of each tile's elements of ``w`` ``(G, O, K)`` (float64), broadcast
     back to the shape of ``w`` (padding excluded)."""
-    g, o, k = w.shape
+    g = w.shape[0]
     lo = layout
     w = w.double()
-    pad = (0, lo.padded_in - k, 0, lo.padded_out - o)
-    vals = torch.nn.functional.pad(w, pad)
-    mask = torch.nn.functional.pad(torch.ones_like(w), pad)
+    vals = lo.pad_out(lo.pad_in(w, 2), 1)  # each part into its tile, zeros after it
+    mask = lo.pad_out(lo.pad_in(torch.ones_like(w), 2), 1)
     shape = (g, lo.n_out, lo.cols, lo.n_in, lo.rows)
-    vals, mask = vals.view(shape), mask.view(shape)
+    vals, mask = vals.reshape(shape), mask.reshape(shape)
     n = mask.sum(dim=(2, 4), keepdim=True)
     mean = vals.sum(dim=(2, 4), keepdim=True) / n
     var = ((vals - mean) * mask).square().sum(dim=(2, 4), keepdim=True) / (n - 1).clamp_min(1)
     std = var.sqrt().expand(shape).reshape(g, lo.padded_out, lo.padded_in)
-    return std[:, :o, :k]
+    return lo.unpad_out(lo.unpad_in(std, 2), 1)
 
 
 def _remap(layer: nn.Module, hwa: HWAConfig) -> None:

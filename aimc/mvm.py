@@ -224,8 +224,8 @@ def analog_mvm(
     g, n, k = x.shape
     if n == 0:  # an empty batch
         return x.new_zeros(g, 0, lo.out_size)
-    if lo.padded_in != k:
-        x = torch.nn.functional.pad(x, (0, lo.padded_in - k))
+    if lo.padded_in != k:  # an uneven split: each input part into its tile, then zeros
+        x = lo.pad_in(x, 2)
     xv = x.view(g, n, lo.n_in, lo.rows)
     xq = _scratch(0, (g, lo.n_in, n, lo.rows), x)
     z = _scratch(1, (lo.batch, n, lo.padded_out), x)
@@ -277,8 +277,7 @@ def _digital(
     if bias is None:
         base = torch.zeros((), device=z.device, dtype=z.dtype)
     else:
-        base = torch.nn.functional.pad(bias, (0, lo.padded_out - lo.out_size))
-        base = base.view(g, 1, lo.n_out, lo.cols)
+        base = lo.pad_out(bias, 1).reshape(g, 1, lo.n_out, lo.cols)
     if factor is None:
         torch.add(base, zv[:, 0], out=y)
         for t in range(1, lo.n_in):
@@ -289,7 +288,7 @@ def _digital(
         for t in range(1, lo.n_in):
             y.addcmul_(zv[:, t], fv[:, t])
     y = y.view(g, n, lo.padded_out)
-    return y if lo.padded_out == lo.out_size else y[..., : lo.out_size]
+    return y if lo.padded_out == lo.out_size else lo.unpad_out(y, 2)
 
 
 def _bound_management(

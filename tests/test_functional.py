@@ -20,6 +20,7 @@ from aimc.functional import (
     TileLayout,
     quantize,
     split_size,
+    split_sizes,
     stochastic_round,
     tile_weights,
 )
@@ -84,11 +85,85 @@ def test_split_size_properties(n, max_size):
     assert tiles == math.ceil(n / max_size)  # REFERENCE §1: ceil(n / max) parts
     assert size <= max_size
     assert tiles * size >= n  # covers all rows
-    assert (tiles - 1) * size < n  # no empty tile
-    # near-equal: the (possibly shorter) last tile is shorter by less than one row per tile
-    last = n - (tiles - 1) * size
-    assert 0 < last <= size
-    assert size - last < tiles
+    # a tile holds its part: the largest part of AIHWKIT's split
+    assert (tiles, size) == (len(split_sizes(n, max_size)), max(split_sizes(n, max_size)))
+
+
+# --------------------------------------------------------------------------------------------
+# split_sizes: AIHWKIT 1.2.0 TileModuleArray.get_split_sizes
+
+
+@pytest.mark.parametrize(
+    "n, max_size, expected",
+    [
+        (13, 4, [4, 3, 3, 3]),
+        (1030, 512, [344, 343, 343]),
+        (1025, 512, [342, 342, 341]),
+        (768, 512, [384, 384]),
+        (3072, 512, [512] * 6),
+        (256, 100, [86, 85, 85]),
+        (10, 3, [3, 3, 2, 2]),
+        (700, 0, [700]),  # 0 = no split
+        (13, 0, [13]),
+        (512, 512, [512]),
+        (1, 4, [1]),
+    ],
+)
+def test_split_sizes_examples(n, max_size, expected):
+    assert split_sizes(n, max_size) == expected
+    tiles, size = split_size(n, max_size)
+    assert (tiles, size) == (len(expected), max(expected))
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_split_sizes_rejects_empty(n):
+    with pytest.raises(ValueError):
+        split_sizes(n, 512)
+
+
+@SETTINGS
+@given(n=st.integers(1, 20_000), max_size=st.integers(0, 1024))
+def test_split_sizes_match_aihwkit_rule(n, max_size):
+    sizes = split_sizes(n, max_size)
+    if max_size <= 0:
+        assert sizes == [n]
+        return
+    # AIHWKIT TileModuleArray.get_split_sizes, verbatim
+    n_splits = (n + max_size - 1) // max_size
+    base, extra = divmod(n, n_splits)
+    assert sizes == [base + (i < extra) for i in range(n_splits)]
+    assert sum(sizes) == n and max(sizes) <= max_size and max(sizes) - min(sizes) <= 1
+
+
+@SETTINGS
+@given(
+    n=st.integers(1, 300),
+    max_size=st.integers(1, 64),
+    out=st.integers(1, 40),
+    max_out=st.integers(0, 16),
+)
+def test_layout_places_each_part_at_the_start_of_its_tile(n, max_size, out, max_out):
+    mapping = MappingConfig(max_input_size=max_size, max_output_size=max_out)
+    lo = TileLayout.build(2, out, n, mapping)
+    for size_of, sizes, pos, valid, width in (
+        (n, lo.in_sizes, lo.in_positions("cpu"), lo.in_valid("cpu"), lo.rows),
+        (out, lo.out_sizes, lo.out_positions("cpu"), lo.out_valid("cpu"), lo.cols),
+    ):
+        expected = [t * width + r for t, s in enumerate(sizes) for r in range(s)]
+        assert pos.tolist() == expected and len(expected) == size_of
+        assert valid.sum() == size_of and bool(valid[pos].all())
+    x = torch.randn(3, n)
+    xp = lo.pad_in(x)
+    assert xp.shape == (3, lo.padded_in)
+    assert torch.equal(lo.unpad_in(xp), x)
+    start = 0
+    for t, s in enumerate(lo.in_sizes):  # part t, then zeros, in tile t
+        tile = xp.view(3, lo.n_in, lo.rows)[:, t]
+        assert torch.equal(tile[:, :s], x[:, start : start + s])
+        assert not tile[:, s:].any()
+        start += s
+    if lo.padded_in == n:  # an even split: no copy at all
+        assert lo.pad_in(x) is x and lo.unpad_in(x) is x
 
 
 @SETTINGS
@@ -415,6 +490,70 @@ def test_perfect_io_analog_linear_equals_linear(
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "in_size, out_size, max_in, max_out",
+    [(13, 6, 4, 0), (6, 13, 0, 4), (13, 13, 4, 4), (1030, 20, 512, 0), (1025, 1030, 512, 512)],
+)
+@pytest.mark.parametrize("conv", [False, True])
+def test_perfect_io_uneven_split_equals_digital(in_size, out_size, max_in, max_out, conv):
+    # ideal periphery: an unevenly split layer (AIHWKIT's 4 + 3 + 3 + 3 etc.) is the digital one
+    mapping = MappingConfig(
+        max_input_size=max_in,
+        max_output_size=max_out,
+        weight_scaling_omega=1.0,
+        learn_out_scaling=True,  # off the exact F.linear shortcut
+    )
+    cfg = AnalogConfig(io=IOConfig(is_perfect=True), mapping=mapping)
+    torch.manual_seed(0)
+    if conv:  # 1x1 convolution: in_size channels
+        from aimc.nn import AnalogConv2d
+
+        layer = AnalogConv2d(in_size, out_size, 1, config=cfg, seed=0)
+        x = torch.randn(2, in_size, 3, 2)
+        ref = torch.nn.functional.conv2d(x, layer.weight.detach(), layer.bias.detach())
+    else:
+        layer = AnalogLinear(in_size, out_size, config=cfg, seed=0)
+        x = torch.randn(5, in_size)
+        ref = torch.nn.functional.linear(x, layer.weight.detach(), layer.bias.detach())
+    lo = layer.tile_layout()
+    assert lo.in_sizes == split_sizes(in_size, max_in)
+    assert lo.out_sizes == split_sizes(out_size, max_out)
+    assert not layer.is_exact()
+    with torch.no_grad():
+        y = layer(x)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("columnwise", [False, True])
+def test_uneven_split_is_the_sum_of_per_part_tiles(columnwise):
+    # 13 inputs at 4 -> 4 + 3 + 3 + 3 and 13 outputs at 4: each tile sees exactly its part,
+    # with its own noise management (abs max over the part), weight scale and ADC. A
+    # deterministic periphery (quantization, no noise) makes the tiled MVM the concatenation
+    # over output parts of the digital sum over input parts of one-tile MVMs.
+    io = IOConfig(out_noise=0.0, inp_res=1 / 30, out_res=1 / 62, bound_management="none")
+    mapping = MappingConfig(weight_scaling_omega=1.0, weight_scaling_columnwise=columnwise)
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(1, 13, 13, generator=gen) * 0.3
+    x = torch.randn(1, 7, 13, generator=gen)
+    x[..., 12] = 5.0  # a large input in the last part only: sets that tile's abs max alone
+    tiled = AnalogConfig(io=io, mapping=mapping.replace(max_input_size=4, max_output_size=4))
+    y = mvm(x, w, tiled)
+    one = AnalogConfig(io=io, mapping=mapping.replace(max_input_size=0, max_output_size=0))
+    ins, outs = split_sizes(13, 4), split_sizes(13, 4)
+    i0 = [sum(ins[:t]) for t in range(len(ins))]
+    o0 = [sum(outs[:t]) for t in range(len(outs))]
+    parts = []
+    for a, so in zip(o0, outs, strict=True):
+        acc = 0
+        for b, si in zip(i0, ins, strict=True):
+            acc = acc + mvm(x[..., b : b + si], w[:, a : a + so, b : b + si], one)
+        parts.append(acc)
+    torch.testing.assert_close(y, torch.cat(parts, dim=2), rtol=1e-6, atol=1e-6)
+    # the old end padding of the inputs (4 + 4 + 4 + 1) gives a different result
+    old = mvm(x[..., :12], w[..., :12], tiled) + mvm(x[..., 12:], w[..., 12:], tiled)
+    assert not torch.allclose(y, old, atol=1e-3)
+
+
 def test_perfect_io_draws_no_random_numbers():
     cfg = AnalogConfig(io=IOConfig(is_perfect=True), mapping=MappingConfig(max_input_size=3))
     w = torch.randn(1, 5, 7, generator=torch.Generator().manual_seed(0))
@@ -438,9 +577,13 @@ def test_tile_weights_scale_shapes_and_normalisation():
     w_c, scale_c = tile_weights(w, lo, col)
     assert scale_c.shape == (lo.batch, lo.padded_out)
     col_max = w_c.abs().amax(dim=2)
-    real = col_max[:, :10]  # padded columns are all zero and keep scale 1
+    # 10 outputs at 3 -> 3 + 3 + 2 + 2: the last column of tiles 3 and 4 is padding
+    valid = lo.out_valid("cpu")
+    assert valid.tolist() == [True] * 6 + [True, True, False] * 2
+    real = col_max[:, valid]  # padded columns are all zero and keep scale 1
     torch.testing.assert_close(real, torch.full_like(real, 0.5))
-    assert torch.all(scale_c[:, 10:] == 1.0)
+    assert torch.all(scale_c[:, ~valid] == 1.0)
+    assert not w_c[:, ~valid].any()
 
 
 # --------------------------------------------------------------------------------------------
@@ -585,3 +728,25 @@ def test_check_seed_rejects(seed):
         arandom.check_seed(seed, "layer.seed")
     msg = str(info.value)
     assert "layer.seed" in msg and repr(seed) in msg and "allowed" in msg
+
+
+def test_valid_mask_and_exact_readout_of_an_uneven_split():
+    from aimc.compensation import exact_readout, valid_mask
+
+    # 13 inputs at 4 -> 4 + 3 + 3 + 3 (tiles of 4 rows), 7 outputs at 4 -> 4 + 3 (2 x 4 columns)
+    mapping = MappingConfig(max_input_size=4, max_output_size=4)
+    lo = TileLayout.build(1, 7, 13, mapping)
+    mask = valid_mask(lo, torch.device("cpu"))  # (B, ci, O_pad)
+    assert mask.shape == (4, 4, 8)
+    assert mask[:, :, 0].sum(dim=1).tolist() == [4, 3, 3, 3]
+    assert mask[0, 0].tolist() == [True] * 7 + [False]
+    assert int(mask.sum()) == 13 * 7
+    w = torch.randn(1, 7, 13, generator=torch.Generator().manual_seed(3))
+    w_t, _ = tile_weights(w, lo, mapping)
+    m = exact_readout(w_t, lo, per_column=False)  # mean |W| per tile, over its part only
+    b = 0
+    for t, si in enumerate(split_sizes(13, 4)):
+        for u, (a, so) in enumerate(((0, 4), (4, 3))):
+            ref = w[0, a : a + so, b : b + si].abs().mean()
+            torch.testing.assert_close(m[t, u], ref)
+        b += si

@@ -245,3 +245,25 @@ def test_io_stream_shares_the_weight_draw_but_not_the_io_noise():
     assert not torch.equal(outs["noisy", None], outs["noisy", 0])
     with pytest.raises(ValueError, match="io_stream: got -1"):
         layer.manual_seed(5, io_stream=-1)
+
+
+def test_tile_std_follows_aihwkit_uneven_split():
+    # 13 inputs at 4 -> 4 + 3 + 3 + 3, 10 outputs at 4 -> 4 + 3 + 3: the std of each tile is
+    # taken over exactly its part of the weight (unbiased), padding excluded
+    from aimc.functional import split_sizes
+    from aimc.hwa import _tile_std
+
+    w = torch.randn(2, 10, 13, generator=torch.Generator().manual_seed(0))
+    lo = TileLayout.build(2, 10, 13, MappingConfig(max_input_size=4, max_output_size=4))
+    std = _tile_std(w, lo)
+    assert std.shape == w.shape
+    ref = torch.empty_like(w, dtype=torch.float64)
+    a = 0
+    for so in split_sizes(10, 4):
+        b = 0
+        for si in split_sizes(13, 4):
+            block = w[:, a : a + so, b : b + si].double()
+            ref[:, a : a + so, b : b + si] = block.reshape(2, -1).std(dim=1).view(2, 1, 1)
+            b += si
+        a += so
+    torch.testing.assert_close(std, ref)

@@ -345,6 +345,31 @@ PERIPHERY_CASES: list[Case] = [
     ),
     _case("1030 inputs -> 344 + 343 + 343", in_features=1030, out_features=64, rows=64),
     _case("256 inputs, max_input_size 100 -> 86 + 85 + 85", mapping={"max_input_size": 100}),
+    _case(
+        "13 inputs, max_input_size 4 -> 4 + 3 + 3 + 3",
+        mapping={"max_input_size": 4},
+        in_features=13,
+        out_features=64,
+        rows=256,
+        note="AIHWKIT splits n into parts of base + (i < extra) (TileModuleArray.get_split_sizes); "
+        "aimc until 0.2 into ceil(n / parts) with a short last tile (4 + 4 + 4 + 1: -2.8 %)",
+    ),
+    _case(
+        "13 outputs, max_output_size 4 -> 4 + 3 + 3 + 3",
+        mapping={"max_output_size": 4},
+        in_features=64,
+        out_features=13,
+        rows=256,
+        note="the output side of the same split (aimc until 0.2: 4 + 4 + 4 + 1 columns)",
+    ),
+    _case(
+        "13 x 13 split over 4 x 4 tiles of 4 + 3 + 3 + 3, per-tile weight scaling",
+        mapping={"max_input_size": 4, "max_output_size": 4, "weight_scaling_omega": 1.0},
+        in_features=13,
+        out_features=13,
+        rows=256,
+        note="the per-tile weight scales span each tile's own part",
+    ),
     # -- bias
     _case("digital bias", mapping={"digital_bias": True}),
     _case("analog bias (one tile)", mapping={"digital_bias": False}),
@@ -415,14 +440,4 @@ PERIPHERY_CASES += [
 
 # -- known deviations (not in the suite until fixed; see each note) -------------------------------
 
-PERIPHERY_KNOWN_DEVIATIONS: list[Case] = [
-    _case(
-        "13 inputs, max_input_size 4 -> 4 + 3 + 3 + 3",
-        mapping={"max_input_size": 4},
-        in_features=13,
-        out_features=64,
-        rows=256,
-        note="AIHWKIT splits n into parts of base + (i < extra) (TileModuleArray.get_split_sizes); "
-        "aimc into ceil(n / parts) with a short last tile (4 + 4 + 4 + 1)",
-    ),
-]
+PERIPHERY_KNOWN_DEVIATIONS: list[Case] = []
