@@ -41,26 +41,23 @@ def readout(
     tw = TileWeights(per_tile, w * (in_unit / out_unit), None, w.abs() if need_abs else None)
     eye = torch.eye(lo.rows, device=w.device, dtype=torch.float32)
     y = analog_mvm(eye.expand(nb, lo.rows, lo.rows).contiguous(), tw, io, gen)  # (B, ci, O)
-    mask = valid_mask(lo, w.device).to(y.dtype)
-    y = y.abs() * mask
-    if per_column:
-        m = y.sum(dim=1) / mask.sum(dim=1).clamp_min(1)
-    else:
-        m = y.view(nb, lo.rows, lo.n_out, lo.cols).sum(dim=(1, 3))
-        m = m / mask.view(nb, lo.rows, lo.n_out, lo.cols).sum(dim=(1, 3)).clamp_min(1)
-    return m.clamp_min(1e-4)
+    return _mean_abs(y, lo, per_column)
 
 
 def exact_readout(w: Tensor, layout: TileLayout, per_column: bool) -> Tensor:
     """The noise-free readout: mean ``|W|`` of every tile (the exact MVM on the identity), shaped
     as :func:`readout`. AIHWKIT's ``GlobalDriftCompensationWithExactReference`` baseline."""
-    lo = layout
-    nb = lo.batch
-    mask = valid_mask(lo, w.device).to(w.dtype)
-    y = w.transpose(1, 2).abs() * mask  # (B, ci, O_pad)
+    return _mean_abs(w.transpose(1, 2), layout, per_column)
+
+
+def _mean_abs(y: Tensor, lo: TileLayout, per_column: bool) -> Tensor:
+    """Mean ``|y|`` over the real (not padded) cells of ``(B, ci, O_pad)`` identity outputs, per
+    tile ``(B, to)`` or per column ``(B, O_pad)``; clamped below at 1e-4."""
+    mask = valid_mask(lo, y.device).to(y.dtype)
+    y = y.abs() * mask
     if per_column:
         m = y.sum(dim=1) / mask.sum(dim=1).clamp_min(1)
     else:
-        m = y.reshape(nb, lo.rows, lo.n_out, lo.cols).sum(dim=(1, 3))
-        m = m / mask.view(nb, lo.rows, lo.n_out, lo.cols).sum(dim=(1, 3)).clamp_min(1)
+        m = y.reshape(lo.batch, lo.rows, lo.n_out, lo.cols).sum(dim=(1, 3))
+        m = m / mask.view(lo.batch, lo.rows, lo.n_out, lo.cols).sum(dim=(1, 3)).clamp_min(1)
     return m.clamp_min(1e-4)
