@@ -173,9 +173,8 @@ def convert(
         next((override_map[p] for p in override_pats if _matches(p, name)), config)
         for name, _, _ in chosen
     ]
-    for (name, module, analog_cls), cfg in zip(
-        chosen, configs, strict=True
-    ):  # checks before any change
+    # every check before the first module is replaced: a refused model stays as it was
+    for (name, module, analog_cls), cfg in zip(chosen, configs, strict=True):
         if not name:
             raise ValueError(
                 f"model: the root module itself is a {type(module).__name__}; convert() "

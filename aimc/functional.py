@@ -39,9 +39,13 @@ def split_sizes(n: int, max_size: int) -> list[int]:
     """
     if n <= 0:
         raise ValueError(f"split_sizes: n must be > 0, got {n}")
-    if max_size <= 0 or n <= max_size:
-        return [n]
-    parts = -(-n // max_size)
+    parts = 1 if max_size <= 0 or n <= max_size else -(-n // max_size)
+    return _part_sizes(n, parts)
+
+
+def _part_sizes(n: int, parts: int) -> list[int]:
+    """``n`` split into ``parts`` parts of ``base + (i < extra)``, ``base, extra = divmod(n,
+    parts)``: the longer parts first."""
     base, extra = divmod(n, parts)
     return [base + (i < extra) for i in range(parts)]
 
@@ -53,12 +57,8 @@ def split_size(n: int, max_size: int) -> tuple[int, int]:
     :func:`split_sizes` (768 -> 2 x 384, 3072 -> 6 x 512, 1025 -> 3 x 342 holding 342 + 342 +
     341 rows, 13 at 4 -> 4 x 4 holding 4 + 3 + 3 + 3).
     """
-    if n <= 0:
-        raise ValueError(f"split_size: n must be > 0, got {n}")
-    if max_size <= 0 or n <= max_size:
-        return 1, n
-    parts = -(-n // max_size)
-    return parts, -(-n // parts)
+    sizes = split_sizes(n, max_size)
+    return len(sizes), sizes[0]
 
 
 @functools.lru_cache(maxsize=256)
@@ -129,14 +129,12 @@ class TileLayout:
     @property
     def in_sizes(self) -> list[int]:
         """The rows of each input part (AIHWKIT's ``in_sizes``)."""
-        base, extra = divmod(self.in_size, self.n_in)
-        return [base + (i < extra) for i in range(self.n_in)]
+        return _part_sizes(self.in_size, self.n_in)
 
     @property
     def out_sizes(self) -> list[int]:
         """The columns of each output part (AIHWKIT's ``out_sizes``)."""
-        base, extra = divmod(self.out_size, self.n_out)
-        return [base + (i < extra) for i in range(self.n_out)]
+        return _part_sizes(self.out_size, self.n_out)
 
     def in_positions(self, device: torch.device) -> Tensor:
         """``(K,)`` padded input position of each input (cached per layout and device)."""

@@ -142,11 +142,10 @@ def _clip(layer: nn.Module, hwa: HWAConfig) -> None:
     full = layer._analog_weight()  # (G, O, K [+ 1]) with the analog bias as the last input
     bound = (hwa.clip_sigma * _tile_std(full.detach(), layer.tile_layout())).to(w.dtype)
     k = w.shape[2]
-    w.copy_(torch.maximum(torch.minimum(w, bound[..., :k]), -bound[..., :k]))
+    w.clamp_(-bound[..., :k], bound[..., :k])
     if analog_bias:
         b = layer.bias.view(w.shape[0], w.shape[1])
-        bb = bound[..., k]
-        b.copy_(torch.maximum(torch.minimum(b, bb), -bb))
+        b.clamp_(-bound[..., k], bound[..., k])
 
 
 def _tile_std(w: Tensor, layout: TileLayout) -> Tensor:
