@@ -44,6 +44,27 @@ def readout(
     return _mean_abs(y, lo, per_column)
 
 
+def readout_tiles(
+    w: Tensor, mask: Tensor, io: IOConfig, gen: torch.Generator, per_column: bool
+) -> Tensor:
+    """:func:`readout` of ``(k, ro, ci)`` tile matrices given their ``(k, ro, ci)`` mask of real
+    cells: ``(k,)`` per tile or ``(k, ro)`` per column (a chunk of a large layer's tiles)."""
+    k, cols, rows = w.shape
+    one = TileLayout(k, cols, rows, 1, rows, 1, cols)
+    in_unit, out_unit = units(io)
+    need_abs = io.w_noise_type == WeightNoiseType.PCM_READ and io.w_noise > 0
+    tw = TileWeights(one, w * (in_unit / out_unit), None, w.abs() if need_abs else None)
+    eye = torch.eye(rows, device=w.device, dtype=torch.float32)
+    y = analog_mvm(eye.expand(k, rows, rows).contiguous(), tw, io, gen)  # (k, ci, ro)
+    m = mask.transpose(1, 2).to(y.dtype)
+    y = y.abs_().mul_(m)
+    if per_column:
+        out = y.sum(dim=1) / m.sum(dim=1).clamp_min(1)
+    else:
+        out = y.sum(dim=(1, 2)) / m.sum(dim=(1, 2)).clamp_min(1)
+    return out.clamp_min(1e-4)
+
+
 def exact_readout(w: Tensor, layout: TileLayout, per_column: bool) -> Tensor:
     """The noise-free readout: mean ``|W|`` of every tile (the exact MVM on the identity), shaped
     as :func:`readout`. AIHWKIT's ``GlobalDriftCompensationWithExactReference`` baseline."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from .convert import analog_layers
-from .nn.chip import check_time
+from .nn.chip import check_storage, check_time
 from .random import check_seed, derive_seed
 
 
@@ -25,18 +25,30 @@ def _device_layers(model: nn.Module, verb: str):
     return layers
 
 
-def program(model: nn.Module, seed: int = 0) -> nn.Module:
+def program(model: nn.Module, seed: int = 0, storage: str = "full") -> nn.Module:
     """Program every analog layer with a device model: programming noise and per-device state
     (e.g. drift exponents) drawn from ``seed`` (layer ``name`` uses ``derive_seed(seed, name)``),
-    plus the drift-compensation baseline. The chip stays fixed until the next ``program``; later
-    changes of the digital weights do not reach it. Returns ``model``."""
+    plus the drift-compensation baseline. The chip stays fixed until the next ``program``.
+    Returns ``model``.
+
+    ``storage="full"`` keeps every device's programmed state (float16; PCM: 8 bytes per weight,
+    plus a float32 copy of the read tiles while evaluating); later changes of the digital
+    weights do not reach the chip. ``storage="lean"`` keeps only seeds and per-tile numbers and
+    regenerates the chip from the weights, layer by layer, whenever it is read: the same numbers
+    bit for bit, a model in evaluation at little more than its digital memory (the LLM setting,
+    see ``docs/lm.md``), at the cost of recomputing programming and drift at every forward; the
+    weights must then not change (an error says so). Layers are processed one at a time.
+    """
     check_seed(seed)
+    check_storage(storage)
     for name, layer in _device_layers(model, "program"):
-        layer.program_chip(derive_seed(seed, "program:" + name))
+        layer.program_chip(derive_seed(seed, "program:" + name), storage)
     return model
 
 
-def drift(model: nn.Module, t_seconds: float, seed: int = 0) -> nn.Module:
+def drift(
+    model: nn.Module, t_seconds: float, seed: int = 0, storage: str = "full"
+) -> nn.Module:
     """Let the programmed conductances drift to ``t_seconds`` after programming and read them
     with fresh read noise drawn from ``seed``; update the drift compensation.
 
@@ -46,12 +58,14 @@ def drift(model: nn.Module, t_seconds: float, seed: int = 0) -> nn.Module:
 
     A layer that has not been programmed yet is programmed first, with ``seed`` as the
     programming seed (as :func:`program` would with the same seed) — call :func:`program`
-    yourself to choose the chip independently of the read seed. Returns ``model``.
+    yourself to choose the chip independently of the read seed. ``storage`` is the storage of
+    such a first programming (see :func:`program`). Returns ``model``.
     """
     t = check_time(t_seconds)
     check_seed(seed)
+    check_storage(storage)
     for name, layer in _device_layers(model, "drift"):
         if not layer.is_programmed():
-            layer.program_chip(derive_seed(seed, "program:" + name))
+            layer.program_chip(derive_seed(seed, "program:" + name), storage)
         layer.drift_chip(t, derive_seed(seed, "drift:" + name))
     return model

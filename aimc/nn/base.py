@@ -234,9 +234,12 @@ class AnalogLayerMixin(ChipMixin):
         bias = None
         if not analog_bias and self.bias is not None:
             bias = self.bias.float().view(xf.shape[0], -1)
+        # the weight only feeds the backward: no float32 copy of it without autograd
+        if torch.is_grad_enabled() and (w.requires_grad or xf.requires_grad):
+            w = w.float()
         if self.out_scale is None:
-            return _AnalogMVM.apply(xf.contiguous(), w.float(), bias, self, r).to(dtype)
-        y = _AnalogMVM.apply(xf.contiguous(), w.float(), None, self, r)
+            return _AnalogMVM.apply(xf.contiguous(), w, bias, self, r).to(dtype)
+        y = _AnalogMVM.apply(xf.contiguous(), w, None, self, r)
         scale = (
             self.out_scale.view(1, 1, -1)
             if self.out_scale.numel() == 1

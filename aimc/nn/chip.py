@@ -1,12 +1,22 @@
 """The programmed chip of an analog layer: conductances, drift state and compensation as buffers.
 
-State is the chip: after :meth:`ChipMixin.program_chip` the layer holds, as buffers (so
-``state_dict`` carries them), the programmed conductances of both devices of every pair and the
-device model's per-device state (float16), the conductance and weight scales, and the drift
-compensation baseline. :meth:`ChipMixin.drift_chip` records the inference time and the read seed;
-the drifted conductances (with their fresh read noise) and the compensation factors are computed
-from these buffers deterministically, so a checkpoint reloaded into a freshly converted model
-reproduces the drifted model's outputs bit for bit.
+State is the chip. :meth:`ChipMixin.program_chip` programs the current weights and keeps, as
+buffers (so ``state_dict`` carries them), the per-tile conductance and weight scales, the
+drift-compensation baseline and the programming seed, and — with ``storage="full"`` (the
+default) — the programmed conductances of both devices of every pair and the device model's
+per-device state (float16). With ``storage="lean"`` the per-device state is not kept: it is a
+deterministic function of the weights and the programming seed and is regenerated, tile chunk
+by tile chunk, whenever the chip is read (LLM scale: the chip then costs a few numbers per tile
+instead of 8 bytes per weight). :meth:`ChipMixin.drift_chip` records the inference time and the
+read seed and computes the compensation factors; the drifted conductances (with their fresh
+read noise) are computed from the buffers deterministically, so a checkpoint reloaded into a
+freshly converted model reproduces the drifted model's outputs bit for bit — and a lean chip
+gives bit for bit the outputs of a full one programmed with the same seed.
+
+Large layers are processed in chunks of whole tiles (:data:`CHUNK_WEIGHTS` weights), so the
+working memory of programming and drift is bounded whatever the layer size. A layer that fits
+in one chunk draws its random numbers exactly as aimc 0.2 did; a larger one draws each chunk
+from its own generator, seeded from the layer's seed and the chunk index.
 """
 
 from __future__ import annotations
@@ -18,19 +28,24 @@ import torch
 from torch import Tensor
 
 from .. import devices
-from ..compensation import exact_readout, readout
+from ..compensation import exact_readout, readout, readout_tiles
 from ..config import DriftCompensation, WeightNoiseType
 from ..functional import TileLayout, tile_weights
 from ..mvm import TileWeights, units
-from ..random import check_seed
-from .checks import check_finite_weights
+from ..random import check_seed, derive_seed
+from .checks import check_finite_weights, layer_label
 
 PREFIX = "chip_"
 #: Per-device state is stored in half precision (conductances relative to g_max, drift
-#: exponents): the
-#: rounding (relative 5e-4) is far below programming and read noise, and it keeps the chip at
-#: 2x the float32 weight memory.
+#: exponents): the rounding (relative 5e-4) is far below programming and read noise, and it
+#: keeps a full chip at 2x the float32 weight memory. A lean chip applies the same rounding when
+#: it regenerates the state, so both give the same numbers.
 STATE_DTYPE = torch.float16
+#: Weights per chunk of tiles when programming, drifting or regenerating a chip (whole tiles;
+#: a layer of at most this many weights is one chunk).
+CHUNK_WEIGHTS = 1 << 22
+#: How the programmed state is kept (see :meth:`ChipMixin.program_chip`).
+STORAGES = ("full", "lean")
 
 
 def check_time(t: Any) -> float:
@@ -47,11 +62,41 @@ def check_time(t: Any) -> float:
     return value
 
 
+def check_storage(storage: Any) -> str:
+    """Validate a chip storage mode (``"full"`` or ``"lean"``)."""
+    if storage not in STORAGES:
+        raise ValueError(f"storage: got {storage!r}; allowed: one of 'full', 'lean'")
+    return storage
+
+
+def _chunks(layout: TileLayout) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges of whole tiles (tile ``j = b * to + t``) of about
+    :data:`CHUNK_WEIGHTS` weights each."""
+    n = layout.batch * layout.n_out
+    per = max(1, CHUNK_WEIGHTS // (layout.rows * layout.cols))
+    return [(a, min(a + per, n)) for a in range(0, n, per)]
+
+
+def _tiles(w: Tensor, layout: TileLayout) -> Tensor:
+    """``(B, O_pad, ci)`` tile weights viewed as ``(B * to, ro, ci)``, one matrix per tile."""
+    return w.view(layout.batch * layout.n_out, layout.cols, layout.rows)
+
+
+def _tile_mask(layout: TileLayout, a: int, b: int, device: torch.device) -> Tensor:
+    """``(b - a, ro, ci)`` bool: the cells of tiles ``a..b-1`` that hold real weights."""
+    lo = layout
+    j = torch.arange(a, b, device=device)
+    rows = lo.in_valid(device).view(lo.n_in, lo.rows).repeat(lo.groups, 1)[j // lo.n_out]
+    cols = lo.out_valid(device).view(lo.n_out, lo.cols)[j % lo.n_out]
+    return cols.unsqueeze(2) & rows.unsqueeze(1)
+
+
 class ChipMixin:
     """Programming, drift and the eval-mode tiles of an analog layer with a device model."""
 
     _chip_cache: tuple[tuple[Any, ...], TileWeights] | None = None
     _alpha: Tensor | None = None
+    _lean_key: tuple[Any, ...] | None = None
 
     # -- helpers -----------------------------------------------------------------------------
     def has_device(self) -> bool:
@@ -60,10 +105,19 @@ class ChipMixin:
 
     def is_programmed(self) -> bool:
         """Whether :meth:`program_chip` has run (or a programmed state was loaded)."""
-        return hasattr(self, PREFIX + "g_pos")
+        return hasattr(self, PREFIX + "conductance_scale")
+
+    def chip_storage(self) -> str | None:
+        """``"full"`` or ``"lean"`` (see :meth:`program_chip`); ``None`` if not programmed."""
+        if not self.is_programmed():
+            return None
+        return "lean" if hasattr(self, PREFIX + "program_seed") else "full"
 
     def _chip(self, name: str) -> Tensor:
         return getattr(self, PREFIX + name)
+
+    def _has_chip(self, name: str) -> bool:
+        return self._buffers.get(PREFIX + name) is not None
 
     def _set_chip(self, name: str, value: Tensor) -> None:
         key = PREFIX + name
@@ -72,79 +126,167 @@ class ChipMixin:
         else:
             self.register_buffer(key, value)
 
+    def _drop_chip(self) -> None:
+        for key in [k for k in self._buffers if k.startswith(PREFIX)]:
+            del self._buffers[key]
+        self._chip_cache = None
+        self._alpha = None
+        self._lean_key = None
+
     def _digital_layout(self) -> tuple[Tensor, TileLayout, Tensor | None]:
         w = self._analog_weight()
         layout = self.tile_layout()
         w_t, scale = tile_weights(w, layout, self.analog_config.mapping)
         return w_t, layout, scale
 
+    def _weight_key(self) -> tuple[Any, ...]:
+        params = [self.weight] + ([self.bias] if self.bias is not None else [])
+        return tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+
     # -- programming ---------------------------------------------------------------------------
     @torch.inference_mode(False)  # chip buffers must be normal tensors even if called in
     @torch.no_grad()  # inference mode (they are versioned and may be loaded into later)
-    def program_chip(self, seed: int) -> None:
+    def program_chip(self, seed: int, storage: str = "full") -> None:
         """Program the current weights: programming noise and per-device state, drawn from
-        ``seed``; also the drift-compensation baseline. Fixed until the next programming."""
+        ``seed``; also the drift-compensation baseline. Fixed until the next programming.
+
+        ``storage="full"`` keeps the programmed state of every device (float16, 8 bytes per
+        weight for PCM); the chip then no longer depends on the weights. ``storage="lean"``
+        keeps only the seed and per-tile scales and regenerates the state from the weights
+        whenever the chip is read (same numbers, no per-weight memory, more compute per read);
+        the weights must then stay as they were at programming (a change is an error).
+        """
         check_seed(seed)
+        check_storage(storage)
         if not self.has_device():
             raise RuntimeError("program: this layer has no device model (device.model='none')")
         check_finite_weights(self, "program")
         cfg = self.analog_config
-        model = devices.get(cfg.device.model)
         params = cfg.device.params
         w_t, layout, w_scale = self._digital_layout()
-        gen = torch.Generator(device=w_t.device).manual_seed(seed)
-        g_pos, g_neg, g_scale = model.to_conductances(w_t, layout.n_out, params.g_max)
-        for sign, target in (("pos", g_pos), ("neg", g_neg)):
-            for key, value in model.program(target, params, gen).items():
-                if key == "g":  # stored relative to g_max: float16 range for any g_max
-                    value = value / params.g_max
-                self._set_chip(f"{key}_{sign}", value.to(STATE_DTYPE))
-        self._set_chip("conductance_scale", g_scale.float())
+        comp = cfg.device.drift_compensation
+        per_column = comp == DriftCompensation.PER_COLUMN
+        device = w_t.device
+        self._drop_chip()
+        chunks = _chunks(layout)
+        n = layout.batch * layout.n_out
+        g_scale = torch.empty(n, device=device)
+        baseline = torch.empty((n, layout.cols) if per_column else (n,), device=device)
+        full: dict[str, Tensor] = {}
+        tiles = _tiles(w_t, layout)
+        for i, (a, b) in enumerate(chunks):
+            gen = self._chunk_generator(seed, i, len(chunks), device)
+            state_pos, state_neg, scale = self._program_tiles(tiles[a:b], gen)
+            g_scale[a:b] = scale.view(-1)
+            if storage == "full":
+                for sign, state in (("pos", state_pos), ("neg", state_neg)):
+                    for key, value in state.items():
+                        name = f"{key}_{sign}"
+                        if name not in full:
+                            full[name] = torch.empty(w_t.shape, dtype=STATE_DTYPE, device=device)
+                        _tiles(full[name], layout)[a:b] = _stored(key, value, params.g_max)
+            if comp not in (DriftCompensation.NONE, DriftCompensation.EXACT_REFERENCE):
+                pos, neg = _round_trip(state_pos, params.g_max), _round_trip(state_neg, params.g_max)
+                model = devices.get(cfg.device.model)
+                reference = model.from_conductances(pos["g"], neg["g"], scale)
+                del pos, neg, state_pos, state_neg
+                baseline[a:b] = self._readout(reference, layout, a, b, len(chunks), gen)
+        for name, value in full.items():
+            self._set_chip(name, value)
+        self._set_chip("conductance_scale", g_scale.view(layout.batch, layout.n_out))
         if w_scale is not None:
             self._set_chip("weight_scale", w_scale.float())
-        self._set_chip("drift_time", torch.tensor(-1.0, dtype=torch.float64, device=w_t.device))
-        self._set_chip("drift_seed", torch.tensor(0, dtype=torch.int64, device=w_t.device))
-        comp = cfg.device.drift_compensation
+        self._set_chip("drift_time", torch.tensor(-1.0, dtype=torch.float64, device=device))
+        self._set_chip("drift_seed", torch.tensor(0, dtype=torch.int64, device=device))
+        if storage == "lean":
+            self._set_chip("program_seed", torch.tensor(seed, dtype=torch.int64, device=device))
+            self._lean_key = self._weight_key()
         if comp == DriftCompensation.EXACT_REFERENCE:
             # AIHWKIT GlobalDriftCompensationWithExactReference: an exact (noise-free MVM)
             # readout of the target weights, not the noisy forward of them
             self._set_chip("baseline", exact_readout(w_t, layout, per_column=False))
         elif comp != DriftCompensation.NONE:
-            state_pos, state_neg = self._state("pos"), self._state("neg")
-            reference = model.from_conductances(state_pos["g"], state_neg["g"], g_scale)
-            per_column = comp == DriftCompensation.PER_COLUMN
-            self._set_chip("baseline", readout(reference, layout, cfg.io, gen, per_column))
-        self._chip_cache = None
+            shape = (layout.batch, layout.padded_out if per_column else layout.n_out)
+            self._set_chip("baseline", baseline.view(shape))
+
+    @staticmethod
+    def _chunk_generator(seed: int, i: int, n_chunks: int, device: torch.device):
+        """Chunk ``i``'s generator: the layer's own for a one-chunk layer (aimc 0.2's draws),
+        else one seeded from ``(seed, i)``."""
+        gen = torch.Generator(device=device)
+        return gen.manual_seed(seed if n_chunks == 1 else derive_seed(seed, f"tiles{i}"))
+
+    def _program_tiles(self, tiles: Tensor, gen: torch.Generator):
+        """Program ``(k, ro, ci)`` target tiles: ``(state_pos, state_neg, scale (k, 1))``."""
+        cfg = self.analog_config
+        model = devices.get(cfg.device.model)
+        params = cfg.device.params
+        g_pos, g_neg, scale = model.to_conductances(tiles, 1, params.g_max)
+        state_pos = model.program(g_pos, params, gen)
+        del g_pos
+        state_neg = model.program(g_neg, params, gen)
+        return state_pos, state_neg, scale
+
+    def _readout(self, w: Tensor, layout: TileLayout, a: int, b: int, n_chunks: int, gen):
+        """The compensation readout of tiles ``a..b-1`` (``(k, ro, ci)`` weights), flat per
+        tile ``(k,)`` or per column ``(k, ro)``."""
+        cfg = self.analog_config
+        per_column = cfg.device.drift_compensation == DriftCompensation.PER_COLUMN
+        if n_chunks == 1:  # the whole layer at once, as aimc 0.2 (the same noise draws)
+            m = readout(w.view(layout.batch, layout.padded_out, layout.rows), layout, cfg.io, gen,
+                        per_column)
+            return m.reshape(-1, layout.cols) if per_column else m.reshape(-1)
+        mask = _tile_mask(layout, a, b, w.device)
+        return readout_tiles(w, mask, cfg.io, gen, per_column)
 
     @torch.inference_mode(False)
     @torch.no_grad()
     def drift_chip(self, t_seconds: float, seed: int) -> None:
         """Conductances ``t_seconds`` after programming, with fresh read noise from ``seed``, and
-        the compensation factors. Computed now and cached until the next call."""
+        the compensation factors. Computed now (a full chip also caches the tiles)."""
         t = check_time(t_seconds)
         check_seed(seed)
         if not self.is_programmed():
             raise RuntimeError("drift: the layer is not programmed; call aimc.program first")
         self._chip("drift_time").fill_(t)
         self._chip("drift_seed").fill_(seed)
+        if self._has_chip("alpha"):
+            del self._buffers[PREFIX + "alpha"]
         self._chip_cache = None
-        self.chip_tiles()
+        tw = self.chip_tiles(read_out=True)
+        if self._alpha is not None:
+            self._set_chip("alpha", self._alpha)
+            if self._chip_cache is not None:  # full: the cached tiles stay valid
+                self._chip_cache = (self._chip_key(), tw)
 
-    def _state(self, sign: str) -> dict[str, Tensor]:
-        """The device state of one device of every pair (float32; conductances in µS)."""
-        names = [
-            k[len(PREFIX) : -len(sign) - 1]
-            for k in self._buffers
-            if k.startswith(PREFIX) and k.endswith("_" + sign)
-        ]
-        state = {n: self._chip(f"{n}_{sign}").float() for n in names}
-        state["g"] = state["g"] * self.analog_config.device.params.g_max
-        return state
+    def _programmed_tiles(self, tiles: Tensor | None, a: int, b: int, i: int, n_chunks: int):
+        """The programmed state of tiles ``a..b-1`` (float32, conductances in µS) and their
+        conductance scales ``(k, 1)``: read from the buffers, or regenerated (lean)."""
+        lo = self.tile_layout()
+        g_max = self.analog_config.device.params.g_max
+        if tiles is None:  # full
+            out = []
+            for sign in ("pos", "neg"):
+                names = [
+                    k[len(PREFIX) : -len(sign) - 1]
+                    for k in self._buffers
+                    if k.startswith(PREFIX) and k.endswith("_" + sign)
+                ]
+                out.append(
+                    _rounded({n: _tiles(self._chip(f"{n}_{sign}"), lo)[a:b] for n in names}, g_max)
+                )
+            scale = self._chip("conductance_scale").reshape(-1, 1)[a:b].float()
+            return out[0], out[1], scale
+        seed = int(self._chip("program_seed"))
+        gen = self._chunk_generator(seed, i, n_chunks, tiles.device)
+        state_pos, state_neg, scale = self._program_tiles(tiles[a:b], gen)
+        return _round_trip(state_pos, g_max), _round_trip(state_neg, g_max), scale
 
     # -- the tiles used in eval mode -------------------------------------------------------------
-    def chip_tiles(self) -> TileWeights:
+    def chip_tiles(self, read_out: bool = False) -> TileWeights:
         """Tiles of the programmed (and drifted) chip, with drift compensation folded into the
-        digital scale. Cached; recomputed when the chip buffers change."""
+        digital scale. A full chip caches them (recomputed when the chip buffers change); a lean
+        chip regenerates them at every call."""
         if not self.is_programmed():
             raise RuntimeError(
                 "eval forward of an analog layer with device model "
@@ -152,35 +294,70 @@ class ChipMixin:
                 "aimc.program(model, seed=...) (and aimc.drift(model, t, seed=...)) first, or "
                 "use model.train() to run on the digital weights"
             )
-        bufs = [b for k, b in self._buffers.items() if k.startswith(PREFIX) and b is not None]
-        key = tuple((b.data_ptr(), 0 if b.is_inference() else b._version, b.device) for b in bufs)
+        lean = self.chip_storage() == "lean"
+        if lean:
+            self._check_lean_weights()
+        key = self._chip_key()
         if self._chip_cache is not None and self._chip_cache[0] == key:
             return self._chip_cache[1]
         with torch.no_grad():
-            tw = self._compute_chip_tiles()
-        self._chip_cache = (key, tw)
+            tw = self._compute_chip_tiles(read_out)
+        self._chip_cache = None if lean else (key, tw)
         return tw
+
+    def _chip_key(self) -> tuple[Any, ...]:
+        bufs = [b for k, b in self._buffers.items() if k.startswith(PREFIX) and b is not None]
+        return tuple((b.data_ptr(), 0 if b.is_inference() else b._version, b.device) for b in bufs)
+
+    def _check_lean_weights(self) -> None:
+        if self._lean_key is None:
+            self._lean_key = self._weight_key()  # loaded from a checkpoint: weights come with it
+        elif self._lean_key != self._weight_key():
+            raise RuntimeError(
+                f"{layer_label(self)}: its weights changed (or moved/cast) since it was "
+                "programmed with storage='lean', whose chip is regenerated from the weights; "
+                "call aimc.program again (or program with storage='full' to keep the chip "
+                "independent of later weight changes)"
+            )
 
     def compensation_factor(self) -> Tensor | None:
         """The drift-compensation factors α of the current (drifted) chip: ``(tiles, to)`` per
         tile (global) or ``(tiles, O_pad)`` per column; ``None`` before :meth:`drift_chip` or
         without compensation (REFERENCE.md §3)."""
+        if not self.is_programmed():
+            self.chip_tiles()  # the error
+        if self._has_chip("alpha"):
+            return self._chip("alpha")
         self.chip_tiles()
         return self._alpha
 
-    def _compute_chip_tiles(self) -> TileWeights:
+    def _compute_chip_tiles(self, read_out: bool) -> TileWeights:
         cfg = self.analog_config
         model = devices.get(cfg.device.model)
         params = cfg.device.params
         layout = self.tile_layout()
         t = float(self._chip("drift_time"))
-        g_scale = self._chip("conductance_scale").float()
-        alpha = None
-        if t < 0:  # programmed, not yet read
-            w_t = model.from_conductances(self._state("pos")["g"], self._state("neg")["g"], g_scale)
-        else:
-            gen = torch.Generator(device=g_scale.device)
-            gen.manual_seed(int(self._chip("drift_seed")))
+        comp = cfg.device.drift_compensation
+        per_column = comp == DriftCompensation.PER_COLUMN
+        # the compensation needs a readout of the drifted tiles unless the factors are stored
+        need_readout = t >= 0 and comp != DriftCompensation.NONE
+        need_readout &= read_out or not self._has_chip("alpha")
+        targets = None
+        if self.chip_storage() == "lean":
+            targets = _tiles(self._digital_layout()[0], layout)
+        device = self._chip("conductance_scale").device
+        n = layout.batch * layout.n_out
+        w_t = torch.empty(layout.batch, layout.padded_out, layout.rows, device=device)
+        out = _tiles(w_t, layout)
+        m_t = torch.empty((n, layout.cols) if per_column else (n,), device=device)
+        chunks = _chunks(layout)
+        drift_seed = int(self._chip("drift_seed"))
+        for i, (a, b) in enumerate(chunks):
+            pos, neg, g_scale = self._programmed_tiles(targets, a, b, i, len(chunks))
+            if t < 0:  # programmed, not yet read
+                out[a:b] = model.from_conductances(pos["g"], neg["g"], g_scale)
+                continue
+            gen = self._chunk_generator(drift_seed, i, len(chunks), device)
             # As AIHWKIT 1.2.0 (BaseNoiseModel.apply_drift_noise), drift acts on the programmed
             # *weights*: they are mapped onto a fresh pair (one device of each pair at 0, the
             # tile's largest programmed |W| at g_max), which then drifts with the exponents drawn
@@ -188,28 +365,31 @@ class ChipMixin:
             # instead gave up to 3 % less output error after drift (tests/conformance): the
             # largest programmed |W| exceeds the target's, so AIHWKIT's conductances are lower
             # and their 1/f read noise (relative std ~ g^-0.65) larger.
-            state_pos, state_neg = self._state("pos"), self._state("neg")
-            w_prog = model.from_conductances(state_pos.pop("g"), state_neg.pop("g"), g_scale)
-            g_pos, g_neg, g_scale = model.to_conductances(w_prog, layout.n_out, params.g_max)
+            w_prog = model.from_conductances(pos.pop("g"), neg.pop("g"), g_scale)
+            g_pos, g_neg, g_scale = model.to_conductances(w_prog, 1, params.g_max)
             del w_prog
-            g_pos = model.drift({**state_pos, "g": g_pos}, t, params, gen)
-            g_neg = model.drift({**state_neg, "g": g_neg}, t, params, gen)
-            w_t = model.from_conductances(g_pos, g_neg, g_scale)
+            g_pos = model.drift({**pos, "g": g_pos}, t, params, gen)
+            g_neg = model.drift({**neg, "g": g_neg}, t, params, gen)
+            del pos, neg
+            out[a:b] = model.from_conductances(g_pos, g_neg, g_scale)
             del g_pos, g_neg
-            comp = cfg.device.drift_compensation
-            if comp != DriftCompensation.NONE:
-                per_column = comp == DriftCompensation.PER_COLUMN
-                baseline = self._chip("baseline").float()
-                alpha = baseline / readout(w_t, layout, cfg.io, gen, per_column)
+            if need_readout:
+                m_t[a:b] = self._readout(out[a:b], layout, a, b, len(chunks), gen)
+        alpha = None
+        if need_readout:
+            shape = (layout.batch, layout.padded_out if per_column else layout.n_out)
+            alpha = self._chip("baseline").float() / m_t.view(shape)
+        elif t >= 0 and comp != DriftCompensation.NONE:
+            alpha = self._chip("alpha").float()
         self._alpha = alpha
-        scale = (
-            self._chip("weight_scale").float() if hasattr(self, PREFIX + "weight_scale") else None
-        )
+        scale = self._chip("weight_scale").float() if self._has_chip("weight_scale") else None
         scale = _combine_scales(scale, alpha, layout)
         in_unit, out_unit = units(cfg.io)
         need_abs = cfg.io.w_noise_type == WeightNoiseType.PCM_READ and cfg.io.w_noise > 0
         w_abs = w_t.abs() if need_abs and not cfg.io.is_perfect else None
-        return TileWeights(layout, w_t * (in_unit / out_unit), scale, w_abs)
+        if in_unit != out_unit:
+            w_t.mul_(in_unit / out_unit)
+        return TileWeights(layout, w_t, scale, w_abs)
 
     # -- the chip keeps its dtypes: model.half()/double() move it but never cast it -------------
     def _apply(self, fn, recurse=True):
@@ -228,16 +408,42 @@ class ChipMixin:
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ) -> None:
-        for key, value in state_dict.items():
-            if key.startswith(prefix + PREFIX) and "." not in key[len(prefix) :]:
-                name = key[len(prefix) :]
-                if name not in self._buffers:
-                    device = self.weight.device
-                    self.register_buffer(name, torch.empty_like(value, device=device))
+        incoming = {
+            key[len(prefix) :]
+            for key in state_dict
+            if key.startswith(prefix + PREFIX) and "." not in key[len(prefix) :]
+        }
+        if incoming:  # the checkpoint's chip replaces this layer's (full or lean)
+            for name in [k for k in self._buffers if k.startswith(PREFIX)]:
+                if name not in incoming:
+                    del self._buffers[name]
+        for name in incoming:
+            if name not in self._buffers:
+                value = state_dict[prefix + name]
+                self.register_buffer(name, torch.empty_like(value, device=self.weight.device))
         self._chip_cache = None
+        self._alpha = None
+        self._lean_key = None  # re-keyed on the next read: the weights are loaded with the chip
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+
+def _stored(key: str, value: Tensor, g_max: float) -> Tensor:
+    """A state tensor as kept in a full chip: float16, conductances relative to ``g_max``."""
+    return (value / g_max if key == "g" else value).to(STATE_DTYPE)
+
+
+def _rounded(state: dict[str, Tensor], g_max: float) -> dict[str, Tensor]:
+    """Stored (float16) state back to float32, conductances in µS."""
+    out = {k: v.float() for k, v in state.items()}
+    out["g"] = out["g"] * g_max
+    return out
+
+
+def _round_trip(state: dict[str, Tensor], g_max: float) -> dict[str, Tensor]:
+    """Freshly programmed state as a full chip reads it back (through float16)."""
+    return _rounded({k: _stored(k, v, g_max) for k, v in state.items()}, g_max)
 
 
 def _combine_scales(
