@@ -17,7 +17,7 @@ from torch import nn
 from .config import AnalogConfig
 from .nn import AnalogConv1D, AnalogConv1d, AnalogConv2d, AnalogConv3d, AnalogLinear
 from .nn.base import AnalogLayerMixin
-from .nn.checks import check_finite_weights
+from .nn.checks import check_finite_weights, check_weight_dtype
 from .random import check_seed, derive_seed
 
 Pattern = Union[str, "re.Pattern[str]"]
@@ -181,8 +181,10 @@ def convert(
                 "replaces submodules in place — wrap it (nn.Sequential) or use "
                 f"aimc.nn.{analog_cls.__name__}.from_digital(module, config)"
             )
+        label = f"{type(module).__name__} {name!r}"
+        check_weight_dtype(module, label)
         if cfg.device.model != "none":  # it will be programmed: refuse NaN/inf weights
-            check_finite_weights(module, "convert", f"{type(module).__name__} {name!r}")
+            check_finite_weights(module, "convert", label)
     aliases: dict[int, list[str]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         aliases.setdefault(id(module), []).append(name)

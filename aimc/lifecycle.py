@@ -46,9 +46,7 @@ def program(model: nn.Module, seed: int = 0, storage: str = "full") -> nn.Module
     return model
 
 
-def drift(
-    model: nn.Module, t_seconds: float, seed: int = 0, storage: str = "full"
-) -> nn.Module:
+def drift(model: nn.Module, t_seconds: float, seed: int = 0, storage: str = "full") -> nn.Module:
     """Let the programmed conductances drift to ``t_seconds`` after programming and read them
     with fresh read noise drawn from ``seed``; update the drift compensation.
 

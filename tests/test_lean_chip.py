@@ -85,7 +85,7 @@ def test_lean_equals_full_bit_for_bit(name, chunked):
         aimc.drift(full, t, seed=4)
         aimc.drift(lean, t, seed=4)
         assert torch.equal(run(full, X), run(lean, X)), t
-        for (_, a), (_, b) in zip(aimc.analog_layers(full), aimc.analog_layers(lean)):
+        for (_, a), (_, b) in zip(aimc.analog_layers(full), aimc.analog_layers(lean), strict=True):
             fa, fb = a.compensation_factor(), b.compensation_factor()
             assert (fa is None) == (fb is None)
             if fa is not None:
@@ -195,3 +195,56 @@ def test_low_precision_model_keeps_its_dtype_and_statistics(dtype):
         assert y.dtype == dt
         errs[dt] = ((y.float() - ref).norm() / ref.norm()).item()
     assert abs(errs[dtype] / errs[torch.float32] - 1) < 0.05, errs
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn, torch.complex64])
+def test_convert_refuses_a_dtype_the_periphery_cannot_honour(dtype):
+    m = nn.Sequential(nn.Linear(8, 4))
+    m[0].weight = nn.Parameter(m[0].weight.detach().to(dtype), requires_grad=False)
+    with pytest.raises(ValueError, match=rf"convert: Linear '0' weight has dtype {dtype}; allowed"):
+        aimc.convert(m, presets.pcm_inference())
+    assert isinstance(m[0], nn.Linear)  # refused before any replacement
+
+
+def test_meta_model_converts_and_programming_it_is_refused():
+    with torch.device("meta"):
+        m = nn.Sequential(nn.Linear(8, 4))
+    aimc.convert(m, presets.pcm_inference())
+    assert m[0].weight.is_meta
+    with pytest.raises(RuntimeError, match=r"program: AnalogLinear '0' weight is on the meta"):
+        aimc.program(m, seed=0, storage="lean")
+
+
+def test_hf_decoder_loaded_lean_converts_in_place_and_runs_in_bf16(tmp_path):
+    """A Llama decoder loaded the memory-lean way (bf16, low_cpu_mem_usage): convert shares every
+    weight (no copy), a lean chip gives the full chip's logits bit for bit, in bf16."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=176,
+        vocab_size=128,
+    )
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    ids = torch.randint(0, 128, (1, 24), generator=torch.Generator().manual_seed(0))
+    logits = {}
+    for storage in ("full", "lean"):
+        m = transformers.AutoModelForCausalLM.from_pretrained(
+            tmp_path, torch_dtype=torch.bfloat16, low_cpu_mem_usage=True
+        ).eval()
+        before = {n: p.data_ptr() for n, p in m.named_parameters()}
+        aimc.convert(m, presets.bert_squad(0.0175), exclude=["lm_head"])
+        after = {n: p.data_ptr() for n, p in m.named_parameters()}
+        assert all(after[n] == ptr for n, ptr in before.items())  # (+ bert_squad's out scales)
+        assert len(aimc.analog_layers(m)) == 2 * 7
+        aimc.program(m, seed=1, storage=storage)
+        aimc.drift(m, DAY, seed=2)
+        aimc.manual_seed(m, 3)
+        with torch.no_grad():
+            logits[storage] = m(input_ids=ids).logits
+        assert logits[storage].dtype == torch.bfloat16
+        assert torch.isfinite(logits[storage]).all()
+    assert torch.equal(logits["full"], logits["lean"])

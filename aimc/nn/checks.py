@@ -130,3 +130,31 @@ def check_finite_weights(layer: Any, verb: str, label: str | None = None) -> Non
                 "weights only — fix the weights (e.g. a diverged training run) before "
                 "converting or programming"
             )
+
+
+#: Weight dtypes an analog layer accepts: the periphery computes in float32 and returns the
+#: model's dtype, which must therefore be a floating-point type that float32 covers (or float64).
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_weight_dtype(module: Any, label: str) -> None:
+    """Refuse a weight dtype the periphery cannot honour (integer, quantized, float8, complex)."""
+    for pname in ("weight", "bias"):
+        p = getattr(module, pname, None)
+        if p is not None and p.dtype not in WEIGHT_DTYPES:
+            raise ValueError(
+                f"convert: {label} {pname} has dtype {p.dtype}; allowed: torch.float16, "
+                "torch.bfloat16, torch.float32 or torch.float64 (the periphery computes in "
+                "float32 and returns the model's dtype) — dequantize the model first (e.g. load "
+                "it with torch_dtype=torch.bfloat16)"
+            )
+
+
+def check_materialized(layer: Any, verb: str) -> None:
+    """Refuse weights on the meta device (a model loaded without its weights)."""
+    if layer.weight.device.type == "meta":
+        raise RuntimeError(
+            f"{verb}: {layer_label(layer)} weight is on the meta device (not loaded); load the "
+            "weights (e.g. from_pretrained without device_map='meta', or model.to_empty() and "
+            "load_state_dict) before programming"
+        )

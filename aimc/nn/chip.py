@@ -33,7 +33,7 @@ from ..config import DriftCompensation, WeightNoiseType
 from ..functional import TileLayout, tile_weights
 from ..mvm import TileWeights, units
 from ..random import check_seed, derive_seed
-from .checks import check_finite_weights, layer_label
+from .checks import check_finite_weights, check_materialized, layer_label
 
 PREFIX = "chip_"
 #: Per-device state is stored in half precision (conductances relative to g_max, drift
@@ -160,6 +160,7 @@ class ChipMixin:
         check_storage(storage)
         if not self.has_device():
             raise RuntimeError("program: this layer has no device model (device.model='none')")
+        check_materialized(self, "program")
         check_finite_weights(self, "program")
         cfg = self.analog_config
         params = cfg.device.params
@@ -186,7 +187,10 @@ class ChipMixin:
                             full[name] = torch.empty(w_t.shape, dtype=STATE_DTYPE, device=device)
                         _tiles(full[name], layout)[a:b] = _stored(key, value, params.g_max)
             if comp not in (DriftCompensation.NONE, DriftCompensation.EXACT_REFERENCE):
-                pos, neg = _round_trip(state_pos, params.g_max), _round_trip(state_neg, params.g_max)
+                pos, neg = (
+                    _round_trip(state_pos, params.g_max),
+                    _round_trip(state_neg, params.g_max),
+                )
                 model = devices.get(cfg.device.model)
                 reference = model.from_conductances(pos["g"], neg["g"], scale)
                 del pos, neg, state_pos, state_neg
@@ -233,8 +237,13 @@ class ChipMixin:
         cfg = self.analog_config
         per_column = cfg.device.drift_compensation == DriftCompensation.PER_COLUMN
         if n_chunks == 1:  # the whole layer at once, as aimc 0.2 (the same noise draws)
-            m = readout(w.view(layout.batch, layout.padded_out, layout.rows), layout, cfg.io, gen,
-                        per_column)
+            m = readout(
+                w.view(layout.batch, layout.padded_out, layout.rows),
+                layout,
+                cfg.io,
+                gen,
+                per_column,
+            )
             return m.reshape(-1, layout.cols) if per_column else m.reshape(-1)
         mask = _tile_mask(layout, a, b, w.device)
         return readout_tiles(w, mask, cfg.io, gen, per_column)
