@@ -61,48 +61,62 @@ def prog_coeff_reference(params: PCMParams) -> float:
     return 25.0 if tuple(params.prog_coeff) == PROG_COEFF else params.g_max
 
 
+# The functions below work in place on as few full-size temporaries as they can (fresh
+# multi-megabyte tensors cost page faults comparable to the arithmetic on them); each keeps the
+# operation order of its formula, so the results are those of the plain expressions, bit for bit.
+
+
 def prog_noise_std(g: Tensor, params: PCMParams) -> Tensor:
     """``sigma_prog(g) = (c0 + c1 g/g_max + c2 (g/g_max)^2) * g_max / g_ref`` (µS), ``g_ref``
     from :func:`prog_coeff_reference` (25 for the default coefficients)."""
     c0, c1, c2 = params.prog_coeff
     rel = g / params.g_max
-    return (c0 + c1 * rel + c2 * rel * rel) * (params.g_max / prog_coeff_reference(params))
+    out = rel * c1
+    out.add_(c0).add_(rel.mul_(c2).mul_(g / params.g_max))
+    return out.mul_(params.g_max / prog_coeff_reference(params))
 
 
 def nu_mean_std(g: Tensor, params: DeviceParams) -> tuple[Tensor, Tensor]:
     """Mean and std of the drift exponent for target conductances ``g`` (REFERENCE.md §2)."""
-    log_g = torch.log((g / params.g_max).abs().clamp_min(1e-7))
-    mu = (-0.0155 * log_g + 0.0244).clamp(0.049, 0.1)
-    sigma = (-0.0125 * log_g - 0.0059).clamp(0.008, 0.045)
+    log_g = (g / params.g_max).abs_().clamp_min_(1e-7).log_()
+    mu = (log_g * -0.0155).add_(0.0244).clamp_(0.049, 0.1)
+    sigma = log_g.mul_(-0.0125).sub_(0.0059).clamp_(0.008, 0.045)
     return mu, sigma
 
 
 def program_with(
     g_target: Tensor, params: PCMParams, gen: torch.Generator, nu_stats=nu_mean_std
 ) -> State:
-    """Programming noise and drift exponents (shared with ``pcm_custom_drift``)."""
+    """Programming noise and drift exponents (shared with ``pcm_custom_drift``):
+    ``g = max(0, g_target + prog_noise_scale * sigma_prog(g_target) * xi)``,
+    ``nu = |mu(g_target) + sigma(g_target) * xi'| * drift_scale``."""
     xi = normal_(torch.empty_like(g_target), gen)
-    g = (g_target + params.prog_noise_scale * prog_noise_std(g_target, params) * xi).clamp_min(0)
+    g = prog_noise_std(g_target, params).mul_(params.prog_noise_scale).mul_(xi)
+    g.add_(g_target).clamp_min_(0)
     mu, sigma = nu_stats(g_target, params)
-    nu = (mu + sigma * normal_(torch.empty_like(g_target), gen)).abs() * params.drift_scale
+    nu = normal_(xi, gen).mul_(sigma).add_(mu).abs_().mul_(params.drift_scale)
     return {"g": g, "nu": nu}
 
 
 def read_noise_q(g_prog: Tensor, params: DeviceParams) -> Tensor:
     """``Q_s = min(0.0088 / max((|g|/g_max)^0.65, 1e-3), 0.2)``."""
-    return (0.0088 / ((g_prog.abs() / params.g_max) ** 0.65).clamp_min(1e-3)).clamp_max(0.2)
+    # 0.0088 / q is computed by torch as q.reciprocal() * 0.0088
+    q = g_prog.abs().div_(params.g_max).pow_(0.65).clamp_min_(1e-3)
+    return q.reciprocal_().mul_(0.0088).clamp_max_(0.2)
 
 
 def drift(state: State, t_inference: float, params: PCMParams, gen: torch.Generator) -> Tensor:
     """``g(t) = max(0, g_drift + |g_drift| * read_noise_scale * sigma_read * xi)``."""
     g_prog, nu = state["g"].float(), state["nu"].float()
     t = t_inference + params.t0
-    g_drift = g_prog * (t / params.t0) ** (-nu) if t > params.t0 else g_prog.clone()
-    sigma_read = read_noise_q(g_prog, params) * math.sqrt(
-        math.log((t + params.t_read) / (2 * params.t_read))
+    late = t > params.t0
+    g_drift = torch.pow(t / params.t0, nu.neg()).mul_(g_prog) if late else g_prog.clone()
+    sigma_read = read_noise_q(g_prog, params).mul_(
+        math.sqrt(math.log((t + params.t_read) / (2 * params.t_read)))
     )
     xi = normal_(torch.empty_like(g_drift), gen)
-    return (g_drift + g_drift.abs() * (params.read_noise_scale * sigma_read) * xi).clamp_min(0)
+    noise = g_drift.abs().mul_(sigma_read.mul_(params.read_noise_scale)).mul_(xi)
+    return noise.add_(g_drift).clamp_min_(0)
 
 
 MODEL = register(DeviceModel("pcm", PCMParams, program_with, drift))
