@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ._malloc import return_large_blocks
 from .convert import analog_layers
 from .nn.chip import check_storage, check_time
 from .random import check_seed, derive_seed
@@ -37,10 +38,14 @@ def program(model: nn.Module, seed: int = 0, storage: str = "full") -> nn.Module
     regenerates the chip from the weights, layer by layer, whenever it is read: the same numbers
     bit for bit, a model in evaluation at little more than its digital memory (the LLM setting,
     see ``docs/lm.md``), at the cost of recomputing programming and drift at every forward; the
-    weights must then not change (an error says so). Layers are processed one at a time.
+    weights must then not change (an error says so). Layers are processed one at a time. On
+    Linux, ``lean`` also makes glibc return large freed blocks to the system at once
+    (``aimc._malloc``): otherwise the resident set grows by the allocator's retained heap.
     """
     check_seed(seed)
     check_storage(storage)
+    if storage == "lean":
+        return_large_blocks()
     for name, layer in _device_layers(model, "program"):
         layer.program_chip(derive_seed(seed, "program:" + name), storage)
     return model
