@@ -21,7 +21,7 @@ from .. import devices
 from ..compensation import exact_readout, readout
 from ..config import DriftCompensation, WeightNoiseType
 from ..functional import TileLayout, tile_weights
-from ..mvm import TileWeights, units
+from ..mvm import TileWeights, combine_scales, units
 from ..random import check_seed
 from .checks import check_finite_weights
 
@@ -205,7 +205,7 @@ class ChipMixin:
         scale = (
             self._chip("weight_scale").float() if hasattr(self, PREFIX + "weight_scale") else None
         )
-        scale = _combine_scales(scale, alpha, layout)
+        scale = combine_scales(scale, alpha, layout)
         in_unit, out_unit = units(cfg.io)
         need_abs = cfg.io.w_noise_type == WeightNoiseType.PCM_READ and cfg.io.w_noise > 0
         w_abs = w_t.abs() if need_abs and not cfg.io.is_perfect else None
@@ -238,18 +238,3 @@ class ChipMixin:
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-
-
-def _combine_scales(
-    w_scale: Tensor | None, alpha: Tensor | None, layout: TileLayout
-) -> Tensor | None:
-    """Multiply the weight rescale and the compensation factors (each per tile or per column)."""
-    if w_scale is None or alpha is None:
-        return w_scale if alpha is None else alpha
-    if w_scale.shape == alpha.shape:
-        return w_scale * alpha
-
-    def cols(s: Tensor) -> Tensor:
-        return s if s.shape[1] == layout.padded_out else s.repeat_interleave(layout.cols, 1)
-
-    return cols(w_scale) * cols(alpha)
