@@ -113,7 +113,7 @@ def post_step(model: nn.Module) -> nn.Module:
     """Apply the HWA clipping and remapping of every analog layer to its digital weights.
 
     Call it after each ``optimizer.step()`` (or use :func:`register_post_step_hook`). Clipping
-    runs first, then remapping; remapping moves the scale into the layer's output scale, so the
+    runs first, then remapping; remapping moves each tile's scale into its output scale, so the
     layer's function is unchanged by it.
     """
     from .convert import analog_layers

@@ -285,7 +285,7 @@ def test_to_digital_folds_per_tile_scales(kind, columnwise):
 
 
 def _old_forward(layer: nn.Module, x: Tensor, old: Tensor) -> Tensor:
-    """The function of an aimc < 0.3 layer: one scale per layer column (or one per layer)."""
+    """The function of an earlier aimc layer: one scale per layer column (or one per layer)."""
     return (x @ layer.weight.detach().T) * old + layer.bias.detach()
 
 

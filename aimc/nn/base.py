@@ -177,13 +177,13 @@ class AnalogLayerMixin(ChipMixin):
         )
 
     def _checkpoint_out_scale(self, value: Any) -> Any:
-        """A checkpoint's ``out_scale`` in this layer's per-tile shape. aimc < 0.3 kept one scale
+        """A checkpoint's ``out_scale`` in this layer's per-tile shape. Earlier aimc kept one scale
         per layer column, ``(G * O,)``, or one per layer, ``(1,)``: it is broadcast to every
         input tile (the same function). Any other shape is an error."""
         want = tuple(self.out_scale.shape)
         if not isinstance(value, Tensor) or tuple(value.shape) == want:
             return value
-        g, n_in, _ = want
+        g = want[0]
         o = self.weight_matrix().shape[1]
         columnwise = self.analog_config.mapping.out_scaling_columnwise
         if value.numel() == 1 and value.dim() <= 1:

@@ -359,7 +359,7 @@ def test_standard_hwa_multi_tile_remap_stores_aihwkit_tiles():
     of 86 + 85 + 85 rows, each tile column is scaled to max |W| = 1 and its factor goes into
     that tile's scale. aimc's per-tile output scales store the same tile matrices and scales
     (float rounding), after a post-step and after a further perturbed step; with one scale per
-    layer column (aimc < 0.3) the tiles without a column's maximum held ~0.85x AIHWKIT's."""
+    layer column (earlier aimc) the tiles without a column's maximum held ~0.85x AIHWKIT's."""
     w, _ = _weights(64, 256, seed=6)
     w[:, 86:171] *= 3.0  # the middle tile holds most column maxima
     ref, mine = _standard_hwa_pair(w, 100)
