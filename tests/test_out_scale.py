@@ -335,3 +335,20 @@ def test_bad_out_scale_shape_is_named(columnwise, bad):
     msg = str(info.value)
     assert "AnalogLinear '0'" in msg and "out_scale" in msg
     assert str(tuple(bad)) in msg and want in msg
+
+
+def test_resume_with_old_optimizer_state_is_named(tmp_path):
+    """torch.optim does not check the shapes it loads: a run's checkpoint whose Adam moments
+    of ``out_scale`` have the old per-column shape is refused when it is loaded."""
+    from aimc.experiments.safeio import RunDirError, load_state
+
+    layer = _linear(True)
+    opt = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    layer(torch.randn(3, 13)).sum().backward()
+    opt.step()
+    state = opt.state_dict()
+    index = [i for i, p in enumerate(layer.parameters()) if p is layer.out_scale][0]
+    load_state(torch.optim.Adam(layer.parameters(), lr=1e-3), state, tmp_path, "hint")  # fits
+    state["state"][index]["exp_avg"] = torch.zeros(10)  # one moment per layer column
+    with pytest.raises(RunDirError, match=rf"'exp_avg' of parameter {index} has shape \(10,\)"):
+        load_state(torch.optim.Adam(layer.parameters(), lr=1e-3), state, tmp_path, "hint")
