@@ -445,9 +445,12 @@ class MappingConfig(_ConfigBase):
     weight_scaling_columnwise: bool = False
     """Weight scaling per tile column instead of per tile."""
     learn_out_scaling: bool = False
-    """Add a trainable digital output scale (initialised to 1) on top of the weight scaling."""
+    """Add a trainable digital output scale (initialised to 1) to every tile, on top of the weight
+    scaling: each input tile's output is scaled by its own before the sum over input tiles
+    (AIHWKIT's ``out_scaling_alpha`` of each tile module)."""
     out_scaling_columnwise: bool = False
-    """The trainable output scale has one value per output column (else one per layer)."""
+    """The trainable output scale of a tile has one value per tile column (else one per
+    tile)."""
 
     def _validate(self) -> None:
         p = self._prefix
@@ -576,8 +579,8 @@ class WeightRemap(str, Enum):
     """Symmetric remapping of the digital weights after each optimizer step (REFERENCE §4)."""
 
     NONE = "none"
-    LAYERWISE = "layerwise"  #: scale W so that max|W| = 1 over the layer
-    COLUMNWISE = "columnwise"  #: ... per output column; the scale moves to the output scale
+    LAYERWISE = "layerwise"  #: scale W so that max|W| = 1 on each tile (AIHWKIT: per tile)
+    COLUMNWISE = "columnwise"  #: ... per tile column; the scale moves to the tile's output scale
 
 
 @dataclass

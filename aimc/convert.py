@@ -229,21 +229,25 @@ def _digital_twin(module: AnalogLayerMixin) -> nn.Module:
     new.weight = module.weight
     new.bias = module.bias
     if module.out_scale is not None:
-        with torch.no_grad():  # fold the learned output scale into the digital weight
-            scale = module.out_scale.to(module.weight.dtype)
+        with torch.no_grad():  # fold the learned output scales into the digital weight
+            # each input tile's block of W times that tile's scales; a digital bias is added
+            # after the output scale, an analog one (the last input of the single tile) is
+            # scaled with W
+            per_weight = module.tile_layout().per_weight(module.out_scale_columns())
             w = module.weight_matrix()
-            w.mul_(scale.view(w.shape[0], -1, 1) if scale.numel() > 1 else scale)
-            # a digital bias is added after the output scale; an analog one is scaled with W
+            k = w.shape[2]
+            w.mul_(per_weight[..., :k].to(w.dtype))
             if module.analog_bias():
-                module.bias.mul_(scale)
+                module.bias.mul_(per_weight[..., k].reshape(-1).to(module.bias.dtype))
     new.train(module.training)
     return new
 
 
 def to_digital(model: nn.Module) -> nn.Module:
     """Replace every analog layer of ``model`` (in place) by the digital module it came from,
-    sharing its Parameters. A learned output scale is folded into the weight (and an analog
-    bias), so the digital model computes what the noise-free analog one did."""
+    sharing its Parameters. The learned output scales are folded into the weight (each input
+    tile's block of columns times that tile's scales) and an analog bias, so the digital model
+    computes what the noise-free analog one did."""
     twins: dict[int, nn.Module] = {}
     for name, module in list(model.named_modules(remove_duplicate=False)):
         if isinstance(module, AnalogLayerMixin):

@@ -169,6 +169,22 @@ class TileLayout:
         """``O_pad`` -> ``O`` along ``dim``, dropping the padding (``x`` itself if even)."""
         return _unpad(x, dim, self.out_size, self.n_out, self.cols)
 
+    def tile_columns(self, values: Tensor) -> Tensor:
+        """``(..., to)`` one value per output tile -> ``(..., O)``: each output column gets its
+        tile's value (differentiable)."""
+        if self.n_out == 1:
+            return values.expand(*values.shape[:-1], self.out_size)
+        tile = self.out_positions(values.device) // self.cols
+        return values.index_select(values.dim() - 1, tile)
+
+    def per_weight(self, values: Tensor) -> Tensor:
+        """``(G, ti, O)`` one value per (input tile, output column) -> ``(G, O, K)``: each weight
+        gets the value of the input tile that holds it (differentiable)."""
+        if self.n_in == 1:
+            return values.transpose(1, 2).expand(self.groups, self.out_size, self.in_size)
+        tile = self.in_positions(values.device) // self.rows
+        return values.index_select(1, tile).transpose(1, 2)
+
 
 class _QuantizeSTE(torch.autograd.Function):
     @staticmethod

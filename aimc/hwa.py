@@ -113,7 +113,7 @@ def post_step(model: nn.Module) -> nn.Module:
     """Apply the HWA clipping and remapping of every analog layer to its digital weights.
 
     Call it after each ``optimizer.step()`` (or use :func:`register_post_step_hook`). Clipping
-    runs first, then remapping; remapping moves the scale into the layer's output scale, so the
+    runs first, then remapping; remapping moves each tile's scale into its output scale, so the
     layer's function is unchanged by it.
     """
     from .convert import analog_layers
@@ -166,23 +166,34 @@ def _tile_std(w: Tensor, layout: TileLayout) -> Tensor:
 
 
 def _remap(layer: nn.Module, hwa: HWAConfig) -> None:
+    """Remap every tile as AIHWKIT's ``remap_weights`` does on each tile module: divide the
+    tile's weights (an analog bias included: it is the tile's last input row) by their max |W|
+    per tile column (``columnwise``) or per tile (``layerwise``) and move that factor into the
+    tile's own output scale (``layer.out_scale``, one per tile), so the function is unchanged."""
+    lo = layer.tile_layout()
     w = layer.weight_matrix()  # (G, O, K) view
-    analog_bias = layer.analog_bias()
-    mags = w.abs().amax(dim=2)  # (G, O)
-    if analog_bias:
-        mags = torch.maximum(mags, layer.bias.abs().view_as(mags))
+    k = w.shape[2]
+    full = layer._analog_weight().detach()  # (G, O, K [+ 1]), the analog bias as last input
+    g, o, _ = full.shape
+    # max |W| per (group, input tile, output column): (G, ti, O)
+    mags = lo.pad_in(full.abs(), 2).view(g, o, lo.n_in, lo.rows).amax(dim=3).transpose(1, 2)
+    per_tile = lo.pad_out(mags, 2).view(g, lo.n_in, lo.n_out, lo.cols).amax(dim=3)  # (G,ti,to)
+    tile_max = lo.tile_columns(per_tile)  # (G, ti, O)
+    columnwise_scale = layer.analog_config.mapping.out_scaling_columnwise
     if hwa.remap == WeightRemap.LAYERWISE:
-        mags = mags.amax().expand_as(mags)
-    scale = mags.clamp_min(1e-12).to(w.dtype)
-    if layer.out_scale.numel() == 1 and not bool((scale == scale.flatten()[0]).all()):
+        mags = tile_max
+    elif not columnwise_scale and not bool((mags == tile_max).all()):
         raise ValueError(
             "hwa.remap: 'columnwise' needs mapping.out_scaling_columnwise=True "
-            "(one output scale per column to move the remap scale into)"
+            "(one output scale per tile column to move the remap scale into)"
         )
-    w.div_(scale.unsqueeze(2))
-    if analog_bias:
-        layer.bias.div_(scale.flatten())
-    layer.out_scale.mul_(scale.flatten()[: layer.out_scale.numel()].to(layer.out_scale.dtype))
+    scale = mags.clamp_min(1e-12)
+    per_weight = lo.per_weight(scale)  # (G, O, K [+ 1])
+    w.div_(per_weight[..., :k].to(w.dtype))
+    if layer.analog_bias():
+        layer.bias.div_(per_weight[..., k].reshape(-1).to(layer.bias.dtype))
+    tile_scale = scale if columnwise_scale else per_tile.clamp_min(1e-12)
+    layer.out_scale.mul_(tile_scale.to(layer.out_scale.dtype))
     layer.invalidate_tiles()
 
 

@@ -57,6 +57,20 @@ class TileWeights:
     w_abs: Tensor | None = None  #: |normalised weights| (B, O_pad, ci), for pcm_read noise
 
 
+def combine_scales(a: Tensor | None, b: Tensor | None, layout: TileLayout) -> Tensor | None:
+    """The product of two digital rescales, each ``(B, to)`` per tile or ``(B, O_pad)`` per
+    column (or ``None``): per tile if both are, else per column."""
+    if a is None or b is None:
+        return a if b is None else b
+    if a.shape == b.shape:
+        return a * b
+
+    def cols(s: Tensor) -> Tensor:
+        return s if s.shape[1] == layout.padded_out else s.repeat_interleave(layout.cols, 1)
+
+    return cols(a) * cols(b)
+
+
 def units(io: IOConfig) -> tuple[float, float]:
     """``(in_unit, out_unit)``: the DAC and ADC steps (1.0 where quantization is off)."""
     if io.is_perfect:
@@ -209,6 +223,7 @@ def analog_mvm(
     generator: torch.Generator,
     bias: Tensor | None = None,
     input_range: Tensor | None = None,
+    per_tile: bool = False,
 ) -> Tensor:
     """Forward of tiled analog crossbars: ``(G, N, K)`` float32 inputs -> ``(G, N, O)``.
 
@@ -216,14 +231,19 @@ def analog_mvm(
     output noise, ADC, iterative bound management (per input vector and tile), digital rescale,
     digital sum over input tiles, then ``bias`` (``(G, O)``) if given. No autograd.
 
+    With ``per_tile=True`` the digital sum is left out: the result is every input tile's
+    rescaled output, ``(G, ti, N, O)`` (``bias`` must then be None).
+
     Non-finite inputs: a NaN or +-inf anywhere in the part of an input vector that feeds a tile
     makes that tile's outputs NaN for that vector, hence the layer's outputs for that vector.
     (The periphery would otherwise clip inf to a finite, wrong value.)
     """
     lo = tw.layout
     g, n, k = x.shape
+    if per_tile and bias is not None:
+        raise ValueError("analog_mvm: bias must be None with per_tile=True (add it after the sum)")
     if n == 0:  # an empty batch
-        return x.new_zeros(g, 0, lo.out_size)
+        return x.new_zeros((g, lo.n_in, 0, lo.out_size) if per_tile else (g, 0, lo.out_size))
     if lo.padded_in != k:  # an uneven split: each input part into its tile, then zeros
         x = lo.pad_in(x, 2)
     xv = x.view(g, n, lo.n_in, lo.rows)
@@ -232,7 +252,7 @@ def analog_mvm(
     if io.is_perfect:
         xq.copy_(xv.transpose(1, 2))
         torch.bmm(xq.view(lo.batch, n, lo.rows), tw.w.transpose(1, 2), out=z)
-        return _digital(z, None, tw, g, n, bias)
+        return _digital(z, None, tw, g, n, bias, per_tile)
     in_unit, out_unit = units(io)
     s, finite = _input_scale(xv, io, input_range)  # (G, N, ti)
     s_div = torch.where(s > 0, s, torch.ones_like(s)).transpose(1, 2).unsqueeze(-1)
@@ -254,16 +274,23 @@ def analog_mvm(
         x_t = xv.transpose(1, 2).reshape(lo.batch, n, lo.rows)
         r = _bound_management(z, sat, x_t, s_div.reshape(lo.batch, n, 1), tw, io, generator)
         factor = factor * r
-    return _digital(z, factor, tw, g, n, bias)
+    return _digital(z, factor, tw, g, n, bias, per_tile)
 
 
 def _digital(
-    z: Tensor, factor: Tensor | None, tw: TileWeights, g: int, n: int, bias: Tensor | None
+    z: Tensor,
+    factor: Tensor | None,
+    tw: TileWeights,
+    g: int,
+    n: int,
+    bias: Tensor | None,
+    per_tile: bool = False,
 ) -> Tensor:
     """``y = sum_tiles z * factor * weight_rescale + bias`` into a fresh ``(G, N, O)`` tensor.
 
     ``factor`` is ``(B, N, to)``; the input tiles of a group are accumulated in turn (each step
-    one fused multiply-add over the group's output).
+    one fused multiply-add over the group's output). With ``per_tile`` the terms are returned
+    unsummed, ``(G, ti, N, O)`` (a fresh tensor: ``z`` may be a scratch buffer).
     """
     lo = tw.layout
     columnwise = tw.scale is not None and tw.scale.shape[1] != lo.n_out
@@ -272,6 +299,13 @@ def _digital(
         factor = scale if factor is None else factor * scale
     if columnwise:
         z.mul_(tw.scale.unsqueeze(1))
+    if per_tile:
+        zt = z.view(lo.batch, n, lo.n_out, lo.cols)
+        if factor is None:
+            zt = zt.clone()
+        else:
+            zt = zt * factor.expand(lo.batch, n, lo.n_out).unsqueeze(-1)
+        return lo.unpad_out(zt.view(g, lo.n_in, n, lo.padded_out), 3)
     zv = z.view(g, lo.n_in, n, lo.n_out, lo.cols)
     y = torch.empty(g, n, lo.n_out, lo.cols, device=z.device, dtype=z.dtype)
     if bias is None:

@@ -264,7 +264,9 @@ def test_backward_is_exact_digital_gradient(kind, cfg_name):
 def test_out_scale_gets_gradient(kind):
     _, a, x = _digital_and_analog(kind, presets.standard_hwa())
     assert isinstance(a.out_scale, nn.Parameter)
-    assert a.out_scale.shape == (a.weight.shape[0],)  # column-wise
+    # column-wise, one per (group, input tile, output column)
+    lo = a.tile_layout()
+    assert a.out_scale.shape == (lo.groups, lo.n_in, a.weight.shape[0] // lo.groups)
     assert any(p is a.out_scale for p in a.parameters())
     a(x).square().sum().backward()
     g = a.out_scale.grad
@@ -281,7 +283,7 @@ def test_out_scale_gradient_value():
     a.manual_seed(4)
     with torch.no_grad():
         mvm = a(x) - a.bias  # out_scale == 1: the same noise draw again
-    torch.testing.assert_close(a.out_scale.grad, (up * mvm).sum(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(a.out_scale.grad.view(8), (up * mvm).sum(0), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("preset", ["pcm_inference", "standard_hwa"])

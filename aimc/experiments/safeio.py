@@ -305,13 +305,37 @@ def load_torch(path: Path, keys: Iterable[str], hint: str, **kwargs: Any) -> dic
 
 def load_state(module: Any, state: dict[str, Any], path: Path, hint: str) -> None:
     """``module.load_state_dict(state)`` (a model or an optimizer); a mismatch (another model or
-    config wrote the checkpoint) is a :class:`RunDirError` naming ``path``."""
+    config wrote the checkpoint) is a :class:`RunDirError` naming ``path``.
+
+    ``torch.optim`` does not check the shapes of the per-parameter state it loads (a mismatch
+    would fail at the first step, or broadcast): they are checked here, e.g. the moments of a
+    learned output scale saved when it had one value per layer column (now one per tile)."""
+    import torch
+
     try:
         module.load_state_dict(state)
+        if isinstance(module, torch.optim.Optimizer):
+            _check_optimizer_shapes(module)
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise RunDirError(
             f"{path}: does not fit this run's {type(module).__name__} ({reason(err)}); {hint}"
         ) from err
+
+
+def _check_optimizer_shapes(opt: Any) -> None:
+    """Every non-scalar tensor of a parameter's optimizer state has the parameter's shape."""
+    import torch
+
+    index = 0
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, value in opt.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError(
+                        f"optimizer state {key!r} of parameter {index} has shape "
+                        f"{tuple(value.shape)}, the parameter {tuple(p.shape)}"
+                    )
+            index += 1
 
 
 __all__ = [

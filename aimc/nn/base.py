@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ..config import AnalogConfig, WeightNoiseType
 from ..functional import TileLayout, tile_weights
 from ..hwa import clip_input, modify_weights, update_input_range
-from ..mvm import TileWeights, analog_mvm, units
+from ..mvm import TileWeights, analog_mvm, combine_scales, units
 from ..random import check_seed, derive_seed
 from .checks import check_finite_weights, layer_label
 from .chip import ChipMixin
@@ -26,7 +26,8 @@ class _AnalogMVM(torch.autograd.Function):
 
     The backward treats every quantizer, clip and noise term as the identity, i.e. it is the
     gradient of ``x @ W.T + b`` — what AIHWKIT's perfect backward pass of inference tiles
-    computes.
+    computes. With ``per_tile`` the output is every input tile's own output ``(G, ti, N, O)``
+    (no sum, no bias) and the backward takes one gradient per tile: ``x_t @ W_t.T``.
     """
 
     @staticmethod
@@ -37,9 +38,11 @@ class _AnalogMVM(torch.autograd.Function):
         b: Tensor | None,  # type: ignore[override]
         layer: AnalogLayerMixin,
         input_range: Tensor | None = None,
+        per_tile: bool = False,
     ) -> Tensor:
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
+        ctx.layout = layer.tile_layout() if per_tile else None
         with torch.no_grad():
             return analog_mvm(
                 x,
@@ -48,15 +51,44 @@ class _AnalogMVM(torch.autograd.Function):
                 layer.io_generator(x),
                 b,
                 None if input_range is None else input_range.detach(),
+                per_tile,
             )
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         x, w = ctx.saved_tensors
+        lo = ctx.layout
+        if lo is not None:
+            gx, gw = _per_tile_backward(grad, x, w, lo, ctx.needs_input_grad)
+            return gx, gw, None, None, None, None
         gx = torch.bmm(grad, w) if ctx.needs_input_grad[0] else None
         gw = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
         gb = grad.sum(dim=1) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None, None, None
+
+
+def _per_tile_backward(
+    grad: Tensor, x: Tensor, w: Tensor, lo: TileLayout, needs: tuple[bool, ...]
+) -> tuple[Tensor | None, Tensor | None]:
+    """Straight-through gradients of ``z_t = x_t @ W_t.T`` for every input tile ``t``:
+    ``grad`` ``(G, ti, N, O)``, ``x`` ``(G, N, K)``, ``w`` ``(G, O, K)``. One batched matmul
+    over the ``G * ti`` tiles each (a single tile: the plain ``x @ W.T`` gradients)."""
+    g, n, _ = x.shape
+    o = w.shape[1]
+    gt = grad.reshape(lo.batch, n, o)
+    gx = gw = None
+    if needs[0]:
+        # (G, O, ti, ci) -> (G, ti, O, ci) -> (B, O, ci)
+        w_t = lo.pad_in(w, 2).view(g, o, lo.n_in, lo.rows).transpose(1, 2)
+        gx = torch.bmm(gt, w_t.reshape(lo.batch, o, lo.rows))  # (B, N, ci)
+        gx = gx.view(g, lo.n_in, n, lo.rows).transpose(1, 2).reshape(g, n, lo.padded_in)
+        gx = lo.unpad_in(gx, 2)
+    if needs[1]:
+        x_t = lo.pad_in(x, 2).view(g, n, lo.n_in, lo.rows).transpose(1, 2)
+        gw = torch.bmm(gt.transpose(1, 2), x_t.reshape(lo.batch, n, lo.rows))  # (B, O, ci)
+        gw = gw.view(g, lo.n_in, o, lo.rows).transpose(1, 2).reshape(g, o, lo.padded_in)
+        gw = lo.unpad_in(gw, 2)
+    return gx, gw
 
 
 class AnalogLayerMixin(ChipMixin):
@@ -97,14 +129,74 @@ class AnalogLayerMixin(ChipMixin):
             self.input_range = None
 
     def _init_out_scale(self) -> None:
+        shape = self.out_scale_shape()
+        self.out_scale = (
+            None
+            if shape is None
+            else nn.Parameter(torch.ones(shape, device=self.weight.device, dtype=torch.float32))
+        )
+
+    def out_scale_shape(self) -> tuple[int, int, int] | None:
+        """Shape of the learned output scale (``mapping.learn_out_scaling``), one per tile as in
+        AIHWKIT (each tile module has its own ``out_scaling_alpha``): ``(G, ti, O)`` with
+        ``mapping.out_scaling_columnwise`` (per input tile and output column), else
+        ``(G, ti, to)`` (per tile); ``None`` without learned output scaling. ``G`` groups,
+        ``ti`` / ``to`` tiles along the inputs / outputs, ``O`` outputs per group."""
         m = self.analog_config.mapping
-        if m.learn_out_scaling:
-            n = self.weight_matrix().shape[1] * self.groups_ if m.out_scaling_columnwise else 1
-            self.out_scale = nn.Parameter(
-                torch.ones(n, device=self.weight.device, dtype=torch.float32)
-            )
-        else:
-            self.out_scale = None
+        if not m.learn_out_scaling:
+            return None
+        lo = self.tile_layout()
+        return (lo.groups, lo.n_in, lo.out_size if m.out_scaling_columnwise else lo.n_out)
+
+    def out_scale_columns(self) -> Tensor | None:
+        """The learned output scale per (group, input tile, output column), ``(G, ti, O)``
+        float32 (differentiable), or ``None``."""
+        if self.out_scale is None:
+            return None
+        alpha = self.out_scale.float()
+        if self.analog_config.mapping.out_scaling_columnwise:
+            return alpha
+        return self.tile_layout().tile_columns(alpha)
+
+    def _out_scale_tiles(self, lo: TileLayout) -> Tensor:
+        """The learned output scale as a digital rescale of the MVM, ``(B, to)`` per tile or
+        ``(B, O_pad)`` per column (no autograd)."""
+        alpha = self.out_scale.detach().float()
+        if not self.analog_config.mapping.out_scaling_columnwise:
+            return alpha.reshape(lo.batch, lo.n_out)
+        return lo.pad_out(alpha, 2).reshape(lo.batch, lo.padded_out)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        key = prefix + "out_scale"
+        if self.out_scale is not None and key in state_dict:
+            state_dict[key] = self._checkpoint_out_scale(state_dict[key])
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _checkpoint_out_scale(self, value: Any) -> Any:
+        """A checkpoint's ``out_scale`` in this layer's per-tile shape. Earlier aimc kept one scale
+        per layer column, ``(G * O,)``, or one per layer, ``(1,)``: it is broadcast to every
+        input tile (the same function). Any other shape is an error."""
+        want = tuple(self.out_scale.shape)
+        if not isinstance(value, Tensor) or tuple(value.shape) == want:
+            return value
+        g = want[0]
+        o = self.weight_matrix().shape[1]
+        columnwise = self.analog_config.mapping.out_scaling_columnwise
+        if value.numel() == 1 and value.dim() <= 1:
+            return value.reshape(1, 1, 1).expand(want).contiguous()
+        if columnwise and tuple(value.shape) == (g * o,):
+            return value.reshape(g, 1, o).expand(want).contiguous()
+        old = f"({g * o},) or (1,)" if columnwise else "(1,)"
+        raise ValueError(
+            f"checkpoint of {layer_label(self)}: out_scale has shape {tuple(value.shape)}; "
+            f"allowed: {want} (per tile: groups, input tiles, "
+            f"{'output columns' if columnwise else 'output tiles'}) or the {old} of a "
+            "checkpoint with one output scale per layer column (broadcast to every tile)"
+        )
 
     # -- randomness ------------------------------------------------------------------------
     def manual_seed(self, seed: int, io_stream: int | None = None) -> None:
@@ -217,6 +309,9 @@ class AnalogLayerMixin(ChipMixin):
     def analog_matmul(self, x: Tensor) -> Tensor:
         """``(G, N, in)`` -> ``(G, N, out)`` through the tiles, plus bias and output scales.
 
+        Each input tile's output is scaled by its own learned output scale
+        (:meth:`out_scale_shape`) before the digital sum over input tiles, as in AIHWKIT.
+
         Computation is float32 whatever the input dtype; the result has the input's dtype.
         """
         dtype = x.dtype
@@ -234,22 +329,44 @@ class AnalogLayerMixin(ChipMixin):
         bias = None
         if not analog_bias and self.bias is not None:
             bias = self.bias.float().view(xf.shape[0], -1)
+        xf = xf.contiguous()
         # the weight only feeds the backward: no float32 copy of it without autograd
         if torch.is_grad_enabled() and (w.requires_grad or xf.requires_grad):
             w = w.float()
         if self.out_scale is None:
-            return _AnalogMVM.apply(xf.contiguous(), w, bias, self, r).to(dtype)
-        y = _AnalogMVM.apply(xf.contiguous(), w, None, self, r)
-        scale = (
-            self.out_scale.view(1, 1, -1)
-            if self.out_scale.numel() == 1
-            else self.out_scale.view(y.shape[0], 1, -1)
+            return _AnalogMVM.apply(xf, w, bias, self, r).to(dtype)
+        lo = self.tile_layout()
+        train = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (xf, w, bias, self.out_scale)
         )
-        if torch.is_grad_enabled() and (y.requires_grad or scale.requires_grad):
-            y = y * scale
+        if train:
+            # every input tile's output z_t, then y = sum_t alpha_t z_t (+ bias): autograd gives
+            # d/d alpha_t = sum grad_y * z_t, and _AnalogMVM's backward the straight-through
+            # gradients of x and W through alpha_t W_t
+            z = _AnalogMVM.apply(xf, w, None, self, r, True)  # (G, ti, N, O)
+            y = z * self.out_scale_columns().unsqueeze(2)
+            y = y[:, 0] if lo.n_in == 1 else y.sum(dim=1)
             return (y if bias is None else y + bias.unsqueeze(1)).to(dtype)
-        y = y.mul_(scale)  # inference: in place, no extra allocation
-        return (y if bias is None else y.add_(bias.unsqueeze(1))).to(dtype)
+        if lo.n_in == 1:  # inference: scaled in place, no extra allocation
+            y = _AnalogMVM.apply(xf, w, None, self, r)
+            y = y.mul_(self.out_scale_columns().detach()[:, 0].unsqueeze(1))
+            return (y if bias is None else y.add_(bias.unsqueeze(1))).to(dtype)
+        # inference over several input tiles: alpha_t joins each tile's digital rescale before
+        # the sum over tiles (no extra pass)
+        tw = self.active_tiles()
+        tw = TileWeights(
+            tw.layout, tw.w, combine_scales(tw.scale, self._out_scale_tiles(lo), lo), tw.w_abs
+        )
+        with torch.no_grad():
+            y = analog_mvm(
+                xf,
+                tw,
+                cfg.io,
+                self.io_generator(xf),
+                bias,
+                None if r is None else r.detach(),
+            )
+        return y.to(dtype)
 
     def is_exact(self) -> bool:
         """True when the forward is exactly the digital one (perfect IO, no out scaling, no

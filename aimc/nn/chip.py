@@ -31,7 +31,7 @@ from .. import devices
 from ..compensation import exact_readout, readout, readout_tiles
 from ..config import DriftCompensation, WeightNoiseType
 from ..functional import TileLayout, tile_weights
-from ..mvm import TileWeights, units
+from ..mvm import TileWeights, combine_scales, units
 from ..random import check_seed, derive_seed
 from .checks import check_finite_weights, check_materialized, layer_label
 
@@ -392,7 +392,7 @@ class ChipMixin:
             alpha = self._chip("alpha").float()
         self._alpha = alpha
         scale = self._chip("weight_scale").float() if self._has_chip("weight_scale") else None
-        scale = _combine_scales(scale, alpha, layout)
+        scale = combine_scales(scale, alpha, layout)
         in_unit, out_unit = units(cfg.io)
         need_abs = cfg.io.w_noise_type == WeightNoiseType.PCM_READ and cfg.io.w_noise > 0
         w_abs = w_t.abs() if need_abs and not cfg.io.is_perfect else None
@@ -453,18 +453,3 @@ def _rounded(state: dict[str, Tensor], g_max: float) -> dict[str, Tensor]:
 def _round_trip(state: dict[str, Tensor], g_max: float) -> dict[str, Tensor]:
     """Freshly programmed state as a full chip reads it back (through float16)."""
     return _rounded({k: _stored(k, v, g_max) for k, v in state.items()}, g_max)
-
-
-def _combine_scales(
-    w_scale: Tensor | None, alpha: Tensor | None, layout: TileLayout
-) -> Tensor | None:
-    """Multiply the weight rescale and the compensation factors (each per tile or per column)."""
-    if w_scale is None or alpha is None:
-        return w_scale if alpha is None else alpha
-    if w_scale.shape == alpha.shape:
-        return w_scale * alpha
-
-    def cols(s: Tensor) -> Tensor:
-        return s if s.shape[1] == layout.padded_out else s.repeat_interleave(layout.cols, 1)
-
-    return cols(w_scale) * cols(alpha)
