@@ -508,6 +508,53 @@ def fault_battery(inp: Inputs) -> str:
     return _table(["case", "before (aimc 0.1)", "now"], ["---", "---", "---"], rows)
 
 
+def llm_memory(inp: Inputs) -> str:
+    """bench_llm_memory.py: a billion-parameter decoder on a lean PCM chip against digital."""
+    src = "llm_memory_cpu.json"
+    d = inp.json(src)
+
+    def num(key: str) -> float:
+        return _num(d, key, source=src)
+
+    gib = 2**30
+    shape = _get(d, "shape", source=src)
+    what = (
+        f"{shape}, {num('params') / 1e9:.2f} B parameters, {_get(d, 'dtype', source=src)}, "
+        f"`{_get(d, 'config', source=src)}`, {_get(d, 'storage', source=src)} chip, "
+        f"{int(num('analog_layers'))} analog layers"
+    )
+    spread_d = (
+        f"{min(_get(d, 'digital_s', source=src)):.1f}–{max(_get(d, 'digital_s', source=src)):.1f} s"
+    )
+    spread_a = (
+        f"{min(_get(d, 'analog_s', source=src)):.1f}–{max(_get(d, 'analog_s', source=src)):.1f} s"
+    )
+    rows = [
+        ["model", what, "", ""],
+        [
+            "peak memory over the baseline (RSS)",
+            f"{num('peak_digital_bytes') / gib:.2f} GiB",
+            f"{num('peak_analog_bytes') / gib:.2f} GiB",
+            f"**{num('memory_ratio'):.2f}×**",
+        ],
+        ["chip state kept (`state_dict` buffers)", "", f"{num('chip_bytes') / 2**20:.1f} MiB", ""],
+        [
+            f"time per token, forward of 1 × {int(num('tokens'))} (min–max)",
+            f"{num('digital_ms_per_token'):.1f} ms ({spread_d})",
+            f"{num('analog_ms_per_token'):.1f} ms ({spread_a})",
+            f"{num('time_ratio'):.2f}×",
+        ],
+        [
+            "set-up: convert + program + drift (1 day)",
+            "",
+            f"{num('setup_s'):.0f} s ({num('convert_s'):.1f} + {num('program_s'):.0f} + "
+            f"{num('drift_s'):.0f})",
+            "",
+        ],
+    ]
+    return _table(["", "digital", "analog", "ratio"], ["---", "---:", "---:", "---:"], rows)
+
+
 TABLES: dict[str, Callable[[Inputs], str]] = {
     f.__name__: f
     for f in (
@@ -527,6 +574,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
         conformance,
         aihwkit_speed,
         fault_battery,
+        llm_memory,
     )
 }
 
