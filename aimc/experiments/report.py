@@ -10,6 +10,9 @@ from typing import Any
 
 Metrics = tuple[tuple[str, str], ...]  #: (row key, axis label) of each metric
 SQUAD_METRICS: Metrics = (("exact_match", "exact match"), ("f1", "F1"))
+LM_METRICS: Metrics = (("perplexity", "perplexity"), ("accuracy", "next-token accuracy (%)"))
+#: metrics plotted on a log axis
+LOG_SCALE = frozenset({"perplexity"})
 
 
 def _tb_writer(log_dir: Path):
@@ -196,6 +199,8 @@ def plot(
             fontsize=7,
         )
         ax.minorticks_off()
+        if metric in LOG_SCALE:
+            ax.set_yscale("log")
         ax.set_xlabel("time after programming")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
