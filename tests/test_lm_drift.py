@@ -451,3 +451,8 @@ def test_half_dtypes_load_and_run_analog(assets, tmp_path, dtype):
     assert all(math.isfinite(r["perplexity"]) and r["perplexity"] > 1 for r in rows)
     cfg = json.loads((tmp_path / "run_config.json").read_text())
     assert cfg["determines_numbers"]["dtype"] == dtype
+
+
+def test_gguf_file_without_model_is_refused(tmp_path, capsys):
+    err = _cli_error(capsys, ["--gguf-file", "x.gguf", "--out", str(tmp_path / "o")])
+    assert "--gguf-file: got 'x.gguf' without --model" in err

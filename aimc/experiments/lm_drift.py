@@ -120,6 +120,7 @@ def _is_int(v: Any) -> bool:
 
 
 def spec_dict(spec: LMSweepSpec) -> dict[str, Any]:
+    """The spec as a JSON-ready dict."""
     return asdict(spec)
 
 
@@ -127,6 +128,11 @@ def resolve_model(spec: LMSweepSpec) -> None:
     """Fill in the default model (the SmolLM2 GGUF) where ``spec.model`` is empty."""
     if spec.model:
         return
+    if spec.gguf_file:
+        raise ValueError(
+            f"--gguf-file: got {spec.gguf_file!r} without --model; allowed: together with "
+            "--model, the directory (or hub id) that holds the file"
+        )
     found = default_model()
     if found is None:
         raise ValueError(
@@ -145,7 +151,9 @@ def _from_pretrained_dtype(dtype: torch.dtype) -> dict[str, Any]:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
-def load_causal_lm(path: str, gguf_file: str | None, dtype: str, device: torch.device):
+def load_causal_lm(
+    path: str, gguf_file: str | None, dtype: str, device: torch.device
+) -> tuple[Any, Any]:
     """A HuggingFace causal LM (in ``dtype``, eval mode, on ``device``) and its tokenizer.
 
     ``path`` is a local model directory or a hub id; with ``gguf_file`` the GGUF file of that
