@@ -374,14 +374,14 @@ def test_calibration_sets_finite_positive_ranges():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 128, generator=g) * 5.0
     model = convert(_mlp(), presets.analog_foundation(), seed=1)
-    before = [float(m.input_range) for m in model if hasattr(m, "input_range")]
+    before = [float(m.input_range.detach()) for m in model if hasattr(m, "input_range")]
     assert before == [3.0, 3.0, 3.0]
     ranges = calibrate_input_ranges(model, [x[:32], x[32:]])
     assert list(ranges) == ["0", "2", "4"]
     assert all(math.isfinite(r) and r > 0 for r in ranges.values())
     assert ranges["0"] == pytest.approx(float(x.abs().max()))  # method "max": the first input
     for name, r in ranges.items():
-        assert float(model.get_submodule(name).input_range) == pytest.approx(r)
+        assert float(model.get_submodule(name).input_range.detach()) == pytest.approx(r)
     q = calibrate_input_ranges(model, [x], method="quantile", quantile=0.5)
     assert q["0"] == pytest.approx(float(x.abs().flatten().median()), rel=1e-6)
     s = calibrate_input_ranges(model, [x], method="std")
@@ -456,3 +456,26 @@ def test_half_dtypes_load_and_run_analog(assets, tmp_path, dtype):
 def test_gguf_file_without_model_is_refused(tmp_path, capsys):
     err = _cli_error(capsys, ["--gguf-file", "x.gguf", "--out", str(tmp_path / "o")])
     assert "--gguf-file: got 'x.gguf' without --model" in err
+
+
+def test_two_ranks_give_the_rows_of_one_process(assets, tmp_path):
+    from test_squad_drift import _run_two_ranks
+
+    spec = _spec(assets, configs=["digital", "bert_squad:0.035"], chips=2, times=[0.0, 3600.0])
+    single = _run(spec, tmp_path / "single")
+    args = ["lm-drift", "--model", str(assets["llama"]), "--corpus", str(assets["corpus"])]
+    args += ["--max-tokens", str(MAX_TOKENS), "--window", str(WINDOW), "--stride", str(STRIDE)]
+    args += ["--configs", "digital,bert_squad:0.035", "--chips", "2", "--times", "0,3600"]
+    args += ["--calibration-windows", "2", "--batch-size", "2", "--no-progress"]
+    args += ["--out", str(tmp_path / "ranks")]
+    _run_two_ranks(args, tmp_path, timeout=300)
+    assert sorted(p.name for p in (tmp_path / "ranks").glob("results*.jsonl")) == [
+        "results.rank0.jsonl",
+        "results.rank1.jsonl",
+    ]
+    merged = {r["key"]: r for r in read_results(tmp_path / "ranks")}
+    assert {r["rank"] for r in merged.values()} == {0, 1}
+    assert len(merged) == len(single)
+    for r in single:
+        assert merged[r["key"]]["perplexity"] == r["perplexity"], r["key"]
+        assert merged[r["key"]]["accuracy"] == r["accuracy"], r["key"]
