@@ -132,6 +132,12 @@ def fmt_time(t: float | None) -> str:
     return f"{t:.3g} s"
 
 
+def fmt_value(v: float) -> str:
+    """A metric value: two decimals, or 3 significant digits from 10,000 on (a perplexity of a
+    broken model can be 1e9)."""
+    return f"{v:.3g}" if math.isfinite(v) and abs(v) >= 1e4 else f"{v:.2f}"
+
+
 def summary_table(rows: list[dict[str, Any]], metrics: Metrics | None = None) -> str:
     """Markdown table: mean ± std over chips of each metric, per config and t."""
     metrics = metrics or SQUAD_METRICS
@@ -140,7 +146,7 @@ def summary_table(rows: list[dict[str, Any]], metrics: Metrics | None = None) ->
     for config, by_t in aggregate(rows, metrics).items():
         for t, cell in by_t.items():
             vals = [_mean_std(cell[name]) for name, _ in metrics]
-            cells = " | ".join(f"{m:.2f} ± {sd:.2f}" for m, sd in vals)
+            cells = " | ".join(f"{fmt_value(m)} ± {fmt_value(sd)}" for m, sd in vals)
             lines.append(f"| {config} | {fmt_time(t)} | {len(cell[metrics[0][0]])} | {cells} |")
     return "\n".join(lines)
 
