@@ -69,6 +69,7 @@ bench: $(STAMP) reference
 	$(PY) benchmarks/bench_pulsed_update.py
 	$(PY) benchmarks/insitu_mnist.py
 	$(PY) benchmarks/compare_aihwkit.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/lm_static_ranges.py
 	$(PY) scripts/fault_battery.py  # add --before DIR for the "before" column
 	$(PY) benchmarks/report.py
 
