@@ -479,3 +479,12 @@ def test_two_ranks_give_the_rows_of_one_process(assets, tmp_path):
     for r in single:
         assert merged[r["key"]]["perplexity"] == r["perplexity"], r["key"]
         assert merged[r["key"]]["accuracy"] == r["accuracy"], r["key"]
+
+
+def test_tokenize_with_a_cap_equals_the_prefix_of_the_full_tokenization(assets):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(assets["llama"]))
+    full = tokenize(TEXT * 20, tok)
+    for cap in (1, 17, 160, len(full) - 1, len(full) + 5):
+        assert torch.equal(tokenize(TEXT * 20, tok, cap), full[:cap])
