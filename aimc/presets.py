@@ -124,4 +124,57 @@ def bert_squad(w_noise: float = 0.0175) -> AnalogConfig:
     )
 
 
-__all__ = ["ideal", "pcm_inference", "pcm_weights_only", "standard_hwa", "bert_squad"]
+def analog_foundation(w_noise: float = 0.0175) -> AnalogConfig:
+    """The LLM-typical AIMC hardware of "Analog Foundation Models" (J. Büchel et al., NeurIPS
+    2025, arXiv:2505.09663): 8-bit DAC and 8-bit ADC, *static* per-layer input ranges instead of
+    dynamic (per-token abs-max) noise management, and per-channel (column-wise) weight scaling.
+
+    In aimc terms: the DAC range of each layer is ``hwa.learn_input_range`` (the same parameter
+    hardware-aware training learns); inputs are clipped to ``[-r, r]`` and divided by ``r``, one
+    ``r`` per layer for all tokens. A model that was not trained with those ranges needs them
+    set from data before it is evaluated: :func:`aimc.calibrate_input_ranges` (``aimc lm-drift``
+    calibrates on the first corpus windows). Until then ``r`` is AIHWKIT's initial value 3.0.
+    The ADC range is static too (no bound management: ``out_bound`` 10 in units of the full-scale
+    input times the column's largest weight, 8-bit steps of 1/254 of it).
+
+    The remaining numbers are those of :func:`bert_squad` / :func:`standard_hwa`, as the paper
+    builds on that line of work: output noise 0.04, ``pcm_read`` weight noise ``w_noise``,
+    tiles of 512 inputs (no output split), learned column-wise output scales, digital bias, PCM
+    model with global drift compensation. It differs from ``bert_squad(w_noise)`` only in the
+    static input range (bert_squad: abs-max per token and tile) and in having no bound
+    management, the two choices that matter for LLM activations with outliers.
+    """
+    res = resolution_from_bits(8)
+    return AnalogConfig(
+        io=IOConfig(
+            inp_res=res,
+            out_res=res,
+            out_noise=0.04,
+            out_bound=10.0,
+            bound_management=BoundManagement.NONE,
+            noise_management=NoiseManagement.NONE,
+            w_noise_type=WeightNoiseType.PCM_READ,
+            w_noise=w_noise,
+        ),
+        mapping=MappingConfig(
+            max_input_size=512,
+            max_output_size=0,
+            digital_bias=True,
+            weight_scaling_omega=1.0,
+            weight_scaling_columnwise=True,
+            learn_out_scaling=True,
+            out_scaling_columnwise=True,
+        ),
+        device=_pcm(),
+        hwa=HWAConfig(learn_input_range=True),
+    )
+
+
+__all__ = [
+    "ideal",
+    "pcm_inference",
+    "pcm_weights_only",
+    "standard_hwa",
+    "bert_squad",
+    "analog_foundation",
+]

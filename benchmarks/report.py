@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aimc.experiments.report import fmt_time
+from aimc.experiments.report import fmt_time, fmt_value
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -420,8 +420,9 @@ def squad_eval(inp: Inputs) -> str:
     return _table(["config", "digital", "analog", "ratio"], ["---"] + ["---:"] * 3, rows)
 
 
-def squad_dev1000(inp: Inputs) -> str:
-    path = inp.docs / "img" / "squad_drift_dev1000_results.jsonl"
+def _drift_sweep(path: Path, inp: Inputs, metrics: list[str], header: list[str]) -> str:
+    """Mean ± std over chips of ``metrics`` per config and drift time of a sweep's
+    ``results.jsonl`` (digital: its one value)."""
     rows = inp.jsonl(path)
     by: dict[tuple[str, float | None], list[dict[str, Any]]] = {}
     for r in rows:
@@ -432,18 +433,46 @@ def squad_dev1000(inp: Inputs) -> str:
     names = {"0 s": "0", "1 h": "1 h", "1 d": "1 day", "1 mo": "1 month", "1 y": "1 year"}
     out = []
     for (config, t), group in by.items():
-        em = [_num(r, "exact_match", source=str(path)) for r in group]
-        f1 = [_num(r, "f1", source=str(path)) for r in group]
+        values = [[_num(r, m, source=str(path)) for r in group] for m in metrics]
         if config == "digital":
-            out.append([config, "–", f"{em[0]:.2f}", f"{f1[0]:.2f}"])
+            out.append([config, "–", *[fmt_value(v[0]) for v in values]])
             continue
         label = fmt_time(t)
         cells = [config, names.get(label, label)]
-        for vals in (em, f1):
+        for vals in values:
             std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f"{statistics.mean(vals):.2f} ± {std:.2f}")
+            cells.append(f"{fmt_value(statistics.mean(vals))} ± {fmt_value(std)}")
         out.append(cells)
-    return _table(["config", "t", "exact match", "F1"], ["---", "---", "---:", "---:"], out)
+    return _table(["config", "t", *header], ["---", "---"] + ["---:"] * len(metrics), out)
+
+
+def squad_dev1000(inp: Inputs) -> str:
+    path = inp.docs / "img" / "squad_drift_dev1000_results.jsonl"
+    return _drift_sweep(path, inp, ["exact_match", "f1"], ["exact match", "F1"])
+
+
+def lm_drift_smollm2(inp: Inputs) -> str:
+    path = inp.docs / "img" / "lm_drift_smollm2_results.jsonl"
+    header = ["perplexity", "next-token accuracy (%)"]
+    return _drift_sweep(path, inp, ["perplexity", "accuracy"], header)
+
+
+def lm_static_ranges(inp: Inputs) -> str:
+    src = "lm_static_ranges.json"
+    data = inp.json(src)
+    out = []
+    for i, _ in enumerate(_rows(data, "rows", src)):
+        top = _get(data, "rows", i, "max_range", source=src)
+        out.append(
+            [
+                str(_get(data, "rows", i, "variant", source=src)),
+                f"{_num(data, 'rows', i, 'perplexity', source=src):.4g}",
+                f"{_num(data, 'rows', i, 'accuracy', source=src):.2f}",
+                "–" if top is None else f"{float(top[1]):.0f} (`{top[0]}`)",
+            ]
+        )
+    header = ["config (no device model)", "perplexity", "next-token acc. (%)", "largest range"]
+    return _table(header, ["---", "---:", "---:", "---"], out)
 
 
 def _pct(a: float, b: float) -> str:
@@ -571,6 +600,8 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
         finetune_study,
         squad_eval,
         squad_dev1000,
+        lm_drift_smollm2,
+        lm_static_ranges,
         conformance,
         aihwkit_speed,
         fault_battery,

@@ -536,6 +536,7 @@ def test_preset_names_exported():
         "pcm_weights_only",
         "standard_hwa",
         "bert_squad",
+        "analog_foundation",
     }
     for make in PRESETS.values():
         assert isinstance(make(), aimc.AnalogConfig)

@@ -50,3 +50,11 @@ def test_hwa_training_loop_example_runs(capsys):
     block = _python_blocks("howto/hwa-finetune.md")[0]
     exec(compile(block, "docs/howto/hwa-finetune.md", "exec"), {})
     assert "accuracy on the chip after a day" in capsys.readouterr().out
+
+
+def test_lm_calibration_example_runs(capsys):
+    block = _python_blocks("lm.md")[0]
+    exec(compile(block, "docs/lm.md", "exec"), {})
+    ranges, error = capsys.readouterr().out.splitlines()
+    assert ranges.startswith("{'0': ") and "'2': " in ranges
+    assert 0 < float(error.rsplit(" ", 1)[1]) < 0.5

@@ -30,9 +30,9 @@ from ..convert import analog_layers, convert, manual_seed
 from ..hwa import register_post_step_hook
 from ..random import derive_seed
 from .checkpoints import export_model, latest_checkpoint, resume_from, save_checkpoint
-from .rundir import barrier, dist_info, fail_if_busy, open_run_dir
+from .models import load_weights
+from .rundir import barrier, dist_info, fail_if_busy, init_distributed, open_run_dir
 from .safeio import append_row, keep_rows
-from .squad_drift import load_weights
 from .sweep import resolve_config
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
@@ -236,13 +236,12 @@ def run(
     """Fine-tune (or resume); returns the directory of the exported final model."""
     from ..squad.data import load_squad, select_questions
     from ..squad.train_features import make_train_features
-    from .squad_drift import _init_distributed
     from .sweep import _progress
 
     spec.validate()
     out = Path(out)
     rank, world = dist_info()
-    dev = _init_distributed(device, world)
+    dev = init_distributed(device, world)
     _check_run_options(save_every, keep, amp, dev)
     if spec.batch_size % world:
         raise ValueError(

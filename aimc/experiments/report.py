@@ -10,6 +10,9 @@ from typing import Any
 
 Metrics = tuple[tuple[str, str], ...]  #: (row key, axis label) of each metric
 SQUAD_METRICS: Metrics = (("exact_match", "exact match"), ("f1", "F1"))
+LM_METRICS: Metrics = (("perplexity", "perplexity"), ("accuracy", "next-token accuracy (%)"))
+#: metrics plotted on a log axis
+LOG_SCALE = frozenset({"perplexity"})
 
 
 def _tb_writer(log_dir: Path):
@@ -129,6 +132,12 @@ def fmt_time(t: float | None) -> str:
     return f"{t:.3g} s"
 
 
+def fmt_value(v: float) -> str:
+    """A metric value: two decimals, or 3 significant digits from 10,000 on (a perplexity of a
+    broken model can be 1e9)."""
+    return f"{v:.3g}" if math.isfinite(v) and abs(v) >= 1e4 else f"{v:.2f}"
+
+
 def summary_table(rows: list[dict[str, Any]], metrics: Metrics | None = None) -> str:
     """Markdown table: mean ± std over chips of each metric, per config and t."""
     metrics = metrics or SQUAD_METRICS
@@ -137,7 +146,7 @@ def summary_table(rows: list[dict[str, Any]], metrics: Metrics | None = None) ->
     for config, by_t in aggregate(rows, metrics).items():
         for t, cell in by_t.items():
             vals = [_mean_std(cell[name]) for name, _ in metrics]
-            cells = " | ".join(f"{m:.2f} ± {sd:.2f}" for m, sd in vals)
+            cells = " | ".join(f"{fmt_value(m)} ± {fmt_value(sd)}" for m, sd in vals)
             lines.append(f"| {config} | {fmt_time(t)} | {len(cell[metrics[0][0]])} | {cells} |")
     return "\n".join(lines)
 
@@ -196,6 +205,8 @@ def plot(
             fontsize=7,
         )
         ax.minorticks_off()
+        if metric in LOG_SCALE:
+            ax.set_yscale("log")
         ax.set_xlabel("time after programming")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)

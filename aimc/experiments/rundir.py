@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
+
 from .runconfig import make_dir, prepare_run_dir
 from .safeio import RunDirError, reason
 
@@ -288,6 +290,23 @@ def open_run_dir(
     return lock
 
 
+def init_distributed(device: str, world: int) -> torch.device:
+    """Join the process group under torchrun (gloo on CPU, NCCL on CUDA); the rank's device."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device: got {device!r}; allowed: cpu, cuda, cuda:<index>") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: got {device!r} but CUDA is not available here; allowed: cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: got {device!r}; allowed: cpu, cuda, cuda:<index>")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
+
+
 __all__ = [
     "LOCK_NAME",
     "RunDirBusy",
@@ -298,6 +317,7 @@ __all__ = [
     "dist_info",
     "fail_if_busy",
     "holder_info",
+    "init_distributed",
     "open_run_dir",
     "prepare_run_dir",
 ]

@@ -6,16 +6,16 @@ The sweep machinery (work units, seeds, resumable ``results.jsonl``, torchrun sp
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .models import load_weights
 from .report import SQUAD_METRICS
-from .rundir import barrier, dist_info, fail_if_busy, open_run_dir
-from .safeio import append_row, reason
+from .rundir import barrier, dist_info, fail_if_busy, init_distributed, open_run_dir
+from .safeio import append_row
 from .sweep import DAY, Unit, read_results, resolve_config, run_units, validate_sweep
 from .sweep import unit_seeds as _unit_seeds
 from .sweep import work_units as _work_units
@@ -99,22 +99,6 @@ def load_qa_model(path: str, device: torch.device):
     return model.to(device).eval(), tokenizer
 
 
-def load_weights(load: Callable[[], Any], path: str) -> Any:
-    """``load()`` (a ``from_pretrained``); unreadable weights (a truncated or damaged
-    ``model.safetensors``) are a ``ValueError`` naming ``--model`` and the file."""
-    try:
-        return load()
-    except ValueError:
-        raise
-    except Exception as err:
-        files = [Path(path) / n for n in ("model.safetensors", "pytorch_model.bin")]
-        where = next((str(f) for f in files if f.exists()), path)
-        raise ValueError(
-            f"--model: cannot load the weights in {where} ({reason(err)}); the file is damaged "
-            "or incomplete: export or download the model again"
-        ) from err
-
-
 def run(
     spec: SweepSpec,
     out: str | Path,
@@ -136,7 +120,7 @@ def run(
         raise ValueError(f"--batch-size: got {batch_size}; allowed: an integer >= 1")
     out = Path(out)
     rank, world = dist_info()
-    dev = _init_distributed(device, world)
+    dev = init_distributed(device, world)
     fail_if_busy(out)  # before the (long) loading of data and model
     # load (and so validate) data and model before anything is written to --out
     examples = select_questions(load_squad(spec.data), spec.max_questions, spec.subset_seed)
@@ -175,22 +159,3 @@ def _evaluator(spec: SweepSpec, examples, features, batch_size: int, dev: torch.
         return {"exact_match": scores["exact_match"], "f1": scores["f1"]}
 
     return evaluate
-
-
-def _init_distributed(device: str, world: int) -> torch.device:
-    """Join the process group under torchrun (gloo on CPU, NCCL on CUDA); the rank's device."""
-    import os
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device: got {device!r}; allowed: cpu, cuda, cuda:<index>") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device: got {device!r} but CUDA is not available here; allowed: cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device: got {device!r}; allowed: cpu, cuda, cuda:<index>")
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return dev

@@ -58,7 +58,8 @@ def resolve_config(name: str) -> AnalogConfig | None:
 
     Names: ``digital``, ``ideal`` and ``ideal_drift`` (see :func:`_ideal_bert_squad`),
     ``pcm_inference``, ``pcm_weights_only``, ``standard_hwa``, ``bert_squad`` or
-    ``bert_squad:<w_noise>``.
+    ``bert_squad:<w_noise>``, ``analog_foundation`` or ``analog_foundation:<w_noise>``
+    (:func:`aimc.presets.analog_foundation`: static input ranges, to be calibrated).
     """
     if name == "digital":
         return None
@@ -72,18 +73,20 @@ def resolve_config(name: str) -> AnalogConfig | None:
     }
     if base in simple and not arg:
         return simple[base]()
-    if base == "bert_squad":
+    with_noise = {"bert_squad": presets.bert_squad, "analog_foundation": presets.analog_foundation}
+    if base in with_noise:
         if not arg:
-            return presets.bert_squad()
+            return with_noise[base]()
         try:
             w_noise = float(arg)
         except ValueError:
             w_noise = math.nan
         if not math.isfinite(w_noise) or w_noise < 0:
-            raise ValueError(f"--configs: got {name!r}; allowed: bert_squad:<w_noise >= 0>")
-        return presets.bert_squad(w_noise)
+            raise ValueError(f"--configs: got {name!r}; allowed: {base}:<w_noise >= 0>")
+        return with_noise[base](w_noise)
     allowed = (
-        "digital, ideal, ideal_drift, pcm_inference, pcm_weights_only, standard_hwa, bert_squad[:w]"
+        "digital, ideal, ideal_drift, pcm_inference, pcm_weights_only, standard_hwa, "
+        "bert_squad[:w], analog_foundation[:w]"
     )
     raise ValueError(f"--configs: unknown config {name!r}; allowed: {allowed}")
 
@@ -154,10 +157,22 @@ def read_results(out: Path) -> list[dict[str, Any]]:
 
 
 class SweepModel:
-    """A model and which sweep state it is in (config converted, chip programmed)."""
+    """A model and which sweep state it is in (config converted, chip programmed).
 
-    def __init__(self, model: torch.nn.Module, seed: int) -> None:
+    ``convert_options`` go to :func:`aimc.convert` (e.g. ``exclude``); ``after_convert(model,
+    config name)`` runs after each conversion, before the chip is programmed (e.g. a
+    deterministic calibration of static input ranges)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        seed: int,
+        convert_options: dict[str, Any] | None = None,
+        after_convert: Callable[[torch.nn.Module, str], None] | None = None,
+    ) -> None:
         self.model, self.seed = model, seed
+        self.convert_options = dict(convert_options or {})
+        self.after_convert = after_convert
         self.config: str | None = None  # name of the converted config, None = digital
         self.chip: int | None = None
 
@@ -167,8 +182,11 @@ class SweepModel:
             if self.config is not None and resolve_config(self.config) is not None:
                 to_digital(self.model)
             if cfg is not None:
-                convert(self.model, cfg, seed=derive_seed(self.seed, unit.config))
+                seed = derive_seed(self.seed, unit.config)
+                convert(self.model, cfg, seed=seed, **self.convert_options)
             self.model.eval()
+            if cfg is not None and self.after_convert is not None:
+                self.after_convert(self.model, unit.config)
             self.config, self.chip = unit.config, None
         if cfg is None:
             return
@@ -191,16 +209,19 @@ def run_units(
     progress: bool,
     extra_row: dict[str, Any] | None = None,
     main_metric: str = "",
+    convert_options: dict[str, Any] | None = None,
+    after_convert: Callable[[torch.nn.Module, str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run this rank's share of ``units`` not yet in ``out``; every rank then waits, and all
     rows (merged over ranks, one per unit, canonical order) are returned.
 
-    ``evaluate(model) -> {metric: value}`` runs on the prepared model (eval mode)."""
+    ``evaluate(model) -> {metric: value}`` runs on the prepared model (eval mode);
+    ``convert_options`` and ``after_convert``: see :class:`SweepModel`."""
     rank, world = dist_info()
     done = {row["key"] for row in read_results(out)}
     mine = [u for i, u in enumerate(units) if i % world == rank and u.key not in done]
     results_path = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
-    state = SweepModel(model, seed)
+    state = SweepModel(model, seed, convert_options, after_convert)
     bar = _progress(progress and rank == 0, len(mine))
     for unit in mine:
         start = time.perf_counter()

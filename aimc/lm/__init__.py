@@ -1,0 +1,2 @@
+"""Causal-LM evaluation: the text corpus and its sliding windows (:mod:`.data`), perplexity and
+next-token accuracy (:mod:`.metrics`)."""
