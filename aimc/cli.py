@@ -194,6 +194,13 @@ def _add_lm_drift(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="base seed of chips and noise")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward (default 4)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--chip-storage",
+        default="full",
+        help="full (default: the programmed state kept, fast forwards) or lean (regenerated "
+        "per forward from weights and seeds: billion-parameter models in little more than "
+        "their digital memory; the same numbers)",
+    )
     _add_run_options(p, "continue the run in --out")
 
 
@@ -207,7 +214,14 @@ def _lm_drift(args, parser) -> int:
         digital_modules=_names(args.digital_modules),
     )
     return _run_or_exit(
-        parser, "lm-drift", run, spec, args, batch_size=args.batch_size, device=args.device
+        parser,
+        "lm-drift",
+        run,
+        spec,
+        args,
+        batch_size=args.batch_size,
+        device=args.device,
+        chip_storage=args.chip_storage,
     )
 
 

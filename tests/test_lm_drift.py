@@ -253,6 +253,25 @@ def test_resume_after_interruption_equals_uninterrupted(assets, tmp_path):
     assert len(read_results(part)) == len(full)
 
 
+def test_lean_chips_give_the_rows_of_full_chips_and_resume_either_way(assets, tmp_path):
+    spec = _spec(assets, configs=["bert_squad:0.035"])
+    full = _run(spec, tmp_path / "full")
+    lean = _run(_spec(assets, configs=["bert_squad:0.035"]), tmp_path / "lean", chip_storage="lean")
+    assert [(r["perplexity"], r["accuracy"]) for r in full] == [
+        (r["perplexity"], r["accuracy"]) for r in lean
+    ]
+    # the storage does not change the numbers: a full run resumes with lean chips
+    lines = (tmp_path / "full" / "results.jsonl").read_text().splitlines(keepends=True)
+    part = tmp_path / "part"
+    part.mkdir()
+    (part / "results.jsonl").write_text(lines[0])
+    (part / "run_config.json").write_text((tmp_path / "full" / "run_config.json").read_text())
+    resumed = _run(
+        _spec(assets, configs=["bert_squad:0.035"]), part, resume=True, chip_storage="lean"
+    )
+    assert [r["perplexity"] for r in resumed] == [r["perplexity"] for r in full]
+
+
 def test_analog_foundation_is_calibrated_in_the_sweep(assets, tmp_path):
     rows = _run(_spec(assets, configs=["analog_foundation"], times=[0.0]), tmp_path / "run")
     assert math.isfinite(rows[0]["perplexity"])
@@ -294,6 +313,7 @@ def test_t5_and_bert_are_refused(assets, tmp_path, capsys):
         (["--configs", "digital,nope"], "--configs: unknown config 'nope'"),
         (["--digital-modules", "no_such_head"], "--digital-modules: 'no_such_head' matches no"),
         (["--batch-size", "0"], "--batch-size: got 0"),
+        (["--chip-storage", "compact"], "--chip-storage: got 'compact'; allowed: one of"),
     ],
 )
 def test_bad_options_name_the_option(assets, tmp_path, capsys, args, expected):

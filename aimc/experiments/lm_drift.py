@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..lm.data import Window, load_corpus, sliding_windows, tokenize, window_batches
+from ..nn.chip import STORAGES
 from .models import load_weights
 from .report import LM_METRICS
 from .rundir import barrier, dist_info, fail_if_busy, init_distributed, open_run_dir
@@ -250,8 +251,13 @@ def run(
     use_wandb: bool = False,
     wandb_mode: str = "offline",
     progress: bool = True,
+    chip_storage: str = "full",
 ) -> list[dict[str, Any]]:
-    """Run (or resume) the sweep; returns all result rows (on every rank, after merging)."""
+    """Run (or resume) the sweep; returns all result rows (on every rank, after merging).
+
+    ``chip_storage`` is how chips are programmed (:func:`aimc.program`): ``"lean"`` for models
+    whose full chip would not fit; it does not change the numbers (not part of the run's
+    identity: a run may be resumed with the other storage)."""
     from ..calibrate import calibrate_input_ranges
     from ..lm.metrics import perplexity
     from .report import finish
@@ -259,6 +265,8 @@ def run(
     spec.validate()
     if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"--batch-size: got {batch_size!r}; allowed: an integer >= 1")
+    if chip_storage not in STORAGES:
+        raise ValueError(f"--chip-storage: got {chip_storage!r}; allowed: one of 'full', 'lean'")
     out = Path(out)
     rank, world = dist_info()
     dev = init_distributed(device, world)
@@ -304,6 +312,7 @@ def run(
             main_metric="perplexity",
             convert_options={"exclude": list(spec.digital_modules)},
             after_convert=after_convert,
+            chip_storage=chip_storage,
         )
         if rank == 0:
             title = "causal-LM perplexity as PCM drifts"

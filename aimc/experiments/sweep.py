@@ -169,8 +169,10 @@ class SweepModel:
         seed: int,
         convert_options: dict[str, Any] | None = None,
         after_convert: Callable[[torch.nn.Module, str], None] | None = None,
+        chip_storage: str = "full",
     ) -> None:
         self.model, self.seed = model, seed
+        self.chip_storage = chip_storage
         self.convert_options = dict(convert_options or {})
         self.after_convert = after_convert
         self.config: str | None = None  # name of the converted config, None = digital
@@ -193,7 +195,7 @@ class SweepModel:
         prog_seed, read_seed = unit_seeds(self.seed, unit)
         if cfg.device.model != "none":
             if self.chip != unit.chip:
-                program(self.model, seed=prog_seed)
+                program(self.model, seed=prog_seed, storage=self.chip_storage)
                 self.chip = unit.chip
             drift(self.model, unit.t, seed=read_seed)
         manual_seed(self.model, read_seed)
@@ -211,6 +213,7 @@ def run_units(
     main_metric: str = "",
     convert_options: dict[str, Any] | None = None,
     after_convert: Callable[[torch.nn.Module, str], None] | None = None,
+    chip_storage: str = "full",
 ) -> list[dict[str, Any]]:
     """Run this rank's share of ``units`` not yet in ``out``; every rank then waits, and all
     rows (merged over ranks, one per unit, canonical order) are returned.
@@ -221,7 +224,7 @@ def run_units(
     done = {row["key"] for row in read_results(out)}
     mine = [u for i, u in enumerate(units) if i % world == rank and u.key not in done]
     results_path = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
-    state = SweepModel(model, seed, convert_options, after_convert)
+    state = SweepModel(model, seed, convert_options, after_convert, chip_storage)
     bar = _progress(progress and rank == 0, len(mine))
     for unit in mine:
         start = time.perf_counter()
