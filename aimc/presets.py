@@ -145,29 +145,14 @@ def analog_foundation(w_noise: float = 0.0175) -> AnalogConfig:
     management, the two choices that matter for LLM activations with outliers.
     """
     res = resolution_from_bits(8)
-    return AnalogConfig(
-        io=IOConfig(
-            inp_res=res,
-            out_res=res,
-            out_noise=0.04,
-            out_bound=10.0,
-            bound_management=BoundManagement.NONE,
-            noise_management=NoiseManagement.NONE,
-            w_noise_type=WeightNoiseType.PCM_READ,
-            w_noise=w_noise,
-        ),
-        mapping=MappingConfig(
-            max_input_size=512,
-            max_output_size=0,
-            digital_bias=True,
-            weight_scaling_omega=1.0,
-            weight_scaling_columnwise=True,
-            learn_out_scaling=True,
-            out_scaling_columnwise=True,
-        ),
-        device=_pcm(),
-        hwa=HWAConfig(learn_input_range=True),
+    cfg = bert_squad(w_noise)
+    io = cfg.io.replace(
+        inp_res=res,
+        out_res=res,
+        bound_management=BoundManagement.NONE,
+        noise_management=NoiseManagement.NONE,
     )
+    return cfg.replace(io=io, hwa=HWAConfig(learn_input_range=True))
 
 
 __all__ = [
