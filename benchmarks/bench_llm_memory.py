@@ -113,8 +113,13 @@ def main() -> None:
     t = time.perf_counter()
     torch.manual_seed(0)
     cfg = LlamaConfig(**SHAPES[args.shape], max_position_embeddings=max(2048, args.tokens))
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(dtype).eval()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in its dtype: no float32 copy at any moment
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg).eval()
+    finally:
+        torch.set_default_dtype(default)
     load_s = time.perf_counter() - t
     params = sum(p.numel() for p in model.parameters())
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
