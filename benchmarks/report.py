@@ -566,7 +566,7 @@ def llm_memory(inp: Inputs) -> str:
             f"{num('peak_analog_bytes') / gib:.2f} GiB",
             f"**{num('memory_ratio'):.2f}×**",
         ],
-        ["chip state kept (`state_dict` buffers)", "", f"{num('chip_bytes') / 2**20:.1f} MiB", ""],
+        ["chip state kept (`state_dict` buffers)", "", f"{num('chip_bytes') / 1024:.0f} KiB", ""],
         [
             f"time per token, forward of 1 × {int(num('tokens'))} (min–max)",
             f"{num('digital_ms_per_token'):.1f} ms ({spread_d})",
