@@ -18,11 +18,16 @@ from .functional import TileLayout
 from .mvm import TileWeights, analog_mvm, units
 
 
+def valid_rows_cols(layout: TileLayout, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(B, ci)`` real input rows of every input split and ``(O_pad,)`` real output columns
+    (the rest is the padding of an uneven split)."""
+    lo = layout
+    return lo.in_valid(device).view(lo.n_in, lo.rows).repeat(lo.groups, 1), lo.out_valid(device)
+
+
 def valid_mask(layout: TileLayout, device: torch.device) -> Tensor:
     """``(B, ci, O_pad)`` mask of the tile cells that hold real weights (not padding)."""
-    lo = layout
-    row_ok = lo.in_valid(device).view(lo.n_in, lo.rows).repeat(lo.groups, 1)  # (B, ci)
-    col_ok = lo.out_valid(device)  # (O_pad,)
+    row_ok, col_ok = valid_rows_cols(layout, device)
     return row_ok.unsqueeze(2) & col_ok.view(1, 1, -1)
 
 

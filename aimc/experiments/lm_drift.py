@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..lm.data import Window, load_corpus, sliding_windows, tokenize, window_batches
-from ..nn.chip import STORAGES
+from ..nn.chip import check_storage
 from .models import load_weights
 from .report import LM_METRICS
 from .rundir import barrier, dist_info, fail_if_busy, init_distributed, open_run_dir
@@ -265,8 +265,7 @@ def run(
     spec.validate()
     if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"--batch-size: got {batch_size!r}; allowed: an integer >= 1")
-    if chip_storage not in STORAGES:
-        raise ValueError(f"--chip-storage: got {chip_storage!r}; allowed: one of 'full', 'lean'")
+    check_storage(chip_storage, "--chip-storage")
     out = Path(out)
     rank, world = dist_info()
     dev = init_distributed(device, world)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .. import devices
-from ..compensation import exact_readout, readout, readout_tiles
+from ..compensation import exact_readout, readout, readout_tiles, valid_rows_cols
 from ..config import DriftCompensation, WeightNoiseType
 from ..functional import TileLayout, tile_weights
 from ..mvm import TileWeights, combine_scales, units
@@ -62,10 +62,10 @@ def check_time(t: Any) -> float:
     return value
 
 
-def check_storage(storage: Any) -> str:
-    """Validate a chip storage mode (``"full"`` or ``"lean"``)."""
+def check_storage(storage: Any, field: str = "storage") -> str:
+    """Validate a chip storage mode (``"full"`` or ``"lean"``); ``field`` names the option."""
     if storage not in STORAGES:
-        raise ValueError(f"storage: got {storage!r}; allowed: one of 'full', 'lean'")
+        raise ValueError(f"{field}: got {storage!r}; allowed: one of 'full', 'lean'")
     return storage
 
 
@@ -84,10 +84,9 @@ def _tiles(w: Tensor, layout: TileLayout) -> Tensor:
 
 def _tile_mask(layout: TileLayout, a: int, b: int, device: torch.device) -> Tensor:
     """``(b - a, ro, ci)`` bool: the cells of tiles ``a..b-1`` that hold real weights."""
-    lo = layout
     j = torch.arange(a, b, device=device)
-    rows = lo.in_valid(device).view(lo.n_in, lo.rows).repeat(lo.groups, 1)[j // lo.n_out]
-    cols = lo.out_valid(device).view(lo.n_out, lo.cols)[j % lo.n_out]
+    row_ok, col_ok = valid_rows_cols(layout, device)
+    rows, cols = row_ok[j // layout.n_out], col_ok.view(layout.n_out, layout.cols)[j % layout.n_out]
     return cols.unsqueeze(2) & rows.unsqueeze(1)
 
 
