@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ._malloc import return_large_blocks
+from ._malloc import trim_if_grown
 from .convert import analog_layers
 from .nn.chip import check_storage, check_time
 from .random import check_seed, derive_seed
@@ -44,10 +44,9 @@ def program(model: nn.Module, seed: int = 0, storage: str = "full") -> nn.Module
     """
     check_seed(seed)
     check_storage(storage)
-    if storage == "lean":
-        return_large_blocks()
     for name, layer in _device_layers(model, "program"):
         layer.program_chip(derive_seed(seed, "program:" + name), storage)
+        trim_if_grown()
     return model
 
 
@@ -62,13 +61,17 @@ def drift(model: nn.Module, t_seconds: float, seed: int = 0, storage: str = "ful
     A layer that has not been programmed yet is programmed first, with ``seed`` as the
     programming seed (as :func:`program` would with the same seed) — call :func:`program`
     yourself to choose the chip independently of the read seed. ``storage`` is the storage of
-    such a first programming (see :func:`program`). Returns ``model``.
+    such a first programming (see :func:`program`); programming and drift then run in one pass
+    over the layer (a lean chip is generated once, not twice). Returns ``model``.
     """
     t = check_time(t_seconds)
     check_seed(seed)
     check_storage(storage)
     for name, layer in _device_layers(model, "drift"):
-        if not layer.is_programmed():
-            layer.program_chip(derive_seed(seed, "program:" + name), storage)
-        layer.drift_chip(t, derive_seed(seed, "drift:" + name))
+        read_seed = derive_seed(seed, "drift:" + name)
+        if layer.is_programmed():
+            layer.drift_chip(t, read_seed)
+        else:
+            layer.program_chip(derive_seed(seed, "program:" + name), storage, (t, read_seed))
+        trim_if_grown()
     return model

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .. import devices
+from .._malloc import trim_if_grown
 from ..compensation import exact_readout, readout, readout_tiles, valid_rows_cols
 from ..config import DriftCompensation, WeightNoiseType
 from ..functional import TileLayout, tile_weights
@@ -145,7 +146,9 @@ class ChipMixin:
     # -- programming ---------------------------------------------------------------------------
     @torch.inference_mode(False)  # chip buffers must be normal tensors even if called in
     @torch.no_grad()  # inference mode (they are versioned and may be loaded into later)
-    def program_chip(self, seed: int, storage: str = "full") -> None:
+    def program_chip(
+        self, seed: int, storage: str = "full", drift: tuple[float, int] | None = None
+    ) -> None:
         """Program the current weights: programming noise and per-device state, drawn from
         ``seed``; also the drift-compensation baseline. Fixed until the next programming.
 
@@ -154,9 +157,15 @@ class ChipMixin:
         keeps only the seed and per-tile scales and regenerates the state from the weights
         whenever the chip is read (same numbers, no per-weight memory, more compute per read);
         the weights must then stay as they were at programming (a change is an error).
+
+        ``drift=(t_seconds, seed)`` also drifts the chip, as :meth:`drift_chip` right after
+        would (the same numbers), in the same pass over the tiles: a lean chip is then
+        generated once instead of twice.
         """
         check_seed(seed)
         check_storage(storage)
+        if drift is not None:
+            t_drift, drift_seed = check_time(drift[0]), check_seed(drift[1])
         if not self.has_device():
             raise RuntimeError("program: this layer has no device model (device.model='none')")
         check_materialized(self, "program")
@@ -166,36 +175,36 @@ class ChipMixin:
         w_t, layout, w_scale = self._digital_layout()
         comp = cfg.device.drift_compensation
         per_column = comp == DriftCompensation.PER_COLUMN
+        need_baseline = comp not in (DriftCompensation.NONE, DriftCompensation.EXACT_REFERENCE)
         device = w_t.device
         self._drop_chip()
-        chunks = _chunks(layout)
         n = layout.batch * layout.n_out
         g_scale = torch.empty(n, device=device)
         baseline = torch.empty((n, layout.cols) if per_column else (n,), device=device)
         full: dict[str, Tensor] = {}
         tiles = _tiles(w_t, layout)
-        for i, (a, b) in enumerate(chunks):
-            gen = self._chunk_generator(seed, i, len(chunks), device)
+        model = devices.get(cfg.device.model)
+
+        def program_tiles(a: int, b: int, i: int, n_chunks: int):
+            gen = self._chunk_generator(seed, i, n_chunks, device)
             state_pos, state_neg, scale = self._program_tiles(tiles[a:b], gen)
             g_scale[a:b] = scale.view(-1)
-            if storage == "full":
-                for sign, state in (("pos", state_pos), ("neg", state_neg)):
-                    for key, value in state.items():
+            read = []  # the state as the chip is read: through its float16 storage
+            for sign, state in (("pos", state_pos), ("neg", state_neg)):
+                stored = {key: _stored(key, value, params.g_max) for key, value in state.items()}
+                state.clear()
+                if storage == "full":
+                    for key, value in stored.items():
                         name = f"{key}_{sign}"
                         if name not in full:
                             full[name] = torch.empty(w_t.shape, dtype=STATE_DTYPE, device=device)
-                        _tiles(full[name], layout)[a:b] = _stored(key, value, params.g_max)
-            if comp not in (DriftCompensation.NONE, DriftCompensation.EXACT_REFERENCE):
-                pos, neg = (
-                    _round_trip(state_pos, params.g_max),
-                    _round_trip(state_neg, params.g_max),
-                )
-                model = devices.get(cfg.device.model)
-                reference = model.from_conductances(pos["g"], neg["g"], scale)
-                del pos, neg, state_pos, state_neg
-                baseline[a:b] = self._readout(reference, layout, a, b, len(chunks), gen)
-        for name, value in full.items():
-            self._set_chip(name, value)
+                        _tiles(full[name], layout)[a:b] = value
+                read.append(_rounded(stored, params.g_max))
+            if need_baseline:
+                reference = model.from_conductances(read[0]["g"], read[1]["g"], scale)
+                baseline[a:b] = self._readout(reference, layout, a, b, n_chunks, gen)
+            return read[0], read[1], scale
+
         self._set_chip("conductance_scale", g_scale.view(layout.batch, layout.n_out))
         if w_scale is not None:
             self._set_chip("weight_scale", w_scale.float())
@@ -208,9 +217,21 @@ class ChipMixin:
             # AIHWKIT GlobalDriftCompensationWithExactReference: an exact (noise-free MVM)
             # readout of the target weights, not the noisy forward of them
             self._set_chip("baseline", exact_readout(w_t, layout, per_column=False))
-        elif comp != DriftCompensation.NONE:
+        elif need_baseline:
             shape = (layout.batch, layout.padded_out if per_column else layout.n_out)
             self._set_chip("baseline", baseline.view(shape))
+        if drift is None:
+            chunks = _chunks(layout)
+            for i, (a, b) in enumerate(chunks):
+                program_tiles(a, b, i, len(chunks))
+        else:
+            self._chip("drift_time").fill_(t_drift)
+            self._chip("drift_seed").fill_(drift_seed)
+            tw = self._compute_chip_tiles(read_out=True, source=program_tiles)
+        for name, value in full.items():
+            self._set_chip(name, value)
+        if drift is not None:
+            self._finish_drift(tw)
 
     @staticmethod
     def _chunk_generator(seed: int, i: int, n_chunks: int, device: torch.device):
@@ -261,11 +282,14 @@ class ChipMixin:
         if self._has_chip("alpha"):
             del self._buffers[PREFIX + "alpha"]
         self._chip_cache = None
-        tw = self.chip_tiles(read_out=True)
+        self._finish_drift(self.chip_tiles(read_out=True))
+
+    def _finish_drift(self, tw: TileWeights) -> None:
+        """Keep the compensation factors of the drifted tiles ``tw`` as a buffer (a lean chip's
+        reads then need no readout), and cache ``tw`` if the chip is full."""
         if self._alpha is not None:
             self._set_chip("alpha", self._alpha)
-            if self._chip_cache is not None:  # full: the cached tiles stay valid
-                self._chip_cache = (self._chip_key(), tw)
+        self._chip_cache = None if self.chip_storage() == "lean" else (self._chip_key(), tw)
 
     def _programmed_tiles(self, tiles: Tensor | None, a: int, b: int, i: int, n_chunks: int):
         """The programmed state of tiles ``a..b-1`` (float32, conductances in µS) and their
@@ -311,6 +335,8 @@ class ChipMixin:
         with torch.no_grad():
             tw = self._compute_chip_tiles(read_out)
         self._chip_cache = None if lean else (key, tw)
+        if lean:
+            trim_if_grown()
         return tw
 
     def _chip_key(self) -> tuple[Any, ...]:
@@ -339,7 +365,9 @@ class ChipMixin:
         self.chip_tiles()
         return self._alpha
 
-    def _compute_chip_tiles(self, read_out: bool) -> TileWeights:
+    def _compute_chip_tiles(self, read_out: bool, source=None) -> TileWeights:
+        """The eval tiles, chunk by chunk; ``source(a, b, i, n_chunks)`` gives the programmed
+        state of tiles ``a..b-1`` (default: read from the buffers or regenerated, lean)."""
         cfg = self.analog_config
         model = devices.get(cfg.device.model)
         params = cfg.device.params
@@ -350,9 +378,14 @@ class ChipMixin:
         # the compensation needs a readout of the drifted tiles unless the factors are stored
         need_readout = t >= 0 and comp != DriftCompensation.NONE
         need_readout &= read_out or not self._has_chip("alpha")
-        targets = None
-        if self.chip_storage() == "lean":
-            targets = _tiles(self._digital_layout()[0], layout)
+        if source is None:
+            targets = None
+            if self.chip_storage() == "lean":
+                targets = _tiles(self._digital_layout()[0], layout)
+
+            def source(a: int, b: int, i: int, n_chunks: int):
+                return self._programmed_tiles(targets, a, b, i, n_chunks)
+
         device = self._chip("conductance_scale").device
         n = layout.batch * layout.n_out
         w_t = torch.empty(layout.batch, layout.padded_out, layout.rows, device=device)
@@ -361,7 +394,7 @@ class ChipMixin:
         chunks = _chunks(layout)
         drift_seed = int(self._chip("drift_seed"))
         for i, (a, b) in enumerate(chunks):
-            pos, neg, g_scale = self._programmed_tiles(targets, a, b, i, len(chunks))
+            pos, neg, g_scale = source(a, b, i, len(chunks))
             if t < 0:  # programmed, not yet read
                 out[a:b] = model.from_conductances(pos["g"], neg["g"], g_scale)
                 continue
