@@ -8,6 +8,10 @@ TensorBoard logs. Exported models are digital: an HWA model's learned output sca
 into its weights (:func:`aimc.to_digital`), so the export computes what the noise-free analog
 model did; learned input ranges are written to ``aimc_finetune.json`` beside the weights.
 
+``--teacher`` adds knowledge distillation from a digital QA model (:mod:`.distill`); ``--lora``
+trains only digital LoRA adapters beside the frozen analog layers (:mod:`aimc.lora`), and the
+exported model is then the frozen base plus ``adapter/``, which ``squad-drift`` attaches.
+
 Determinism: the data order of epoch ``e`` comes from ``(seed, e)``; the HWA noise, dropout and
 IO noise of step ``s`` from ``(seed, s)`` (and the rank). A resumed run therefore ends with the
 same weights as an uninterrupted one, and a DDP run draws the same HWA weight realization on all
