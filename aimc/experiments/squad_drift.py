@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..lora import adapter_dir, load_adapter
 from .models import load_weights
 from .report import SQUAD_METRICS
 from .rundir import barrier, dist_info, fail_if_busy, init_distributed, open_run_dir
@@ -81,7 +82,12 @@ def spec_dict(spec: SweepSpec) -> dict[str, Any]:
 
 
 def load_qa_model(path: str, device: torch.device):
-    """A HuggingFace extractive-QA model and its fast tokenizer (local dir or hub id)."""
+    """A HuggingFace extractive-QA model and its fast tokenizer (local dir or hub id).
+
+    A directory with an ``adapter/`` subdirectory (``aimc finetune-squad --lora``) is a frozen
+    base model plus a peft LoRA adapter: the adapter is attached (a ``PeftModel``, digital) and
+    the sweep then converts and programs the base only (:func:`aimc.convert` skips peft's
+    adapter layers), so each chip is a new programming of the base under the same adapter."""
     from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
 
     try:
@@ -96,6 +102,9 @@ def load_qa_model(path: str, device: torch.device):
         )
     model = load_weights(lambda: AutoModelForQuestionAnswering.from_pretrained(path), path)
     tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+    adapter = adapter_dir(path)
+    if adapter is not None:
+        model = load_adapter(model, adapter)
     return model.to(device).eval(), tokenizer
 
 
