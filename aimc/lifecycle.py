@@ -17,13 +17,24 @@ from .random import check_seed, derive_seed
 def _device_layers(model: nn.Module, verb: str):
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: got {type(model).__name__}; allowed: a torch.nn.Module")
-    layers = [(n, m) for n, m in analog_layers(model) if m.has_device()]
+    peft = hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+    layers = [(_chip_name(n, peft), m) for n, m in analog_layers(model) if m.has_device()]
     if not layers:
         raise ValueError(
             f"{verb}: the model has no analog layer with a device model; convert it with a "
             "config whose device.model is not 'none' (e.g. aimc.presets.pcm_inference())"
         )
     return layers
+
+
+def _chip_name(name: str, peft: bool) -> str:
+    """The name a layer's seeds derive from. In a peft model (LoRA adapters attached) the
+    wrapper's parts of the name (``base_model.model.`` and ``.base_layer``) are left out, so
+    the same seed programs the same chip with and without the adapters (paired comparisons)."""
+    if peft:
+        name = name.removeprefix("base_model.model.")
+        name = name.removesuffix(".base_layer").replace(".base_layer.", ".")
+    return name
 
 
 def program(model: nn.Module, seed: int = 0, storage: str = "full") -> nn.Module:

@@ -231,3 +231,27 @@ def test_adapter_on_new_chips_differs_only_through_the_base():
     assert not torch.allclose(logits[0], logits[1])  # a different chip: a different base
     programmed = [n for n, m in model.named_modules() if isinstance(m, AnalogLayerMixin)]
     assert programmed and not any("lora_" in n for n in programmed)
+
+
+def test_a_seed_programs_the_same_chip_with_and_without_the_adapter():
+    """Chip seeds derive from the layer names without peft's wrapper parts: the base of a
+    LoRA model gets, for a given seed, the chip the plain converted model gets."""
+    plain = aimc.convert(_tiny_qa(), aimc.presets.pcm_inference(), seed=5).eval()
+    wrapped = _analog_lora_model(aimc.presets.pcm_inference).eval()
+    for m in (plain, wrapped):
+        aimc.drift(m, 3600.0, seed=3)
+    plain_chips = {
+        n: layer.state_dict()
+        for n, layer in plain.named_modules()
+        if isinstance(layer, AnalogLayerMixin)
+    }
+    wrapped_chips = {
+        n.removeprefix("base_model.model.").replace(".base_layer", ""): layer.state_dict()
+        for n, layer in wrapped.named_modules()
+        if isinstance(layer, AnalogLayerMixin)
+    }
+    assert plain_chips.keys() == wrapped_chips.keys()
+    for name, state in plain_chips.items():
+        for key, value in state.items():
+            if key.startswith("chip_"):
+                assert torch.equal(value, wrapped_chips[name][key]), (name, key)
