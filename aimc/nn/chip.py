@@ -366,21 +366,8 @@ class ChipMixin:
                 out[a:b] = model.from_conductances(pos["g"], neg["g"], g_scale)
                 continue
             gen = self._chunk_generator(drift_seed, i, len(chunks), device)
-            # As AIHWKIT 1.2.0 (BaseNoiseModel.apply_drift_noise), drift acts on the programmed
-            # *weights*: they are mapped onto a fresh pair (one device of each pair at 0, the
-            # tile's largest programmed |W| at g_max), which then drifts with the exponents drawn
-            # at programming and gets the read noise. Drifting the two stored noisy devices
-            # instead gave up to 3 % less output error after drift (tests/conformance): the
-            # largest programmed |W| exceeds the target's, so AIHWKIT's conductances are lower
-            # and their 1/f read noise (relative std ~ g^-0.65) larger.
-            w_prog = model.from_conductances(pos.pop("g"), neg.pop("g"), g_scale)
-            g_pos, g_neg, g_scale = model.to_conductances(w_prog, 1, params.g_max)
-            del w_prog
-            g_pos = model.drift({**pos, "g": g_pos}, t, params, gen)
-            g_neg = model.drift({**neg, "g": g_neg}, t, params, gen)
+            out[a:b] = drift_programmed(model, params, pos, neg, g_scale, t, gen)
             del pos, neg
-            out[a:b] = model.from_conductances(g_pos, g_neg, g_scale)
-            del g_pos, g_neg
             if need_readout:
                 m_t[a:b] = self._readout(out[a:b], layout, a, b, len(chunks), gen)
         alpha = None
@@ -391,13 +378,76 @@ class ChipMixin:
             alpha = self._chip("alpha").float()
         self._alpha = alpha
         scale = self._chip("weight_scale").float() if self._has_chip("weight_scale") else None
+        return self._finish_tiles(w_t, scale, alpha, layout)
+
+    def _finish_tiles(
+        self, w_t: Tensor, scale: Tensor | None, alpha: Tensor | None, layout: TileLayout
+    ) -> TileWeights:
+        """Read tiles ``w_t`` (normalised units, modified in place) with the weight scale and
+        the compensation factors ``alpha`` folded into the digital scale, as the MVM takes
+        them."""
+        io = self.analog_config.io
         scale = combine_scales(scale, alpha, layout)
-        in_unit, out_unit = units(cfg.io)
-        need_abs = cfg.io.w_noise_type == WeightNoiseType.PCM_READ and cfg.io.w_noise > 0
-        w_abs = w_t.abs() if need_abs and not cfg.io.is_perfect else None
+        in_unit, out_unit = units(io)
+        need_abs = io.w_noise_type == WeightNoiseType.PCM_READ and io.w_noise > 0
+        w_abs = w_t.abs() if need_abs and not io.is_perfect else None
         if in_unit != out_unit:
             w_t.mul_(in_unit / out_unit)
         return TileWeights(layout, w_t, scale, w_abs)
+
+    # -- a fresh chip of the current weights, nothing stored (the ``chip`` HWA modifier) -------
+    @torch.no_grad()
+    def fresh_chip_tiles(self, t_seconds: float, program_seed: int, drift_seed: int) -> TileWeights:
+        """The tiles of a chip programmed now from the current weights with ``program_seed`` and
+        read ``t_seconds`` later with ``drift_seed``, drift compensation folded into the digital
+        scale: bit for bit what :meth:`program_chip` (``program_seed``), :meth:`drift_chip`
+        (``t_seconds``, ``drift_seed``) and :meth:`chip_tiles` give, but nothing is stored (a
+        programmed chip of the layer is left as it is). Chunk by chunk, each chunk programmed,
+        read out for the compensation baseline, drifted and read out again before the next:
+        the working memory is one chunk's, as programming's.
+
+        The ``chip`` HWA modifier (:func:`aimc.hwa.draw_chip_sample`) calls it in every training
+        forward. Cost: programming, drift and — with ``global`` or ``per_column`` compensation —
+        two readouts through the noisy periphery (one-hot inputs, one MVM of ``rows`` vectors per
+        tile; measured in ``docs/hwa.md``); ``exact_reference`` needs one, ``none`` none.
+        """
+        cfg = self.analog_config
+        model = devices.get(cfg.device.model)
+        params = cfg.device.params
+        comp = cfg.device.drift_compensation
+        per_column = comp == DriftCompensation.PER_COLUMN
+        w_t, layout, w_scale = self._digital_layout()
+        device = w_t.device
+        n = layout.batch * layout.n_out
+        w_out = torch.empty(layout.batch, layout.padded_out, layout.rows, device=device)
+        tiles, out = _tiles(w_t, layout), _tiles(w_out, layout)
+        baseline = torch.empty((n, layout.cols) if per_column else (n,), device=device)
+        m_t = torch.empty_like(baseline)
+        chunks = _chunks(layout)
+        for i, (a, b) in enumerate(chunks):
+            gen = self._chunk_generator(program_seed, i, len(chunks), device)
+            state_pos, state_neg, g_scale = self._program_tiles(tiles[a:b], gen)
+            pos, neg = _round_trip(state_pos, params.g_max), _round_trip(state_neg, params.g_max)
+            del state_pos, state_neg
+            if comp in (DriftCompensation.GLOBAL, DriftCompensation.PER_COLUMN):
+                reference = model.from_conductances(pos["g"], neg["g"], g_scale)
+                baseline[a:b] = self._readout(reference, layout, a, b, len(chunks), gen)
+                del reference
+            gen = self._chunk_generator(drift_seed, i, len(chunks), device)
+            out[a:b] = drift_programmed(model, params, pos, neg, g_scale, t_seconds, gen)
+            del pos, neg
+            if comp != DriftCompensation.NONE:
+                m_t[a:b] = self._readout(out[a:b], layout, a, b, len(chunks), gen)
+        alpha = None
+        if comp != DriftCompensation.NONE:
+            shape = (layout.batch, layout.padded_out if per_column else layout.n_out)
+            if comp == DriftCompensation.EXACT_REFERENCE:
+                base = exact_readout(w_t, layout, per_column=False)
+            else:
+                base = baseline.view(shape)
+            alpha = base / m_t.view(shape)
+        scale = None if w_scale is None else w_scale.float()
+        return self._finish_tiles(w_out, scale, alpha, layout)
 
     # -- the chip keeps its dtypes: model.half()/double() move it but never cast it -------------
     def _apply(self, fn, recurse=True):
@@ -435,6 +485,28 @@ class ChipMixin:
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+
+def drift_programmed(model, params, pos: dict, neg: dict, g_scale: Tensor, t: float, gen) -> Tensor:
+    """The weights of programmed tiles read ``t`` seconds after programming: ``pos`` / ``neg``
+    are the device model's state of the two devices of every pair (conductances under ``"g"``,
+    µS; taken out of the dicts, so that their memory is freed early), ``g_scale`` ``(k, 1)``
+    the conductance scales; returns ``(k, ro, ci)`` weights.
+
+    As AIHWKIT 1.2.0 (``BaseNoiseModel.apply_drift_noise``), drift acts on the programmed
+    *weights*: they are mapped onto a fresh pair (one device of each pair at 0, the tile's
+    largest programmed |W| at g_max), which then drifts with the exponents drawn at programming
+    and gets the read noise. Drifting the two stored noisy devices instead gave up to 3 % less
+    output error after drift (tests/conformance): the largest programmed |W| exceeds the
+    target's, so AIHWKIT's conductances are lower and their 1/f read noise (relative std
+    ~ g^-0.65) larger.
+    """
+    w_prog = model.from_conductances(pos.pop("g"), neg.pop("g"), g_scale)
+    g_pos, g_neg, g_scale = model.to_conductances(w_prog, 1, params.g_max)
+    del w_prog
+    g_pos = model.drift({**pos, "g": g_pos}, t, params, gen)
+    g_neg = model.drift({**neg, "g": g_neg}, t, params, gen)
+    return model.from_conductances(g_pos, g_neg, g_scale)
 
 
 def _stored(key: str, value: Tensor, g_max: float) -> Tensor:
