@@ -578,6 +578,12 @@ def valid_analog_dicts(draw):
     # the cross-field rules of AnalogConfig
     d["mapping"]["digital_bias"] |= d["hwa"]["learn_input_range"]
     d["mapping"]["learn_out_scaling"] |= d["hwa"]["remap"] != "none"
+    hwa = d["hwa"]
+    hwa["modifier_t_min"], hwa["modifier_t_max"] = sorted(
+        (hwa["modifier_t_min"], hwa["modifier_t_max"])
+    )
+    if hwa["modifier"] == "chip" and d["device"]["model"] == "none":
+        hwa["modifier"] = "none"  # the chip modifier needs a device model
     return d
 
 
