@@ -274,7 +274,12 @@ def _train_vision(args, parser) -> int:
 
 
 def _add_finetune_squad(sub) -> None:
-    from .experiments.finetune_squad import DEFAULT_MODEL, DEFAULT_TRAIN, FinetuneSpec
+    from .experiments.finetune_squad import (
+        DEFAULT_MODEL,
+        DEFAULT_TRAIN,
+        HWA_MODIFIERS,
+        FinetuneSpec,
+    )
 
     d = FinetuneSpec()
     p = sub.add_parser(
@@ -302,6 +307,22 @@ def _add_finetune_squad(sub) -> None:
         default=d.hwa_noise,
         help="add_normal weight noise while training, relative to max|W| per tile "
         "(with --preset digital: on the bert_squad periphery)",
+    )
+    p.add_argument(
+        "--hwa-modifier",
+        choices=list(HWA_MODIFIERS),
+        default=d.hwa_modifier,
+        help="training weight modifier: add_normal (std --hwa-noise) or chip (every forward a "
+        "freshly programmed chip of the preset's device model, drifted to a log-uniform time in "
+        "--hwa-drift-range, drift-compensated; with --preset digital: bert_squad's PCM chip)",
+    )
+    p.add_argument(
+        "--hwa-drift-range",
+        type=_floats,
+        default=d.hwa_drift_range,
+        metavar="T_MIN,T_MAX",
+        help="drift times in s of --hwa-modifier chip (default 3600,3.156e8: 1 hour to 10 "
+        "years; equal values fix the time)",
     )
     p.add_argument("--max-questions", type=int, default=None, help="train on a random subset")
     p.add_argument("--subset-seed", type=int, default=d.subset_seed)

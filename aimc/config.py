@@ -20,17 +20,18 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-CONFIG_VERSION = 1
-"""Version of the dict / JSON form written by :meth:`AnalogConfig.to_dict`."""
+CONFIG_VERSION = 2
+"""Version of the dict / JSON form written by :meth:`AnalogConfig.to_dict` (2: ``hwa`` gained
+``modifier_t_min`` and ``modifier_t_max``, for the ``chip`` weight modifier)."""
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 
 #: Upgrades of the dicts written by an older aimc: ``CONFIG_MIGRATIONS[v]`` takes the dict of
 #: version ``v`` (without its ``"version"`` key) and returns a new dict of version ``v + 1``
 #: (without modifying its argument); :meth:`AnalogConfig.from_dict` applies them in turn up to
-#: :data:`CONFIG_VERSION`. Empty: version 1 is the first. A change of the format bumps
-#: ``CONFIG_VERSION`` to 2 and adds ``1: _v1_to_v2`` here, with a test that loads a version-1 dict.
-CONFIG_MIGRATIONS: dict[int, Migration] = {}
+#: :data:`CONFIG_VERSION`. A change of the format bumps ``CONFIG_VERSION`` and adds
+#: ``v: _v{v}_to_v{v+1}`` here, with a test that loads a version-``v`` dict.
+CONFIG_MIGRATIONS: dict[int, Migration] = {}  # filled below the config classes
 
 _MAX_INT = 2**63 - 1  # the largest integer field value (torch's int64)
 _SHOW_CHARS = 200  # longest value shown in an error message
@@ -563,6 +564,10 @@ class WeightModifier(str, Enum):
     #: ``poly`` with the PCM programming-noise coefficients / g_max; the noise is mirrored at
     #: zero so no weight changes sign (AIHWKIT ``ProgNoise``)
     PROG_NOISE = "prog_noise"
+    #: the deployed chip: the device model's own programming noise, drift and read noise at a
+    #: time drawn log-uniformly in ``[modifier_t_min, modifier_t_max]``, with the config's drift
+    #: compensation (REFERENCE.md §2-3; needs ``device.model`` other than ``'none'``)
+    CHIP = "chip"
 
 
 class WeightClip(str, Enum):
@@ -608,6 +613,17 @@ class HWAConfig(_ConfigBase):
     (close to the PCM programming-noise polynomial / 25 µS, whose c1 would be 0.0786)."""
     modifier_per_tile: bool = True
     """``a = max|W|`` per tile (True) or per layer."""
+    modifier_t_min: float = 3600.0
+    """Shortest drift time (s after programming) of the ``chip`` modifier: every training
+    forward programs the layer's weights afresh with the device model (programming noise and
+    per-device drift exponents; for PCM Nandakumar et al., ICECS 2019, and Joshi et al., Nat.
+    Commun. 11, 2473 (2020)) and reads them at a time ``t`` drawn log-uniformly in
+    ``[modifier_t_min, modifier_t_max]``, so that HWA training (Rasch et al., Nat. Commun. 14,
+    5282 (2023)) sees the chip it will be deployed on over its whole life. Default 1 hour.
+    A time > 0, or equal to ``modifier_t_max`` (then ``t`` is fixed; 0 is allowed then)."""
+    modifier_t_max: float = 3.156e8
+    """Longest drift time (s) of the ``chip`` modifier (see ``modifier_t_min``); default 10
+    years. A finite number >= ``modifier_t_min``."""
     clip: WeightClip = WeightClip.NONE
     """Weight clipping after each optimizer step."""
     clip_value: float = 1.0
@@ -631,8 +647,15 @@ class HWAConfig(_ConfigBase):
         self.modifier = _check_enum(f"{p}.modifier", self.modifier, WeightModifier)
         self.clip = _check_enum(f"{p}.clip", self.clip, WeightClip)
         self.remap = _check_enum(f"{p}.remap", self.remap, WeightRemap)
-        for name in ("modifier_std", "modifier_res", "input_range_decay"):
+        for name in (
+            "modifier_std",
+            "modifier_res",
+            "input_range_decay",
+            "modifier_t_min",
+            "modifier_t_max",
+        ):
             setattr(self, name, _check_number(f"{p}.{name}", getattr(self, name), min_value=0))
+        self._check_drift_times()
         for name in ("clip_value", "clip_sigma", "input_range_init_std"):
             setattr(
                 self,
@@ -647,6 +670,24 @@ class HWAConfig(_ConfigBase):
         self.modifier_coeffs = check_coefficients(f"{p}.modifier_coeffs", self.modifier_coeffs)
         if self.modifier == WeightModifier.DISCRETIZE and self.modifier_res <= 0:
             _fail(f"{p}.modifier_res", self.modifier_res, f"> 0 when {p}.modifier is 'discretize'")
+
+    def _check_drift_times(self) -> None:
+        p = self._prefix
+        t_min, t_max = self.modifier_t_min, self.modifier_t_max
+        if t_min > t_max:
+            _fail(
+                f"{p}.modifier_t_min",
+                t_min,
+                f"a time (s) <= {p}.modifier_t_max, which is {_show(t_max)}",
+            )
+        if t_min == 0 and t_max > 0:
+            _fail(
+                f"{p}.modifier_t_min",
+                t_min,
+                f"a time > 0 s when below {p}.modifier_t_max (the time is drawn "
+                f"log-uniformly, which needs t > 0), or 0 together with {p}.modifier_t_max = 0 "
+                "(a fixed time)",
+            )
 
     @property
     def any_modifier(self) -> bool:
@@ -685,6 +726,13 @@ class AnalogConfig(_ConfigBase):
                 "False unless mapping.digital_bias is True (an analog bias row would be "
                 "clipped by the learned range)",
             )
+        if self.hwa.modifier == WeightModifier.CHIP and self.device.model == "none":
+            _fail(
+                "config.hwa.modifier",
+                self.hwa.modifier.value,
+                "not 'chip' while device.model is 'none' (the chip modifier draws the device "
+                "model's programming and drift noise; choose one, e.g. device.model='pcm')",
+            )
         if self.hwa.remap != WeightRemap.NONE and not self.mapping.learn_out_scaling:
             _fail(
                 "config.hwa.remap",
@@ -715,6 +763,23 @@ class AnalogConfig(_ConfigBase):
         """Inverse of :meth:`to_json`; invalid JSON and a duplicate key are ``ValueError``s too."""
         return cls.from_dict(_loads(cls._prefix, text))
 
+
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 -> 2: ``hwa.modifier_t_min`` / ``hwa.modifier_t_max`` appeared (the ``chip``
+    modifier); a version-1 config had no use for them, so they take their defaults."""
+    out = dict(data)
+    hwa = out.get("hwa")
+    if isinstance(hwa, dict):  # anything else is reported by the loader, naming the field
+        hwa = dict(hwa)
+        for name in ("modifier_t_min", "modifier_t_max"):
+            if name in hwa:
+                _fail(f"config.hwa.{name}", hwa[name], "no such key in a version-1 config")
+            hwa[name] = getattr(HWAConfig, name)
+        out["hwa"] = hwa
+    return out
+
+
+CONFIG_MIGRATIONS[1] = _v1_to_v2
 
 _SUBCONFIGS: dict[tuple[str, str], type[_ConfigBase]] = {
     ("AnalogConfig", "io"): IOConfig,

@@ -5,6 +5,9 @@ inference workloads using in-memory computing-based accelerators", Nat. Commun. 
 
 * Weight modifiers perturb the tile weights of the training forward (fresh draws every forward;
   the backward is straight-through to the digital weights). ``a = max|W|`` per tile or layer.
+  The ``chip`` modifier is the device model itself: every forward programs a fresh chip and
+  reads it at a random time (:func:`draw_chip_sample`; the layer does the rest,
+  :meth:`aimc.nn.chip.ChipMixin.fresh_chip_tiles`).
 * Clipping and remapping act on the digital weights after an optimizer step:
   :func:`post_step` (call it after ``optimizer.step()``) or :func:`register_post_step_hook`
   (an optimizer step hook that does it for you).
@@ -14,6 +17,8 @@ inference workloads using in-memory computing-based accelerators", Nat. Commun. 
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +45,12 @@ def modify_weights(w: Tensor, layout: TileLayout, hwa: HWAConfig, gen: torch.Gen
     kind = hwa.modifier
     if kind == WeightModifier.NONE:
         return w
+    if kind == WeightModifier.CHIP:
+        raise ValueError(
+            "hwa.modifier: got 'chip'; allowed here: a modifier that needs no device model "
+            "(the chip modifier is applied by the analog layer's training forward, which has "
+            "the device model: draw_chip_sample and ChipMixin.fresh_chip_tiles)"
+        )
     a = _amax(w, layout, hwa.modifier_per_tile)
     if kind == WeightModifier.DISCRETIZE:
         res = 1.0 / hwa.modifier_res if hwa.modifier_res > 1 else hwa.modifier_res
@@ -57,6 +68,27 @@ def modify_weights(w: Tensor, layout: TileLayout, hwa: HWAConfig, gen: torch.Gen
     if prog:  # AIHWKIT ``ProgNoise``: a weight keeps its sign, the noise is mirrored at zero
         return torch.where(w < 0, -noisy.abs(), noisy.abs())
     return noisy
+
+
+def draw_chip_sample(hwa: HWAConfig, gen: torch.Generator) -> tuple[float, int, int]:
+    """``(t, program_seed, drift_seed)`` of one training forward of the ``chip`` modifier, all
+    from ``gen``: the drift time ``t = exp(U(ln t_min, ln t_max))`` (log-uniform in
+    ``[modifier_t_min, modifier_t_max]``, as many draws per decade of time; ``t_min`` when the
+    two are equal) and the seeds of the fresh chip's programming and of its read.
+
+    Drawing seeds (rather than feeding ``gen`` to the device model) makes the modifier's chip
+    exactly the one ``program_chip(program_seed)`` then ``drift_chip(t, drift_seed)`` build, on
+    every tile chunk of any layer size.
+    """
+    t_min, t_max = hwa.modifier_t_min, hwa.modifier_t_max
+    u = torch.rand(1, generator=gen, device=gen.device, dtype=torch.float64)
+    seeds = torch.randint(0, 1 << 62, (2,), generator=gen, device=gen.device).tolist()
+    if t_min == t_max:
+        t = t_min
+    else:
+        lo, hi = math.log(t_min), math.log(t_max)
+        t = min(max(math.exp(lo + float(u) * (hi - lo)), t_min), t_max)  # rounding of exp/log
+    return t, int(seeds[0]), int(seeds[1])
 
 
 def _round_half_away(v: Tensor) -> Tensor:

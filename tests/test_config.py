@@ -379,7 +379,7 @@ def test_res_fraction_and_steps_agree():
 def test_dict_round_trip(name):
     cfg = PRESETS[name]()
     d = cfg.to_dict()
-    assert d["version"] == CONFIG_VERSION == 1
+    assert d["version"] == CONFIG_VERSION == 2
     assert set(d) == {"version", "io", "mapping", "device", "hwa"}
     back = AnalogConfig.from_dict(d)
     assert back == cfg
@@ -395,7 +395,7 @@ def test_dict_round_trip(name):
 def test_json_round_trip(name):
     cfg = PRESETS[name]()
     text = cfg.to_json()
-    assert json.loads(text)["version"] == 1
+    assert json.loads(text)["version"] == CONFIG_VERSION
     back = AnalogConfig.from_json(text)
     assert back == cfg
     assert back.to_json() == text
@@ -425,7 +425,7 @@ def test_from_dict_missing_version_raises():
     assert "config.version" in msg and "None" in msg and "1" in msg
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None, [1]])
+@pytest.mark.parametrize("version", [0, 3, "2", None, [2]])
 def test_from_dict_wrong_version_raises(version):
     d = AnalogConfig().to_dict()
     d["version"] = version

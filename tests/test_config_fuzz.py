@@ -316,6 +316,8 @@ def test_any_version_but_the_current_one_raises(version):
         if type(version) is int and version == current:
             assert cls.from_dict(d) == cls()
             continue
+        if cls is AnalogConfig and type(version) is int and version == 1:
+            continue  # migrated (test_version_1_dict_is_migrated)
         with pytest.raises(ValueError) as info:
             cls.from_dict(d)
         msg = str(info.value)
@@ -324,8 +326,8 @@ def test_any_version_but_the_current_one_raises(version):
 
 @pytest.mark.parametrize(
     "version",
-    [1.0, True, "1", 2, 99, 10**400, 0, -1, NAN, None],
-    ids=["1.0", "True", "'1'", "2", "99", "10**400", "0", "-1", "nan", "None"],
+    [1.0, True, "1", 3, 99, 10**400, 0, -1, NAN, None],
+    ids=["1.0", "True", "'1'", "3", "99", "10**400", "0", "-1", "nan", "None"],
 )
 def test_version_messages(version):
     for cls, prefix in ((AnalogConfig, "config"), (PulsedConfig, "pulsed")):
@@ -336,7 +338,7 @@ def test_version_messages(version):
         msg = str(info.value)
         assert msg.startswith(f"{prefix}.version: got "), msg
         assert "allowed: " in msg, msg
-        if type(version) is int and version > 1:
+        if type(version) is int and version > 2:
             assert "newer aimc" in msg and "upgrade" in msg, msg
 
 
@@ -348,15 +350,34 @@ def test_missing_version_names_it():
             cls.from_dict(d)
 
 
-def test_no_migrations_yet_and_the_current_version_has_none():
-    # version 1 is the first: nothing to migrate from (no invented version 0)
-    assert CONFIG_MIGRATIONS == {} and PULSED_CONFIG_MIGRATIONS == {}
-    assert CONFIG_VERSION == 1
+def test_migrations_lead_to_the_current_version():
+    # version 1 is the first: nothing to migrate from (no invented version 0); version 2 added
+    # hwa.modifier_t_min / modifier_t_max (the chip modifier)
+    assert sorted(CONFIG_MIGRATIONS) == [1] and PULSED_CONFIG_MIGRATIONS == {}
+    assert CONFIG_VERSION == 2 and PULSED_CONFIG_VERSION == 1
+
+
+def test_version_1_dict_is_migrated():
+    """A version-1 dict (no chip-modifier times) loads with their defaults; a version-1 dict
+    that already has one is refused, naming it."""
+    cfg = AnalogConfig(hwa=HWAConfig(modifier="add_normal", modifier_std=0.02))
+    old = cfg.to_dict()
+    old["version"] = 1
+    for name in ("modifier_t_min", "modifier_t_max"):
+        del old["hwa"][name]
+    snapshot = copy.deepcopy(old)
+    assert AnalogConfig.from_dict(old) == cfg
+    assert old == snapshot  # the migration does not modify its argument
+    bad = {**old, "hwa": {**old["hwa"], "modifier_t_min": 5.0}}
+    with pytest.raises(
+        ValueError, match=r"^config\.hwa\.modifier_t_min: got 5\.0; allowed: no such"
+    ):
+        AnalogConfig.from_dict(bad)
 
 
 def test_a_registered_migration_is_applied(monkeypatch):
     """The migration hook: a dict of version ``v`` is turned into version ``v + 1`` by
-    ``CONFIG_MIGRATIONS[v]`` until it is current (simulated: current = 2, migrate 1 -> 2)."""
+    ``CONFIG_MIGRATIONS[v]`` until it is current (simulated: current = 3, migrate 2 -> 3)."""
     import aimc.config as config
 
     calls = []
@@ -370,8 +391,8 @@ def test_a_registered_migration_is_applied(monkeypatch):
 
     old = AnalogConfig().to_dict()
     old["io"]["old_out_noise"] = old["io"].pop("out_noise")
-    monkeypatch.setattr(config, "CONFIG_VERSION", 2)
-    monkeypatch.setitem(config.CONFIG_MIGRATIONS, 1, rename_out_noise)
+    monkeypatch.setattr(config, "CONFIG_VERSION", 3)
+    monkeypatch.setitem(config.CONFIG_MIGRATIONS, 2, rename_out_noise)
     assert AnalogConfig.from_dict(old) == AnalogConfig()
     assert calls == [1]
     with pytest.raises(ValueError, match=r"config\.version: got 0"):
@@ -557,6 +578,12 @@ def valid_analog_dicts(draw):
     # the cross-field rules of AnalogConfig
     d["mapping"]["digital_bias"] |= d["hwa"]["learn_input_range"]
     d["mapping"]["learn_out_scaling"] |= d["hwa"]["remap"] != "none"
+    hwa = d["hwa"]
+    hwa["modifier_t_min"], hwa["modifier_t_max"] = sorted(
+        (hwa["modifier_t_min"], hwa["modifier_t_max"])
+    )
+    if hwa["modifier"] == "chip" and d["device"]["model"] == "none":
+        hwa["modifier"] = "none"  # the chip modifier needs a device model
     return d
 
 

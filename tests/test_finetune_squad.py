@@ -159,6 +159,32 @@ def test_hwa_finetune_resumes_to_the_same_weights(assets):
         run(replace(spec, lr=2e-3), cut, resume=True, progress=False)
 
 
+def test_chip_modifier_finetune_resumes_to_the_same_weights(assets):
+    """--hwa-modifier chip: the chip drawn at each step (time, programming, read) comes from the
+    step's seed, so a run resumed from a checkpoint ends with the uninterrupted run's weights;
+    the modifier and its drift range are recorded in the run config."""
+    spec = _spec(
+        assets, preset="bert_squad", hwa_modifier="chip", hwa_drift_range=(60.0, 1e6), max_steps=3
+    )
+    full = assets["root"] / "chip_full"
+    run(spec, full, save_every=1, progress=False)
+    cut = assets["root"] / "chip_cut"
+    run(spec, cut, save_every=1, keep=5, progress=False)
+    shutil.rmtree(cut / "checkpoints" / "step-0000002")  # killed after the second step
+    shutil.rmtree(cut / "model")
+    run(spec, cut, save_every=1, resume=True, progress=False)
+    a, b = _weights(full / "model"), _weights(cut / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    start = _weights(assets["model"])
+    assert any(not torch.equal(a[k], start[k]) for k in a)
+    meta = json.loads((full / "run_config.json").read_text())["determines_numbers"]
+    assert meta["hwa_modifier"] == "chip" and meta["hwa_drift_range"] == [60.0, 1e6]
+    hwa = meta["training_config"]["hwa"]
+    assert (hwa["modifier"], hwa["modifier_t_min"], hwa["modifier_t_max"]) == ("chip", 60.0, 1e6)
+    with pytest.raises(ValueError, match=r"different hwa_drift_range"):
+        run(replace(spec, hwa_drift_range=(60.0, 1e7)), cut, resume=True, progress=False)
+
+
 def test_new_qa_head_on_a_base_encoder(assets):
     out = assets["root"] / "bare"
     final = run(_spec(assets, model=str(assets["bare"]), max_steps=2), out, progress=False)
@@ -203,11 +229,11 @@ def test_qa_loss_ignores_padding():
     torch.testing.assert_close(short, (ce(s, pos) + ce(e, pos)) / 2)
 
 
-def _finetune_args(assets, preset: str, hwa_noise: str) -> list[str]:
+def _finetune_args(assets, preset: str, hwa_noise: str, *hwa: str) -> list[str]:
     return [
         "finetune-squad",
         *("--model", str(assets["model"]), "--train", str(assets["train"])),
-        *("--preset", preset, "--hwa-noise", hwa_noise),
+        *("--preset", preset, "--hwa-noise", hwa_noise, *hwa),
         *("--max-length", "128", "--stride", "32", "--max-steps", "3", "--batch-size", "4"),
         *("--lr", "1e-3", "--seed", "3", "--no-progress", "--threads", "1"),
     ]
@@ -229,11 +255,24 @@ def _torchrun() -> list[str]:
     ]
 
 
-def test_ddp_two_ranks_match_one_process(assets):
+@pytest.mark.parametrize(
+    "modifier",
+    [
+        ("0.05",),
+        pytest.param(
+            ("0", "--hwa-modifier", "chip", "--hwa-drift-range", "3600,3.156e8"),
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=["add_normal", "chip"],
+)
+def test_ddp_two_ranks_match_one_process(assets, modifier):
     """2 gloo ranks x 2 samples == 1 process x 4 samples, with an HWA weight modifier drawn
-    identically on both ranks (perfect IO, no dropout: nothing else is random)."""
-    args = _finetune_args(assets, "pcm_weights_only", "0.05")
-    ddp_out, one_out = assets["root"] / "ddp", assets["root"] / "one"
+    identically on both ranks (perfect IO, no dropout: nothing else is random). The chip
+    modifier draws the same chip (time, programming, read, compensation) on both ranks."""
+    args = _finetune_args(assets, "pcm_weights_only", *modifier)
+    name = "" if modifier == ("0.05",) else "_chip"
+    ddp_out, one_out = assets["root"] / f"ddp{name}", assets["root"] / f"one{name}"
     _launch(_torchrun(), args, ddp_out)
     _launch([sys.executable, "-m", "aimc"], args, one_out)
     meta = json.loads((ddp_out / "model" / "aimc_finetune.json").read_text())
@@ -275,6 +314,12 @@ def test_ddp_standard_hwa_keeps_the_ranks_identical(assets):
         ({"lr": 0.0}, "--lr: got 0.0"),
         ({"warmup": 1.0}, "--warmup: got 1.0"),
         ({"hwa_noise": -0.1}, "--hwa-noise: got -0.1"),
+        ({"hwa_modifier": "gauss"}, "--hwa-modifier: got 'gauss'; allowed: one of"),
+        ({"hwa_modifier": "chip", "hwa_noise": 0.1}, "--hwa-noise: got 0.1 with --hwa-modifier"),
+        ({"hwa_drift_range": (10.0, 1.0)}, "--hwa-drift-range: got (10.0, 1.0"),
+        ({"hwa_drift_range": (0.0, 1.0)}, "--hwa-drift-range: got"),
+        ({"hwa_drift_range": (1.0, float("inf"))}, "--hwa-drift-range: got"),
+        ({"hwa_drift_range": (1.0,)}, "--hwa-drift-range: got"),
         ({"grad_clip": float("nan")}, "--grad-clip: got nan"),
         ({"preset": "fancy"}, "unknown config 'fancy'"),
         ({"max_steps": 0}, "--max-steps: got 0"),
@@ -285,6 +330,16 @@ def test_bad_spec_values_name_the_option(assets, change, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         run(_spec(assets, **change), assets["root"] / "never", progress=False)
     assert not (assets["root"] / "never").exists()
+
+
+def test_chip_modifier_needs_a_preset_with_a_device_model(monkeypatch):
+    from aimc import presets
+    from aimc.experiments import finetune_squad
+
+    monkeypatch.setattr(finetune_squad, "resolve_config", lambda name: presets.ideal())
+    spec = FinetuneSpec(preset="ideal_io", hwa_modifier="chip")
+    with pytest.raises(ValueError, match=r"^--hwa-modifier: got 'chip' with --preset ideal_io"):
+        spec.validate()
 
 
 def test_bad_run_inputs(assets, tmp_path):

@@ -12,8 +12,9 @@ model did; learned input ranges are written to ``aimc_finetune.json`` beside the
 trains only digital LoRA adapters beside the frozen analog layers (:mod:`aimc.lora`), and the
 exported model is then the frozen base plus ``adapter/``, which ``squad-drift`` attaches.
 
-Determinism: the data order of epoch ``e`` comes from ``(seed, e)``; the HWA noise, dropout and
-IO noise of step ``s`` from ``(seed, s)`` (and the rank). A resumed run therefore ends with the
+Determinism: the data order of epoch ``e`` comes from ``(seed, e)``; the HWA noise (the ``chip``
+modifier's drift time and chip included), dropout and IO noise of step ``s`` from ``(seed, s)``
+(and the rank). A resumed run therefore ends with the
 same weights as an uninterrupted one, and a DDP run draws the same HWA weight realization on all
 ranks (as a single process does for the whole batch) with independent IO noise and dropout.
 """
@@ -44,6 +45,8 @@ from .sweep import resolve_config
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 DEFAULT_MODEL = SHARED / "models" / "minilm-l6-squad"
 DEFAULT_TRAIN = SHARED / "data" / "squad" / "train-v1.1.rebuilt.json.xz"
+#: Values of ``--hwa-modifier``.
+HWA_MODIFIERS = ("add_normal", "chip")
 
 
 @dataclass
@@ -54,6 +57,11 @@ class FinetuneSpec:
     train: str = str(DEFAULT_TRAIN)  #: SQuAD v1.1 train JSON (.json, .json.gz, .json.xz)
     preset: str = "digital"  #: training config: digital or a squad-drift config name
     hwa_noise: float = 0.0  #: add_normal weight noise (relative to max|W| per tile) while training
+    #: training weight modifier: ``add_normal`` (with ``hwa_noise`` > 0) or ``chip`` (the device
+    #: model's programming + drift at a log-uniform time in ``hwa_drift_range``)
+    hwa_modifier: str = "add_normal"
+    #: ``(t_min, t_max)`` drift times (s) of the ``chip`` modifier (default 1 hour .. 10 years)
+    hwa_drift_range: tuple[float, float] = (3600.0, 3.156e8)
     max_questions: int | None = None  #: train on a fixed random subset of questions
     subset_seed: int = 0
     max_length: int = 256
@@ -76,6 +84,7 @@ class FinetuneSpec:
     lora: str | None = None
 
     def validate(self) -> None:
+        self._check_modifier()
         self.training_config()
         self._validate_distill_lora()
         for name in ("epochs", "batch_size", "max_length", "max_steps", "max_questions"):
@@ -114,7 +123,8 @@ class FinetuneSpec:
         spec = self.lora_spec()
         if spec is not None and self.training_config() is None:
             raise ValueError(
-                f"--lora: got {self.lora!r} with --preset digital and no --hwa-noise; allowed: "
+                f"--lora: got {self.lora!r} with --preset digital and no --hwa-noise or "
+                "--hwa-modifier chip; allowed: "
                 "an analog training config (the adapters sit beside analog layers)"
             )
 
@@ -124,14 +134,60 @@ class FinetuneSpec:
 
         return None if self.lora is None else parse_lora(self.lora)
 
+    def _check_modifier(self) -> None:
+        """``--hwa-modifier`` and ``--hwa-drift-range`` (before the config is built, so the
+        messages name the options)."""
+        if self.hwa_modifier not in HWA_MODIFIERS:
+            raise ValueError(
+                f"--hwa-modifier: got {self.hwa_modifier!r}; allowed: one of "
+                + ", ".join(repr(m) for m in HWA_MODIFIERS)
+            )
+        r = self.hwa_drift_range
+        ok = (
+            isinstance(r, (tuple, list))
+            and len(r) == 2
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in r
+            )
+            and (0 < r[0] <= r[1] or r[0] == r[1] == 0)
+        )
+        if not ok:
+            raise ValueError(
+                f"--hwa-drift-range: got {r!r}; allowed: T_MIN,T_MAX in seconds, finite, with "
+                "0 < T_MIN <= T_MAX (log-uniform; equal = a fixed time, 0,0 allowed)"
+            )
+        if self.hwa_modifier == "chip" and self.hwa_noise > 0:
+            raise ValueError(
+                f"--hwa-noise: got {self.hwa_noise!r} with --hwa-modifier chip; allowed: 0 "
+                "(one weight modifier at a time: --hwa-noise is the add_normal std)"
+            )
+
     def training_config(self) -> AnalogConfig | None:
         """The analog config of the training forward (``None`` = digital). ``--hwa-noise`` adds
-        an ``add_normal`` weight modifier; with ``--preset digital`` it is added to
-        ``bert_squad`` (the periphery ``squad-drift`` evaluates)."""
+        an ``add_normal`` weight modifier, ``--hwa-modifier chip`` the ``chip`` modifier (the
+        preset's device model and drift compensation, times in ``--hwa-drift-range``); with
+        ``--preset digital`` either is added to ``bert_squad`` (the periphery and PCM chip
+        ``squad-drift`` evaluates)."""
         cfg = resolve_config(self.preset)
-        if self.hwa_noise > 0:
+        chip = self.hwa_modifier == "chip"
+        if self.hwa_noise > 0 or chip:
             base = cfg if cfg is not None else resolve_config("bert_squad")
-            hwa = base.hwa.replace(modifier=WeightModifier.ADD_NORMAL, modifier_std=self.hwa_noise)
+            if chip and base.device.model == "none":
+                raise ValueError(
+                    f"--hwa-modifier: got 'chip' with --preset {self.preset}, whose device "
+                    "model is 'none'; allowed: a preset with a device model (e.g. bert_squad, "
+                    "pcm_inference, standard_hwa; digital trains on bert_squad)"
+                )
+            if chip:
+                t_min, t_max = (float(v) for v in self.hwa_drift_range)
+                hwa = base.hwa.replace(
+                    modifier=WeightModifier.CHIP, modifier_t_min=t_min, modifier_t_max=t_max
+                )
+            else:
+                hwa = base.hwa.replace(
+                    modifier=WeightModifier.ADD_NORMAL, modifier_std=self.hwa_noise
+                )
             cfg = base.replace(hwa=hwa)
         return cfg
 

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import AnalogConfig, WeightNoiseType
+from ..config import AnalogConfig, WeightModifier, WeightNoiseType
 from ..functional import TileLayout, tile_weights
-from ..hwa import clip_input, modify_weights, update_input_range
+from ..hwa import clip_input, draw_chip_sample, modify_weights, update_input_range
 from ..mvm import TileWeights, analog_mvm, combine_scales, units
 from ..random import check_seed, derive_seed
 from .checks import check_finite_weights, layer_label
@@ -295,9 +295,13 @@ class AnalogLayerMixin(ChipMixin):
         hwa = self.analog_config.hwa
         if not (self.training and hwa.any_modifier):
             return tw
+        gen = self.generator(tw.w)
+        if hwa.modifier == WeightModifier.CHIP:
+            # a fresh chip per forward (its time and seeds from the modifier stream, so all
+            # data-parallel ranks draw the same chip); the backward stays straight-through
+            return self.fresh_chip_tiles(*draw_chip_sample(hwa, gen))
         in_unit, out_unit = units(self.analog_config.io)
         gain = in_unit / out_unit
-        gen = self.generator(tw.w)
         w = modify_weights(tw.w / gain, tw.layout, hwa, gen)
         return TileWeights(tw.layout, w * gain, tw.scale, None if tw.w_abs is None else w.abs())
 

@@ -170,41 +170,14 @@ class ChipMixin:
             raise RuntimeError("program: this layer has no device model (device.model='none')")
         check_materialized(self, "program")
         check_finite_weights(self, "program")
-        cfg = self.analog_config
-        params = cfg.device.params
-        w_t, layout, w_scale = self._digital_layout()
-        comp = cfg.device.drift_compensation
+        comp = self.analog_config.device.drift_compensation
         per_column = comp == DriftCompensation.PER_COLUMN
         need_baseline = comp not in (DriftCompensation.NONE, DriftCompensation.EXACT_REFERENCE)
+        w_t, layout, w_scale = self._digital_layout()
         device = w_t.device
         self._drop_chip()
-        n = layout.batch * layout.n_out
-        g_scale = torch.empty(n, device=device)
-        baseline = torch.empty((n, layout.cols) if per_column else (n,), device=device)
-        full: dict[str, Tensor] = {}
-        tiles = _tiles(w_t, layout)
-        model = devices.get(cfg.device.model)
-
-        def program_tiles(a: int, b: int, i: int, n_chunks: int):
-            gen = self._chunk_generator(seed, i, n_chunks, device)
-            state_pos, state_neg, scale = self._program_tiles(tiles[a:b], gen)
-            g_scale[a:b] = scale.view(-1)
-            read = []  # the state as the chip is read: through its float16 storage
-            for sign, state in (("pos", state_pos), ("neg", state_neg)):
-                stored = {key: _stored(key, value, params.g_max) for key, value in state.items()}
-                state.clear()
-                if storage == "full":
-                    for key, value in stored.items():
-                        name = f"{key}_{sign}"
-                        if name not in full:
-                            full[name] = torch.empty(w_t.shape, dtype=STATE_DTYPE, device=device)
-                        _tiles(full[name], layout)[a:b] = value
-                read.append(_rounded(stored, params.g_max))
-            if need_baseline:
-                reference = model.from_conductances(read[0]["g"], read[1]["g"], scale)
-                baseline[a:b] = self._readout(reference, layout, a, b, n_chunks, gen)
-            return read[0], read[1], scale
-
+        full: dict[str, Tensor] | None = {} if storage == "full" else None
+        program_tiles, g_scale, baseline = self._programmer(seed, w_t, layout, need_baseline, full)
         self._set_chip("conductance_scale", g_scale.view(layout.batch, layout.n_out))
         if w_scale is not None:
             self._set_chip("weight_scale", w_scale.float())
@@ -228,10 +201,56 @@ class ChipMixin:
             self._chip("drift_time").fill_(t_drift)
             self._chip("drift_seed").fill_(drift_seed)
             tw = self._compute_chip_tiles(read_out=True, source=program_tiles)
-        for name, value in full.items():
+        for name, value in (full or {}).items():
             self._set_chip(name, value)
         if drift is not None:
             self._finish_drift(tw)
+
+    def _programmer(
+        self,
+        seed: int,
+        w_t: Tensor,
+        layout: TileLayout,
+        need_baseline: bool,
+        full: dict[str, Tensor] | None,
+    ):
+        """``(program_tiles, g_scale, baseline)``: ``program_tiles(a, b, i, n_chunks)`` programs
+        tiles ``a..b-1`` of the ``(B, O_pad, ci)`` target tiles ``w_t`` (chunk ``i``) from
+        ``seed``, writes their conductance scales into ``g_scale (n,)``, their compensation
+        readout into ``baseline`` (``(n,)`` or ``(n, ro)``; if ``need_baseline``) and, given a
+        dict ``full``, their float16 state (a full chip's buffers, created on first use); it
+        returns the state as the chip reads it (through float16) and the scales ``(k, 1)``."""
+        cfg = self.analog_config
+        params = cfg.device.params
+        model = devices.get(cfg.device.model)
+        device = w_t.device
+        n = layout.batch * layout.n_out
+        per_column = cfg.device.drift_compensation == DriftCompensation.PER_COLUMN
+        g_scale = torch.empty(n, device=device)
+        baseline = torch.empty((n, layout.cols) if per_column else (n,), device=device)
+        tiles = _tiles(w_t, layout)
+
+        def program_tiles(a: int, b: int, i: int, n_chunks: int):
+            gen = self._chunk_generator(seed, i, n_chunks, device)
+            state_pos, state_neg, scale = self._program_tiles(tiles[a:b], gen)
+            g_scale[a:b] = scale.view(-1)
+            read = []  # the state as the chip is read: through its float16 storage
+            for sign, state in (("pos", state_pos), ("neg", state_neg)):
+                stored = {key: _stored(key, value, params.g_max) for key, value in state.items()}
+                state.clear()
+                if full is not None:
+                    for key, value in stored.items():
+                        name = f"{key}_{sign}"
+                        if name not in full:
+                            full[name] = torch.empty(w_t.shape, dtype=STATE_DTYPE, device=device)
+                        _tiles(full[name], layout)[a:b] = value
+                read.append(_rounded(stored, params.g_max))
+            if need_baseline:
+                reference = model.from_conductances(read[0]["g"], read[1]["g"], scale)
+                baseline[a:b] = self._readout(reference, layout, a, b, n_chunks, gen)
+            return read[0], read[1], scale
+
+        return program_tiles, g_scale, baseline
 
     @staticmethod
     def _chunk_generator(seed: int, i: int, n_chunks: int, device: torch.device):
@@ -369,8 +388,6 @@ class ChipMixin:
         """The eval tiles, chunk by chunk; ``source(a, b, i, n_chunks)`` gives the programmed
         state of tiles ``a..b-1`` (default: read from the buffers or regenerated, lean)."""
         cfg = self.analog_config
-        model = devices.get(cfg.device.model)
-        params = cfg.device.params
         layout = self.tile_layout()
         t = float(self._chip("drift_time"))
         comp = cfg.device.drift_compensation
@@ -386,36 +403,7 @@ class ChipMixin:
             def source(a: int, b: int, i: int, n_chunks: int):
                 return self._programmed_tiles(targets, a, b, i, n_chunks)
 
-        device = self._chip("conductance_scale").device
-        n = layout.batch * layout.n_out
-        w_t = torch.empty(layout.batch, layout.padded_out, layout.rows, device=device)
-        out = _tiles(w_t, layout)
-        m_t = torch.empty((n, layout.cols) if per_column else (n,), device=device)
-        chunks = _chunks(layout)
-        drift_seed = int(self._chip("drift_seed"))
-        for i, (a, b) in enumerate(chunks):
-            pos, neg, g_scale = source(a, b, i, len(chunks))
-            if t < 0:  # programmed, not yet read
-                out[a:b] = model.from_conductances(pos["g"], neg["g"], g_scale)
-                continue
-            gen = self._chunk_generator(drift_seed, i, len(chunks), device)
-            # As AIHWKIT 1.2.0 (BaseNoiseModel.apply_drift_noise), drift acts on the programmed
-            # *weights*: they are mapped onto a fresh pair (one device of each pair at 0, the
-            # tile's largest programmed |W| at g_max), which then drifts with the exponents drawn
-            # at programming and gets the read noise. Drifting the two stored noisy devices
-            # instead gave up to 3 % less output error after drift (tests/conformance): the
-            # largest programmed |W| exceeds the target's, so AIHWKIT's conductances are lower
-            # and their 1/f read noise (relative std ~ g^-0.65) larger.
-            w_prog = model.from_conductances(pos.pop("g"), neg.pop("g"), g_scale)
-            g_pos, g_neg, g_scale = model.to_conductances(w_prog, 1, params.g_max)
-            del w_prog
-            g_pos = model.drift({**pos, "g": g_pos}, t, params, gen)
-            g_neg = model.drift({**neg, "g": g_neg}, t, params, gen)
-            del pos, neg
-            out[a:b] = model.from_conductances(g_pos, g_neg, g_scale)
-            del g_pos, g_neg
-            if need_readout:
-                m_t[a:b] = self._readout(out[a:b], layout, a, b, len(chunks), gen)
+        w_t, m_t = self._read_pass(source, layout, t, int(self._chip("drift_seed")), need_readout)
         alpha = None
         if need_readout:
             shape = (layout.batch, layout.padded_out if per_column else layout.n_out)
@@ -424,13 +412,87 @@ class ChipMixin:
             alpha = self._chip("alpha").float()
         self._alpha = alpha
         scale = self._chip("weight_scale").float() if self._has_chip("weight_scale") else None
+        return self._finish_tiles(w_t, scale, alpha, layout)
+
+    def _read_pass(self, source, layout: TileLayout, t: float, drift_seed: int, readout: bool):
+        """One pass over the chip, chunk by chunk: the programmed state from ``source(a, b, i,
+        n_chunks)``, drifted to ``t`` (unless ``t < 0``) with read noise from ``drift_seed`` and
+        (if ``readout``) read out for the compensation. Returns the ``(B, O_pad, ci)`` read
+        tiles and the readout ``m_t`` (``(n,)`` or ``(n, ro)``; undefined without
+        ``readout``)."""
+        cfg = self.analog_config
+        model = devices.get(cfg.device.model)
+        params = cfg.device.params
+        per_column = cfg.device.drift_compensation == DriftCompensation.PER_COLUMN
+        device = self.weight.device
+        n = layout.batch * layout.n_out
+        w_t = torch.empty(layout.batch, layout.padded_out, layout.rows, device=device)
+        out = _tiles(w_t, layout)
+        m_t = torch.empty((n, layout.cols) if per_column else (n,), device=device)
+        chunks = _chunks(layout)
+        for i, (a, b) in enumerate(chunks):
+            pos, neg, g_scale = source(a, b, i, len(chunks))
+            if t < 0:  # programmed, not yet read
+                out[a:b] = model.from_conductances(pos["g"], neg["g"], g_scale)
+                continue
+            gen = self._chunk_generator(drift_seed, i, len(chunks), device)
+            out[a:b] = drift_programmed(model, params, pos, neg, g_scale, t, gen)
+            del pos, neg
+            if readout:
+                m_t[a:b] = self._readout(out[a:b], layout, a, b, len(chunks), gen)
+        return w_t, m_t
+
+    def _finish_tiles(
+        self, w_t: Tensor, scale: Tensor | None, alpha: Tensor | None, layout: TileLayout
+    ) -> TileWeights:
+        """Read tiles ``w_t`` (normalised units, modified in place) with the weight scale and
+        the compensation factors ``alpha`` folded into the digital scale, as the MVM takes
+        them."""
+        io = self.analog_config.io
         scale = combine_scales(scale, alpha, layout)
-        in_unit, out_unit = units(cfg.io)
-        need_abs = cfg.io.w_noise_type == WeightNoiseType.PCM_READ and cfg.io.w_noise > 0
-        w_abs = w_t.abs() if need_abs and not cfg.io.is_perfect else None
+        in_unit, out_unit = units(io)
+        need_abs = io.w_noise_type == WeightNoiseType.PCM_READ and io.w_noise > 0
+        w_abs = w_t.abs() if need_abs and not io.is_perfect else None
         if in_unit != out_unit:
             w_t.mul_(in_unit / out_unit)
         return TileWeights(layout, w_t, scale, w_abs)
+
+    # -- a fresh chip of the current weights, nothing stored (the ``chip`` HWA modifier) -------
+    @torch.no_grad()
+    def fresh_chip_tiles(self, t_seconds: float, program_seed: int, drift_seed: int) -> TileWeights:
+        """The tiles of a chip programmed now from the current weights with ``program_seed`` and
+        read ``t_seconds`` later with ``drift_seed``, drift compensation folded into the digital
+        scale: bit for bit what :meth:`program_chip` (``program_seed``), :meth:`drift_chip`
+        (``t_seconds``, ``drift_seed``) and :meth:`chip_tiles` give, but nothing is stored (a
+        programmed chip of the layer is left as it is). Chunk by chunk, each chunk programmed,
+        read out for the compensation baseline, drifted and read out again before the next:
+        the working memory is one chunk's, as programming's.
+
+        The ``chip`` HWA modifier (:func:`aimc.hwa.draw_chip_sample`) calls it in every training
+        forward. Cost: programming, drift and — with ``global`` or ``per_column`` compensation —
+        two readouts through the noisy periphery (one-hot inputs, one MVM of ``rows`` vectors per
+        tile); ``exact_reference`` needs one, ``none`` none. Measured (``docs/hwa.md``,
+        ``bert_squad``, 1 CPU thread): 95 ms for a 768 x 768 layer and 305 ms for 768 x 3072
+        with ``global`` compensation (15-22x the ``add_normal`` modifier; a training forward of
+        1,024 tokens 1.4-1.45x the one without modifier); 47 / 172 ms without compensation.
+        """
+        comp = self.analog_config.device.drift_compensation
+        per_column = comp == DriftCompensation.PER_COLUMN
+        w_t, layout, w_scale = self._digital_layout()
+        need_baseline = comp in (DriftCompensation.GLOBAL, DriftCompensation.PER_COLUMN)
+        source, _, baseline = self._programmer(program_seed, w_t, layout, need_baseline, None)
+        readout = comp != DriftCompensation.NONE
+        w_out, m_t = self._read_pass(source, layout, t_seconds, drift_seed, readout)
+        alpha = None
+        if comp != DriftCompensation.NONE:
+            shape = (layout.batch, layout.padded_out if per_column else layout.n_out)
+            if comp == DriftCompensation.EXACT_REFERENCE:
+                base = exact_readout(w_t, layout, per_column=False)
+            else:
+                base = baseline.view(shape)
+            alpha = base / m_t.view(shape)
+        scale = None if w_scale is None else w_scale.float()
+        return self._finish_tiles(w_out, scale, alpha, layout)
 
     # -- the chip keeps its dtypes: model.half()/double() move it but never cast it -------------
     def _apply(self, fn, recurse=True):
@@ -468,6 +530,28 @@ class ChipMixin:
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+
+def drift_programmed(model, params, pos: dict, neg: dict, g_scale: Tensor, t: float, gen) -> Tensor:
+    """The weights of programmed tiles read ``t`` seconds after programming: ``pos`` / ``neg``
+    are the device model's state of the two devices of every pair (conductances under ``"g"``,
+    µS; taken out of the dicts, so that their memory is freed early), ``g_scale`` ``(k, 1)``
+    the conductance scales; returns ``(k, ro, ci)`` weights.
+
+    As AIHWKIT 1.2.0 (``BaseNoiseModel.apply_drift_noise``), drift acts on the programmed
+    *weights*: they are mapped onto a fresh pair (one device of each pair at 0, the tile's
+    largest programmed |W| at g_max), which then drifts with the exponents drawn at programming
+    and gets the read noise. Drifting the two stored noisy devices instead gave up to 3 % less
+    output error after drift (tests/conformance): the largest programmed |W| exceeds the
+    target's, so AIHWKIT's conductances are lower and their 1/f read noise (relative std
+    ~ g^-0.65) larger.
+    """
+    w_prog = model.from_conductances(pos.pop("g"), neg.pop("g"), g_scale)
+    g_pos, g_neg, g_scale = model.to_conductances(w_prog, 1, params.g_max)
+    del w_prog
+    g_pos = model.drift({**pos, "g": g_pos}, t, params, gen)
+    g_neg = model.drift({**neg, "g": g_neg}, t, params, gen)
+    return model.from_conductances(g_pos, g_neg, g_scale)
 
 
 def _stored(key: str, value: Tensor, g_max: float) -> Tensor:

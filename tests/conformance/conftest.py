@@ -29,5 +29,3 @@ def pytest_collection_modifyitems(config, items):
 def _reference_missing():
     ok, reason = reference_status()
     pytest.fail(f"conformance suite cannot run in CI: {reason}")
-
-
