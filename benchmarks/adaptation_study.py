@@ -1,0 +1,203 @@
+"""Which hardware-aware adaptation keeps the shared MiniLM QA model's F1 for a year of PCM drift?
+
+Issue 14's study. Every row starts from the shared MiniLM-L6 SQuAD model, is trained on SQuAD
+v1.1 train with ``aimc finetune-squad`` (the same code, through ``aimc.experiments``) and is
+evaluated with ``aimc squad-drift`` on the same dev questions, chips and drift times:
+
+* ``digital`` — the model as it is (no training);
+* ``hwa`` — today's recipe: the ``bert_squad`` periphery in the training forward plus additive
+  Gaussian weight noise (``--hwa-noise``);
+* ``chip`` — PCM-noise HWA: every training forward runs on a freshly programmed chip read at a
+  log-uniform time in 1 h .. 10 years, drift-compensated (``--hwa-modifier chip``);
+* ``chip_distill`` — ``chip`` plus distillation from the digital model (``--teacher self``);
+* ``lora`` — analog LoRA: the base frozen, digital LoRA adapters trained with the chip modifier
+  (``--lora``); evaluated on chips programmed with other seeds than any seen in training.
+
+    python benchmarks/adaptation_study.py --rows chip --steps 300      # one row, resumable
+    python benchmarks/adaptation_study.py                             # everything (many hours)
+    python benchmarks/adaptation_study.py --collect                   # JSON from what ran
+
+Runs live in ``runs/adaptation-study/`` and resume where they stopped (rerun the same command:
+training continues from its last checkpoint, evaluation from its last finished row), so the
+study may run in pieces. ``--collect`` (also done at the end of every run) writes
+``benchmarks/results/adaptation_study.json`` from whatever has finished; the docs table and plot
+(``docs/hwa.md``) are generated from it by ``benchmarks/report.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aimc.experiments import finetune_squad, squad_drift
+from aimc.experiments.report import aggregate
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "benchmarks" / "results" / "adaptation_study.json"
+YEAR = 365 * 86400.0
+#: t = 0, 1 h, 1 day, 1 month, 1 year, 10 years (s)
+TIMES = [0.0, 3600.0, 86400.0, 30 * 86400.0, YEAR, 10 * YEAR]
+ROWS = ("digital", "hwa", "chip", "chip_distill", "lora")
+
+
+def row_spec(name: str, args: argparse.Namespace, seed: int) -> finetune_squad.FinetuneSpec | None:
+    """The fine-tuning run of study row ``name`` (``None``: the model is used as it is)."""
+    if name == "digital":
+        return None
+    common: dict[str, Any] = dict(
+        preset=args.config,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_length=256,
+        stride=128,
+        seed=seed,
+    )
+    if name == "hwa":
+        return finetune_squad.FinetuneSpec(hwa_noise=args.hwa_noise, **common)
+    chip = dict(common, hwa_modifier="chip", hwa_drift_range=(args.t_min, args.t_max))
+    if name == "chip":
+        return finetune_squad.FinetuneSpec(**chip)
+    if name == "chip_distill":
+        return finetune_squad.FinetuneSpec(teacher="self", distill_alpha=args.distill_alpha, **chip)
+    if name == "lora":
+        return finetune_squad.FinetuneSpec(**dict(chip, lr=args.lora_lr, lora=args.lora))
+    raise ValueError(f"--rows: got {name!r}; allowed: one of {', '.join(ROWS)}")
+
+
+def run_name(name: str, seed: int) -> str:
+    return name if seed == 0 else f"{name}-seed{seed}"
+
+
+def train(name: str, args: argparse.Namespace, seed: int) -> Path:
+    """Fine-tune (or resume) row ``name``; returns the model directory to evaluate."""
+    spec = row_spec(name, args, seed)
+    if spec is None:
+        return Path(finetune_squad.DEFAULT_MODEL)
+    return finetune_squad.run(
+        spec, Path(args.out) / run_name(name, seed), resume=True, save_every=args.save_every
+    )
+
+
+def evaluate(name: str, model: Path, args: argparse.Namespace, seed: int, configs: list[str]):
+    sweep = squad_drift.SweepSpec(
+        model=str(model),
+        configs=["digital", *configs],
+        times=list(args.times),
+        chips=args.chips,
+        max_questions=args.questions,
+    )
+    squad_drift.run(sweep, eval_dir(name, args, seed), resume=True)
+
+
+def eval_dir(name: str, args: argparse.Namespace, seed: int) -> Path:
+    return Path(args.out) / f"eval-{run_name(name, seed)}-q{args.questions}-c{args.chips}"
+
+
+def _train_cost(run_dir: Path, batch_size: int, max_length: int) -> dict[str, Any] | None:
+    log = run_dir / "train_log.jsonl"
+    if not log.exists():
+        return None
+    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    if not rows:
+        return None
+    steps = max(r["step"] for r in rows)
+    return {
+        "steps": steps,
+        "tokens": steps * batch_size * max_length,
+        "wall_s": sum(r["step_s"] for r in rows),
+        "median_step_s": statistics.median(r["step_s"] for r in rows),
+        "finished": (run_dir / "model").exists(),
+    }
+
+
+def _results(path: Path) -> list[dict[str, Any]]:
+    results = path / "results.jsonl"
+    if not results.exists():
+        return []
+    return [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+
+
+def collect(args: argparse.Namespace) -> dict[str, Any]:
+    """The study's JSON from every run and evaluation found under ``--out``."""
+    out: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "func"}}
+    out["torch"] = torch.__version__
+    rows: dict[str, Any] = {}
+    for name in ROWS:
+        for seed in range(max(args.seeds, 2)):
+            rows_ = _results(eval_dir(name, args, seed))
+            cost = _train_cost(Path(args.out) / run_name(name, seed), args.batch_size, 256)
+            if not rows_ and cost is None:
+                continue
+            table = aggregate(rows_)
+            cells: dict[str, Any] = {}
+            for config, by_t in table.items():
+                for t, metrics in by_t.items():
+                    key = "digital" if config == "digital" else f"{config}@{t:g}"
+                    f1 = metrics["f1"]
+                    cells[key] = {
+                        "config": config,
+                        "t": t,
+                        "f1": f1,
+                        "f1_mean": statistics.fmean(f1),
+                        "f1_std": statistics.stdev(f1) if len(f1) > 1 else 0.0,
+                        "exact_match_mean": statistics.fmean(metrics["exact_match"]),
+                    }
+            rows[run_name(name, seed)] = {"row": name, "seed": seed, "train": cost, "eval": cells}
+    out["rows"] = rows
+    base = rows.get("digital", {}).get("eval", {}).get("digital")
+    out["digital_f1"] = None if base is None else base["f1_mean"]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps per trained row")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-5, help="full fine-tuning rows")
+    p.add_argument("--lora-lr", type=float, default=5e-4)
+    p.add_argument("--lora", default="r=8,alpha=16,targets=query,key,value,dense")
+    p.add_argument("--hwa-noise", type=float, default=0.02, help="the hwa row's add_normal std")
+    p.add_argument("--distill-alpha", type=float, default=0.5)
+    p.add_argument("--t-min", type=float, default=3600.0, help="chip modifier drift range (s)")
+    p.add_argument("--t-max", type=float, default=10 * YEAR)
+    p.add_argument("--config", default="bert_squad:0.0175", help="training and evaluation")
+    p.add_argument("--also", default="", help="extra evaluation configs (the best row: 0.035)")
+    p.add_argument("--questions", type=int, default=1000)
+    p.add_argument("--chips", type=int, default=3)
+    p.add_argument("--times", type=lambda s: [float(x) for x in s.split(",")], default=TIMES)
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per row")
+    p.add_argument("--save-every", type=int, default=25)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--train-only", action="store_true")
+    p.add_argument("--collect", action="store_true", help="only write the JSON")
+    p.add_argument("--out", default=str(ROOT / "runs" / "adaptation-study"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if not args.collect:
+        names = [r.strip() for r in args.rows.split(",") if r.strip()]
+        for name in names:
+            if name not in ROWS:
+                raise SystemExit(f"--rows: got {name!r}; allowed: one of {', '.join(ROWS)}")
+        configs = [args.config] + [c for c in args.also.split(",") if c]
+        for name in names:
+            for seed in range(1 if name == "digital" else args.seeds):
+                t0 = time.perf_counter()
+                model = train(name, args, seed)
+                print(f"[study] {run_name(name, seed)}: trained ({time.perf_counter() - t0:.0f} s)")
+                if not args.train_only:
+                    evaluate(name, model, args, seed, configs)
+                RESULT.write_text(json.dumps(collect(args), indent=2) + "\n")
+    RESULT.write_text(json.dumps(collect(args), indent=2) + "\n")
+    print(f"wrote {RESULT}")
+
+
+if __name__ == "__main__":
+    main()
