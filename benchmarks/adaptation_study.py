@@ -107,7 +107,7 @@ def _train_cost(run_dir: Path, batch_size: int, max_length: int) -> dict[str, An
     rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
     if not rows:
         return None
-    steps = max(r["step"] for r in rows)
+    steps = len({r["step"] for r in rows})  # steps are numbered from 0; a resume may re-log
     return {
         "steps": steps,
         "tokens": steps * batch_size * max_length,
