@@ -156,6 +156,48 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    """F1 against drift time, one line per evaluated row (mean ± std over chips), the digital
+    F1 dashed: ``path`` .png and .svg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    config = result["args"]["config"]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for key, run in result["rows"].items():
+        pts = sorted(
+            (c["t"], c["f1_mean"], c["f1_std"])
+            for c in run["eval"].values()
+            if c["config"] == config
+        )
+        if not pts:
+            continue
+        t = [max(p[0], 1.0) for p in pts]  # t = 0 drawn at 1 s on the log axis
+        label = "untrained" if key == "digital" else key
+        ax.errorbar(t, [p[1] for p in pts], [p[2] for p in pts], marker="o", capsize=3, label=label)
+    if result.get("digital_f1"):
+        ax.axhline(result["digital_f1"], ls="--", c="k", lw=1, label="digital")
+        ax.axhline(0.95 * result["digital_f1"], ls=":", c="k", lw=1, label="95 % of digital")
+    ax.set_xscale("log")
+    ax.set_xlabel("time after programming (s; t = 0 drawn at 1 s)")
+    ax.set_ylabel("SQuAD v1.1 F1")
+    ax.set_title(f"MiniLM-L6 on {config}: adaptations against drift")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(path.with_suffix("." + ext), dpi=120)
+    plt.close(fig)
+
+
+def write(args: argparse.Namespace) -> None:
+    result = collect(args)
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, ROOT / "docs" / "img" / "adaptation_study")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
@@ -194,8 +236,8 @@ def main() -> None:
                 print(f"[study] {run_name(name, seed)}: trained ({time.perf_counter() - t0:.0f} s)")
                 if not args.train_only:
                     evaluate(name, model, args, seed, configs)
-                RESULT.write_text(json.dumps(collect(args), indent=2) + "\n")
-    RESULT.write_text(json.dumps(collect(args), indent=2) + "\n")
+                write(args)
+    write(args)
     print(f"wrote {RESULT}")
 
 

@@ -404,6 +404,55 @@ def hwa_study(inp: Inputs) -> str:
     return _table(header, ["---"] + ["---:"] * 4, rows)
 
 
+def adaptation_study(inp: Inputs) -> str:
+    """adaptation_study.py (issue 14): F1 against drift time of each adaptation, as measured so
+    far (cells not evaluated yet are "not run")."""
+    src = "adaptation_study.json"
+    data = inp.json(src)
+    args = _get(data, "args", source=src)
+    config = _get(args, "config", source=src)
+    times = [float(t) for t in _get(args, "times", source=src)]
+    runs = _get(data, "rows", source=src)
+    if not isinstance(runs, dict):
+        raise ReportError(f"{src}: malformed: 'rows' must be an object")
+    digital = data.get("digital_f1")
+    labels = {
+        "digital": "digital model, no training",
+        "hwa": "today's HWA: periphery + additive weight noise",
+        "chip": "PCM-noise HWA (`--hwa-modifier chip`)",
+        "chip_distill": "PCM-noise HWA + distillation (`--teacher self`)",
+        "lora": "analog LoRA (chip modifier, frozen base)",
+    }
+    rows = []
+    for key, run in runs.items():
+        cells = _get(run, "eval", source=src)
+        train = run.get("train")
+        name = labels.get(_get(run, "row", source=src), key)
+        if _get(run, "seed", source=src):
+            name += f" (training seed {run['seed']})"
+        if train is None:
+            cost = "—"
+        else:
+            done = "" if train.get("finished") else ", unfinished"
+            cost = f"{int(train['steps'])} steps, {train['wall_s'] / 60:.0f} min{done}"
+        row = [name, cost]
+        for t in times:
+            cell = cells.get(f"{config}@{t:g}")
+            row.append(
+                "not run"
+                if cell is None
+                else f"{cell['f1_mean']:.1f} ± {cell['f1_std']:.1f} ({len(cell['f1'])})"
+            )
+        year = cells.get(f"{config}@{365 * 86400.0:g}")
+        row.append(
+            "—" if year is None or not digital else f"**{100 * year['f1_mean'] / digital:.0f} %**"
+        )
+        rows.append(row)
+    header = ["row", "training"] + [f"t = {fmt_time(t) if t else '0'}" for t in times]
+    header.append("1 y / digital")
+    return _table(header, ["---", "---"] + ["---:"] * (len(times) + 1), rows)
+
+
 def squad_eval(inp: Inputs) -> str:
     src = "squad_eval_cpu.json"
     data = inp.json(src)
@@ -602,6 +651,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
         insitu_mnist,
         pulsed_update,
         finetune_study,
+        adaptation_study,
         squad_eval,
         squad_dev1000,
         lm_drift_smollm2,
