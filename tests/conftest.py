@@ -5,12 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 SHARED_MODEL = SHARED / "models" / "minilm-l6-squad"
 SHARED_DEV = SHARED / "data" / "squad" / "dev-v1.1.json.gz"
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread (the machines have 2 cores; several processes share
+    them in DDP tests), restoring the thread count afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def save_tiny_bert(out: Path, *, qa: bool = True, dropout: bool = True, seed: int = 0) -> Path:

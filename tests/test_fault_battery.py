@@ -32,11 +32,8 @@ TIMINGS = ("eval_s", "wall_s", "step_s")
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this module on one thread (see conftest.one_thread)."""
 
 
 def _rows_file(tmp_path: Path, n: int) -> Path:

@@ -43,11 +43,8 @@ def assets(tmp_path_factory) -> dict[str, Any]:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this module on one thread (see conftest.one_thread)."""
 
 
 def _spec(assets, **kw) -> FinetuneSpec:

@@ -54,24 +54,18 @@ def load_teacher(spec: Any, device: torch.device, tokenizer) -> torch.nn.Module:
     digital copy of ``spec.model``), frozen, in eval mode. Errors name ``--teacher``: no QA head,
     a QA head that does not give start and end logits, a different vocabulary or normalizer than
     the student's tokenizer, fewer positions than ``--max-length``."""
-    from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from .models import load_weights
+    from .models import load_weights, qa_config
 
     path = spec.model if spec.teacher == SELF else spec.teacher
     label = f"--teacher {SELF} (the starting model {path!r})" if spec.teacher == SELF else None
     label = label or f"--teacher: {path!r}"
+    cfg = qa_config(path, label)
     try:
-        cfg = AutoConfig.from_pretrained(path)
         teacher_tok = AutoTokenizer.from_pretrained(path, use_fast=True)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{label}: cannot load a HuggingFace model: {err}") from None
-    arch = cfg.architectures or []
-    if not any(a.endswith("ForQuestionAnswering") for a in arch):
-        raise ValueError(
-            f"{label} has no trained question-answering head (architectures={arch!r}); "
-            "allowed: a model fine-tuned for extractive QA"
-        )
+        raise ValueError(f"{label}: cannot load the tokenizer of {path!r}: {err}") from None
     why = _tokenizer_difference(tokenizer, teacher_tok)
     if why:
         raise ValueError(

@@ -26,3 +26,21 @@ def load_weights(load: Callable[[], Any], path: str) -> Any:
 
 
 __all__ = ["load_weights"]
+
+
+def qa_config(path: str, label: str) -> Any:
+    """The HuggingFace config at ``path`` (dir or hub id), checked to be an extractive-QA model
+    (an architecture ``*ForQuestionAnswering``); errors start with ``label`` (the option)."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{label}: cannot load a HuggingFace model from {path!r}: {err}") from None
+    arch = cfg.architectures or []
+    if not any(a.endswith("ForQuestionAnswering") for a in arch):
+        raise ValueError(
+            f"{label}: {path!r} has no trained question-answering head (architectures="
+            f"{arch!r}); allowed: a model fine-tuned for extractive QA"
+        )
+    return cfg

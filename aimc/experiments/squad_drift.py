@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..lora import adapter_dir, load_adapter
-from .models import load_weights
+from .models import load_weights, qa_config
 from .report import SQUAD_METRICS
 from .rundir import barrier, dist_info, fail_if_busy, init_distributed, open_run_dir
 from .safeio import append_row
@@ -88,18 +88,9 @@ def load_qa_model(path: str, device: torch.device):
     base model plus a peft LoRA adapter: the adapter is attached (a ``PeftModel``, digital) and
     the sweep then converts and programs the base only (:func:`aimc.convert` skips peft's
     adapter layers), so each chip is a new programming of the base under the same adapter."""
-    from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    try:
-        hf_config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"--model: cannot load a HuggingFace model from {path!r}: {err}") from None
-    arch = hf_config.architectures or []
-    if not any(a.endswith("ForQuestionAnswering") for a in arch):
-        raise ValueError(
-            f"--model: {path!r} has no question-answering head (architectures="
-            f"{arch!r}); allowed: a model fine-tuned for extractive QA"
-        )
+    qa_config(path, "--model")  # a clear error before loading the weights
     model = load_weights(lambda: AutoModelForQuestionAnswering.from_pretrained(path), path)
     tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
     adapter = adapter_dir(path)
