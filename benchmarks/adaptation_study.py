@@ -16,6 +16,7 @@ evaluated with ``aimc squad-drift`` on the same dev questions, chips and drift t
     python benchmarks/adaptation_study.py --rows chip --steps 300      # one row, resumable
     python benchmarks/adaptation_study.py                             # everything (many hours)
     python benchmarks/adaptation_study.py --collect                   # JSON from what ran
+    python benchmarks/adaptation_study.py --rows chip --curve --train-only  # F1(1 y) per checkpoint
 
 Runs live in ``runs/adaptation-study/`` and resume where they stopped (rerun the same command:
 training continues from its last checkpoint, evaluation from its last finished row), so the
@@ -81,8 +82,34 @@ def train(name: str, args: argparse.Namespace, seed: int) -> Path:
     if spec is None:
         return Path(finetune_squad.DEFAULT_MODEL)
     return finetune_squad.run(
-        spec, Path(args.out) / run_name(name, seed), resume=True, save_every=args.save_every
+        spec,
+        Path(args.out) / run_name(name, seed),
+        resume=True,
+        save_every=args.save_every,
+        keep=args.keep,
     )
+
+
+def curve(name: str, args: argparse.Namespace, seed: int) -> None:
+    """F1 at 1 year of every kept checkpoint of row ``name`` (``--curve-questions`` questions,
+    ``--curve-chips`` chips): how F1 after a year grows with the training steps."""
+    ckpts = sorted((Path(args.out) / run_name(name, seed) / "checkpoints").glob("step-*"))
+    for ckpt in ckpts:
+        if not (ckpt / "config.json").exists():
+            continue
+        sweep = squad_drift.SweepSpec(
+            model=str(ckpt),
+            configs=[args.config],
+            times=[YEAR],
+            chips=args.curve_chips,
+            max_questions=args.curve_questions,
+        )
+        squad_drift.run(sweep, curve_dir(name, args, seed) / ckpt.name, resume=True)
+
+
+def curve_dir(name: str, args: argparse.Namespace, seed: int) -> Path:
+    q, c = args.curve_questions, args.curve_chips
+    return Path(args.out) / f"curve-{run_name(name, seed)}-q{q}-c{c}"
 
 
 def evaluate(name: str, model: Path, args: argparse.Namespace, seed: int, configs: list[str]):
@@ -149,7 +176,19 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                         "f1_std": statistics.stdev(f1) if len(f1) > 1 else 0.0,
                         "exact_match_mean": statistics.fmean(metrics["exact_match"]),
                     }
-            rows[run_name(name, seed)] = {"row": name, "seed": seed, "train": cost, "eval": cells}
+            points = []
+            for step_dir in sorted(curve_dir(name, args, seed).glob("step-*")):
+                f1 = [r["f1"] for r in _results(step_dir) if r["config"] == args.config]
+                if f1:
+                    step = int(step_dir.name.split("-")[1]) + 1  # after that many steps
+                    points.append({"steps": step, "f1": f1, "f1_mean": statistics.fmean(f1)})
+            rows[run_name(name, seed)] = {
+                "row": name,
+                "seed": seed,
+                "train": cost,
+                "eval": cells,
+                "curve_1y": points,
+            }
     out["rows"] = rows
     base = rows.get("digital", {}).get("eval", {}).get("digital")
     out["digital_f1"] = None if base is None else base["f1_mean"]
@@ -217,6 +256,10 @@ def main() -> None:
     p.add_argument("--times", type=lambda s: [float(x) for x in s.split(",")], default=TIMES)
     p.add_argument("--seeds", type=int, default=1, help="training seeds per row")
     p.add_argument("--save-every", type=int, default=25)
+    p.add_argument("--keep", type=int, default=1000, help="checkpoints kept (for --curve)")
+    p.add_argument("--curve", action="store_true", help="F1 at 1 y of every checkpoint")
+    p.add_argument("--curve-questions", type=int, default=300)
+    p.add_argument("--curve-chips", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train-only", action="store_true")
     p.add_argument("--collect", action="store_true", help="only write the JSON")
@@ -234,6 +277,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 model = train(name, args, seed)
                 print(f"[study] {run_name(name, seed)}: trained ({time.perf_counter() - t0:.0f} s)")
+                if args.curve and name != "digital":
+                    curve(name, args, seed)
                 if not args.train_only:
                     evaluate(name, model, args, seed, configs)
                 write(args)
