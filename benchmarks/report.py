@@ -553,7 +553,7 @@ def aihwkit_speed(inp: Inputs) -> str:
     src = "compare_aihwkit_cpu.json"
     data = inp.json(src)
     rows = []
-    for i, _ in enumerate(_rows(data, "speed", src)):
+    for i, _ in enumerate(_rows(data, "speed", src) if "speed" in data else []):
         shape = "×".join(str(int(v)) for v in _get(data, "speed", i, "shape", source=src))
         sides = _get(data, "speed", i, "sides", source=src)
         for name in sides:
@@ -635,6 +635,89 @@ def llm_memory(inp: Inputs) -> str:
         ],
     ]
     return _table(["", "digital", "analog", "ratio"], ["---", "---:", "---:", "---:"], rows)
+
+
+def _mib(v: Any) -> str:
+    return "—" if v is None else f"{float(v) / 2**20:,.1f}"
+
+
+def gpu_check(inp: Inputs) -> str:
+    """gpu_check.py: the CUDA path against the CPU (statistics, noise-free path), then forward
+    time, SQuAD eval time and peak memory on the GPU.
+
+    Not in :data:`TABLES` yet: the session that runs the script on a GPU commits
+    ``gpu_check_cuda.json``, registers this function and puts its marker into
+    ``docs/benchmarks.md`` (until then that page says the check has not run);
+    ``tests/test_gpu_check.py`` renders it from the smoke run meanwhile."""
+    src = "gpu_check_cuda.json"
+    data = inp.json(src)
+    meta = _get(data, "meta", source=src)
+    by_case: dict[str, list[int]] = {}
+    for i, _ in enumerate(_rows(data, "checks", src)):
+        by_case.setdefault(str(_get(data, "checks", i, "case", source=src)), []).append(i)
+    cases, n_ok = [], 0
+    for case, idx in by_case.items():
+        checks = [_get(data, "checks", i, source=src) for i in idx]
+        ok = [c for c in checks if c.get("ok") is True]
+        n_ok += len(ok)
+        zs = [abs(_num(c, "z", source=src)) for c in checks if c.get("kind") == "z"]
+        ps = [_num(c, "p", source=src) for c in checks if c.get("kind") == "ks"]
+        bad = ", ".join(str(c.get("name")) for c in checks if c.get("ok") is not True)
+        cases.append(
+            [
+                case,
+                f"{len(ok)} of {len(checks)}",
+                f"{max(zs):.2f}" if zs else "—",
+                f"{min(ps):.3g}" if ps else "—",
+                f"**{bad}**" if bad else "—",
+            ]
+        )
+    n = sum(len(v) for v in by_case.values())
+    where = f"{meta.get('gpu', meta.get('device'))}, PyTorch {meta.get('torch')}"
+    head = f"{where}: **{n_ok} of {n} checks agree** with the CPU."
+    agree = _table(
+        ["case", "agree", "largest \\|z\\|", "smallest KS p", "differs"],
+        ["---", "---:", "---:", "---:", "---"],
+        cases,
+    )
+    speed = []
+    for i, _ in enumerate(_rows(data, "speed", src) if "speed" in data else []):
+        r = _get(data, "speed", i, source=src)
+        shape = " × ".join(str(int(_num(r, k, source=src))) for k in ("in", "out", "tokens"))
+
+        def ms(side: str, r: dict = r) -> str:
+            a, lo, hi = (_num(r, side, k, source=src) for k in ("median", "min", "max"))
+            return f"{_ms(a)} ms ({_ms(lo)}–{_ms(hi)})"
+
+        speed.append(
+            [
+                f"`{_get(r, 'config', source=src)}`, {shape}",
+                ms("analog_ms"),
+                ms("digital_ms"),
+                f"**{_num(r, 'ratio', source=src):.2f}**",
+                f"{_mib(r.get('analog_peak_bytes'))} / {_mib(r.get('digital_peak_bytes'))}",
+            ]
+        )
+    if "squad" in data:
+        q = _get(data, "squad", source=src)
+
+        def sec(side: str, q: dict = q) -> str:
+            a, lo, hi = (_num(q, side, k, source=src) for k in ("median", "min", "max"))
+            return f"{a:.2f} s ({lo:.2f}–{hi:.2f})"
+
+        speed.append(
+            [
+                f"SQuAD eval `{_get(q, 'config', source=src)}` (1 day), "
+                f"{int(_num(q, 'questions', source=src))} questions",
+                sec("analog_s"),
+                sec("digital_s"),
+                f"**{_num(q, 'ratio', source=src):.2f}**",
+                f"{_mib(q.get('analog_peak_bytes'))} / {_mib(q.get('digital_peak_bytes'))}",
+            ]
+        )
+    header = ["eval forward", "analog", "digital", "ratio", "peak MiB, analog / digital"]
+    times = _table(header, ["---", "---:", "---:", "---:", "---:"], speed)
+    return f"{head}\n\n{agree}\n\n{times}"
 
 
 TABLES: dict[str, Callable[[Inputs], str]] = {

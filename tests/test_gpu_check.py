@@ -1,0 +1,66 @@
+"""``benchmarks/gpu_check.py`` stays runnable: its smoke mode, CPU against CPU with other seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED_DEV, SHARED_MODEL, tiny_squad_assets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_check = _load("gpu_check.py")
+report = _load("report.py")
+
+
+def test_smoke_on_cpu_passes_and_renders(tmp_path):
+    threads = torch.get_num_threads()
+    args = ["--device", "cpu", "--smoke", "--threads", "1", "--out", str(tmp_path)]
+    if (SHARED_MODEL / "tokenizer.json").exists() and SHARED_DEV.exists():
+        assets = tiny_squad_assets(tmp_path / "squad", n_questions=4)
+        args += ["--model", str(assets["model"]), "--data", str(assets["data"])]
+    else:  # the SQuAD point needs the shared tokenizer and dev set
+        args += ["--only", "agreement,deterministic,speed"]
+    try:
+        assert gpu_check.main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / "gpu_check_cpu_smoke.json").read_text())
+    assert result["ok"] and not result["errors"]
+    kinds = {c["kind"] for c in result["checks"]}
+    assert kinds == {"z", "ks", "det"}
+    cases = {c["case"] for c in result["checks"]}
+    assert any("standard_hwa training" in c for c in cases)
+    assert any(c.startswith("noise-free bert_squad") for c in cases)
+    assert {r["config"] for r in result["speed"]} == set(gpu_check.EVAL_CONFIGS)
+    # the table the report will render once a GPU run is committed
+    (tmp_path / "gpu_check_cuda.json").write_text(json.dumps(result))
+    table = report.gpu_check(report.Inputs(tmp_path, ROOT / "docs"))
+    assert "checks agree" in table and "`pcm_inference`" in table
+
+
+def test_a_wrong_distribution_fails():
+    ref = [0.100 + 0.001 * k for k in range(8)]
+    assert gpu_check.welch("x", ref, [v + 0.0001 for v in ref])["ok"]
+    assert not gpu_check.welch("x", ref, [v * 1.2 for v in ref])["ok"]
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4000, generator=gen), torch.randn(4000, generator=gen)
+    assert gpu_check.ks_2samp("e", a, b)["ok"]
+    assert not gpu_check.ks_2samp("e", a, b + 0.3)["ok"]
+
+
+def test_unknown_section_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--device", "cpu", "--only", "speed,nope"])
+    assert "unknown section" in capsys.readouterr().err
