@@ -16,7 +16,7 @@ evaluated with ``aimc squad-drift`` on the same dev questions, chips and drift t
     python benchmarks/adaptation_study.py --rows chip --steps 300      # one row, resumable
     python benchmarks/adaptation_study.py                             # everything (many hours)
     python benchmarks/adaptation_study.py --collect                   # JSON from what ran
-    python benchmarks/adaptation_study.py --rows chip --curve --train-only  # F1(1 y) per checkpoint
+    python benchmarks/adaptation_study.py --rows chip --curve-only    # F1(1 y) per checkpoint
 
 Runs live in ``runs/adaptation-study/`` and resume where they stopped (rerun the same command:
 training continues from its last checkpoint, evaluation from its last finished row), so the
@@ -231,10 +231,42 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_curve(result: dict[str, Any], path: Path) -> bool:
+    """F1 at one year against training steps (the rows with ``--curve`` points): ``path``
+    .png/.svg; False (nothing written) if there are none."""
+    curves = {k: r["curve_1y"] for k, r in result["rows"].items() if r.get("curve_1y")}
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for key, pts in curves.items():
+        ax.plot([p["steps"] for p in pts], [p["f1_mean"] for p in pts], marker="o", label=key)
+    if result.get("digital_f1"):
+        ax.axhline(0.95 * result["digital_f1"], ls=":", c="k", lw=1, label="95 % of digital")
+    a = result["args"]
+    ax.set_xlabel("training steps (batch 16)")
+    ax.set_ylabel("F1 after 1 year")
+    ax.set_title(
+        f"F1 at 1 year per checkpoint ({a['curve_questions']} questions, {a['curve_chips']} chips)"
+    )
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(path.with_suffix("." + ext), dpi=120)
+    plt.close(fig)
+    return True
+
+
 def write(args: argparse.Namespace) -> None:
     result = collect(args)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     plot(result, ROOT / "docs" / "img" / "adaptation_study")
+    plot_curve(result, ROOT / "docs" / "img" / "adaptation_study_curve")
 
 
 def main() -> None:
@@ -258,6 +290,7 @@ def main() -> None:
     p.add_argument("--save-every", type=int, default=25)
     p.add_argument("--keep", type=int, default=1000, help="checkpoints kept (for --curve)")
     p.add_argument("--curve", action="store_true", help="F1 at 1 y of every checkpoint")
+    p.add_argument("--curve-only", action="store_true", help="only the curves of --rows")
     p.add_argument("--curve-questions", type=int, default=300)
     p.add_argument("--curve-chips", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
@@ -274,6 +307,10 @@ def main() -> None:
         configs = [args.config] + [c for c in args.also.split(",") if c]
         for name in names:
             for seed in range(1 if name == "digital" else args.seeds):
+                if args.curve_only:
+                    if name != "digital":
+                        curve(name, args, seed)
+                    continue
                 t0 = time.perf_counter()
                 model = train(name, args, seed)
                 print(f"[study] {run_name(name, seed)}: trained ({time.perf_counter() - t0:.0f} s)")
