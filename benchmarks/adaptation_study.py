@@ -195,6 +195,18 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _save(fig, ax, path: Path) -> None:
+    """Legend, grid, and ``path`` as .png and .svg; closes the figure."""
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(path.with_suffix("." + ext), dpi=120)
+    plt.close(fig)
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     """F1 against drift time, one line per evaluated row (mean ± std over chips), the digital
     F1 dashed: ``path`` .png and .svg."""
@@ -223,12 +235,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("time after programming (s; t = 0 drawn at 1 s)")
     ax.set_ylabel("SQuAD v1.1 F1")
     ax.set_title(f"MiniLM-L6 on {config}: adaptations against drift")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(path.with_suffix("." + ext), dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def plot_curve(result: dict[str, Any], path: Path) -> bool:
@@ -253,12 +260,7 @@ def plot_curve(result: dict[str, Any], path: Path) -> bool:
     ax.set_title(
         f"F1 at 1 year per checkpoint ({a['curve_questions']} questions, {a['curve_chips']} chips)"
     )
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(path.with_suffix("." + ext), dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path)
     return True
 
 
