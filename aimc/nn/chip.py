@@ -310,28 +310,23 @@ class ChipMixin:
             self._set_chip("alpha", self._alpha)
         self._chip_cache = None if self.chip_storage() == "lean" else (self._chip_key(), tw)
 
-    def _programmed_tiles(self, tiles: Tensor | None, a: int, b: int, i: int, n_chunks: int):
-        """The programmed state of tiles ``a..b-1`` (float32, conductances in µS) and their
-        conductance scales ``(k, 1)``: read from the buffers, or regenerated (lean)."""
+    def _stored_tiles(self, a: int, b: int, i: int, n_chunks: int):
+        """A full chip's programmed state of tiles ``a..b-1`` (float32, conductances in µS),
+        read from its buffers, and their conductance scales ``(k, 1)``."""
         lo = self.tile_layout()
         g_max = self.analog_config.device.params.g_max
-        if tiles is None:  # full
-            out = []
-            for sign in ("pos", "neg"):
-                names = [
-                    k[len(PREFIX) : -len(sign) - 1]
-                    for k in self._buffers
-                    if k.startswith(PREFIX) and k.endswith("_" + sign)
-                ]
-                out.append(
-                    _rounded({n: _tiles(self._chip(f"{n}_{sign}"), lo)[a:b] for n in names}, g_max)
-                )
-            scale = self._chip("conductance_scale").reshape(-1, 1)[a:b].float()
-            return out[0], out[1], scale
-        seed = int(self._chip("program_seed"))
-        gen = self._chunk_generator(seed, i, n_chunks, tiles.device)
-        state_pos, state_neg, scale = self._program_tiles(tiles[a:b], gen)
-        return _round_trip(state_pos, g_max), _round_trip(state_neg, g_max), scale
+        out = []
+        for sign in ("pos", "neg"):
+            names = [
+                k[len(PREFIX) : -len(sign) - 1]
+                for k in self._buffers
+                if k.startswith(PREFIX) and k.endswith("_" + sign)
+            ]
+            out.append(
+                _rounded({n: _tiles(self._chip(f"{n}_{sign}"), lo)[a:b] for n in names}, g_max)
+            )
+        scale = self._chip("conductance_scale").reshape(-1, 1)[a:b].float()
+        return out[0], out[1], scale
 
     # -- the tiles used in eval mode -------------------------------------------------------------
     def chip_tiles(self, read_out: bool = False) -> TileWeights:
@@ -395,14 +390,11 @@ class ChipMixin:
         # the compensation needs a readout of the drifted tiles unless the factors are stored
         need_readout = t >= 0 and comp != DriftCompensation.NONE
         need_readout &= read_out or not self._has_chip("alpha")
-        if source is None:
-            targets = None
-            if self.chip_storage() == "lean":
-                targets = _tiles(self._digital_layout()[0], layout)
-
-            def source(a: int, b: int, i: int, n_chunks: int):
-                return self._programmed_tiles(targets, a, b, i, n_chunks)
-
+        if source is None and self.chip_storage() == "lean":  # programmed again, same seed
+            seed = int(self._chip("program_seed"))
+            source = self._programmer(seed, self._digital_layout()[0], layout, False, None)[0]
+        elif source is None:
+            source = self._stored_tiles
         w_t, m_t = self._read_pass(source, layout, t, int(self._chip("drift_seed")), need_readout)
         alpha = None
         if need_readout:
@@ -564,8 +556,3 @@ def _rounded(state: dict[str, Tensor], g_max: float) -> dict[str, Tensor]:
     out = {k: v.float() for k, v in state.items()}
     out["g"] = out["g"] * g_max
     return out
-
-
-def _round_trip(state: dict[str, Tensor], g_max: float) -> dict[str, Tensor]:
-    """Freshly programmed state as a full chip reads it back (through float16)."""
-    return _rounded({k: _stored(k, v, g_max) for k, v in state.items()}, g_max)
