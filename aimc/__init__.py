@@ -2,6 +2,7 @@
 
 from . import devices, functional, nn, presets, pulsed
 from .calibrate import calibrate_input_ranges
+from .compiled import compile, prepare_compile
 from .config import (
     AnalogConfig,
     BoundManagement,
@@ -40,6 +41,7 @@ __all__ = [
     "WeightRemap",
     "analog_layers",
     "calibrate_input_ranges",
+    "compile",
     "convert",
     "devices",
     "drift",
@@ -49,6 +51,7 @@ __all__ = [
     "nn",
     "post_step",
     "presets",
+    "prepare_compile",
     "program",
     "pulsed",
     "register_post_step_hook",

@@ -65,7 +65,7 @@ def split_size(n: int, max_size: int) -> tuple[int, int]:
 def _positions(n: int, parts: int, size: int, device: torch.device) -> Tensor:
     """Padded position (``tile * size + row``) of each of the ``n`` logical indices split as
     :func:`split_sizes` into ``parts`` tiles of ``size`` slots."""
-    base, extra = divmod(n, parts)
+    base, extra = n // parts, n % parts  # (not divmod: dynamo cannot trace it)
     with torch.inference_mode(False):  # a normal tensor: usable in and outside inference mode
         i = torch.arange(n, dtype=torch.int64)
         # the first ``extra`` parts hold base + 1 rows, the others base

@@ -20,7 +20,15 @@ from torch import Tensor
 
 from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType
 from .functional import TileLayout, stochastic_round
-from .random import normal_
+from .random import CounterStream, KeyedStream, TensorStream, normal_
+
+#: The noise source of one forward: a ``torch.Generator`` (eager) or a tensor stream (compiled).
+Rng = torch.Generator | TensorStream
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
 
 _local = threading.local()
 
@@ -30,7 +38,7 @@ def _scratch(slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
     numel = 1
     for d in shape:
         numel *= d
-    if like.device.type != "cpu":
+    if like.device.type != "cpu" or _compiling():
         return torch.empty(shape, device=like.device, dtype=torch.float32)
     pool = getattr(_local, "pool", None)
     if pool is None:
@@ -97,7 +105,7 @@ def _input_scale(
     return torch.full_like(amax, value), finite
 
 
-def _dac_(xq: Tensor, io: IOConfig, in_unit: float, gen: torch.Generator) -> Tensor:
+def _dac_(xq: Tensor, io: IOConfig, in_unit: float, gen: Rng) -> Tensor:
     """In place on inputs already divided by ``s * r * in_unit``: round, clip, input noise."""
     if io.inp_step > 0:
         if io.inp_sto_round:
@@ -118,7 +126,7 @@ def _mvm_adc(
     xq: Tensor,
     tw: TileWeights,
     io: IOConfig,
-    gen: torch.Generator,
+    gen: Rng,
     z: Tensor,
     n_out: int | None = None,
 ) -> Tensor | None:
@@ -170,6 +178,14 @@ def _saturation_limit(io: IOConfig) -> float:
     return _limit(io.out_res, io.out_bound)
 
 
+def _f32(v: float) -> float:
+    """``v`` rounded to the nearest float32 (round half to even), in plain Python (traceable)."""
+    if v == 0 or v != v or abs(v) == math.inf:
+        return v
+    m, e = math.frexp(v)
+    return math.ldexp(round(m * (1 << 24)) / (1 << 24), e)
+
+
 @functools.lru_cache(maxsize=64)
 def _limit(out_res: float, out_bound: float) -> float:
     if out_bound <= 0:
@@ -181,23 +197,21 @@ def _limit(out_res: float, out_bound: float) -> float:
     k = round(levels)
     if abs(levels - k) > 1e-6 * max(1.0, levels):
         return levels  # the rounded levels never equal it
-
-    def f32(v: float) -> Tensor:
-        return torch.tensor(v, dtype=torch.float32)
-
-    top = f32(k) * (f32(res) * f32(2.0 * out_bound))  # AIHWKIT's rint(y / res) * res at level k
-    return k - 0.5 if bool(top > f32(out_bound)) else k + 0.5
+    # AIHWKIT's rint(y / res) * res at level k, in float32
+    top = _f32(_f32(k) * _f32(_f32(res) * _f32(2.0 * out_bound)))
+    return k - 0.5 if top > _f32(out_bound) else k + 0.5
 
 
 def _saturated(z: Tensor, n_out: int, io: IOConfig) -> Tensor | None:
     """``(B, N, to)`` mask of tiles whose (rounded, not yet clipped) ADC output exceeds the
-    bound (:func:`_saturation_limit`), or None if none did."""
+    bound (:func:`_saturation_limit`), or None if none did (eager; compiled, always the mask)."""
     limit = _saturation_limit(io)
     if limit == math.inf:
         return None
-    lo, hi = torch.aminmax(z)
-    if hi <= limit and lo >= -limit:
-        return None
+    if not _compiling():
+        lo, hi = torch.aminmax(z)
+        if hi <= limit and lo >= -limit:
+            return None
     zv = z.view(z.shape[0], z.shape[1], n_out, -1)
     return (zv.amax(dim=-1) > limit) | (zv.amin(dim=-1) < -limit)
 
@@ -220,7 +234,7 @@ def analog_mvm(
     x: Tensor,
     tw: TileWeights,
     io: IOConfig,
-    generator: torch.Generator,
+    generator: torch.Generator | CounterStream,
     bias: Tensor | None = None,
     input_range: Tensor | None = None,
     per_tile: bool = False,
@@ -237,7 +251,13 @@ def analog_mvm(
     Non-finite inputs: a NaN or +-inf anywhere in the part of an input vector that feeds a tile
     makes that tile's outputs NaN for that vector, hence the layer's outputs for that vector.
     (The periphery would otherwise clip inf to a finite, wrong value.)
+
+    ``generator`` is a ``torch.Generator``, or, in a compiled forward, the layer's
+    :class:`~aimc.random.CounterStream` (one fork per call); bound management then recomputes
+    whole rounds under ``torch.cond`` (:func:`_bound_management_dense`) — the same algorithm.
     """
+    if isinstance(generator, CounterStream):
+        generator = generator.fork()
     lo = tw.layout
     g, n, k = x.shape
     if per_tile and bias is not None:
@@ -272,7 +292,12 @@ def analog_mvm(
     factor = factor.expand(-1, -1, lo.n_out)
     if bm and sat is not None:
         x_t = xv.transpose(1, 2).reshape(lo.batch, n, lo.rows)
-        r = _bound_management(z, sat, x_t, s_div.reshape(lo.batch, n, 1), tw, io, generator)
+        if isinstance(generator, KeyedStream):
+            z, r = _bound_management_dense(
+                z, sat, x_t, s_div.reshape(lo.batch, n, 1), tw, io, generator
+            )
+        else:
+            r = _bound_management(z, sat, x_t, s_div.reshape(lo.batch, n, 1), tw, io, generator)
         factor = factor * r
     return _digital(z, factor, tw, g, n, bias, per_tile)
 
@@ -381,3 +406,72 @@ def _bound_management(
         if sat_new is not None:
             sat[dst] = sat_new.reshape(-1)[pos]
         sat = sat.view(nb, n, n_out)
+
+
+def _bm_rounds(io: IOConfig) -> int:
+    """How many times bound management can double ``r`` at most (:func:`_bm_allowed`, whose
+    float32 comparisons are repeated here in plain Python)."""
+    r, rounds = 1.0, 0
+
+    def allowed(r: float) -> bool:
+        ok = r <= _f32(io.max_bm_factor)
+        return ok and (io.inp_step <= 0 or r <= _f32(io.max_bm_res / io.inp_step))
+
+    while rounds < 64 and allowed(r):
+        r, rounds = 2 * r, rounds + 1
+    return rounds
+
+
+def _bound_management_dense(
+    z: Tensor,
+    sat: Tensor,
+    x_t: Tensor,
+    s_div: Tensor,
+    tw: TileWeights,
+    io: IOConfig,
+    gen: KeyedStream,
+) -> tuple[Tensor, Tensor]:
+    """Iterative bound management for the compiled forward: :func:`_bound_management`'s
+    algorithm without data-dependent shapes or Python control flow.
+
+    Each round recomputes every (input tile, vector, output tile) with ``r`` doubled where the
+    previous output saturated and the stop rule allows it, with fresh noise, and keeps the new
+    output only there (``torch.where``); a round runs only if some tile needs it (``torch.cond``).
+    The kept outputs are those of AIHWKIT's algorithm; the discarded recomputations cost time,
+    not statistics. Returns the new ``z`` and ``r`` (``(B, N, to)``).
+    """
+    lo = tw.layout
+    nb, n, n_out = sat.shape
+    in_unit = units(io)[0]
+    w_sub = TileWeights(
+        lo,
+        tw.w.view(nb * n_out, lo.cols, lo.rows),
+        None,
+        None if tw.w_abs is None else tw.w_abs.view(nb * n_out, lo.cols, lo.rows),
+    )
+
+    def redo_round(z: Tensor, r: Tensor, sat: Tensor, key: Tensor):
+        g = KeyedStream(key)
+        redo = sat & _bm_allowed(r, io)  # (B, N, to)
+        r = torch.where(redo, r * 2, r)
+        # inputs of every (tile, output tile) pair at its own r: (B, to, N, rows)
+        div = (s_div.unsqueeze(1) * r.transpose(1, 2).unsqueeze(-1)).mul(in_unit)
+        xq = (x_t.unsqueeze(1) * div.reciprocal()).reshape(nb * n_out, n, lo.rows)
+        xq = _dac_(xq, io, in_unit, g)
+        zs = torch.empty(nb * n_out, n, lo.cols, device=z.device)
+        sat_new = _mvm_adc(xq, w_sub, io, g, zs, 1)  # (B*to, N, 1)
+        zs = zs.view(nb, n_out, n, lo.cols).transpose(1, 2)  # (B, N, to, cols)
+        keep = redo.unsqueeze(-1)
+        z = torch.where(keep, zs, z.view(nb, n, n_out, lo.cols)).reshape(nb, n, n_out * lo.cols)
+        sat = redo & sat_new.view(nb, n_out, n).transpose(1, 2)
+        return z, r, sat
+
+    def no_round(z: Tensor, r: Tensor, sat: Tensor, key: Tensor):
+        return z.clone(), r.clone(), sat.clone()
+
+    r = torch.ones(sat.shape, device=z.device, dtype=torch.float32)
+    for _ in range(_bm_rounds(io)):
+        key = gen.next_key()
+        pred = (sat & _bm_allowed(r, io)).any()
+        z, r, sat = torch.cond(pred, redo_round, no_round, (z, r, sat, key))
+    return z, r

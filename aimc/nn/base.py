@@ -16,7 +16,7 @@ from ..config import AnalogConfig, WeightModifier, WeightNoiseType
 from ..functional import TileLayout, tile_weights
 from ..hwa import clip_input, draw_chip_sample, modify_weights, update_input_range
 from ..mvm import TileWeights, analog_mvm, combine_scales, units
-from ..random import check_seed, derive_seed
+from ..random import CounterStream, check_seed, derive_seed
 from .checks import check_finite_weights, layer_label
 from .chip import ChipMixin
 
@@ -44,15 +44,7 @@ class _AnalogMVM(torch.autograd.Function):
         ctx.has_bias = b is not None
         ctx.layout = layer.tile_layout() if per_tile else None
         with torch.no_grad():
-            return analog_mvm(
-                x,
-                layer.active_tiles(),
-                layer.analog_config.io,
-                layer.io_generator(x),
-                b,
-                None if input_range is None else input_range.detach(),
-                per_tile,
-            )
+            return _run_mvm(layer, x, b, input_range, per_tile)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -65,6 +57,25 @@ class _AnalogMVM(torch.autograd.Function):
         gw = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
         gb = grad.sum(dim=1) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb, None, None, None
+
+
+def _run_mvm(
+    layer: AnalogLayerMixin,
+    x: Tensor,
+    b: Tensor | None,
+    input_range: Tensor | None = None,
+    per_tile: bool = False,
+) -> Tensor:
+    """The analog forward of ``layer`` on ``(G, N, K)`` float32 inputs (no autograd)."""
+    return analog_mvm(
+        x,
+        layer.active_tiles(),
+        layer.analog_config.io,
+        layer.io_generator(x),
+        b,
+        None if input_range is None else input_range.detach(),
+        per_tile,
+    )
 
 
 def _per_tile_backward(
@@ -113,6 +124,7 @@ class AnalogLayerMixin(ChipMixin):
         self.seed = check_seed(seed)
         self._generators: dict[str, torch.Generator] = {}
         self.io_stream: int | None = None
+        self._seed_compiled_stream()
         self._tile_cache: tuple[tuple[Any, ...], TileWeights] | None = None
         self._init_out_scale()
         if config.hwa.learn_input_range:
@@ -211,6 +223,14 @@ class AnalogLayerMixin(ChipMixin):
         self.seed = check_seed(seed)
         self.io_stream = None if io_stream is None else check_seed(io_stream, "io_stream")
         self._generators = {}
+        self._seed_compiled_stream()
+
+    def _seed_compiled_stream(self) -> None:
+        """(Re)start the IO noise stream of compiled forwards (:class:`aimc.random.CounterStream`),
+        kept as the non-persistent buffer ``io_rng_state``, from ``(seed, io_stream)``."""
+        name = "compiled-io" if self.io_stream is None else f"compiled-io{self.io_stream}"
+        state = CounterStream.initial_state(derive_seed(self.seed, name), self.weight.device)
+        self.register_buffer("io_rng_state", state, persistent=False)
 
     def generator(self, like: Tensor, stream: str = "") -> torch.Generator:
         """The layer's generator on the device of ``like`` (created on first use): the main
@@ -223,8 +243,11 @@ class AnalogLayerMixin(ChipMixin):
             self._generators[key] = gen
         return gen
 
-    def io_generator(self, like: Tensor) -> torch.Generator:
-        """The generator of the IO noise (see :meth:`manual_seed`)."""
+    def io_generator(self, like: Tensor) -> torch.Generator | CounterStream:
+        """The generator of the IO noise (see :meth:`manual_seed`); in a compiled forward
+        (``torch.compile``), the layer's :class:`~aimc.random.CounterStream`."""
+        if torch.compiler.is_compiling():
+            return CounterStream(self.io_rng_state)
         return self.generator(like, "" if self.io_stream is None else f"io{self.io_stream}")
 
     # -- tiles -----------------------------------------------------------------------------
@@ -262,28 +285,35 @@ class AnalogLayerMixin(ChipMixin):
         return w
 
     def tile_weights(self) -> TileWeights:
-        """Tile matrices of the current weight (cached until the weight or bias changes)."""
+        """Tile matrices of the current weight (cached until the weight or bias changes; in a
+        compiled forward computed in the graph, since the cache key cannot be traced)."""
+        if torch.compiler.is_compiling():
+            return self._make_tile_weights(check=False)
         params = [self.weight] + ([self.bias] if self.bias is not None else [])
         key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
         if self._tile_cache is not None and self._tile_cache[0] == key:
             return self._tile_cache[1]
+        tw = self._make_tile_weights(check=True)
+        self._tile_cache = (key, tw)
+        return tw
+
+    def _make_tile_weights(self, check: bool) -> TileWeights:
         cfg = self.analog_config
         with torch.no_grad():
             w = self._analog_weight()
             layout = self.tile_layout()
             w_t, scale = tile_weights(w, layout, cfg.mapping)
             # amax propagates NaN, so the per-tile scales tell cheaply whether any weight is
-            # non-finite; without weight scaling the tiles themselves are checked
-            if not bool(torch.isfinite(w_t if scale is None else scale).all()):
+            # non-finite; without weight scaling the tiles themselves are checked (compiled:
+            # not checked, a non-finite weight gives NaN outputs)
+            if check and not bool(torch.isfinite(w_t if scale is None else scale).all()):
                 check_finite_weights(self, "forward")
             need_abs = cfg.io.w_noise_type == WeightNoiseType.PCM_READ and cfg.io.w_noise > 0
             w_abs = w_t.abs() if need_abs and not cfg.io.is_perfect else None
             in_unit, out_unit = units(cfg.io)
             if in_unit != out_unit:  # out of place: w_t may share the weight's storage
                 w_t = w_t * (in_unit / out_unit)
-            tw = TileWeights(layout, w_t, scale, w_abs)
-        self._tile_cache = (key, tw)
-        return tw
+            return TileWeights(layout, w_t, scale, w_abs)
 
     def active_tiles(self) -> TileWeights:
         """The tiles the forward uses: the programmed chip in eval mode when the layer has a
@@ -335,9 +365,16 @@ class AnalogLayerMixin(ChipMixin):
             bias = self.bias.float().view(xf.shape[0], -1)
         xf = xf.contiguous()
         # the weight only feeds the backward: no float32 copy of it without autograd
-        if torch.is_grad_enabled() and (w.requires_grad or xf.requires_grad):
+        grad = torch.is_grad_enabled() and (w.requires_grad or xf.requires_grad)
+        if grad:
             w = w.float()
         if self.out_scale is None:
+            if (
+                not grad
+                and (r is None or not r.requires_grad)
+                and (bias is None or not bias.requires_grad)
+            ):  # no autograd node (and none a compiled graph would have to trace)
+                return _run_mvm(self, xf, bias, r).to(dtype)
             return _AnalogMVM.apply(xf, w, bias, self, r).to(dtype)
         lo = self.tile_layout()
         train = torch.is_grad_enabled() and any(
@@ -352,7 +389,7 @@ class AnalogLayerMixin(ChipMixin):
             y = y[:, 0] if lo.n_in == 1 else y.sum(dim=1)
             return (y if bias is None else y + bias.unsqueeze(1)).to(dtype)
         if lo.n_in == 1:  # inference: scaled in place, no extra allocation
-            y = _AnalogMVM.apply(xf, w, None, self, r)
+            y = _run_mvm(self, xf, None, r)
             y = y.mul_(self.out_scale_columns().detach()[:, 0].unsqueeze(1))
             return (y if bias is None else y.add_(bias.unsqueeze(1))).to(dtype)
         # inference over several input tiles: alpha_t joins each tile's digital rescale before

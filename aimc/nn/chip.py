@@ -332,7 +332,17 @@ class ChipMixin:
     def chip_tiles(self, read_out: bool = False) -> TileWeights:
         """Tiles of the programmed (and drifted) chip, with drift compensation folded into the
         digital scale. A full chip caches them (recomputed when the chip buffers change); a lean
-        chip regenerates them at every call."""
+        chip regenerates them at every call.
+
+        In a compiled forward (``torch.compile``) the cached tiles are used as they are: every
+        change of the chip (program, drift, loading, moving) drops the cache, and dynamo's guard
+        on it then retraces. A missing cache is filled by an eager call
+        (:func:`_cache_chip_tiles`, a graph break: with ``fullgraph=True`` fill it first, with
+        :func:`aimc.prepare_compile` or one eager forward). A lean chip cannot be compiled."""
+        if torch.compiler.is_compiling():
+            if self._chip_cache is None:
+                _cache_chip_tiles(self)
+            return self._chip_cache[1]
         if not self.is_programmed():
             raise RuntimeError(
                 "eval forward of an analog layer with device model "
@@ -522,6 +532,18 @@ class ChipMixin:
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+
+@torch.compiler.disable
+def _cache_chip_tiles(layer: ChipMixin) -> None:
+    """Compute and cache ``layer``'s eval tiles outside a compiled graph (lean chips: an error)."""
+    if layer.chip_storage() == "lean":
+        raise RuntimeError(
+            f"{layer_label(layer)}: a lean chip (storage='lean') is regenerated at every "
+            "forward and cannot run in a compiled forward; program it with storage='full' to "
+            "use torch.compile"
+        )
+    layer.chip_tiles()
 
 
 def drift_programmed(model, params, pos: dict, neg: dict, g_scale: Tensor, t: float, gen) -> Tensor:

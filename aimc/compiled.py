@@ -1,0 +1,53 @@
+"""``torch.compile`` for analog models (eval forwards).
+
+The compiled forward is the same algorithm as the eager one — noise management, DAC, MVM,
+weight and output noise, ADC, iterative bound management, digital rescale — written without
+graph breaks: the IO noise comes from each layer's counter-based stream
+(:class:`aimc.random.CounterStream`, in tensor operations that inductor fuses), bound-management
+rounds run under ``torch.cond``, and programmed chips are read from their tile cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .convert import analog_layers
+from .nn.chip import _cache_chip_tiles
+
+
+def prepare_compile(model: nn.Module) -> nn.Module:
+    """Fill the tile cache of every programmed analog layer of ``model`` (in eval mode), so that
+    its compiled forward needs no graph break (``fullgraph=True``); returns ``model``.
+
+    Raises for a layer in training mode (compiled forwards are for evaluation), an unprogrammed
+    layer with a device model, and a lean chip (``storage='lean'``, regenerated at every
+    forward: program with ``storage='full'``)."""
+    for name, layer in analog_layers(model):
+        if layer.training:
+            raise ValueError(
+                f"aimc.compile: layer {name!r} is in training mode; allowed: a model in eval mode "
+                "(model.eval()): compiled analog forwards are for evaluation"
+            )
+        if layer.has_device():
+            _cache_chip_tiles(layer)
+    return model
+
+
+def compile(model: nn.Module, **kwargs: Any) -> nn.Module:  # noqa: A001 - mirrors torch.compile
+    """``torch.compile(model, **kwargs)`` after :func:`prepare_compile`, with dynamo's
+    ``specialize_float`` on (process-wide).
+
+    Float settings (noise levels, bounds, resolutions) must stay constants of the graph: the
+    bound-management rounds run under ``torch.cond``, whose branches cannot take symbolic
+    floats, and torch 2.13 turns a float into a symbolic one when a second compile of the
+    same code sees another value (e.g. a model with another config).
+
+    The compiled model draws its IO noise from each layer's counter stream, seeded from the
+    layer's seed: reproducible from the seeds, the same distribution as the eager forward,
+    other numbers. Re-programming or drifting the model drops the tile caches; the next call
+    retraces (and, without ``fullgraph``, refills them)."""
+    torch._dynamo.config.specialize_float = True
+    return torch.compile(prepare_compile(model), **kwargs)

@@ -1,0 +1,204 @@
+"""Eval forward of a programmed, drifted analog layer against ``nn.Linear`` (issue 15's targets).
+
+Every layer is programmed (seed 0) and drifted to 1 hour (seed 0), then its eval forward under
+``torch.inference_mode`` is timed against the digital layer, the two sides interleaved
+(A B A B ...) in one run; the medians, their ratio and the min-max spread are reported. Layers:
+
+* the three ``bench_linear.py`` shapes, ``nn.Linear``'s initialisation, standard normal inputs;
+* three layers of the shared MiniLM SQuAD model (attention query 384x384, FFN in 384->1536, FFN
+  out 1536->384) on the activations they see for 8 real SQuAD dev features (2048 tokens).
+
+Configs: ``pcm_inference`` (no weight noise: one MVM) and ``bert_squad:0.0175`` (``pcm_read``
+weight noise: a second MVM of ``|W| x^2``). Targets: <= 1.5x and <= 2.0x.
+
+    python benchmarks/bench_eval_forward.py [--threads 2] [--repeats 15] [--compile]
+
+Writes ``benchmarks/results/eval_forward_cpu.json`` (``--out`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import aimc
+from aimc.experiments.sweep import resolve_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC = [(768, 768, 2048), (768, 3072, 2048), (4096, 4096, 256)]
+MINILM_LAYERS = {
+    "minilm query": "bert.encoder.layer.2.attention.self.query",
+    "minilm ffn in": "bert.encoder.layer.2.intermediate.dense",
+    "minilm ffn out": "bert.encoder.layer.2.output.dense",
+}
+CONFIGS = ("pcm_inference", "bert_squad:0.0175")
+TARGETS = {"pcm_inference": 1.5, "bert_squad:0.0175": 2.0}
+
+
+def synthetic_layers(tokens_scale: float = 1.0) -> list[tuple[str, torch.nn.Linear, torch.Tensor]]:
+    """The bench_linear shapes, drawn from an explicit generator."""
+    out = []
+    gen = torch.Generator().manual_seed(0)
+    for n_in, n_out, tokens in SYNTHETIC:
+        lin = torch.nn.Linear(n_in, n_out)
+        bound = 1 / n_in**0.5  # nn.Linear's default init range
+        with torch.no_grad():
+            lin.weight.uniform_(-bound, bound, generator=gen)
+            lin.bias.uniform_(-bound, bound, generator=gen)
+        x = torch.randn(max(1, int(tokens * tokens_scale)), n_in, generator=gen)
+        out.append((f"{n_in}x{n_out}, {x.shape[0]} tokens", lin, x))
+    return out
+
+
+def minilm_layers(tokens: int = 2048) -> list[tuple[str, torch.nn.Linear, torch.Tensor]]:
+    """Three layers of the shared MiniLM and the inputs they get on real SQuAD features."""
+    from aimc.experiments.squad_drift import DEFAULT_DATA, DEFAULT_MODEL, load_qa_model
+    from aimc.squad.data import load_squad, select_questions
+    from aimc.squad.features import make_features, qa_logits
+
+    model, tokenizer = load_qa_model(str(DEFAULT_MODEL), torch.device("cpu"))
+    examples = select_questions(load_squad(DEFAULT_DATA), 64, 0)
+    features = make_features(examples, tokenizer)
+    seen: dict[str, list[torch.Tensor]] = {k: [] for k in MINILM_LAYERS}
+    modules = dict(model.named_modules())
+    hooks = []
+    for label, name in MINILM_LAYERS.items():
+        hook = modules[name].register_forward_hook(
+            lambda m, a, o, label=label: seen[label].append(
+                a[0].detach().reshape(-1, a[0].shape[-1])
+            )
+        )
+        hooks.append(hook)
+    with torch.inference_mode():
+        qa_logits(model, features, 16)
+    for h in hooks:
+        h.remove()
+    out = []
+    for label, name in MINILM_LAYERS.items():
+        x = torch.cat(seen[label])[:tokens].clone()
+        lin = torch.nn.Linear(modules[name].in_features, modules[name].out_features)
+        lin.load_state_dict(modules[name].state_dict())
+        out.append((f"{label} {lin.in_features}x{lin.out_features}, {x.shape[0]} tokens", lin, x))
+    return out
+
+
+def analog_twin(lin: torch.nn.Linear, config_name: str) -> torch.nn.Module:
+    """``lin`` converted with ``config_name``, programmed (seed 0) and drifted to 1 h (seed 0)."""
+    wrapper = torch.nn.Sequential(copy.deepcopy(lin))
+    analog = aimc.convert(wrapper, resolve_config(config_name), seed=0).eval()
+    aimc.program(analog, seed=0)
+    aimc.drift(analog, 3600.0, seed=0)
+    return analog
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    for f in fns.values():  # warm-up (scratch buffers, cached tiles, compilation)
+        f()
+        f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            start = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - start)
+    return times
+
+
+def _stats(ts: list[float]) -> dict[str, float]:
+    return {
+        "median_ms": 1e3 * statistics.median(ts),
+        "min_ms": 1e3 * min(ts),
+        "max_ms": 1e3 * max(ts),
+    }
+
+
+def bench(label: str, lin: torch.nn.Linear, x: torch.Tensor, config: str, args) -> dict:
+    lin = lin.eval()
+    analog = analog_twin(lin, config)
+    sides: dict[str, Callable[[], object]] = {}
+
+    def run(m: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], object]:
+        def f() -> object:
+            with torch.inference_mode():
+                return m(x)
+
+        return f
+
+    sides["digital"] = run(lin)
+    sides["analog"] = run(analog)
+    if args.compile:
+        sides["analog compiled"] = run(torch.compile(analog))
+    times = _interleaved(sides, args.repeats)
+    digital = statistics.median(times["digital"])
+    row: dict = {"layer": label, "config": config, "tokens": x.shape[0]}
+    for k, ts in times.items():
+        row[k] = _stats(ts)
+        if k != "digital":
+            row[f"ratio {k}"] = statistics.median(ts) / digital
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--layers", default="synthetic,minilm", help="synthetic, minilm or both")
+    parser.add_argument("--tokens-scale", type=float, default=1.0, help="shrink the batches")
+    parser.add_argument(
+        "--compile", action="store_true", help="also torch.compile the analog layer"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks/results/eval_forward_cpu.json"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    kinds = args.layers.split(",")
+    layers = synthetic_layers(args.tokens_scale) if "synthetic" in kinds else []
+    if "minilm" in kinds:
+        layers += minilm_layers(max(1, int(2048 * args.tokens_scale)))
+    print(
+        f"programmed analog layer (drifted 1 h) vs nn.Linear, eval forward, {args.threads} "
+        f"threads, "
+        f"median of {args.repeats} interleaved runs"
+    )
+    rows = []
+    for config in args.configs.split(","):
+        for label, lin, x in layers:
+            row = bench(label, lin, x, config, args)
+            rows.append(row)
+            ratios = "  ".join(f"{k[6:]} {v:.2f}x" for k, v in row.items() if k.startswith("ratio"))
+            spread = ", ".join(
+                f"{k} {row[k]['min_ms']:.1f}-{row[k]['max_ms']:.1f}"
+                for k in row
+                if isinstance(row[k], dict)
+            )
+            print(
+                f"{config:<18} {label:<34} digital {row['digital']['median_ms']:7.1f} ms  "
+                f"analog {row['analog']['median_ms']:7.1f} ms  {ratios}  ({spread})",
+                flush=True,
+            )
+    meta = {
+        "torch": torch.__version__,
+        "aimc": aimc.__version__,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "targets": TARGETS,
+        "machine": platform.machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""torch.compile of analog models: no graph breaks, the same algorithm, the same statistics.
+
+The compiled forward draws its IO noise from each layer's counter stream instead of a
+``torch.Generator``; run eagerly with the same stream, analog_mvm gives the compiled numbers
+(to float rounding), and its bound management (dense rounds under ``torch.cond``) keeps exactly
+what the eager gather-based rounds keep (checked noise-free, where both are deterministic).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+import aimc
+from aimc.config import AnalogConfig, IOConfig, MappingConfig
+from aimc.mvm import analog_mvm
+from aimc.random import CounterStream, counter_bits, counter_normal, counter_uniform
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def small_tiles(cfg: AnalogConfig) -> AnalogConfig:
+    """``cfg`` with 16 x 16 tiles, so that a small layer spans several tiles."""
+    return cfg.replace(mapping=cfg.mapping.replace(max_input_size=16, max_output_size=16))
+
+
+def model(cfg: AnalogConfig, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.ReLU(), torch.nn.Linear(24, 8))
+    aimc.convert(m, cfg, seed=seed).eval()
+    if any(layer.has_device() for _, layer in aimc.analog_layers(m)):
+        aimc.program(m, seed=seed)
+        aimc.drift(m, 3600.0, seed=seed)
+    return m
+
+
+# -- the counter stream ------------------------------------------------------------------------
+def test_counter_stream_draws_are_standard_normal_and_uniform():
+    key = torch.tensor(12345, dtype=torch.int64)
+    z = counter_normal(key, (400_000,)).double()
+    assert stats.kstest(z.numpy(), "norm").pvalue > 1e-3
+    assert abs(float(z.mean())) < 5 / math.sqrt(z.numel())
+    assert float(z.abs().max()) <= 5.9  # 24-bit u1: the tail of torch's CPU normal_
+    u = counter_uniform(key, (400_000,)).double()
+    assert stats.kstest(u.numpy(), "uniform").pvalue > 1e-3
+    assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    # pairs of one word and neighbouring words are uncorrelated
+    assert abs(float(torch.corrcoef(torch.stack([z[:-1], z[1:]]))[0, 1])) < 0.01
+
+
+def test_counter_stream_is_a_pure_function_of_its_state():
+    a = CounterStream(CounterStream.initial_state(7))
+    b = CounterStream(CounterStream.initial_state(7))
+    assert torch.equal(a.normal((5, 3)), b.normal((5, 3)))
+    other = CounterStream(CounterStream.initial_state(1007))
+    assert not torch.equal(a.normal((5, 3)), other.normal((5, 3)))
+    first, second = b.normal((100,)), b.normal((100,))  # the state advances per draw
+    assert not torch.equal(first, second)
+    assert int(b.state) == 7 + 3
+
+
+def test_counter_draws_compile_to_the_same_numbers():
+    """Also for lengths that are not multiples of 16 (torch 2.13's CPU inductor miscompiles int64
+    vector tails; the draws pad their words to avoid them)."""
+    key = torch.tensor(-4242, dtype=torch.int64)
+    assert torch.equal(counter_bits(key, 1024), torch.compile(counter_bits)(key, 1024))
+    normal = torch.compile(counter_normal, fullgraph=True, dynamic=False)
+    uniform = torch.compile(counter_uniform, fullgraph=True, dynamic=False)
+    for n in (1, 7, 24, 40, 1001):
+        assert torch.allclose(normal(key, (n,)), counter_normal(key, (n,)), atol=1e-5), n
+        assert torch.equal(uniform(key, (n,)), counter_uniform(key, (n,))), n
+
+
+# -- the compiled forward ----------------------------------------------------------------------
+CONFIGS = {
+    "pcm_inference": small_tiles(aimc.presets.pcm_inference()),
+    "bert_squad": small_tiles(aimc.presets.bert_squad(0.0175)),
+}
+
+
+SLOW_BERT = pytest.param("bert_squad", marks=pytest.mark.slow)  # minutes of compilation
+
+
+@pytest.mark.parametrize("name", ["pcm_inference", SLOW_BERT])
+def test_analog_model_compiles_without_graph_breaks(name):
+    m = model(CONFIGS[name])
+    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(1)) * 4
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(aimc.prepare_compile(m))(x)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        y = aimc.compile(m, fullgraph=True)(x)
+    assert y.shape == (6, 8) and bool(torch.isfinite(y).all())
+
+
+def _saturating_case(cfg: AnalogConfig, n_in: int = 48, n_out: int = 20, tokens: int = 64):
+    gen = torch.Generator().manual_seed(3)
+    layer = aimc.nn.AnalogLinear(n_in, n_out, config=cfg, seed=0)
+    with torch.no_grad():
+        layer.weight.uniform_(-1, 1, generator=gen)
+    x = torch.randn(1, tokens, n_in, generator=gen) * 3
+    return layer, x
+
+
+@pytest.mark.parametrize(
+    "preset, shape",
+    [("bert_squad", (48, 20, 64)), ("bert_squad", (45, 19, 37)), ("pcm_inference", (33, 7, 5))],
+)
+def test_compiled_mvm_equals_eager_mvm_with_the_same_stream(preset, shape):
+    """Bound management active (most outputs saturate at first): the compiled graph and an eager
+    call with the same counter stream agree to float rounding (odd shapes too)."""
+    base = (
+        aimc.presets.bert_squad(0.0175) if preset == "bert_squad" else aimc.presets.pcm_inference()
+    )
+    cfg = small_tiles(base).replace(device=aimc.DeviceConfig())
+    layer, x = _saturating_case(cfg, *shape)
+    tw, io = layer.tile_weights(), cfg.io
+
+    def run(x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return analog_mvm(x, tw, io, CounterStream(state))
+
+    s1, s2 = CounterStream.initial_state(5), CounterStream.initial_state(5)
+    eager = run(x, s1)
+    torch._dynamo.config.specialize_float = True
+    compiled = torch.compile(run, fullgraph=True, dynamic=False)(x, s2)
+    assert torch.equal(s1, s2) and int(s1) == 6  # one fork per forward
+    step = eager.abs().max() / 100
+    close = (eager - compiled).abs() <= 1e-5 * eager.abs().max()
+    assert float(close.float().mean()) > 0.99  # a rounding tie may flip one ADC step
+    assert float((eager - compiled).abs().max()) < step
+
+
+def test_dense_bound_management_keeps_what_the_eager_rounds_keep():
+    """Without noise both algorithms are deterministic: the same outputs, bit for bit."""
+    io = IOConfig(out_noise=0.0, inp_res=1 / 254, out_res=1 / 254, out_bound=4.0)
+    cfg = AnalogConfig(io=io, mapping=MappingConfig(max_input_size=16, max_output_size=8))
+    layer, x = _saturating_case(cfg)
+    tw = layer.tile_weights()
+    gather = analog_mvm(x, tw, io, torch.Generator().manual_seed(0))
+    dense = analog_mvm(x, tw, io, CounterStream(CounterStream.initial_state(0)))
+    unmanaged = analog_mvm(
+        x, tw, io.replace(bound_management="none"), torch.Generator().manual_seed(0)
+    )
+    assert not torch.equal(gather, unmanaged)  # bound management did something
+    assert torch.equal(gather, dense)
+
+
+@pytest.mark.parametrize("name", ["pcm_inference", SLOW_BERT])
+def test_compiled_model_has_the_eager_statistics(name):
+    """Output error (against the noise-free digital model) of the eager and compiled forwards
+    of one programmed chip: the same mean and spread (each over 6,400 outputs)."""
+    m = model(CONFIGS[name])
+    digital = aimc.to_digital(model(CONFIGS[name]))
+    x = torch.randn(800, 40, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        ref = digital(x)
+        eager = (m(x) - ref).flatten()
+        compiled = (aimc.compile(m, fullgraph=True)(x) - ref).flatten()
+    assert stats.ttest_ind(eager, compiled, equal_var=False).pvalue > 1e-3
+    assert stats.levene(eager, compiled).pvalue > 1e-3
+    assert float(eager.std()) > 0  # noisy at all
+
+
+def test_compiled_model_is_reproducible_from_its_seeds():
+    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        a = aimc.compile(model(CONFIGS["pcm_inference"], seed=4))(x)
+        b = aimc.compile(model(CONFIGS["pcm_inference"], seed=4))(x)
+        m = model(CONFIGS["pcm_inference"], seed=5)
+        c = aimc.compile(m)
+        first, second = c(x), c(x)
+        aimc.manual_seed(m, 5)
+        again = c(x)
+    assert torch.equal(a, b)
+    assert not torch.equal(first, second)  # fresh noise every call
+    assert torch.equal(first, again)
+
+
+def test_compiled_model_follows_a_new_drift():
+    """Drifting again after compiling: the compiled model reads the new chip (perfect IO, so
+    the eager and compiled outputs are deterministic and equal)."""
+    cfg = aimc.presets.pcm_weights_only()
+    m = model(cfg)
+    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(1))
+    c = aimc.compile(m)
+    with torch.inference_mode():
+        assert torch.allclose(c(x), m(x), atol=1e-6)
+        before = c(x)
+        aimc.drift(m, 3.0e7, seed=9)
+        after = c(x)
+        assert torch.allclose(after, m(x), atol=1e-6)
+    assert not torch.allclose(before, after)
+
+
+def test_compile_refuses_lean_chips_and_training_mode():
+    m = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    aimc.convert(m, aimc.presets.pcm_inference()).eval()
+    aimc.program(m, seed=0, storage="lean")
+    with pytest.raises(RuntimeError, match="lean chip"):
+        aimc.prepare_compile(m)
+    m.train()
+    with pytest.raises(ValueError, match="training mode"):
+        aimc.compile(m)
+
+
+def test_tile_weights_of_a_compiled_layer_without_device_follow_weight_changes():
+    """No device model: the compiled forward lays out the tiles from the current weights (no
+    cache that an in-place weight update could leave stale)."""
+    cfg = aimc.presets.ideal().replace(mapping=MappingConfig(max_input_size=16, max_output_size=8))
+    m = model(cfg)
+    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(1))
+    c = aimc.compile(m)
+    with torch.inference_mode():
+        c(x)
+        m[0].weight.mul_(2.0)
+        assert torch.allclose(c(x), m(x), atol=1e-5)
