@@ -135,7 +135,8 @@ def bench(label: str, lin: torch.nn.Linear, x: torch.Tensor, config: str, args) 
     sides["digital"] = run(lin)
     sides["analog"] = run(analog)
     if args.compile:
-        sides["analog compiled"] = run(torch.compile(analog))
+        torch._dynamo.reset()  # a fresh compile per row (not dynamo's recompile limit)
+        sides["analog compiled"] = run(aimc.compile(analog))
     times = _interleaved(sides, args.repeats)
     digital = statistics.median(times["digital"])
     row: dict = {"layer": label, "config": config, "tokens": x.shape[0]}

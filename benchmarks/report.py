@@ -133,6 +133,37 @@ def bench_linear(inp: Inputs) -> str:
     return _table(header, ["---:"] * 3 + ["---"] + ["---:"] * 3 + ["---"] * 2, rows)
 
 
+def eval_forward(inp: Inputs) -> str:
+    """bench_eval_forward.py (issue 15): programmed, drifted layers, eager and compiled."""
+    src = "eval_forward_cpu.json"
+    data = inp.json(src)
+    targets = _get(data, "meta", "targets", source=src)
+    rows = []
+    for i, _ in enumerate(_rows(data, "rows", src)):
+
+        def n(*k, i=i):
+            return _num(data, "rows", i, *k, source=src)
+
+        config = _get(data, "rows", i, "config", source=src)
+        compiled = "analog compiled" in data["rows"][i]
+        rows.append(
+            [
+                f"`{config}`",
+                str(_get(data, "rows", i, "layer", source=src)),
+                f"{n('digital', 'median_ms'):.1f}",
+                f"{n('analog', 'median_ms'):.1f}",
+                f"**{n('ratio analog'):.2f}**",
+                f"{n('ratio analog compiled'):.2f}" if compiled else "—",
+                f"{targets[config]:.1f}" if config in targets else "—",
+                f"{n('digital', 'min_ms'):.1f}–{n('digital', 'max_ms'):.1f}",
+                f"{n('analog', 'min_ms'):.1f}–{n('analog', 'max_ms'):.1f}",
+            ]
+        )
+    header = ["config", "layer", "nn.Linear ms", "analog ms", "ratio eager", "ratio compiled"]
+    header += ["target", "digital min–max", "analog min–max"]
+    return _table(header, ["---", "---"] + ["---:"] * 5 + ["---"] * 2, rows)
+
+
 def bench_linear_bm_none(inp: Inputs) -> str:
     src = "linear_cpu_bm-none.json"
     data = inp.json(src)
@@ -724,6 +755,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
     f.__name__: f
     for f in (
         bench_linear,
+        eval_forward,
         bench_linear_bm_none,
         profile_linear,
         drift_error_table,
