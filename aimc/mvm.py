@@ -216,17 +216,20 @@ def _saturated(z: Tensor, n_out: int, io: IOConfig) -> Tensor | None:
     return (zv.amax(dim=-1) > limit) | (zv.amin(dim=-1) < -limit)
 
 
-def _bm_allowed(r: Tensor, io: IOConfig) -> Tensor:
+def _bm_allowed(r: Tensor | float, io: IOConfig) -> Tensor | bool:
     """Whether iterative bound management may double ``r`` once more.
 
     AIHWKIT's rule (``forwardVector`` of ``rpu_forward_backward_pass.cpp``): stop once
     ``r > max_bm_factor`` or ``r > max_bm_res / inp_res``, where AIHWKIT's ``inp_res`` is by then
     the DAC step in input units (``initializeForForward`` multiplies the fraction by
     ``2 * inp_bound``): 2/126 for the default 7-bit DAC, so ``r`` stops at 16 (not 32).
+
+    ``r`` is a float32 tensor, or a Python float (:func:`_bm_rounds`): the bounds are rounded
+    to float32 first, so both compare as float32 does.
     """
-    ok = r <= io.max_bm_factor
+    ok = r <= _f32(io.max_bm_factor)
     if io.inp_step > 0:
-        ok &= r <= io.max_bm_res / io.inp_step
+        ok &= r <= _f32(io.max_bm_res / io.inp_step)
     return ok
 
 
@@ -350,6 +353,17 @@ def _digital(
     return y if lo.padded_out == lo.out_size else lo.unpad_out(y, 2)
 
 
+def _output_tiles(tw: TileWeights) -> TileWeights:
+    """``tw`` split along the outputs as well: one ``(cols, rows)`` matrix per (input tile,
+    output tile), ``(B * to, cols, rows)``, without digital scales (what a bound-management
+    round recomputes)."""
+    lo = tw.layout
+    shape = (tw.w.shape[0] * lo.n_out, lo.cols, lo.rows)
+    return TileWeights(
+        lo, tw.w.view(shape), None, None if tw.w_abs is None else tw.w_abs.view(shape)
+    )
+
+
 def _bound_management(
     z: Tensor,
     sat: Tensor,
@@ -373,12 +387,7 @@ def _bound_management(
     r = torch.ones(sat.shape, device=z.device, dtype=torch.float32)
     x_rows = x_t.reshape(nb * n, lo.rows)
     z_rows = z.view(nb * n * n_out, lo.cols)  # row (b*N + v)*to + t
-    w_sub = TileWeights(
-        lo,
-        tw.w.view(nb * n_out, lo.cols, lo.rows),
-        None,
-        None if tw.w_abs is None else tw.w_abs.view(nb * n_out, lo.cols, lo.rows),
-    )
+    w_sub = _output_tiles(tw)
     base = (torch.arange(nb, device=z.device) * n).view(nb, 1, 1)
     t_ar = torch.arange(n_out, device=z.device).view(1, n_out, 1)
     while True:
@@ -409,15 +418,9 @@ def _bound_management(
 
 
 def _bm_rounds(io: IOConfig) -> int:
-    """How many times bound management can double ``r`` at most (:func:`_bm_allowed`, whose
-    float32 comparisons are repeated here in plain Python)."""
+    """How many times bound management can double ``r`` at most (:func:`_bm_allowed`)."""
     r, rounds = 1.0, 0
-
-    def allowed(r: float) -> bool:
-        ok = r <= _f32(io.max_bm_factor)
-        return ok and (io.inp_step <= 0 or r <= _f32(io.max_bm_res / io.inp_step))
-
-    while rounds < 64 and allowed(r):
+    while rounds < 64 and _bm_allowed(r, io):
         r, rounds = 2 * r, rounds + 1
     return rounds
 
@@ -443,12 +446,7 @@ def _bound_management_dense(
     lo = tw.layout
     nb, n, n_out = sat.shape
     in_unit = units(io)[0]
-    w_sub = TileWeights(
-        lo,
-        tw.w.view(nb * n_out, lo.cols, lo.rows),
-        None,
-        None if tw.w_abs is None else tw.w_abs.view(nb * n_out, lo.cols, lo.rows),
-    )
+    w_sub = _output_tiles(tw)
 
     def redo_round(z: Tensor, r: Tensor, sat: Tensor, key: Tensor):
         g = KeyedStream(key)
