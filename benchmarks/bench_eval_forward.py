@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_linear import _stats  # benchmarks/ is the script's directory
 
 import aimc
 from aimc.experiments.sweep import resolve_config
@@ -99,10 +100,14 @@ def analog_twin(lin: torch.nn.Linear, config_name: str) -> torch.nn.Module:
     return analog
 
 
-def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    for f in fns.values():  # warm-up (scratch buffers, cached tiles, compilation)
-        f()
-        f()
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2
+) -> dict[str, list[float]]:
+    """Seconds of ``repeats`` calls of every side, the sides interleaved (A B A B ...), after
+    ``warmup`` calls of each (scratch buffers, cached tiles, compilation)."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
@@ -110,14 +115,6 @@ def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str
             f()
             times[k].append(time.perf_counter() - start)
     return times
-
-
-def _stats(ts: list[float]) -> dict[str, float]:
-    return {
-        "median_ms": 1e3 * statistics.median(ts),
-        "min_ms": 1e3 * min(ts),
-        "max_ms": 1e3 * max(ts),
-    }
 
 
 def bench(label: str, lin: torch.nn.Linear, x: torch.Tensor, config: str, args) -> dict:
@@ -137,7 +134,7 @@ def bench(label: str, lin: torch.nn.Linear, x: torch.Tensor, config: str, args) 
     if args.compile:
         torch._dynamo.reset()  # a fresh compile per row (not dynamo's recompile limit)
         sides["analog compiled"] = run(aimc.compile(analog))
-    times = _interleaved(sides, args.repeats)
+    times = interleaved(sides, args.repeats)
     digital = statistics.median(times["digital"])
     row: dict = {"layer": label, "config": config, "tokens": x.shape[0]}
     for k, ts in times.items():

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from bench_eval_forward import interleaved  # benchmarks/ is the script's directory
 
 import aimc
 import aimc.mvm as mvm
@@ -24,14 +24,7 @@ SHAPES = [(768, 768, 2048), (768, 3072, 2048), (4096, 4096, 256)]
 
 
 def _median_ms(fns: dict, repeats: int = 11) -> dict[str, float]:
-    for f in fns.values():
-        f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            start = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - start)
+    times = interleaved(fns, repeats, warmup=1)
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
