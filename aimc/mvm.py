@@ -122,6 +122,39 @@ def _dac_(xq: Tensor, io: IOConfig, in_unit: float, gen: Rng) -> Tensor:
     return xq
 
 
+#: At most this many batches go through one ``addmm`` each (CPU, eager) instead of one ``bmm``.
+_LOOP_MAX_BATCHES = 16
+#: ... and only if each product has at least this many multiply-adds.
+_LOOP_MIN_MACS = 1 << 20
+
+
+def _bmm_(z: Tensor, a: Tensor, b: Tensor, beta: float = 0.0, alpha: float = 1.0) -> Tensor:
+    """``z <- beta * z + alpha * a @ b`` per batch, in place (``beta = 0`` ignores ``z``).
+
+    On CPU, torch's ``bmm`` splits the batch across threads, so a few large products that do
+    not divide evenly among the threads (3 input tiles on 2 threads) leave a thread idle; one
+    ``addmm`` per batch parallelises inside each GEMM instead (``benchmarks/profile_linear.py``
+    times both). Batch counts that divide evenly, small products and many batches keep the single
+    ``bmm``, as does a compiled forward. The sums are the same up to float rounding.
+    """
+    nb, m, k = a.shape
+    loop = (
+        z.device.type == "cpu"
+        and not _compiling()
+        and 1 < nb <= _LOOP_MAX_BATCHES
+        and nb % torch.get_num_threads() != 0
+        and m * k * b.shape[2] >= _LOOP_MIN_MACS
+    )
+    if loop:
+        for i in range(nb):
+            z[i].addmm_(a[i], b[i], beta=beta, alpha=alpha)
+    elif beta == 0.0 and alpha == 1.0:
+        torch.bmm(a, b, out=z)
+    else:
+        z.baddbmm_(a, b, beta=beta, alpha=alpha)
+    return z
+
+
 def _mvm_adc(
     xq: Tensor,
     tw: TileWeights,
@@ -138,11 +171,11 @@ def _mvm_adc(
     w_t = tw.w.transpose(1, 2)
     kind = io.w_noise_type if io.w_noise > 0 else WeightNoiseType.NONE
     if kind == WeightNoiseType.NONE and io.out_noise <= 0:
-        torch.bmm(xq, w_t, out=z)
+        _bmm_(z, xq, w_t)
     else:
         normal_(z, gen)
         if kind == WeightNoiseType.NONE:
-            z.baddbmm_(xq, w_t, beta=io.out_noise / out_unit)
+            _bmm_(z, xq, w_t, beta=io.out_noise / out_unit)
         else:
             gain = (io.w_noise * in_unit) ** 2
             if kind == WeightNoiseType.ADDITIVE_CONSTANT:
@@ -151,11 +184,11 @@ def _mvm_adc(
                 # var = out_noise^2 + gain * (x'^2 @ |W|^T): the scale and offset ride on the MVM
                 w_abs = tw.w_abs if tw.w_abs is not None else tw.w.abs()
                 dtype = torch.bfloat16 if io.w_noise_bf16 else xq.dtype
-                offset = torch.full((), io.out_noise**2, dtype=dtype, device=xq.device)
+                var = torch.full(z.shape, io.out_noise**2, dtype=dtype, device=xq.device)
                 x2, w2 = xq.square().to(dtype), w_abs.to(dtype).transpose(1, 2)
-                var = torch.baddbmm(offset, x2, w2, alpha=gain).float()
+                var = _bmm_(var, x2, w2, beta=1.0, alpha=gain).float()
             std = var.sqrt_()
-            z.mul_(std.div_(out_unit)).baddbmm_(xq, w_t)
+            _bmm_(z.mul_(std.div_(out_unit)), xq, w_t, beta=1.0)
     if io.out_step > 0:
         z.round_()
     sat = None if n_out is None else _saturated(z, n_out, io)
@@ -274,7 +307,7 @@ def analog_mvm(
     z = _scratch(1, (lo.batch, n, lo.padded_out), x)
     if io.is_perfect:
         xq.copy_(xv.transpose(1, 2))
-        torch.bmm(xq.view(lo.batch, n, lo.rows), tw.w.transpose(1, 2), out=z)
+        _bmm_(z, xq.view(lo.batch, n, lo.rows), tw.w.transpose(1, 2))
         return _digital(z, None, tw, g, n, bias, per_tile)
     in_unit, out_unit = units(io)
     s, finite = _input_scale(xv, io, input_range)  # (G, N, ti)

@@ -1,9 +1,10 @@
 """Where the time of an AnalogLinear forward goes (pcm_inference, CPU).
 
-For each benchmark shape, times (median of interleaved repeats, 2 threads) the pieces of the
-analog forward in isolation — the batched MVM, the Gaussian output-noise draw, the remaining
-periphery — and measures the fraction of (tile, vector) pairs that iterative bound management has
-to recompute. Writes benchmarks/results/profile_linear_cpu.json.
+For each shape, times (median of interleaved repeats, 2 threads) the pieces of the analog
+forward in isolation — the batched MVM (as aimc runs it, and as one ``bmm`` against one ``mm``
+per input tile), the Gaussian output-noise draw, the remaining periphery — and measures the
+fraction of (tile, vector) pairs that iterative bound management has to recompute. Writes
+benchmarks/results/profile_linear_cpu.json.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import aimc.mvm as mvm
 from aimc.nn import AnalogLinear
 from aimc.random import normal_
 
-SHAPES = [(768, 768, 2048), (768, 3072, 2048), (4096, 4096, 256)]
+#: the three bench_linear.py shapes, and MiniLM's FFN output (3 input tiles of 512 rows)
+SHAPES = [(768, 768, 2048), (768, 3072, 2048), (4096, 4096, 256), (1536, 384, 2048)]
 
 
 def _median_ms(fns: dict, repeats: int = 11) -> dict[str, float]:
@@ -45,6 +47,11 @@ def saturation_fraction(layer: AnalogLinear, x: torch.Tensor) -> float:
     return seen[0] if seen else 0.0
 
 
+def per_tile(z: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    for i in range(a.shape[0]):
+        torch.mm(a[i], b[i], out=z[i])
+
+
 def profile_shape(n_in: int, n_out: int, tokens: int, gen: torch.Generator) -> dict:
     digital = torch.nn.Linear(n_in, n_out)
     cfg = aimc.presets.pcm_inference()
@@ -64,7 +71,9 @@ def profile_shape(n_in: int, n_out: int, tokens: int, gen: torch.Generator) -> d
                 "nn.Linear": lambda: digital(x),
                 "analog (iterative BM)": lambda: bm(x),
                 "analog (no BM)": lambda: no_bm(x),
-                "batched MVM only": lambda: torch.bmm(xq, tw.w.transpose(1, 2), out=z),
+                "batched MVM only": lambda: mvm._bmm_(z, xq, tw.w.transpose(1, 2)),
+                "MVM as one bmm": lambda: torch.bmm(xq, tw.w.transpose(1, 2), out=z),
+                "MVM as per-tile addmm": lambda: per_tile(z, xq, tw.w.transpose(1, 2)),
                 "output-noise draw only": lambda: normal_(z, g),
             }
         )

@@ -202,6 +202,8 @@ def profile_linear(inp: Inputs) -> str:
         cells = [shape, f"{base:.1f} ms"]
         for name in (
             "batched MVM only",
+            "MVM as one bmm",
+            "MVM as per-tile addmm",
             "output-noise draw only",
             "other periphery (no BM)",
             "bound-management recompute",
@@ -210,9 +212,10 @@ def profile_linear(inp: Inputs) -> str:
         sat = _num(data, "rows", i, "saturated_fraction_first_pass", source=src)
         cells.append(f"{100 * sat:.0f} %")
         rows.append(cells)
-    header = ["shape", "nn.Linear", "batched MVM", "output-noise draw", "other periphery"]
-    header += ["bound-management recompute", "saturated pairs, 1st pass"]
-    return _table(header, ["---"] + ["---:"] * 6, rows)
+    header = ["shape", "nn.Linear", "MVM (as run)", "MVM: one bmm", "MVM: addmm per tile"]
+    header += ["output-noise draw", "other periphery", "bound-management recompute"]
+    header += ["saturated pairs, 1st pass"]
+    return _table(header, ["---"] + ["---:"] * 8, rows)
 
 
 def drift_error_table(inp: Inputs) -> str:

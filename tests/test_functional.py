@@ -750,3 +750,33 @@ def test_valid_mask_and_exact_readout_of_an_uneven_split():
             ref = w[0, a : a + so, b : b + si].abs().mean()
             torch.testing.assert_close(m[t, u], ref)
         b += si
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("nb", [1, 2, 3, 5])
+@pytest.mark.parametrize("beta,alpha", [(0.0, 1.0), (0.5, 1.0), (1.0, 0.25)])
+def test_bmm_helper_equals_batched_matmul(threads, nb, beta, alpha):
+    """``mvm._bmm_`` (one ``addmm`` per batch where the batches do not divide evenly among the
+    threads, else one ``bmm``) computes ``beta * z + alpha * a @ b`` in place, to float32
+    rounding, and with ``beta = 0`` ignores what ``z`` held (NaN included)."""
+    from aimc import mvm
+
+    g = torch.Generator().manual_seed(nb)
+    a = torch.randn(nb, 256, 128, generator=g)
+    b = torch.randn(nb, 128, 64, generator=g).transpose(1, 2).contiguous().transpose(1, 2)
+    z0 = torch.randn(nb, 256, 64, generator=g)
+    if beta == 0.0:
+        z0[0, 0, 0] = float("nan")
+    expected = torch.baddbmm(z0.double(), a.double(), b.double(), beta=beta, alpha=alpha)
+    if beta == 0.0:
+        expected = alpha * torch.bmm(a.double(), b.double())
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        z = z0.clone()
+        out = mvm._bmm_(z, a, b, beta=beta, alpha=alpha)
+    finally:
+        torch.set_num_threads(old)
+    assert out.data_ptr() == z.data_ptr()
+    assert torch.isfinite(z).all()
+    torch.testing.assert_close(z.double(), expected, rtol=1e-5, atol=1e-4)
