@@ -17,12 +17,15 @@ evaluated with ``aimc squad-drift`` on the same dev questions, chips and drift t
     python benchmarks/adaptation_study.py                             # everything (many hours)
     python benchmarks/adaptation_study.py --collect                   # JSON from what ran
     python benchmarks/adaptation_study.py --rows chip --curve-only    # F1(1 y) per checkpoint
+    python benchmarks/adaptation_study.py --rows lora --seeds 2 --seed-from 1   # a second seed
 
 Runs live in ``runs/adaptation-study/`` and resume where they stopped (rerun the same command:
 training continues from its last checkpoint, evaluation from its last finished row), so the
 study may run in pieces. ``--collect`` (also done at the end of every run) writes
 ``benchmarks/results/adaptation_study.json`` from whatever has finished; the docs table and plot
-(``docs/hwa.md``) are generated from it by ``benchmarks/report.py``.
+(``docs/finetune.md``) are generated from it by ``benchmarks/report.py``. Rows of the existing JSON
+whose run directories are no longer here (an earlier machine's runs) are kept as they were
+measured, provided the study settings match; a row found on disk replaces its old record.
 """
 
 from __future__ import annotations
@@ -151,13 +154,42 @@ def _results(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
 
 
+#: settings that must agree for rows of two invocations to share one table
+SHARED_SETTINGS = (
+    "steps", "batch_size", "lr", "lora_lr", "lora", "hwa_noise", "distill_alpha",
+    "t_min", "t_max", "config", "questions", "chips", "times",
+)  # fmt: skip
+
+
+def _earlier_rows(args: argparse.Namespace, found: dict[str, Any]) -> dict[str, Any]:
+    """Rows of the existing JSON not found under ``--out`` (runs made on another machine or in
+    a directory since removed), when that JSON was made with the same study settings; an
+    error names the first setting that differs (mixing them would put incomparable numbers
+    in one table)."""
+    if not RESULT.exists():
+        return {}
+    old = json.loads(RESULT.read_text())
+    keep = {k: r for k, r in old.get("rows", {}).items() if k not in found}
+    if not keep:
+        return {}
+    for key in SHARED_SETTINGS:
+        mine, theirs = vars(args).get(key), old.get("args", {}).get(key)
+        if mine != theirs:
+            raise SystemExit(
+                f"--{key.replace('_', '-')}: got {mine!r}, but {RESULT.name} holds rows "
+                f"({', '.join(keep)}) measured with {theirs!r}; use the same setting, or move "
+                "that file away to start a new study"
+            )
+    return keep
+
+
 def collect(args: argparse.Namespace) -> dict[str, Any]:
     """The study's JSON from every run and evaluation found under ``--out``."""
     out: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "func"}}
     out["torch"] = torch.__version__
     rows: dict[str, Any] = {}
     for name in ROWS:
-        for seed in range(max(args.seeds, 2)):
+        for seed in range(max(args.seeds, 2) if name != "digital" else 1):
             rows_ = _results(eval_dir(name, args, seed))
             cost = _train_cost(Path(args.out) / run_name(name, seed), args.batch_size, 256)
             if not rows_ and cost is None:
@@ -189,7 +221,9 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                 "eval": cells,
                 "curve_1y": points,
             }
-    out["rows"] = rows
+    rows = {**_earlier_rows(args, rows), **rows}
+    order = sorted(rows, key=lambda k: (ROWS.index(rows[k]["row"]), rows[k]["seed"]))
+    out["rows"] = {k: rows[k] for k in order}
     base = rows.get("digital", {}).get("eval", {}).get("digital")
     out["digital_f1"] = None if base is None else base["f1_mean"]
     return out
@@ -289,6 +323,7 @@ def main() -> None:
     p.add_argument("--chips", type=int, default=3)
     p.add_argument("--times", type=lambda s: [float(x) for x in s.split(",")], default=TIMES)
     p.add_argument("--seeds", type=int, default=1, help="training seeds per row")
+    p.add_argument("--seed-from", type=int, default=0, help="first training seed to run")
     p.add_argument("--save-every", type=int, default=25)
     p.add_argument("--keep", type=int, default=1000, help="checkpoints kept (for --curve)")
     p.add_argument("--curve", action="store_true", help="F1 at 1 y of every checkpoint")
@@ -301,6 +336,10 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "runs" / "adaptation-study"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if not 0 <= args.seed_from < args.seeds:
+        raise SystemExit(
+            f"--seed-from: got {args.seed_from}; allowed: 0 .. --seeds - 1 ({args.seeds - 1})"
+        )
     if not args.collect:
         names = [r.strip() for r in args.rows.split(",") if r.strip()]
         for name in names:
@@ -308,7 +347,7 @@ def main() -> None:
                 raise SystemExit(f"--rows: got {name!r}; allowed: one of {', '.join(ROWS)}")
         configs = [args.config] + [c for c in args.also.split(",") if c]
         for name in names:
-            for seed in range(1 if name == "digital" else args.seeds):
+            for seed in [0] if name == "digital" else range(args.seed_from, args.seeds):
                 if args.curve_only:
                     if name != "digital":
                         curve(name, args, seed)

@@ -13,7 +13,9 @@ weight noise: a second MVM of ``|W| x^2``). Targets: <= 1.5x and <= 2.0x.
 
     python benchmarks/bench_eval_forward.py [--threads 2] [--repeats 15] [--compile]
 
-Writes ``benchmarks/results/eval_forward_cpu.json`` (``--out`` to change).
+Writes ``benchmarks/results/eval_forward_cpu.json`` (``--out`` to change), with each row's
+first-pass saturated fraction: the share of (tile, vector) pairs that bound management redoes.
+``--saturation-only`` fills that column into an existing result without timing anything.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 from bench_linear import _stats  # benchmarks/ is the script's directory
 
 import aimc
+import aimc.mvm as mvm
 from aimc.experiments.sweep import resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +103,27 @@ def analog_twin(lin: torch.nn.Linear, config_name: str) -> torch.nn.Module:
     return analog
 
 
+def saturation_fraction(layer: torch.nn.Module, x: torch.Tensor) -> float:
+    """Fraction of (tile, vector) pairs whose first-pass output saturates the ADC in one forward
+    of ``layer`` (an analog layer, or a module holding exactly one) on ``x``: the share that
+    iterative bound management has to recompute at least once. 0 where nothing saturates or the
+    config has no bound management."""
+    seen: list[float] = []
+    original = mvm._bound_management
+
+    def spy(z, sat, *args):
+        seen.append(float(sat.float().mean()))
+        return original(z, sat, *args)
+
+    mvm._bound_management = spy
+    try:
+        with torch.no_grad():
+            layer(x)
+    finally:
+        mvm._bound_management = original
+    return seen[0] if seen else 0.0
+
+
 def interleaved(
     fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2
 ) -> dict[str, list[float]]:
@@ -120,6 +144,7 @@ def interleaved(
 def bench(label: str, lin: torch.nn.Linear, x: torch.Tensor, config: str, args) -> dict:
     lin = lin.eval()
     analog = analog_twin(lin, config)
+    saturated = saturation_fraction(analog, x)
     sides: dict[str, Callable[[], object]] = {}
 
     def run(m: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], object]:
@@ -137,11 +162,36 @@ def bench(label: str, lin: torch.nn.Linear, x: torch.Tensor, config: str, args) 
     times = interleaved(sides, args.repeats)
     digital = statistics.median(times["digital"])
     row: dict = {"layer": label, "config": config, "tokens": x.shape[0]}
+    row["saturated_fraction_first_pass"] = saturated  # the fresh twin's first forward
     for k, ts in times.items():
         row[k] = _stats(ts)
         if k != "digital":
             row[f"ratio {k}"] = statistics.median(ts) / digital
     return row
+
+
+def fill_saturation(path: Path, layers: dict[str, tuple[torch.nn.Linear, torch.Tensor]]) -> None:
+    """Set ``saturated_fraction_first_pass`` of every row of the result at ``path`` from its
+    layer and config (the same programming and drift seeds as the timed run)."""
+    data = json.loads(path.read_text())
+    for row in data["rows"]:
+        if row["layer"] not in layers:
+            raise SystemExit(
+                f"--saturation-only: {path} has layer {row['layer']!r}, which --layers "
+                f"{sorted(layers)} does not build; pass the --layers and --tokens-scale of that run"
+            )
+        lin, x = layers[row["layer"]]
+        if x.shape[0] != row["tokens"]:
+            raise SystemExit(
+                f"--saturation-only: {row['layer']!r} was timed on {row['tokens']} tokens, "
+                f"built here with {x.shape[0]}; pass that run's --tokens-scale"
+            )
+        frac = saturation_fraction(analog_twin(lin.eval(), row["config"]), x)
+        row["saturated_fraction_first_pass"] = frac
+        print(f"{row['config']:<18} {row['layer']:<34} saturated {100 * frac:.0f} %")
+    data["meta"]["saturation_filled"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 def main() -> None:
@@ -157,6 +207,12 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks/results/eval_forward_cpu.json"
     )
+    parser.add_argument(
+        "--saturation-only",
+        action="store_true",
+        help="only (re)compute the first-pass saturated fraction of every row of --out, keeping "
+        "its timings (the fraction depends on the layers and seeds, not on the machine's speed)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     kinds = args.layers.split(",")
@@ -168,6 +224,9 @@ def main() -> None:
         f"threads, "
         f"median of {args.repeats} interleaved runs"
     )
+    if args.saturation_only:
+        fill_saturation(args.out, {label: (lin, x) for label, lin, x in layers})
+        return
     rows = []
     for config in args.configs.split(","):
         for label, lin, x in layers:

@@ -14,7 +14,10 @@ import statistics
 from pathlib import Path
 
 import torch
-from bench_eval_forward import interleaved  # benchmarks/ is the script's directory
+from bench_eval_forward import (  # benchmarks/ is the script's directory
+    interleaved,
+    saturation_fraction,
+)
 
 import aimc
 import aimc.mvm as mvm
@@ -28,23 +31,6 @@ SHAPES = [(768, 768, 2048), (768, 3072, 2048), (4096, 4096, 256), (1536, 384, 20
 def _median_ms(fns: dict, repeats: int = 11) -> dict[str, float]:
     times = interleaved(fns, repeats, warmup=1)
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
-
-
-def saturation_fraction(layer: AnalogLinear, x: torch.Tensor) -> float:
-    seen: list[float] = []
-    original = mvm._bound_management
-
-    def spy(z, sat, *args):
-        seen.append(float(sat.float().mean()))
-        return original(z, sat, *args)
-
-    mvm._bound_management = spy
-    try:
-        with torch.no_grad():
-            layer(x)
-    finally:
-        mvm._bound_management = original
-    return seen[0] if seen else 0.0
 
 
 def per_tile(z: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:

@@ -157,11 +157,12 @@ def eval_forward(inp: Inputs) -> str:
                 f"{targets[config]:.1f}" if config in targets else "—",
                 f"{n('digital', 'min_ms'):.1f}–{n('digital', 'max_ms'):.1f}",
                 f"{n('analog', 'min_ms'):.1f}–{n('analog', 'max_ms'):.1f}",
+                f"{100 * n('saturated_fraction_first_pass'):.0f} %",
             ]
         )
     header = ["config", "layer", "nn.Linear ms", "analog ms", "ratio eager", "ratio compiled"]
-    header += ["target", "digital min–max", "analog min–max"]
-    return _table(header, ["---", "---"] + ["---:"] * 5 + ["---"] * 2, rows)
+    header += ["target", "digital min–max", "analog min–max", "saturated pairs, 1st pass"]
+    return _table(header, ["---", "---"] + ["---:"] * 5 + ["---"] * 2 + ["---:"], rows)
 
 
 def bench_linear_bm_none(inp: Inputs) -> str:
@@ -469,19 +470,24 @@ def adaptation_study(inp: Inputs) -> str:
         else:
             done = "" if train.get("finished") else ", unfinished"
             cost = f"{int(train['steps'])} steps, {train['wall_s'] / 60:.0f} min{done}"
-        row = [name, cost]
-        for t in times:
-            cell = cells.get(f"{config}@{t:g}")
+        # the study's config first, then any --also config this row was evaluated under
+        others = sorted({c["config"] for c in cells.values()} - {"digital", config})
+        for cfg in [config, *others]:
+            row = [name if cfg == config else f"{name}, evaluated under `{cfg}`", cost]
+            for t in times:
+                cell = cells.get(f"{cfg}@{t:g}")
+                row.append(
+                    "not run"
+                    if cell is None
+                    else f"{cell['f1_mean']:.1f} ± {cell['f1_std']:.1f} ({len(cell['f1'])})"
+                )
+            year = cells.get(f"{cfg}@{365 * 86400.0:g}")
             row.append(
-                "not run"
-                if cell is None
-                else f"{cell['f1_mean']:.1f} ± {cell['f1_std']:.1f} ({len(cell['f1'])})"
+                "—"
+                if year is None or not digital
+                else f"**{100 * year['f1_mean'] / digital:.0f} %**"
             )
-        year = cells.get(f"{config}@{365 * 86400.0:g}")
-        row.append(
-            "—" if year is None or not digital else f"**{100 * year['f1_mean'] / digital:.0f} %**"
-        )
-        rows.append(row)
+            rows.append(row)
     header = ["row", "training"] + [f"t = {fmt_time(t) if t else '0'}" for t in times]
     header.append("1 y / digital")
     return _table(header, ["---", "---"] + ["---:"] * (len(times) + 1), rows)
