@@ -1,6 +1,8 @@
 """aimc: fast, pure-PyTorch simulation of analog in-memory-computing crossbar hardware."""
 
-from . import devices, functional, nn, presets, pulsed
+# _hugepages first: it sets THP_MEM_ALLOC_ENABLE before anything allocates a tensor
+from . import _hugepages, devices, functional, nn, presets, pulsed  # noqa: F401
+from ._hugepages import huge_pages_active
 from .calibrate import calibrate_input_ranges
 from .compiled import compile, prepare_compile
 from .config import (
@@ -26,6 +28,7 @@ from .lifecycle import drift, program
 __version__ = "0.2.0"
 
 __all__ = [
+    "huge_pages_active",
     "AnalogConfig",
     "BoundManagement",
     "DeviceConfig",

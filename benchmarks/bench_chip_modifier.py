@@ -83,6 +83,7 @@ def main() -> None:
             )
     meta = {
         "torch": torch.__version__,
+        "huge_pages": aimc.huge_pages_active(),
         "threads": args.threads,
         "tokens": args.tokens,
         "reps": args.reps,

@@ -24,6 +24,7 @@ import argparse
 import copy
 import json
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -124,6 +125,15 @@ def saturation_fraction(layer: torch.nn.Module, x: torch.Tensor) -> float:
     return seen[0] if seen else 0.0
 
 
+def page_faults_per_call(f: Callable[[], object], calls: int = 3) -> float:
+    """Minor page faults of this process per call of ``f`` (after the timed calls): the first
+    touches of freshly mapped memory, which large fresh temporaries cost on every call."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        f()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
 def interleaved(
     fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2
 ) -> dict[str, list[float]]:
@@ -162,6 +172,8 @@ def bench(label: str, lin: torch.nn.Linear, x: torch.Tensor, config: str, args) 
     times = interleaved(sides, args.repeats)
     digital = statistics.median(times["digital"])
     row: dict = {"layer": label, "config": config, "tokens": x.shape[0]}
+    row["huge_pages"] = aimc.huge_pages_active()
+    row["page_faults_per_call"] = {k: page_faults_per_call(f) for k, f in sides.items()}
     row["saturated_fraction_first_pass"] = saturated  # the fresh twin's first forward
     for k, ts in times.items():
         row[k] = _stats(ts)
@@ -245,6 +257,7 @@ def main() -> None:
             )
     meta = {
         "torch": torch.__version__,
+        "huge_pages": aimc.huge_pages_active(),
         "aimc": aimc.__version__,
         "threads": args.threads,
         "repeats": args.repeats,

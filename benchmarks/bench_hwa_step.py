@@ -128,7 +128,13 @@ def main() -> None:
     path = Path(__file__).parent / "results" / "hwa_step_cpu.json"
     path.write_text(
         json.dumps(
-            {"threads": args.threads, "torch": torch.__version__, "tokens": 1024, "rows": rows},
+            {
+                "threads": args.threads,
+                "torch": torch.__version__,
+                "huge_pages": aimc.huge_pages_active(),
+                "tokens": 1024,
+                "rows": rows,
+            },
             indent=2,
         )
         + "\n"

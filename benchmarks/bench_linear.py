@@ -157,6 +157,7 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "torch": torch.__version__,
+        "huge_pages": aimc.huge_pages_active(),
         "aimc": aimc.__version__,
         "threads": args.threads,
         "device": str(device),

@@ -176,6 +176,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "device": str(device),
         "torch": torch.__version__,
+        "huge_pages": aimc.huge_pages_active(),
         "aimc": aimc.__version__,
         "threads": args.threads,
         "shape": args.shape,

@@ -79,6 +79,7 @@ def main() -> None:
         "eval_tile_cache_bytes": cache_bytes,
         "threads": args.threads,
         "torch": torch.__version__,
+        "huge_pages": aimc.huge_pages_active(),
     }
     for k, v in result.items():
         print(f"{k:<28} {v:.4g}" if isinstance(v, float) else f"{k:<28} {v}")

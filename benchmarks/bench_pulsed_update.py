@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import aimc
 from aimc.pulsed import AnalogSGD, PulsedConfig, TikiTaka, UpdateConfig
 
 
@@ -101,7 +102,12 @@ def main() -> None:
             f"{row['pulsed_update_only']['median_ms']:.2f} ms"
         )
     path = Path(__file__).parent / "results" / "pulsed_update_cpu.json"
-    meta = {"threads": args.threads, "torch": torch.__version__, "batch": args.batch}
+    meta = {
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "huge_pages": aimc.huge_pages_active(),
+        "batch": args.batch,
+    }
     meta.update({"lr": args.lr, "model": "784-256-10 MLP, plain nn.Linear forward", "rows": rows})
     path.write_text(json.dumps(meta, indent=2) + "\n")
     print(f"wrote {path}")

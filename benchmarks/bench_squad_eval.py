@@ -73,7 +73,15 @@ def main() -> None:
         )
     path = Path(__file__).parent / "results" / "squad_eval_cpu.json"
     path.write_text(
-        json.dumps({"threads": args.threads, "torch": torch.__version__, "rows": rows}, indent=2)
+        json.dumps(
+            {
+                "threads": args.threads,
+                "torch": torch.__version__,
+                "huge_pages": aimc.huge_pages_active(),
+                "rows": rows,
+            },
+            indent=2,
+        )
         + "\n"
     )
     print(f"wrote {path}")

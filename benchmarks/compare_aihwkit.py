@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             "aihwkit": aihwkit.__version__,
             "aimc": aimc.__version__,
             "torch": torch.__version__,
+            "huge_pages": aimc.huge_pages_active(),
             "threads": args.threads,
             "machine": platform.machine(),
             "repeats": args.repeats,

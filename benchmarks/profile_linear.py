@@ -95,7 +95,13 @@ def main() -> None:
             print(f"    {k:<28} {v:7.1f} ms  ({v / lin:4.2f} x nn.Linear)")
     path = Path(__file__).parent / "results" / "profile_linear_cpu.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=2) + "\n")
+    path.write_text(
+        json.dumps(
+            {"torch": torch.__version__, "huge_pages": aimc.huge_pages_active(), "rows": rows},
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {path}")
 
 
