@@ -6,8 +6,8 @@ them, but a compiled forward (inductor) and every returned output allocate afres
 glibc serves an allocation above 32 MiB with a fresh ``mmap``, whose every 4 KiB page then
 faults on first touch. Measured here (1 thread, 50 MB float32): filling a fresh tensor took
 44–50 ms, refilling a reused one 2.4–2.7 ms; a compiled ``pcm_inference`` 768 x 3072 layer on
-2,048 tokens took 65,000 page faults per call (``benchmarks/bench_eval_forward.py`` records
-the faults per call of every row).
+2,048 tokens took 51,000 page faults per call, 3,700 with huge pages
+(``benchmarks/bench_eval_forward.py`` records the faults per call of every row).
 
 PyTorch's CPU allocator, when the environment variable ``THP_MEM_ALLOC_ENABLE=1`` is set before
 its first allocation, aligns every allocation of at least 2 MiB to 2 MiB and asks the kernel

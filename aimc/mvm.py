@@ -206,8 +206,11 @@ def _saturation_limit(io: IOConfig) -> float:
     depends on AIHWKIT's float32 arithmetic ``rint(y / res) * res > out_bound``: for the default
     9-bit ADC (bound 12) ``255 * res`` is 12.000001 (saturated), for an 8-bit ADC with bound 10
     ``127 * res`` is exactly 10 (not saturated, no bound-management round). Computed here the
-    same way (cached per ``(out_res, out_bound)``).
+    same way (cached per ``(out_res, out_bound)``; a compiled forward calls the function itself,
+    which dynamo traces to a constant, instead of the cache wrapper it warns about).
     """
+    if _compiling():
+        return _limit.__wrapped__(io.out_res, io.out_bound)
     return _limit(io.out_res, io.out_bound)
 
 

@@ -248,7 +248,7 @@ def main() -> None:
             spread = ", ".join(
                 f"{k} {row[k]['min_ms']:.1f}-{row[k]['max_ms']:.1f}"
                 for k in row
-                if isinstance(row[k], dict)
+                if isinstance(row[k], dict) and "min_ms" in row[k]
             )
             print(
                 f"{config:<18} {label:<34} digital {row['digital']['median_ms']:7.1f} ms  "

@@ -165,6 +165,31 @@ def eval_forward(inp: Inputs) -> str:
     return _table(header, ["---", "---"] + ["---:"] * 5 + ["---"] * 2 + ["---:"], rows)
 
 
+def huge_pages(inp: Inputs) -> str:
+    """Minor page faults per call of bench_eval_forward.py's rows with 4 KiB pages
+    (``THP_MEM_ALLOC_ENABLE=0``) and with huge pages (the default run)."""
+    src4k, src = "eval_forward_cpu_4k_pages.json", "eval_forward_cpu.json"
+    small, huge = inp.json(src4k), inp.json(src)
+    if _get(small, "meta", "huge_pages", source=src4k) or not _get(
+        huge, "meta", "huge_pages", source=src
+    ):
+        raise ReportError(f"{src4k} must be a 4 KiB-page run and {src} a huge-page run")
+    by_key = {(r["layer"], r["config"]): r for r in _rows(huge, "rows", src)}
+    rows = []
+    for r in _rows(small, "rows", src4k):
+        h = by_key.get((r["layer"], r["config"]))
+        if h is None:
+            raise ReportError(f"{src}: no row for {r['layer']!r} under {r['config']!r} of {src4k}")
+        f4, fh = (_get(x, "page_faults_per_call", source=s) for x, s in ((r, src4k), (h, src)))
+        cells = [f"`{r['config']}`", str(r["layer"])]
+        for side in ("digital", "analog", "analog compiled"):
+            a, b = (f.get(side) for f in (f4, fh))
+            cells.append("—" if a is None or b is None else f"{a:,.0f} → {b:,.0f}")
+        rows.append(cells)
+    header = ["config", "layer", "nn.Linear", "analog, eager", "analog, compiled"]
+    return _table(header, ["---", "---"] + ["---:"] * 3, rows)
+
+
 def bench_linear_bm_none(inp: Inputs) -> str:
     src = "linear_cpu_bm-none.json"
     data = inp.json(src)
@@ -765,6 +790,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
     for f in (
         bench_linear,
         eval_forward,
+        huge_pages,
         bench_linear_bm_none,
         profile_linear,
         drift_error_table,
