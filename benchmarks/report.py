@@ -464,6 +464,48 @@ def hwa_study(inp: Inputs) -> str:
     return _table(header, ["---"] + ["---:"] * 4, rows)
 
 
+def _seed_means(
+    runs: dict[str, Any],
+    labels: dict[str, str],
+    config: str,
+    times: list[float],
+    digital: float | None,
+    src: str,
+) -> list[list[str]]:
+    """One row per study row trained with two or more seeds: per cell, the mean over the seeds
+    of their chip means ± the standard deviation of those means (seed to seed), where every
+    seed has the cell with all its chips."""
+    by_row: dict[str, list[dict[str, Any]]] = {}
+    for run in runs.values():
+        by_row.setdefault(_get(run, "row", source=src), []).append(run)
+    out = []
+    for name, seeds in by_row.items():
+        if len(seeds) < 2:
+            continue
+        configs = sorted({c["config"] for r in seeds for c in r["eval"].values()} - {"digital"})
+        for cfg in [config] + [c for c in configs if c != config]:
+            cells, year = [], None
+            for t in times:
+                got = [r["eval"].get(f"{cfg}@{t:g}") for r in seeds]
+                complete = [c for c in got if c is not None]
+                if len(complete) < len(seeds) or len({len(c["f1"]) for c in complete}) > 1:
+                    cells.append("not run")
+                    continue
+                means = [c["f1_mean"] for c in complete]
+                m = statistics.fmean(means)
+                cells.append(f"{m:.1f} ± {statistics.stdev(means):.1f} ({len(means)} seeds)")
+                if t == 365 * 86400.0:
+                    year = m
+            if all(c == "not run" for c in cells):
+                continue
+            label = f"{labels.get(name, name)}: mean of {len(seeds)} training seeds"
+            if cfg != config:
+                label += f", under `{cfg}`"
+            ratio = "—" if year is None or not digital else f"**{100 * year / digital:.0f} %**"
+            out.append([label, "—", *cells, ratio])
+    return out
+
+
 def adaptation_study(inp: Inputs) -> str:
     """adaptation_study.py (issue 14): F1 against drift time of each adaptation, as measured so
     far (cells not evaluated yet are "not run")."""
@@ -513,6 +555,7 @@ def adaptation_study(inp: Inputs) -> str:
                 else f"**{100 * year['f1_mean'] / digital:.0f} %**"
             )
             rows.append(row)
+    rows += _seed_means(runs, labels, config, times, digital, src)
     header = ["row", "training"] + [f"t = {fmt_time(t) if t else '0'}" for t in times]
     header.append("1 y / digital")
     return _table(header, ["---", "---"] + ["---:"] * (len(times) + 1), rows)

@@ -94,3 +94,24 @@ def test_rows_of_other_settings_are_not_mixed_in(earlier, key, value):
     setattr(earlier, key, value)
     with pytest.raises(SystemExit, match=f"--{key}: got .*holds rows"):
         study.collect(earlier)
+
+
+def _load_report():
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_report_averages_training_seeds_only_where_every_seed_has_the_cell():
+    report = _load_report()
+    runs = {"lora": _row("lora", 0, 60.0), "lora-seed1": _row("lora", 1, 62.0)}
+    only_one = _row("lora", 1, 62.0)
+    year = "bert_squad:0.0175@3.1536e+07"
+    rows = report._seed_means(runs, {}, "bert_squad:0.0175", [0.0, 31536000.0], 70.0, "x")
+    assert rows == [
+        ["lora: mean of 2 training seeds", "—", "not run", "61.0 ± 1.4 (2 seeds)", "**87 %**"]
+    ]
+    del only_one["eval"][year]
+    runs["lora-seed1"] = only_one
+    assert report._seed_means(runs, {}, "bert_squad:0.0175", [31536000.0], 70.0, "x") == []
