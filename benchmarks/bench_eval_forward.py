@@ -172,7 +172,6 @@ def bench(label: str, lin: torch.nn.Linear, x: torch.Tensor, config: str, args) 
     times = interleaved(sides, args.repeats)
     digital = statistics.median(times["digital"])
     row: dict = {"layer": label, "config": config, "tokens": x.shape[0]}
-    row["huge_pages"] = aimc.huge_pages_active()
     row["page_faults_per_call"] = {k: page_faults_per_call(f) for k, f in sides.items()}
     row["saturated_fraction_first_pass"] = saturated  # the fresh twin's first forward
     for k, ts in times.items():

@@ -464,6 +464,11 @@ def hwa_study(inp: Inputs) -> str:
     return _table(header, ["---"] + ["---:"] * 4, rows)
 
 
+def _of_digital(f1: float | None, digital: float | None) -> str:
+    """The "1 y / digital" cell: ``f1`` as a bold percentage of the digital F1, or "—"."""
+    return "—" if f1 is None or not digital else f"**{100 * f1 / digital:.0f} %**"
+
+
 def _seed_means(
     runs: dict[str, Any],
     labels: dict[str, str],
@@ -501,8 +506,7 @@ def _seed_means(
             label = f"{labels.get(name, name)}: mean of {len(seeds)} training seeds"
             if cfg != config:
                 label += f", under `{cfg}`"
-            ratio = "—" if year is None or not digital else f"**{100 * year / digital:.0f} %**"
-            out.append([label, "—", *cells, ratio])
+            out.append([label, "—", *cells, _of_digital(year, digital)])
     return out
 
 
@@ -549,11 +553,7 @@ def adaptation_study(inp: Inputs) -> str:
                     else f"{cell['f1_mean']:.1f} ± {cell['f1_std']:.1f} ({len(cell['f1'])})"
                 )
             year = cells.get(f"{cfg}@{365 * 86400.0:g}")
-            row.append(
-                "—"
-                if year is None or not digital
-                else f"**{100 * year['f1_mean'] / digital:.0f} %**"
-            )
+            row.append(_of_digital(None if year is None else year["f1_mean"], digital))
             rows.append(row)
     rows += _seed_means(runs, labels, config, times, digital, src)
     header = ["row", "training"] + [f"t = {fmt_time(t) if t else '0'}" for t in times]
