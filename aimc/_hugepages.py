@@ -4,15 +4,14 @@ An analog forward makes large temporaries (the tile outputs ``(tiles, tokens, co
 output noise, the variance of ``pcm_read`` noise). Eager aimc reuses scratch buffers for most of
 them, but a compiled forward (inductor) and every returned output allocate afresh each call.
 glibc serves an allocation above 32 MiB with a fresh ``mmap``, whose every 4 KiB page then
-faults on first touch. Measured here (1 thread, 50 MB float32): filling a fresh tensor took
-44–50 ms, refilling a reused one 2.4–2.7 ms; a compiled ``pcm_inference`` 768 x 3072 layer on
+faults on first touch: a compiled ``pcm_inference`` 768 x 3072 layer on
 2,048 tokens took 51,000 page faults per call, 3,700 with huge pages
 (``benchmarks/bench_eval_forward.py`` records the faults per call of every row).
 
 PyTorch's CPU allocator, when the environment variable ``THP_MEM_ALLOC_ENABLE=1`` is set before
-its first allocation, aligns every allocation of at least 2 MiB to 2 MiB and asks the kernel
-for transparent huge pages (``madvise(MADV_HUGEPAGE)``): 512 times fewer faults (a fresh 50 MB
-tensor: 6–11 ms). Importing aimc sets it, on Linux with transparent huge pages available,
+its first allocation, asks the kernel for transparent huge pages (``madvise(MADV_HUGEPAGE)``)
+for every allocation of at least 2 MiB: a page fault then maps 2 MiB, not 4 KiB. Importing
+aimc sets it, on Linux with transparent huge pages available,
 unless the variable is already set — so ``THP_MEM_ALLOC_ENABLE=0`` opts out. PyTorch reads it
 once, at the first CPU allocation: importing aimc after a tensor was made leaves the allocator
 as it was (:func:`huge_pages_active` tells).
