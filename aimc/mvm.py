@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -128,6 +129,12 @@ _LOOP_MAX_BATCHES = 16
 _LOOP_MIN_MACS = 1 << 20
 
 
+@torch._dynamo.assume_constant_result
+def _num_threads() -> int:
+    """``torch.get_num_threads()``; a constant of a compiled graph (dynamo cannot trace it)."""
+    return torch.get_num_threads()
+
+
 def _bmm_(z: Tensor, a: Tensor, b: Tensor, beta: float = 0.0, alpha: float = 1.0) -> Tensor:
     """``z <- beta * z + alpha * a @ b`` per batch, in place (``beta = 0`` ignores ``z``).
 
@@ -135,17 +142,22 @@ def _bmm_(z: Tensor, a: Tensor, b: Tensor, beta: float = 0.0, alpha: float = 1.0
     not divide evenly among the threads (3 input tiles on 2 threads) leave a thread idle; one
     ``addmm`` per batch parallelises inside each GEMM instead (``benchmarks/profile_linear.py``
     times both). Batch counts that divide evenly, small products and many batches keep the single
-    ``bmm``, as does a compiled forward. The sums are the same up to float rounding.
+    ``bmm``. A compiled forward does the same (``beta = 0`` only). The sums are the same up to
+    float rounding.
     """
     nb, m, k = a.shape
     loop = (
         z.device.type == "cpu"
-        and not _compiling()
         and 1 < nb <= _LOOP_MAX_BATCHES
-        and nb % torch.get_num_threads() != 0
+        and nb % _num_threads() != 0
         and m * k * b.shape[2] >= _LOOP_MIN_MACS
     )
-    if loop:
+    if _compiling() and beta == 0.0 and alpha == 1.0:
+        # dynamo has no out= for bmm; the copy into the fresh z vanishes, and inductor writes
+        # each mm of the loop straight into its slice of the stacked result
+        prod = torch.stack([torch.mm(a[i], b[i]) for i in range(nb)]) if loop else a @ b
+        z.copy_(prod)
+    elif loop and not _compiling():
         for i in range(nb):
             z[i].addmm_(a[i], b[i], beta=beta, alpha=alpha)
     elif beta == 0.0 and alpha == 1.0:
@@ -173,10 +185,8 @@ def _mvm_adc(
     if kind == WeightNoiseType.NONE and io.out_noise <= 0:
         _bmm_(z, xq, w_t)
     else:
-        normal_(z, gen)
-        if kind == WeightNoiseType.NONE:
-            _bmm_(z, xq, w_t, beta=io.out_noise / out_unit)
-        else:
+        std = None  # of the noise, in ADC steps; None: out_noise / out_unit everywhere
+        if kind != WeightNoiseType.NONE:
             gain = (io.w_noise * in_unit) ** 2
             if kind == WeightNoiseType.ADDITIVE_CONSTANT:
                 var = xq.square().sum(dim=-1, keepdim=True).mul_(gain).add_(io.out_noise**2)
@@ -184,11 +194,30 @@ def _mvm_adc(
                 # var = out_noise^2 + gain * (x'^2 @ |W|^T): the scale and offset ride on the MVM
                 w_abs = tw.w_abs if tw.w_abs is not None else tw.w.abs()
                 dtype = torch.bfloat16 if io.w_noise_bf16 else xq.dtype
-                var = torch.full(z.shape, io.out_noise**2, dtype=dtype, device=xq.device)
                 x2, w2 = xq.square().to(dtype), w_abs.to(dtype).transpose(1, 2)
-                var = _bmm_(var, x2, w2, beta=1.0, alpha=gain).float()
-            std = var.sqrt_()
-            _bmm_(z.mul_(std.div_(out_unit)), xq, w_t, beta=1.0)
+                if isinstance(gen, torch.Generator):
+                    var = torch.full(z.shape, io.out_noise**2, dtype=dtype, device=xq.device)
+                    var = _bmm_(var, x2, w2, beta=1.0, alpha=gain).float()
+                else:  # compiled: the scale and offset fuse into the noise kernel
+                    var = torch.bmm(x2, w2).float().mul_(gain).add_(io.out_noise**2)
+            std = var.sqrt_().div_(out_unit)
+        if isinstance(gen, torch.Generator):
+            # eager: the noise is drawn into z and the MVM accumulates onto it (no extra pass)
+            normal_(z, gen)
+            if std is None:
+                _bmm_(z, xq, w_t, beta=io.out_noise / out_unit)
+            else:
+                _bmm_(z.mul_(std), xq, w_t, beta=1.0)
+        else:
+            # a tensor stream (the compiled forward): the MVM first, then the noise, so that
+            # inductor draws it inside the kernel that rounds and clips (a baddbmm onto drawn
+            # noise would write the noise, copy it into the output and read it back)
+            _bmm_(z, xq, w_t)
+            noise = gen.normal(z.shape)
+            if std is None:
+                z.add_(noise, alpha=io.out_noise / out_unit)
+            else:
+                z.addcmul_(noise, std)
     if io.out_step > 0:
         z.round_()
     sat = None if n_out is None else _saturated(z, n_out, io)
@@ -322,23 +351,28 @@ def analog_mvm(
     # an all-zero vector (s = 0) gives 0, unless input noise makes it non-zero: AIHWKIT then
     # runs the MVM unscaled (``forwardVector`` short-cuts only without input noise)
     s_out = s if io.inp_noise <= 0 else torch.where(s > 0, s, torch.ones_like(s))
-    factor = (s_out * out_unit).transpose(1, 2).reshape(lo.batch, n, 1)
-    factor = torch.where(
-        finite.transpose(1, 2).reshape(lo.batch, n, 1),
-        factor,
-        torch.full_like(factor, float("nan")),
-    )
-    factor = factor.expand(-1, -1, lo.n_out)
+    f_gnt = torch.where(finite, s_out * out_unit, torch.full_like(s_out, float("nan")))
+
+    def to_factor(f_gnt: Tensor) -> Tensor:  # (G, N, ti) -> (B, N, to)
+        return f_gnt.transpose(1, 2).reshape(lo.batch, n, 1).expand(-1, -1, lo.n_out)
+
     if bm and sat is not None:
         x_t = xv.transpose(1, 2).reshape(lo.batch, n, lo.rows)
         if isinstance(generator, KeyedStream):
-            z, r = _bound_management_dense(
-                z, sat, x_t, s_div.reshape(lo.batch, n, 1), tw, io, generator
+            return _bound_management_dense(
+                z,
+                sat,
+                f_gnt,
+                x_t,
+                s_div.reshape(lo.batch, n, 1),
+                tw,
+                io,
+                generator,
+                lambda z, r, f: _digital(z, to_factor(f) * r, tw, g, n, bias, per_tile, False),
             )
-        else:
-            r = _bound_management(z, sat, x_t, s_div.reshape(lo.batch, n, 1), tw, io, generator)
-        factor = factor * r
-    return _digital(z, factor, tw, g, n, bias, per_tile)
+        r = _bound_management(z, sat, x_t, s_div.reshape(lo.batch, n, 1), tw, io, generator)
+        return _digital(z, to_factor(f_gnt) * r, tw, g, n, bias, per_tile)
+    return _digital(z, to_factor(f_gnt), tw, g, n, bias, per_tile)
 
 
 def _digital(
@@ -349,12 +383,15 @@ def _digital(
     n: int,
     bias: Tensor | None,
     per_tile: bool = False,
+    inplace: bool = True,
 ) -> Tensor:
     """``y = sum_tiles z * factor * weight_rescale + bias`` into a fresh ``(G, N, O)`` tensor.
 
     ``factor`` is ``(B, N, to)``; the input tiles of a group are accumulated in turn (each step
     one fused multiply-add over the group's output). With ``per_tile`` the terms are returned
-    unsummed, ``(G, ti, N, O)`` (a fresh tensor: ``z`` may be a scratch buffer).
+    unsummed, ``(G, ti, N, O)`` (a fresh tensor: ``z`` may be a scratch buffer). Column-wise
+    scales are applied to ``z`` in place unless ``inplace`` is False (a ``torch.cond`` branch
+    may not mutate its inputs).
     """
     lo = tw.layout
     columnwise = tw.scale is not None and tw.scale.shape[1] != lo.n_out
@@ -362,7 +399,7 @@ def _digital(
         scale = tw.scale.unsqueeze(1)  # (B, 1, to)
         factor = scale if factor is None else factor * scale
     if columnwise:
-        z.mul_(tw.scale.unsqueeze(1))
+        z = z.mul_(tw.scale.unsqueeze(1)) if inplace else z * tw.scale.unsqueeze(1)
     if per_tile:
         zt = z.view(lo.batch, n, lo.n_out, lo.cols)
         if factor is None:
@@ -464,25 +501,37 @@ def _bm_rounds(io: IOConfig) -> int:
 def _bound_management_dense(
     z: Tensor,
     sat: Tensor,
+    f_gnt: Tensor,
     x_t: Tensor,
     s_div: Tensor,
     tw: TileWeights,
     io: IOConfig,
     gen: KeyedStream,
-) -> tuple[Tensor, Tensor]:
+    finish: Callable[[Tensor, Tensor, Tensor], Tensor],
+) -> Tensor:
     """Iterative bound management for the compiled forward: :func:`_bound_management`'s
-    algorithm without data-dependent shapes or Python control flow.
+    algorithm without data-dependent shapes or Python control flow; returns
+    ``finish(z, r, f_gnt)`` (the digital periphery) of the final ``z`` and ``r``
+    (``(B, N, to)``), ``f_gnt`` passed through.
 
     Each round recomputes every (input tile, vector, output tile) with ``r`` doubled where the
     previous output saturated and the stop rule allows it, with fresh noise, and keeps the new
-    output only there (``torch.where``); a round runs only if some tile needs it (``torch.cond``).
-    The kept outputs are those of AIHWKIT's algorithm; the discarded recomputations cost time,
-    not statistics. Returns the new ``z`` and ``r`` (``(B, N, to)``).
+    output only there (``torch.where``). The kept outputs are those of AIHWKIT's algorithm; the
+    discarded recomputations cost time, not statistics.
+
+    The rounds are nested ``torch.cond``: "some tile needs round k" runs round k and then decides
+    on round k + 1 inside that branch; otherwise the branch is ``finish``. A ``torch.cond``
+    output may not alias its input, so a branch that returned ``z`` unchanged would copy it:
+    ending every branch in ``finish`` (which reads ``z`` once anyway) makes a forward in which
+    nothing saturates cost nothing beyond the first pass. The round keys are drawn up front, in
+    round order, so the numbers equal those of flat rounds on the same stream.
     """
     lo = tw.layout
     nb, n, n_out = sat.shape
     in_unit = units(io)[0]
     w_sub = _output_tiles(tw)
+    rounds = _bm_rounds(io)
+    keys = [gen.next_key() for _ in range(rounds)]
 
     def redo_round(z: Tensor, r: Tensor, sat: Tensor, key: Tensor):
         g = KeyedStream(key)
@@ -500,12 +549,21 @@ def _bound_management_dense(
         sat = redo & sat_new.view(nb, n_out, n).transpose(1, 2)
         return z, r, sat
 
-    def no_round(z: Tensor, r: Tensor, sat: Tensor, key: Tensor):
-        return z.clone(), r.clone(), sat.clone()
+    def done(z: Tensor, r: Tensor, sat: Tensor, f_gnt: Tensor) -> Tensor:
+        return finish(z, r, f_gnt)
+
+    def after(k: int, z: Tensor, r: Tensor, sat: Tensor, f_gnt: Tensor) -> Tensor:
+        """Round ``k`` (if some tile needs it) and everything after it."""
+        if k == rounds:
+            return done(z, r, sat, f_gnt)
+
+        def run(z: Tensor, r: Tensor, sat: Tensor, f_gnt: Tensor) -> Tensor:
+            return after(k + 1, *redo_round(z, r, sat, keys[k]), f_gnt)
+
+        pred = (sat & _bm_allowed(r, io)).any()
+        # f_gnt is an operand in its natural (G, N, ti) layout: inductor (torch 2.13) gives a
+        # transposed or expanded tensor that a branch takes other strides than it traced with
+        return torch.cond(pred, run, done, (z, r, sat, f_gnt))
 
     r = torch.ones(sat.shape, device=z.device, dtype=torch.float32)
-    for _ in range(_bm_rounds(io)):
-        key = gen.next_key()
-        pred = (sat & _bm_allowed(r, io)).any()
-        z, r, sat = torch.cond(pred, redo_round, no_round, (z, r, sat, key))
-    return z, r
+    return after(0, z, r, sat, f_gnt)

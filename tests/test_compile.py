@@ -147,6 +147,29 @@ def test_dense_bound_management_keeps_what_the_eager_rounds_keep():
     assert torch.equal(gather, dense)
 
 
+def test_dense_bound_management_runs_the_later_rounds():
+    """Positive weights and inputs: every first-pass output saturates and some still do at
+    ``r = 2``, so bound management needs a second round (a nested ``torch.cond`` in the dense
+    version); both versions agree, with the rounds cut after one and not."""
+    io = IOConfig(out_noise=0.0, inp_res=1 / 254, out_res=1 / 254, out_bound=4.0)
+    cfg = AnalogConfig(io=io, mapping=MappingConfig(max_input_size=16, max_output_size=8))
+    layer, x = _saturating_case(cfg)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.0, generator=torch.Generator().manual_seed(4))
+    x = x.abs() + 1.0
+    tw = layer.tile_weights()
+    results = {}
+    # eager torch.cond traces its branches with dynamo: keep the configs' floats constants
+    torch._dynamo.config.specialize_float = True
+    for factor in (1.0, 100.0):  # r may double once / until nothing saturates (two rounds)
+        cut = io.replace(max_bm_factor=factor)
+        gather = analog_mvm(x, tw, cut, torch.Generator().manual_seed(0))
+        dense = analog_mvm(x, tw, cut, CounterStream(CounterStream.initial_state(0)))
+        assert torch.equal(gather, dense), factor
+        results[factor] = gather
+    assert not torch.equal(results[1.0], results[100.0])  # the second round changed outputs
+
+
 @pytest.mark.parametrize("name", ["pcm_inference", SLOW_BERT])
 def test_compiled_model_has_the_eager_statistics(name):
     """Output error (against the noise-free digital model) of the eager and compiled forwards
