@@ -60,6 +60,10 @@ bench: $(STAMP) reference
 	$(PY) benchmarks/bench_linear.py
 	$(PY) benchmarks/bench_linear.py --bound-management none
 	$(PY) benchmarks/profile_linear.py
+	$(PY) benchmarks/bench_eval_forward.py --compile
+	THP_MEM_ALLOC_ENABLE=0 $(PY) benchmarks/bench_eval_forward.py --compile \
+		--out benchmarks/results/eval_forward_cpu_4k_pages.json
+	$(PY) benchmarks/bench_rng_contention.py
 	$(PY) benchmarks/bench_pcm.py
 	$(PY) benchmarks/drift_error_table.py
 	$(PY) benchmarks/bench_squad_eval.py
