@@ -5,7 +5,7 @@ output noise, the variance of ``pcm_read`` noise). Eager aimc reuses scratch buf
 them, but a compiled forward (inductor) and every returned output allocate afresh each call.
 glibc serves an allocation above 32 MiB with a fresh ``mmap``, whose every 4 KiB page then
 faults on first touch: a compiled ``pcm_inference`` 768 x 3072 layer on
-2,048 tokens took 51,000 page faults per call, 3,700 with huge pages
+2,048 tokens took 16,000 page faults per call, 1,100 with huge pages
 (``benchmarks/bench_eval_forward.py`` records the faults per call of every row).
 
 PyTorch's CPU allocator, when the environment variable ``THP_MEM_ALLOC_ENABLE=1`` is set before

@@ -10,7 +10,7 @@ their tile cache.
 
 Compiling takes time once per layer shape and config: on the project's 2-core CPU about 35 s for
 a small ``pcm_inference()`` layer and about a minute for ``bert_squad()`` (``pcm_read`` noise, up
-to five bound-management rounds), measured by ``tests/test_compile.py``.
+to six bound-management rounds), measured by ``tests/test_compile.py``.
 """
 
 from __future__ import annotations

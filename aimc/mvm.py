@@ -185,6 +185,7 @@ def _mvm_adc(
     if kind == WeightNoiseType.NONE and io.out_noise <= 0:
         _bmm_(z, xq, w_t)
     else:
+        eager = isinstance(gen, torch.Generator)  # else a tensor stream: the compiled forward
         std = None  # of the noise, in ADC steps; None: out_noise / out_unit everywhere
         if kind != WeightNoiseType.NONE:
             gain = (io.w_noise * in_unit) ** 2
@@ -195,21 +196,21 @@ def _mvm_adc(
                 w_abs = tw.w_abs if tw.w_abs is not None else tw.w.abs()
                 dtype = torch.bfloat16 if io.w_noise_bf16 else xq.dtype
                 x2, w2 = xq.square().to(dtype), w_abs.to(dtype).transpose(1, 2)
-                if isinstance(gen, torch.Generator):
+                if eager:
                     var = torch.full(z.shape, io.out_noise**2, dtype=dtype, device=xq.device)
                     var = _bmm_(var, x2, w2, beta=1.0, alpha=gain).float()
                 else:  # compiled: the scale and offset fuse into the noise kernel
                     var = torch.bmm(x2, w2).float().mul_(gain).add_(io.out_noise**2)
             std = var.sqrt_().div_(out_unit)
-        if isinstance(gen, torch.Generator):
-            # eager: the noise is drawn into z and the MVM accumulates onto it (no extra pass)
+        if eager:
+            # the noise is drawn into z and the MVM accumulates onto it (no extra pass)
             normal_(z, gen)
             if std is None:
                 _bmm_(z, xq, w_t, beta=io.out_noise / out_unit)
             else:
                 _bmm_(z.mul_(std), xq, w_t, beta=1.0)
         else:
-            # a tensor stream (the compiled forward): the MVM first, then the noise, so that
+            # compiled: the MVM first, then the noise, so that
             # inductor draws it inside the kernel that rounds and clips (a baddbmm onto drawn
             # noise would write the noise, copy it into the output and read it back)
             _bmm_(z, xq, w_t)

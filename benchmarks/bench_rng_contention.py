@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_linear import _stats  # benchmarks/ is the script's directory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def measure(repeats: int) -> dict:
     w = torch.randn(768, 768, generator=gen)
     idle, after = [], []
     for _ in range(repeats):
-        time.sleep(0.05)  # long enough for the OpenMP workers to go to sleep
+        time.sleep(0.05)  # a pause: no parallel region just before the first draw
         start = time.perf_counter()
         normal_(z, gen)
         idle.append(time.perf_counter() - start)
@@ -49,17 +50,10 @@ def measure(repeats: int) -> dict:
         normal_(z, gen)
         after.append(time.perf_counter() - start)
 
-    def stats(ts: list[float]) -> dict:
-        return {
-            "median_ms": 1e3 * statistics.median(ts),
-            "min_ms": 1e3 * min(ts),
-            "max_ms": 1e3 * max(ts),
-        }
-
     return {
         "values": z.numel(),
-        "after_idle": stats(idle),
-        "after_matmul": stats(after),
+        "after_idle": _stats(idle),
+        "after_matmul": _stats(after),
         "huge_pages": aimc.huge_pages_active(),
         "torch": torch.__version__,
     }
