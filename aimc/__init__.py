@@ -25,7 +25,7 @@ from .convert import analog_layers, convert, digital_module, manual_seed, to_dig
 from .hwa import post_step, register_post_step_hook
 from .lifecycle import drift, program
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "huge_pages_active",

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .config import MappingConfig
-from .random import uniform_
+from .random import noise_uniform_
 
 
 def split_sizes(n: int, max_size: int) -> list[int]:
@@ -209,7 +209,7 @@ def quantize(x: Tensor, step: float, bound: float = 0.0) -> Tensor:
 def stochastic_round(x: Tensor, generator: torch.Generator) -> Tensor:
     """``floor(x + u)``, ``u ~ U[0, 1)``: unbiased rounding to integers."""
     u = torch.empty_like(x)
-    uniform_(u, generator)
+    noise_uniform_(u, generator)
     return torch.floor(u.add_(x))
 
 

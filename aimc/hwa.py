@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .config import HWAConfig, WeightClip, WeightModifier, WeightRemap
 from .functional import TileLayout
-from .random import normal_
+from .random import noise_normal_
 
 #: PCM programming-noise polynomial (REFERENCE.md §2) divided by g_max = 25 µS.
 PROG_NOISE_COEFFS = (0.26348 / 25, 1.9650 / 25, -1.1731 / 25)
@@ -55,7 +55,7 @@ def modify_weights(w: Tensor, layout: TileLayout, hwa: HWAConfig, gen: torch.Gen
     if kind == WeightModifier.DISCRETIZE:
         res = 1.0 / hwa.modifier_res if hwa.modifier_res > 1 else hwa.modifier_res
         return _round_half_away(w / (a * res)) * (a * res)
-    xi = normal_(torch.empty_like(w), gen)
+    xi = noise_normal_(torch.empty_like(w), gen)
     std = hwa.modifier_std
     if kind == WeightModifier.ADD_NORMAL:
         return w + std * a * xi

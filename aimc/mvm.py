@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType
 from .functional import TileLayout, stochastic_round
-from .random import CounterStream, KeyedStream, TensorStream, normal_
+from .random import CounterStream, KeyedStream, TensorStream, noise_normal_
 
 #: The noise source of one forward: a ``torch.Generator`` (eager) or a tensor stream (compiled).
 Rng = torch.Generator | TensorStream
@@ -118,7 +118,7 @@ def _dac_(xq: Tensor, io: IOConfig, in_unit: float, gen: Rng) -> Tensor:
         xq.clamp_(-bound, bound)
     if io.inp_noise > 0:
         noise = torch.empty_like(xq)
-        normal_(noise, gen)
+        noise_normal_(noise, gen)
         xq.add_(noise, alpha=io.inp_noise / in_unit)
     return xq
 
@@ -187,25 +187,31 @@ def _mvm_adc(
     else:
         eager = isinstance(gen, torch.Generator)  # else a tensor stream: the compiled forward
         std = None  # of the noise, in ADC steps; None: out_noise / out_unit everywhere
+        var_steps = None  # eager pcm_read: the noise variance in ADC steps^2, z's shape
         if kind != WeightNoiseType.NONE:
             gain = (io.w_noise * in_unit) ** 2
             if kind == WeightNoiseType.ADDITIVE_CONSTANT:
                 var = xq.square().sum(dim=-1, keepdim=True).mul_(gain).add_(io.out_noise**2)
+                std = var.sqrt_().div_(out_unit)
             else:
                 # var = out_noise^2 + gain * (x'^2 @ |W|^T): the scale and offset ride on the MVM
                 w_abs = tw.w_abs if tw.w_abs is not None else tw.w.abs()
                 dtype = torch.bfloat16 if io.w_noise_bf16 else xq.dtype
                 x2, w2 = xq.square().to(dtype), w_abs.to(dtype).transpose(1, 2)
-                if eager:
-                    var = torch.full(z.shape, io.out_noise**2, dtype=dtype, device=xq.device)
-                    var = _bmm_(var, x2, w2, beta=1.0, alpha=gain).float()
+                if eager:  # in ADC steps^2: the noise kernel scales by its square root
+                    offset = (io.out_noise / out_unit) ** 2
+                    var = torch.full(z.shape, offset, dtype=dtype, device=xq.device)
+                    var_steps = _bmm_(var, x2, w2, beta=1.0, alpha=gain / out_unit**2).float()
                 else:  # compiled: the scale and offset fuse into the noise kernel
                     var = torch.bmm(x2, w2).float().mul_(gain).add_(io.out_noise**2)
-            std = var.sqrt_().div_(out_unit)
+                    std = var.sqrt_().div_(out_unit)
         if eager:
-            # the noise is drawn into z and the MVM accumulates onto it (no extra pass)
-            normal_(z, gen)
-            if std is None:
+            # the noise is drawn into z (scaled as it is written, for pcm_read) and the MVM
+            # accumulates onto it (no extra pass)
+            noise_normal_(z, gen, var=var_steps)
+            if var_steps is not None:
+                _bmm_(z, xq, w_t, beta=1.0)
+            elif std is None:
                 _bmm_(z, xq, w_t, beta=io.out_noise / out_unit)
             else:
                 _bmm_(z.mul_(std), xq, w_t, beta=1.0)

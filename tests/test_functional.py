@@ -593,40 +593,166 @@ CHUNK = arandom.CHUNK
 BIG = 3 * CHUNK + 12_345  # > 2 * CHUNK: chunked path with a short last chunk
 
 
-def draw(fill, numel: int, seed: int) -> torch.Tensor:
-    return fill(torch.empty(numel), torch.Generator().manual_seed(seed))
+KMIN = arandom.KERNEL_MIN
+#: float32 draws of BIG values take the counter kernel; float64 ones the chunked MT19937 path
+DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 
 
-@pytest.mark.parametrize("fill", [arandom.normal_, arandom.uniform_], ids=["normal", "uniform"])
-@pytest.mark.parametrize("numel", [1, 1000, 2 * CHUNK - 1, BIG])
-def test_same_seed_bit_identical(fill, numel):
-    a, b = draw(fill, numel, 123), draw(fill, numel, 123)
+def draw(fill, numel: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return fill(torch.empty(numel, dtype=dtype), torch.Generator().manual_seed(seed))
+
+
+#: both families: MT19937 (chip state) and the noise draws (the counter kernel for large f32)
+FILLS = pytest.mark.parametrize(
+    "fill",
+    [arandom.normal_, arandom.uniform_, arandom.noise_normal_, arandom.noise_uniform_],
+    ids=["normal", "uniform", "noise_normal", "noise_uniform"],
+)
+NORMALS = (arandom.normal_, arandom.noise_normal_)
+
+
+@DTYPES
+@FILLS
+@pytest.mark.parametrize("numel", [1, 1000, KMIN, 2 * CHUNK - 1, BIG])
+def test_same_seed_bit_identical(fill, numel, dtype):
+    a, b = draw(fill, numel, 123, dtype), draw(fill, numel, 123, dtype)
     assert torch.equal(a, b)
-    assert not torch.equal(a, draw(fill, numel, 124))
+    assert not torch.equal(a, draw(fill, numel, 124, dtype))
 
 
-@pytest.mark.parametrize("fill", [arandom.normal_, arandom.uniform_], ids=["normal", "uniform"])
-def test_draws_independent_of_thread_count(fill):
+@DTYPES
+@FILLS
+def test_draws_independent_of_thread_count(fill, dtype):
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = draw(fill, BIG, 7)
+        one = draw(fill, BIG, 7, dtype)
         torch.set_num_threads(2)
-        two = draw(fill, BIG, 7)
+        two = draw(fill, BIG, 7, dtype)
     finally:
         torch.set_num_threads(old)
     assert torch.equal(one, two)
 
 
-@pytest.mark.parametrize("fill", [arandom.normal_, arandom.uniform_], ids=["normal", "uniform"])
-def test_small_tensors_are_plain_torch_draws(fill):
-    ref = torch.empty(1000)
+@FILLS
+@pytest.mark.parametrize("numel", [1000, KMIN - 1])
+def test_small_tensors_are_plain_torch_draws(fill, numel):
+    ref = torch.empty(numel)
     gen = torch.Generator().manual_seed(5)
-    if fill is arandom.normal_:
+    if fill in NORMALS:
         ref.normal_(generator=gen)
     else:
         ref.uniform_(generator=gen)
-    assert torch.equal(draw(fill, 1000, 5), ref)
+    assert torch.equal(draw(fill, numel, 5), ref)
+
+
+def _stream(kind: str, numel: int, seed: int) -> torch.Tensor:
+    """What a kernel draw of ``numel`` values from a generator seeded ``seed`` must equal: the
+    counter stream (tensor operations) at one int64 key drawn from that generator."""
+    gen = torch.Generator().manual_seed(seed)
+    key = torch.empty((), dtype=torch.int64).random_(generator=gen)
+    counter = arandom.counter_normal if kind == "normal" else arandom.counter_uniform
+    return counter(key, (numel,))
+
+
+@pytest.mark.parametrize("kind", ["normal", "uniform"])
+@pytest.mark.parametrize("numel", [KMIN, KMIN + 1, 99_991, (1 << 20) + 3])
+def test_kernel_equals_the_eager_stream(kind, numel):
+    """The compiled kernel (odd sizes included: inductor's int64 vector tails) computes the
+    counter stream of the key it takes from the generator: integer bits exactly, so uniforms
+    bit for bit and normals to float rounding of log / sin / cos."""
+    fill = arandom.noise_normal_ if kind == "normal" else arandom.noise_uniform_
+    got = draw(fill, numel, 11)
+    assert arandom._kernel["ok"], arandom._kernel["failed"]  # the kernel, not the fallback
+    ref = _stream(kind, numel, 11)
+    if kind == "uniform":
+        assert torch.equal(got, ref)
+    else:
+        assert float((got - ref).abs().max()) <= 1e-5
+
+
+def test_kernel_draw_takes_one_key_from_the_generator():
+    g1 = torch.Generator().manual_seed(3)
+    arandom.noise_normal_(torch.empty(KMIN), g1)
+    g2 = torch.Generator().manual_seed(3)
+    torch.empty((), dtype=torch.int64).random_(generator=g2)
+    assert torch.equal(g1.get_state(), g2.get_state())
+
+
+def test_kernel_normal_distribution():
+    """Kolmogorov-Smirnov against N(0, 1), moments, the 4-sigma tail and the 24-bit bound
+    (|z| <= sqrt(2 ln 2**25) = 5.887), on 2**22 values (fixed seeds: deterministic)."""
+    from scipy import stats
+
+    n = 1 << 22
+    t = draw(arandom.noise_normal_, n, 2026).double()
+    assert stats.kstest(t[: 1 << 20].numpy(), "norm").pvalue > 1e-3
+    assert abs(float(t.mean())) < 4 / math.sqrt(n)
+    assert abs(float(t.var()) - 1.0) < 4 * math.sqrt(2 / n)
+    assert abs(float((t**3).mean())) < 4 * math.sqrt(15 / n)  # skewness 0
+    assert abs(float((t**4).mean()) - 3.0) < 4 * math.sqrt(96 / n)  # kurtosis 3
+    p4 = 2 * stats.norm.sf(4.0)  # 6.3e-5: 265 of 2**22 expected
+    tail = float((t.abs() > 4.0).double().mean())
+    assert abs(tail - p4) < 4 * math.sqrt(p4 / n)
+    assert float(t.abs().max()) <= math.sqrt(2 * 25 * math.log(2)) + 1e-5
+    # lag-1 autocorrelation within a draw, and two consecutive draws of one generator
+    assert abs(float(torch.corrcoef(torch.stack([t[1:], t[:-1]]))[0, 1])) < 4 / math.sqrt(n)
+    gen = torch.Generator().manual_seed(5)
+    a, b = arandom.noise_normal_(torch.empty(n), gen), arandom.noise_normal_(torch.empty(n), gen)
+    assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1])) < 4 / math.sqrt(n)
+
+
+def test_kernel_uniform_distribution():
+    from scipy import stats
+
+    n = 1 << 20
+    t = draw(arandom.noise_uniform_, n, 77)
+    assert float(t.min()) >= 0.0 and float(t.max()) < 1.0
+    assert stats.kstest(t.double().numpy(), "uniform").pvalue > 1e-3
+    # 24-bit grid: every value is k / 2**24
+    k = t.double() * 2**24
+    assert torch.equal(k, k.round())
+
+
+@pytest.mark.parametrize("kind", ["normal", "uniform"])
+def test_kernel_build_failure_warns_once_and_keeps_the_stream(monkeypatch, kind):
+    """Where torch.compile cannot build the kernel (no C++ compiler), the same stream comes
+    from tensor operations, after one warning that names the error."""
+    import warnings
+
+    def broken_compile(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+        return call
+
+    monkeypatch.setattr(arandom, "_kernel", {"fn": None, "ok": False, "failed": None})
+    monkeypatch.setattr(arandom.torch, "compile", broken_compile)
+    fill = arandom.noise_normal_ if kind == "normal" else arandom.noise_uniform_
+    with pytest.warns(RuntimeWarning, match="no working C.. compiler"):
+        got = draw(fill, KMIN + 3, 21)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = draw(fill, KMIN + 3, 21)
+    ref = _stream(kind, KMIN + 3, 21)
+    assert torch.equal(got, again)
+    assert float((got - ref).abs().max()) <= 1e-6
+
+
+def test_kernel_can_be_switched_off(monkeypatch):
+    """AIMC_RNG_KERNEL=0: no compile attempt, no warning, the same stream in tensor operations."""
+    import warnings
+
+    def no_compile(fn, **kwargs):
+        raise AssertionError("torch.compile called with AIMC_RNG_KERNEL=0")
+
+    monkeypatch.setenv("AIMC_RNG_KERNEL", "0")
+    monkeypatch.setattr(arandom, "_kernel", {"fn": None, "ok": False, "failed": None})
+    monkeypatch.setattr(arandom.torch, "compile", no_compile)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = draw(arandom.noise_normal_, KMIN, 4)
+    assert float((got - _stream("normal", KMIN, 4)).abs().max()) <= 1e-6
 
 
 def test_generator_advances_between_draws():
@@ -639,13 +765,15 @@ def test_generator_advances_between_draws():
     assert not torch.equal(c, d)
 
 
-def test_normal_statistics_large():
-    t = draw(arandom.normal_, BIG, 2024)
+@DTYPES
+@pytest.mark.parametrize("fill", NORMALS, ids=["normal", "noise_normal"])
+def test_normal_statistics_large(fill, dtype):
+    t = draw(fill, BIG, 2024, dtype)
     n = t.numel()
     # 4 standard errors: mean SE = 1/sqrt(n), std SE ~ 1/sqrt(2n)
     assert abs(float(t.mean())) < 4 / math.sqrt(n)
     assert abs(float(t.std()) - 1.0) < 4 / math.sqrt(2 * n)
-    # per chunk as well (each chunk is its own generator)
+    # per block of CHUNK values as well (f64: each chunk is its own generator)
     for i in range(3):
         c = t[i * CHUNK : (i + 1) * CHUNK]
         assert abs(float(c.mean())) < 4 / math.sqrt(CHUNK)
@@ -653,8 +781,10 @@ def test_normal_statistics_large():
     assert torch.isfinite(t).all()
 
 
-def test_uniform_statistics_large():
-    t = draw(arandom.uniform_, BIG, 99)
+@DTYPES
+@pytest.mark.parametrize("fill", [arandom.uniform_, arandom.noise_uniform_], ids=["u", "noise_u"])
+def test_uniform_statistics_large(fill, dtype):
+    t = draw(fill, BIG, 99, dtype)
     n = t.numel()
     assert float(t.min()) >= 0.0 and float(t.max()) < 1.0
     # U[0,1): mean 1/2 (SE sqrt(1/12 n)), variance 1/12 (SE ~ sqrt(1/180 n))
@@ -665,9 +795,10 @@ def test_uniform_statistics_large():
         assert abs(float(c.mean()) - 0.5) < 4 * math.sqrt(1 / 12 / CHUNK)
 
 
-@pytest.mark.parametrize("fill", [arandom.normal_, arandom.uniform_], ids=["normal", "uniform"])
-def test_chunks_are_not_copies(fill):
-    t = draw(fill, BIG, 31)
+@DTYPES
+@FILLS
+def test_chunks_are_not_copies(fill, dtype):
+    t = draw(fill, BIG, 31, dtype)
     chunks = [t[i * CHUNK : (i + 1) * CHUNK] for i in range(3)]
     for a, b in ((0, 1), (1, 2), (0, 2)):
         assert not torch.equal(chunks[a], chunks[b])
@@ -677,10 +808,10 @@ def test_chunks_are_not_copies(fill):
         # nor shifted copies of each other
         r1 = torch.corrcoef(torch.stack([chunks[a][1:], chunks[b][:-1]]))[0, 1]
         assert abs(float(r1)) < 4 / math.sqrt(CHUNK)
-    # the chunked draw is not the plain single-generator draw either
-    ref = torch.empty(BIG)
+    # the large draw is not the plain single-generator draw either
+    ref = torch.empty(BIG, dtype=dtype)
     gen = torch.Generator().manual_seed(31)
-    (ref.normal_ if fill is arandom.normal_ else ref.uniform_)(generator=gen)
+    (ref.normal_ if fill in NORMALS else ref.uniform_)(generator=gen)
     assert not torch.equal(t, ref)
 
 
@@ -696,10 +827,25 @@ def test_fill_in_place_and_shapes():
     assert float(nc.min()) >= 0.0 and float(nc.std()) > 0.2
 
 
-def test_fill_inside_inference_mode():
+@pytest.mark.parametrize("fill", NORMALS, ids=["normal", "noise_normal"])
+def test_fill_inside_inference_mode(fill):
     with torch.inference_mode():
-        t = draw(arandom.normal_, BIG, 4)
-    assert torch.equal(t, draw(arandom.normal_, BIG, 4))
+        t = draw(fill, BIG, 4)
+    assert t.is_inference()
+    assert torch.equal(t, draw(fill, BIG, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_chip_state_draws_are_the_chunked_mt19937_stream(dtype):
+    """normal_ (programming, drift, read noise: what a lean chip regenerates from its seeds) keeps
+    aimc 0.2's stream: one MT19937 generator per CHUNK values, seeded from the caller's."""
+    t = draw(arandom.normal_, BIG, 12, dtype)
+    gen = torch.Generator().manual_seed(12)
+    seeds = torch.randint(0, 1 << 62, (4,), generator=gen).tolist()
+    for i, seed in enumerate(seeds):
+        ref = torch.empty(min(CHUNK, BIG - i * CHUNK), dtype=dtype)
+        ref.normal_(generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(t[i * CHUNK : (i + 1) * CHUNK], ref)
 
 
 def test_derive_seed_stable_and_distinct():
@@ -780,3 +926,22 @@ def test_bmm_helper_equals_batched_matmul(threads, nb, beta, alpha):
     assert out.data_ptr() == z.data_ptr()
     assert torch.isfinite(z).all()
     torch.testing.assert_close(z.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("numel", [1000, KMIN + 7], ids=["plain", "kernel"])
+def test_noise_normal_with_a_variance(numel):
+    """``var``: the draws are the standard ones times sqrt(var), elementwise (the kernel fuses
+    the scaling; small tensors scale after an MT19937 draw)."""
+    var = torch.rand(numel, generator=torch.Generator().manual_seed(1)) * 4.0
+    got = arandom.noise_normal_(torch.empty(numel), torch.Generator().manual_seed(9), var=var)
+    ref = draw(arandom.noise_normal_, numel, 9) * var.sqrt()
+    assert float((got - ref).abs().max()) <= 1e-5
+    # a tensor stream (the compiled forward's) takes var too
+    key = torch.tensor(5, dtype=torch.int64)
+    s = arandom.noise_normal_(torch.empty(numel), arandom.KeyedStream(key), var=var)
+    assert torch.allclose(s, arandom.KeyedStream(key).normal((numel,)) * var.sqrt())
+
+
+def test_noise_normal_variance_of_another_shape_is_refused():
+    with pytest.raises(ValueError, match=r"var has shape \(3,\); allowed: .*\(4,\)"):
+        arandom.noise_normal_(torch.empty(4), torch.Generator(), var=torch.ones(3))
