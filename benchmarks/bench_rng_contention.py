@@ -1,11 +1,15 @@
-"""Does the eager output-noise draw lose time to OpenMP's spinning workers?
+"""The eager noise draw: PyTorch's MT19937 in pool threads against aimc's counter kernel.
 
-``aimc.random.normal_`` fills a large CPU tensor from Python pool threads (PyTorch's generator is
-single-threaded). After a parallel region, libgomp's worker threads spin for a while before they
-sleep, so a draw that follows an OpenMP op (as it does in the analog forward) may share the cores
-with them. This script times the same draw (3.1 M values: the 768 x 768 layer's output noise
-on 2,048 tokens) after an idle pause and right after a 2-thread matmul, interleaved, once with the
-default wait policy and once in a subprocess with ``OMP_WAIT_POLICY=PASSIVE`` (no spinning).
+``aimc.random.normal_`` (chip state) fills a large CPU tensor from Python pool threads
+(PyTorch's generator is single-threaded), as the forward's noise draw did up to aimc 0.2. After
+a parallel region, libgomp's worker threads spin for a while before they sleep, so a draw that
+follows an OpenMP op (as it does in the analog forward) shares the cores with them.
+``aimc.random.noise_normal_`` (the forward's noise since aimc 0.3) draws large float32 tensors
+with a compiled counter-based kernel (SplitMix64 + Box-Muller) that runs inside the OpenMP team.
+This script times both methods on the same tensors (3.1 M values: the 768 x 768 layer's output
+noise on 2,048 tokens; 786 k: the MiniLM query layer's), after an idle pause and right after a
+2-thread matmul, interleaved, once with the default wait policy and once in a subprocess with
+``OMP_WAIT_POLICY=PASSIVE``.
 
     python benchmarks/bench_rng_contention.py [--repeats 60]
 
@@ -27,36 +31,50 @@ from bench_linear import _stats  # benchmarks/ is the script's directory
 ROOT = Path(__file__).resolve().parents[1]
 
 
+SIZES = {"768x768 layer, 2048 tokens": 2048 * 768 * 2, "minilm query, 2048 tokens": 2048 * 384}
+
+
 def measure(repeats: int) -> dict:
-    """Medians (ms) of the draw after idle and right after a matmul, interleaved."""
+    """Medians (ms) of each method's draw after idle and right after a matmul, interleaved."""
     import torch
 
     import aimc
-    from aimc.random import normal_
+    from aimc.random import noise_normal_, normal_
 
     torch.set_num_threads(2)
-    z = torch.empty(2048 * 768 * 2)
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(2048, 768, generator=gen)
     w = torch.randn(768, 768, generator=gen)
-    idle, after = [], []
-    for _ in range(repeats):
-        time.sleep(0.05)  # a pause: no parallel region just before the first draw
-        start = time.perf_counter()
-        normal_(z, gen)
-        idle.append(time.perf_counter() - start)
-        a @ w
-        start = time.perf_counter()
-        normal_(z, gen)
-        after.append(time.perf_counter() - start)
-
-    return {
-        "values": z.numel(),
-        "after_idle": _stats(idle),
-        "after_matmul": _stats(after),
-        "huge_pages": aimc.huge_pages_active(),
-        "torch": torch.__version__,
+    methods = {
+        "mt19937 pool threads": lambda z: normal_(z, gen),
+        "counter kernel": lambda z: noise_normal_(z, gen),
     }
+    out = []
+    for label, numel in SIZES.items():
+        z = torch.empty(numel)
+        noise_normal_(z, gen)  # build (or load) the kernel outside the timings
+        times = {(m, when): [] for m in methods for when in ("after_idle", "after_matmul")}
+        for _ in range(repeats):
+            for m, fill in methods.items():
+                time.sleep(0.05)  # a pause: no parallel region just before the first draw
+                start = time.perf_counter()
+                fill(z)
+                times[m, "after_idle"].append(time.perf_counter() - start)
+                a @ w
+                start = time.perf_counter()
+                fill(z)
+                times[m, "after_matmul"].append(time.perf_counter() - start)
+        for m in methods:
+            out.append(
+                {
+                    "draw": label,
+                    "method": m,
+                    "values": numel,
+                    "after_idle": _stats(times[m, "after_idle"]),
+                    "after_matmul": _stats(times[m, "after_matmul"]),
+                }
+            )
+    return {"rows": out, "huge_pages": aimc.huge_pages_active(), "torch": torch.__version__}
 
 
 def main() -> None:
@@ -78,13 +96,16 @@ def main() -> None:
             env["OMP_WAIT_POLICY"] = policy
         cmd = [sys.executable, __file__, "--child", "--repeats", str(args.repeats)]
         out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-        row = {"omp_wait_policy": policy, **json.loads(out.strip().splitlines()[-1])}
-        rows.append(row)
-        print(
-            f"OMP_WAIT_POLICY={policy:<8} draw of {row['values']:,} values: after idle "
-            f"{row['after_idle']['median_ms']:.2f} ms, right after a matmul "
-            f"{row['after_matmul']['median_ms']:.2f} ms"
-        )
+        child = json.loads(out.strip().splitlines()[-1])
+        for r in child["rows"]:
+            row = {"omp_wait_policy": policy, **r, "huge_pages": child["huge_pages"]}
+            row["torch"] = child["torch"]
+            rows.append(row)
+            print(
+                f"OMP_WAIT_POLICY={policy:<8} {r['draw']:<28} {r['method']:<21} "
+                f"after idle {r['after_idle']['median_ms']:6.2f} ms, right after a matmul "
+                f"{r['after_matmul']['median_ms']:6.2f} ms"
+            )
     args.out.write_text(
         json.dumps({"threads": 2, "repeats": args.repeats, "rows": rows}, indent=2) + "\n"
     )

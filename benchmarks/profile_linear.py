@@ -22,7 +22,7 @@ from bench_eval_forward import (  # benchmarks/ is the script's directory
 import aimc
 import aimc.mvm as mvm
 from aimc.nn import AnalogLinear
-from aimc.random import normal_
+from aimc.random import noise_normal_
 
 #: the three bench_linear.py shapes, and MiniLM's FFN output (3 input tiles of 512 rows)
 SHAPES = [(768, 768, 2048), (768, 3072, 2048), (4096, 4096, 256), (1536, 384, 2048)]
@@ -60,7 +60,7 @@ def profile_shape(n_in: int, n_out: int, tokens: int, gen: torch.Generator) -> d
                 "batched MVM only": lambda: mvm._bmm_(z, xq, tw.w.transpose(1, 2)),
                 "MVM as one bmm": lambda: torch.bmm(xq, tw.w.transpose(1, 2), out=z),
                 "MVM as per-tile addmm": lambda: per_tile(z, xq, tw.w.transpose(1, 2)),
-                "output-noise draw only": lambda: normal_(z, g),
+                "output-noise draw only": lambda: noise_normal_(z, g),
             }
         )
     t["other periphery (no BM)"] = (

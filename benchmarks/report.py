@@ -577,6 +577,41 @@ def squad_eval(inp: Inputs) -> str:
     return _table(["config", "digital", "analog", "ratio"], ["---"] + ["---:"] * 3, rows)
 
 
+def rng_draw(inp: Inputs) -> str:
+    src = "rng_contention_cpu.json"
+    data = inp.json(src)
+    rows = []
+    for i, _ in enumerate(_rows(data, "rows", src)):
+
+        def ms(when: str, i: int = i) -> str:
+            med = _num(data, "rows", i, when, "median_ms", source=src)
+            lo = _num(data, "rows", i, when, "min_ms", source=src)
+            hi = _num(data, "rows", i, when, "max_ms", source=src)
+            return f"{med:.2f} ms ({lo:.1f}–{hi:.1f})"
+
+        values = _num(data, "rows", i, "values", source=src)
+        after = _num(data, "rows", i, "after_matmul", "median_ms", source=src)
+        rows.append(
+            [
+                _get(data, "rows", i, "draw", source=src),
+                _get(data, "rows", i, "method", source=src),
+                f"`{_get(data, 'rows', i, 'omp_wait_policy', source=src)}`",
+                ms("after_idle"),
+                ms("after_matmul"),
+                f"{after * 1e6 / values:.2f}",
+            ]
+        )
+    header = [
+        "draw",
+        "method",
+        "OMP_WAIT_POLICY",
+        "after idle (min–max)",
+        "right after a matmul (min–max)",
+        "ns per value, after a matmul",
+    ]
+    return _table(header, ["---"] * 3 + ["---:"] * 3, rows)
+
+
 def _drift_sweep(path: Path, inp: Inputs, metrics: list[str], header: list[str]) -> str:
     """Mean ± std over chips of ``metrics`` per config and drift time of a sweep's
     ``results.jsonl`` (digital: its one value)."""
@@ -846,6 +881,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
         finetune_study,
         adaptation_study,
         squad_eval,
+        rng_draw,
         squad_dev1000,
         lm_drift_smollm2,
         lm_static_ranges,
