@@ -245,7 +245,9 @@ def _counter_fill_eager(out: Tensor, key: Tensor, kind: str, var: Tensor | None 
 #: Compiled variants of the kernel allowed per process (3 kinds x thread counts).
 _KERNEL_VARIANTS = 64
 _kernel_lock = threading.Lock()
-_kernel: dict[str, object] = {"fn": None, "ok": False, "failed": None}
+#: ``fn``: the compiled kernel; ``built``: the variants it has run, as ``(kind, var is None,
+#: threads)``; ``failed``: why there is no kernel here (then draws use tensor operations).
+_kernel: dict[str, object] = {"fn": None, "built": set(), "failed": None}
 
 
 def _counter_kernel():
@@ -268,30 +270,42 @@ def _counter_fill_(flat: Tensor, key: Tensor, kind: str, var: Tensor | None = No
 
     The kernel always runs in inference mode (allowed on ordinary tensors too), so that its only
     variants are the draw's kind (with or without ``var``) and the thread count (dynamo guards
-    on both); the recompile limit is raised for this call alone, above those few variants."""
+    on both). A variant's first call raises the recompile limit above those few variants; later
+    calls skip that config patch, which costs about 0.1 ms a call (a variant dynamo tells apart
+    by something else, e.g. a storage offset, is built under the patch when it meets the
+    default limit)."""
     fn = _counter_kernel()
     with torch.inference_mode():
-        if fn is not None:
-            with torch._dynamo.config.patch(recompile_limit=_KERNEL_VARIANTS):
-                if _kernel["ok"]:
-                    fn(flat, key, kind, var)
-                    return
-                try:
-                    fn(flat, key, kind, var)
-                    _kernel["ok"] = True
-                    return
-                except Exception as err:  # noqa: BLE001 - a build failure means: no kernel here
-                    _kernel["failed"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
-                    warnings.warn(
-                        "aimc.random: the compiled random-number kernel could not be built "
-                        f"({_kernel['failed']}); large draws use the same stream in eager tensor "
-                        "operations: the same numbers, several times slower. torch.compile's "
-                        "CPU backend needs a C++ compiler; set AIMC_RNG_KERNEL=0 to skip the "
-                        "attempt.",
-                        RuntimeWarning,
-                        stacklevel=4,
-                    )
-        _counter_fill_eager(flat, key, kind, var)
+        if fn is None:
+            _counter_fill_eager(flat, key, kind, var)
+            return
+        built: set = _kernel["built"]  # type: ignore[assignment]
+        variant = (kind, var is None, torch.get_num_threads())
+        if variant in built:
+            try:
+                fn(flat, key, kind, var)
+                return
+            except torch._dynamo.exc.FailOnRecompileLimitHit:
+                pass  # a variant dynamo tells apart and this key does not: build it below
+        with torch._dynamo.config.patch(recompile_limit=_KERNEL_VARIANTS):
+            try:
+                fn(flat, key, kind, var)
+            except Exception as err:  # noqa: BLE001 - a build failure means: no kernel here
+                if built:  # the kernel builds here: this is not a missing compiler
+                    raise
+                _kernel["failed"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+                warnings.warn(
+                    "aimc.random: the compiled random-number kernel could not be built "
+                    f"({_kernel['failed']}); large draws use the same stream in eager tensor "
+                    "operations: the same numbers, several times slower. torch.compile's "
+                    "CPU backend needs a C++ compiler; set AIMC_RNG_KERNEL=0 to skip the "
+                    "attempt.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                _counter_fill_eager(flat, key, kind, var)
+                return
+        built.add(variant)
 
 
 class KeyedStream:

@@ -663,7 +663,7 @@ def test_kernel_equals_the_eager_stream(kind, numel):
     bit for bit and normals to float rounding of log / sin / cos."""
     fill = arandom.noise_normal_ if kind == "normal" else arandom.noise_uniform_
     got = draw(fill, numel, 11)
-    assert arandom._kernel["ok"], arandom._kernel["failed"]  # the kernel, not the fallback
+    assert arandom._kernel["built"], arandom._kernel["failed"]  # the kernel, not the fallback
     ref = _stream(kind, numel, 11)
     if kind == "uniform":
         assert torch.equal(got, ref)
@@ -726,7 +726,7 @@ def test_kernel_build_failure_warns_once_and_keeps_the_stream(monkeypatch, kind)
 
         return call
 
-    monkeypatch.setattr(arandom, "_kernel", {"fn": None, "ok": False, "failed": None})
+    monkeypatch.setattr(arandom, "_kernel", {"fn": None, "built": set(), "failed": None})
     monkeypatch.setattr(arandom.torch, "compile", broken_compile)
     fill = arandom.noise_normal_ if kind == "normal" else arandom.noise_uniform_
     with pytest.warns(RuntimeWarning, match="no working C.. compiler"):
@@ -747,7 +747,7 @@ def test_kernel_can_be_switched_off(monkeypatch):
         raise AssertionError("torch.compile called with AIMC_RNG_KERNEL=0")
 
     monkeypatch.setenv("AIMC_RNG_KERNEL", "0")
-    monkeypatch.setattr(arandom, "_kernel", {"fn": None, "ok": False, "failed": None})
+    monkeypatch.setattr(arandom, "_kernel", {"fn": None, "built": set(), "failed": None})
     monkeypatch.setattr(arandom.torch, "compile", no_compile)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
