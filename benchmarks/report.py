@@ -369,15 +369,18 @@ def _ms(v: float) -> str:
     return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
 
 
+def _timing(data: Any, src: str, *keys: Any) -> str:
+    """``median ms (min–max)`` of the ``_stats`` dict at ``keys`` (``bench_linear._stats``)."""
+    med, lo, hi = (_num(data, *keys, k, source=src) for k in ("median_ms", "min_ms", "max_ms"))
+    return f"{_ms(med)} ms ({_ms(lo)}–{_ms(hi)})"
+
+
 def pulsed_update(inp: Inputs) -> str:
     src = "pulsed_update_cpu.json"
     data = inp.json(src)
 
     def cell(i: int, key: str) -> str:
-        med, lo, hi = (
-            _num(data, "rows", i, key, k, source=src) for k in ("median_ms", "min_ms", "max_ms")
-        )
-        return f"{_ms(med)} ms ({_ms(lo)}–{_ms(hi)})"
+        return _timing(data, src, "rows", i, key)
 
     rows = []
     for i, _ in enumerate(_rows(data, "rows", src)):
@@ -582,13 +585,6 @@ def rng_draw(inp: Inputs) -> str:
     data = inp.json(src)
     rows = []
     for i, _ in enumerate(_rows(data, "rows", src)):
-
-        def ms(when: str, i: int = i) -> str:
-            med = _num(data, "rows", i, when, "median_ms", source=src)
-            lo = _num(data, "rows", i, when, "min_ms", source=src)
-            hi = _num(data, "rows", i, when, "max_ms", source=src)
-            return f"{med:.2f} ms ({lo:.1f}–{hi:.1f})"
-
         values = _num(data, "rows", i, "values", source=src)
         after = _num(data, "rows", i, "after_matmul", "median_ms", source=src)
         rows.append(
@@ -596,8 +592,8 @@ def rng_draw(inp: Inputs) -> str:
                 _get(data, "rows", i, "draw", source=src),
                 _get(data, "rows", i, "method", source=src),
                 f"`{_get(data, 'rows', i, 'omp_wait_policy', source=src)}`",
-                ms("after_idle"),
-                ms("after_matmul"),
+                _timing(data, src, "rows", i, "after_idle"),
+                _timing(data, src, "rows", i, "after_matmul"),
                 f"{after * 1e6 / values:.2f}",
             ]
         )
