@@ -388,12 +388,8 @@ class AnalogLayerMixin(ChipMixin):
             y = z * self.out_scale_columns().unsqueeze(2)
             y = y[:, 0] if lo.n_in == 1 else y.sum(dim=1)
             return (y if bias is None else y + bias.unsqueeze(1)).to(dtype)
-        if lo.n_in == 1:  # inference: scaled in place, no extra allocation
-            y = _run_mvm(self, xf, None, r)
-            y = y.mul_(self.out_scale_columns().detach()[:, 0].unsqueeze(1))
-            return (y if bias is None else y.add_(bias.unsqueeze(1))).to(dtype)
-        # inference over several input tiles: alpha_t joins each tile's digital rescale before
-        # the sum over tiles (no extra pass)
+        # inference: alpha_t joins each input tile's digital rescale before the sum over tiles,
+        # and the bias is added in the same pass (no extra passes over the output)
         tw = self.active_tiles()
         tw = TileWeights(
             tw.layout, tw.w, combine_scales(tw.scale, self._out_scale_tiles(lo), lo), tw.w_abs
