@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .convert import analog_layers
+from .mvm import _check_bf16_cpu
 from .nn.chip import _cache_chip_tiles
 
 
@@ -39,6 +40,8 @@ def prepare_compile(model: nn.Module) -> nn.Module:
             )
         if layer.has_device():
             _cache_chip_tiles(layer)
+        if layer.analog_config.io.w_noise_bf16 and layer.weight.device.type == "cpu":
+            _check_bf16_cpu()  # the eager forward warns on its first call; a compiled one can't
     return model
 
 

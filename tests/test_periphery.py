@@ -8,6 +8,7 @@ use n >= 20,000 and a 3 % tolerance (> 4 standard errors).
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -355,6 +356,7 @@ def test_stochastic_rounding_dac_is_unbiased():
     assert abs(float(y.mean()) - 0.3) < 0.005  # std error 0.5*sqrt(0.24/5e4) = 0.0011
 
 
+@pytest.mark.filterwarnings("ignore:aimc. io.w_noise_bf16=True on a CPU without")
 def test_pcm_read_variance_in_bf16_matches_float32():
     """``w_noise_bf16``: the same noise draws, the noise std within bfloat16's rounding."""
     base = IOConfig(
@@ -385,6 +387,58 @@ def test_pcm_read_variance_in_bf16_matches_float32():
     big = noise_fp32.abs() > 1e-3  # avoid dividing float32 rounding by tiny draws
     assert (ratio[big] - 1).abs().max() < 0.01
     assert not torch.equal(noise_bf16, noise_fp32)  # it did run in bfloat16
+
+
+@pytest.mark.parametrize(
+    ("native", "warns"), [(False, True), (True, False), (None, False)], ids=["no", "yes", "unknown"]
+)
+def test_bf16_variance_warns_once_without_native_bf16(monkeypatch, native, warns):
+    """``w_noise_bf16`` on an x86 CPU that emulates bfloat16 matmuls (AVX2 only: measured 41x
+    slower than float32) warns once, naming the field; a CPU with AVX512-BF16/AMX, or one torch
+    cannot probe, does not."""
+    import aimc.mvm as mvm
+
+    monkeypatch.setattr(mvm, "_bf16_checked", False)
+    monkeypatch.setattr(mvm, "_native_bf16_cpu", lambda: native)
+    io = IOConfig(w_noise_type="pcm_read", w_noise=0.02, w_noise_bf16=True)
+    lin = AnalogLinear(16, 8, config=AnalogConfig(io=io), seed=0)
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            lin(x)
+            lin(x)
+    ours = [w for w in seen if "w_noise_bf16" in str(w.message)]
+    assert len(ours) == (1 if warns else 0)
+    if warns:
+        assert ours[0].category is RuntimeWarning
+        assert "io.w_noise_bf16=False" in str(ours[0].message)
+
+
+def test_bf16_variance_warning_at_prepare_compile(monkeypatch):
+    """A compiled forward cannot warn from inside the graph: ``prepare_compile`` does."""
+    import aimc.mvm as mvm
+    from aimc.compiled import prepare_compile
+
+    monkeypatch.setattr(mvm, "_bf16_checked", False)
+    monkeypatch.setattr(mvm, "_native_bf16_cpu", lambda: False)
+    io = IOConfig(w_noise_type="pcm_read", w_noise=0.02, w_noise_bf16=True)
+    model = torch.nn.Sequential(AnalogLinear(16, 8, config=AnalogConfig(io=io), seed=0)).eval()
+    with pytest.warns(RuntimeWarning, match=r"io\.w_noise_bf16=True on a CPU without"):
+        prepare_compile(model)
+
+
+def test_native_bf16_probe_answers_on_this_machine():
+    """The probe gives a bool on x86 (torch 2.13 has both probes) and None elsewhere."""
+    import platform
+
+    import aimc.mvm as mvm
+
+    got = mvm._native_bf16_cpu()
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert isinstance(got, bool)
+    else:
+        assert got is None
 
 
 def test_zero_input_vector_with_input_noise_is_noisy(gen):
