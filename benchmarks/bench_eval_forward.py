@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from bench_linear import _stats  # benchmarks/ is the script's directory
+from bench_linear import _stats, cpu_host  # benchmarks/ is the script's directory
 
 import aimc
 import aimc.mvm as mvm
@@ -262,6 +262,7 @@ def main() -> None:
         "repeats": args.repeats,
         "targets": TARGETS,
         "machine": platform.machine(),
+        "host": cpu_host(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

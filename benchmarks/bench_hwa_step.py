@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_linear import cpu_host  # benchmarks/ is the script's directory
 from torch import nn
 
 import aimc
@@ -132,6 +133,7 @@ def main() -> None:
                 "threads": args.threads,
                 "torch": torch.__version__,
                 "huge_pages": aimc.huge_pages_active(),
+                "host": cpu_host(),
                 "tokens": 1024,
                 "rows": rows,
             },

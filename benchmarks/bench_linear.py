@@ -45,6 +45,31 @@ def _interleaved(fa, fb, repeats: int, device: torch.device) -> tuple[list[float
     return ta, tb
 
 
+def cpu_host() -> dict[str, object]:
+    """The CPU the numbers were taken on: model name, PyTorch's kernel capability (``AVX2``,
+    ``AVX512``, ...) and whether bfloat16 matmuls are native (AVX512-BF16, AMX). The shared
+    machines differ from day to day (an AVX-512 Zen 4 host one day, an AVX2-only one the next),
+    and the ratios depend on it: the counter noise kernel's 64-bit multiplies and bfloat16
+    matmuls are native on the first and emulated on the second."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return {
+        "cpu": model,
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512_bf16": None if probe is None else bool(probe()),
+        "amx": None if amx is None else bool(amx()),
+    }
+
+
 def _stats(ts: list[float]) -> dict[str, float]:
     return {
         "median_ms": 1e3 * statistics.median(ts),
@@ -165,6 +190,7 @@ def main() -> None:
         "config": config.to_dict(),
         "repeats": args.repeats,
         "machine": platform.machine(),
+        "host": cpu_host(),
         "processor": platform.processor(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_linear import cpu_host  # benchmarks/ is the script's directory
 from torch import nn
 
 import aimc
@@ -174,6 +175,7 @@ def main() -> None:
     d, a = statistics.median(digital), statistics.median(analog)
     result = {
         "machine": platform.processor() or platform.machine(),
+        "host": cpu_host(),
         "device": str(device),
         "torch": torch.__version__,
         "huge_pages": aimc.huge_pages_active(),

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_linear import _stats  # benchmarks/ is the script's directory
+from bench_linear import _stats, cpu_host  # benchmarks/ is the script's directory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,10 @@ def main() -> None:
                 f"{r['after_matmul']['median_ms']:6.2f} ms"
             )
     args.out.write_text(
-        json.dumps({"threads": 2, "repeats": args.repeats, "rows": rows}, indent=2) + "\n"
+        json.dumps(
+            {"threads": 2, "repeats": args.repeats, "host": cpu_host(), "rows": rows}, indent=2
+        )
+        + "\n"
     )
     print(f"wrote {args.out}")
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_linear import cpu_host  # benchmarks/ is the script's directory
 
 import aimc
 from aimc.experiments.squad_drift import DEFAULT_DATA, DEFAULT_MODEL, load_qa_model, resolve_config
@@ -28,6 +29,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--configs", default="ideal,pcm_inference,bert_squad:0.0175")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "squad_eval_cpu.json"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     examples = select_questions(load_squad(DEFAULT_DATA), args.questions, 0)
@@ -71,13 +75,15 @@ def main() -> None:
             f"ratio {row['ratio']:.2f}  (digital {min(td):.1f}-{max(td):.1f}, analog "
             f"{min(ta):.1f}-{max(ta):.1f})"
         )
-    path = Path(__file__).parent / "results" / "squad_eval_cpu.json"
+    path = args.out
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(
             {
                 "threads": args.threads,
                 "torch": torch.__version__,
                 "huge_pages": aimc.huge_pages_active(),
+                "host": cpu_host(),
                 "rows": rows,
             },
             indent=2,

@@ -18,6 +18,7 @@ from bench_eval_forward import (  # benchmarks/ is the script's directory
     interleaved,
     saturation_fraction,
 )
+from bench_linear import cpu_host  # benchmarks/ is the script's directory
 
 import aimc
 import aimc.mvm as mvm
@@ -97,7 +98,12 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(
-            {"torch": torch.__version__, "huge_pages": aimc.huge_pages_active(), "rows": rows},
+            {
+                "torch": torch.__version__,
+                "huge_pages": aimc.huge_pages_active(),
+                "host": cpu_host(),
+                "rows": rows,
+            },
             indent=2,
         )
         + "\n"

@@ -608,6 +608,66 @@ def rng_draw(inp: Inputs) -> str:
     return _table(header, ["---"] * 3 + ["---:"] * 3, rows)
 
 
+def _host(data: Any) -> str:
+    """The CPU a result was measured on (``host`` of bench_linear.cpu_host), or a note that the
+    file predates that record."""
+    host = data.get("host") if isinstance(data, dict) else None
+    if not isinstance(host, dict):
+        host = data.get("meta", {}).get("host") if isinstance(data, dict) else None
+    if not isinstance(host, dict):
+        return "host not recorded"
+    bf16 = "native bf16" if host.get("avx512_bf16") or host.get("amx") else "no native bf16"
+    return f"{host.get('capability')}, {bf16}"
+
+
+def two_hosts(inp: Inputs) -> str:
+    """The same benchmarks on the AVX-512 host (the main tables) and on an AVX2-only host
+    (``*_avx2.json``): eager eval-forward ratios, the SQuAD point, the noise draw."""
+
+    def eval_row(d: Any, i: int, src: str) -> tuple[str, float] | None:
+        config, layer = (_get(d, "rows", i, k, source=src) for k in ("config", "layer"))
+        return f"eval forward, eager: `{config}`, {layer}", _num(
+            d, "rows", i, "ratio analog", source=src
+        )
+
+    def squad_row(d: Any, i: int, src: str) -> tuple[str, float] | None:
+        config = _get(d, "rows", i, "config", source=src)
+        return f"SQuAD point, 500 questions: `{config}`", _num(d, "rows", i, "ratio", source=src)
+
+    def rng_row(d: Any, i: int, src: str) -> tuple[str, float] | None:
+        if _get(d, "rows", i, "omp_wait_policy", source=src) != "default":
+            return None
+        draw, method = (_get(d, "rows", i, k, source=src) for k in ("draw", "method"))
+        ns = _num(d, "rows", i, "after_matmul", "median_ms", source=src) * 1e6
+        return (
+            f"noise draw right after a matmul, ns per value: {method}, {draw}",
+            ns / _num(d, "rows", i, "values", source=src),
+        )
+
+    benches = [
+        ("eval_forward_cpu", eval_row, "{:.2f}"),
+        ("squad_eval_cpu", squad_row, "{:.2f}"),
+        ("rng_contention_cpu", rng_row, "{:.2f}"),
+    ]
+    hosts: list[set[str]] = [set(), set()]
+    rows = []
+    for stem, row_of, fmt in benches:
+        values: list[dict[str, float]] = []
+        for side, src in enumerate((f"{stem}.json", f"{stem}_avx2.json")):
+            d = inp.json(src)
+            hosts[side].add(_host(d))
+            found = (row_of(d, i, src) for i, _ in enumerate(_rows(d, "rows", src)))
+            values.append(dict(r for r in found if r is not None))
+        for label, first in values[0].items():
+            second = values[1].get(label)
+            rows.append([label, fmt.format(first), "—" if second is None else fmt.format(second)])
+    header = ["measurement"] + [
+        f"{name} ({'; '.join(sorted(h))})"
+        for name, h in zip(("main tables", "`*_avx2.json`"), hosts, strict=True)
+    ]
+    return _table(header, ["---", "---:", "---:"], rows)
+
+
 def _drift_sweep(path: Path, inp: Inputs, metrics: list[str], header: list[str]) -> str:
     """Mean ± std over chips of ``metrics`` per config and drift time of a sweep's
     ``results.jsonl`` (digital: its one value)."""
@@ -878,6 +938,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
         adaptation_study,
         squad_eval,
         rng_draw,
+        two_hosts,
         squad_dev1000,
         lm_drift_smollm2,
         lm_static_ranges,

@@ -97,3 +97,23 @@ def test_check_mode_reports_without_writing(tree):
     page.write_text(stale)
     assert report.main(["--results", str(results), "--docs", str(docs), "--check"]) == 1
     assert page.read_text() == stale
+
+
+def test_two_hosts_names_each_host_and_marks_missing_rows(tree):
+    """The AVX2 comparison labels each column with the host its files record, and a row measured
+    on one host only shows a dash on the other."""
+    docs, results = tree
+    path = results / "eval_forward_cpu_avx2.json"
+    data = json.loads(path.read_text())
+    data["meta"]["host"] = {"capability": "AVX512", "avx512_bf16": True, "amx": False}
+    data["rows"][0]["ratio analog"] = 7.654321
+    del data["rows"][1]
+    path.write_text(json.dumps(data))
+    table = report.two_hosts(report.Inputs(results, docs))
+    header = table.splitlines()[0]
+    assert "AVX512, native bf16" in header and "AVX2, no native bf16" in header
+    rows = {r.split(" | ")[0].lstrip("| "): r for r in table.splitlines()[2:]}
+    first = rows[next(k for k in rows if "768x768" in k and "pcm_inference" in k)]
+    assert first.rstrip(" |").endswith("7.65")
+    second = rows[next(k for k in rows if "768x3072" in k and "pcm_inference" in k)]
+    assert second.rstrip(" |").endswith("—")
