@@ -580,13 +580,18 @@ def squad_eval(inp: Inputs) -> str:
     return _table(["config", "digital", "analog", "ratio"], ["---"] + ["---:"] * 3, rows)
 
 
+def _ns_per_value(data: Any, src: str, i: int) -> float:
+    """Nanoseconds per drawn value of row ``i`` of bench_rng_contention.py, right after a
+    matmul."""
+    after = _num(data, "rows", i, "after_matmul", "median_ms", source=src)
+    return after * 1e6 / _num(data, "rows", i, "values", source=src)
+
+
 def rng_draw(inp: Inputs) -> str:
     src = "rng_contention_cpu.json"
     data = inp.json(src)
     rows = []
     for i, _ in enumerate(_rows(data, "rows", src)):
-        values = _num(data, "rows", i, "values", source=src)
-        after = _num(data, "rows", i, "after_matmul", "median_ms", source=src)
         rows.append(
             [
                 _get(data, "rows", i, "draw", source=src),
@@ -594,7 +599,7 @@ def rng_draw(inp: Inputs) -> str:
                 f"`{_get(data, 'rows', i, 'omp_wait_policy', source=src)}`",
                 _timing(data, src, "rows", i, "after_idle"),
                 _timing(data, src, "rows", i, "after_matmul"),
-                f"{after * 1e6 / values:.2f}",
+                f"{_ns_per_value(data, src, i):.2f}",
             ]
         )
     header = [
@@ -638,20 +643,17 @@ def two_hosts(inp: Inputs) -> str:
         if _get(d, "rows", i, "omp_wait_policy", source=src) != "default":
             return None
         draw, method = (_get(d, "rows", i, k, source=src) for k in ("draw", "method"))
-        ns = _num(d, "rows", i, "after_matmul", "median_ms", source=src) * 1e6
-        return (
-            f"noise draw right after a matmul, ns per value: {method}, {draw}",
-            ns / _num(d, "rows", i, "values", source=src),
-        )
+        label = f"noise draw right after a matmul, ns per value: {method}, {draw}"
+        return label, _ns_per_value(d, src, i)
 
     benches = [
-        ("eval_forward_cpu", eval_row, "{:.2f}"),
-        ("squad_eval_cpu", squad_row, "{:.2f}"),
-        ("rng_contention_cpu", rng_row, "{:.2f}"),
+        ("eval_forward_cpu", eval_row),
+        ("squad_eval_cpu", squad_row),
+        ("rng_contention_cpu", rng_row),
     ]
     hosts: list[set[str]] = [set(), set()]
     rows = []
-    for stem, row_of, fmt in benches:
+    for stem, row_of in benches:
         values: list[dict[str, float]] = []
         for side, src in enumerate((f"{stem}.json", f"{stem}_avx2.json")):
             d = inp.json(src)
@@ -660,7 +662,7 @@ def two_hosts(inp: Inputs) -> str:
             values.append(dict(r for r in found if r is not None))
         for label, first in values[0].items():
             second = values[1].get(label)
-            rows.append([label, fmt.format(first), "—" if second is None else fmt.format(second)])
+            rows.append([label, f"{first:.2f}", "—" if second is None else f"{second:.2f}"])
     header = ["measurement"] + [
         f"{name} ({'; '.join(sorted(h))})"
         for name, h in zip(("main tables", "`*_avx2.json`"), hosts, strict=True)
