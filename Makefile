@@ -64,6 +64,7 @@ bench: $(STAMP) reference
 	THP_MEM_ALLOC_ENABLE=0 $(PY) benchmarks/bench_eval_forward.py --compile \
 		--out benchmarks/results/eval_forward_cpu_4k_pages.json
 	$(PY) benchmarks/bench_rng_contention.py
+	$(PY) benchmarks/bench_bf16_matmul.py
 	$(PY) benchmarks/bench_pcm.py
 	$(PY) benchmarks/drift_error_table.py
 	$(PY) benchmarks/bench_squad_eval.py

@@ -366,8 +366,9 @@ class IOConfig(_ConfigBase):
     w_noise_bf16: bool = False
     """Compute the ``pcm_read`` noise variance ``sum_j |W_ij| x'_j^2`` (an extra MVM per forward)
     in bfloat16 with float32 accumulation. About 2x faster for that MVM on GPUs and on CPUs with
-    AVX512-BF16 or AMX; on other x86 CPUs PyTorch emulates bfloat16 matmuls (measured 41x slower
-    than float32 on an AVX2-only host), so aimc warns once there. The noise std carries a
+    AVX512-BF16 or AMX; on other x86 CPUs PyTorch emulates bfloat16 matmuls (measured 35-41x
+    slower than float32 on an AVX2-only host, ``benchmarks/bench_bf16_matmul.py``), so aimc
+    warns once there. The noise std carries a
     relative error of at most about 0.4 % (bfloat16 keeps 8 significand bits). The noise-free
     MVM stays float32. An implementation choice, not physics; off = exact float32."""
     out_noise: float = 0.06

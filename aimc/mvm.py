@@ -52,9 +52,9 @@ def _native_bf16_cpu() -> bool | None:
 
 def _check_bf16_cpu() -> None:
     """Warn once when ``io.w_noise_bf16`` runs on an x86 CPU without native bfloat16 matmuls:
-    there PyTorch emulates them, measured 41x slower than float32 for a 2048 x 384 x 384 ``bmm``
-    on an AVX2-only host (2 threads), so the option meant as a speed-up slows the forward down
-    many times."""
+    there PyTorch emulates them, measured 35-41x slower than float32 for a 2048 x 384 x 384
+    ``bmm`` on an AVX2-only host (2 threads, ``benchmarks/bench_bf16_matmul.py``), so the option
+    meant as a speed-up slows the forward down many times."""
     global _bf16_checked
     if _bf16_checked:
         return
@@ -62,8 +62,9 @@ def _check_bf16_cpu() -> None:
     if _native_bf16_cpu() is False:
         warnings.warn(
             "aimc: io.w_noise_bf16=True on a CPU without AVX512-BF16 or AMX: PyTorch emulates "
-            "bfloat16 matmuls here (measured 41x slower than float32 on an AVX2-only host), so "
-            "the pcm_read variance MVM gets much slower, not faster; set io.w_noise_bf16=False "
+            "bfloat16 matmuls here (measured 35-41x slower than float32 on an AVX2-only "
+            "host), so the pcm_read variance MVM gets much slower, not faster; set "
+            "io.w_noise_bf16=False "
             "(exact float32) on this machine.",
             RuntimeWarning,
             stacklevel=2,

@@ -393,7 +393,7 @@ def test_pcm_read_variance_in_bf16_matches_float32():
     ("native", "warns"), [(False, True), (True, False), (None, False)], ids=["no", "yes", "unknown"]
 )
 def test_bf16_variance_warns_once_without_native_bf16(monkeypatch, native, warns):
-    """``w_noise_bf16`` on an x86 CPU that emulates bfloat16 matmuls (AVX2 only: measured 41x
+    """``w_noise_bf16`` on an x86 CPU that emulates bfloat16 matmuls (AVX2 only: measured 35-41x
     slower than float32) warns once, naming the field; a CPU with AVX512-BF16/AMX, or one torch
     cannot probe, does not."""
     import aimc.mvm as mvm
