@@ -4,12 +4,12 @@ The compiled forward is the same algorithm as the eager one — noise management
 weight and output noise, ADC, iterative bound management, digital rescale — written without
 graph breaks: the IO noise comes from each layer's counter-based stream
 (:class:`aimc.random.CounterStream`, in tensor operations that inductor fuses into the kernel that
-adds it, rounds and clips), bound-management rounds run under nested ``torch.cond`` (a forward in
-which nothing saturates runs no round and copies nothing), and programmed chips are read from
-their tile cache.
+adds it, rounds and clips), bound-management rounds run in a ``torch.while_loop`` under one
+``torch.cond`` (a forward in which nothing saturates runs no round and copies nothing), and
+programmed chips are read from their tile cache.
 
-Compiling takes time once per layer shape and config: on the project's 2-core CPU about 35 s for
-a small ``pcm_inference()`` layer and about a minute for ``bert_squad()`` (``pcm_read`` noise, up
+Compiling takes time once per layer shape and config: on the project's 2-core CPU about 36 s for
+a small ``pcm_inference()`` layer and about 43 s for ``bert_squad()`` (``pcm_read`` noise, up
 to six bound-management rounds), measured by ``tests/test_compile.py``.
 """
 
