@@ -8,7 +8,9 @@ what the eager gather-based rounds keep (checked noise-free, where both are dete
 
 from __future__ import annotations
 
+import copy
 import math
+import operator
 
 import pytest
 import torch
@@ -84,15 +86,32 @@ CONFIGS = {
 SLOW_BERT = pytest.param("bert_squad", marks=pytest.mark.slow)  # minutes of compilation
 
 
+#: Inputs of the compiled-model tests: one batch shape (and ordinary tensors, not inference
+#: tensors: dynamo tells them apart), so that each model compiles once.
+X = torch.randn(800, 40, generator=torch.Generator().manual_seed(2))
+X4 = X * 4
+
+_compiled: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
+
+
+def compiled_model(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The programmed test model of ``CONFIGS[name]`` (seed 0) and its ``aimc.compile``, built
+    once per session and shared by the tests below (compiling takes most of a minute); a test
+    that draws from it reseeds it first where it compares numbers."""
+    if name not in _compiled:
+        m = model(CONFIGS[name])
+        _compiled[name] = (m, aimc.compile(m, fullgraph=True))
+    return _compiled[name]
+
+
 @pytest.mark.parametrize("name", ["pcm_inference", SLOW_BERT])
 def test_analog_model_compiles_without_graph_breaks(name):
-    m = model(CONFIGS[name])
-    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(1)) * 4
+    m, c = compiled_model(name)
     with torch.inference_mode():
-        explained = torch._dynamo.explain(aimc.prepare_compile(m))(x)
+        explained = torch._dynamo.explain(aimc.prepare_compile(m))(X4)
         assert explained.graph_break_count == 0, explained.break_reasons
-        y = aimc.compile(m, fullgraph=True)(x)
-    assert y.shape == (6, 8) and bool(torch.isfinite(y).all())
+        y = c(X4)
+    assert y.shape == (800, 8) and bool(torch.isfinite(y).all())
 
 
 def _saturating_case(cfg: AnalogConfig, n_in: int = 48, n_out: int = 20, tokens: int = 64):
@@ -161,44 +180,70 @@ def test_dense_bound_management_runs_the_later_rounds():
     results = {}
     # eager torch.cond traces its branches with dynamo: keep the configs' floats constants
     torch._dynamo.config.specialize_float = True
-    for factor in (1.0, 100.0):  # r may double once / until nothing saturates (two rounds)
+    # r may never double / double once / double until nothing saturates (two rounds)
+    for factor in (0.5, 1.0, 100.0):
         cut = io.replace(max_bm_factor=factor)
         gather = analog_mvm(x, tw, cut, torch.Generator().manual_seed(0))
         dense = analog_mvm(x, tw, cut, CounterStream(CounterStream.initial_state(0)))
         assert torch.equal(gather, dense), factor
         results[factor] = gather
     assert not torch.equal(results[1.0], results[100.0])  # the second round changed outputs
+    unmanaged = analog_mvm(
+        x, tw, io.replace(bound_management="none"), torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(results[0.5], unmanaged)  # no round allowed: the first pass
 
 
 @pytest.mark.parametrize("name", ["pcm_inference", SLOW_BERT])
 def test_compiled_model_has_the_eager_statistics(name):
     """Output error (against the noise-free digital model) of the eager and compiled forwards
     of one programmed chip: the same mean and spread (each over 6,400 outputs)."""
-    m = model(CONFIGS[name])
+    m, c = compiled_model(name)
     digital = aimc.to_digital(model(CONFIGS[name]))
-    x = torch.randn(800, 40, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
-        ref = digital(x)
-        eager = (m(x) - ref).flatten()
-        compiled = (aimc.compile(m, fullgraph=True)(x) - ref).flatten()
+        ref = digital(X)
+        eager = (m(X) - ref).flatten()
+        compiled = (c(X) - ref).flatten()
     assert stats.ttest_ind(eager, compiled, equal_var=False).pvalue > 1e-3
     assert stats.levene(eager, compiled).pvalue > 1e-3
     assert float(eager.std()) > 0  # noisy at all
 
 
 def test_compiled_model_is_reproducible_from_its_seeds():
-    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(1))
+    """The compiled forward is a function of the chip's and the streams' seeds: reseeding gives
+    the same numbers, the same chip programmed again from its seeds too (it equals a model built
+    afresh from them, buffer for buffer), another seed other numbers."""
+    m, c = compiled_model("pcm_inference")
+
+    def chip(seed: int) -> None:
+        aimc.program(m, seed=seed)
+        aimc.drift(m, 3600.0, seed=seed)
+        aimc.manual_seed(m, seed)
+
     with torch.inference_mode():
-        a = aimc.compile(model(CONFIGS["pcm_inference"], seed=4))(x)
-        b = aimc.compile(model(CONFIGS["pcm_inference"], seed=4))(x)
-        m = model(CONFIGS["pcm_inference"], seed=5)
-        c = aimc.compile(m)
-        first, second = c(x), c(x)
-        aimc.manual_seed(m, 5)
-        again = c(x)
-    assert torch.equal(a, b)
+        aimc.manual_seed(m, 0)
+        first = c(X)
+        # reseeding and reprogramming (here under inference mode) do not compile again
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            second = c(X)
+            aimc.manual_seed(m, 0)
+            again = c(X)
+            chip(5)
+            other = c(X)
+            chip(0)
+            state = copy.deepcopy(m.state_dict())
+            rebuilt = c(X)
     assert not torch.equal(first, second)  # fresh noise every call
     assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert torch.equal(first, rebuilt)
+    fresh = model(CONFIGS["pcm_inference"], seed=0)
+    aimc.manual_seed(fresh, 0)
+    fresh_state = fresh.state_dict()
+    assert state.keys() == fresh_state.keys()
+    for key, value in state.items():
+        same = torch.equal if isinstance(value, torch.Tensor) else operator.eq
+        assert same(value, fresh_state[key]), key
 
 
 def test_compiled_model_follows_a_new_drift():

@@ -230,7 +230,13 @@ class AnalogLayerMixin(ChipMixin):
         kept as the non-persistent buffer ``io_rng_state``, from ``(seed, io_stream)``."""
         name = "compiled-io" if self.io_stream is None else f"compiled-io{self.io_stream}"
         state = CounterStream.initial_state(derive_seed(self.seed, name), self.weight.device)
-        self.register_buffer("io_rng_state", state, persistent=False)
+        old = getattr(self, "io_rng_state", None)
+        if isinstance(old, Tensor) and old.device == state.device and not old.is_inference():
+            # in place: a compiled model guards on the buffer, and a new one made under
+            # inference mode (e.g. aimc.manual_seed there) would make it compile again
+            old.copy_(state)
+        else:
+            self.register_buffer("io_rng_state", state, persistent=False)
 
     def generator(self, like: Tensor, stream: str = "") -> torch.Generator:
         """The layer's generator on the device of ``like`` (created on first use): the main
