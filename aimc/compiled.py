@@ -56,7 +56,8 @@ def compile(model: nn.Module, **kwargs: Any) -> nn.Module:  # noqa: A001 - mirro
 
     The compiled model draws its IO noise from each layer's counter stream, seeded from the
     layer's seed: reproducible from the seeds, the same distribution as the eager forward,
-    other numbers. Re-programming or drifting the model drops the tile caches; the next call
-    retraces (and, without ``fullgraph``, refills them)."""
+    other numbers. Re-programming, drifting or reseeding the model (also under
+    ``torch.inference_mode()``) does not make it compile again: the next call reads the new chip
+    and stream (``tests/test_compile.py``)."""
     torch._dynamo.config.specialize_float = True
     return torch.compile(prepare_compile(model), **kwargs)

@@ -6,7 +6,7 @@ Two stacks, 8 x 128 tokens of width 768, AdamW:
 - ``bert``: four BERT-base encoder layers (HF ``BertLayer``: attention, MLP, LayerNorms, random
   init) — what a BERT fine-tune runs.
 Digital and analog steps are interleaved (A B A B ...), medians and min-max reported; 2 threads.
-Writes benchmarks/results/hwa_step_cpu.json.
+Writes benchmarks/results/hwa_step_cpu.json (``--out``: another file).
 """
 
 from __future__ import annotations
@@ -81,6 +81,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--stacks", default="mlp,bert", help="comma-separated: mlp, bert")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "hwa_step_cpu.json"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -126,7 +129,7 @@ def main() -> None:
             f"ratio {row['ratio']:.2f}  (digital {min(td) * 1e3:.0f}-{max(td) * 1e3:.0f}, "
             f"HWA {min(ta) * 1e3:.0f}-{max(ta) * 1e3:.0f})"
         )
-    path = Path(__file__).parent / "results" / "hwa_step_cpu.json"
+    path = args.out
     path.write_text(
         json.dumps(
             {

@@ -627,39 +627,54 @@ def _host(data: Any) -> str:
 
 def two_hosts(inp: Inputs) -> str:
     """The same benchmarks on the AVX-512 host (the main tables) and on an AVX2-only host
-    (``*_avx2.json``): eager eval-forward ratios, the SQuAD point, the noise draw."""
+    (``*_avx2.json``): eval-forward ratios (eager, and compiled where measured), the SQuAD
+    point, the HWA step, the noise draw."""
 
-    def eval_row(d: Any, i: int, src: str) -> tuple[str, float] | None:
+    def eval_rows(d: Any, i: int, src: str) -> list[tuple[str, float]]:
         config, layer = (_get(d, "rows", i, k, source=src) for k in ("config", "layer"))
-        return f"eval forward, eager: `{config}`, {layer}", _num(
-            d, "rows", i, "ratio analog", source=src
-        )
+        out = [
+            (
+                f"eval forward, eager: `{config}`, {layer}",
+                _num(d, "rows", i, "ratio analog", source=src),
+            )
+        ]
+        if "ratio analog compiled" in d["rows"][i]:
+            ratio = _num(d, "rows", i, "ratio analog compiled", source=src)
+            out.append((f"eval forward, compiled: `{config}`, {layer}", ratio))
+        return out
 
-    def squad_row(d: Any, i: int, src: str) -> tuple[str, float] | None:
+    def squad_rows(d: Any, i: int, src: str) -> list[tuple[str, float]]:
         config = _get(d, "rows", i, "config", source=src)
-        return f"SQuAD point, 500 questions: `{config}`", _num(d, "rows", i, "ratio", source=src)
+        return [
+            (f"SQuAD point, 500 questions: `{config}`", _num(d, "rows", i, "ratio", source=src))
+        ]
 
-    def rng_row(d: Any, i: int, src: str) -> tuple[str, float] | None:
+    def hwa_rows(d: Any, i: int, src: str) -> list[tuple[str, float]]:
+        stack, config = (_get(d, "rows", i, k, source=src) for k in ("stack", "config"))
+        return [(f"HWA training step: {stack}, {config}", _num(d, "rows", i, "ratio", source=src))]
+
+    def rng_rows(d: Any, i: int, src: str) -> list[tuple[str, float]]:
         if _get(d, "rows", i, "omp_wait_policy", source=src) != "default":
-            return None
+            return []
         draw, method = (_get(d, "rows", i, k, source=src) for k in ("draw", "method"))
         label = f"noise draw right after a matmul, ns per value: {method}, {draw}"
-        return label, _ns_per_value(d, src, i)
+        return [(label, _ns_per_value(d, src, i))]
 
     benches = [
-        ("eval_forward_cpu", eval_row),
-        ("squad_eval_cpu", squad_row),
-        ("rng_contention_cpu", rng_row),
+        ("eval_forward_cpu", eval_rows),
+        ("squad_eval_cpu", squad_rows),
+        ("hwa_step_cpu", hwa_rows),
+        ("rng_contention_cpu", rng_rows),
     ]
     hosts: list[set[str]] = [set(), set()]
     rows = []
-    for stem, row_of in benches:
+    for stem, rows_of in benches:
         values: list[dict[str, float]] = []
         for side, src in enumerate((f"{stem}.json", f"{stem}_avx2.json")):
             d = inp.json(src)
             hosts[side].add(_host(d))
-            found = (row_of(d, i, src) for i, _ in enumerate(_rows(d, "rows", src)))
-            values.append(dict(r for r in found if r is not None))
+            n = len(_rows(d, "rows", src))
+            values.append(dict(r for i in range(n) for r in rows_of(d, i, src)))
         for label, first in values[0].items():
             second = values[1].get(label)
             rows.append([label, f"{first:.2f}", "—" if second is None else f"{second:.2f}"])

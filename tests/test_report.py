@@ -107,6 +107,7 @@ def test_two_hosts_names_each_host_and_marks_missing_rows(tree):
     data = json.loads(path.read_text())
     data["meta"]["host"] = {"capability": "AVX512", "avx512_bf16": True, "amx": False}
     data["rows"][0]["ratio analog"] = 7.654321
+    data["rows"][0]["ratio analog compiled"] = 3.210987
     del data["rows"][1]
     path.write_text(json.dumps(data))
     table = report.two_hosts(report.Inputs(results, docs))
@@ -117,3 +118,6 @@ def test_two_hosts_names_each_host_and_marks_missing_rows(tree):
     assert first.rstrip(" |").endswith("7.65")
     second = rows[next(k for k in rows if "768x3072" in k and "pcm_inference" in k)]
     assert second.rstrip(" |").endswith("—")
+    compiled = rows[next(k for k in rows if "compiled" in k and "768x768" in k)]
+    assert compiled.rstrip(" |").endswith("3.21")
+    assert any(k.startswith("HWA training step: mlp, standard_hwa") for k in rows)
