@@ -83,9 +83,6 @@ CONFIGS = {
 }
 
 
-SLOW_BERT = pytest.param("bert_squad", marks=pytest.mark.slow)  # minutes of compilation
-
-
 #: Inputs of the compiled-model tests: one batch shape (and ordinary tensors, not inference
 #: tensors: dynamo tells them apart), so that each model compiles once.
 X = torch.randn(800, 40, generator=torch.Generator().manual_seed(2))
@@ -104,7 +101,7 @@ def compiled_model(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     return _compiled[name]
 
 
-@pytest.mark.parametrize("name", ["pcm_inference", SLOW_BERT])
+@pytest.mark.parametrize("name", ["pcm_inference", "bert_squad"])
 def test_analog_model_compiles_without_graph_breaks(name):
     m, c = compiled_model(name)
     with torch.inference_mode():
@@ -194,7 +191,7 @@ def test_dense_bound_management_runs_the_later_rounds():
     assert torch.equal(results[0.5], unmanaged)  # no round allowed: the first pass
 
 
-@pytest.mark.parametrize("name", ["pcm_inference", SLOW_BERT])
+@pytest.mark.parametrize("name", ["pcm_inference", "bert_squad"])
 def test_compiled_model_has_the_eager_statistics(name):
     """Output error (against the noise-free digital model) of the eager and compiled forwards
     of one programmed chip: the same mean and spread (each over 6,400 outputs)."""
