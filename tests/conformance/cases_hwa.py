@@ -130,3 +130,13 @@ HWA_CASES = [
         protocol="train",
     ),
 ]
+
+#: draws of the random cases: the spread test compares aimc's sd of the relative error over
+#: draws with AIHWKIT's (whose modifier noise is clock-seeded, so its estimate varies from run to
+#: run). From 10 draws the ratio exceeded 3 once in CI ("prog_noise 1.0": AIHWKIT 0.000256 against
+#: aimc's 0.000774, where 300 AIHWKIT runs gave 0.00033-0.00124, median 0.00070); 20 draws, as
+#: in cases_periphery.py, halve the variance of both estimates
+DRAWS = 20
+for _case in HWA_CASES:
+    if _case.draws == 10:  # the default; the deterministic case keeps its 3
+        _case.draws = DRAWS
