@@ -368,9 +368,9 @@ class IOConfig(_ConfigBase):
     in bfloat16 with float32 accumulation. About 2x faster for that MVM on GPUs and on CPUs with
     AVX512-BF16 or AMX; on other x86 CPUs PyTorch emulates bfloat16 matmuls (measured 35-41x
     slower than float32 on an AVX2-only host, ``benchmarks/bench_bf16_matmul.py``), so aimc
-    warns once there. The noise std carries a
-    relative error of at most about 0.4 % (bfloat16 keeps 8 significand bits). The noise-free
-    MVM stays float32. An implementation choice, not physics; off = exact float32."""
+    warns once there. The noise std carries a relative error of at most about 0.4 % (bfloat16
+    keeps 8 significand bits). The noise-free MVM stays float32. An implementation choice, not
+    physics; off = exact float32."""
     out_noise: float = 0.06
     """Std of additive Gaussian output noise before the ADC (AIHWKIT default 0.06)."""
     out_bound: float = 12.0

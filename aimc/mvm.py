@@ -64,8 +64,7 @@ def _check_bf16_cpu() -> None:
             "aimc: io.w_noise_bf16=True on a CPU without AVX512-BF16 or AMX: PyTorch emulates "
             "bfloat16 matmuls here (measured 35-41x slower than float32 on an AVX2-only "
             "host), so the pcm_read variance MVM gets much slower, not faster; set "
-            "io.w_noise_bf16=False "
-            "(exact float32) on this machine.",
+            "io.w_noise_bf16=False (exact float32) on this machine.",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -597,7 +596,7 @@ def _bound_management_dense(
     w_sub = _output_tiles(tw)
     rounds = _bm_rounds(io)
     r = torch.ones(sat.shape, device=z.device, dtype=torch.float32)
-    if rounds == 0:  # the stop rule allows no round (e.g. max_bm_factor < 2)
+    if rounds == 0:  # the stop rule allows no round (e.g. max_bm_factor < 1)
         return finish(z, r, f_gnt)
     keys = [gen.next_key() for _ in range(rounds)]
 
@@ -636,4 +635,6 @@ def _bound_management_dense(
         return finish(z, r, f_gnt)
 
     pred = (sat & _bm_allowed(r, io)).any()
+    # f_gnt is an operand in its natural (G, N, ti) layout: inductor (torch 2.13) gives a
+    # transposed or expanded tensor that a branch takes other strides than it traced with
     return torch.cond(pred, run, done, (z, r, sat, f_gnt))
