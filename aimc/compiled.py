@@ -4,13 +4,16 @@ The compiled forward is the same algorithm as the eager one — noise management
 weight and output noise, ADC, iterative bound management, digital rescale — written without
 graph breaks: the IO noise comes from each layer's counter-based stream
 (:class:`aimc.random.CounterStream`, in tensor operations that inductor fuses into the kernel that
-adds it, rounds and clips), bound-management rounds run in a ``torch.while_loop`` under one
-``torch.cond`` (a forward in which nothing saturates runs no round and copies nothing), and
-programmed chips are read from their tile cache.
+adds it, rounds and clips), and programmed chips are read from their tile cache. Bound
+management runs under one ``torch.cond`` (a forward in which nothing saturates runs no round and
+copies nothing); its rounds are one custom op, eager code inside the graph, that redoes only the
+saturated (tile, vector) pairs, as the eager forward does, and draws for each the noise a round
+over every pair would draw there (:class:`aimc.random.RowStream`).
 
-Compiling takes time once per layer shape and config: on the project's 2-core CPU about 36 s for
-a small ``pcm_inference()`` layer and about 43 s for ``bert_squad()`` (``pcm_read`` noise, up
-to six bound-management rounds), measured by ``tests/test_compile.py``.
+Compiling takes time once per layer shape and config: on the project's 2-core AVX2 host
+25–28 s for one small layer (``pcm_inference()`` or ``bert_squad()``, the durations of the
+compile tests in ``tests/test_compile.py -k same_stream``, inductor's caches off) and 23–35 s
+per layer in ``benchmarks/bench_eval_forward.py --compile`` (``compiled_first_call_s``).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType
 from .functional import TileLayout, stochastic_round
-from .random import CounterStream, KeyedStream, TensorStream, noise_normal_
+from .random import CounterStream, KeyedStream, RowStream, TensorStream, noise_normal_
 
 #: The noise source of one forward: a ``torch.Generator`` (eager) or a tensor stream (compiled).
 Rng = torch.Generator | TensorStream
@@ -375,9 +375,9 @@ def analog_mvm(
     (The periphery would otherwise clip inf to a finite, wrong value.)
 
     ``generator`` is a ``torch.Generator``, or, in a compiled forward, the layer's
-    :class:`~aimc.random.CounterStream` (one fork per call); bound management then recomputes
-    whole rounds under ``torch.cond`` and ``torch.while_loop`` (:func:`_bound_management_dense`)
-    — the same algorithm.
+    :class:`~aimc.random.CounterStream` (one fork per call); bound management then runs under
+    one ``torch.cond``, its rounds as one custom op (:func:`_bound_management_keyed`) — the same
+    algorithm.
     """
     if isinstance(generator, CounterStream):
         generator = generator.fork()
@@ -414,7 +414,7 @@ def analog_mvm(
     if bm and sat is not None:
         x_t = xv.transpose(1, 2).reshape(lo.batch, n, lo.rows)
         if isinstance(generator, KeyedStream):
-            return _bound_management_dense(
+            return _bound_management_keyed(
                 z,
                 sat,
                 f_gnt,
@@ -425,7 +425,9 @@ def analog_mvm(
                 generator,
                 lambda z, r, f: _digital(z, to_factor(f) * r, tw, g, n, bias, per_tile, False),
             )
-        r = _bound_management(z, sat, x_t, s_div.reshape(lo.batch, n, 1), tw, io, generator)
+        r = _bound_management(
+            z, sat, x_t, s_div.reshape(lo.batch, n, 1), _output_tiles(tw), io, generator
+        )
         return _digital(z, to_factor(f_gnt) * r, tw, g, n, bias, per_tile)
     return _digital(z, to_factor(f_gnt), tw, g, n, bias, per_tile)
 
@@ -502,9 +504,9 @@ def _bound_management(
     sat: Tensor,
     x_t: Tensor,
     s_div: Tensor,
-    tw: TileWeights,
+    w_sub: TileWeights,
     io: IOConfig,
-    gen: torch.Generator,
+    gen: torch.Generator | Tensor,
 ) -> Tensor:
     """Iterative bound management (REFERENCE.md §1.6), per input vector and tile.
 
@@ -512,17 +514,25 @@ def _bound_management(
     noise, until nothing saturates or the stop rule holds. Updates ``z`` in place and returns
     ``r`` of shape ``(B, N, to)``. Each round gathers, for every tile, only the vectors that
     saturated there (padded to the largest count), recomputes them in one batched MVM and copies
-    the rows back (row-wise ``index_select`` / ``index_copy_``).
+    the rows back (row-wise ``index_select`` / ``index_copy_``). ``w_sub`` holds one matrix per
+    (input tile, output tile) (:func:`_output_tiles`).
+
+    ``gen`` is a ``torch.Generator`` (eager forwards), or the ``(rounds,)`` int64 keys of a
+    tensor stream's rounds (compiled forwards, :func:`_gathered_rounds`): round ``k`` then draws
+    from :class:`~aimc.random.RowStream` of key ``k``, i.e. for each pair it redoes exactly the
+    values that a round recomputing every (input tile, vector, output tile) would draw there.
     """
-    lo = tw.layout
     nb, n, n_out = sat.shape
+    rows_in, cols = w_sub.w.shape[2], w_sub.w.shape[1]
     in_unit = units(io)[0]
     r = torch.ones(sat.shape, device=z.device, dtype=torch.float32)
-    x_rows = x_t.reshape(nb * n, lo.rows)
-    z_rows = z.view(nb * n * n_out, lo.cols)  # row (b*N + v)*to + t
-    w_sub = _output_tiles(tw)
+    x_rows = x_t.reshape(nb * n, rows_in)
+    z_rows = z.view(nb * n * n_out, cols)  # row (b*N + v)*to + t
     base = (torch.arange(nb, device=z.device) * n).view(nb, 1, 1)
     t_ar = torch.arange(n_out, device=z.device).view(1, n_out, 1)
+    # row (b*to + t)*N + v of a round over every pair: where the keyed rounds' draws come from
+    pair_base = (torch.arange(nb * n_out, device=z.device) * n).view(nb, n_out, 1)
+    round_no = 0
     while True:
         redo = (sat & _bm_allowed(r, io)).transpose(1, 2)  # (B, to, N)
         counts = redo.sum(dim=2)  # (B, to)
@@ -532,22 +542,69 @@ def _bound_management(
         r = torch.where(redo.transpose(1, 2), r * 2, r)
         # per tile, the saturated vectors first
         order = torch.argsort((~redo).to(torch.uint8), dim=2, stable=True)[..., :k]  # (B,to,k)
+        if isinstance(gen, torch.Generator):
+            g: torch.Generator | RowStream = gen
+        else:
+            g = RowStream(gen[round_no], (pair_base + order).reshape(-1), nb * n_out * n)
+        round_no += 1
         rows = (base + order).reshape(-1)  # rows of x_rows
         factor = s_div.reshape(-1)[rows] * r.transpose(1, 2).reshape(nb, n_out, n).gather(
             2, order
         ).reshape(-1)
         xq = x_rows.index_select(0, rows).mul_(factor.mul_(in_unit).reciprocal_().unsqueeze(1))
-        xq = _dac_(xq, io, in_unit, gen).view(nb * n_out, k, lo.rows)
-        zs = torch.empty(nb * n_out, k, lo.cols, device=z.device)
-        sat_new = _mvm_adc(xq, w_sub, io, gen, zs, 1)  # (B*to, k, 1), or None
+        xq = _dac_(xq, io, in_unit, g).view(nb * n_out, k, rows_in)
+        zs = torch.empty(nb * n_out, k, cols, device=z.device)
+        sat_new = _mvm_adc(xq, w_sub, io, g, zs, 1)  # (B*to, k, 1), or None
         valid = (torch.arange(k, device=z.device).view(1, 1, k) < counts.unsqueeze(2)).reshape(-1)
         pos = valid.nonzero().squeeze(1)
         dst = ((base + order) * n_out + t_ar).reshape(-1).index_select(0, pos)
-        z_rows.index_copy_(0, dst, zs.view(-1, lo.cols).index_select(0, pos))
+        z_rows.index_copy_(0, dst, zs.view(-1, cols).index_select(0, pos))
         sat = torch.zeros(nb * n * n_out, dtype=torch.bool, device=z.device)
         if sat_new is not None:
             sat[dst] = sat_new.reshape(-1)[pos]
         sat = sat.view(nb, n, n_out)
+
+
+#: IO configs of the compiled forwards' bound management, by :func:`_io_key`.
+_IO_BY_KEY: dict[str, IOConfig] = {}
+
+
+@torch._dynamo.assume_constant_result
+def _io_key(io: IOConfig) -> str:
+    """A string that names ``io`` for :func:`_gathered_rounds` (a custom op takes no config
+    objects); a constant of a compiled graph."""
+    key = repr(io)
+    _IO_BY_KEY.setdefault(key, io)
+    return key
+
+
+# the namespace follows the package name, so that two copies of aimc (an A/B benchmark that
+# imports the previous version beside this one) register two ops
+@torch.library.custom_op(f"{__package__.replace('.', '_')}::bound_management", mutates_args=())
+def _gathered_rounds(
+    z: Tensor,
+    sat: Tensor,
+    x_t: Tensor,
+    s_div: Tensor,
+    w: Tensor,
+    w_abs: Tensor | None,
+    keys: Tensor,
+    io_key: str,
+) -> tuple[Tensor, Tensor]:
+    """:func:`_bound_management` of a tensor-stream forward as one opaque op, so that a compiled
+    graph runs the gathered rounds (data-dependent shapes, Python control flow) as eager code:
+    returns the new ``z`` and ``r``. ``w`` / ``w_abs``: :func:`_output_tiles`' matrices;
+    ``keys``: the rounds' keys."""
+    z = z.clone()
+    r = _bound_management(
+        z, sat, x_t, s_div, TileWeights(None, w, None, w_abs), _IO_BY_KEY[io_key], keys
+    )  # type: ignore[arg-type]
+    return z, r
+
+
+@_gathered_rounds.register_fake
+def _(z, sat, x_t, s_div, w, w_abs, keys, io_key):
+    return torch.empty_like(z), torch.empty(sat.shape, dtype=torch.float32, device=z.device)
 
 
 def _bm_rounds(io: IOConfig) -> int:
@@ -558,7 +615,7 @@ def _bm_rounds(io: IOConfig) -> int:
     return rounds
 
 
-def _bound_management_dense(
+def _bound_management_keyed(
     z: Tensor,
     sat: Tensor,
     f_gnt: Tensor,
@@ -569,69 +626,36 @@ def _bound_management_dense(
     gen: KeyedStream,
     finish: Callable[[Tensor, Tensor, Tensor], Tensor],
 ) -> Tensor:
-    """Iterative bound management for the compiled forward: :func:`_bound_management`'s
-    algorithm without data-dependent shapes or Python control flow; returns
-    ``finish(z, r, f_gnt)`` (the digital periphery) of the final ``z`` and ``r``
-    (``(B, N, to)``), ``f_gnt`` passed through.
-
-    Each round recomputes every (input tile, vector, output tile) with ``r`` doubled where the
-    previous output saturated and the stop rule allows it, with fresh noise, and keeps the new
-    output only there (``torch.where``). The kept outputs are those of AIHWKIT's algorithm; the
-    discarded recomputations cost time, not statistics.
+    """Iterative bound management of a tensor-stream (compiled) forward; returns
+    ``finish(z, r, f_gnt)`` (the digital periphery) of the final ``z`` and ``r`` (``(B, N, to)``),
+    ``f_gnt`` passed through.
 
     One ``torch.cond`` decides whether any round is needed: if not, the branch is ``finish``
     alone (a ``torch.cond`` output may not alias its input, so a branch that returned ``z``
     unchanged would copy it; ``finish`` reads ``z`` once anyway, so a forward in which nothing
-    saturates costs nothing beyond the first pass). If so, the rounds run in a
-    ``torch.while_loop`` (while some tile saturates and the stop rule allows another round) and
-    then ``finish``. Inductor compiles the loop body once: the rounds used to be nested
-    ``torch.cond``, one level per round, whose code generation grew with the square of the
-    rounds (a ``bert_squad()`` layer compiled in 37 s instead of 82 s after the change). The
-    round keys are drawn up front, in round order, and round ``k`` takes key ``k``, so the
-    numbers equal those of flat rounds on the same stream.
+    saturates costs nothing beyond the first pass). If so, the rounds run as one custom op
+    (:func:`_gathered_rounds`), :func:`_bound_management`'s algorithm, which recomputes only the
+    pairs that saturated, as the eager forward does. Their noise comes from keys drawn here up
+    front, one per possible round (round ``k`` takes key ``k``), and at each redone pair it is
+    the value a round over every pair would draw there (:class:`~aimc.random.RowStream`), so the
+    numbers depend neither on which other pairs saturated nor on how they are gathered.
+    Before, the compiled rounds recomputed every pair (nested ``torch.cond`` up to aimc 0.3.0,
+    then a ``torch.while_loop``) and kept the redone ones: the same numbers, to float rounding,
+    at up to 1.7 times the eager forward's time on layers that saturate often.
     """
-    lo = tw.layout
-    nb, n, n_out = sat.shape
-    in_unit = units(io)[0]
-    w_sub = _output_tiles(tw)
     rounds = _bm_rounds(io)
     r = torch.ones(sat.shape, device=z.device, dtype=torch.float32)
     if rounds == 0:  # the stop rule allows no round (e.g. max_bm_factor < 1)
         return finish(z, r, f_gnt)
-    keys = [gen.next_key() for _ in range(rounds)]
-
-    def redo_round(z: Tensor, r: Tensor, sat: Tensor, key: Tensor):
-        g = KeyedStream(key)
-        redo = sat & _bm_allowed(r, io)  # (B, N, to)
-        r = torch.where(redo, r * 2, r)
-        # inputs of every (tile, output tile) pair at its own r: (B, to, N, rows)
-        div = (s_div.unsqueeze(1) * r.transpose(1, 2).unsqueeze(-1)).mul(in_unit)
-        xq = (x_t.unsqueeze(1) * div.reciprocal()).reshape(nb * n_out, n, lo.rows)
-        xq = _dac_(xq, io, in_unit, g)
-        zs = torch.empty(nb * n_out, n, lo.cols, device=z.device)
-        sat_new = _mvm_adc(xq, w_sub, io, g, zs, 1)  # (B*to, N, 1)
-        zs = zs.view(nb, n_out, n, lo.cols).transpose(1, 2)  # (B, N, to, cols)
-        keep = redo.unsqueeze(-1)
-        z = torch.where(keep, zs, z.view(nb, n, n_out, lo.cols)).reshape(nb, n, n_out * lo.cols)
-        sat = redo & sat_new.view(nb, n_out, n).transpose(1, 2)
-        return z, r, sat
-
-    def done(z: Tensor, r: Tensor, sat: Tensor, f_gnt: Tensor) -> Tensor:
-        return finish(z, r, f_gnt)
-
-    key_table = torch.stack(keys)  # (rounds,): indexed by the loop's counter
-
-    def needed(k: Tensor, z: Tensor, r: Tensor, sat: Tensor) -> Tensor:
-        return (k < rounds) & (sat & _bm_allowed(r, io)).any()
-
-    def body(k: Tensor, z: Tensor, r: Tensor, sat: Tensor):
-        # index_select, not key_table[k]: indexing by a tensor would read k as a Python int
-        key = key_table.index_select(0, k.view(1)).view(())
-        return (k + 1, *redo_round(z, r, sat, key))
+    keys = torch.stack([gen.next_key() for _ in range(rounds)])
+    w_sub = _output_tiles(tw)
+    io_key = _io_key(io)
 
     def run(z: Tensor, r: Tensor, sat: Tensor, f_gnt: Tensor) -> Tensor:
-        k = torch.zeros((), dtype=torch.int64, device=z.device)
-        _, z, r, _ = torch.while_loop(needed, body, (k, z, r, sat))
+        z, r = _gathered_rounds(z, sat, x_t, s_div, w_sub.w, w_sub.w_abs, keys, io_key)
+        return finish(z, r, f_gnt)
+
+    def done(z: Tensor, r: Tensor, sat: Tensor, f_gnt: Tensor) -> Tensor:
         return finish(z, r, f_gnt)
 
     pred = (sat & _bm_allowed(r, io)).any()

@@ -28,6 +28,7 @@ of threads, so the same seed gives the same draws.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 import warnings
@@ -247,6 +248,57 @@ def _counter_fill_eager(out: Tensor, key: Tensor, kind: str, var: Tensor | None 
         out.copy_(counter_uniform(key, (n,)))
 
 
+def _counter_rows_eager(key: Tensor, numel: int, rows: Tensor, width: int, kind: str) -> Tensor:
+    """Values ``rows[j] * width + c`` (``c < width``) of the ``kind`` stream at ``key`` drawn for
+    ``numel`` values (:func:`counter_normal` / :func:`counter_uniform` of shape ``(numel,)``), as
+    a ``(rows.numel(), padded)`` tensor: the width padded to a multiple of 64 (the caller
+    slices), so that no int64 loop of the compiled variant has a vector tail (see
+    :func:`_words`) and each row is one vectorised inner loop."""
+    padded = -(-width // 64) * 64
+    cols = torch.arange(padded, device=rows.device)
+    flat = rows.view(-1, 1) * width + cols.view(1, -1)
+    half = _words(numel)
+    first = flat < half  # word ``flat`` (cos, or the top 24 bits); else word ``flat - half``
+    bits = mix64(key + (torch.where(first, flat, flat - half) + 1) * _GAMMA)
+    if kind == "normal":
+        u1 = (_srl(bits, 40).to(torch.int32).float() + 0.5) * 2.0**-24
+        theta = (bits & 0xFFFFFF).to(torch.int32).float() * (_TWO_PI * 2.0**-24)
+        r = torch.sqrt(-2.0 * torch.log(u1))
+        # sin(theta) as cos(theta - pi/2): one cosine per value (equal to float rounding)
+        return r * torch.cos(torch.where(first, theta, theta - _TWO_PI / 4))
+    hi, lo = _srl(bits, 40).to(torch.int32), ((bits >> 8) & 0xFFFFFF).to(torch.int32)
+    return torch.where(first, hi, lo).float() * 2.0**-24
+
+
+_rows_kernel: dict[str, object] = {"fn": None}
+
+
+def counter_rows(key: Tensor, numel: int, rows: Tensor, width: int, kind: str = "normal") -> Tensor:
+    """Selected rows of a draw: ``counter_normal(key, (numel,))`` (``kind="normal"``) or
+    ``counter_uniform`` viewed as ``(numel // width, width)``, at the row indices ``rows``
+    (int64, 1-d): a ``(rows.numel(), width)`` float32 tensor, computed for those rows only.
+
+    Bound management's gathered rounds use it to draw, for the (tile, vector) pairs they redo,
+    exactly the values a round over every pair would draw there. On CPU it is a kernel that
+    ``torch.compile`` builds once per process (where the noise kernel builds); elsewhere, or
+    without it, the same values in eager tensor operations."""
+    m = rows.shape[0] * width
+    if m == 0:
+        return torch.empty(rows.shape[0], width, device=rows.device)
+    fn = None
+    if key.device.type == "cpu" and _counter_kernel() is not None:
+        if _rows_kernel["fn"] is None:
+            _rows_kernel["fn"] = torch.compile(_counter_rows_eager, dynamic=True, fullgraph=True)
+        fn = _rows_kernel["fn"]
+    with torch.inference_mode():
+        if fn is not None:
+            with torch._dynamo.config.patch(recompile_limit=_KERNEL_VARIANTS):
+                out = fn(key, numel, rows, width, kind)
+        else:
+            out = _counter_rows_eager(key, numel, rows, width, kind)
+    return out[:, :width]
+
+
 #: Compiled variants of the kernel allowed per process (3 kinds x thread counts).
 _KERNEL_VARIANTS = 64
 _kernel_lock = threading.Lock()
@@ -376,8 +428,38 @@ class CounterStream:
         return self.fork().uniform(shape)
 
 
+class RowStream:
+    """The draws of a :class:`KeyedStream` for tensors of ``total_rows`` rows, evaluated only at
+    the rows ``rows`` (:func:`counter_rows`): draw ``j`` of shape ``(..., width)`` (whose leading
+    dimensions hold ``rows.numel()`` rows) equals rows ``rows`` of the stream's draw ``j`` of
+    shape ``(total_rows, width)``."""
+
+    def __init__(self, key: Tensor, rows: Tensor, total_rows: int) -> None:
+        self.stream = KeyedStream(key)
+        self.rows = rows
+        self.total_rows = total_rows
+
+    def _draw(self, shape: tuple[int, ...] | torch.Size, kind: str) -> Tensor:
+        width = shape[-1]
+        if math.prod(shape) != self.rows.numel() * width:
+            raise ValueError(
+                f"aimc.random.RowStream: a draw of shape {tuple(shape)}; allowed: "
+                f"{self.rows.numel()} rows (the selected rows) of any width"
+            )
+        key = self.stream.next_key()
+        return counter_rows(key, self.total_rows * width, self.rows, width, kind).reshape(shape)
+
+    def normal(self, shape: tuple[int, ...] | torch.Size) -> Tensor:
+        """Standard normal draws of the given shape (float32)."""
+        return self._draw(shape, "normal")
+
+    def uniform(self, shape: tuple[int, ...] | torch.Size) -> Tensor:
+        """``U[0, 1)`` draws of the given shape (float32)."""
+        return self._draw(shape, "uniform")
+
+
 #: What :func:`normal_` and :func:`uniform_` accept besides a ``torch.Generator``.
-TensorStream = CounterStream | KeyedStream
+TensorStream = CounterStream | KeyedStream | RowStream
 
 
 def derive_seed(seed: int, name: str) -> int:

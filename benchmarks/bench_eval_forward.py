@@ -166,12 +166,18 @@ def bench(label: str, lin: torch.nn.Linear, x: torch.Tensor, config: str, args) 
 
     sides["digital"] = run(lin)
     sides["analog"] = run(analog)
+    first_call = None
     if args.compile:
         torch._dynamo.reset()  # a fresh compile per row (not dynamo's recompile limit)
         sides["analog compiled"] = run(aimc.compile(analog))
+        start = time.perf_counter()
+        sides["analog compiled"]()  # compiles (inductor's on-disk cache may shorten it)
+        first_call = time.perf_counter() - start
     times = interleaved(sides, args.repeats)
     digital = statistics.median(times["digital"])
     row: dict = {"layer": label, "config": config, "tokens": x.shape[0]}
+    if first_call is not None:
+        row["compiled_first_call_s"] = first_call
     row["page_faults_per_call"] = {k: page_faults_per_call(f) for k, f in sides.items()}
     row["saturated_fraction_first_pass"] = saturated  # the fresh twin's first forward
     for k, ts in times.items():

@@ -2,8 +2,9 @@
 
 The compiled forward draws its IO noise from each layer's counter stream instead of a
 ``torch.Generator``; run eagerly with the same stream, analog_mvm gives the compiled numbers
-(to float rounding), and its bound management (dense rounds under ``torch.cond``) keeps exactly
-what the eager gather-based rounds keep (checked noise-free, where both are deterministic).
+(to float rounding), and its bound management (the gathered rounds as one custom op under
+``torch.cond``) keeps exactly what the eager rounds keep (checked noise-free, where both are
+deterministic) and draws, at every pair it redoes, what a round over every pair would draw.
 """
 
 from __future__ import annotations
@@ -17,9 +18,26 @@ import torch
 from scipy import stats
 
 import aimc
+import aimc.random
 from aimc.config import AnalogConfig, IOConfig, MappingConfig
-from aimc.mvm import analog_mvm
-from aimc.random import CounterStream, counter_bits, counter_normal, counter_uniform
+from aimc.mvm import (
+    _bm_allowed,
+    _bm_rounds,
+    _bound_management,
+    _dac_,
+    _mvm_adc,
+    analog_mvm,
+    units,
+)
+from aimc.random import (
+    CounterStream,
+    KeyedStream,
+    RowStream,
+    counter_bits,
+    counter_normal,
+    counter_rows,
+    counter_uniform,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -74,6 +92,43 @@ def test_counter_draws_compile_to_the_same_numbers():
     for n in (1, 7, 24, 40, 1001):
         assert torch.allclose(normal(key, (n,)), counter_normal(key, (n,)), atol=1e-5), n
         assert torch.equal(uniform(key, (n,)), counter_uniform(key, (n,))), n
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+@pytest.mark.parametrize("total_rows, width", [(300, 384), (37, 13), (5, 1), (64, 512)])
+def test_counter_rows_are_the_rows_of_the_whole_draw(kernel, total_rows, width, monkeypatch):
+    """Rows of both halves of the draw (cosines and sines of the Box-Muller pairs), repeated and
+    unordered rows, widths that are not multiples of the kernel's 64-value padding."""
+    if not kernel:  # the eager tensor operations (no compiled kernel)
+        monkeypatch.setattr(aimc.random, "_counter_kernel", lambda: None)
+    key = torch.tensor(-987654321, dtype=torch.int64)
+    numel = total_rows * width
+    rows = torch.cat(
+        [
+            torch.randperm(total_rows, generator=torch.Generator().manual_seed(1)),
+            torch.tensor([total_rows - 1, 0, total_rows - 1]),
+        ]
+    )
+    normal = counter_normal(key, (numel,)).view(total_rows, width)
+    got = counter_rows(key, numel, rows, width, "normal")
+    assert got.shape == (rows.numel(), width)
+    assert torch.allclose(got, normal[rows], rtol=0, atol=2e-6)
+    uniform = counter_uniform(key, (numel,)).view(total_rows, width)
+    assert torch.equal(counter_rows(key, numel, rows, width, "uniform"), uniform[rows])
+    assert counter_rows(key, numel, rows[:0], width).shape == (0, width)
+
+
+def test_row_stream_follows_the_keyed_stream():
+    """Draw ``j`` of a RowStream: rows ``rows`` of the keyed stream's draw ``j`` over every row;
+    the leading dimensions of a draw hold the selected rows, row-major."""
+    key = torch.tensor(77, dtype=torch.int64)
+    rows = torch.tensor([4, 0, 9, 4, 1, 2])
+    s, full = RowStream(key, rows, 10), KeyedStream(key)
+    assert torch.equal(s.uniform((6, 5)), full.uniform((10, 5))[rows])  # draw 1
+    got = s.normal((3, 2, 7))  # draw 2
+    assert torch.allclose(got, full.normal((10, 7))[rows].view(3, 2, 7), atol=2e-6)
+    with pytest.raises(ValueError, match=r"RowStream: a draw of shape \(4, 6\); allowed: 6 rows"):
+        s.normal((4, 6))
 
 
 # -- the compiled forward ----------------------------------------------------------------------
@@ -148,25 +203,25 @@ def test_compiled_mvm_equals_eager_mvm_with_the_same_stream(preset, shape):
     assert float((eager - compiled).abs().max()) < step
 
 
-def test_dense_bound_management_keeps_what_the_eager_rounds_keep():
+def test_keyed_bound_management_keeps_what_the_eager_rounds_keep():
     """Without noise both algorithms are deterministic: the same outputs, bit for bit."""
     io = IOConfig(out_noise=0.0, inp_res=1 / 254, out_res=1 / 254, out_bound=4.0)
     cfg = AnalogConfig(io=io, mapping=MappingConfig(max_input_size=16, max_output_size=8))
     layer, x = _saturating_case(cfg)
     tw = layer.tile_weights()
     gather = analog_mvm(x, tw, io, torch.Generator().manual_seed(0))
-    dense = analog_mvm(x, tw, io, CounterStream(CounterStream.initial_state(0)))
+    keyed = analog_mvm(x, tw, io, CounterStream(CounterStream.initial_state(0)))
     unmanaged = analog_mvm(
         x, tw, io.replace(bound_management="none"), torch.Generator().manual_seed(0)
     )
     assert not torch.equal(gather, unmanaged)  # bound management did something
-    assert torch.equal(gather, dense)
+    assert torch.equal(gather, keyed)
 
 
-def test_dense_bound_management_runs_the_later_rounds():
+def test_keyed_bound_management_runs_the_later_rounds():
     """Positive weights and inputs: every first-pass output saturates and some still do at
-    ``r = 2``, so bound management needs a second round (a nested ``torch.cond`` in the dense
-    version); both versions agree, with the rounds cut after one and not."""
+    ``r = 2``, so bound management needs a second round; the generator's rounds and the tensor
+    stream's agree, with the rounds cut after one and not."""
     io = IOConfig(out_noise=0.0, inp_res=1 / 254, out_res=1 / 254, out_bound=4.0)
     cfg = AnalogConfig(io=io, mapping=MappingConfig(max_input_size=16, max_output_size=8))
     layer, x = _saturating_case(cfg)
@@ -181,14 +236,74 @@ def test_dense_bound_management_runs_the_later_rounds():
     for factor in (0.5, 1.0, 100.0):
         cut = io.replace(max_bm_factor=factor)
         gather = analog_mvm(x, tw, cut, torch.Generator().manual_seed(0))
-        dense = analog_mvm(x, tw, cut, CounterStream(CounterStream.initial_state(0)))
-        assert torch.equal(gather, dense), factor
+        keyed = analog_mvm(x, tw, cut, CounterStream(CounterStream.initial_state(0)))
+        assert torch.equal(gather, keyed), factor
         results[factor] = gather
     assert not torch.equal(results[1.0], results[100.0])  # the second round changed outputs
     unmanaged = analog_mvm(
         x, tw, io.replace(bound_management="none"), torch.Generator().manual_seed(0)
     )
     assert torch.equal(results[0.5], unmanaged)  # no round allowed: the first pass
+
+
+def _rounds_over_every_pair(z, sat, x_t, s_div, w_sub, io, keys):
+    """Reference: bound management recomputing every (input tile, vector, output tile) in each
+    round with that round's ``KeyedStream`` and keeping the redone pairs (how the compiled
+    forward worked before its rounds were gathered)."""
+    nb, n, n_out = sat.shape
+    rows, cols = w_sub.w.shape[2], w_sub.w.shape[1]
+    in_unit = units(io)[0]
+    r = torch.ones(sat.shape)
+    for k in range(_bm_rounds(io)):
+        redo = sat & _bm_allowed(r, io)
+        if not redo.any():
+            break
+        g = KeyedStream(keys[k])
+        r = torch.where(redo, r * 2, r)
+        div = (s_div.unsqueeze(1) * r.transpose(1, 2).unsqueeze(-1)).mul(in_unit)
+        xq = _dac_(
+            (x_t.unsqueeze(1) * div.reciprocal()).reshape(nb * n_out, n, rows), io, in_unit, g
+        )
+        zs = torch.empty(nb * n_out, n, cols)
+        sat_new = _mvm_adc(xq, w_sub, io, g, zs, 1)
+        if sat_new is None:  # nothing saturated (eager calls say so with None)
+            sat_new = torch.zeros(nb * n_out, n, 1, dtype=torch.bool)
+        zs = zs.view(nb, n_out, n, cols).transpose(1, 2)
+        z = torch.where(redo.unsqueeze(-1), zs, z.view(nb, n, n_out, cols)).reshape(z.shape)
+        sat = redo & sat_new.view(nb, n_out, n).transpose(1, 2)
+    return z, r
+
+
+@pytest.mark.parametrize(
+    "io",
+    [
+        aimc.presets.bert_squad(0.0175).io,  # pcm_read weight noise and output noise
+        IOConfig(inp_sto_round=True, inp_noise=0.05, out_noise=0.1, out_bound=3.0),  # DAC draws
+    ],
+    ids=["bert_squad", "dac_noise"],
+)
+def test_gathered_rounds_draw_what_rounds_over_every_pair_draw(io):
+    """With noise: the gathered rounds of a tensor-stream forward (only the redone pairs, their
+    draws from ``RowStream``) equal rounds that recompute every pair, to float rounding."""
+    gen = torch.Generator().manual_seed(6)
+    nb, n, n_out, rows, cols = 3, 50, 2, 16, 8
+    # mostly positive weights and inputs: many pairs still saturate at r = 2, some at r = 4
+    w = torch.rand(nb * n_out, cols, rows, generator=gen) * 1.2 - 0.2
+    w_sub = aimc.mvm.TileWeights(None, w, None, w.abs())
+    x_t = torch.rand(nb, n, rows, generator=gen) * 1.5 - 0.1
+    s_div = x_t.abs().amax(dim=-1, keepdim=True)
+    z = torch.randn(nb, n, n_out * cols, generator=gen) * 200
+    sat = torch.rand(nb, n, n_out, generator=gen) < 0.6
+    keys = torch.stack(
+        [KeyedStream(torch.tensor(11)).next_key() + i for i in range(_bm_rounds(io))]
+    )
+    want_z, want_r = _rounds_over_every_pair(z.clone(), sat, x_t, s_div, w_sub, io, keys)
+    got_z = z.clone()
+    got_r = _bound_management(got_z, sat, x_t, s_div, w_sub, io, keys)
+    assert torch.equal(got_r, want_r) and bool((got_r > 2).any())  # several rounds ran
+    step = 1.0  # outputs are in ADC steps: a rounding tie may flip one step
+    assert float((got_z - want_z).abs().max()) <= step
+    assert float((got_z == want_z).float().mean()) > 0.99
 
 
 @pytest.mark.parametrize("name", ["pcm_inference", "bert_squad"])
