@@ -14,7 +14,7 @@ saturated (tile, vector) pairs, as the eager forward does, and draws for each th
 over every pair would draw there (:class:`aimc.random.RowStream`).
 
 Compiling takes time once per layer shape and config: on the project's 2-core AVX2 host
-25–28 s for one small layer (``pcm_inference()`` or ``bert_squad()``, the durations of the
+27–34 s for one small layer (``pcm_inference()`` or ``bert_squad()``, the durations of the
 compile tests in ``tests/test_compile.py -k same_stream``, inductor's caches off) and 23–35 s
 per layer in ``benchmarks/bench_eval_forward.py --compile`` (``compiled_first_call_s``).
 """
