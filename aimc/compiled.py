@@ -1,7 +1,7 @@
 """``torch.compile`` for analog models (eval forwards).
 
-(A plain ``torch.compile`` of a model in training mode also works: each analog MVM that autograd
-records runs eagerly, a graph break, with the eager forward's noise and gradients.)
+(A plain ``torch.compile`` of a model in training mode also works: each analog layer in training
+mode runs its MVM eagerly, a graph break, with the eager forward's noise and gradients.)
 
 The compiled forward is the same algorithm as the eager one — noise management, DAC, MVM,
 weight and output noise, ADC, iterative bound management, digital rescale — written without

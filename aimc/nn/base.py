@@ -60,14 +60,15 @@ class _AnalogMVM(torch.autograd.Function):
 
 
 @torch._dynamo.disable
-def _mvm_with_autograd(*args: object) -> Tensor:
-    """``_AnalogMVM.apply(*args)``, run eagerly under ``torch.compile`` (a graph break).
+def _train_mvm(*args: object) -> Tensor:
+    """``_AnalogMVM.apply(*args)`` of a layer in training mode, run eagerly under
+    ``torch.compile`` (a graph break).
 
-    A forward that autograd records (training, or gradients in eval mode) is not compiled:
-    dynamo's tracing of the straight-through ``autograd.Function`` failed with an unrelated
-    stride assertion in torch 2.13. A compiled model then trains with its analog layers eager
-    (the same noise as an eager forward) and everything between them compiled; compiled
-    *evaluation* forwards, which need no autograd node, stay in the graph."""
+    Dynamo's tracing of the straight-through ``autograd.Function`` in a training forward failed
+    in torch 2.13 with an unrelated stride assertion. A compiled model in training mode then
+    trains with its analog MVMs eager (the same noise as an eager forward) and everything
+    between them compiled. Eval-mode forwards (``aimc.compile``), also with autograd enabled,
+    stay in the graph."""
     return _AnalogMVM.apply(*args)
 
 
@@ -393,7 +394,8 @@ class AnalogLayerMixin(ChipMixin):
                 and (bias is None or not bias.requires_grad)
             ):  # no autograd node (and none a compiled graph would have to trace)
                 return _run_mvm(self, xf, bias, r).to(dtype)
-            return _mvm_with_autograd(xf, w, bias, self, r).to(dtype)
+            mvm = _train_mvm if self.training else _AnalogMVM.apply
+            return mvm(xf, w, bias, self, r).to(dtype)
         lo = self.tile_layout()
         train = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (xf, w, bias, self.out_scale)
@@ -402,7 +404,8 @@ class AnalogLayerMixin(ChipMixin):
             # every input tile's output z_t, then y = sum_t alpha_t z_t (+ bias): autograd gives
             # d/d alpha_t = sum grad_y * z_t, and _AnalogMVM's backward the straight-through
             # gradients of x and W through alpha_t W_t
-            z = _mvm_with_autograd(xf, w, None, self, r, True)  # (G, ti, N, O)
+            mvm = _train_mvm if self.training else _AnalogMVM.apply
+            z = mvm(xf, w, None, self, r, True)  # (G, ti, N, O)
             y = z * self.out_scale_columns().unsqueeze(2)
             y = y[:, 0] if lo.n_in == 1 else y.sum(dim=1)
             return (y if bias is None else y + bias.unsqueeze(1)).to(dtype)
