@@ -224,7 +224,8 @@ def _mvm_adc(
     if kind == WeightNoiseType.NONE and io.out_noise <= 0:
         _bmm_(z, xq, w_t)
     else:
-        eager = isinstance(gen, torch.Generator)  # else a tensor stream: the compiled forward
+        # else a tensor stream: the compiled forward, or its gathered bound-management rounds
+        eager = isinstance(gen, torch.Generator)
         std = None  # of the noise, in ADC steps; None: out_noise / out_unit everywhere
         var_steps = None  # eager pcm_read: the noise variance in ADC steps^2, z's shape
         if kind != WeightNoiseType.NONE:
