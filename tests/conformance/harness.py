@@ -12,7 +12,7 @@ Tolerance (per case, :class:`Tolerance`): two means agree when they differ by at
 ``max(rel * |reference|, k * SE, floor)`` with ``SE = sqrt(sd_a²/n + sd_b²/n)`` — "within 3 % or
 3 standard errors, whichever is larger". Spreads over draws (sd of the relative error) agree when
 their ratio is within ``spread`` (sd estimates from n draws have a relative error of about
-``1/sqrt(2(n-1))``).
+``1/sqrt(2(n-1))``); a spread miss is judged again on three times the draws (:func:`run_case`).
 """
 
 from __future__ import annotations
@@ -120,7 +120,10 @@ def _digital(w: Tensor, b: Tensor | None) -> nn.Linear:
 # -- aimc ----------------------------------------------------------------------------------------
 
 
-def run_aimc(case: Case, w: Tensor, b: Tensor | None, x: Tensor) -> Stats:
+def run_aimc(
+    case: Case, w: Tensor, b: Tensor | None, x: Tensor, draws: range | None = None
+) -> Stats:
+    """aimc's per-draw statistics; ``draws`` (default ``range(case.draws)``) numbers the seeds."""
     stats = Stats()
     digital = _digital(w, b)
     with torch.no_grad():
@@ -130,7 +133,7 @@ def run_aimc(case: Case, w: Tensor, b: Tensor | None, x: Tensor) -> Stats:
         cfg = cfg.replace(device=aimc.DeviceConfig())
     layer = aimc.nn.AnalogLinear.from_digital(_digital(w, b), cfg, seed=0)
     layer.train(case.protocol == "train")
-    for i in range(case.draws):
+    for i in range(case.draws) if draws is None else draws:
         alpha = None
         if case.protocol in ("program", "drift"):
             layer.program_chip(1000 + i)
@@ -147,7 +150,11 @@ def run_aimc(case: Case, w: Tensor, b: Tensor | None, x: Tensor) -> Stats:
 # -- AIHWKIT -------------------------------------------------------------------------------------
 
 
-def run_aihwkit(case: Case, w: Tensor, b: Tensor | None, x: Tensor) -> Stats:
+def run_aihwkit(
+    case: Case, w: Tensor, b: Tensor | None, x: Tensor, draws: range | None = None
+) -> Stats:
+    """AIHWKIT's per-draw statistics; ``draws`` numbers the torch seeds (its IO noise is
+    clock-seeded whatever they are)."""
     from aihwkit.nn import AnalogLinear
 
     stats = Stats()
@@ -157,7 +164,7 @@ def run_aihwkit(case: Case, w: Tensor, b: Tensor | None, x: Tensor) -> Stats:
     layer = AnalogLinear(case.in_features, case.out_features, bias=b is not None, rpu_config=rpu)
     layer.set_weights(w.clone(), None if b is None else b.clone())
     layer.train(case.protocol == "train")
-    for i in range(case.draws):
+    for i in range(case.draws) if draws is None else draws:
         torch.manual_seed(1000 + i)  # programming noise, drift exponents, 1/f read noise
         alpha = None
         if case.protocol in ("program", "drift"):
@@ -196,9 +203,9 @@ class Verdict:
 
 
 def compare(case: Case, a: Stats, b: Stats) -> list[Verdict]:
-    """The verdicts of every statistic both simulators report."""
+    """The verdicts of every statistic both simulators report (over as many draws as ``a``)."""
     sa, sb = a.summary(), b.summary()
-    n = case.draws
+    n = len(a.rel_error)
     tol = case.tol
     out = []
     for key in ("rel_error", "err_std", "bias", "alpha"):
@@ -216,24 +223,52 @@ def compare(case: Case, a: Stats, b: Stats) -> list[Verdict]:
     return out
 
 
+#: a spread miss is judged again on this many times the case's draws (both simulators, the
+#: first draws included)
+CONFIRM_FACTOR = 3
+
+
 def run_case(case: Case, seed: int = 0) -> dict[str, Any]:
-    """Both simulators on ``case``; the summaries and the verdicts."""
+    """Both simulators on ``case``; the summaries and the verdicts.
+
+    The means are judged once. The spread over draws is judged twice when the first judgement
+    fails: AIHWKIT's IO noise is clock-seeded, and its sd over 10 draws is heavier-tailed than
+    the ~24 % a Gaussian estimate would have (standard_hwa, drift 1 year: 0.00078 to 0.00182 in
+    60 runs here, 0.00046 once in CI, where aimc's is 0.00140). A spread miss is therefore
+    confirmed on ``CONFIRM_FACTOR`` times the draws of both simulators, with the same
+    tolerance; a real difference in spread fails both judgements.
+    """
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     w, b, x = problem(case, seed)
     a, r = run_aimc(case, w, b, x), run_aihwkit(case, w, b, x)
     verdicts = compare(case, a, r)
+    confirmed = False
+    if any(v.stat == "rel_error_spread" and not v.ok for v in verdicts):
+        more = range(case.draws, CONFIRM_FACTOR * case.draws)
+        a2, r2 = run_aimc(case, w, b, x, more), run_aihwkit(case, w, b, x, more)
+        for stats, extra in ((a, a2), (r, r2)):
+            for key in ("rel_error", "bias", "err_std", "alpha"):
+                getattr(stats, key).extend(getattr(extra, key))
+        spread = [v for v in compare(case, a, r) if v.stat == "rel_error_spread"]
+        verdicts = [v for v in verdicts if v.stat != "rel_error_spread"] + spread
+        confirmed = True
     return {
         "case": case.name,
         "aimc": a.summary(),
         "aihwkit": r.summary(),
         "verdicts": verdicts,
         "ok": all(v.ok for v in verdicts),
+        "spread_confirmed": confirmed,
+        "spread_draws": len(a.rel_error),
     }
 
 
 def describe(result: dict[str, Any]) -> str:
     """A readable table of one case's verdicts (the assertion message)."""
     lines = [f"case {result['case']}:"]
+    if result.get("spread_confirmed"):
+        n = result["spread_draws"]
+        lines.append(f"  (rel_error_spread judged again over {n} draws after a first miss)")
     for v in result["verdicts"]:
         flag = "ok " if v.ok else "BAD"
         lines.append(
