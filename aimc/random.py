@@ -291,8 +291,11 @@ def counter_rows(key: Tensor, numel: int, rows: Tensor, width: int, kind: str = 
         return torch.empty(rows.shape[0], width, device=rows.device)
     fn = None
     if key.device.type == "cpu" and _counter_kernel() is not None:
-        if _rows_kernel["fn"] is None:
-            _rows_kernel["fn"] = torch.compile(_counter_rows_eager, dynamic=True, fullgraph=True)
+        with _kernel_lock:  # one compiled function per process, as for the fill kernel
+            if _rows_kernel["fn"] is None:
+                _rows_kernel["fn"] = torch.compile(
+                    _counter_rows_eager, dynamic=True, fullgraph=True
+                )
         fn = _rows_kernel["fn"]
     with torch.inference_mode():
         if fn is not None:
