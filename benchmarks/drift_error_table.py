@@ -7,6 +7,7 @@ for pcm_inference() and pcm_weights_only(). Writes benchmarks/results/drift_erro
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -24,7 +25,14 @@ TIMES = {
 }
 
 
-def main(seeds: int = 10) -> None:
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=10, help="chips (program seeds) per point")
+    p.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "drift_error_table.json")
+    )
+    args = p.parse_args()
+    seeds = args.seeds
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(768, 768, generator=gen) * 0.05
@@ -55,7 +63,7 @@ def main(seeds: int = 10) -> None:
             e = torch.tensor(table[p][label])
             cells.append(f"{float(e.mean()):.4f} ± {float(e.std()):.4f}")
         print(f"{label:<16}" + "".join(f"{c:>26}" for c in cells))
-    path = Path(__file__).parent / "results" / "drift_error_table.json"
+    path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"seeds": seeds, "errors": table}, indent=2) + "\n")
     print(f"wrote {path}")

@@ -12,6 +12,7 @@ Calibration on the same 512 tokens. Writes ``benchmarks/results/lm_static_ranges
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -45,6 +46,9 @@ def variants() -> list[tuple[str, aimc.AnalogConfig, str | None]]:
 
 
 def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(OUT))
+    out = Path(p.parse_args().out)
     torch.set_num_threads(2)
     spec = LMSweepSpec(max_tokens=512, window=512, stride=256)
     resolve_model(spec)
@@ -69,8 +73,9 @@ def main() -> int:
         )
         print(rows[-1], flush=True)
         aimc.to_digital(model)
-    OUT.write_text(json.dumps({"tokens": int(len(ids)), "rows": rows}, indent=2) + "\n")
-    print(f"wrote {OUT}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"tokens": int(len(ids)), "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
     return 0
 
 

@@ -9,6 +9,7 @@ benchmarks/results/profile_linear_cpu.json.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from pathlib import Path
@@ -79,6 +80,11 @@ def profile_shape(n_in: int, n_out: int, tokens: int, gen: torch.Generator) -> d
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "profile_linear_cpu.json")
+    )
+    args = p.parse_args()
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)  # nn.Linear's initialisation
@@ -94,7 +100,7 @@ def main() -> None:
         )
         for k, v in t.items():
             print(f"    {k:<28} {v:7.1f} ms  ({v / lin:4.2f} x nn.Linear)")
-    path = Path(__file__).parent / "results" / "profile_linear_cpu.json"
+    path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(
