@@ -72,6 +72,66 @@ def _train_mvm(*args: object) -> Tensor:
     return _AnalogMVM.apply(*args)
 
 
+class _ScaledAnalogMVM(torch.autograd.Function):
+    """Noisy analog forward with learned output scales, ``y = sum_t alpha_t z_t (+ b)`` over the
+    input tiles ``t`` (``z_t`` each tile's analog output, ``alpha`` ``(G, ti, O)``); exact
+    digital (straight-through) backward.
+
+    The gradients are those of ``x @ (alpha ⊙ W).T + b`` for ``x`` and ``W`` (``alpha_t``
+    scales the weights of tile ``t``: one dense matmul each, as for ``nn.Linear``, plus a
+    weight-sized product) and ``sum_n grad_y * z_t`` for ``alpha_t``. The same gradients as
+    :class:`_AnalogMVM` with ``per_tile`` followed by autograd's product and sum, without the
+    ``(G, ti, N, O)`` product in the forward and the ``(G, ti, N, O)`` output gradient in the
+    backward.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: Tensor,
+        w: Tensor,
+        b: Tensor | None,  # type: ignore[override]
+        alpha: Tensor,
+        layer: AnalogLayerMixin,
+        input_range: Tensor | None = None,
+    ) -> Tensor:
+        with torch.no_grad():
+            z = _run_mvm(layer, x, None, input_range, per_tile=True)  # (G, ti, N, O)
+            y = torch.mul(z[:, 0], alpha[:, 0].unsqueeze(1))
+            for t in range(1, z.shape[1]):
+                y.addcmul_(z[:, t], alpha[:, t].unsqueeze(1))
+            if b is not None:
+                y.add_(b.unsqueeze(1))
+        ctx.save_for_backward(x, w, z, alpha)
+        ctx.layout = layer.tile_layout()
+        ctx.has_bias = b is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, w, z, alpha = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        gx = gw = gb = ga = None
+        if needs[0] or needs[1]:
+            a_w = ctx.layout.per_weight(alpha)  # (G, O, K): each weight's alpha_t
+            if needs[0]:
+                gx = torch.bmm(grad, w * a_w)
+            if needs[1]:
+                gw = torch.bmm(grad.transpose(1, 2), x).mul_(a_w)
+        if ctx.has_bias and needs[2]:
+            gb = grad.sum(dim=1)
+        if needs[3]:
+            ga = torch.stack([(z[:, t] * grad).sum(dim=1) for t in range(z.shape[1])], dim=1)
+        return gx, gw, gb, ga, None, None
+
+
+@torch._dynamo.disable
+def _train_scaled_mvm(*args: object) -> Tensor:
+    """``_ScaledAnalogMVM.apply(*args)`` run eagerly under ``torch.compile`` (see
+    :func:`_train_mvm`)."""
+    return _ScaledAnalogMVM.apply(*args)
+
+
 def _run_mvm(
     layer: AnalogLayerMixin,
     x: Tensor,
@@ -400,12 +460,15 @@ class AnalogLayerMixin(ChipMixin):
         train = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (xf, w, bias, self.out_scale)
         )
+        if train and (self.training or not torch.compiler.is_compiling()):
+            # every input tile's output z_t, then y = sum_t alpha_t z_t (+ bias), with the
+            # gradients of x, W, b and alpha_t in one backward (_ScaledAnalogMVM)
+            mvm = _train_scaled_mvm if self.training else _ScaledAnalogMVM.apply
+            return mvm(xf, w, bias, self.out_scale_columns(), self, r).to(dtype)
         if train:
-            # every input tile's output z_t, then y = sum_t alpha_t z_t (+ bias): autograd gives
-            # d/d alpha_t = sum grad_y * z_t, and _AnalogMVM's backward the straight-through
-            # gradients of x and W through alpha_t W_t
-            mvm = _train_mvm if self.training else _AnalogMVM.apply
-            z = mvm(xf, w, None, self, r, True)  # (G, ti, N, O)
+            # an eval-mode forward with autograd under torch.compile: the same, traced in
+            # autograd's terms (dynamo traces _AnalogMVM in eval mode)
+            z = _AnalogMVM.apply(xf, w, None, self, r, True)  # (G, ti, N, O)
             y = z * self.out_scale_columns().unsqueeze(2)
             y = y[:, 0] if lo.n_in == 1 else y.sum(dim=1)
             return (y if bias is None else y + bias.unsqueeze(1)).to(dtype)
