@@ -185,6 +185,47 @@ def test_input_range_gradient_formula():
     assert torch.allclose(r.grad, torch.tensor([4.0 + 5.0 - 1.0 + 0.1]))
 
 
+@pytest.mark.parametrize("shape", [(7,), (3, 1000), (2, 5, 33)])
+def test_fused_input_range_kernels_equal_the_formulas(shape):
+    """The fused CPU kernels of the input range (one pass each way) give the eager formulas'
+    values: the clipped input and dx exactly, NaN and +-inf included (inf -> NaN), the range
+    gradient up to the order of its sum; and they were built (not the eager fallback)."""
+    from aimc.hwa import _clip_backward, _clip_forward, _fused, _run_fused
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen) * 2
+    flat = x.view(-1)
+    flat[0], flat[-1] = float("inf"), float("nan")
+    if flat.numel() > 2:
+        flat[1] = -float("inf")
+    g = torch.randn(shape, generator=gen)
+    r = torch.tensor([1.5])
+    y = _run_fused("forward", _clip_forward, x, r)
+    torch.testing.assert_close(y, _clip_forward(x, r), rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(y.view(-1)[0]) and torch.isnan(y.view(-1)[-1])
+    gx, gr = _run_fused("backward", _clip_backward, x, r, g)
+    gx_e, gr_e = _clip_backward(x, r, g)
+    assert torch.equal(gx, gx_e)
+    torch.testing.assert_close(gr, gr_e, rtol=1e-5, atol=1e-5)
+    assert _fused["failed"] is None and _fused["forward"] is not None
+
+
+def test_input_range_gradient_on_noncontiguous_input():
+    """A transposed input and gradient take the same values as contiguous ones."""
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(40, 30, generator=gen) * 2
+    g = torch.randn(30, 40, generator=gen)
+    out = []
+    for x in (base.t(), base.t().contiguous()):
+        x = x.detach().requires_grad_()
+        r = torch.tensor([1.0], requires_grad=True)
+        y = aimc.hwa.clip_input(x, r, decay=0.0)
+        y.backward(g)
+        out.append((y.detach(), x.grad, r.grad))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    torch.testing.assert_close(out[0][2], out[1][2], rtol=1e-5, atol=1e-5)
+
+
 def test_input_range_is_the_dac_range_in_eval():
     hwa = HWAConfig(learn_input_range=True)
     cfg = AnalogConfig(
