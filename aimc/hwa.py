@@ -251,8 +251,10 @@ def _remap(layer: nn.Module, hwa: HWAConfig) -> None:
     k = w.shape[2]
     full = layer._analog_weight().detach()  # (G, O, K [+ 1]), the analog bias as last input
     g, o, _ = full.shape
-    # max |W| per (group, input tile, output column): (G, ti, O)
-    mags = lo.pad_in(full.abs(), 2).view(g, o, lo.n_in, lo.rows).amax(dim=3).transpose(1, 2)
+    # max |W| per (group, input tile, output column): (G, ti, O), as max(amax, -amin): two
+    # reading passes, no weight-sized |W|
+    parts = lo.pad_in(full, 2).view(g, o, lo.n_in, lo.rows)
+    mags = torch.maximum(parts.amax(dim=3), parts.amin(dim=3).neg_()).transpose(1, 2)
     per_tile = lo.pad_out(mags, 2).view(g, lo.n_in, lo.n_out, lo.cols).amax(dim=3)  # (G,ti,to)
     tile_max = lo.tile_columns(per_tile)  # (G, ti, O)
     columnwise_scale = layer.analog_config.mapping.out_scaling_columnwise
@@ -264,10 +266,13 @@ def _remap(layer: nn.Module, hwa: HWAConfig) -> None:
             "(one output scale per tile column to move the remap scale into)"
         )
     scale = mags.clamp_min(1e-12)
-    per_weight = lo.per_weight(scale)  # (G, O, K [+ 1])
-    w.div_(per_weight[..., :k].to(w.dtype))
-    if layer.analog_bias():
-        layer.bias.div_(per_weight[..., k].reshape(-1).to(layer.bias.dtype))
+    if layer.analog_bias() or lo.padded_in != k or not w.is_contiguous():
+        per_weight = lo.per_weight(scale)  # (G, O, K [+ 1])
+        w.div_(per_weight[..., :k].to(w.dtype))
+        if layer.analog_bias():
+            layer.bias.div_(per_weight[..., k].reshape(-1).to(layer.bias.dtype))
+    else:  # an even split: each tile's rows divided in place, no weight-sized scale tensor
+        w.view(g, o, lo.n_in, lo.rows).div_(scale.transpose(1, 2).unsqueeze(-1).to(w.dtype))
     tile_scale = scale if columnwise_scale else per_tile.clamp_min(1e-12)
     layer.out_scale.mul_(tile_scale.to(layer.out_scale.dtype))
     layer.invalidate_tiles()
