@@ -116,7 +116,9 @@ def _clip_backward(x: Tensor, r: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
 
 #: ``torch.compile`` of :func:`_clip_forward` / :func:`_clip_backward` (CPU, built on first
 #: use); ``failed``: why they cannot be built here (then the same formulas run eagerly)
-_fused: dict[str, Any] = {"forward": None, "backward": None, "failed": None}
+_fused: dict[str, Any] = {"forward": None, "backward": None, "failed": None, "built": False}
+#: compiled variants allowed per kernel
+_FUSED_VARIANTS = 64
 _fused_lock = threading.Lock()
 
 
@@ -138,11 +140,23 @@ def _run_fused(name: str, fn: Callable[..., Any], *args: Tensor) -> Any:
     with _fused_lock:
         if _fused[name] is None:
             _fused[name] = torch.compile(fn, dynamic=True, fullgraph=True)
+    # flat contiguous operands: the kernel's variants are then only the dtype, grad or
+    # inference mode and the thread count (dynamo guards on them), whatever the layer's shape
+    flat = tuple(a.contiguous().view(-1) if a.dim() > 1 else a for a in args)
     try:
-        return _fused[name](*args)
+        with torch._dynamo.config.patch(recompile_limit=_FUSED_VARIANTS):
+            out = _fused[name](*flat)
+    except torch._dynamo.exc.FailOnRecompileLimitHit:
+        return fn(*args)  # a variant beyond the limit: this call eagerly
     except Exception as err:  # noqa: BLE001 - a build failure means: no fused kernel here
+        if _fused["built"]:  # it builds here: not a missing compiler
+            raise
         _fused["failed"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
         return fn(*args)
+    _fused["built"] = True
+    if isinstance(out, tuple):
+        return (out[0].view(x.shape), *out[1:])
+    return out.view(x.shape)
 
 
 class _InputRange(torch.autograd.Function):
