@@ -125,7 +125,7 @@ _fused_lock = threading.Lock()
 def _run_fused(name: str, fn: Callable[..., Any], *args: Tensor) -> Any:
     """``fn(*args)`` as one fused CPU kernel (a single pass over ``x``, and over the gradient:
     the eager formulas make 4 and 7 passes over activation-sized tensors, 0.15 of a
-    ``standard_hwa()`` MLP step's ratio to digital on the AVX2 host), or eagerly: on other
+    ``standard_hwa()`` MLP step's ratio to digital on an AVX-512 host), or eagerly: on other
     devices, inside a graph being compiled, with ``AIMC_FUSED_KERNELS=0``, or where inductor
     cannot build (no C++ compiler; ``aimc.random``'s noise kernel warns about that). The same
     values either way; the backward's sum may differ by float rounding."""

@@ -81,6 +81,8 @@ class Stats:
     bias: list[float] = field(default_factory=list)
     err_std: list[float] = field(default_factory=list)
     alpha: list[float] = field(default_factory=list)
+    #: the per-draw statistics, in the order of the fields
+    KEYS = ("rel_error", "bias", "err_std", "alpha")
 
     def add(self, y: Tensor, y_ref: Tensor, alpha: float | None) -> None:
         d = (y.double() - y_ref.double()).flatten()
@@ -90,9 +92,14 @@ class Stats:
         if alpha is not None:
             self.alpha.append(alpha)
 
+    def extend(self, other: Stats) -> None:
+        """Append ``other``'s draws to these."""
+        for key in self.KEYS:
+            getattr(self, key).extend(getattr(other, key))
+
     def summary(self) -> dict[str, float]:
         out = {}
-        for key in ("rel_error", "bias", "err_std", "alpha"):
+        for key in self.KEYS:
             vals = getattr(self, key)
             if vals:
                 out[key] = statistics.fmean(vals)
@@ -250,9 +257,8 @@ def run_case(case: Case, seed: int = 0) -> dict[str, Any]:
     if any(v.stat == "rel_error_spread" and not v.ok for v in verdicts):
         more = range(case.draws, CONFIRM_FACTOR * case.draws)
         a2, r2 = run_aimc(case, w, b, x, more), run_aihwkit(case, w, b, x, more)
-        for stats, extra in ((a, a2), (r, r2)):
-            for key in ("rel_error", "bias", "err_std", "alpha"):
-                getattr(stats, key).extend(getattr(extra, key))
+        a.extend(a2)
+        r.extend(r2)
         spread = [v for v in compare(case, a, r) if v.stat == "rel_error_spread"]
         verdicts = [v for v in verdicts if v.stat != "rel_error_spread"] + spread
         confirmed = True
