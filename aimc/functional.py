@@ -231,15 +231,24 @@ def tile_weights(
     lo = layout
     w = weight.detach().float()
     w = lo.pad_out(lo.pad_in(w, 2), 1)  # no-op for an even split
-    # (G, O_pad, ti, ci) -> (G, ti, O_pad, ci) -> (B, O_pad, ci)
-    w = w.reshape(g, lo.padded_out, lo.n_in, lo.rows).transpose(1, 2)
-    w = w.reshape(lo.batch, lo.padded_out, lo.rows)
+    # (G, O_pad, ti, ci) -> (G, ti, O_pad, ci), a view; the tiles are (B, O_pad, ci)
+    wv = w.reshape(g, lo.padded_out, lo.n_in, lo.rows).transpose(1, 2)
     omega = mapping.weight_scaling_omega
     if omega <= 0:
-        return w.contiguous(), None
-    w_max = w.abs().amax(dim=2)  # (B, O_pad)
+        return wv.reshape(lo.batch, lo.padded_out, lo.rows).contiguous(), None
+    # max |W| per tile column as max(amax, -amin): one read of the weight, no |W| temporary
+    # (the same value, NaN included)
+    w_min, w_max = torch.aminmax(wv, dim=3)
+    w_max = torch.maximum(w_max, w_min.neg_()).reshape(lo.batch, lo.padded_out)  # (B, O_pad)
     if not mapping.weight_scaling_columnwise:
         w_max = w_max.view(lo.batch, lo.n_out, lo.cols).amax(dim=-1)  # (B, to)
     scale = torch.where(w_max > 0, w_max / omega, torch.ones_like(w_max))
     per_col = scale if scale.shape[1] == lo.padded_out else scale.repeat_interleave(lo.cols, 1)
-    return (w / per_col.unsqueeze(2)).contiguous(), scale
+    per_col = per_col.view(g, lo.n_in, lo.padded_out, 1)
+    if torch.compiler.is_compiling():  # inductor fuses the copy into the division itself
+        return (wv / per_col).reshape(lo.batch, lo.padded_out, lo.rows), scale
+    # divided straight from the strided view into the contiguous tiles (one pass, no copy)
+    tiles = torch.empty(lo.batch, lo.padded_out, lo.rows, device=w.device)
+    view = tiles.view(g, lo.n_in, lo.padded_out, lo.rows)
+    torch.div(wv, per_col, out=view)
+    return tiles, scale

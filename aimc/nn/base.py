@@ -113,11 +113,23 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         needs = ctx.needs_input_grad
         gx = gw = gb = ga = None
         if needs[0] or needs[1]:
-            a_w = ctx.layout.per_weight(alpha)  # (G, O, K): each weight's alpha_t
-            if needs[0]:
-                gx = torch.bmm(grad, w * a_w)
-            if needs[1]:
-                gw = torch.bmm(grad.transpose(1, 2), x).mul_(a_w)
+            lo = ctx.layout
+            if lo.n_in > 1 and lo.padded_in == lo.in_size:
+                # each weight's alpha_t by broadcasting over the tile's inputs, (G, O, ti, 1):
+                # contiguous reads (a (G, O, K) per-weight alpha would be a transposed gather)
+                g, o, k = w.shape
+                a_t = alpha.transpose(1, 2).unsqueeze(-1)
+                if needs[0]:
+                    gx = torch.bmm(grad, (w.reshape(g, o, lo.n_in, lo.rows) * a_t).view(g, o, k))
+                if needs[1]:
+                    gw = torch.bmm(grad.transpose(1, 2), x)
+                    gw.view(g, o, lo.n_in, lo.rows).mul_(a_t)
+            else:
+                a_w = lo.per_weight(alpha)  # (G, O, K): each weight's alpha_t
+                if needs[0]:
+                    gx = torch.bmm(grad, w * a_w)
+                if needs[1]:
+                    gw = torch.bmm(grad.transpose(1, 2), x).mul_(a_w)
         if ctx.has_bias and needs[2]:
             gb = grad.sum(dim=1)
         if needs[3]:
@@ -390,8 +402,14 @@ class AnalogLayerMixin(ChipMixin):
             need_abs = cfg.io.w_noise_type == WeightNoiseType.PCM_READ and cfg.io.w_noise > 0
             w_abs = w_t.abs() if need_abs and not cfg.io.is_perfect else None
             in_unit, out_unit = units(cfg.io)
-            if in_unit != out_unit:  # out of place: w_t may share the weight's storage
-                w_t = w_t * (in_unit / out_unit)
+            if in_unit != out_unit:
+                # in place on fresh tiles; out of place where they share the weight's storage
+                # (no weight scaling, one input tile)
+                shared = w_t.untyped_storage().data_ptr() == w.untyped_storage().data_ptr()
+                if shared or torch.compiler.is_compiling():
+                    w_t = w_t * (in_unit / out_unit)
+                else:
+                    w_t.mul_(in_unit / out_unit)
             return TileWeights(layout, w_t, scale, w_abs)
 
     def active_tiles(self) -> TileWeights:
