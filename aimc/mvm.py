@@ -275,11 +275,25 @@ def _mvm_adc(
                 z.addcmul_(noise, std)
     if io.out_step > 0:
         z.round_()
-    sat = None if n_out is None else _saturated(z, n_out, io)
+    if n_out is None or _compiling() or _saturation_limit(io) == math.inf:
+        sat = None if n_out is None else _saturated(z, n_out, io)
+        extremes = None
+    else:  # eager: one reading pass tells both whether anything saturated and needs the clip
+        extremes = torch.aminmax(z)
+        sat = _saturated(z, n_out, io, extremes)
     if io.out_bound > 0:  # <= 0: no bound (AIHWKIT: infinite)
         bound = io.out_bound / out_unit
-        z.clamp_(-bound, bound)
+        # the clip is skipped where it would change nothing (every output within the float32
+        # bound): the common case of a bound-managed forward, one pass over the output fewer
+        if extremes is None or not _within(extremes, _f32(bound)):
+            z.clamp_(-bound, bound)
     return sat
+
+
+def _within(extremes: tuple[Tensor, Tensor], limit: float) -> bool:
+    """Whether ``(min, max)`` lie in ``[-limit, limit]`` (False for NaN)."""
+    lo, hi = extremes
+    return bool(hi <= limit) and bool(lo >= -limit)
 
 
 def _saturation_limit(io: IOConfig) -> float:
@@ -322,15 +336,17 @@ def _limit(out_res: float, out_bound: float) -> float:
     return k - 0.5 if top > _f32(out_bound) else k + 0.5
 
 
-def _saturated(z: Tensor, n_out: int, io: IOConfig) -> Tensor | None:
+def _saturated(
+    z: Tensor, n_out: int, io: IOConfig, extremes: tuple[Tensor, Tensor] | None = None
+) -> Tensor | None:
     """``(B, N, to)`` mask of tiles whose (rounded, not yet clipped) ADC output exceeds the
-    bound (:func:`_saturation_limit`), or None if none did (eager; compiled, always the mask)."""
+    bound (:func:`_saturation_limit`), or None if none did (eager; compiled, always the mask).
+    ``extremes``: ``torch.aminmax(z)`` if already computed."""
     limit = _saturation_limit(io)
     if limit == math.inf:
         return None
     if not _compiling():
-        lo, hi = torch.aminmax(z)
-        if hi <= limit and lo >= -limit:
+        if _within(torch.aminmax(z) if extremes is None else extremes, limit):
             return None
     zv = z.view(z.shape[0], z.shape[1], n_out, -1)
     return (zv.amax(dim=-1) > limit) | (zv.amin(dim=-1) < -limit)
