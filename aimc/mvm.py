@@ -345,9 +345,8 @@ def _saturated(
     limit = _saturation_limit(io)
     if limit == math.inf:
         return None
-    if not _compiling():
-        if _within(torch.aminmax(z) if extremes is None else extremes, limit):
-            return None
+    if not _compiling() and _within(torch.aminmax(z) if extremes is None else extremes, limit):
+        return None
     zv = z.view(z.shape[0], z.shape[1], n_out, -1)
     return (zv.amax(dim=-1) > limit) | (zv.amin(dim=-1) < -limit)
 
