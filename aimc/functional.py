@@ -240,7 +240,9 @@ def tile_weights(
     # |W| temporary, the same value (NaN included); two vectorised reductions (aminmax over
     # the same view is not vectorised on CPU: 10x slower)
     w_max = torch.maximum(wr.amax(dim=3), wr.amin(dim=3).neg_())  # (G, O_pad, ti)
-    w_max = w_max.transpose(1, 2).reshape(lo.batch, lo.padded_out)  # (B, O_pad)
+    # (B, O_pad), contiguous (a strided scale reaching a torch.cond branch of a compiled
+    # forward fails inductor's stride assertion)
+    w_max = w_max.transpose(1, 2).reshape(lo.batch, lo.padded_out).contiguous()
     if not mapping.weight_scaling_columnwise:
         w_max = w_max.view(lo.batch, lo.n_out, lo.cols).amax(dim=-1)  # (B, to)
     scale = torch.where(w_max > 0, w_max / omega, torch.ones_like(w_max))

@@ -25,14 +25,16 @@ import aimc
 
 
 class _BertStack(nn.Module):
-    def __init__(self) -> None:
+    """``layers`` BERT-base encoder layers (no dropout)."""
+
+    def __init__(self, layers: int = 4) -> None:
         super().__init__()
         from transformers import BertConfig
         from transformers.models.bert.modeling_bert import BertLayer
 
         cfg = BertConfig(hidden_size=768, num_attention_heads=12, intermediate_size=3072)
         cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
-        self.layers = nn.ModuleList(BertLayer(cfg) for _ in range(4))
+        self.layers = nn.ModuleList(BertLayer(cfg) for _ in range(layers))
 
     def forward(self, x):
         for layer in self.layers:
