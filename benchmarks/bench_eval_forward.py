@@ -9,7 +9,9 @@ Every layer is programmed (seed 0) and drifted to 1 hour (seed 0), then its eval
   out 1536->384) on the activations they see for 8 real SQuAD dev features (2048 tokens).
 
 Configs: ``pcm_inference`` (no weight noise: one MVM) and ``bert_squad:0.0175`` (``pcm_read``
-weight noise: a second MVM of ``|W| x^2``). Targets: <= 1.5x and <= 2.0x.
+weight noise: a second MVM of ``|W| x^2``), the latter also with that MVM in bfloat16
+(``bert_squad:0.0175+w_noise_bf16``, the opt-in ``IOConfig.w_noise_bf16``). Targets: <= 1.5x
+and <= 2.0x.
 
     python benchmarks/bench_eval_forward.py [--threads 2] [--repeats 15] [--compile]
 
@@ -44,8 +46,20 @@ MINILM_LAYERS = {
     "minilm ffn in": "bert.encoder.layer.2.intermediate.dense",
     "minilm ffn out": "bert.encoder.layer.2.output.dense",
 }
-CONFIGS = ("pcm_inference", "bert_squad:0.0175")
-TARGETS = {"pcm_inference": 1.5, "bert_squad:0.0175": 2.0}
+#: ``+w_noise_bf16``: the config with the opt-in bfloat16 ``pcm_read`` variance MVM
+#: (``IOConfig.w_noise_bf16``)
+BF16 = "+w_noise_bf16"
+CONFIGS = ("pcm_inference", "bert_squad:0.0175", "bert_squad:0.0175" + BF16)
+TARGETS = {"pcm_inference": 1.5, "bert_squad:0.0175": 2.0, "bert_squad:0.0175" + BF16: 2.0}
+
+
+def config_of(name: str) -> aimc.AnalogConfig:
+    """A sweep config name (``resolve_config``), optionally suffixed with ``+w_noise_bf16``."""
+    base = name.removesuffix(BF16)
+    cfg = resolve_config(base)
+    if cfg is None:
+        raise ValueError(f"--configs: got {name!r}; allowed: an analog config")
+    return cfg.replace(io=cfg.io.replace(w_noise_bf16=True)) if name.endswith(BF16) else cfg
 
 
 def synthetic_layers(tokens_scale: float = 1.0) -> list[tuple[str, torch.nn.Linear, torch.Tensor]]:
@@ -98,7 +112,7 @@ def minilm_layers(tokens: int = 2048) -> list[tuple[str, torch.nn.Linear, torch.
 def analog_twin(lin: torch.nn.Linear, config_name: str) -> torch.nn.Module:
     """``lin`` converted with ``config_name``, programmed (seed 0) and drifted to 1 h (seed 0)."""
     wrapper = torch.nn.Sequential(copy.deepcopy(lin))
-    analog = aimc.convert(wrapper, resolve_config(config_name), seed=0).eval()
+    analog = aimc.convert(wrapper, config_of(config_name), seed=0).eval()
     aimc.program(analog, seed=0)
     aimc.drift(analog, 3600.0, seed=0)
     return analog

@@ -305,19 +305,47 @@ def pcm_memory(inp: Inputs) -> str:
     return _table(["memory", "bytes", "vs float32 weights"], ["---", "---:", "---:"], rows)
 
 
+#: How the tables name the HWA configs of ``bench_hwa_step.py`` / ``bench_hwa_memory.py``.
+HWA_NAMES = {
+    "standard_hwa": "`standard_hwa()`",
+    "standard_hwa, w_noise_bf16": "`standard_hwa()`, `io.w_noise_bf16=True`",
+    "pcm_inference + noise 0.1 + 3 sigma clip": (
+        "`pcm_inference()` + 0.1 additive weight noise + 3σ clipping"
+    ),
+    "noise injection: pcm_weights_only + noise 0.1 + 3 sigma clip": (
+        "noise injection: `pcm_weights_only()` + 0.1 additive weight noise + 3σ clipping"
+    ),
+}
+
+
+def hwa_memory(inp: Inputs) -> str:
+    src = "hwa_memory_cpu.json"
+    data = inp.json(src)
+    rows = []
+    for i, _ in enumerate(_rows(data, "rows", src)):
+        side = str(_get(data, "rows", i, "side", source=src))
+        digital = side == "digital"
+
+        def ratio(key: str, i: int = i, digital: bool = digital) -> str:
+            return "1×" if digital else f"{_num(data, 'rows', i, key, source=src):.2f}×"
+
+        rows.append(
+            [
+                "digital (`nn.Linear`)" if digital else HWA_NAMES.get(side, f"`{side}`"),
+                f"{_num(data, 'rows', i, 'model_mib', source=src):,.0f}",
+                ratio("model_ratio"),
+                f"{_num(data, 'rows', i, 'peak_mib', source=src):,.0f}",
+                ratio("peak_ratio") if digital else f"**{ratio('peak_ratio')}**",
+            ]
+        )
+    header = ["model", "model MiB", "vs digital", "training peak MiB", "vs digital"]
+    return _table(header, ["---"] + ["---:"] * 4, rows)
+
+
 def hwa_step(inp: Inputs) -> str:
     src = "hwa_step_cpu.json"
     data = inp.json(src)
-    names = {
-        "standard_hwa": "`standard_hwa()`",
-        "standard_hwa, w_noise_bf16": "`standard_hwa()`, `io.w_noise_bf16=True`",
-        "pcm_inference + noise 0.1 + 3 sigma clip": (
-            "`pcm_inference()` + 0.1 additive weight noise + 3σ clipping"
-        ),
-        "noise injection: pcm_weights_only + noise 0.1 + 3 sigma clip": (
-            "noise injection: `pcm_weights_only()` + 0.1 additive weight noise + 3σ clipping"
-        ),
-    }
+    names = HWA_NAMES
     stacks = {"mlp": "4 MLP blocks", "bert": "4 BERT-base layers"}
     rows = []
     for i, _ in enumerate(_rows(data, "rows", src)):
@@ -963,6 +991,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
         aihwkit_speed,
         fault_battery,
         llm_memory,
+        hwa_memory,
     )
 }
 
