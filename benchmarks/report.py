@@ -332,14 +332,22 @@ def hwa_memory(inp: Inputs) -> str:
         rows.append(
             [
                 "digital (`nn.Linear`)" if digital else HWA_NAMES.get(side, f"`{side}`"),
+                f"{_num(data, 'rows', i, 'kernels_mib', source=src):,.0f}",
                 f"{_num(data, 'rows', i, 'model_mib', source=src):,.0f}",
                 ratio("model_ratio"),
                 f"{_num(data, 'rows', i, 'peak_mib', source=src):,.0f}",
                 ratio("peak_ratio") if digital else f"**{ratio('peak_ratio')}**",
             ]
         )
-    header = ["model", "model MiB", "vs digital", "training peak MiB", "vs digital"]
-    return _table(header, ["---"] + ["---:"] * 4, rows)
+    header = [
+        "model",
+        "kernels MiB",
+        "model MiB",
+        "vs digital",
+        "training peak MiB",
+        "vs digital",
+    ]
+    return _table(header, ["---"] + ["---:"] * 5, rows)
 
 
 def hwa_step(inp: Inputs) -> str:
