@@ -19,14 +19,12 @@ inference workloads using in-memory computing-based accelerators", Nat. Commun. 
 from __future__ import annotations
 
 import math
-import os
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ._kernels import FusedKernel
 from .config import HWAConfig, WeightClip, WeightModifier, WeightRemap
 from .functional import TileLayout
 from .random import noise_normal_
@@ -114,46 +112,25 @@ def _clip_backward(x: Tensor, r: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(outside, 0.0, grad), torch.where(outside, grad * torch.sign(x), 0.0).sum()
 
 
-#: ``torch.compile`` of :func:`_clip_forward` / :func:`_clip_backward` (CPU, built on first
-#: use); ``failed``: why they cannot be built here (then the same formulas run eagerly)
-_fused: dict[str, Any] = {"forward": None, "backward": None, "failed": None, "built": False}
-#: compiled variants allowed per kernel
-_FUSED_VARIANTS = 64
-_fused_lock = threading.Lock()
+#: :func:`_clip_forward` / :func:`_clip_backward` as fused CPU kernels (built on first use)
+_CLIP_FORWARD = FusedKernel(_clip_forward, env="AIMC_FUSED_KERNELS")
+_CLIP_BACKWARD = FusedKernel(_clip_backward, env="AIMC_FUSED_KERNELS")
 
 
-def _run_fused(name: str, fn: Callable[..., Any], *args: Tensor) -> Any:
-    """``fn(*args)`` as one fused CPU kernel (a single pass over ``x``, and over the gradient:
+def _run_fused(kernel: FusedKernel, *args: Tensor) -> Any:
+    """``kernel(*args)`` as one fused CPU kernel (a single pass over ``x``, and over the gradient:
     the eager formulas make 4 and 7 passes over activation-sized tensors, 0.15 of a
     ``standard_hwa()`` MLP step's ratio to digital on an AVX-512 host), or eagerly: on other
     devices, inside a graph being compiled, with ``AIMC_FUSED_KERNELS=0``, or where inductor
     cannot build (no C++ compiler; ``aimc.random``'s noise kernel warns about that). The same
     values either way; the backward's sum may differ by float rounding."""
     x = args[0]
-    if (
-        x.device.type != "cpu"
-        or _fused["failed"] is not None
-        or torch.compiler.is_compiling()
-        or os.environ.get("AIMC_FUSED_KERNELS", "1") == "0"
-    ):
-        return fn(*args)
-    with _fused_lock:
-        if _fused[name] is None:
-            _fused[name] = torch.compile(fn, dynamic=True, fullgraph=True)
+    if not kernel.usable(x.device):
+        return kernel.fn(*args)
     # flat contiguous operands: the kernel's variants are then only the dtype, grad or
     # inference mode and the thread count (dynamo guards on them), whatever the layer's shape
     flat = tuple(a.contiguous().view(-1) if a.dim() > 1 else a for a in args)
-    try:
-        with torch._dynamo.config.patch(recompile_limit=_FUSED_VARIANTS):
-            out = _fused[name](*flat)
-    except torch._dynamo.exc.FailOnRecompileLimitHit:
-        return fn(*args)  # a variant beyond the limit: this call eagerly
-    except Exception as err:  # noqa: BLE001 - a build failure means: no fused kernel here
-        if _fused["built"]:  # it builds here: not a missing compiler
-            raise
-        _fused["failed"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
-        return fn(*args)
-    _fused["built"] = True
+    out = kernel(*flat, device=x.device)
     if isinstance(out, tuple):
         return (out[0].view(x.shape), *out[1:])
     return out.view(x.shape)
@@ -168,12 +145,12 @@ class _InputRange(torch.autograd.Function):
     def forward(ctx, x: Tensor, r: Tensor, decay: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, r)
         ctx.decay = decay
-        return _run_fused("forward", _clip_forward, x, r.to(x.dtype))
+        return _run_fused(_CLIP_FORWARD, x, r.to(x.dtype))
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         x, r = ctx.saved_tensors
-        gx, g_out = _run_fused("backward", _clip_backward, x, r.to(x.dtype), grad)
+        gx, g_out = _run_fused(_CLIP_BACKWARD, x, r.to(x.dtype), grad)
         gr = (g_out + ctx.decay * r.sum()).reshape(r.shape)
         return gx, gr.to(r.dtype), None
 

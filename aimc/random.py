@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
+
+from ._kernels import FusedKernel
 
 #: Elements per independently seeded chunk (and the size below which no splitting happens).
 CHUNK = 1 << 18
@@ -274,7 +274,8 @@ def _counter_rows_eager(key: Tensor, numel: int, rows: Tensor, width: int, kind:
     return torch.where(first, hi, lo).float() * 2.0**-24
 
 
-_rows_kernel: dict[str, object] = {"fn": None}
+#: The compiled :func:`_counter_rows_eager` (bound management's gathered rounds)
+_ROWS = FusedKernel(_counter_rows_eager, env="AIMC_RNG_KERNEL")
 
 
 def counter_rows(key: Tensor, numel: int, rows: Tensor, width: int, kind: str = "normal") -> Tensor:
@@ -289,87 +290,48 @@ def counter_rows(key: Tensor, numel: int, rows: Tensor, width: int, kind: str = 
     m = rows.shape[0] * width
     if m == 0:
         return torch.empty(rows.shape[0], width, device=rows.device)
-    fn = None
-    if key.device.type == "cpu" and _counter_kernel() is not None:
-        with _kernel_lock:  # one compiled function per process, as for the fill kernel
-            if _rows_kernel["fn"] is None:
-                _rows_kernel["fn"] = torch.compile(
-                    _counter_rows_eager, dynamic=True, fullgraph=True
-                )
-        fn = _rows_kernel["fn"]
+    # not where the noise kernel could not be built (the same compiler); always in inference
+    # mode, so that the variants are only the kind and the thread count
+    kernel = _FILL.failed is None
     with torch.inference_mode():
-        if fn is not None:
-            with torch._dynamo.config.patch(recompile_limit=_KERNEL_VARIANTS):
-                out = fn(key, numel, rows, width, kind)
+        if kernel:
+            out = _ROWS(
+                key,
+                numel,
+                rows,
+                width,
+                kind,
+                variant=(kind, torch.get_num_threads()),
+                device=key.device,
+            )
         else:
             out = _counter_rows_eager(key, numel, rows, width, kind)
     return out[:, :width]
 
 
-#: Compiled variants of the kernel allowed per process (3 kinds x thread counts).
-_KERNEL_VARIANTS = 64
-_kernel_lock = threading.Lock()
-#: ``fn``: the compiled kernel; ``built``: the variants it has run, as ``(kind, var is None,
-#: threads)``; ``failed``: why there is no kernel here (then draws use tensor operations).
-_kernel: dict[str, object] = {"fn": None, "built": set(), "failed": None}
-
-
-def _counter_kernel():
-    """The compiled :func:`_counter_fill_eager` (dynamic size), or ``None`` where it cannot be
-    built or ``AIMC_RNG_KERNEL=0``."""
-    if _kernel["failed"] is not None:
-        return None
-    if os.environ.get("AIMC_RNG_KERNEL", "1") == "0":
-        _kernel["failed"] = "AIMC_RNG_KERNEL=0"
-        return None
-    with _kernel_lock:
-        if _kernel["fn"] is None:
-            _kernel["fn"] = torch.compile(_counter_fill_eager, dynamic=True, fullgraph=True)
-    return _kernel["fn"]
+#: The compiled :func:`_counter_fill_eager`: the noise kernel
+_FILL = FusedKernel(
+    _counter_fill_eager,
+    env="AIMC_RNG_KERNEL",
+    warn=(
+        "aimc.random: the compiled random-number kernel could not be built ({error}); large "
+        "draws use the same stream in eager tensor operations: the same numbers, several times "
+        "slower. torch.compile's CPU backend needs a C++ compiler; set AIMC_RNG_KERNEL=0 to "
+        "skip the attempt."
+    ),
+)
 
 
 def _counter_fill_(flat: Tensor, key: Tensor, kind: str, var: Tensor | None = None) -> None:
     """Fill the contiguous 1-d float32 CPU tensor ``flat`` from the stream at ``key``: with the
-    compiled kernel, or with tensor operations where it cannot be built (warned once).
+    compiled kernel (:data:`_FILL`), or with tensor operations where it cannot be built (warned
+    once) or ``AIMC_RNG_KERNEL=0``.
 
     The kernel always runs in inference mode (allowed on ordinary tensors too), so that its only
     variants are the draw's kind (with or without ``var``) and the thread count (dynamo guards
-    on both). A variant's first call raises the recompile limit above those few variants; later
-    calls skip that config patch, which costs about 0.1 ms a call (a variant dynamo tells apart
-    by something else, e.g. a storage offset, is built under the patch when it meets the
-    default limit)."""
-    fn = _counter_kernel()
+    on both)."""
     with torch.inference_mode():
-        if fn is None:
-            _counter_fill_eager(flat, key, kind, var)
-            return
-        built: set = _kernel["built"]  # type: ignore[assignment]
-        variant = (kind, var is None, torch.get_num_threads())
-        if variant in built:
-            try:
-                fn(flat, key, kind, var)
-                return
-            except torch._dynamo.exc.FailOnRecompileLimitHit:
-                pass  # a variant dynamo tells apart and this key does not: build it below
-        with torch._dynamo.config.patch(recompile_limit=_KERNEL_VARIANTS):
-            try:
-                fn(flat, key, kind, var)
-            except Exception as err:  # noqa: BLE001 - a build failure means: no kernel here
-                if built:  # the kernel builds here: this is not a missing compiler
-                    raise
-                _kernel["failed"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
-                warnings.warn(
-                    "aimc.random: the compiled random-number kernel could not be built "
-                    f"({_kernel['failed']}); large draws use the same stream in eager tensor "
-                    "operations: the same numbers, several times slower. torch.compile's "
-                    "CPU backend needs a C++ compiler; set AIMC_RNG_KERNEL=0 to skip the "
-                    "attempt.",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-                _counter_fill_eager(flat, key, kind, var)
-                return
-        built.add(variant)
+        _FILL(flat, key, kind, var, variant=(kind, var is None, torch.get_num_threads()))
 
 
 class KeyedStream:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from aimc import AnalogConfig, IOConfig, MappingConfig
 from aimc import random as arandom
+from aimc._kernels import FusedKernel
 from aimc.functional import (
     TileLayout,
     quantize,
@@ -663,7 +664,7 @@ def test_kernel_equals_the_eager_stream(kind, numel):
     bit for bit and normals to float rounding of log / sin / cos."""
     fill = arandom.noise_normal_ if kind == "normal" else arandom.noise_uniform_
     got = draw(fill, numel, 11)
-    assert arandom._kernel["built"], arandom._kernel["failed"]  # the kernel, not the fallback
+    assert arandom._FILL.built, arandom._FILL.failed  # the kernel, not the fallback
     ref = _stream(kind, numel, 11)
     if kind == "uniform":
         assert torch.equal(got, ref)
@@ -714,6 +715,12 @@ def test_kernel_uniform_distribution():
     assert torch.equal(k, k.round())
 
 
+def _fresh_fill_kernel() -> FusedKernel:
+    """A noise kernel as a new process has it: not built, not failed."""
+    k = arandom._FILL
+    return FusedKernel(k.fn, env=k.env, warn=k.warn, variants=k.variants)
+
+
 @pytest.mark.parametrize("kind", ["normal", "uniform"])
 def test_kernel_build_failure_warns_once_and_keeps_the_stream(monkeypatch, kind):
     """Where torch.compile cannot build the kernel (no C++ compiler), the same stream comes
@@ -726,7 +733,7 @@ def test_kernel_build_failure_warns_once_and_keeps_the_stream(monkeypatch, kind)
 
         return call
 
-    monkeypatch.setattr(arandom, "_kernel", {"fn": None, "built": set(), "failed": None})
+    monkeypatch.setattr(arandom, "_FILL", _fresh_fill_kernel())
     monkeypatch.setattr(arandom.torch, "compile", broken_compile)
     fill = arandom.noise_normal_ if kind == "normal" else arandom.noise_uniform_
     with pytest.warns(RuntimeWarning, match="no working C.. compiler"):
@@ -747,7 +754,7 @@ def test_kernel_can_be_switched_off(monkeypatch):
         raise AssertionError("torch.compile called with AIMC_RNG_KERNEL=0")
 
     monkeypatch.setenv("AIMC_RNG_KERNEL", "0")
-    monkeypatch.setattr(arandom, "_kernel", {"fn": None, "built": set(), "failed": None})
+    monkeypatch.setattr(arandom, "_FILL", _fresh_fill_kernel())
     monkeypatch.setattr(arandom.torch, "compile", no_compile)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -190,7 +190,7 @@ def test_fused_input_range_kernels_equal_the_formulas(shape):
     """The fused CPU kernels of the input range (one pass each way) give the eager formulas'
     values: the clipped input and dx exactly, NaN and +-inf included (inf -> NaN), the range
     gradient up to the order of its sum; and they were built (not the eager fallback)."""
-    from aimc.hwa import _clip_backward, _clip_forward, _fused, _run_fused
+    from aimc.hwa import _CLIP_BACKWARD, _CLIP_FORWARD, _clip_backward, _clip_forward, _run_fused
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen) * 2
@@ -200,14 +200,15 @@ def test_fused_input_range_kernels_equal_the_formulas(shape):
         flat[1] = -float("inf")
     g = torch.randn(shape, generator=gen)
     r = torch.tensor([1.5])
-    y = _run_fused("forward", _clip_forward, x, r)
+    y = _run_fused(_CLIP_FORWARD, x, r)
     torch.testing.assert_close(y, _clip_forward(x, r), rtol=0, atol=0, equal_nan=True)
     assert torch.isnan(y.view(-1)[0]) and torch.isnan(y.view(-1)[-1])
-    gx, gr = _run_fused("backward", _clip_backward, x, r, g)
+    gx, gr = _run_fused(_CLIP_BACKWARD, x, r, g)
     gx_e, gr_e = _clip_backward(x, r, g)
     assert torch.equal(gx, gx_e)
     torch.testing.assert_close(gr, gr_e, rtol=1e-5, atol=1e-5)
-    assert _fused["failed"] is None and _fused["forward"] is not None
+    for kernel in (_CLIP_FORWARD, _CLIP_BACKWARD):  # built, not the eager fallback
+        assert kernel.failed is None and kernel.compiled is not None and kernel.built
 
 
 def test_input_range_gradient_on_noncontiguous_input():
