@@ -105,6 +105,47 @@ class TileWeights:
     w_abs: Tensor | None = None  #: |normalised weights| (B, O_pad, ci), for pcm_read noise
 
 
+@dataclass
+class TileOutputs:
+    """Every input tile's output of one forward (``analog_mvm(..., per_tile="compact")``), kept
+    as the ADC's integer levels and the digital factors that rescale them: the values of
+    ``per_tile=True``, in a quarter (8-bit ADC: int8) or half (up to 16 bits: int16) of the
+    memory. Where the levels are not integers that fit (no output quantization or bound, a
+    bound that is not a whole number of steps) they are kept as float32."""
+
+    layout: TileLayout
+    groups: int
+    n: int
+    levels: Tensor  #: (B, N, O_pad) ADC outputs in ADC steps (int8, int16 or float32)
+    factor: Tensor | None  #: (B, N, to) digital rescale per (tile, vector, output tile)
+    col_scale: Tensor | None  #: (B, O_pad) column-wise weight rescale, or None
+
+    def tile(self, t: int) -> Tensor:
+        """Input tile ``t``'s rescaled output ``(G, N, O)`` float32 (a fresh tensor): exactly
+        ``analog_mvm(..., per_tile=True)[:, t]`` (the same products in the same order)."""
+        lo, g, n = self.layout, self.groups, self.n
+        z = self.levels.view(g, lo.n_in, n, lo.padded_out)[:, t].to(torch.float32, copy=True)
+        if self.col_scale is not None:
+            z.mul_(self.col_scale.view(g, lo.n_in, 1, lo.padded_out)[:, t])
+        if self.factor is not None:
+            f = self.factor.reshape(g, lo.n_in, n, lo.n_out)[:, t]
+            z = (z.view(g, n, lo.n_out, lo.cols) * f.unsqueeze(-1)).view(g, n, lo.padded_out)
+        return lo.unpad_out(z, 2)
+
+
+def _level_dtype(io: IOConfig) -> torch.dtype:
+    """The narrowest integer type that holds every ADC output level exactly (float32 where the
+    outputs are not whole numbers of steps within a bound)."""
+    if io.is_perfect or io.out_step <= 0 or io.out_bound <= 0:
+        return torch.float32
+    top = _f32(io.out_bound / io.out_step)  # the clip, in steps, as the float32 clamp sees it
+    if top != math.floor(top):
+        return torch.float32
+    if top <= 127:
+        return torch.int8
+    return torch.int16 if top <= 32767 else torch.float32
+
+
 def combine_scales(a: Tensor | None, b: Tensor | None, layout: TileLayout) -> Tensor | None:
     """The product of two digital rescales, each ``(B, to)`` per tile or ``(B, O_pad)`` per
     column (or ``None``): per tile if both are, else per column."""
@@ -375,8 +416,8 @@ def analog_mvm(
     generator: torch.Generator | CounterStream,
     bias: Tensor | None = None,
     input_range: Tensor | None = None,
-    per_tile: bool = False,
-) -> Tensor:
+    per_tile: bool | str = False,
+) -> Tensor | TileOutputs:
     """Forward of tiled analog crossbars: ``(G, N, K)`` float32 inputs -> ``(G, N, O)``.
 
     REFERENCE.md §1 steps 1-7 for every tile at once: noise management, DAC, MVM, weight and
@@ -384,7 +425,10 @@ def analog_mvm(
     digital sum over input tiles, then ``bias`` (``(G, O)``) if given. No autograd.
 
     With ``per_tile=True`` the digital sum is left out: the result is every input tile's
-    rescaled output, ``(G, ti, N, O)`` (``bias`` must then be None).
+    rescaled output, ``(G, ti, N, O)`` (``bias`` must then be None); with
+    ``per_tile="compact"`` (eager only) the same values as :class:`TileOutputs`, the ADC's
+    integer levels and their rescale factors (the training forward of learned output scales
+    keeps them for its backward).
 
     Non-finite inputs: a NaN or +-inf anywhere in the part of an input vector that feeds a tile
     makes that tile's outputs NaN for that vector, hence the layer's outputs for that vector.
@@ -401,8 +445,15 @@ def analog_mvm(
     g, n, k = x.shape
     if per_tile and bias is not None:
         raise ValueError("analog_mvm: bias must be None with per_tile=True (add it after the sum)")
+    compact = per_tile == "compact"
+    if compact and (_compiling() or not isinstance(generator, torch.Generator)):
+        raise ValueError("analog_mvm: per_tile='compact' is for eager forwards only")
     if n == 0:  # an empty batch
-        return x.new_zeros((g, lo.n_in, 0, lo.out_size) if per_tile else (g, 0, lo.out_size))
+        empty = x.new_zeros((g, lo.n_in, 0, lo.out_size) if per_tile else (g, 0, lo.out_size))
+        if compact:
+            levels = x.new_zeros(lo.batch, 0, lo.padded_out)
+            return TileOutputs(lo, g, 0, levels, None, None)
+        return empty
     if lo.padded_in != k:  # an uneven split: each input part into its tile, then zeros
         x = lo.pad_in(x, 2)
     xv = x.view(g, n, lo.n_in, lo.rows)
@@ -411,6 +462,8 @@ def analog_mvm(
     if io.is_perfect:
         xq.copy_(xv.transpose(1, 2))
         _bmm_(z, xq.view(lo.batch, n, lo.rows), tw.w.transpose(1, 2))
+        if compact:
+            return _compact(z, None, tw, g, n, io)
         return _digital(z, None, tw, g, n, bias, per_tile)
     in_unit, out_unit = units(io)
     s, finite = _input_scale(xv, io, input_range)  # (G, N, ti)
@@ -444,8 +497,26 @@ def analog_mvm(
         r = _bound_management(
             z, sat, x_t, s_div.reshape(lo.batch, n, 1), _output_tiles(tw), io, generator
         )
+        if compact:
+            return _compact(z, to_factor(f_gnt) * r, tw, g, n, io)
         return _digital(z, to_factor(f_gnt) * r, tw, g, n, bias, per_tile)
+    if compact:
+        return _compact(z, to_factor(f_gnt), tw, g, n, io)
     return _digital(z, to_factor(f_gnt), tw, g, n, bias, per_tile)
+
+
+def _compact(
+    z: Tensor, factor: Tensor | None, tw: TileWeights, g: int, n: int, io: IOConfig
+) -> TileOutputs:
+    """The tile outputs ``z`` ``(B, N, O_pad)`` in ADC steps and their rescale as
+    :class:`TileOutputs` (the levels copied out of ``z``, which may be a scratch buffer)."""
+    lo = tw.layout
+    columnwise = tw.scale is not None and tw.scale.shape[1] != lo.n_out
+    if tw.scale is not None and not columnwise:  # as _digital folds a per-tile scale
+        scale = tw.scale.unsqueeze(1)  # (B, 1, to)
+        factor = scale.expand(lo.batch, n, lo.n_out) if factor is None else factor * scale
+    levels = z.to(_level_dtype(io), copy=True)
+    return TileOutputs(lo, g, n, levels, factor, tw.scale if columnwise else None)
 
 
 def _digital(

@@ -352,3 +352,51 @@ def test_resume_with_old_optimizer_state_is_named(tmp_path):
     state["state"][index]["exp_avg"] = torch.zeros(10)  # one moment per layer column
     with pytest.raises(RunDirError, match=rf"'exp_avg' of parameter {index} has shape \(10,\)"):
         load_state(torch.optim.Adam(layer.parameters(), lr=1e-3), state, tmp_path, "hint")
+
+
+def _io(kind: str) -> aimc.IOConfig:
+    base = presets.standard_hwa().io
+    if kind == "8-bit":  # standard_hwa: bound 10 = 127 steps of its 8-bit ADC
+        return base
+    if kind == "9-bit, bound management":  # 255 steps: int16 levels, saturating rounds
+        return presets.pcm_inference().io.replace(out_noise=0.1)
+    if kind == "bound off the grid":  # 63.5 steps: not whole levels, kept as float32
+        return base.replace(out_res=1 / 127.0, out_bound=10.0)
+    return base.replace(out_res=0.0)  # no output quantization: float32
+
+
+@pytest.mark.parametrize(
+    "kind, dtype",
+    [
+        ("8-bit", torch.int8),
+        ("9-bit, bound management", torch.int16),
+        ("bound off the grid", torch.float32),
+        ("unquantized", torch.float32),
+    ],
+)
+@pytest.mark.parametrize("columnwise", [True, False])
+def test_compact_tile_outputs_equal_the_per_tile_outputs(kind, dtype, columnwise):
+    """The training forward of learned output scales keeps every input tile's output as the
+    ADC's levels plus their rescale (``per_tile="compact"``); rebuilt, they are exactly the
+    ``per_tile=True`` outputs (same seed), a NaN input vector included, in the narrowest type
+    that holds the levels."""
+    from aimc.mvm import _level_dtype
+
+    io = _io(kind)
+    assert _level_dtype(io) == dtype
+    mapping = presets.standard_hwa().mapping.replace(
+        max_input_size=24, max_output_size=16, weight_scaling_columnwise=columnwise
+    )
+    cfg = aimc.AnalogConfig(io=io, mapping=mapping)
+    layer = AnalogLinear(60, 40, bias=False, config=cfg, seed=3).eval()
+    x = torch.randn(1, 33, 60, generator=torch.Generator().manual_seed(4)) * 3
+    x[0, 5, 30] = float("nan")
+    outs = []
+    for per_tile in (True, "compact"):
+        layer.manual_seed(7)
+        outs.append(aimc.nn.base._run_mvm(layer, x, None, None, per_tile))
+    full, compact = outs
+    assert compact.levels.dtype == dtype
+    for t in range(full.shape[1]):
+        torch.testing.assert_close(compact.tile(t), full[:, t], rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(full[:, 1, 5]).all()  # the tile that saw the NaN, for that vector

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ..config import AnalogConfig, WeightModifier, WeightNoiseType
 from ..functional import TileLayout, tile_weights
 from ..hwa import clip_input, draw_chip_sample, modify_weights, update_input_range
-from ..mvm import TileWeights, analog_mvm, combine_scales, units
+from ..mvm import TileOutputs, TileWeights, analog_mvm, combine_scales, units
 from ..random import CounterStream, check_seed, derive_seed
 from .checks import check_finite_weights, layer_label
 from .chip import ChipMixin
@@ -96,20 +96,26 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         input_range: Tensor | None = None,
     ) -> Tensor:
         with torch.no_grad():
-            z = _run_mvm(layer, x, None, input_range, per_tile=True)  # (G, ti, N, O)
-            y = torch.mul(z[:, 0], alpha[:, 0].unsqueeze(1))
-            for t in range(1, z.shape[1]):
-                y.addcmul_(z[:, t], alpha[:, t].unsqueeze(1))
+            # every input tile's output z_t, kept for alpha's gradient as the ADC's integer
+            # levels and their rescale (TileOutputs: an 8-bit ADC's in a quarter of the
+            # memory of float32 z_t), each z_t rebuilt exactly where it is used
+            out = _run_mvm(layer, x, None, input_range, per_tile="compact")
+            y = torch.mul(out.tile(0), alpha[:, 0].unsqueeze(1))
+            for t in range(1, out.layout.n_in):
+                y.addcmul_(out.tile(t), alpha[:, t].unsqueeze(1))
             if b is not None:
                 y.add_(b.unsqueeze(1))
-        ctx.save_for_backward(x, w, z, alpha)
+        factor = out.factor if out.factor is not None else x.new_empty(0)
+        scale = out.col_scale if out.col_scale is not None else x.new_empty(0)
+        ctx.save_for_backward(x, w, alpha, out.levels, factor, scale)
+        ctx.outputs = (out.layout, out.groups, out.n, out.factor is None, out.col_scale is None)
         ctx.layout = layer.tile_layout()
         ctx.has_bias = b is not None
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, w, z, alpha = ctx.saved_tensors
+        x, w, alpha, levels, factor, scale = ctx.saved_tensors
         needs = ctx.needs_input_grad
         gx = gw = gb = ga = None
         if needs[0] or needs[1]:
@@ -133,7 +139,11 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         if ctx.has_bias and needs[2]:
             gb = grad.sum(dim=1)
         if needs[3]:
-            ga = torch.stack([(z[:, t] * grad).sum(dim=1) for t in range(z.shape[1])], dim=1)
+            lo, g, n, no_factor, no_scale = ctx.outputs
+            out = TileOutputs(
+                lo, g, n, levels, None if no_factor else factor, None if no_scale else scale
+            )
+            ga = torch.stack([(out.tile(t) * grad).sum(dim=1) for t in range(lo.n_in)], dim=1)
         return gx, gw, gb, ga, None, None
 
 
@@ -149,8 +159,8 @@ def _run_mvm(
     x: Tensor,
     b: Tensor | None,
     input_range: Tensor | None = None,
-    per_tile: bool = False,
-) -> Tensor:
+    per_tile: bool | str = False,
+) -> Tensor | TileOutputs:
     """The analog forward of ``layer`` on ``(G, N, K)`` float32 inputs (no autograd)."""
     return analog_mvm(
         x,
