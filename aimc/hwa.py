@@ -99,17 +99,24 @@ def _round_half_away(v: Tensor) -> Tensor:
     return torch.sign(v) * torch.floor(v.abs() + 0.5)
 
 
-def _clip_forward(x: Tensor, r: Tensor) -> Tensor:
-    """``clamp(x, -r, r)``; NaN passes through, +-inf becomes NaN (a clipped inf would be a
-    finite, wrong value; a non-finite input gives non-finite outputs, as digitally)."""
-    return torch.where(x.isinf(), float("nan"), torch.maximum(torch.minimum(x, r), -r))
+def _clip_forward(x: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+    """``(clamp(x, -r, r), code)``; NaN passes through, +-inf becomes NaN (a clipped inf would be
+    a finite, wrong value; a non-finite input gives non-finite outputs, as digitally).
 
-
-def _clip_backward(x: Tensor, r: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
-    """``(dx, sum(g | x >= r) - sum(g | x <= -r))``: ``dx = g`` inside the range, 0 outside
-    (``|x| >= r``); the sum is that of ``g * sign(x)`` over the outside."""
+    ``code`` (int8) is what the backward needs of ``x``, a byte per value instead of ``x``
+    itself: 0 inside the range (``|x| < r``, or NaN), else ``sign(x) + 2`` (1, 2 or 3)."""
     outside = x.abs() >= r
-    return torch.where(outside, 0.0, grad), torch.where(outside, grad * torch.sign(x), 0.0).sum()
+    code = torch.where(outside, torch.sign(x) + 2, 0.0).to(torch.int8)
+    return torch.where(x.isinf(), float("nan"), torch.maximum(torch.minimum(x, r), -r)), code
+
+
+def _clip_backward(code: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    """``(dx, sum(g | x >= r) - sum(g | x <= -r))`` from the forward's ``code``: ``dx = g``
+    inside the range, 0 outside (``|x| >= r``); the sum is that of ``g * sign(x)`` over the
+    outside."""
+    outside = code != 0
+    sign = (code - 2).to(grad.dtype)
+    return torch.where(outside, 0.0, grad), torch.where(outside, grad * sign, 0.0).sum()
 
 
 #: :func:`_clip_forward` / :func:`_clip_backward` as fused CPU kernels (built on first use)
@@ -123,7 +130,8 @@ def _run_fused(kernel: FusedKernel, *args: Tensor) -> Any:
     ``standard_hwa()`` MLP step's ratio to digital on an AVX-512 host), or eagerly: on other
     devices, inside a graph being compiled, with ``AIMC_FUSED_KERNELS=0``, or where inductor
     cannot build (no C++ compiler; ``aimc.random``'s noise kernel warns about that). The same
-    values either way; the backward's sum may differ by float rounding."""
+    values either way; the backward's sum may differ by float rounding. Every output with as
+    many values as the first argument comes back in its shape."""
     x = args[0]
     if not kernel.usable(x.device):
         return kernel.fn(*args)
@@ -131,26 +139,28 @@ def _run_fused(kernel: FusedKernel, *args: Tensor) -> Any:
     # inference mode and the thread count (dynamo guards on them), whatever the layer's shape
     flat = tuple(a.contiguous().view(-1) if a.dim() > 1 else a for a in args)
     out = kernel(*flat, device=x.device)
-    if isinstance(out, tuple):
-        return (out[0].view(x.shape), *out[1:])
-    return out.view(x.shape)
+    outs = out if isinstance(out, tuple) else (out,)
+    shaped = tuple(o.view(x.shape) if o.dim() == 1 and o.numel() == x.numel() else o for o in outs)
+    return shaped if isinstance(out, tuple) else shaped[0]
 
 
 class _InputRange(torch.autograd.Function):
     """``clamp(x, -r, r)`` with the straight-through gradient of AIHWKIT's input-range learning:
     ``dx = g`` inside the range (0 outside); ``dr = sum(g | x >= r) - sum(g | x <= -r) +
-    decay * r``. Both directions are one fused kernel on CPU (:func:`_run_fused`)."""
+    decay * r``. Both directions are one fused kernel on CPU (:func:`_run_fused`). Keeps one
+    byte per input value for the backward (:func:`_clip_forward`'s code), not the input."""
 
     @staticmethod
     def forward(ctx, x: Tensor, r: Tensor, decay: float) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, r)
+        y, code = _run_fused(_CLIP_FORWARD, x, r.to(x.dtype))
+        ctx.save_for_backward(code, r)
         ctx.decay = decay
-        return _run_fused(_CLIP_FORWARD, x, r.to(x.dtype))
+        return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, r = ctx.saved_tensors
-        gx, g_out = _run_fused(_CLIP_BACKWARD, x, r.to(x.dtype), grad)
+        code, r = ctx.saved_tensors
+        gx, g_out = _run_fused(_CLIP_BACKWARD, code, grad)
         gr = (g_out + ctx.decay * r.sum()).reshape(r.shape)
         return gx, gr.to(r.dtype), None
 

@@ -200,13 +200,20 @@ def test_fused_input_range_kernels_equal_the_formulas(shape):
         flat[1] = -float("inf")
     g = torch.randn(shape, generator=gen)
     r = torch.tensor([1.5])
-    y = _run_fused(_CLIP_FORWARD, x, r)
-    torch.testing.assert_close(y, _clip_forward(x, r), rtol=0, atol=0, equal_nan=True)
+    y, code = _run_fused(_CLIP_FORWARD, x, r)
+    y_e, code_e = _clip_forward(x, r)
+    torch.testing.assert_close(y, y_e, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(code, code_e) and code.dtype == torch.int8 and code.shape == x.shape
     assert torch.isnan(y.view(-1)[0]) and torch.isnan(y.view(-1)[-1])
-    gx, gr = _run_fused(_CLIP_BACKWARD, x, r, g)
-    gx_e, gr_e = _clip_backward(x, r, g)
+    gx, gr = _run_fused(_CLIP_BACKWARD, code, g)
+    gx_e, gr_e = _clip_backward(code, g)
     assert torch.equal(gx, gx_e)
     torch.testing.assert_close(gr, gr_e, rtol=1e-5, atol=1e-5)
+    # the byte code carries what the gradient needs of x: dx = g inside (|x| < r, NaN), 0
+    # outside (+-inf included); dr sums g * sign(x) over the outside
+    outside = x.abs() >= r
+    assert torch.equal(gx, torch.where(outside, 0.0, g))
+    torch.testing.assert_close(gr, torch.where(outside, g * torch.sign(x), 0.0).sum())
     for kernel in (_CLIP_FORWARD, _CLIP_BACKWARD):  # built, not the eager fallback
         assert kernel.failed is None and kernel.compiled is not None and kernel.built
 
