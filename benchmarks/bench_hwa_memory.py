@@ -128,9 +128,7 @@ def main() -> None:
         print(json.dumps(_child(args)))
         return
     from bench_hwa_step import _configs
-    from bench_linear import cpu_host
-
-    import aimc
+    from bench_linear import write_results
 
     names = list(_configs()) if args.configs is None else args.configs.split(",")
     unknown = [n for n in names if n not in _configs()]
@@ -159,25 +157,18 @@ def main() -> None:
             f"{row['side']:<62} model {row['model_ratio']:.2f}x  peak {row['peak_ratio']:.2f}x "
             "digital"
         )
-    args.out.write_text(
-        json.dumps(
-            {
-                "layers": args.layers,
-                "tokens": args.batch * args.seq,
-                "batch": args.batch,
-                "seq": args.seq,
-                "steps": args.steps,
-                "threads": args.threads,
-                "torch": torch.__version__,
-                "huge_pages": aimc.huge_pages_active(),
-                "host": cpu_host(),
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        args.out,
+        {
+            "layers": args.layers,
+            "tokens": args.batch * args.seq,
+            "batch": args.batch,
+            "seq": args.seq,
+            "steps": args.steps,
+            "threads": args.threads,
+            "rows": rows,
+        },
     )
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ Writes benchmarks/results/hwa_step_cpu.json (``--out``: another file).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from bench_linear import cpu_host  # benchmarks/ is the script's directory
+from bench_linear import write_results  # benchmarks/ is the script's directory
 from torch import nn
 
 import aimc
@@ -131,22 +130,7 @@ def main() -> None:
             f"ratio {row['ratio']:.2f}  (digital {min(td) * 1e3:.0f}-{max(td) * 1e3:.0f}, "
             f"HWA {min(ta) * 1e3:.0f}-{max(ta) * 1e3:.0f})"
         )
-    path = args.out
-    path.write_text(
-        json.dumps(
-            {
-                "threads": args.threads,
-                "torch": torch.__version__,
-                "huge_pages": aimc.huge_pages_active(),
-                "host": cpu_host(),
-                "tokens": 1024,
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"wrote {path}")
+    write_results(args.out, {"threads": args.threads, "tokens": 1024, "rows": rows})
 
 
 if __name__ == "__main__":

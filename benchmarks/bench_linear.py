@@ -70,6 +70,20 @@ def cpu_host() -> dict[str, object]:
     }
 
 
+def write_results(path: Path, fields: dict[str, object]) -> None:
+    """Write a benchmark's JSON to ``path``: ``fields`` plus what every result records of its
+    run (PyTorch's version, whether huge pages were on, :func:`cpu_host`)."""
+    data = {
+        **fields,
+        "torch": torch.__version__,
+        "huge_pages": aimc.huge_pages_active(),
+        "host": cpu_host(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def _stats(ts: list[float]) -> dict[str, float]:
     return {
         "median_ms": 1e3 * statistics.median(ts),

@@ -8,13 +8,12 @@ Writes benchmarks/results/squad_eval_cpu.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from bench_linear import cpu_host  # benchmarks/ is the script's directory
+from bench_linear import write_results  # benchmarks/ is the script's directory
 
 import aimc
 from aimc.experiments.squad_drift import DEFAULT_DATA, DEFAULT_MODEL, load_qa_model, resolve_config
@@ -75,22 +74,7 @@ def main() -> None:
             f"ratio {row['ratio']:.2f}  (digital {min(td):.1f}-{max(td):.1f}, analog "
             f"{min(ta):.1f}-{max(ta):.1f})"
         )
-    path = args.out
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {
-                "threads": args.threads,
-                "torch": torch.__version__,
-                "huge_pages": aimc.huge_pages_active(),
-                "host": cpu_host(),
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"wrote {path}")
+    write_results(args.out, {"threads": args.threads, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ benchmarks/results/profile_linear_cpu.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from bench_eval_forward import (  # benchmarks/ is the script's directory
     interleaved,
     saturation_fraction,
 )
-from bench_linear import cpu_host  # benchmarks/ is the script's directory
+from bench_linear import write_results  # benchmarks/ is the script's directory
 
 import aimc
 import aimc.mvm as mvm
@@ -100,21 +99,7 @@ def main() -> None:
         )
         for k, v in t.items():
             print(f"    {k:<28} {v:7.1f} ms  ({v / lin:4.2f} x nn.Linear)")
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {
-                "torch": torch.__version__,
-                "huge_pages": aimc.huge_pages_active(),
-                "host": cpu_host(),
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"wrote {path}")
+    write_results(Path(args.out), {"rows": rows})
 
 
 if __name__ == "__main__":
