@@ -449,22 +449,24 @@ def analog_mvm(
     if compact and (_compiling() or not isinstance(generator, torch.Generator)):
         raise ValueError("analog_mvm: per_tile='compact' is for eager forwards only")
     if n == 0:  # an empty batch
-        empty = x.new_zeros((g, lo.n_in, 0, lo.out_size) if per_tile else (g, 0, lo.out_size))
         if compact:
-            levels = x.new_zeros(lo.batch, 0, lo.padded_out)
-            return TileOutputs(lo, g, 0, levels, None, None)
-        return empty
+            return TileOutputs(lo, g, 0, x.new_zeros(lo.batch, 0, lo.padded_out), None, None)
+        return x.new_zeros((g, lo.n_in, 0, lo.out_size) if per_tile else (g, 0, lo.out_size))
     if lo.padded_in != k:  # an uneven split: each input part into its tile, then zeros
         x = lo.pad_in(x, 2)
     xv = x.view(g, n, lo.n_in, lo.rows)
     xq = _scratch(0, (g, lo.n_in, n, lo.rows), x)
     z = _scratch(1, (lo.batch, n, lo.padded_out), x)
+
+    def finish(factor: Tensor | None) -> Tensor | TileOutputs:  # the digital periphery
+        if compact:
+            return _compact(z, factor, tw, g, n, io)
+        return _digital(z, factor, tw, g, n, bias, per_tile)
+
     if io.is_perfect:
         xq.copy_(xv.transpose(1, 2))
         _bmm_(z, xq.view(lo.batch, n, lo.rows), tw.w.transpose(1, 2))
-        if compact:
-            return _compact(z, None, tw, g, n, io)
-        return _digital(z, None, tw, g, n, bias, per_tile)
+        return finish(None)
     in_unit, out_unit = units(io)
     s, finite = _input_scale(xv, io, input_range)  # (G, N, ti)
     s_div = torch.where(s > 0, s, torch.ones_like(s)).transpose(1, 2).unsqueeze(-1)
@@ -497,12 +499,8 @@ def analog_mvm(
         r = _bound_management(
             z, sat, x_t, s_div.reshape(lo.batch, n, 1), _output_tiles(tw), io, generator
         )
-        if compact:
-            return _compact(z, to_factor(f_gnt) * r, tw, g, n, io)
-        return _digital(z, to_factor(f_gnt) * r, tw, g, n, bias, per_tile)
-    if compact:
-        return _compact(z, to_factor(f_gnt), tw, g, n, io)
-    return _digital(z, to_factor(f_gnt), tw, g, n, bias, per_tile)
+        return finish(to_factor(f_gnt) * r)
+    return finish(to_factor(f_gnt))
 
 
 def _compact(

@@ -105,17 +105,17 @@ class _ScaledAnalogMVM(torch.autograd.Function):
                 y.addcmul_(out.tile(t), alpha[:, t].unsqueeze(1))
             if b is not None:
                 y.add_(b.unsqueeze(1))
-        factor = out.factor if out.factor is not None else x.new_empty(0)
-        scale = out.col_scale if out.col_scale is not None else x.new_empty(0)
-        ctx.save_for_backward(x, w, alpha, out.levels, factor, scale)
-        ctx.outputs = (out.layout, out.groups, out.n, out.factor is None, out.col_scale is None)
-        ctx.layout = layer.tile_layout()
+        # through save_for_backward (None allowed), so that saved-tensor hooks (offloading,
+        # checkpointing) see the levels too
+        ctx.save_for_backward(x, w, alpha, out.levels, out.factor, out.col_scale)
+        ctx.tile_shape = (out.layout, out.groups, out.n)
+        ctx.layout = out.layout
         ctx.has_bias = b is not None
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, w, alpha, levels, factor, scale = ctx.saved_tensors
+        x, w, alpha, levels, factor, col_scale = ctx.saved_tensors
         needs = ctx.needs_input_grad
         gx = gw = gb = ga = None
         if needs[0] or needs[1]:
@@ -139,11 +139,10 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         if ctx.has_bias and needs[2]:
             gb = grad.sum(dim=1)
         if needs[3]:
-            lo, g, n, no_factor, no_scale = ctx.outputs
-            out = TileOutputs(
-                lo, g, n, levels, None if no_factor else factor, None if no_scale else scale
+            tiles = TileOutputs(*ctx.tile_shape, levels, factor, col_scale)
+            ga = torch.stack(
+                [(tiles.tile(t) * grad).sum(dim=1) for t in range(tiles.layout.n_in)], dim=1
             )
-            ga = torch.stack([(out.tile(t) * grad).sum(dim=1) for t in range(lo.n_in)], dim=1)
         return gx, gw, gb, ga, None, None
 
 
