@@ -23,7 +23,14 @@ from torch import Tensor
 
 from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType
 from .functional import TileLayout, stochastic_round
-from .random import CounterStream, KeyedStream, RowStream, TensorStream, noise_normal_
+from .random import (
+    CounterStream,
+    KeyedStream,
+    RowStream,
+    TensorStream,
+    clear_buffers,
+    noise_normal_,
+)
 
 #: The noise source of one forward: a ``torch.Generator`` (eager) or a tensor stream (compiled).
 Rng = torch.Generator | TensorStream
@@ -91,8 +98,10 @@ def _scratch(slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
 
 
 def clear_workspace() -> None:
-    """Free the CPU scratch buffers kept by the calling thread."""
+    """Free the CPU scratch buffers kept by the calling thread (the MVM's and the noise
+    kernel's)."""
     _local.pool = {}
+    clear_buffers()
 
 
 @dataclass

@@ -166,6 +166,8 @@ _GAMMA = 0x9E3779B97F4A7C15 - (1 << 64)
 _M1 = 0xBF58476D1CE4E5B9 - (1 << 64)
 _M2 = 0x94D049BB133111EB - (1 << 64)
 _TWO_PI = 6.283185307179586
+#: :data:`_GAMMA` as a tensor (see :func:`counter_bits`)
+_GAMMA_T = torch.tensor(_GAMMA, dtype=torch.int64)
 
 
 def _int64(v: int) -> int:
@@ -198,11 +200,17 @@ def _words(numel: int) -> int:
     return -(-((numel + 1) // 2) // 64) * 64
 
 
-def counter_bits(key: Tensor, n: int) -> Tensor:
+def counter_bits(key: Tensor, n: int, gamma: Tensor | None = None) -> Tensor:
     """``n`` 64-bit random words of the SplitMix64 sequence that starts at ``key``: word ``i`` is
-    ``mix64(key + (i + 1) * gamma)`` (a 0-dim int64 ``key``; pure function, no state)."""
+    ``mix64(key + (i + 1) * gamma)`` (a 0-dim int64 ``key``; pure function, no state).
+
+    ``gamma``: the increment as a 0-dim int64 tensor (:data:`_GAMMA_T`), for compiled kernels.
+    As a Python constant inductor folds ``(i + 1) * gamma`` into the loop's C++ index arithmetic,
+    where it overflows (undefined behaviour for signed integers): g++ then assumed that the loop
+    of a single-threaded kernel ran once (measured: only the first 16 values written). Read from
+    a tensor, the product is vector arithmetic, which wraps."""
     i = torch.arange(1, n + 1, dtype=torch.int64, device=key.device)
-    return mix64(key + i * _GAMMA)
+    return mix64(key + i * (_GAMMA if gamma is None else gamma))
 
 
 def _polar(bits: Tensor) -> tuple[Tensor, Tensor]:
@@ -243,15 +251,51 @@ def counter_uniform(key: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
     return u[:numel].view(shape)
 
 
-def _counter_fill_eager(out: Tensor, key: Tensor, kind: str, var: Tensor | None = None) -> None:
-    """Fill the flat ``out`` with the ``kind`` draws of the stream at ``key`` (tensor ops),
-    normals times ``sqrt(var)`` where a (flat, same-size) ``var`` is given."""
-    n = out.shape[0]
+def _values_at(key: Tensor, flat: Tensor, half: int, kind: str) -> Tensor:
+    """Values ``flat`` (int64 indices) of the ``kind`` draw at ``key`` whose first half (the
+    cosines, or the top 24-bit fields) has ``half`` values (:func:`_words` of the draw's size):
+    each value computed from its own word, so that no buffer of the whole draw is needed."""
+    first = flat < half  # word ``flat`` (cos, or the top 24 bits); else word ``flat - half``
+    bits = mix64(key + (torch.where(first, flat, flat - half) + 1) * _GAMMA)
     if kind == "normal":
-        z = counter_normal(key, (n,))
-        out.copy_(z if var is None else z * var.sqrt())
+        r, theta = _polar(bits)
+        # sin(theta) as cos(theta - pi/2): one cosine per value (equal to float rounding)
+        return r * torch.cos(torch.where(first, theta, theta - _TWO_PI / 4))
+    hi, lo = _halves(bits)
+    return torch.where(first, hi, lo).float() * 2.0**-24
+
+
+def _pair_fill(
+    cos: Tensor,
+    sin: Tensor,
+    key: Tensor,
+    gamma: Tensor,
+    kind: str,
+    var: Tensor | None = None,
+    half: int = 0,
+) -> None:
+    """Words ``0 .. w - 1`` of the stream at ``key`` (``w`` = the length of the flat ``cos`` and
+    ``sin``) written as their two values: the cosines into ``cos`` and the sines into ``sin``
+    (``kind="normal"``), or the top and the low 24-bit fields as uniforms (``"uniform"``);
+    ``gamma`` is :data:`_GAMMA_T`. Where ``var`` is given, the cosines are multiplied by
+    ``sqrt(var[:w])`` and the sines by ``sqrt(var[half:half + w])``.
+
+    The noise kernel (:data:`_FILL`) is this function, ``cos`` the first part of the filled
+    tensor and ``sin`` a reused buffer: one loop computes each word's hash, logarithm and square
+    root once and writes both values (the kernel that concatenated the halves into a fresh
+    buffer of the whole draw first, page faults and all, took about twice as long)."""
+    w = cos.shape[0]
+    bits = counter_bits(key, w, gamma)
+    if kind == "normal":
+        r, theta = _polar(bits)
+        c, s = r * torch.cos(theta), r * torch.sin(theta)
+        if var is not None:
+            c, s = c * var[:w].sqrt(), s * var[half : half + w].sqrt()
     else:
-        out.copy_(counter_uniform(key, (n,)))
+        hi, lo = _halves(bits)
+        c, s = hi.float() * 2.0**-24, lo.float() * 2.0**-24
+    cos.copy_(c)
+    sin.copy_(s)
 
 
 def _counter_rows_eager(key: Tensor, numel: int, rows: Tensor, width: int, kind: str) -> Tensor:
@@ -262,16 +306,7 @@ def _counter_rows_eager(key: Tensor, numel: int, rows: Tensor, width: int, kind:
     :func:`_words`) and each row is one vectorised inner loop."""
     padded = -(-width // 64) * 64
     cols = torch.arange(padded, device=rows.device)
-    flat = rows.view(-1, 1) * width + cols.view(1, -1)
-    half = _words(numel)
-    first = flat < half  # word ``flat`` (cos, or the top 24 bits); else word ``flat - half``
-    bits = mix64(key + (torch.where(first, flat, flat - half) + 1) * _GAMMA)
-    if kind == "normal":
-        r, theta = _polar(bits)
-        # sin(theta) as cos(theta - pi/2): one cosine per value (equal to float rounding)
-        return r * torch.cos(torch.where(first, theta, theta - _TWO_PI / 4))
-    hi, lo = _halves(bits)
-    return torch.where(first, hi, lo).float() * 2.0**-24
+    return _values_at(key, rows.view(-1, 1) * width + cols.view(1, -1), _words(numel), kind)
 
 
 #: The compiled :func:`_counter_rows_eager` (bound management's gathered rounds)
@@ -309,9 +344,9 @@ def counter_rows(key: Tensor, numel: int, rows: Tensor, width: int, kind: str = 
     return out[:, :width]
 
 
-#: The compiled :func:`_counter_fill_eager`: the noise kernel
+#: The compiled :func:`_pair_fill`: the noise kernel
 _FILL = FusedKernel(
-    _counter_fill_eager,
+    _pair_fill,
     env="AIMC_RNG_KERNEL",
     warn=(
         "aimc.random: the compiled random-number kernel could not be built ({error}); large "
@@ -322,16 +357,67 @@ _FILL = FusedKernel(
 )
 
 
-def _counter_fill_(flat: Tensor, key: Tensor, kind: str, var: Tensor | None = None) -> None:
-    """Fill the contiguous 1-d float32 CPU tensor ``flat`` from the stream at ``key``: with the
-    compiled kernel (:data:`_FILL`), or with tensor operations where it cannot be built (warned
-    once) or ``AIMC_RNG_KERNEL=0``.
+_local = threading.local()
 
-    The kernel always runs in inference mode (allowed on ordinary tensors too), so that its only
-    variants are the draw's kind (with or without ``var``) and the thread count (dynamo guards
-    on both)."""
+
+def _sines(numel: int) -> Tensor:
+    """The calling thread's reused float32 buffer for the kernel's second values."""
+    buf = getattr(_local, "sines", None)
+    if buf is None or buf.numel() < numel:
+        with torch.inference_mode(False):  # usable both inside and outside inference mode
+            buf = _local.sines = torch.empty(numel, dtype=torch.float32)
+    return buf[:numel]
+
+
+def clear_buffers() -> None:
+    """Free the noise kernel's buffer kept by the calling thread."""
+    _local.sines = None
+
+
+def _counter_fill_(flat: Tensor, key: Tensor, kind: str, var: Tensor | None = None) -> None:
+    """Fill the contiguous 1-d float32 CPU tensor ``flat`` with :func:`counter_normal` (times
+    ``sqrt(var)``) or :func:`counter_uniform` of its size at ``key``, to float rounding: with the
+    compiled kernel (:data:`_FILL`, :func:`_pair_fill`), or with tensor operations where it
+    cannot be built (warned once) or ``AIMC_RNG_KERNEL=0``.
+
+    The draw's first ``half`` values (:func:`_words`) come from words ``0 .. half - 1``, its
+    other ``n - half`` from words ``0 .. n - half - 1``. The kernel computes both values of the
+    first ``w`` words, ``w`` the largest multiple of 64 that both parts hold (so that the int64
+    loops of torch 2.13's CPU inductor never run a vector tail, see :func:`_words`): the first
+    straight into ``flat``, the second into a reused buffer copied into place after (two views
+    of one tensor as the kernel's outputs made dynamo reuse a kernel for views at other
+    offsets: wrong values). The rest (fewer than 192 values, none where ``n`` is a multiple of
+    128) are tensor operations. The kernel always runs in inference mode (allowed on ordinary
+    tensors too), so that its only variants are the draw's kind (with or without ``var``) and
+    the thread count (dynamo guards on both)."""
+    n = flat.shape[0]
+    half = _words(n)
+    w = (n - half) // 64 * 64
     with torch.inference_mode():
-        _FILL(flat, key, kind, var, variant=(kind, var is None, torch.get_num_threads()))
+        sines = _sines(w)
+        _FILL(
+            flat[:w],
+            sines,
+            key,
+            _GAMMA_T.to(flat.device),
+            kind,
+            var,
+            half,
+            variant=(kind, var is None, torch.get_num_threads()),
+        )
+        flat[half : half + w].copy_(sines)
+        if w < n - half:  # the words after the kernel's: values w .. half - 1, half + w .. n - 1
+            idx = torch.cat(
+                [
+                    torch.arange(w, half, dtype=torch.int64, device=flat.device),
+                    torch.arange(half + w, n, dtype=torch.int64, device=flat.device),
+                ]
+            )
+            z = _values_at(key, idx, half, kind)
+            if var is not None:
+                z = z * var[idx].sqrt()
+            flat[w:half].copy_(z[: half - w])
+            flat[half + w :].copy_(z[half - w :])
 
 
 class KeyedStream:
