@@ -13,7 +13,7 @@ Two families, the same distributions:
   filled with the counter-based stream of that key (SplitMix64 words, Box–Muller on 24-bit
   uniforms: :func:`counter_normal`, :func:`counter_uniform`) by a small kernel that
   ``torch.compile`` builds once per process and thread count (inductor's on-disk cache makes
-  later processes quick). The kernel runs inside the OpenMP team: 2.4–3.1× faster than the
+  later processes quick). The kernel runs inside the OpenMP team: 3.3–3.9× faster than the
   MT19937 chunks right after a matmul (3.1 M and 786 k values), where the MT19937 pool
   threads also compete with OpenMP's spinning workers (``benchmarks/bench_rng_contention.py``).
   Where the kernel cannot be built (no C++ compiler: warned once) or ``AIMC_RNG_KERNEL=0`` is
@@ -360,8 +360,16 @@ _FILL = FusedKernel(
 _local = threading.local()
 
 
+#: The noise kernel's reused buffer holds at most this many values (32 MiB); a larger draw
+#: (HWA weight noise of a large layer) takes a buffer of its own for that call.
+SINES_MAX = 1 << 23
+
+
 def _sines(numel: int) -> Tensor:
-    """The calling thread's reused float32 buffer for the kernel's second values."""
+    """The calling thread's reused float32 buffer for the kernel's second values (a fresh one
+    above :data:`SINES_MAX`)."""
+    if numel > SINES_MAX:
+        return torch.empty(numel, dtype=torch.float32)
     buf = getattr(_local, "sines", None)
     if buf is None or buf.numel() < numel:
         with torch.inference_mode(False):  # usable both inside and outside inference mode
@@ -406,7 +414,7 @@ def _counter_fill_(flat: Tensor, key: Tensor, kind: str, var: Tensor | None = No
             variant=(kind, var is None, torch.get_num_threads()),
         )
         flat[half : half + w].copy_(sines)
-        if w < n - half:  # the words after the kernel's: values w .. half - 1, half + w .. n - 1
+        if w < half:  # the words after the kernel's: values w .. half - 1, half + w .. n - 1
             idx = torch.cat(
                 [
                     torch.arange(w, half, dtype=torch.int64, device=flat.device),

@@ -949,6 +949,41 @@ def test_noise_normal_with_a_variance(numel):
     assert torch.allclose(s, arandom.KeyedStream(key).normal((numel,)) * var.sqrt())
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernel_draws_of_changing_sizes_equal_the_stream(threads):
+    """The kernel writes the sines of each word into a reused buffer and copies them into place:
+    a large draw, then smaller and odd ones (leftover words in tensor ops), with and without a
+    variance, each equals the stream of its key; single-threaded too (a constant folded into
+    C++ index arithmetic once made g++ run the one-thread loop only once)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        # 200_000: as many sines as the kernel writes, cosines left over (w = n - half < half)
+        for numel in [(1 << 20) + 128, KMIN + 64 * 5 + 3, 3 * KMIN + 130, 200_000, KMIN]:
+            var = torch.rand(numel, generator=torch.Generator().manual_seed(numel)) + 0.25
+            for v in (None, var):
+                got = arandom.noise_normal_(
+                    torch.full((numel,), 7.0), torch.Generator().manual_seed(4), var=v
+                )
+                ref = _stream("normal", numel, 4)
+                ref = ref if v is None else ref * v.sqrt()
+                assert float((got - ref).abs().max()) <= 1e-5, (numel, v is None)
+            got = arandom.noise_uniform_(
+                torch.full((numel,), 7.0), torch.Generator().manual_seed(4)
+            )
+            assert torch.equal(got, _stream("uniform", numel, 4)), numel
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_kernel_draw_above_the_reused_buffer_limit(monkeypatch):
+    """A draw too large for the reused buffer gets its own: the same stream."""
+    monkeypatch.setattr(arandom, "SINES_MAX", KMIN // 4)
+    numel = 2 * KMIN + 64 * 3 + 5
+    got = arandom.noise_normal_(torch.full((numel,), 7.0), torch.Generator().manual_seed(8))
+    assert float((got - _stream("normal", numel, 8)).abs().max()) <= 1e-5
+
+
 def test_noise_normal_variance_of_another_shape_is_refused():
     with pytest.raises(ValueError, match=r"var has shape \(3,\); allowed: .*\(4,\)"):
         arandom.noise_normal_(torch.empty(4), torch.Generator(), var=torch.ones(3))
