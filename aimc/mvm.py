@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import math
 import platform
-import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,16 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import _workspace
 from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType
 from .functional import TileLayout, stochastic_round
-from .random import (
-    CounterStream,
-    KeyedStream,
-    RowStream,
-    TensorStream,
-    clear_buffers,
-    noise_normal_,
-)
+from .random import CounterStream, KeyedStream, RowStream, TensorStream, noise_normal_
 
 #: The noise source of one forward: a ``torch.Generator`` (eager) or a tensor stream (compiled).
 Rng = torch.Generator | TensorStream
@@ -77,9 +70,6 @@ def _check_bf16_cpu() -> None:
         )
 
 
-_local = threading.local()
-
-
 def _scratch(slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
     """A reusable float32 buffer (CPU only; other devices have caching allocators)."""
     numel = 1
@@ -87,21 +77,13 @@ def _scratch(slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
         numel *= d
     if like.device.type != "cpu" or _compiling():
         return torch.empty(shape, device=like.device, dtype=torch.float32)
-    pool = getattr(_local, "pool", None)
-    if pool is None:
-        pool = _local.pool = {}
-    buf = pool.get(slot)
-    if buf is None or buf.numel() < numel:
-        with torch.inference_mode(False):  # usable both inside and outside inference mode
-            buf = pool[slot] = torch.empty(numel, dtype=torch.float32)
-    return buf[:numel].view(shape)
+    return _workspace.buffer(slot, numel).view(shape)
 
 
 def clear_workspace() -> None:
     """Free the CPU scratch buffers kept by the calling thread (the MVM's and the noise
     kernel's)."""
-    _local.pool = {}
-    clear_buffers()
+    _workspace.clear()
 
 
 @dataclass

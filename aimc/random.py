@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
+from . import _workspace
 from ._kernels import FusedKernel
 
 #: Elements per independently seeded chunk (and the size below which no splitting happens).
@@ -357,9 +358,6 @@ _FILL = FusedKernel(
 )
 
 
-_local = threading.local()
-
-
 #: The noise kernel's reused buffer holds at most this many values (32 MiB); a larger draw
 #: (HWA weight noise of a large layer) takes a buffer of its own for that call.
 SINES_MAX = 1 << 23
@@ -370,16 +368,7 @@ def _sines(numel: int) -> Tensor:
     above :data:`SINES_MAX`)."""
     if numel > SINES_MAX:
         return torch.empty(numel, dtype=torch.float32)
-    buf = getattr(_local, "sines", None)
-    if buf is None or buf.numel() < numel:
-        with torch.inference_mode(False):  # usable both inside and outside inference mode
-            buf = _local.sines = torch.empty(numel, dtype=torch.float32)
-    return buf[:numel]
-
-
-def clear_buffers() -> None:
-    """Free the noise kernel's buffer kept by the calling thread."""
-    _local.sines = None
+    return _workspace.buffer("sines", numel)
 
 
 def _counter_fill_(flat: Tensor, key: Tensor, kind: str, var: Tensor | None = None) -> None:
@@ -407,7 +396,7 @@ def _counter_fill_(flat: Tensor, key: Tensor, kind: str, var: Tensor | None = No
             flat[:w],
             sines,
             key,
-            _GAMMA_T.to(flat.device),
+            _GAMMA_T,
             kind,
             var,
             half,
