@@ -123,6 +123,35 @@ class TileOutputs:
             z = (z.view(g, n, lo.n_out, lo.cols) * f.unsqueeze(-1)).view(g, n, lo.padded_out)
         return lo.unpad_out(z, 2)
 
+    def scale_grad(self, grad: Tensor) -> Tensor:
+        """``(G, ti, O)``: ``sum_n grad[:, n] * tile(t)[:, n]`` for every input tile ``t``, the
+        gradient of learned output scales for the output gradient ``grad`` ``(G, N, O)``.
+
+        The tiles are not rebuilt: per tile, one product of the levels with the gradient (into
+        a reused buffer on CPU) and one matrix-vector product with the per-vector factors
+        (``(1, N) @ (N, O)``), then the column scale, instead of five passes over fresh
+        ``(G, N, O)`` tensors. Equal to the rebuilt tiles' sums up to float rounding."""
+        lo, g, n = self.layout, self.groups, self.n
+        gp = lo.pad_out(grad.float(), 2)  # (G, N, O_pad)
+        levels = self.levels.view(g, lo.n_in, n, lo.padded_out)
+        factor = None if self.factor is None else self.factor.view(g, lo.n_in, n, lo.n_out)
+        cols = None if self.col_scale is None else self.col_scale.view(g, lo.n_in, lo.padded_out)
+        out = torch.empty(g, lo.n_in, lo.padded_out, device=gp.device, dtype=torch.float32)
+        for t in range(lo.n_in):
+            # int8 * float32 in one mul takes torch's slow mixed-type path (measured 2-5 ms
+            # against 0.7 ms for the copy and the float32 product, 1024 x 3072)
+            p = _scratch(0, (g, n, lo.padded_out), gp).copy_(levels[:, t]).mul_(gp)
+            if factor is None:
+                torch.sum(p, dim=1, out=out[:, t])
+            elif lo.n_out == 1:  # one factor per vector: (G, 1, N) @ (G, N, O_pad)
+                torch.bmm(factor[:, t].transpose(1, 2), p, out=out[:, t].unsqueeze(1))
+            else:
+                pv = p.view(g, n, lo.n_out, lo.cols).mul_(factor[:, t].unsqueeze(-1))
+                torch.sum(pv, dim=1, out=out[:, t].view(g, lo.n_out, lo.cols))
+            if cols is not None:
+                out[:, t].mul_(cols[:, t])
+        return lo.unpad_out(out, 2)
+
 
 def _level_dtype(io: IOConfig) -> torch.dtype:
     """The narrowest integer type that holds every ADC output level exactly (float32 where the
@@ -408,7 +437,8 @@ def analog_mvm(
     bias: Tensor | None = None,
     input_range: Tensor | None = None,
     per_tile: bool | str = False,
-) -> Tensor | TileOutputs:
+    out_scale: Tensor | None = None,
+) -> Tensor | TileOutputs | tuple[TileOutputs, Tensor]:
     """Forward of tiled analog crossbars: ``(G, N, K)`` float32 inputs -> ``(G, N, O)``.
 
     REFERENCE.md §1 steps 1-7 for every tile at once: noise management, DAC, MVM, weight and
@@ -419,7 +449,10 @@ def analog_mvm(
     rescaled output, ``(G, ti, N, O)`` (``bias`` must then be None); with
     ``per_tile="compact"`` (eager only) the same values as :class:`TileOutputs`, the ADC's
     integer levels and their rescale factors (the training forward of learned output scales
-    keeps them for its backward).
+    keeps them for its backward). With ``per_tile="compact"`` and ``out_scale`` (learned output
+    scales as a digital rescale, ``(B, to)`` per tile or ``(B, O_pad)`` per column) the result
+    is ``(tile outputs, y)``, ``y`` the layer's output ``sum_t out_scale_t * z_t + bias``
+    computed from the float tile outputs before they are dropped (``bias`` allowed).
 
     Non-finite inputs: a NaN or +-inf anywhere in the part of an input vector that feeds a tile
     makes that tile's outputs NaN for that vector, hence the layer's outputs for that vector.
@@ -434,14 +467,18 @@ def analog_mvm(
         generator = generator.fork()
     lo = tw.layout
     g, n, k = x.shape
-    if per_tile and bias is not None:
-        raise ValueError("analog_mvm: bias must be None with per_tile=True (add it after the sum)")
     compact = per_tile == "compact"
+    summed = compact and out_scale is not None
+    if per_tile and bias is not None and not summed:
+        raise ValueError("analog_mvm: bias must be None with per_tile=True (add it after the sum)")
+    if out_scale is not None and not compact:
+        raise ValueError("analog_mvm: out_scale is for per_tile='compact' only")
     if compact and (_compiling() or not isinstance(generator, torch.Generator)):
         raise ValueError("analog_mvm: per_tile='compact' is for eager forwards only")
     if n == 0:  # an empty batch
         if compact:
-            return TileOutputs(lo, g, 0, x.new_zeros(lo.batch, 0, lo.padded_out), None, None)
+            empty = TileOutputs(lo, g, 0, x.new_zeros(lo.batch, 0, lo.padded_out), None, None)
+            return (empty, x.new_zeros(g, 0, lo.out_size)) if summed else empty
         return x.new_zeros((g, lo.n_in, 0, lo.out_size) if per_tile else (g, 0, lo.out_size))
     if lo.padded_in != k:  # an uneven split: each input part into its tile, then zeros
         x = lo.pad_in(x, 2)
@@ -449,10 +486,15 @@ def analog_mvm(
     xq = _scratch(0, (g, lo.n_in, n, lo.rows), x)
     z = _scratch(1, (lo.batch, n, lo.padded_out), x)
 
-    def finish(factor: Tensor | None) -> Tensor | TileOutputs:  # the digital periphery
-        if compact:
-            return _compact(z, factor, tw, g, n, io)
-        return _digital(z, factor, tw, g, n, bias, per_tile)
+    def finish(factor: Tensor | None) -> Tensor | TileOutputs | tuple[TileOutputs, Tensor]:
+        # the digital periphery
+        if not compact:
+            return _digital(z, factor, tw, g, n, bias, per_tile)
+        tiles = _compact(z, factor, tw, g, n, io)  # copies the levels out of z
+        if not summed:
+            return tiles
+        scaled = TileWeights(lo, tw.w, combine_scales(tw.scale, out_scale, lo))
+        return tiles, _digital(z, factor, scaled, g, n, bias)
 
     if io.is_perfect:
         xq.copy_(xv.transpose(1, 2))

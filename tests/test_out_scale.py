@@ -400,3 +400,21 @@ def test_compact_tile_outputs_equal_the_per_tile_outputs(kind, dtype, columnwise
     for t in range(full.shape[1]):
         torch.testing.assert_close(compact.tile(t), full[:, t], rtol=0, atol=0, equal_nan=True)
     assert torch.isnan(full[:, 1, 5]).all()  # the tile that saw the NaN, for that vector
+    # the learned scales' gradient and the scaled sum, computed without rebuilding the tiles
+    gen = torch.Generator().manual_seed(5)
+    grad = torch.randn(1, 33, 40, generator=gen)
+    want = torch.stack([(full[:, t] * grad).sum(dim=1) for t in range(full.shape[1])], dim=1)
+    got = compact.scale_grad(grad)
+    assert torch.isnan(got[:, 1]).all() and not torch.isnan(got[:, [0, 2]]).any()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4, equal_nan=True)
+    alpha = torch.rand(1, full.shape[1], 40, generator=gen) + 0.5  # (G, ti, O)
+    bias = torch.randn(1, 40, generator=gen)
+    lo = layer.tile_layout()
+    layer.manual_seed(7)
+    tiles, y = aimc.nn.base._run_mvm(
+        layer, x, bias, None, "compact", lo.pad_out(alpha, 2).reshape(lo.batch, -1)
+    )
+    torch.testing.assert_close(tiles.levels, compact.levels, rtol=0, atol=0, equal_nan=True)
+    want_y = (full * alpha.unsqueeze(2)).sum(dim=1) + bias.unsqueeze(1)
+    torch.testing.assert_close(y, want_y, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert torch.isnan(y[:, 5]).all() and not torch.isnan(y[:, 4]).any()

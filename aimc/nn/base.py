@@ -98,13 +98,11 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         with torch.no_grad():
             # every input tile's output z_t, kept for alpha's gradient as the ADC's integer
             # levels and their rescale (TileOutputs: an 8-bit ADC's in a quarter of the
-            # memory of float32 z_t), each z_t rebuilt exactly where it is used
-            out = _run_mvm(layer, x, None, input_range, per_tile="compact")
-            y = torch.mul(out.tile(0), alpha[:, 0].unsqueeze(1))
-            for t in range(1, out.layout.n_in):
-                y.addcmul_(out.tile(t), alpha[:, t].unsqueeze(1))
-            if b is not None:
-                y.add_(b.unsqueeze(1))
+            # memory of float32 z_t); y is summed from the float z_t before they are dropped,
+            # alpha folded into each tile's digital rescale (as in the inference forward)
+            lo = layer.tile_layout()
+            a_cols = lo.pad_out(alpha.detach(), 2).reshape(lo.batch, lo.padded_out)
+            out, y = _run_mvm(layer, x, b, input_range, per_tile="compact", out_scale=a_cols)
         # through save_for_backward (None allowed), so that saved-tensor hooks (offloading,
         # checkpointing) see the levels too
         ctx.save_for_backward(x, w, alpha, out.levels, out.factor, out.col_scale)
@@ -139,10 +137,7 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         if ctx.has_bias and needs[2]:
             gb = grad.sum(dim=1)
         if needs[3]:
-            tiles = TileOutputs(*ctx.tile_shape, levels, factor, col_scale)
-            ga = torch.stack(
-                [(tiles.tile(t) * grad).sum(dim=1) for t in range(tiles.layout.n_in)], dim=1
-            )
+            ga = TileOutputs(*ctx.tile_shape, levels, factor, col_scale).scale_grad(grad)
         return gx, gw, gb, ga, None, None
 
 
@@ -159,8 +154,10 @@ def _run_mvm(
     b: Tensor | None,
     input_range: Tensor | None = None,
     per_tile: bool | str = False,
-) -> Tensor | TileOutputs:
-    """The analog forward of ``layer`` on ``(G, N, K)`` float32 inputs (no autograd)."""
+    out_scale: Tensor | None = None,
+) -> Tensor | TileOutputs | tuple[TileOutputs, Tensor]:
+    """The analog forward of ``layer`` on ``(G, N, K)`` float32 inputs (no autograd;
+    :func:`~aimc.mvm.analog_mvm`'s ``per_tile`` and ``out_scale``)."""
     return analog_mvm(
         x,
         layer.active_tiles(),
@@ -169,6 +166,7 @@ def _run_mvm(
         b,
         None if input_range is None else input_range.detach(),
         per_tile,
+        out_scale,
     )
 
 
