@@ -63,7 +63,9 @@ class FusedKernel:
             return self.fn(*args)
         with _lock:
             if self.compiled is None:
-                self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
+                self.compiled = torch.compile(
+                    self.fn, dynamic=True, fullgraph=True, options={"cpp.min_chunk_size": 1}
+                )
         if variant is not None and variant in self.built:
             try:
                 return self.compiled(*args)

@@ -105,9 +105,13 @@ def _clip_forward(x: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
 
     ``code`` (int8) is what the backward needs of ``x``, a byte per value instead of ``x``
     itself: 0 inside the range (``|x| < r``, or NaN), else ``sign(x) + 2`` (1, 2 or 3)."""
-    outside = x.abs() >= r
+    mag = x.abs()
+    outside = mag >= r
     code = torch.where(outside, torch.sign(x) + 2, 0.0).to(torch.int8)
-    return torch.where(x.isinf(), float("nan"), torch.maximum(torch.minimum(x, r), -r)), code
+    # |x| == inf, not isinf: inductor's CPU kernel vectorizes the comparison, but evaluates
+    # isinf one value at a time (measured 4.5 -> 3.1 ms on 3 M values, 2 threads)
+    inf = mag == float("inf")
+    return torch.where(inf, float("nan"), torch.maximum(torch.minimum(x, r), -r)), code
 
 
 def _clip_backward(code: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
