@@ -123,9 +123,57 @@ def _clip_backward(code: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(outside, 0.0, grad), torch.where(outside, grad * sign, 0.0).sum()
 
 
-#: :func:`_clip_forward` / :func:`_clip_backward` as fused CPU kernels (built on first use)
+def _clip_into(x: Tensor, r: Tensor, out: Tensor) -> None:
+    """``out <- clamp(x, -r, r)``, +-inf to NaN (:func:`_clip_forward`'s values, in place)."""
+    clipped = torch.maximum(torch.minimum(x, r), -r)
+    out.copy_(torch.where(x.abs() == float("inf"), float("nan"), clipped))
+
+
+def _clip_grad_(x: Tensor, r: Tensor, grad: Tensor) -> Tensor:
+    """In place, :func:`_clip_backward` from ``x`` itself: ``grad`` zeroed outside the range
+    (``|x| >= r``); returns ``sum(grad * sign(x))`` over the outside (before the zeroing)."""
+    outside = x.abs() >= r
+    total = torch.where(outside, grad * torch.sign(x), 0.0).sum()
+    grad.copy_(torch.where(outside, 0.0, grad))
+    return total
+
+
+#: :func:`_clip_forward` / :func:`_clip_backward` (and the in-place :func:`_clip_into` /
+#: :func:`_clip_grad_` of :func:`clipped_scratch` and :func:`clip_grad_`) as fused CPU kernels
+#: (built on first use)
 _CLIP_FORWARD = FusedKernel(_clip_forward, env="AIMC_FUSED_KERNELS")
 _CLIP_BACKWARD = FusedKernel(_clip_backward, env="AIMC_FUSED_KERNELS")
+_CLIP_INTO = FusedKernel(_clip_into, env="AIMC_FUSED_KERNELS")
+_CLIP_GRAD = FusedKernel(_clip_grad_, env="AIMC_FUSED_KERNELS")
+
+
+def clipped_scratch(x: Tensor, r: Tensor) -> Tensor:
+    """``x`` clipped to the learned range ``r`` (+-inf to NaN, as :func:`clip_input`) in the
+    calling thread's reused buffer (CPU; a fresh tensor elsewhere): valid until the next call.
+    The training forward of a layer that clips its own input (:func:`clip_grad_` in its
+    backward) uses it instead of :func:`clip_input`, whose output is a fresh tensor kept for the
+    backward: no new input-sized tensor in either direction."""
+    from . import _workspace
+
+    x = x.contiguous()
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return _clip_forward(x, r.to(x.dtype))[0]
+    out = _workspace.buffer("clip", x.numel()).view(x.shape)
+    _CLIP_INTO(x.detach().view(-1), r.detach().to(x.dtype), out.view(-1), device=x.device)
+    return out
+
+
+def clip_grad_(x: Tensor, r: Tensor, grad: Tensor, decay: float) -> Tensor:
+    """The backward of the input-range clip in place on ``grad`` (the gradient of the clipped
+    input, contiguous, not shared): zeroed where ``|x| >= r``; returns the range's gradient
+    ``sum(grad | x >= r) - sum(grad | x <= -r) + decay * r`` (AIHWKIT's input-range learning,
+    as :class:`_InputRange`)."""
+    if grad.device.type == "cpu" and grad.is_contiguous() and x.is_contiguous():
+        flat = (x.detach().view(-1), r.detach().to(grad.dtype), grad.view(-1))
+        total = _CLIP_GRAD(*flat, device=x.device)
+    else:
+        total = _clip_grad_(x.detach(), r.detach().to(grad.dtype), grad)
+    return (total + decay * r.sum()).reshape(r.shape).to(r.dtype)
 
 
 def _run_fused(kernel: FusedKernel, *args: Tensor) -> Any:

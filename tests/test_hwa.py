@@ -316,3 +316,91 @@ def test_tile_std_follows_aihwkit_uneven_split():
             b += si
         a += so
     torch.testing.assert_close(std, ref)
+
+
+@pytest.mark.parametrize("x_grad", [True, False], ids=["x_grad", "first_layer"])
+def test_scaled_mvm_that_clips_its_own_input_equals_clip_input_then_mvm(x_grad):
+    """The training forward of learned output scales clips its input itself (a reused buffer,
+    the clip's gradient in place on x's): the same outputs and the same gradients of x, W, b,
+    alpha and the range as ``clip_input`` followed by the MVM, values beyond the range, NaN and
+    +-inf included; the range still learns where x needs no gradient (a first layer)."""
+    from aimc.nn.base import _ScaledAnalogMVM
+
+    cfg = aimc.presets.standard_hwa()
+    cfg = cfg.replace(mapping=cfg.mapping.replace(max_input_size=16, max_output_size=8))
+    layer = AnalogLinear(40, 12, config=cfg, seed=2).train()
+    with torch.no_grad():
+        layer.input_range.fill_(1.5)
+        layer.out_scale.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(4)
+    x0 = torch.randn(1, 9, 40, generator=gen) * 2
+    x0[0, 2, 5], x0[0, 4, 30], x0[0, 6, 0] = float("inf"), float("nan"), -float("inf")
+    up = torch.randn(1, 9, 12, generator=gen)
+    decay = 0.01
+    results = []
+    for own in (False, True):
+        layer.zero_grad()
+        layer.manual_seed(5)
+        x = x0.clone().requires_grad_(x_grad)
+        r = layer.input_range
+        w = layer.weight.view(1, 12, 40)
+        b = layer.bias.view(1, 12)
+        alpha = layer.out_scale_columns()
+        if own:
+            y = _ScaledAnalogMVM.apply(x, w, b, alpha, layer, r, decay)
+        else:
+            xc = aimc.hwa.clip_input(x, r, decay).contiguous()
+            y = _ScaledAnalogMVM.apply(xc, w, b, alpha, layer, r, None)
+        y.backward(up)
+        grads = [t.grad.clone() for t in (layer.weight, layer.bias, layer.out_scale, r)]
+        results.append((y.detach(), x.grad, grads))
+    (y0, gx0, g0), (y1, gx1, g1) = results
+    assert torch.isnan(y0[0, 2]).all() and torch.isnan(y0[0, 4]).all()
+    torch.testing.assert_close(y1, y0, rtol=0, atol=0, equal_nan=True)
+    if x_grad:
+        torch.testing.assert_close(gx1, gx0, rtol=0, atol=0, equal_nan=True)
+        assert (gx1 == 0).any() and (gx1 != 0).any()  # zero outside the range only
+    else:
+        assert gx0 is None and gx1 is None
+    for a, b_ in zip(g1, g0):
+        torch.testing.assert_close(a, b_, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert g1[3].abs().item() > 0  # the range has a gradient
+
+
+def test_hwa_layer_clips_its_own_input_in_training():
+    """standard_hwa() layers train through the self-clipping path, and it is the same step:
+    the range and the weights after a few SGD steps equal those of the clip_input path."""
+    from aimc.nn import base
+
+    cfg = aimc.presets.standard_hwa()
+    cfg = cfg.replace(mapping=cfg.mapping.replace(max_input_size=16))
+    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(7)) * 3
+    state = []
+    for own in (True, False):
+        torch.manual_seed(0)  # the weight's initialisation
+        layer = AnalogLinear(40, 8, config=cfg, seed=1).train()
+        opt = torch.optim.SGD(layer.parameters(), lr=0.05)
+        calls = []
+        original = base._ScaledAnalogMVM.apply
+
+        def spy(*args, original=original, calls=calls, own=own):
+            calls.append(args[6])
+            if not own and args[6] is not None:  # the reference: clip_input, then the MVM
+                xc = aimc.hwa.clip_input(args[0], args[5], args[6]).contiguous()
+                return original(xc, *args[1:6], None)
+            return original(*args)
+
+        base._ScaledAnalogMVM.apply = spy
+        try:
+            for _ in range(3):
+                opt.zero_grad()
+                layer(x).square().mean().backward()
+                opt.step()
+        finally:
+            base._ScaledAnalogMVM.apply = original
+        assert calls and all(c == cfg.hwa.input_range_decay for c in calls)
+        state.append({k: v.clone() for k, v in layer.state_dict().items() if torch.is_tensor(v)})
+    assert "input_range" in state[0]
+    for k, v in state[0].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, state[1][k], rtol=1e-5, atol=1e-6, msg=k)

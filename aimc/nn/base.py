@@ -14,7 +14,14 @@ from torch import Tensor, nn
 
 from ..config import AnalogConfig, WeightModifier, WeightNoiseType
 from ..functional import TileLayout, tile_weights
-from ..hwa import clip_input, draw_chip_sample, modify_weights, update_input_range
+from ..hwa import (
+    clip_grad_,
+    clip_input,
+    clipped_scratch,
+    draw_chip_sample,
+    modify_weights,
+    update_input_range,
+)
 from ..mvm import TileOutputs, TileWeights, analog_mvm, combine_scales, units
 from ..random import CounterStream, check_seed, derive_seed
 from .checks import check_finite_weights, layer_label
@@ -94,51 +101,69 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         alpha: Tensor,
         layer: AnalogLayerMixin,
         input_range: Tensor | None = None,
+        clip_decay: float | None = None,
     ) -> Tensor:
+        # clip_decay (a float): x is not clipped yet; the forward clips it to input_range
+        # itself, into a reused buffer, and the backward takes the clip's gradient in place on
+        # x's (hwa.clipped_scratch, hwa.clip_grad_): no fresh input-sized tensor either way,
+        # the values and gradients of clip_input followed by this function
+        clip = clip_decay is not None
         with torch.no_grad():
+            xin = clipped_scratch(x, input_range) if clip else x
             # every input tile's output z_t, kept for alpha's gradient as the ADC's integer
             # levels and their rescale (TileOutputs: an 8-bit ADC's in a quarter of the
             # memory of float32 z_t); y is summed from the float z_t before they are dropped,
             # alpha folded into each tile's digital rescale (as in the inference forward)
             lo = layer.tile_layout()
             a_cols = lo.pad_out(alpha.detach(), 2).reshape(lo.batch, lo.padded_out)
-            out, y = _run_mvm(layer, x, b, input_range, per_tile="compact", out_scale=a_cols)
+            out, y = _run_mvm(layer, xin, b, input_range, per_tile="compact", out_scale=a_cols)
         # through save_for_backward (None allowed), so that saved-tensor hooks (offloading,
         # checkpointing) see the levels too
-        ctx.save_for_backward(x, w, alpha, out.levels, out.factor, out.col_scale)
+        r = input_range if clip else None
+        ctx.save_for_backward(x, w, alpha, out.levels, out.factor, out.col_scale, r)
         ctx.tile_shape = (out.layout, out.groups, out.n)
         ctx.layout = out.layout
         ctx.has_bias = b is not None
+        ctx.clip_decay = clip_decay
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, w, alpha, levels, factor, col_scale = ctx.saved_tensors
+        x, w, alpha, levels, factor, col_scale, r = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        gx = gw = gb = ga = None
-        if needs[0] or needs[1]:
+        clip = ctx.clip_decay is not None
+        gx = gw = gb = ga = gr = None
+        want_gx = needs[0] or (clip and needs[5])  # the range's gradient is made of x's
+        if want_gx or needs[1]:
+            if clip and needs[1]:
+                x = clipped_scratch(x, r)  # the clipped input again, for W's gradient
             lo = ctx.layout
             if lo.n_in > 1 and lo.padded_in == lo.in_size:
                 # each weight's alpha_t by broadcasting over the tile's inputs, (G, O, ti, 1):
                 # contiguous reads (a (G, O, K) per-weight alpha would be a transposed gather)
                 g, o, k = w.shape
                 a_t = alpha.transpose(1, 2).unsqueeze(-1)
-                if needs[0]:
-                    gx = torch.bmm(grad, (w.reshape(g, o, lo.n_in, lo.rows) * a_t).view(g, o, k))
                 if needs[1]:
                     gw = torch.bmm(grad.transpose(1, 2), x)
                     gw.view(g, o, lo.n_in, lo.rows).mul_(a_t)
+                if want_gx:
+                    gx = torch.bmm(grad, (w.reshape(g, o, lo.n_in, lo.rows) * a_t).view(g, o, k))
             else:
                 a_w = lo.per_weight(alpha)  # (G, O, K): each weight's alpha_t
-                if needs[0]:
-                    gx = torch.bmm(grad, w * a_w)
                 if needs[1]:
                     gw = torch.bmm(grad.transpose(1, 2), x).mul_(a_w)
+                if want_gx:
+                    gx = torch.bmm(grad, w * a_w)
+            if clip and gx is not None:  # gx: a fresh tensor of this backward's own
+                x_raw = ctx.saved_tensors[0]
+                gr = clip_grad_(x_raw, r, gx, ctx.clip_decay)
+                gr = gr if needs[5] else None
+                gx = gx if needs[0] else None
         if ctx.has_bias and needs[2]:
             gb = grad.sum(dim=1)
         if needs[3]:
             ga = TileOutputs(*ctx.tile_shape, levels, factor, col_scale).scale_grad(grad)
-        return gx, gw, gb, ga, None, None
+        return gx, gw, gb, ga, None, gr, None
 
 
 @torch._dynamo.disable
@@ -457,11 +482,22 @@ class AnalogLayerMixin(ChipMixin):
         w = self._analog_weight()
         xf = x.float()
         r = self.input_range
+        analog_bias = self.analog_bias()
+        decay = cfg.hwa.input_range_decay
+        # the training forward of learned output scales clips its own input (_ScaledAnalogMVM's
+        # clip_decay): no fresh input-sized tensors for the clip in either direction
+        own_clip = (
+            r is not None
+            and self.out_scale is not None
+            and not analog_bias
+            and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+        )
         if r is not None:
             if self.training:
                 update_input_range(self, xf)
-            xf = clip_input(xf, r, cfg.hwa.input_range_decay)
-        analog_bias = self.analog_bias()
+            if not own_clip:
+                xf = clip_input(xf, r, decay)
         if analog_bias:
             xf = torch.cat([xf, xf.new_ones(*xf.shape[:-1], 1)], dim=-1)
         bias = None
@@ -483,13 +519,16 @@ class AnalogLayerMixin(ChipMixin):
             return mvm(xf, w, bias, self, r).to(dtype)
         lo = self.tile_layout()
         train = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (xf, w, bias, self.out_scale)
+            t is not None and t.requires_grad for t in (xf, w, bias, self.out_scale, r)
         )
         if train and (self.training or not torch.compiler.is_compiling()):
             # every input tile's output z_t, then y = sum_t alpha_t z_t (+ bias), with the
-            # gradients of x, W, b and alpha_t in one backward (_ScaledAnalogMVM)
+            # gradients of x, W, b, alpha_t (and r) in one backward (_ScaledAnalogMVM)
             mvm = _train_scaled_mvm if self.training else _ScaledAnalogMVM.apply
-            return mvm(xf, w, bias, self.out_scale_columns(), self, r).to(dtype)
+            clip_decay = decay if own_clip else None
+            return mvm(xf, w, bias, self.out_scale_columns(), self, r, clip_decay).to(dtype)
+        if own_clip:  # nothing needs a gradient after all
+            xf = clip_input(xf, r, decay)
         if train:
             # an eval-mode forward with autograd under torch.compile: the same, traced in
             # autograd's terms (dynamo traces _AnalogMVM in eval mode)
