@@ -362,7 +362,7 @@ def test_scaled_mvm_that_clips_its_own_input_equals_clip_input_then_mvm(x_grad):
         assert (gx1 == 0).any() and (gx1 != 0).any()  # zero outside the range only
     else:
         assert gx0 is None and gx1 is None
-    for a, b_ in zip(g1, g0):
+    for a, b_ in zip(g1, g0, strict=True):
         torch.testing.assert_close(a, b_, rtol=1e-5, atol=1e-5, equal_nan=True)
     assert g1[3].abs().item() > 0  # the range has a gradient
 
