@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import _workspace
 from ._kernels import FusedKernel
 from .config import HWAConfig, WeightClip, WeightModifier, WeightRemap
 from .functional import TileLayout
@@ -99,6 +100,24 @@ def _round_half_away(v: Tensor) -> Tensor:
     return torch.sign(v) * torch.floor(v.abs() + 0.5)
 
 
+def _clipped(x: Tensor, r: Tensor, mag: Tensor) -> Tensor:
+    """``clamp(x, -r, r)`` with +-inf as NaN (``mag`` = ``|x|``). ``|x| == inf``, not ``isinf``:
+    inductor's CPU kernel vectorizes the comparison, but evaluates ``isinf`` one value at a time
+    (measured 4.5 -> 3.1 ms on 3 M values, 2 threads)."""
+    return torch.where(mag == float("inf"), float("nan"), torch.maximum(torch.minimum(x, r), -r))
+
+
+def _outside_grad(outside: Tensor, grad: Tensor, sign: Tensor) -> tuple[Tensor, Tensor]:
+    """``(dx, sum(g * sign(x)) over the outside)``: ``dx = g`` inside the range, 0 outside."""
+    return torch.where(outside, 0.0, grad), torch.where(outside, grad * sign, 0.0).sum()
+
+
+def _range_grad(total: Tensor, r: Tensor, decay: float) -> Tensor:
+    """The learned range's gradient from the outside sum of :func:`_outside_grad`: plus
+    ``decay * r`` (AIHWKIT's input-range decay), in ``r``'s shape and dtype."""
+    return (total + decay * r.sum()).reshape(r.shape).to(r.dtype)
+
+
 def _clip_forward(x: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
     """``(clamp(x, -r, r), code)``; NaN passes through, +-inf becomes NaN (a clipped inf would be
     a finite, wrong value; a non-finite input gives non-finite outputs, as digitally).
@@ -106,35 +125,27 @@ def _clip_forward(x: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
     ``code`` (int8) is what the backward needs of ``x``, a byte per value instead of ``x``
     itself: 0 inside the range (``|x| < r``, or NaN), else ``sign(x) + 2`` (1, 2 or 3)."""
     mag = x.abs()
-    outside = mag >= r
-    code = torch.where(outside, torch.sign(x) + 2, 0.0).to(torch.int8)
-    # |x| == inf, not isinf: inductor's CPU kernel vectorizes the comparison, but evaluates
-    # isinf one value at a time (measured 4.5 -> 3.1 ms on 3 M values, 2 threads)
-    inf = mag == float("inf")
-    return torch.where(inf, float("nan"), torch.maximum(torch.minimum(x, r), -r)), code
+    code = torch.where(mag >= r, torch.sign(x) + 2, 0.0).to(torch.int8)
+    return _clipped(x, r, mag), code
 
 
 def _clip_backward(code: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
     """``(dx, sum(g | x >= r) - sum(g | x <= -r))`` from the forward's ``code``: ``dx = g``
     inside the range, 0 outside (``|x| >= r``); the sum is that of ``g * sign(x)`` over the
     outside."""
-    outside = code != 0
-    sign = (code - 2).to(grad.dtype)
-    return torch.where(outside, 0.0, grad), torch.where(outside, grad * sign, 0.0).sum()
+    return _outside_grad(code != 0, grad, (code - 2).to(grad.dtype))
 
 
 def _clip_into(x: Tensor, r: Tensor, out: Tensor) -> None:
     """``out <- clamp(x, -r, r)``, +-inf to NaN (:func:`_clip_forward`'s values, in place)."""
-    clipped = torch.maximum(torch.minimum(x, r), -r)
-    out.copy_(torch.where(x.abs() == float("inf"), float("nan"), clipped))
+    out.copy_(_clipped(x, r, x.abs()))
 
 
 def _clip_grad_(x: Tensor, r: Tensor, grad: Tensor) -> Tensor:
     """In place, :func:`_clip_backward` from ``x`` itself: ``grad`` zeroed outside the range
     (``|x| >= r``); returns ``sum(grad * sign(x))`` over the outside (before the zeroing)."""
-    outside = x.abs() >= r
-    total = torch.where(outside, grad * torch.sign(x), 0.0).sum()
-    grad.copy_(torch.where(outside, 0.0, grad))
+    gx, total = _outside_grad(x.abs() >= r, grad, torch.sign(x))
+    grad.copy_(gx)
     return total
 
 
@@ -153,8 +164,6 @@ def clipped_scratch(x: Tensor, r: Tensor) -> Tensor:
     The training forward of a layer that clips its own input (:func:`clip_grad_` in its
     backward) uses it instead of :func:`clip_input`, whose output is a fresh tensor kept for the
     backward: no new input-sized tensor in either direction."""
-    from . import _workspace
-
     x = x.contiguous()
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return _clip_forward(x, r.to(x.dtype))[0]
@@ -173,7 +182,7 @@ def clip_grad_(x: Tensor, r: Tensor, grad: Tensor, decay: float) -> Tensor:
         total = _CLIP_GRAD(*flat, device=x.device)
     else:
         total = _clip_grad_(x.detach(), r.detach().to(grad.dtype), grad)
-    return (total + decay * r.sum()).reshape(r.shape).to(r.dtype)
+    return _range_grad(total, r, decay)
 
 
 def _run_fused(kernel: FusedKernel, *args: Tensor) -> Any:
@@ -213,8 +222,7 @@ class _InputRange(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         code, r = ctx.saved_tensors
         gx, g_out = _run_fused(_CLIP_BACKWARD, code, grad)
-        gr = (g_out + ctx.decay * r.sum()).reshape(r.shape)
-        return gx, gr.to(r.dtype), None
+        return gx, _range_grad(g_out, r, ctx.decay), None
 
 
 def clip_input(x: Tensor, r: Tensor, decay: float) -> Tensor:

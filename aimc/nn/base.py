@@ -129,14 +129,14 @@ class _ScaledAnalogMVM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, w, alpha, levels, factor, col_scale, r = ctx.saved_tensors
+        x_in, w, alpha, levels, factor, col_scale, r = ctx.saved_tensors
         needs = ctx.needs_input_grad
         clip = ctx.clip_decay is not None
         gx = gw = gb = ga = gr = None
         want_gx = needs[0] or (clip and needs[5])  # the range's gradient is made of x's
         if want_gx or needs[1]:
-            if clip and needs[1]:
-                x = clipped_scratch(x, r)  # the clipped input again, for W's gradient
+            # with clip_decay the saved input is unclipped: clipped again for W's gradient
+            x = clipped_scratch(x_in, r) if clip and needs[1] else x_in
             lo = ctx.layout
             if lo.n_in > 1 and lo.padded_in == lo.in_size:
                 # each weight's alpha_t by broadcasting over the tile's inputs, (G, O, ti, 1):
@@ -155,8 +155,7 @@ class _ScaledAnalogMVM(torch.autograd.Function):
                 if want_gx:
                     gx = torch.bmm(grad, w * a_w)
             if clip and gx is not None:  # gx: a fresh tensor of this backward's own
-                x_raw = ctx.saved_tensors[0]
-                gr = clip_grad_(x_raw, r, gx, ctx.clip_decay)
+                gr = clip_grad_(x_in, r, gx, ctx.clip_decay)
                 gr = gr if needs[5] else None
                 gx = gx if needs[0] else None
         if ctx.has_bias and needs[2]:
