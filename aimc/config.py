@@ -12,6 +12,7 @@ converter, ``1 / (2**b - 2)``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -406,6 +407,30 @@ class IOConfig(_ConfigBase):
                 self, name, _check_number(f"{p}.{name}", getattr(self, name), min_value=-math.inf)
             )
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._update_key()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name != "_key" and "_key" in self.__dict__:  # a field changed after __init__
+            self._update_key()
+
+    def _update_key(self) -> None:
+        """Name this config by its fields (``_key``, kept current on every field change) and
+        register a snapshot under that name (:func:`io_config_by_key`).
+
+        A compiled graph's bound-management op takes no config object, only this string: the
+        graph reads it as a plain attribute, a constant that dynamo guards. (A function that
+        computed it inside the graph, under ``torch._dynamo.assume_constant_result``, failed to
+        compile with torch 2.11: ``IOConfig is not a constant``.)"""
+        key = repr(self)  # the dataclass repr: the fields only
+        if key not in _IO_BY_KEY:
+            snapshot = copy.copy(self)  # no __setattr__: the copy's fields stay as they are now
+            snapshot.__dict__["_key"] = key
+            _IO_BY_KEY[key] = snapshot
+        object.__setattr__(self, "_key", key)
+
     @property
     def inp_step(self) -> float:
         """DAC step in input units (0 when quantization is off)."""
@@ -415,6 +440,18 @@ class IOConfig(_ConfigBase):
     def out_step(self) -> float:
         """ADC step in output units (0 when quantization is off)."""
         return _step(self.out_res, self.out_bound)
+
+
+#: Snapshots of the IO configs by their ``_key`` (:meth:`IOConfig._update_key`)
+_IO_BY_KEY: dict[str, IOConfig] = {}
+
+
+def io_config_by_key(key: str) -> IOConfig:
+    """The IO config whose fields are named by ``key`` (an :class:`IOConfig`'s ``_key``)."""
+    try:
+        return _IO_BY_KEY[key]
+    except KeyError:
+        raise KeyError(f"aimc: no IO config has the key {key!r}") from None
 
 
 def _step(res: float, bound: float) -> float:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import _workspace
-from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType
+from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType, io_config_by_key
 from .functional import TileLayout, stochastic_round
 from .random import CounterStream, KeyedStream, RowStream, TensorStream, noise_normal_
 
@@ -683,19 +683,6 @@ def _bound_management(
         sat = sat.view(nb, n, n_out)
 
 
-#: IO configs of the compiled forwards' bound management, by :func:`_io_key`.
-_IO_BY_KEY: dict[str, IOConfig] = {}
-
-
-@torch._dynamo.assume_constant_result
-def _io_key(io: IOConfig) -> str:
-    """A string that names ``io`` for :func:`_gathered_rounds` (a custom op takes no config
-    objects); a constant of a compiled graph."""
-    key = repr(io)
-    _IO_BY_KEY.setdefault(key, io)
-    return key
-
-
 # the namespace follows the package name, so that two copies of aimc (an A/B benchmark that
 # imports the previous version beside this one) register two ops
 @torch.library.custom_op(f"{__package__.replace('.', '_')}::bound_management", mutates_args=())
@@ -715,7 +702,7 @@ def _gathered_rounds(
     ``keys``: the rounds' keys."""
     z = z.clone()
     r = _bound_management(
-        z, sat, x_t, s_div, TileWeights(None, w, None, w_abs), _IO_BY_KEY[io_key], keys
+        z, sat, x_t, s_div, TileWeights(None, w, None, w_abs), io_config_by_key(io_key), keys
     )  # type: ignore[arg-type]
     return z, r
 
@@ -767,7 +754,7 @@ def _bound_management_keyed(
         return finish(z, r, f_gnt)
     keys = torch.stack([gen.next_key() for _ in range(rounds)])
     w_sub = _output_tiles(tw)
-    io_key = _io_key(io)
+    io_key = io._key  # a constant of the graph (IOConfig keeps it current)
 
     def run(z: Tensor, r: Tensor, sat: Tensor, f_gnt: Tensor) -> Tensor:
         z, r = _gathered_rounds(z, sat, x_t, s_div, w_sub.w, w_sub.w_abs, keys, io_key)

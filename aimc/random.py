@@ -232,22 +232,27 @@ def _halves(bits: Tensor) -> tuple[Tensor, Tensor]:
     return _srl(bits, 40).to(torch.int32), ((bits >> 8) & 0xFFFFFF).to(torch.int32)
 
 
-def counter_normal(key: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+def counter_normal(
+    key: Tensor, shape: tuple[int, ...] | torch.Size, gamma: Tensor | None = None
+) -> Tensor:
     """Standard normal draws of the stream at ``key`` (float32), by Box-Muller on 24-bit
     uniforms: each 64-bit word gives one pair (:func:`_polar`), the cosines first. ``u1`` has
     24 bits, so ``|z| <= 5.9`` — the same tail as PyTorch's CPU ``normal_``, whose ``u1`` also
-    has 24 bits."""
+    has 24 bits. ``gamma``: as in :func:`counter_bits`."""
     numel = math.prod(shape)
-    r, theta = _polar(counter_bits(key, _words(numel)))
+    r, theta = _polar(counter_bits(key, _words(numel), gamma))
     z = torch.cat([r * torch.cos(theta), r * torch.sin(theta)])
     return z[:numel].view(shape)
 
 
-def counter_uniform(key: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+def counter_uniform(
+    key: Tensor, shape: tuple[int, ...] | torch.Size, gamma: Tensor | None = None
+) -> Tensor:
     """``U[0, 1)`` draws with 24 bits (float32's mantissa) of the stream at ``key``: each
-    64-bit word gives two (:func:`_halves`), the top fields first."""
+    64-bit word gives two (:func:`_halves`), the top fields first. ``gamma``: as in
+    :func:`counter_bits`."""
     numel = math.prod(shape)
-    hi, lo = _halves(counter_bits(key, _words(numel)))
+    hi, lo = _halves(counter_bits(key, _words(numel), gamma))
     u = torch.cat([hi, lo]).float() * 2.0**-24
     return u[:numel].view(shape)
 
@@ -425,6 +430,12 @@ class KeyedStream:
     def __init__(self, key: Tensor) -> None:
         self.key = key
         self.draws = 0
+        # the increment as a tensor computed from the key (``key ^ key`` is 0): a run-time value
+        # of a compiled graph, so that ``(i + 1) * gamma`` is int64 arithmetic on values. With a
+        # constant, inductor folds the product into the kernel's index arithmetic (see
+        # :func:`counter_bits`), which triton types as int32: "Scalar -7046029254386353131 is out
+        # of range for type int32" (torch 2.11, CUDA)
+        self.gamma = (key ^ key) + _GAMMA
 
     def next_key(self) -> Tensor:
         """The key of the next draw."""
@@ -433,11 +444,11 @@ class KeyedStream:
 
     def normal(self, shape: tuple[int, ...] | torch.Size) -> Tensor:
         """Standard normal draws of the given shape (float32)."""
-        return counter_normal(self.next_key(), shape)
+        return counter_normal(self.next_key(), shape, self.gamma)
 
     def uniform(self, shape: tuple[int, ...] | torch.Size) -> Tensor:
         """``U[0, 1)`` draws of the given shape (float32)."""
-        return counter_uniform(self.next_key(), shape)
+        return counter_uniform(self.next_key(), shape, self.gamma)
 
 
 class CounterStream:

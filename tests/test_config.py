@@ -658,3 +658,29 @@ def test_step_arithmetic_of_presets():
     assert hwa.inp_step == pytest.approx(2 / 254, rel=1e-12)
     assert hwa.out_step == pytest.approx(20 / 254, rel=1e-12)
     assert math.isclose(presets.pcm_inference().io.out_step, 24 / 510, rel_tol=1e-12)
+
+
+def test_io_config_key_follows_every_field_change_and_names_a_snapshot():
+    """The compiled bound-management op finds its IO config by ``IOConfig._key``: the key must
+    name the current fields after any change, and the config it names must not change when the
+    original object is changed later."""
+    import copy
+    import pickle
+
+    from aimc.config import IOConfig, io_config_by_key
+
+    io = IOConfig()
+    first = io._key
+    io.out_noise = 0.1
+    assert io._key != first and "out_noise=0.1" in io._key
+    assert io_config_by_key(first).out_noise == 0.06
+    assert io_config_by_key(io._key) == io and io_config_by_key(io._key) is not io
+    io.out_noise = 0.06  # back to the first fields: the first key and its snapshot
+    assert io._key == first and io_config_by_key(first).out_noise == 0.06
+    assert pickle.loads(pickle.dumps(io))._key == io._key
+    other = copy.deepcopy(io)
+    other.w_noise = 0.02
+    assert other._key != io._key and io_config_by_key(io._key).w_noise == 0.0
+    assert IOConfig(out_noise=0.1)._key == IOConfig(out_noise=0.1)._key
+    with pytest.raises(KeyError, match="no IO config has the key"):
+        io_config_by_key("IOConfig(nonsense)")

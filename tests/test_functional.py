@@ -987,3 +987,20 @@ def test_kernel_draw_above_the_reused_buffer_limit(monkeypatch):
 def test_noise_normal_variance_of_another_shape_is_refused():
     with pytest.raises(ValueError, match=r"var has shape \(3,\); allowed: .*\(4,\)"):
         arandom.noise_normal_(torch.empty(4), torch.Generator(), var=torch.ones(3))
+
+
+def test_keyed_stream_increment_is_a_runtime_tensor_with_the_constant_stream_numbers():
+    """``KeyedStream`` passes SplitMix64's increment as a tensor computed from its key (so that
+    inductor cannot fold it into int32 index arithmetic on CUDA); the words, and so the draws,
+    are those of the constant increment, for any key (negative int64 keys included)."""
+    for k in (0, 1, -1, 2**62 + 12345, -(2**63)):
+        key = torch.tensor(k, dtype=torch.int64)
+        stream = arandom.KeyedStream(key)
+        assert stream.gamma.dtype == torch.int64 and int(stream.gamma) == arandom._GAMMA
+        assert torch.equal(
+            arandom.counter_bits(key, 300, stream.gamma), arandom.counter_bits(key, 300)
+        )
+        draw_key = arandom.mix64(key + arandom._GAMMA)
+        assert torch.equal(stream.normal((7, 33)), arandom.counter_normal(draw_key, (7, 33)))
+        draw_key = arandom.mix64(key + arandom._int64(2 * arandom._GAMMA))
+        assert torch.equal(stream.uniform((5, 64)), arandom.counter_uniform(draw_key, (5, 64)))
