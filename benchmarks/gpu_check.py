@@ -39,13 +39,13 @@ One run on a GPU machine does three things and writes one JSON (``gpu_check_cuda
    to 1 day) against the digital model, interleaved; with the peak of
    ``torch.cuda.max_memory_allocated`` during each forward (over what was allocated before it).
 
-The CPU side of part 1 runs on the GPU machine's cores (here, on one busy core, the full-size
-part 1 against itself took 60 s); the whole run should take a minute or two on an H200 with 16
-cores (an estimate: it has not run there yet). Every statistic and verdict is in the JSON; the exit status is 1
-when a check fails and 2 when a section raised (its traceback is in the JSON, the other
-sections still run).
+The CPU side of part 1 runs on the GPU machine's cores. On a lent H200 with 16 cores (PyTorch
+2.11) the whole run with ``--compile`` took 156 s: part 1 87 s (most of it the CPU's first
+noise-kernel compile), part 3's speed rows 51 s (six compiles of 5-10 s each), SQuAD 17 s.
+Every statistic and verdict is in the JSON; the exit status is 1 when a check fails and 2 when
+a section raised (its traceback is in the JSON, the other sections still run).
 
-    python benchmarks/gpu_check.py [--out PATH_OR_DIR]      # writes results/gpu_check_cuda.json
+    python benchmarks/gpu_check.py [--compile] [--out PATH_OR_DIR]  # results/gpu_check_cuda.json
     python benchmarks/gpu_check.py --device cpu --smoke --out /tmp   # CPU against CPU, tiny
 
 ``--device cpu`` compares the CPU against itself with other seeds (``--smoke``: tiny sizes, a
@@ -62,7 +62,7 @@ MiniLM and the SQuAD dev set live outside the checkout, so copy them into the ig
 (about 47 MB of the 64 MiB that may travel), then pass ``run`` the command (timeout_s 600,
 carry [".gpucheck"])::
 
-    set -o pipefail; export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1; nvidia-smi -L; python3 benchmarks/gpu_check.py --out $OUT --model .gpucheck/minilm-l6-squad --data .gpucheck/dev-v1.1.json.gz 2>&1 | tee $OUT/gpu_check.log
+    set -o pipefail; export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1; nvidia-smi -L; python3 benchmarks/gpu_check.py --compile --out $OUT --model .gpucheck/minilm-l6-squad --data .gpucheck/dev-v1.1.json.gz 2>&1 | tee $OUT/gpu_check.log
 
 and copy ``gpu_check_cuda.json`` from the returned files to ``benchmarks/results/``.
 """  # noqa: E501
@@ -483,6 +483,7 @@ def speed(args, device: torch.device, sizes: dict) -> list[dict]:
                 return run
 
             ta, td = interleaved(fwd(analog), fwd(digital), args.repeats, device)
+            compiled = compiled_row(args, analog, digital, x, device) if args.compile else {}
             row = {
                 "config": name,
                 "in": n_in,
@@ -495,15 +496,56 @@ def speed(args, device: torch.device, sizes: dict) -> list[dict]:
                 "digital_peak_bytes": peak_bytes(fwd(digital), device),
                 "digital_layer_bytes": None if before is None else mid - before,
                 "analog_layer_bytes": None if mid is None else allocated(device) - mid,
+                **compiled,
             }
             rows.append(row)
             print(
                 f"  {name:<18} {n_in}x{n_out}x{tokens}: analog {row['analog_ms']['median']:.3f} "
-                f"ms, nn.Linear {row['digital_ms']['median']:.3f} ms, ratio {row['ratio']:.2f}",
+                f"ms, nn.Linear {row['digital_ms']['median']:.3f} ms, ratio {row['ratio']:.2f}"
+                + (
+                    f"; compiled {row['compiled_ms']['median']:.3f} ms, ratio "
+                    f"{row['compiled_ratio']:.2f} (first call {row['compiled_first_call_s']:.0f} s)"
+                    if "compiled_ms" in row
+                    else f"; compiled: {row['compiled_error']}"
+                    if "compiled_error" in row
+                    else ""
+                ),
                 flush=True,
             )
             del analog, digital, x
     return rows
+
+
+def compiled_row(args, analog, digital, x, device: torch.device) -> dict:
+    """The ``aimc.compile``d eval forward of ``analog`` against ``digital`` (interleaved): its
+    time, ratio and first call (the compile); or the error where it does not compile."""
+    torch._dynamo.reset()  # a fresh compile per row (not dynamo's recompile limit)
+    try:
+        model = aimc.compile(analog)
+
+        def run():
+            with torch.no_grad():
+                model(x)
+
+        t0 = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        first = time.perf_counter() - t0
+
+        def digital_run():
+            with torch.no_grad():
+                digital(x)
+
+        tc, td = interleaved(run, digital_run, args.repeats, device)
+    except Exception as err:  # recorded in the row; the eager numbers stand
+        return {"compiled_error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+    return {
+        "compiled_ms": spread(tc, 1e3),
+        "compiled_digital_ms": spread(td, 1e3),
+        "compiled_ratio": statistics.median(tc) / statistics.median(td),
+        "compiled_first_call_s": first,
+    }
 
 
 def squad(args, device: torch.device, sizes: dict) -> dict:
@@ -575,6 +617,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="JSON file, or a directory for it")
     p.add_argument("--only", default=",".join(SECTIONS), help="sections to run (comma list)")
     p.add_argument("--chips", type=int, default=None, help="chips per device and case")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the aimc.compile'd eval forward (one compile per speed row)",
+    )
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per side")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="the SQuAD QA model")
@@ -603,6 +650,7 @@ def meta(args, device: torch.device, sizes: dict) -> dict:
         "device": str(device),
         "reference_device": "cpu",
         "smoke": args.smoke,
+        "compile": args.compile,
         "sizes": sizes,
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),

@@ -895,12 +895,8 @@ def _mib(v: Any) -> str:
 
 def gpu_check(inp: Inputs) -> str:
     """gpu_check.py: the CUDA path against the CPU (statistics, noise-free path), then forward
-    time, SQuAD eval time and peak memory on the GPU.
-
-    Not in :data:`TABLES` yet: the session that runs the script on a GPU commits
-    ``gpu_check_cuda.json``, registers this function and puts its marker into
-    ``docs/benchmarks.md`` (until then that page says the check has not run);
-    ``tests/test_gpu_check.py`` renders it from the smoke run meanwhile."""
+    time (eager and, with ``--compile``, ``aimc.compile``), SQuAD eval time and peak memory on
+    the GPU (``benchmarks/results/gpu_check_cuda.json``, committed from a lent H200)."""
     src = "gpu_check_cuda.json"
     data = inp.json(src)
     meta = _get(data, "meta", source=src)
@@ -941,12 +937,19 @@ def gpu_check(inp: Inputs) -> str:
             a, lo, hi = (_num(r, side, k, source=src) for k in ("median", "min", "max"))
             return f"{_ms(a)} ms ({_ms(lo)}–{_ms(hi)})"
 
+        if "compiled_ms" in r:
+            compiled = f"{ms('compiled_ms')}, **{_num(r, 'compiled_ratio', source=src):.2f}**"
+        elif "compiled_error" in r:
+            compiled = f"did not compile: {r['compiled_error']}"
+        else:
+            compiled = "—"
         speed.append(
             [
                 f"`{_get(r, 'config', source=src)}`, {shape}",
                 ms("analog_ms"),
                 ms("digital_ms"),
                 f"**{_num(r, 'ratio', source=src):.2f}**",
+                compiled,
                 f"{_mib(r.get('analog_peak_bytes'))} / {_mib(r.get('digital_peak_bytes'))}",
             ]
         )
@@ -964,11 +967,19 @@ def gpu_check(inp: Inputs) -> str:
                 sec("analog_s"),
                 sec("digital_s"),
                 f"**{_num(q, 'ratio', source=src):.2f}**",
+                "—",
                 f"{_mib(q.get('analog_peak_bytes'))} / {_mib(q.get('digital_peak_bytes'))}",
             ]
         )
-    header = ["eval forward", "analog", "digital", "ratio", "peak MiB, analog / digital"]
-    times = _table(header, ["---", "---:", "---:", "---:", "---:"], speed)
+    header = [
+        "eval forward",
+        "analog (eager)",
+        "digital",
+        "ratio",
+        "compiled (aimc.compile), ratio",
+        "peak MiB, analog / digital",
+    ]
+    times = _table(header, ["---", "---:", "---:", "---:", "---:", "---:"], speed)
     return f"{head}\n\n{agree}\n\n{times}"
 
 
@@ -1000,6 +1011,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
         fault_battery,
         llm_memory,
         hwa_memory,
+        gpu_check,
     )
 }
 
