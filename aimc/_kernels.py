@@ -58,9 +58,13 @@ class FusedKernel:
     def __call__(self, *args: Any, variant: Hashable = None, device: torch.device | None = None):
         """``fn(*args)``: compiled where :meth:`usable`, else eagerly. ``variant`` names what
         dynamo will guard on for these arguments (dtype, grad mode, thread count ...), so that
-        a variant already built runs without raising the recompile limit."""
+        a variant already built runs without raising the recompile limit; by default
+        :func:`guard_key` of the arguments. A variant that dynamo tells apart and the name does
+        not only costs that call the patched path."""
         if not self.usable(device):
             return self.fn(*args)
+        if variant is None:
+            variant = guard_key(args)
         with _lock:
             if self.compiled is None:
                 self.compiled = torch.compile(
@@ -85,3 +89,30 @@ class FusedKernel:
             return self.fn(*args)
         self.built.add(variant)
         return out
+
+
+def _arg_key(a: Any) -> Hashable:
+    if isinstance(a, torch.Tensor):
+        # dynamic shapes: dynamo still specializes sizes 0 and 1 and guards on the layout
+        sizes = tuple(d if d < 2 else 2 for d in a.shape)
+        return (a.dtype, a.requires_grad, a.is_inference(), sizes, a.is_contiguous())
+    if a is None or isinstance(a, (bool, str)):
+        return (type(a), a)
+    if isinstance(a, int):
+        return (int, a if a < 2 else 2)  # ints are symbolic past 0 and 1, as sizes
+    # floats and other objects by type only, so that the set of built names stays small: a
+    # value that dynamo specializes on and the name misses costs a call the patched path
+    return type(a)
+
+
+def guard_key(args: tuple[Any, ...]) -> Hashable:
+    """What a compiled :class:`FusedKernel` variant depends on, as far as the arguments and the
+    thread's modes tell (a name for :meth:`FusedKernel.__call__`'s ``variant``): each tensor's
+    dtype, grad requirement, inference flag, sizes 0 and 1 and contiguity; each string, bool and
+    small int; the other arguments' types; grad and inference mode and the thread count."""
+    return (
+        tuple(_arg_key(a) for a in args),
+        torch.is_grad_enabled(),
+        torch.is_inference_mode_enabled(),
+        torch.get_num_threads(),
+    )

@@ -1004,3 +1004,33 @@ def test_keyed_stream_increment_is_a_runtime_tensor_with_the_constant_stream_num
         assert torch.equal(stream.normal((7, 33)), arandom.counter_normal(draw_key, (7, 33)))
         draw_key = arandom.mix64(key + arandom._int64(2 * arandom._GAMMA))
         assert torch.equal(stream.uniform((5, 64)), arandom.counter_uniform(draw_key, (5, 64)))
+
+
+def _scaled_sum(x: torch.Tensor, r: torch.Tensor, kind: str) -> torch.Tensor:
+    y = torch.clamp(x, -r, r)
+    return y * 2 if kind == "double" else y
+
+
+def test_fused_kernel_names_its_variants_from_the_arguments():
+    """Without ``variant``, a FusedKernel names what dynamo guards on itself (dtype, grad,
+    sizes 0/1, string constants, modes, threads): a call like an earlier one skips the
+    recompile-limit patch, and calls that dynamo tells apart stay correct."""
+    from aimc import _kernels
+
+    kernel = FusedKernel(_scaled_sum, env="AIMC_FUSED_KERNELS")
+    r = torch.tensor(0.5)
+    calls = [
+        (torch.randn(300), "double"),
+        (torch.randn(17), "double"),  # another size: the same variant
+        (torch.randn(300), "plain"),  # another string: another variant
+        (torch.randn(1), "double"),  # size 1: specialized by dynamo, named apart
+        (torch.randn(40, dtype=torch.float64), "double"),
+    ]
+    for x, kind in calls:
+        assert torch.equal(kernel(x, r.to(x.dtype), kind), _scaled_sum(x, r.to(x.dtype), kind))
+    keys = {_kernels.guard_key((x, r.to(x.dtype), kind)) for x, kind in calls}
+    assert len(keys) == 4 and kernel.built == keys
+    with torch.inference_mode():  # the mode is part of the name
+        x = torch.randn(300)
+        assert torch.equal(kernel(x, r, "double"), _scaled_sum(x, r, "double"))
+    assert len(kernel.built) == 5
