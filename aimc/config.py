@@ -12,7 +12,6 @@ converter, ``1 / (2**b - 2)``.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -426,10 +425,17 @@ class IOConfig(_ConfigBase):
         compile with torch 2.11: ``IOConfig is not a constant``.)"""
         key = repr(self)  # the dataclass repr: the fields only
         if key not in _IO_BY_KEY:
-            snapshot = copy.copy(self)  # no __setattr__: the copy's fields stay as they are now
-            snapshot.__dict__["_key"] = key
+            # a copy made without __init__, __setattr__ or __setstate__: its fields stay as
+            # they are now
+            snapshot = object.__new__(type(self))
+            snapshot.__dict__.update(self.__dict__, _key=key)
             _IO_BY_KEY[key] = snapshot
         object.__setattr__(self, "_key", key)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # unpickling: a config pickled before aimc kept ``_key`` gets one
+        self.__dict__.update(state)
+        self._update_key()
 
     @property
     def inp_step(self) -> float:

@@ -682,5 +682,9 @@ def test_io_config_key_follows_every_field_change_and_names_a_snapshot():
     other.w_noise = 0.02
     assert other._key != io._key and io_config_by_key(io._key).w_noise == 0.0
     assert IOConfig(out_noise=0.1)._key == IOConfig(out_noise=0.1)._key
+    old = IOConfig(out_noise=0.07)  # as pickled by an aimc without the key
+    del old.__dict__["_key"]
+    restored = pickle.loads(pickle.dumps(old))
+    assert "out_noise=0.07" in restored._key and io_config_by_key(restored._key) == restored
     with pytest.raises(KeyError, match="no IO config has the key"):
         io_config_by_key("IOConfig(nonsense)")
