@@ -340,7 +340,7 @@ def _mvm_adc(
         sat = None if n_out is None else _saturated(z, n_out, io)
         extremes = None
     else:  # eager: one reading pass tells both whether anything saturated and needs the clip
-        extremes = torch.aminmax(z)
+        extremes = _extremes(z)
         sat = _saturated(z, n_out, io, extremes)
     if io.out_bound > 0:  # <= 0: no bound (AIHWKIT: infinite)
         bound = io.out_bound / out_unit
@@ -351,10 +351,19 @@ def _mvm_adc(
     return sat
 
 
-def _within(extremes: tuple[Tensor, Tensor], limit: float) -> bool:
-    """Whether ``(min, max)`` lie in ``[-limit, limit]`` (False for NaN)."""
+def _extremes(z: Tensor) -> tuple[float, float]:
+    """``(min, max)`` of ``z`` as Python floats, read in one transfer (one host synchronisation
+    on a GPU, where each ``bool(tensor)`` of two comparisons per test took one)."""
+    lo, hi = torch.stack(torch.aminmax(z)).tolist()
+    return lo, hi
+
+
+def _within(extremes: tuple[float, float], limit: float) -> bool:
+    """Whether ``(min, max)`` (float32 values, :func:`_extremes`) lie in ``[-limit, limit]``,
+    compared as float32 compares them with ``limit`` rounded to float32 (False for NaN)."""
     lo, hi = extremes
-    return bool(hi <= limit) and bool(lo >= -limit)
+    limit = _f32(limit)
+    return -limit <= lo and hi <= limit
 
 
 def _saturation_limit(io: IOConfig) -> float:
@@ -398,15 +407,15 @@ def _limit(out_res: float, out_bound: float) -> float:
 
 
 def _saturated(
-    z: Tensor, n_out: int, io: IOConfig, extremes: tuple[Tensor, Tensor] | None = None
+    z: Tensor, n_out: int, io: IOConfig, extremes: tuple[float, float] | None = None
 ) -> Tensor | None:
     """``(B, N, to)`` mask of tiles whose (rounded, not yet clipped) ADC output exceeds the
     bound (:func:`_saturation_limit`), or None if none did (eager; compiled, always the mask).
-    ``extremes``: ``torch.aminmax(z)`` if already computed."""
+    ``extremes``: :func:`_extremes` of ``z`` if already computed."""
     limit = _saturation_limit(io)
     if limit == math.inf:
         return None
-    if not _compiling() and _within(torch.aminmax(z) if extremes is None else extremes, limit):
+    if not _compiling() and _within(_extremes(z) if extremes is None else extremes, limit):
         return None
     zv = z.view(z.shape[0], z.shape[1], n_out, -1)
     return (zv.amax(dim=-1) > limit) | (zv.amin(dim=-1) < -limit)
