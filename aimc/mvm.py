@@ -346,7 +346,7 @@ def _mvm_adc(
         bound = io.out_bound / out_unit
         # the clip is skipped where it would change nothing (every output within the float32
         # bound): the common case of a bound-managed forward, one pass over the output fewer
-        if extremes is None or not _within(extremes, _f32(bound)):
+        if extremes is None or not _within(extremes, bound):
             z.clamp_(-bound, bound)
     return sat
 
