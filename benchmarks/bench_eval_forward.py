@@ -230,7 +230,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--configs", default=",".join(CONFIGS))
-    parser.add_argument("--layers", default="synthetic,minilm", help="synthetic, minilm or both")
+    parser.add_argument(
+        "--layers",
+        default="synthetic,minilm",
+        help="comma-separated: synthetic, minilm (default: both)",
+    )
     parser.add_argument("--tokens-scale", type=float, default=1.0, help="shrink the batches")
     parser.add_argument(
         "--compile", action="store_true", help="also torch.compile the analog layer"
@@ -247,6 +251,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     kinds = args.layers.split(",")
+    unknown = sorted(set(kinds) - {"synthetic", "minilm"})
+    if unknown:
+        parser.error(
+            f"--layers: got {args.layers!r} ({', '.join(unknown)} unknown); allowed: "
+            "comma-separated synthetic, minilm"
+        )
     layers = synthetic_layers(args.tokens_scale) if "synthetic" in kinds else []
     if "minilm" in kinds:
         layers += minilm_layers(max(1, int(2048 * args.tokens_scale)))

@@ -88,7 +88,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    cases = [(k, n, c) for k in args.stacks.split(",") for n, c in _configs().items()]
+    stacks = args.stacks.split(",")
+    unknown = sorted(set(stacks) - {"mlp", "bert"})
+    if unknown:
+        parser.error(
+            f"--stacks: got {args.stacks!r} ({', '.join(unknown)} unknown); allowed: mlp, bert"
+        )
+    cases = [(k, n, c) for k in stacks for n, c in _configs().items()]
     for kind, name, cfg in cases:
         shape = (8 * 128, 768) if kind == "mlp" else (8, 128, 768)
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
