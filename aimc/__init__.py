@@ -1,6 +1,6 @@
 """aimc: fast, pure-PyTorch simulation of analog in-memory-computing crossbar hardware."""
 
-# _hugepages first: it sets THP_MEM_ALLOC_ENABLE before anything allocates a tensor
+# huge pages: an opt-in (THP_MEM_ALLOC_ENABLE=1), see aimc._hugepages
 from . import _hugepages, devices, functional, nn, presets, pulsed  # noqa: F401
 from ._hugepages import huge_pages_active
 from .calibrate import calibrate_input_ranges

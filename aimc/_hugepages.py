@@ -1,26 +1,24 @@
-"""Huge pages for PyTorch's large CPU tensors, asked for before the process's first allocation.
-
-An analog forward makes large temporaries (the tile outputs ``(tiles, tokens, columns)``, the
-output noise, the variance of ``pcm_read`` noise). Eager aimc reuses scratch buffers for most of
-them, but a compiled forward (inductor) and every returned output allocate afresh each call.
-glibc serves an allocation above 32 MiB with a fresh ``mmap``, whose every 4 KiB page then
-faults on first touch: a compiled ``pcm_inference`` 768 x 3072 layer on
-2,048 tokens took 16,000 page faults per call, 1,100 with huge pages
-(``benchmarks/bench_eval_forward.py`` records the faults per call of every row).
+"""Huge pages for PyTorch's large CPU tensors: an opt-in, measured both ways.
 
 PyTorch's CPU allocator, when the environment variable ``THP_MEM_ALLOC_ENABLE=1`` is set before
 its first allocation, asks the kernel for transparent huge pages (``madvise(MADV_HUGEPAGE)``)
-for every allocation of at least 2 MiB: a page fault then maps 2 MiB, not 4 KiB. Importing
-aimc sets it, on Linux with transparent huge pages available,
-unless the variable is already set — so ``THP_MEM_ALLOC_ENABLE=0`` opts out. PyTorch reads it
-once, at the first CPU allocation: importing aimc after a tensor was made leaves the allocator
-as it was (:func:`huge_pages_active` tells).
+for every allocation of at least 2 MiB. Importing aimc 0.3.0 set it; aimc now leaves the
+allocator as PyTorch has it, because the effect depends on the allocation's size
+(``benchmarks/bench_huge_pages.py``, docs/benchmarks.md#huge-pages):
+
+* above 32 MiB, glibc maps every allocation afresh, and each 4 KiB page faults on first touch:
+  huge pages make such a fresh tensor about 3x cheaper, and the compiled forward of a large
+  layer, whose graph allocates buffers of that size on every call, faster;
+* from 2 to 32 MiB, glibc reuses its heap without a single fault, but a huge-page block is
+  mapped afresh on every allocation: a fresh 12 MiB result cost up to 10x more with them.
+
+An eager analog forward reuses scratch buffers and makes mostly mid-sized tensors, so it is
+faster without them; for ``aimc.compile`` on large layers set ``THP_MEM_ALLOC_ENABLE=1`` in the
+environment before Python starts (PyTorch reads it at its first CPU allocation).
+:func:`huge_pages_active` tells which setting a process runs with.
 """
 
 from __future__ import annotations
-
-import os
-import sys
 
 #: The environment variable PyTorch's CPU allocator (c10 ``alloc_cpu``) reads.
 ENV = "THP_MEM_ALLOC_ENABLE"
@@ -36,18 +34,10 @@ def _thp_available() -> bool:
         return False
 
 
-def _ask() -> None:
-    if sys.platform.startswith("linux") and ENV not in os.environ and _thp_available():
-        os.environ[ENV] = "1"
-
-
-_ask()
-
-
 def huge_pages_active() -> bool:
     """Whether PyTorch's CPU allocator asks for huge pages for large tensors in this process
-    (:mod:`aimc._hugepages`): False where the kernel has none, ``THP_MEM_ALLOC_ENABLE=0`` was
-    set, a CPU tensor was allocated before aimc was imported, or not on Linux. Probes one 4 MiB
+    (:mod:`aimc._hugepages`): True only where ``THP_MEM_ALLOC_ENABLE=1`` was set before
+    PyTorch's first CPU allocation, on Linux with transparent huge pages available. Probes one 4 MiB
     allocation: is its mapping marked for huge pages (``hg`` in ``/proc/self/smaps``)?"""
     import torch
 
