@@ -61,13 +61,16 @@ bench: $(STAMP) reference
 	$(PY) benchmarks/bench_linear.py --bound-management none
 	$(PY) benchmarks/profile_linear.py
 	$(PY) benchmarks/bench_eval_forward.py --compile
-	THP_MEM_ALLOC_ENABLE=0 $(PY) benchmarks/bench_eval_forward.py --compile \
-		--out benchmarks/results/eval_forward_cpu_4k_pages.json
+	THP_MEM_ALLOC_ENABLE=1 $(PY) benchmarks/bench_eval_forward.py --compile \
+		--out benchmarks/results/eval_forward_cpu_huge_pages.json
+	$(PY) benchmarks/bench_huge_pages.py
 	$(PY) benchmarks/bench_rng_contention.py
 	$(PY) benchmarks/bench_bf16_matmul.py
 	$(PY) benchmarks/bench_pcm.py
 	$(PY) benchmarks/drift_error_table.py
 	$(PY) benchmarks/bench_squad_eval.py
+	THP_MEM_ALLOC_ENABLE=1 $(PY) benchmarks/bench_squad_eval.py \
+		--configs bert_squad:0.0175,pcm_inference --out benchmarks/results/squad_eval_cpu_huge_pages.json
 	$(PY) benchmarks/bench_hwa_step.py
 	$(PY) benchmarks/hwa_study.py --epochs 3 --out runs/hwa-study3
 	$(PY) benchmarks/finetune_study.py

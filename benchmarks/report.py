@@ -166,28 +166,64 @@ def eval_forward(inp: Inputs) -> str:
 
 
 def huge_pages(inp: Inputs) -> str:
-    """Minor page faults per call of bench_eval_forward.py's rows with 4 KiB pages
-    (``THP_MEM_ALLOC_ENABLE=0``) and with huge pages (the default run)."""
-    src4k, src = "eval_forward_cpu_4k_pages.json", "eval_forward_cpu.json"
-    small, huge = inp.json(src4k), inp.json(src)
-    if _get(small, "meta", "huge_pages", source=src4k) or not _get(
-        huge, "meta", "huge_pages", source=src
+    """bench_eval_forward.py's rows with 4 KiB pages (the default run) and with huge pages
+    (``THP_MEM_ALLOC_ENABLE=1``): minor page faults per call and the compiled forward's time."""
+    src, srch = "eval_forward_cpu.json", "eval_forward_cpu_huge_pages.json"
+    small, huge = inp.json(src), inp.json(srch)
+    if _get(small, "meta", "huge_pages", source=src) or not _get(
+        huge, "meta", "huge_pages", source=srch
     ):
-        raise ReportError(f"{src4k} must be a 4 KiB-page run and {src} a huge-page run")
-    by_key = {(r["layer"], r["config"]): r for r in _rows(huge, "rows", src)}
+        raise ReportError(f"{src} must be a 4 KiB-page run and {srch} a huge-page run")
+    by_key = {(r["layer"], r["config"]): r for r in _rows(huge, "rows", srch)}
     rows = []
-    for r in _rows(small, "rows", src4k):
+    for r in _rows(small, "rows", src):
         h = by_key.get((r["layer"], r["config"]))
         if h is None:
-            raise ReportError(f"{src}: no row for {r['layer']!r} under {r['config']!r} of {src4k}")
-        f4, fh = (_get(x, "page_faults_per_call", source=s) for x, s in ((r, src4k), (h, src)))
+            raise ReportError(f"{srch}: no row for {r['layer']!r} under {r['config']!r} of {src}")
+        f4, fh = (_get(x, "page_faults_per_call", source=s) for x, s in ((r, src), (h, srch)))
         cells = [f"`{r['config']}`", str(r["layer"])]
         for side in ("digital", "analog", "analog compiled"):
             a, b = (f.get(side) for f in (f4, fh))
             cells.append("—" if a is None or b is None else f"{a:,.0f} → {b:,.0f}")
+        for side in ("analog", "analog compiled"):
+            a, b = (
+                _num(x, side, "median_ms", source=s) / _num(x, "digital", "median_ms", source=s)
+                for x, s in ((r, src), (h, srch))
+            )
+            cells.append(f"{a:.2f} → {b:.2f}")
         rows.append(cells)
-    header = ["config", "layer", "nn.Linear", "analog, eager", "analog, compiled"]
-    return _table(header, ["---", "---"] + ["---:"] * 3, rows)
+    header = ["config", "layer", "faults: nn.Linear", "faults: eager", "faults: compiled"]
+    header += ["ratio eager", "ratio compiled"]
+    return _table(header, ["---", "---"] + ["---:"] * 5, rows)
+
+
+def huge_pages_alloc(inp: Inputs) -> str:
+    """bench_huge_pages.py: ops writing a fresh result, 4 KiB pages against huge pages."""
+    src = "huge_pages_cpu.json"
+    data = inp.json(src)
+    rows = []
+    for i, _ in enumerate(_rows(data, "rows", src)):
+        r = data["rows"][i]
+
+        def side(key: str, r=r) -> list[str]:
+            med, lo, hi, faults = (
+                _num(r, key, k, source=src)
+                for k in ("median_ms", "min_ms", "max_ms", "faults_per_call")
+            )
+            return [f"{med:.2f} ({lo:.2f}–{hi:.2f})", f"{faults:,.0f}"]
+
+        rows.append(
+            [
+                str(_get(r, "case", source=src)),
+                str(int(_num(r, "threads", source=src))),
+                *side("4k"),
+                *side("huge"),
+                f"**{_num(r, 'ratio', source=src):.2f}**",
+            ]
+        )
+    header = ["fresh result", "threads", "4 KiB pages: ms (min–max)", "faults per call"]
+    header += ["huge pages: ms (min–max)", "faults per call", "huge / 4 KiB"]
+    return _table(header, ["---", "---:"] + ["---:"] * 5, rows)
 
 
 def bench_linear_bm_none(inp: Inputs) -> str:
@@ -989,6 +1025,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
         bench_linear,
         eval_forward,
         huge_pages,
+        huge_pages_alloc,
         bench_linear_bm_none,
         profile_linear,
         drift_error_table,
