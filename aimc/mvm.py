@@ -70,13 +70,22 @@ def _check_bf16_cpu() -> None:
         )
 
 
-def _scratch(slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """A reusable float32 buffer (CPU only; other devices have caching allocators)."""
+def _scratch(
+    slot: int, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """A reusable float32 (or bfloat16) buffer (CPU only; other devices have caching
+    allocators). A bfloat16 buffer is its own slot, ``("bf16", slot)``, in half the values of a
+    float32 one."""
     numel = 1
     for d in shape:
         numel *= d
     if like.device.type != "cpu" or _compiling():
-        return torch.empty(shape, device=like.device, dtype=torch.float32)
+        return torch.empty(shape, device=like.device, dtype=dtype)
+    if dtype == torch.bfloat16:
+        flat = _workspace.buffer(("bf16", slot), (numel + 1) // 2).view(torch.bfloat16)
+        return flat[:numel].view(shape)
+    if dtype != torch.float32:
+        raise ValueError(f"_scratch: dtype {dtype}; allowed: torch.float32, torch.bfloat16")
     return _workspace.buffer(slot, numel).view(shape)
 
 
@@ -303,13 +312,15 @@ def _mvm_adc(
                 w2 = w_abs.to(dtype).transpose(1, 2)
                 if eager:  # in ADC steps^2: the noise kernel scales by its square root
                     offset = (io.out_noise / out_unit) ** 2
-                    if dtype == torch.float32:  # scratch buffers: no fresh multi-MB tensors
-                        x2 = torch.mul(xq, xq, out=_scratch(2, tuple(xq.shape), xq))
-                        var = _scratch(3, tuple(z.shape), z).fill_(offset)
-                    else:
-                        x2 = xq.square().to(dtype)
-                        var = torch.full(z.shape, offset, dtype=dtype, device=xq.device)
-                    var_steps = _bmm_(var, x2, w2, beta=1.0, alpha=gain / out_unit**2).float()
+                    # scratch buffers: no fresh multi-MB tensors (glibc maps those above 32 MiB
+                    # afresh on every call, each 4 KiB page faulting on first touch)
+                    x2 = _scratch(2, tuple(xq.shape), xq, dtype)
+                    torch.mul(xq, xq, out=x2)  # bfloat16: the float32 square, rounded once
+                    var = _scratch(3, tuple(z.shape), z, dtype).fill_(offset)
+                    var = _bmm_(var, x2, w2, beta=1.0, alpha=gain / out_unit**2)
+                    var_steps = (
+                        var if dtype == torch.float32 else _scratch(4, z.shape, z).copy_(var)
+                    )
                 else:  # compiled: the scale and offset fuse into the noise kernel
                     x2 = xq.square().to(dtype)
                     var = torch.bmm(x2, w2).float().mul_(gain).add_(io.out_noise**2)

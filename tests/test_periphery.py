@@ -389,6 +389,35 @@ def test_pcm_read_variance_in_bf16_matches_float32():
     assert not torch.equal(noise_bf16, noise_fp32)  # it did run in bfloat16
 
 
+def test_bf16_scratch_is_its_own_reused_slot():
+    from aimc.mvm import _scratch
+
+    like = torch.zeros(1)
+    a = _scratch(2, (3, 5), like, torch.bfloat16)
+    assert a.dtype == torch.bfloat16 and a.shape == (3, 5)
+    assert _scratch(2, (3, 5), like, torch.bfloat16).data_ptr() == a.data_ptr()  # reused
+    assert _scratch(2, (3, 5), like).data_ptr() != a.data_ptr()  # the float32 slot 2 is apart
+    assert _scratch(2, (7,), like, torch.bfloat16).numel() == 7  # odd sizes: half a float32
+    with pytest.raises(ValueError, match=r"_scratch: dtype torch\.float16; allowed"):
+        _scratch(2, (3,), like, torch.float16)
+
+
+@pytest.mark.filterwarnings("ignore:aimc. io.w_noise_bf16=True on a CPU without")
+def test_bf16_variance_scratch_keeps_nothing_between_calls():
+    """The bfloat16 variance lives in reused buffers: a call on another shape in between (which
+    writes them) does not change the next call's outputs."""
+    io = IOConfig(w_noise_type="pcm_read", w_noise=0.05, w_noise_bf16=True)
+    lin = AnalogLinear(300, 40, config=AnalogConfig(io=io), seed=0).eval()
+    x = torch.randn(64, 300, generator=torch.Generator().manual_seed(3))
+    other = 100 * torch.randn(9, 300, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        aimc.manual_seed(lin, 1)
+        first = lin(x)
+        lin(other)
+        aimc.manual_seed(lin, 1)
+        assert torch.equal(lin(x), first)
+
+
 @pytest.mark.parametrize(
     ("native", "warns"), [(False, True), (True, False), (None, False)], ids=["no", "yes", "unknown"]
 )
