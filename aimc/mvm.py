@@ -522,6 +522,11 @@ def analog_mvm(
         return finish(None)
     in_unit, out_unit = units(io)
     s, finite = _input_scale(xv, io, input_range)  # (G, N, ti)
+    if io.w_noise_bf16 and tw.w_abs is not None and isinstance(generator, torch.Generator):
+        # eager: |W| in bfloat16 once per forward, in a reused buffer, for the first pass and
+        # every bound-management round (each converted it afresh: a weight-sized tensor)
+        w_abs = _scratch(5, tuple(tw.w_abs.shape), tw.w_abs, torch.bfloat16)
+        tw = TileWeights(tw.layout, tw.w, tw.scale, w_abs.copy_(tw.w_abs))
     s_div = torch.where(s > 0, s, torch.ones_like(s)).transpose(1, 2).unsqueeze(-1)
     torch.mul(xv.transpose(1, 2), s_div.reciprocal().mul_(1.0 / in_unit), out=xq)
     xq3 = _dac_(xq, io, in_unit, generator).view(lo.batch, n, lo.rows)
