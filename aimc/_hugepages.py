@@ -22,23 +22,13 @@ from __future__ import annotations
 
 #: The environment variable PyTorch's CPU allocator (c10 ``alloc_cpu``) reads.
 ENV = "THP_MEM_ALLOC_ENABLE"
-_SYSFS = "/sys/kernel/mm/transparent_hugepage/enabled"
-
-
-def _thp_available() -> bool:
-    """Transparent huge pages are compiled in and not switched off (``[never]``)."""
-    try:
-        with open(_SYSFS) as f:
-            return "[never]" not in f.read()
-    except OSError:
-        return False
 
 
 def huge_pages_active() -> bool:
     """Whether PyTorch's CPU allocator asks for huge pages for large tensors in this process
     (:mod:`aimc._hugepages`): True only where ``THP_MEM_ALLOC_ENABLE=1`` was set before
-    PyTorch's first CPU allocation, on Linux with transparent huge pages available. Probes one 4 MiB
-    allocation: is its mapping marked for huge pages (``hg`` in ``/proc/self/smaps``)?"""
+    PyTorch's first CPU allocation, on Linux with transparent huge pages available. Probes one
+    4 MiB allocation: is its mapping marked for huge pages (``hg`` in ``/proc/self/smaps``)?"""
     import torch
 
     probe = torch.empty(1 << 20)

@@ -9,7 +9,15 @@ import sys
 
 import pytest
 
-from aimc._hugepages import _thp_available
+
+def _thp_available() -> bool:
+    """Transparent huge pages are compiled in and not switched off (``[never]``)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
 
 PROBE = "import os, aimc; print(os.environ.get('THP_MEM_ALLOC_ENABLE'), aimc.huge_pages_active())"
 
