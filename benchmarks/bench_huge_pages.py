@@ -21,14 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench_linear import cpu_host  # benchmarks/ is the script's directory
+from bench_eval_forward import page_faults_per_call
+from bench_linear import _stats, cpu_host  # benchmarks/ is the script's directory
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = "THP_MEM_ALLOC_ENABLE"
@@ -36,16 +36,15 @@ NEG_MIB = (4, 12, 48, 96)
 
 
 def _time(fn, repeats: int) -> tuple[float, float]:
-    """(median ms, minor page faults per call) of ``repeats`` calls after one warm-up."""
+    """(median seconds, minor page faults per call) of ``repeats`` calls after one warm-up; the
+    faults counted over ``repeats`` more calls."""
     fn()
     times = []
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    return 1e3 * statistics.median(times), faults / repeats
+    return statistics.median(times), page_faults_per_call(fn, repeats)
 
 
 def child(repeats: int) -> dict:
@@ -60,16 +59,16 @@ def child(repeats: int) -> dict:
         torch.set_num_threads(threads)
         for mib in NEG_MIB:
             x = torch.randn(mib << 18, generator=gen)
-            ms, faults = _time(lambda x=x: torch.neg(x), repeats)
-            rows.append({"case": f"neg, {mib} MiB", "threads": threads, "ms": ms, "faults": faults})
+            sec, faults = _time(lambda x=x: torch.neg(x), repeats)
+            rows.append({"case": f"neg, {mib} MiB", "threads": threads, "s": sec, "faults": faults})
             del x
     torch.set_num_threads(2)
     lin = torch.nn.Linear(384, 1536)
     x = torch.randn(12288, 384, generator=gen)
     with torch.inference_mode():
-        ms, faults = _time(lambda: torch.nn.functional.gelu(lin(x)), repeats)
+        sec, faults = _time(lambda: torch.nn.functional.gelu(lin(x)), repeats)
     rows.append(
-        {"case": "gelu(Linear 384->1536), 12,288 tokens", "threads": 2, "ms": ms, "faults": faults}
+        {"case": "gelu(Linear 384->1536), 12,288 tokens", "threads": 2, "s": sec, "faults": faults}
     )
     return {"huge_pages": aimc.huge_pages_active(), "rows": rows}
 
@@ -102,12 +101,9 @@ def main() -> None:
     for i, first in enumerate(runs["0"][0]["rows"]):
         row = {"case": first["case"], "threads": first["threads"]}
         for setting, key in (("0", "4k"), ("1", "huge")):
-            ms = [r["rows"][i]["ms"] for r in runs[setting]]
             faults = [r["rows"][i]["faults"] for r in runs[setting]]
             row[key] = {
-                "median_ms": statistics.median(ms),
-                "min_ms": min(ms),
-                "max_ms": max(ms),
+                **_stats([r["rows"][i]["s"] for r in runs[setting]]),
                 "faults_per_call": statistics.median(faults),
             }
         row["ratio"] = row["huge"]["median_ms"] / row["4k"]["median_ms"]
