@@ -66,9 +66,12 @@ def compile(model: nn.Module, **kwargs: Any) -> nn.Module:  # noqa: A001 - mirro
     ``torch.inference_mode()``) does not make it compile again: the next call reads the new chip
     and stream (``tests/test_compile.py``).
 
-    On the CPU a compiled graph allocates its buffers afresh on every call; for layers whose
-    buffers exceed 32 MiB (glibc maps those anew each time) start Python with
-    ``THP_MEM_ALLOC_ENABLE=1`` (huge pages, :mod:`aimc._hugepages`): measured, a 768 x 3072
-    layer on 2,048 tokens faulted about 24,600 times per call without them, about 1,600 with."""
+    On the CPU a compiled graph allocates its buffers afresh on every call, and glibc maps a
+    buffer of 32 MiB or more anew each time (every 4 KiB page faulting on first touch: a
+    768 x 3072 layer on 2,048 tokens faulted about 24,600 times per call). So a layer whose
+    tile outputs reach :data:`aimc.mvm.EAGER_MIN_BYTES` (32 MiB) runs its eager forward, which
+    reuses its buffers, as one custom op inside the graph (no graph break; its noise seeded
+    from the layer's counter stream, so reproducible from the seeds as well); smaller layers
+    are compiled through."""
     torch._dynamo.config.specialize_float = True
     return torch.compile(prepare_compile(model), **kwargs)

@@ -483,10 +483,22 @@ def analog_mvm(
     one ``torch.cond``, its rounds as one custom op (:func:`_bound_management_keyed`) — the same
     algorithm.
     """
-    if isinstance(generator, CounterStream):
-        generator = generator.fork()
     lo = tw.layout
     g, n, k = x.shape
+    if (
+        isinstance(generator, CounterStream)
+        and _compiling()
+        and x.device.type == "cpu"
+        and not per_tile
+        and out_scale is None
+        and lo.batch * n * lo.padded_out * 4 >= EAGER_MIN_BYTES
+    ):
+        # a large tile output: the eager forward, whose buffers are reused (see EAGER_MIN_BYTES)
+        key = generator.fork().next_key()
+        sizes = [lo.groups, lo.out_size, lo.in_size, lo.n_in, lo.rows, lo.n_out, lo.cols]
+        return _opaque_mvm(x, tw.w, tw.w_abs, tw.scale, bias, input_range, key, sizes, io._key)
+    if isinstance(generator, CounterStream):
+        generator = generator.fork()
     compact = per_tile == "compact"
     summed = compact and out_scale is not None
     if per_tile and bias is not None and not summed:
@@ -559,6 +571,45 @@ def analog_mvm(
         )
         return finish(to_factor(f_gnt) * r)
     return finish(to_factor(f_gnt))
+
+
+#: A compiled CPU forward whose tile outputs (``G * ti * N * O_pad`` float32 values) take at
+#: least this many bytes runs the eager forward as one opaque op (:func:`_opaque_mvm`). A
+#: compiled graph allocates its buffers afresh on every call, and glibc maps an allocation of
+#: 32 MiB or more afresh from the system each time (its largest ``mmap`` threshold), so each
+#: call faulted in every 4 KiB page of the tile outputs and of the noise drawn for them (about
+#: 24,600 faults per call for a 768 x 3072 layer on 2,048 tokens); the eager forward writes them
+#: into buffers it keeps between calls. Smaller forwards stay in the graph, where inductor fuses
+#: the periphery.
+EAGER_MIN_BYTES = 32 << 20
+
+
+@torch.library.custom_op(f"{__package__.replace('.', '_')}::eager_mvm", mutates_args=())
+def _opaque_mvm(
+    x: Tensor,
+    w: Tensor,
+    w_abs: Tensor | None,
+    scale: Tensor | None,
+    bias: Tensor | None,
+    input_range: Tensor | None,
+    key: Tensor,
+    sizes: list[int],
+    io_key: str,
+) -> Tensor:
+    """:func:`analog_mvm` of a compiled forward run as eager code (its reused buffers and fused
+    noise kernel), its noise drawn from a ``torch.Generator`` seeded with ``key`` (the
+    forward's key from the layer's counter stream: the same seeds give the same numbers, and
+    the same algorithm and distributions as the eager forward). ``sizes``: the
+    :class:`~aimc.functional.TileLayout`'s fields."""
+    gen = torch.Generator(device=x.device).manual_seed(int(key))
+    tw = TileWeights(TileLayout(*sizes), w, scale, w_abs)
+    y = analog_mvm(x, tw, io_config_by_key(io_key), gen, bias, input_range)
+    return y if y.is_contiguous() else y.contiguous()  # type: ignore[union-attr]
+
+
+@_opaque_mvm.register_fake
+def _(x, w, w_abs, scale, bias, input_range, key, sizes, io_key):
+    return x.new_empty(x.shape[0], x.shape[1], sizes[1])
 
 
 def _compact(

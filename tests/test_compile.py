@@ -166,6 +166,51 @@ def test_analog_model_compiles_without_graph_breaks(name):
     assert y.shape == (800, 8) and bool(torch.isfinite(y).all())
 
 
+def test_large_compiled_forwards_run_the_eager_forward_as_one_op(monkeypatch):
+    """A compiled forward whose tile outputs reach ``EAGER_MIN_BYTES`` (here: every forward)
+    runs the eager forward as one custom op: no graph break, reproducible from the seeds, fresh
+    noise at every call, the eager statistics (bound management included: ``X4`` saturates)."""
+    import aimc.mvm
+
+    monkeypatch.setattr(aimc.mvm, "EAGER_MIN_BYTES", 0)
+    m = model(CONFIGS["bert_squad"])
+    c = aimc.compile(m, fullgraph=True)
+    digital = aimc.to_digital(model(CONFIGS["bert_squad"]))
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(aimc.prepare_compile(m))(X4)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        code = "".join(gm.code for gm in explained.graphs)
+        assert code.count("eager_mvm") == 2  # both layers
+        aimc.manual_seed(m, 0)
+        first, second = c(X4), c(X4)
+        aimc.manual_seed(m, 0)
+        again = c(X4)
+        ref = digital(X)
+        eager = (m(X) - ref).flatten()
+        compiled = (c(X) - ref).flatten()
+    assert torch.equal(first, again) and not torch.equal(first, second)
+    assert stats.ttest_ind(eager, compiled, equal_var=False).pvalue > 1e-3
+    assert stats.levene(eager, compiled).pvalue > 1e-3
+    assert float(eager.std()) > 0
+
+
+def test_the_eager_op_is_the_eager_forward_seeded_with_the_key():
+    import aimc.mvm
+
+    cfg = CONFIGS["bert_squad"]
+    layer = model(cfg)[0]
+    tw, io = layer.active_tiles(), cfg.io
+    lo = tw.layout
+    x = (X4[:64] * 2).unsqueeze(0)  # saturates: bound-management rounds
+    key = torch.tensor(-1234567890123, dtype=torch.int64)
+    sizes = [lo.groups, lo.out_size, lo.in_size, lo.n_in, lo.rows, lo.n_out, lo.cols]
+    bias = layer.bias.detach().unsqueeze(0)
+    with torch.inference_mode():
+        got = aimc.mvm._opaque_mvm(x, tw.w, tw.w_abs, tw.scale, bias, None, key, sizes, io._key)
+        want = analog_mvm(x, tw, io, torch.Generator().manual_seed(int(key)), bias)
+    assert torch.equal(got, want)
+
+
 def _saturating_case(cfg: AnalogConfig, n_in: int = 48, n_out: int = 20, tokens: int = 64):
     gen = torch.Generator().manual_seed(3)
     layer = aimc.nn.AnalogLinear(n_in, n_out, config=cfg, seed=0)
