@@ -162,6 +162,8 @@ def test_analog_model_compiles_without_graph_breaks(name):
     with torch.inference_mode():
         explained = torch._dynamo.explain(aimc.prepare_compile(m))(X4)
         assert explained.graph_break_count == 0, explained.break_reasons
+        # small tile outputs: compiled through, not the eager op of large layers
+        assert "eager_mvm" not in "".join(gm.code for gm in explained.graphs)
         y = c(X4)
     assert y.shape == (800, 8) and bool(torch.isfinite(y).all())
 
@@ -180,7 +182,7 @@ def test_large_compiled_forwards_run_the_eager_forward_as_one_op(monkeypatch):
         explained = torch._dynamo.explain(aimc.prepare_compile(m))(X4)
         assert explained.graph_break_count == 0, explained.break_reasons
         code = "".join(gm.code for gm in explained.graphs)
-        assert code.count("eager_mvm") == 2  # both layers
+        assert code.count("ops.aimc.eager_mvm.default(") == 2  # both layers
         aimc.manual_seed(m, 0)
         first, second = c(X4), c(X4)
         aimc.manual_seed(m, 0)
@@ -192,6 +194,25 @@ def test_large_compiled_forwards_run_the_eager_forward_as_one_op(monkeypatch):
     assert stats.ttest_ind(eager, compiled, equal_var=False).pvalue > 1e-3
     assert stats.levene(eager, compiled).pvalue > 1e-3
     assert float(eager.std()) > 0
+
+
+def test_the_eager_op_takes_tile_outputs_of_at_least_eager_min_bytes(monkeypatch):
+    """The limit counts the first pass's tile outputs, ``G * ti * N * O_pad`` float32 values:
+    at exactly the first layer's size that layer takes the op (the second, smaller, does not),
+    one byte above it neither does."""
+    import aimc.mvm
+
+    m, _ = compiled_model("pcm_inference")
+    lo = m[0].active_tiles().layout
+    first = lo.batch * X4.shape[0] * lo.padded_out * 4
+    lo2 = m[2].active_tiles().layout
+    assert lo2.batch * X4.shape[0] * lo2.padded_out * 4 < first
+    for limit, expected in ((first, 1), (first + 1, 0)):
+        monkeypatch.setattr(aimc.mvm, "EAGER_MIN_BYTES", limit)
+        with torch.inference_mode():
+            explained = torch._dynamo.explain(aimc.prepare_compile(m))(X4)
+        code = "".join(gm.code for gm in explained.graphs)
+        assert code.count("ops.aimc.eager_mvm.default(") == expected, limit
 
 
 def test_the_eager_op_is_the_eager_forward_seeded_with_the_key():
