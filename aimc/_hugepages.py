@@ -7,14 +7,15 @@ allocator as PyTorch has it, because the effect depends on the allocation's size
 (``benchmarks/bench_huge_pages.py``, docs/benchmarks.md#huge-pages):
 
 * above 32 MiB, glibc maps every allocation afresh, and each 4 KiB page faults on first touch:
-  huge pages make such a fresh tensor about 3x cheaper, and the compiled forward of a large
-  layer, whose graph allocates buffers of that size on every call, faster;
+  huge pages make such a fresh tensor about 3x cheaper;
 * from 2 to 32 MiB, glibc reuses its heap without a single fault, but a huge-page block was
   mapped afresh on most allocations: a fresh 4 or 12 MiB result cost up to 10x more with them.
 
 An eager analog forward reuses scratch buffers and makes mostly mid-sized tensors, so it is
-faster without them; for ``aimc.compile`` on large layers set ``THP_MEM_ALLOC_ENABLE=1`` in the
-environment before Python starts (PyTorch reads it at its first CPU allocation).
+faster without them; a compiled layer whose tile outputs reach 32 MiB runs that eager forward
+inside its graph (:data:`aimc.mvm.EAGER_MIN_BYTES`). For other code that makes fresh tensors
+above 32 MiB on every call, set ``THP_MEM_ALLOC_ENABLE=1`` in the environment before Python
+starts (PyTorch reads it at its first CPU allocation).
 :func:`huge_pages_active` tells which setting a process runs with.
 """
 

@@ -15,7 +15,7 @@ import math
 import platform
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import torch
 from torch import Tensor
@@ -495,7 +495,7 @@ def analog_mvm(
     ):
         # a large tile output: the eager forward, whose buffers are reused (see EAGER_MIN_BYTES)
         key = generator.fork().next_key()
-        sizes = [lo.groups, lo.out_size, lo.in_size, lo.n_in, lo.rows, lo.n_out, lo.cols]
+        sizes = list(astuple(lo))
         return _opaque_mvm(x, tw.w, tw.w_abs, tw.scale, bias, input_range, key, sizes, io._key)
     if isinstance(generator, CounterStream):
         generator = generator.fork()
@@ -600,7 +600,7 @@ def _opaque_mvm(
     noise kernel), its noise drawn from a ``torch.Generator`` seeded with ``key`` (the
     forward's key from the layer's counter stream: the same seeds give the same numbers, and
     the same algorithm and distributions as the eager forward). ``sizes``: the
-    :class:`~aimc.functional.TileLayout`'s fields."""
+    :class:`~aimc.functional.TileLayout`'s fields, in order."""
     gen = torch.Generator(device=x.device).manual_seed(int(key))
     tw = TileWeights(TileLayout(*sizes), w, scale, w_abs)
     y = analog_mvm(x, tw, io_config_by_key(io_key), gen, bias, input_range)
@@ -609,7 +609,7 @@ def _opaque_mvm(
 
 @_opaque_mvm.register_fake
 def _(x, w, w_abs, scale, bias, input_range, key, sizes, io_key):
-    return x.new_empty(x.shape[0], x.shape[1], sizes[1])
+    return x.new_empty(x.shape[0], x.shape[1], TileLayout(*sizes).out_size)
 
 
 def _compact(

@@ -10,6 +10,7 @@ deterministic) and draws, at every pair it redoes, what a round over every pair 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import operator
 
@@ -224,7 +225,7 @@ def test_the_eager_op_is_the_eager_forward_seeded_with_the_key():
     lo = tw.layout
     x = (X4[:64] * 2).unsqueeze(0)  # saturates: bound-management rounds
     key = torch.tensor(-1234567890123, dtype=torch.int64)
-    sizes = [lo.groups, lo.out_size, lo.in_size, lo.n_in, lo.rows, lo.n_out, lo.cols]
+    sizes = list(dataclasses.astuple(lo))
     bias = layer.bias.detach().unsqueeze(0)
     with torch.inference_mode():
         got = aimc.mvm._opaque_mvm(x, tw.w, tw.w_abs, tw.scale, bias, None, key, sizes, io._key)
