@@ -69,6 +69,7 @@ bench: $(STAMP) reference
 	$(PY) benchmarks/bench_pcm.py
 	$(PY) benchmarks/drift_error_table.py
 	$(PY) benchmarks/bench_squad_eval.py
+	$(PY) benchmarks/bm_work_squad.py
 	THP_MEM_ALLOC_ENABLE=1 $(PY) benchmarks/bench_squad_eval.py \
 		--configs bert_squad:0.0175,pcm_inference --out benchmarks/results/squad_eval_cpu_huge_pages.json
 	$(PY) benchmarks/bench_hwa_step.py

@@ -652,6 +652,66 @@ def squad_eval(inp: Inputs) -> str:
     return _table(["config", "digital", "analog", "ratio"], ["---"] + ["---:"] * 3, rows)
 
 
+def _drift_label(seconds: float) -> str:
+    """A drift time as the sweeps name it: ``1 h``, ``1 d``, ``1 y`` (else seconds)."""
+    for unit, size in (("y", 365.25 * 86400.0), ("d", 86400.0), ("h", 3600.0)):
+        if seconds >= size and abs(seconds / size - round(seconds / size)) < 1e-9:
+            return f"{round(seconds / size)} {unit}"
+    return f"{seconds:g} s"
+
+
+def bm_work(inp: Inputs) -> str:
+    """bm_work_squad.py: per config and drift time, the first-pass saturated pairs and the
+    recomputed tile outputs of the whole model, the encoder layers' worst, the QA head."""
+    src = "bm_work_squad.json"
+    data = inp.json(src)
+    groups: dict[tuple[str, float], dict[str, int]] = {}
+    for i, _ in enumerate(_rows(data, "rows", src)):
+        key = (
+            str(_get(data, "rows", i, "config", source=src)),
+            _num(data, "rows", i, "drift_s", source=src),
+        )
+        groups.setdefault(key, {})[str(_get(data, "rows", i, "layer", source=src))] = i
+
+    def pct(i: int, field: str) -> str:
+        return f"{100 * _num(data, 'rows', i, field, source=src):.3f} %"
+
+    rows = []
+    for (config, drift), layers in groups.items():
+        if "all layers" not in layers:
+            raise ReportError(f"{src}: {config} at {drift} s has no 'all layers' row")
+        encoder = [i for name, i in layers.items() if name not in ("all layers", "qa_outputs")]
+        worst = max(encoder, key=lambda i: _num(data, "rows", i, "recomputed_fraction", source=src))
+        head = layers.get("qa_outputs")
+        worst_name = _get(data, "rows", worst, "layer", source=src)
+        rows.append(
+            [
+                f"`{config}`",
+                _drift_label(drift),
+                pct(layers["all layers"], "saturated_fraction"),
+                f"**{pct(layers['all layers'], 'recomputed_fraction')}**",
+                pct(worst, "recomputed_fraction")
+                + (
+                    f" (`{worst_name}`)"
+                    if _num(data, "rows", worst, "recomputed_fraction", source=src)
+                    else ""
+                ),
+                "—" if head is None else pct(head, "saturated_fraction"),
+                "—" if head is None else pct(head, "recomputed_fraction"),
+            ]
+        )
+    header = [
+        "config",
+        "drift",
+        "saturated pairs, 1st pass",
+        "recomputed MVM work",
+        "encoder layers: most recomputed",
+        "QA head (384 → 2): saturated",
+        "QA head: recomputed",
+    ]
+    return _table(header, ["---", "---"] + ["---:"] * 5, rows)
+
+
 def _ns_per_value(data: Any, src: str, i: int) -> float:
     """Nanoseconds per drawn value of row ``i`` of bench_rng_contention.py, right after a
     matmul."""
@@ -1038,6 +1098,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
         finetune_study,
         adaptation_study,
         squad_eval,
+        bm_work,
         rng_draw,
         two_hosts,
         squad_dev1000,
