@@ -652,14 +652,6 @@ def squad_eval(inp: Inputs) -> str:
     return _table(["config", "digital", "analog", "ratio"], ["---"] + ["---:"] * 3, rows)
 
 
-def _drift_label(seconds: float) -> str:
-    """A drift time as the sweeps name it: ``1 h``, ``1 d``, ``1 y`` (else seconds)."""
-    for unit, size in (("y", 365.25 * 86400.0), ("d", 86400.0), ("h", 3600.0)):
-        if seconds >= size and abs(seconds / size - round(seconds / size)) < 1e-9:
-            return f"{round(seconds / size)} {unit}"
-    return f"{seconds:g} s"
-
-
 def bm_work(inp: Inputs) -> str:
     """bm_work_squad.py: per config and drift time, the first-pass saturated pairs and the
     recomputed tile outputs of the whole model, the encoder layers' worst, the QA head."""
@@ -683,19 +675,16 @@ def bm_work(inp: Inputs) -> str:
         encoder = [i for name, i in layers.items() if name not in ("all layers", "qa_outputs")]
         worst = max(encoder, key=lambda i: _num(data, "rows", i, "recomputed_fraction", source=src))
         head = layers.get("qa_outputs")
-        worst_name = _get(data, "rows", worst, "layer", source=src)
+        worst_cell = pct(worst, "recomputed_fraction")
+        if _num(data, "rows", worst, "recomputed_fraction", source=src):  # name it if not 0
+            worst_cell += f" (`{_get(data, 'rows', worst, 'layer', source=src)}`)"
         rows.append(
             [
                 f"`{config}`",
-                _drift_label(drift),
+                fmt_time(drift),
                 pct(layers["all layers"], "saturated_fraction"),
                 f"**{pct(layers['all layers'], 'recomputed_fraction')}**",
-                pct(worst, "recomputed_fraction")
-                + (
-                    f" (`{worst_name}`)"
-                    if _num(data, "rows", worst, "recomputed_fraction", source=src)
-                    else ""
-                ),
+                worst_cell,
                 "—" if head is None else pct(head, "saturated_fraction"),
                 "—" if head is None else pct(head, "recomputed_fraction"),
             ]
