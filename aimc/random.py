@@ -166,7 +166,6 @@ def noise_uniform_(t: Tensor, generator: torch.Generator | TensorStream) -> Tens
 _GAMMA = 0x9E3779B97F4A7C15 - (1 << 64)
 _M1 = 0xBF58476D1CE4E5B9 - (1 << 64)
 _M2 = 0x94D049BB133111EB - (1 << 64)
-_TWO_PI = 6.283185307179586
 #: :data:`_GAMMA` as a tensor (see :func:`counter_bits`)
 _GAMMA_T = torch.tensor(_GAMMA, dtype=torch.int64)
 
@@ -215,14 +214,44 @@ def counter_bits(key: Tensor, n: int, gamma: Tensor | None = None) -> Tensor:
 
 
 def _polar(bits: Tensor) -> tuple[Tensor, Tensor]:
-    """``(r, theta)`` of the Box-Muller pair of each 64-bit word: ``u1 = (k + 1/2) 2**-24`` with
-    ``k`` the top 24 bits, ``theta`` from the low 24 bits; the pair is ``r cos(theta)``,
-    ``r sin(theta)``."""
+    """``(r, k)`` of the Box-Muller pair of each 64-bit word: ``u1 = (k1 + 1/2) 2**-24`` with
+    ``k1`` the top 24 bits, ``r = sqrt(-2 ln u1)``, and the angle ``theta = 2 pi k 2**-24`` as
+    its low 24 bits ``k`` (int32, in turns: :func:`_cos_sin_turns`); the pair is
+    ``r cos(theta)``, ``r sin(theta)``."""
     # the 24-bit fields go through int32 on their way to float (the same values): AVX2 has no
     # int64-to-float vector conversion, and the detour made the kernel 7 % faster there
     u1 = (_srl(bits, 40).to(torch.int32).float() + 0.5) * 2.0**-24
-    theta = (bits & 0xFFFFFF).to(torch.int32).float() * (_TWO_PI * 2.0**-24)
-    return torch.sqrt(-2.0 * torch.log(u1)), theta
+    return torch.sqrt(-2.0 * torch.log(u1)), (bits & 0xFFFFFF).to(torch.int32)
+
+
+#: Minimax coefficients of sin and cos on [-pi/4, pi/4] for float32 (Cephes ``sinf`` /
+#: ``cosf``, S. L. Moshier, 1989): ``sin x = x + x^3 (s0 + s1 x^2 + s2 x^4)``,
+#: ``cos x = 1 - x^2 / 2 + x^4 (c0 + c1 x^2 + c2 x^4)``.
+_SIN = (-1.6666654611e-1, 8.3321608736e-3, -1.9515295891e-4)
+_COS = (4.166664568298827e-2, -1.388731625493765e-3, 2.443315711809948e-5)
+
+
+def _cos_sin_turns(k: Tensor) -> tuple[Tensor, Tensor]:
+    """``cos`` and ``sin`` of ``2 pi k 2**-24`` for int32 ``k`` in ``[0, 2**24)``.
+
+    The angle is reduced in integers: ``k = j 2**22 + m`` with ``j`` the nearest quarter turn and
+    ``|m| <= 2**21``, so ``x = m pi/2 2**-22`` lies in ``[-pi/4, pi/4]`` with one rounding, and
+    one pair of polynomials (:data:`_SIN`, :data:`_COS`) serves both values, rotated by ``j``
+    quarter turns. Within 1.1e-7 of the float64 values for every ``k`` (the float32 angle
+    ``k * 2 pi 2**-24`` that ``torch.cos`` would take is itself up to 4.8e-7 off near
+    ``2 pi``); ``sin`` at ``k`` equals ``cos`` at ``k - 2**22`` bit for bit. In the noise kernel
+    it takes 11 % less time than ``torch.cos`` and ``torch.sin`` of the float angle (AVX2 host,
+    786,432 words: 2.85 against 3.23 ms)."""
+    j = (k + (1 << 21)) >> 22  # arithmetic shift: -1 for k - 2**22 < -2**21 (see _values_at)
+    x = (k - (j << 22)).float() * (math.pi / 2 * 2.0**-22)
+    z = x * x
+    s = x + x * z * (_SIN[0] + z * (_SIN[1] + z * _SIN[2]))
+    c = 1.0 - 0.5 * z + z * z * (_COS[0] + z * (_COS[1] + z * _COS[2]))
+    # quarter turns: (cos, sin) of x + j pi/2 is (c, s), (-s, c), (-c, -s), (s, -c) for j mod 4
+    odd = (j & 1) == 1
+    cos_sign = (1 - 2 * (((j + 1) >> 1) & 1)).float()
+    sin_sign = (1 - 2 * ((j >> 1) & 1)).float()
+    return torch.where(odd, s, c) * cos_sign, torch.where(odd, c, s) * sin_sign
 
 
 def _halves(bits: Tensor) -> tuple[Tensor, Tensor]:
@@ -240,8 +269,9 @@ def counter_normal(
     24 bits, so ``|z| <= 5.9`` — the same tail as PyTorch's CPU ``normal_``, whose ``u1`` also
     has 24 bits. ``gamma``: as in :func:`counter_bits`."""
     numel = math.prod(shape)
-    r, theta = _polar(counter_bits(key, _words(numel), gamma))
-    z = torch.cat([r * torch.cos(theta), r * torch.sin(theta)])
+    r, k = _polar(counter_bits(key, _words(numel), gamma))
+    cos, sin = _cos_sin_turns(k)
+    z = torch.cat([r * cos, r * sin])
     return z[:numel].view(shape)
 
 
@@ -264,9 +294,9 @@ def _values_at(key: Tensor, flat: Tensor, half: int, kind: str) -> Tensor:
     first = flat < half  # word ``flat`` (cos, or the top 24 bits); else word ``flat - half``
     bits = mix64(key + (torch.where(first, flat, flat - half) + 1) * _GAMMA)
     if kind == "normal":
-        r, theta = _polar(bits)
-        # sin(theta) as cos(theta - pi/2): one cosine per value (equal to float rounding)
-        return r * torch.cos(torch.where(first, theta, theta - _TWO_PI / 4))
+        r, k = _polar(bits)
+        # the sine at k as the cosine at k - 2**22 (a quarter turn less): the same bits
+        return r * _cos_sin_turns(torch.where(first, k, k - (1 << 22)))[0]
     hi, lo = _halves(bits)
     return torch.where(first, hi, lo).float() * 2.0**-24
 
@@ -293,8 +323,9 @@ def _pair_fill(
     w = cos.shape[0]
     bits = counter_bits(key, w, gamma)
     if kind == "normal":
-        r, theta = _polar(bits)
-        c, s = r * torch.cos(theta), r * torch.sin(theta)
+        r, k = _polar(bits)
+        cos_k, sin_k = _cos_sin_turns(k)
+        c, s = r * cos_k, r * sin_k
         if var is not None:
             c, s = c * var[:w].sqrt(), s * var[half : half + w].sqrt()
     else:
