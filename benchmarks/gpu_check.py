@@ -32,14 +32,23 @@ One run on a GPU machine does three things and writes one JSON (``gpu_check_cuda
    them off by more than 1e-5 of the largest (with an exact periphery: 1e-5 and none). The
    straight-through gradients of the HWA training forward agree to 1e-4, and the same seed
    gives the same outputs twice on the device (1e-6).
-3. **Speed and memory on the device.** The eval forward of a programmed, drifted layer against
+3. **The counter stream, bit for bit.** The compiled forward's noise (``CounterStream``) is a
+   pure function of the layer's seed, so it must not depend on the device: SplitMix64's words
+   and the 24-bit uniforms of six keys (zero, negative, the int64 extremes) equal the CPU's
+   bit for bit and the normals agree to float rounding (relative L2 1e-6), eagerly and compiled
+   (on CUDA, triton's integer arithmetic), as do the rows that bound management redraws; the
+   integer-reduced sine and cosine of every 24-bit angle, compiled on the device, are within
+   2.5e-7 of float64. With ``--compile``: a chip programmed and drifted on the CPU, loaded onto
+   the device, gives the CPU's compiled outputs, noise included (two calls; the tolerance of
+   part 2), while its two calls differ by the noise (relative L2 at least 0.01).
+4. **Speed and memory on the device.** The eval forward of a programmed, drifted layer against
    ``nn.Linear`` on the three shapes of ``bench_linear.py`` (interleaved A B A B, CUDA events,
    median and min-max of ``--repeats``) for ``pcm_inference`` and ``bert_squad:0.0175``, and one
    SQuAD evaluation point (the shared MiniLM, 500 dev questions, ``bert_squad:0.0175`` drifted
    to 1 day) against the digital model, interleaved; with the peak of
    ``torch.cuda.max_memory_allocated`` during each forward (over what was allocated before it).
 
-The CPU side of part 1 runs on the GPU machine's cores. On a lent H200 with 16 cores (PyTorch
+The CPU side of parts 1 and 3 runs on the GPU machine's cores. On a lent H200 with 16 cores (PyTorch
 2.11) the whole run with ``--compile`` took 156 s: part 1 87 s (most of it the CPU's first
 noise-kernel compile), part 3's speed rows 51 s (six compiles of 5-10 s each), SQuAD 17 s.
 Every statistic and verdict is in the JSON; the exit status is 1 when a check fails and 2 when
@@ -85,6 +94,7 @@ import torch
 
 import aimc
 from aimc import mvm
+from aimc import random as arand
 from aimc.experiments.squad_drift import DEFAULT_DATA, DEFAULT_MODEL
 from aimc.experiments.sweep import resolve_config
 from aimc.nn import AnalogLinear
@@ -95,7 +105,7 @@ DAY = 86400.0
 Z_MAX = 6.0  #: Welch z bound of a statistic (see the module docstring)
 KS_P_MIN = 1e-4  #: smallest two-sample Kolmogorov-Smirnov p-value that passes
 REL_FLOOR = 1e-5  #: relative floor of a statistic's standard error (float rounding)
-SECTIONS = ("agreement", "deterministic", "speed", "squad")
+SECTIONS = ("agreement", "deterministic", "stream", "speed", "squad")
 EVAL_CONFIGS = ("pcm_inference", "bert_squad:0.0175")
 SIZES = {
     "full": dict(
@@ -105,6 +115,9 @@ SIZES = {
         repeats=25,
         questions=500,
         squad_repeats=3,
+        stream_sizes=[1000, (1 << 20) + 3],
+        angle_stride=1,
+        stream_configs=list(EVAL_CONFIGS),
     ),
     "smoke": dict(
         stat_shapes=[(96, 80, 64)],
@@ -113,6 +126,9 @@ SIZES = {
         repeats=3,
         questions=4,
         squad_repeats=1,
+        stream_sizes=[1000],
+        angle_stride=4099,
+        stream_configs=["bert_squad:0.0175"],
     ),
 }
 
@@ -395,7 +411,130 @@ def deterministic(args, device: torch.device, sizes: dict) -> list[dict]:
     return checks
 
 
-# --- section 3: speed and memory -----------------------------------------------------------------
+# --- section 3: the counter stream ---------------------------------------------------------------
+
+
+def exact(name: str, ref: torch.Tensor, dev: torch.Tensor) -> dict:
+    """Bit-for-bit agreement (integer words, 24-bit uniforms): the fraction of elements that
+    differ, allowed none."""
+    ref, dev = ref.cpu(), dev.cpu()
+    same = ref.shape == dev.shape and bool(torch.equal(ref, dev))
+    off = 1.0 if ref.shape != dev.shape else float((ref != dev).double().mean())
+    return {
+        "kind": "det",
+        "name": name,
+        "frac_off": off,
+        "limit_frac_off": 0.0,
+        "bitwise": same,
+        "ok": same,
+    }
+
+
+def within(name: str, exact64: torch.Tensor, dev: torch.Tensor, limit: float) -> dict:
+    """Agreement with a float64 reference: the largest absolute error, allowed ``limit``."""
+    err = float((dev.cpu().double() - exact64).abs().max())
+    return {"kind": "det", "name": name, "max_abs": err, "limit_max_abs": limit, "ok": err <= limit}
+
+
+def differs(name: str, a: torch.Tensor, b: torch.Tensor, at_least: float) -> dict:
+    """That two outputs differ (fresh noise): their relative L2 difference, at least
+    ``at_least`` (so that an agreement check beside it is not trivially met)."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    l2 = float((a - b).norm() / (a.norm() + 1e-30))
+    return {"kind": "det", "name": name, "rel_l2": l2, "min_rel_l2": at_least, "ok": l2 >= at_least}
+
+
+#: keys of the stream checks: zero, small, negative, the int64 extremes
+STREAM_KEYS = (0, 1, -1, 0x5DEECE66D, -(1 << 63), (1 << 63) - 1)
+
+
+def _draws(key: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Words, normals and uniforms of the stream at ``key`` for ``n`` values (as a compiled
+    forward computes them: the increment a run-time tensor, see ``KeyedStream``)."""
+    gamma = (key ^ key) + arand._GAMMA
+    return (
+        arand.counter_bits(key, arand._words(n), gamma),
+        arand.counter_normal(key, (n,), gamma),
+        arand.counter_uniform(key, (n,), gamma),
+    )
+
+
+def stream(args, device: torch.device, sizes: dict) -> list[dict]:
+    """The compiled forward's noise (:class:`aimc.random.CounterStream`) is a pure function of
+    the layer's seed, the same on every device: the device must reproduce the CPU's words bit
+    for bit and its normals to float rounding, eagerly and compiled (on CUDA: triton kernels,
+    with the integer sine and cosine of ``aimc.random._cos_sin_turns``); with ``--compile``,
+    an ``aimc.compile``d chip (programmed and drifted on the CPU, loaded onto the device) must
+    give the CPU's outputs, noise included."""
+    checks: list[dict] = []
+
+    def record(case: str, found: list[dict]) -> None:
+        for c in found:
+            c.update(case=case, section="stream")
+        checks.extend(found)
+        bad = [c["name"] for c in found if not c["ok"]]
+        print(f"  {case}: {'agree' if not bad else 'DIFFER: ' + ', '.join(bad)}", flush=True)
+
+    compiled_draws = torch.compile(_draws, fullgraph=True, dynamic=False)
+    for n in sizes["stream_sizes"]:
+        found = []
+        for k in STREAM_KEYS:
+            key = torch.tensor(k, dtype=torch.int64)
+            bits, z, u = _draws(key, n)
+            for how, fn in (("eager", _draws), ("compiled", compiled_draws)):
+                d_bits, d_z, d_u = fn(key.to(device), n)
+                found += [
+                    exact(f"words, key {k}, {how}", bits, d_bits),
+                    closeness(f"normals, key {k}, {how}", z, d_z, 1e-6),
+                    exact(f"uniforms, key {k}, {how}", u, d_u),
+                ]
+            rows = torch.tensor([0, 3, n // 16 - 1], dtype=torch.int64)
+            for kind in ("normal", "uniform"):
+                ref = arand.counter_rows(key, n // 16 * 16, rows, 16, kind)
+                dev = arand.counter_rows(key.to(device), n // 16 * 16, rows.to(device), 16, kind)
+                check = closeness if kind == "normal" else exact
+                found.append(
+                    check(f"{kind} rows, key {k}", ref, dev, *([1e-6] * (kind == "normal")))
+                )
+        record(f"counter stream, {n} values, {len(STREAM_KEYS)} keys", found)
+
+    # every 24-bit angle (smoke: a stride) against float64, compiled on the device
+    k = torch.arange(0, 1 << 24, sizes["angle_stride"], dtype=torch.int32)
+    theta = k.double() * (2 * math.pi / (1 << 24))
+    cos, sin = torch.compile(arand._cos_sin_turns, fullgraph=True, dynamic=False)(k.to(device))
+    record(
+        f"sine and cosine of {k.numel()} 24-bit angles, compiled",
+        [within("cos", theta.cos(), cos, 2.5e-7), within("sin", theta.sin(), sin, 2.5e-7)],
+    )
+
+    if args.compile:  # the whole compiled forward, noise on
+        n_in, n_out, tokens = sizes["stat_shapes"][0]
+        data = layer_data(n_in, n_out, tokens, stats=True)
+        for name in sizes["stream_configs"]:
+            cfg = resolve_config(name)
+            ref = make_layer(cfg, data, 0, "cpu").eval()
+            ref.program_chip(1)
+            ref.drift_chip(DAY, 2)
+            dev = make_layer(cfg, data, 0, device).eval()
+            dev.load_state_dict(ref.state_dict())  # the chip; the stream comes from the seed
+            torch._dynamo.reset()
+            with torch.inference_mode():
+                c_ref, c_dev = aimc.compile(ref), aimc.compile(dev)
+                x = data["x"]
+                y_ref = [c_ref(x) for _ in range(2)]
+                y_dev = [c_dev(x.to(device)) for _ in range(2)]
+            # float32 sums in another order can move an ADC rounding or a bound-management
+            # decision (see the deterministic section): the same tolerance as there
+            found = [
+                closeness(f"outputs, call {i + 1}", a, b, 3e-3, 0.01)
+                for i, (a, b) in enumerate(zip(y_ref, y_dev, strict=True))
+            ]
+            found.append(differs("calls 1 and 2 differ (fresh noise)", y_ref[0], y_ref[1], 0.01))
+            record(f"compiled {name}, chip from the CPU, {n_in}×{n_out}, {tokens} tokens", found)
+    return checks
+
+
+# --- section 4: speed and memory -----------------------------------------------------------------
 
 
 def timer(device: torch.device):
@@ -685,6 +824,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = {
         "agreement": lambda: result["checks"].extend(agreement(args, device, sizes)),
         "deterministic": lambda: result["checks"].extend(deterministic(args, device, sizes)),
+        "stream": lambda: result["checks"].extend(stream(args, device, sizes)),
         "speed": lambda: result.__setitem__("speed", speed(args, device, sizes)),
         "squad": lambda: result.__setitem__("squad", squad(args, device, sizes)),
     }

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import SHARED_DEV, SHARED_MODEL, tiny_squad_assets
+
+import aimc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +46,8 @@ def test_smoke_on_cpu_passes_and_renders(tmp_path):
     cases = {c["case"] for c in result["checks"]}
     assert any("standard_hwa training" in c for c in cases)
     assert any(c.startswith("noise-free bert_squad") for c in cases)
+    assert any(c.startswith("counter stream") for c in cases)
+    assert any(c.startswith("sine and cosine") for c in cases)
     assert {r["config"] for r in result["speed"]} == set(gpu_check.EVAL_CONFIGS)
     # the table the report will render once a GPU run is committed
     (tmp_path / "gpu_check_cuda.json").write_text(json.dumps(result))
@@ -64,3 +69,42 @@ def test_unknown_section_is_an_error(capsys):
     with pytest.raises(SystemExit):
         gpu_check.main(["--device", "cpu", "--only", "speed,nope"])
     assert "unknown section" in capsys.readouterr().err
+
+
+def test_compiled_forward_with_noise_agrees_across_devices(tmp_path):
+    """The stream section with ``--compile``: a chip from the CPU, compiled on the "device" (the
+    CPU again here), gives the same noisy outputs, and its two calls differ."""
+    threads = torch.get_num_threads()
+    args = ["--device", "cpu", "--smoke", "--threads", "1", "--only", "stream", "--compile"]
+    try:
+        assert gpu_check.main([*args, "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    checks = json.loads((tmp_path / "gpu_check_cpu_smoke.json").read_text())["checks"]
+    forward = [c for c in checks if c["case"].startswith("compiled bert_squad")]
+    assert [c["name"] for c in forward] == [
+        "outputs, call 1",
+        "outputs, call 2",
+        "calls 1 and 2 differ (fresh noise)",
+    ]
+    assert all(c["ok"] for c in forward)
+    assert forward[0]["bitwise"] and forward[2]["rel_l2"] > 0.01
+
+
+def test_stream_checks_fail_on_a_wrong_stream():
+    key = torch.tensor(-1, dtype=torch.int64)
+    bits, z, u = gpu_check._draws(key, 1000)
+    assert gpu_check.exact("w", bits, bits.clone())["ok"]
+    assert not gpu_check.exact("w", bits, bits ^ 1)["ok"]  # one bit of every word
+    assert not gpu_check.exact("u", u, u[:-1])["ok"]  # another shape
+    assert not gpu_check.closeness("z", z, z * (1 + 1e-5), 1e-6)["ok"]
+    # a sine off by one 24-bit angle step fails; float rounding passes
+    k = torch.arange(0, 1 << 24, 65537, dtype=torch.int32)
+    theta = k.double() * (2 * math.pi / (1 << 24))
+    cos, sin = aimc.random._cos_sin_turns(k)
+    assert gpu_check.within("sin", theta.sin(), sin, 2.5e-7)["ok"]
+    assert not gpu_check.within("sin", theta.sin(), aimc.random._cos_sin_turns(k + 1)[1], 2.5e-7)[
+        "ok"
+    ]
+    assert not gpu_check.differs("d", z, z.clone(), 0.01)["ok"]
+    assert gpu_check.differs("d", z, torch.randn(1000), 0.01)["ok"]
