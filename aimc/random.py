@@ -217,7 +217,13 @@ def _polar(bits: Tensor) -> tuple[Tensor, Tensor]:
     """``(r, k)`` of the Box-Muller pair of each 64-bit word: ``u1 = (k1 + 1/2) 2**-24`` with
     ``k1`` the top 24 bits, ``r = sqrt(-2 ln u1)``, and the angle ``theta = 2 pi k 2**-24`` as
     its low 24 bits ``k`` (int32, in turns: :func:`_cos_sin_turns`); the pair is
-    ``r cos(theta)``, ``r sin(theta)``."""
+    ``r cos(theta)``, ``r sin(theta)``.
+
+    ``u1`` is float32, whose grid above 1/2 is ``2**-24``: for ``k1 >= 2**23`` the half rounds
+    to the even neighbour (``u1`` moves by half a step, up or down alike), and the top field
+    gives ``u1 = 1``, ``r = 0`` (probability ``2**-24``, where ``r`` would be 2.4e-4). ``r``
+    is within 1.3e-7 (relative) of float64 at the float32 ``u1`` for every ``k1`` (eager and
+    compiled, CPU)."""
     # the 24-bit fields go through int32 on their way to float (the same values): AVX2 has no
     # int64-to-float vector conversion, and the detour made the kernel 7 % faster there
     u1 = (_srl(bits, 40).to(torch.int32).float() + 0.5) * 2.0**-24

@@ -38,7 +38,8 @@ One run on a GPU machine does three things and writes one JSON (``gpu_check_cuda
    bit for bit and the normals agree to float rounding (relative L2 1e-6), eagerly and compiled
    (on CUDA, triton's integer arithmetic), as do the rows that bound management redraws; the
    integer-reduced sine and cosine of every 24-bit angle, compiled on the device, are within
-   2.5e-7 of float64. With ``--compile``: a chip programmed and drifted on the CPU, loaded onto
+   2.5e-7 of float64, and the Box-Muller radius of every 24-bit ``u1`` within 5e-7 relative
+   (the CPU: 1.3e-7; an approximate GPU logarithm would fail near ``u1 = 1``). With ``--compile``: a chip programmed and drifted on the CPU, loaded onto
    the device, gives the CPU's compiled outputs, noise included (two calls; the tolerance of
    part 2), while its two calls differ by the noise (relative L2 at least 0.01).
 4. **Speed and memory on the device.** The eval forward of a programmed, drifted layer against
@@ -48,9 +49,11 @@ One run on a GPU machine does three things and writes one JSON (``gpu_check_cuda
    to 1 day) against the digital model, interleaved; with the peak of
    ``torch.cuda.max_memory_allocated`` during each forward (over what was allocated before it).
 
-The CPU side of parts 1 and 3 runs on the GPU machine's cores. On a lent H200 with 16 cores (PyTorch
-2.11) the whole run with ``--compile`` took 156 s: part 1 87 s (most of it the CPU's first
-noise-kernel compile), part 3's speed rows 51 s (six compiles of 5-10 s each), SQuAD 17 s.
+The CPU side of parts 1 and 3 runs on the GPU machine's cores. On a lent H200 with 16 cores
+(PyTorch 2.11) the whole run with ``--compile`` took 156 s before part 3 existed: part 1 87 s
+(most of it the CPU's first noise-kernel compile), the speed rows 51 s (six compiles of 5-10 s
+each), SQuAD 17 s. Part 3 at full size with ``--compile`` took 167 s CPU against CPU on a
+2-core host, most of it compiles: budget about 5 minutes for the whole run.
 Every statistic and verdict is in the JSON; the exit status is 1 when a check fails and 2 when
 a section raised (its traceback is in the JSON, the other sections still run).
 
@@ -436,6 +439,24 @@ def within(name: str, exact64: torch.Tensor, dev: torch.Tensor, limit: float) ->
     return {"kind": "det", "name": name, "max_abs": err, "limit_max_abs": limit, "ok": err <= limit}
 
 
+def relative(name: str, exact64: torch.Tensor, dev: torch.Tensor, limit: float) -> dict:
+    """Agreement with a float64 reference to a relative error ``limit`` (exact zeros must be
+    zero)."""
+    dev = dev.cpu().double()
+    nz = exact64 != 0
+    rel = (dev[nz] - exact64[nz]).abs() / exact64[nz].abs()
+    err = float(rel.max()) if rel.numel() else 0.0
+    zeros = bool((dev[~nz] == 0).all())
+    return {
+        "kind": "det",
+        "name": name,
+        "max_rel": err,
+        "limit_max_rel": limit,
+        "zeros_exact": zeros,
+        "ok": err <= limit and zeros,
+    }
+
+
 def differs(name: str, a: torch.Tensor, b: torch.Tensor, at_least: float) -> dict:
     """That two outputs differ (fresh noise): their relative L2 difference, at least
     ``at_least`` (so that an agreement check beside it is not trivially met)."""
@@ -500,11 +521,22 @@ def stream(args, device: torch.device, sizes: dict) -> list[dict]:
 
     # every 24-bit angle (smoke: a stride) against float64, compiled on the device
     k = torch.arange(0, 1 << 24, sizes["angle_stride"], dtype=torch.int32)
+    ends = torch.arange(16, dtype=torch.int32)  # the fields next to 0 and 2**24 always
+    k = torch.unique(torch.cat([k, ends, (1 << 24) - 1 - ends]))
     theta = k.double() * (2 * math.pi / (1 << 24))
     cos, sin = torch.compile(arand._cos_sin_turns, fullgraph=True, dynamic=False)(k.to(device))
     record(
         f"sine and cosine of {k.numel()} 24-bit angles, compiled",
         [within("cos", theta.cos(), cos, 2.5e-7), within("sin", theta.sin(), sin, 2.5e-7)],
+    )
+    # every 24-bit radius field: sqrt(-2 ln u1) against float64 at the same float32 u1 (an
+    # approximate logarithm, absolute error ~2^-22, fails near u1 = 1 by orders of magnitude)
+    k1 = k.to(torch.int64)  # the same stride
+    u1 = (k1.to(torch.int32).float() + 0.5) * 2.0**-24  # the float32 u1 of aimc.random._polar
+    r = torch.compile(arand._polar, fullgraph=True, dynamic=False)((k1 << 40).to(device))[0]
+    record(
+        f"Box-Muller radius of {k.numel()} 24-bit u1 fields, compiled",
+        [relative("radius", torch.sqrt(-2 * torch.log(u1.double())), r, 5e-7)],
     )
 
     if args.compile:  # the whole compiled forward, noise on

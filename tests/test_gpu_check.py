@@ -106,5 +106,9 @@ def test_stream_checks_fail_on_a_wrong_stream():
     assert not gpu_check.within("sin", theta.sin(), aimc.random._cos_sin_turns(k + 1)[1], 2.5e-7)[
         "ok"
     ]
+    r = torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64)
+    assert gpu_check.relative("r", r, r.float(), 5e-7)["ok"]
+    assert not gpu_check.relative("r", r, r * (1 + 1e-6), 5e-7)["ok"]
+    assert not gpu_check.relative("r", r, r + 1e-30, 5e-7)["ok"]  # the exact zero is not
     assert not gpu_check.differs("d", z, z.clone(), 0.01)["ok"]
     assert gpu_check.differs("d", z, torch.randn(1000), 0.01)["ok"]
