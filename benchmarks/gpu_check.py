@@ -39,9 +39,10 @@ One run on a GPU machine does three things and writes one JSON (``gpu_check_cuda
    (on CUDA, triton's integer arithmetic), as do the rows that bound management redraws; the
    integer-reduced sine and cosine of every 24-bit angle, compiled on the device, are within
    2.5e-7 of float64, and the Box-Muller radius of every 24-bit ``u1`` within 5e-7 relative
-   (the CPU: 1.3e-7; an approximate GPU logarithm would fail near ``u1 = 1``). With ``--compile``: a chip programmed and drifted on the CPU, loaded onto
-   the device, gives the CPU's compiled outputs, noise included (two calls; the tolerance of
-   part 2), while its two calls differ by the noise (relative L2 at least 0.01).
+   (the CPU: 1.3e-7; an approximate GPU logarithm would fail near ``u1 = 1``). With
+   ``--compile``: a chip programmed and drifted on the CPU, loaded onto the device, gives the
+   CPU's compiled outputs, noise included (two calls; the tolerance of part 2), while its two
+   calls differ by the noise (relative L2 at least 0.01).
 4. **Speed and memory on the device.** The eval forward of a programmed, drifted layer against
    ``nn.Linear`` on the three shapes of ``bench_linear.py`` (interleaved A B A B, CUDA events,
    median and min-max of ``--repeats``) for ``pcm_inference`` and ``bert_squad:0.0175``, and one
@@ -510,13 +511,17 @@ def stream(args, device: torch.device, sizes: dict) -> list[dict]:
                     exact(f"uniforms, key {k}, {how}", u, d_u),
                 ]
             rows = torch.tensor([0, 3, n // 16 - 1], dtype=torch.int64)
-            for kind in ("normal", "uniform"):
-                ref = arand.counter_rows(key, n // 16 * 16, rows, 16, kind)
-                dev = arand.counter_rows(key.to(device), n // 16 * 16, rows.to(device), 16, kind)
-                check = closeness if kind == "normal" else exact
-                found.append(
-                    check(f"{kind} rows, key {k}", ref, dev, *([1e-6] * (kind == "normal")))
-                )
+            ref_rows, dev_rows = (
+                {
+                    kind: arand.counter_rows(key.to(d), n // 16 * 16, rows.to(d), 16, kind)
+                    for kind in ("normal", "uniform")
+                }
+                for d in ("cpu", device)
+            )
+            found += [
+                closeness(f"normal rows, key {k}", ref_rows["normal"], dev_rows["normal"], 1e-6),
+                exact(f"uniform rows, key {k}", ref_rows["uniform"], dev_rows["uniform"]),
+            ]
         record(f"counter stream, {n} values, {len(STREAM_KEYS)} keys", found)
 
     # every 24-bit angle (smoke: a stride) against float64, compiled on the device
