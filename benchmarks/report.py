@@ -806,6 +806,64 @@ def two_hosts(inp: Inputs) -> str:
     return _table(header, ["---", "---:", "---:"], rows)
 
 
+#: issue 15's goals besides the eval forward's (whose goals its JSON records, ``meta.targets``)
+SQUAD_TARGET = ("bert_squad:0.0175", 2.0)  #: one SQuAD point under this config, vs digital
+HWA_TARGET = ("standard_hwa", 1.5)  #: the HWA training step (bench_hwa_step.py), vs digital
+
+
+def _verdict(ratios: list[float], goal: float) -> str:
+    """``lo–hi (k of n within goal)``, or ``r (met)`` / ``r (not met)`` for one ratio."""
+    if not ratios:
+        return "—"
+    met = sum(r <= goal for r in ratios)
+    if len(ratios) == 1:
+        return f"{ratios[0]:.2f} ({'**met**' if met else 'not met'})"
+    span = f"{min(ratios):.2f}–{max(ratios):.2f}"
+    count = f"{met} of {len(ratios)}"
+    return f"{span} ({f'**{count}**' if met == len(ratios) else count} within)"
+
+
+def targets(inp: Inputs) -> str:
+    """Issue 15's speed targets at a glance, on both hosts: per target the range of measured
+    ratios to the digital twin and how many meet the goal (from the same JSON as the tables
+    below: ``eval_forward_cpu*.json``, ``squad_eval_cpu*.json``, ``hwa_step_cpu*.json``)."""
+    hosts: list[str] = []
+    cells: dict[tuple[str, float], list[str]] = {}  # (target, goal) -> one cell per host
+
+    def add(side: int, label: str, goal: float, ratios: list[float]) -> None:
+        cells.setdefault((label, goal), ["—", "—"])[side] = _verdict(ratios, goal)
+
+    def ratios_of(d: Any, src: str, field: str, config: str) -> list[float]:
+        return [
+            _num(r, field, source=src)
+            for r in _rows(d, "rows", src)
+            if r.get("config") == config and field in r
+        ]
+
+    for side, suffix in enumerate(("", "_avx2")):
+        src = f"eval_forward_cpu{suffix}.json"
+        d = inp.json(src)
+        hosts.append(_host(d))
+        for config, goal in _get(d, "meta", "targets", source=src).items():
+            for kind, field in (("eager", "ratio analog"), ("compiled", "ratio analog compiled")):
+                label = f"eval forward, `{config}`, {kind}"
+                add(side, label, float(goal), ratios_of(d, src, field, config))
+        src = f"squad_eval_cpu{suffix}.json"
+        config, goal = SQUAD_TARGET
+        ratios = ratios_of(inp.json(src), src, "ratio", config)
+        add(side, f"SQuAD point, 500 questions, `{config}`", goal, ratios)
+        src = f"hwa_step_cpu{suffix}.json"
+        config, goal = HWA_TARGET
+        for variant in (config, f"{config}, w_noise_bf16"):
+            ratios = ratios_of(inp.json(src), src, "ratio", variant)
+            add(side, f"HWA training step, `{variant}` (MLP and BERT stacks)", goal, ratios)
+    rows = [[label, f"≤ {goal:g}", *values] for (label, goal), values in cells.items()]
+    header = ["target", "goal"] + [
+        f"{name} ({h})" for name, h in zip(("main tables", "`*_avx2.json`"), hosts, strict=True)
+    ]
+    return _table(header, ["---", "---:", "---:", "---:"], rows)
+
+
 def _drift_sweep(path: Path, inp: Inputs, metrics: list[str], header: list[str]) -> str:
     """Mean ± std over chips of ``metrics`` per config and drift time of a sweep's
     ``results.jsonl`` (digital: its one value)."""
@@ -1090,6 +1148,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
         bm_work,
         rng_draw,
         two_hosts,
+        targets,
         squad_dev1000,
         lm_drift_smollm2,
         lm_static_ranges,

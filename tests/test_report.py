@@ -121,3 +121,29 @@ def test_two_hosts_names_each_host_and_marks_missing_rows(tree):
     compiled = rows[next(k for k in rows if "compiled" in k and "768x768" in k)]
     assert compiled.rstrip(" |").endswith("3.21")
     assert any(k.startswith("HWA training step: mlp, standard_hwa") for k in rows)
+
+
+def test_targets_count_the_layers_within_each_goal(tree):
+    """The at-a-glance table counts, per target and host, the measured ratios within the goal,
+    from the same JSON as the detailed tables; a target a host did not measure is a dash."""
+    docs, results = tree
+    path = results / "eval_forward_cpu_avx2.json"
+    data = json.loads(path.read_text())
+    pcm = [r for r in data["rows"] if r["config"] == "pcm_inference"]
+    for r, ratio in zip(pcm, (1.2, 1.4, 1.5, 1.51, 2.5, 1.0), strict=True):
+        r["ratio analog"] = ratio
+    path.write_text(json.dumps(data))
+    path = results / "squad_eval_cpu_avx2.json"
+    data = json.loads(path.read_text())
+    next(r for r in data["rows"] if r["config"] == "bert_squad:0.0175")["ratio"] = 1.99
+    path.write_text(json.dumps(data))
+    table = report.targets(report.Inputs(results, docs))
+    rows = {
+        r.split(" | ")[0].lstrip("| "): r.rstrip(" |").split(" | ") for r in table.splitlines()[2:]
+    }
+    assert rows["eval forward, `pcm_inference`, eager"][1] == "≤ 1.5"
+    assert rows["eval forward, `pcm_inference`, eager"][3] == "1.00–2.50 (4 of 6 within)"
+    assert rows["SQuAD point, 500 questions, `bert_squad:0.0175`"][3] == "1.99 (**met**)"
+    assert rows["eval forward, `bert_squad:0.0175+w_noise_bf16`, eager"][3] == "—"
+    assert report._verdict([1.0, 1.5], 1.5) == "1.00–1.50 (**2 of 2** within)"
+    assert report._verdict([2.01], 2.0) == "2.01 (not met)"
