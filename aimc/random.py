@@ -243,7 +243,8 @@ _COS = (4.166664568298827e-2, -1.388731625493765e-3, 2.443315711809948e-5)
 
 
 def _cos_sin_turns(k: Tensor) -> tuple[Tensor, Tensor]:
-    """``cos`` and ``sin`` of ``2 pi k 2**-24`` for int32 ``k`` in ``[0, 2**24)``.
+    """``cos`` and ``sin`` of ``2 pi k 2**-24`` for int32 ``k`` in ``[-2**22, 2**24)`` (the
+    24-bit angle fields, and those a quarter turn back: :func:`_values_at`).
 
     The angle is reduced in integers: ``k = j 2**22 + m`` with ``j`` the nearest quarter turn and
     ``|m| <= 2**21``, so ``x = m pi/2 2**-22`` lies in ``[-pi/4, pi/4]`` with one rounding, and

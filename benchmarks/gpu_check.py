@@ -472,8 +472,8 @@ STREAM_KEYS = (0, 1, -1, 0x5DEECE66D, -(1 << 63), (1 << 63) - 1)
 
 def _draws(key: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Words, normals and uniforms of the stream at ``key`` for ``n`` values (as a compiled
-    forward computes them: the increment a run-time tensor, see ``KeyedStream``)."""
-    gamma = (key ^ key) + arand._GAMMA
+    forward computes them: with ``KeyedStream``'s increment, a run-time tensor)."""
+    gamma = arand.KeyedStream(key).gamma
     return (
         arand.counter_bits(key, arand._words(n), gamma),
         arand.counter_normal(key, (n,), gamma),
