@@ -71,24 +71,28 @@ def test_unknown_section_is_an_error(capsys):
     assert "unknown section" in capsys.readouterr().err
 
 
-def test_compiled_forward_with_noise_agrees_across_devices(tmp_path):
-    """The stream section with ``--compile``: a chip from the CPU, compiled on the "device" (the
-    CPU again here), gives the same noisy outputs, and its two calls differ."""
+def test_compiled_forward_with_noise_agrees_across_devices():
+    """The stream section's ``--compile`` part (the smoke test runs the rest of the section): a
+    chip from the CPU, compiled on the "device" (the CPU again here), gives the same noisy
+    outputs, and its two calls differ."""
     threads = torch.get_num_threads()
-    args = ["--device", "cpu", "--smoke", "--threads", "1", "--only", "stream", "--compile"]
+    torch.set_num_threads(1)
     try:
-        assert gpu_check.main([*args, "--out", str(tmp_path)]) == 0
+        sizes = gpu_check.SIZES["smoke"]
+        cases = gpu_check.compiled_forward(torch.device("cpu"), sizes, fresh=False)
     finally:
         torch.set_num_threads(threads)
-    checks = json.loads((tmp_path / "gpu_check_cpu_smoke.json").read_text())["checks"]
-    forward = [c for c in checks if c["case"].startswith("compiled bert_squad")]
-    assert [c["name"] for c in forward] == [
-        "outputs, call 1",
-        "outputs, call 2",
-        "calls 1 and 2 differ (fresh noise)",
+    assert [case for case, _ in cases] == [
+        f"compiled {name}, chip from the CPU, 96×80, 64 tokens" for name in sizes["stream_configs"]
     ]
-    assert all(c["ok"] for c in forward)
-    assert forward[0]["bitwise"] and forward[2]["rel_l2"] > 0.01
+    for _, forward in cases:
+        assert [c["name"] for c in forward] == [
+            "outputs, call 1",
+            "outputs, call 2",
+            "calls 1 and 2 differ (fresh noise)",
+        ]
+        assert all(c["ok"] for c in forward)
+        assert forward[0]["bitwise"] and forward[2]["rel_l2"] > 0.01
 
 
 def test_stream_checks_fail_on_a_wrong_stream():
