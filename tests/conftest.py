@@ -14,6 +14,16 @@ SHARED_MODEL = SHARED / "models" / "minilm-l6-squad"
 SHARED_DEV = SHARED / "data" / "squad" / "dev-v1.1.json.gz"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_silent_eager_fallback():
+    """A compiled function past dynamo's recompile limit runs eagerly without a word (unless
+    compiled with ``fullgraph=True``), and a test comparing it with the eager forward would
+    then pass without testing the compiled one: in the tests that is an error. (The dead
+    models of earlier tests count towards a code object's limit too.)"""
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        yield
+
+
 @pytest.fixture
 def one_thread():
     """Run the test with one torch thread (the machines have 2 cores; several processes share
