@@ -51,9 +51,14 @@ def prepare_compile(model: nn.Module) -> nn.Module:
     return model
 
 
+#: :func:`compile` raises dynamo's ``recompile_limit`` (default 8) to at least this (process-wide)
+RECOMPILE_LIMIT = 64
+
+
 def compile(model: nn.Module, **kwargs: Any) -> nn.Module:  # noqa: A001 - mirrors torch.compile
     """``torch.compile(model, **kwargs)`` after :func:`prepare_compile`, with dynamo's
-    ``specialize_float`` on (process-wide).
+    ``specialize_float`` on and its ``recompile_limit`` at least :data:`RECOMPILE_LIMIT`
+    (both process-wide).
 
     Float settings (noise levels, bounds, resolutions) must stay constants of the graph: the
     bound-management rounds run under ``torch.cond``, whose branches cannot take symbolic
@@ -72,6 +77,16 @@ def compile(model: nn.Module, **kwargs: Any) -> nn.Module:  # noqa: A001 - mirro
     tile outputs reach :data:`aimc.mvm.EAGER_MIN_BYTES` (32 MiB) runs its eager forward, which
     reuses its buffers, as one custom op inside the graph (no graph break; its noise seeded
     from the layer's counter stream, so reproducible from the seeds as well); smaller layers
-    are compiled through."""
+    are compiled through.
+
+    Each analog config is a graph of its own (its noise levels, bounds and resolutions are
+    constants of the graph), and dynamo counts every graph of a function against its
+    ``recompile_limit``, those of models since deleted included: with the default of 8, the
+    ninth config compiled in one process (a sweep over noise levels, say) ran *eagerly* (a
+    logged warning only; without ``fullgraph=True`` no error), its noise from the layers'
+    ``torch.Generator`` instead of their counter streams — the same distribution, other
+    numbers than a fresh process gives. Hence the higher limit."""
     torch._dynamo.config.specialize_float = True
+    if torch._dynamo.config.recompile_limit < RECOMPILE_LIMIT:
+        torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
     return torch.compile(prepare_compile(model), **kwargs)

@@ -497,6 +497,21 @@ def test_compiled_model_follows_a_new_drift():
     assert not torch.allclose(before, after)
 
 
+def test_many_configs_in_one_process_stay_compiled():
+    """Each config is a graph of its own, and dynamo counts all of a function's graphs against
+    its recompile limit (dead models' too): past it, a model ran eagerly without an error.
+    ``aimc.compile`` raises the limit; here from 1, where the second config would hit it
+    (the tests make a hit an error: conftest)."""
+    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(1))
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for i in range(3):  # no noise, no bound management: quick to compile
+            io = IOConfig(out_noise=0.0, bound_management="none", out_res=1 / (250 + i))
+            m = model(aimc.presets.pcm_weights_only().replace(io=io))
+            with torch.inference_mode():
+                assert torch.allclose(aimc.compile(m)(x), m(x), atol=1e-5), i
+            assert torch._dynamo.config.recompile_limit == aimc.compiled.RECOMPILE_LIMIT
+
+
 def test_compile_refuses_lean_chips_and_training_mode():
     m = torch.nn.Sequential(torch.nn.Linear(8, 4))
     aimc.convert(m, aimc.presets.pcm_inference()).eval()
