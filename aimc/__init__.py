@@ -4,7 +4,7 @@
 from . import _hugepages, devices, functional, nn, presets, pulsed  # noqa: F401
 from ._hugepages import huge_pages_active
 from .calibrate import calibrate_input_ranges
-from .compiled import compile, prepare_compile
+from .compiled import compile, compile_layers, prepare_compile
 from .config import (
     AnalogConfig,
     BoundManagement,
@@ -45,6 +45,7 @@ __all__ = [
     "analog_layers",
     "calibrate_input_ranges",
     "compile",
+    "compile_layers",
     "convert",
     "devices",
     "drift",

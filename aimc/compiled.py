@@ -86,7 +86,35 @@ def compile(model: nn.Module, **kwargs: Any) -> nn.Module:  # noqa: A001 - mirro
     logged warning only; without ``fullgraph=True`` no error), its noise from the layers'
     ``torch.Generator`` instead of their counter streams — the same distribution, other
     numbers than a fresh process gives. Hence the higher limit."""
+    _dynamo_settings()
+    return torch.compile(prepare_compile(model), **kwargs)
+
+
+def compile_layers(model: nn.Module, **kwargs: Any) -> nn.Module:
+    """Compile each analog layer of ``model`` on its own, in place (``nn.Module.compile`` of
+    each, ``kwargs`` passed to ``torch.compile``), after :func:`prepare_compile` and with the
+    dynamo settings of :func:`compile`; returns ``model``. The rest of the model (attention,
+    norms, activations) stays eager.
+
+    Layers of the same shape and config share one compiled graph, so compiling takes time per
+    distinct layer, not per layer, where :func:`compile` of a whole model generates code for
+    every analog layer in it. Measured on the 2-core AVX2 host (one run each): a 2-layer BERT
+    for QA with 12 analog layers of 3 shapes under ``bert_squad(0.0175)`` compiled in 76 s
+    (3 graphs) this way, against 320 s with :func:`compile` (one graph); both without graph
+    breaks and with the eager forward's error statistics. The same algorithm and counter
+    streams as :func:`compile`; what is lost is inductor's fusion across a layer's boundary
+    (its input and output stay tensors in memory) and a few tens of microseconds of dynamo's
+    guards per layer call. :func:`aimc.to_digital` replaces the layers, compiled or not."""
+    _dynamo_settings()
+    prepare_compile(model)
+    for _, layer in analog_layers(model):
+        layer.compile(**kwargs)
+    return model
+
+
+def _dynamo_settings() -> None:
+    """``specialize_float`` on and ``recompile_limit`` at least :data:`RECOMPILE_LIMIT`
+    (process-wide), see :func:`compile`."""
     torch._dynamo.config.specialize_float = True
     if torch._dynamo.config.recompile_limit < RECOMPILE_LIMIT:
         torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
-    return torch.compile(prepare_compile(model), **kwargs)

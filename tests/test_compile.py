@@ -512,6 +512,33 @@ def test_many_configs_in_one_process_stay_compiled():
             assert torch._dynamo.config.recompile_limit == aimc.compiled.RECOMPILE_LIMIT
 
 
+def test_compile_layers_compiles_one_graph_per_layer_shape():
+    """``compile_layers``: each analog layer compiled on its own, in place; layers of one shape
+    and config share a graph (three layers, two shapes: two graphs), the rest stays eager, and
+    the outputs are the eager ones (no noise: deterministic up to float rounding, which may
+    move an ADC rounding)."""
+    io = IOConfig(out_noise=0.0, bound_management="none")  # quick to compile
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(
+        torch.nn.Linear(40, 40), torch.nn.ReLU(), torch.nn.Linear(40, 40), torch.nn.Linear(40, 8)
+    )
+    aimc.convert(m, aimc.presets.pcm_weights_only().replace(io=io), seed=0).eval()
+    aimc.program(m, seed=0)
+    with torch.inference_mode():  # every layer's input an inference tensor (dynamo guards on it)
+        x = torch.randn(50, 40, generator=torch.Generator().manual_seed(1))
+        want = m(x)
+    graphs: list[str] = []
+    assert aimc.compile_layers(m, fullgraph=True, backend=recording(graphs, compile_fx)) is m
+    with torch.inference_mode():
+        got = m(x)
+    assert len(graphs) == 2 and all("relu" not in g for g in graphs)
+    close = (got - want).abs() <= 1e-5 * want.abs().max()
+    assert float(close.float().mean()) > 0.99
+    m.train()
+    with pytest.raises(ValueError, match="training mode"):
+        aimc.compile_layers(m)
+
+
 def test_compile_refuses_lean_chips_and_training_mode():
     m = torch.nn.Sequential(torch.nn.Linear(8, 4))
     aimc.convert(m, aimc.presets.pcm_inference()).eval()
