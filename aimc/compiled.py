@@ -81,11 +81,11 @@ def compile(model: nn.Module, **kwargs: Any) -> nn.Module:  # noqa: A001 - mirro
 
     Each analog config is a graph of its own (its noise levels, bounds and resolutions are
     constants of the graph), and dynamo counts every graph of a function against its
-    ``recompile_limit``, those of models since deleted included: with the default of 8, the
-    ninth config compiled in one process (a sweep over noise levels, say) ran *eagerly* (a
-    logged warning only; without ``fullgraph=True`` no error), its noise from the layers'
-    ``torch.Generator`` instead of their counter streams — the same distribution, other
-    numbers than a fresh process gives. Hence the higher limit."""
+    ``recompile_limit``, those of models since deleted included: with dynamo's default of 8,
+    the ninth config compiled in one process (a sweep over noise levels, say) would run
+    *eagerly* (a logged warning only; without ``fullgraph=True`` no error), its noise from the
+    layers' ``torch.Generator`` instead of their counter streams — the same distribution,
+    other numbers than a fresh process gives. Hence the higher limit."""
     _dynamo_settings()
     return torch.compile(prepare_compile(model), **kwargs)
 

@@ -499,7 +499,7 @@ def test_compiled_model_follows_a_new_drift():
 
 def test_many_configs_in_one_process_stay_compiled():
     """Each config is a graph of its own, and dynamo counts all of a function's graphs against
-    its recompile limit (dead models' too): past it, a model ran eagerly without an error.
+    its recompile limit (dead models' too): past it, a model runs eagerly without an error.
     ``aimc.compile`` raises the limit; here from 1, where the second config would hit it
     (the tests make a hit an error: conftest)."""
     x = torch.randn(6, 40, generator=torch.Generator().manual_seed(1))
