@@ -244,30 +244,51 @@ def _num_threads() -> int:
     return torch.get_num_threads()
 
 
-def _bmm_(z: Tensor, a: Tensor, b: Tensor, beta: float = 0.0, alpha: float = 1.0) -> Tensor:
-    """``z <- beta * z + alpha * a @ b`` per batch, in place (``beta = 0`` ignores ``z``).
+def _split_batches(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a @ b`` (batched, ``(nb, m, k) @ (nb, k, n)``) should run as one GEMM per batch.
 
     On CPU, torch's ``bmm`` splits the batch across threads, so a few large products that do
     not divide evenly among the threads (3 input tiles on 2 threads) leave a thread idle; one
-    ``addmm`` per batch parallelises inside each GEMM instead (``benchmarks/profile_linear.py``
+    GEMM per batch parallelises inside each product instead (``benchmarks/profile_linear.py``
     times both). Batch counts that divide evenly, small products and many batches keep the single
-    ``bmm``. A compiled forward does the same (``beta = 0`` only). The sums are the same up to
-    float rounding.
+    ``bmm``.
     """
     nb, m, k = a.shape
-    loop = (
-        z.device.type == "cpu"
+    return (
+        a.device.type == "cpu"
         and 1 < nb <= _LOOP_MAX_BATCHES
         and nb % _num_threads() != 0
         and m * k * b.shape[2] >= _LOOP_MIN_MACS
     )
+
+
+def batched_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` per batch as a fresh tensor, one GEMM per batch where :func:`_split_batches`
+    says so (eager and compiled; the sums are those of ``torch.bmm`` up to float rounding)."""
+    if not _split_batches(a, b):
+        return torch.bmm(a, b)
+    nb = a.shape[0]
+    if _compiling() or torch.is_grad_enabled():
+        # inductor writes each mm straight into its slice of the stacked result
+        return torch.stack([torch.mm(a[i], b[i]) for i in range(nb)])
+    out = a.new_empty((nb, a.shape[1], b.shape[2]), dtype=torch.promote_types(a.dtype, b.dtype))
+    for i in range(nb):
+        torch.mm(a[i], b[i], out=out[i])
+    return out
+
+
+def _bmm_(z: Tensor, a: Tensor, b: Tensor, beta: float = 0.0, alpha: float = 1.0) -> Tensor:
+    """``z <- beta * z + alpha * a @ b`` per batch, in place (``beta = 0`` ignores ``z``), one
+    ``addmm`` per batch where :func:`_split_batches` says so. A compiled forward does the same
+    (``beta = 0`` only). The sums are the same up to float rounding.
+    """
+    loop = _split_batches(a, b)
     if _compiling() and beta == 0.0 and alpha == 1.0:
         # dynamo has no out= for bmm; the copy into the fresh z vanishes, and inductor writes
         # each mm of the loop straight into its slice of the stacked result
-        prod = torch.stack([torch.mm(a[i], b[i]) for i in range(nb)]) if loop else a @ b
-        z.copy_(prod)
+        z.copy_(batched_matmul(a, b))
     elif loop and not _compiling():
-        for i in range(nb):
+        for i in range(a.shape[0]):
             z[i].addmm_(a[i], b[i], beta=beta, alpha=alpha)
     elif beta == 0.0 and alpha == 1.0:
         torch.bmm(a, b, out=z)
@@ -323,7 +344,7 @@ def _mvm_adc(
                     )
                 else:  # compiled: the scale and offset fuse into the noise kernel
                     x2 = xq.square().to(dtype)
-                    var = torch.bmm(x2, w2).float().mul_(gain).add_(io.out_noise**2)
+                    var = batched_matmul(x2, w2).float().mul_(gain).add_(io.out_noise**2)
                     std = var.sqrt_().div_(out_unit)
         if eager:
             # the noise is drawn into z (scaled as it is written, for pcm_read) and the MVM

@@ -326,6 +326,40 @@ def test_compiled_mvm_equals_eager_mvm_with_the_same_stream(preset, shape):
     assert float((eager - compiled).abs().max()) < step
 
 
+def test_compiled_pcm_read_splits_uneven_tile_batches_like_eager(monkeypatch):
+    """Three input tiles on two threads: the compiled forward runs both MVMs, the signal's and
+    the ``pcm_read`` variance's, as one ``mm`` per tile (a ``bmm`` would leave a thread idle
+    for a third of the work, as eager avoids too) and still equals the eager call on the same
+    stream."""
+    import aimc.mvm as mvm
+
+    monkeypatch.setattr(mvm, "_LOOP_MIN_MACS", 0)  # the test's small products split too
+    cfg = small_tiles(aimc.presets.bert_squad(0.0175)).replace(device=aimc.DeviceConfig())
+    layer, x = _saturating_case(cfg, 48, 16, 64)  # 3 input tiles, 1 output tile
+    tw, io = layer.tile_weights(), cfg.io
+
+    def run(x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return analog_mvm(x, tw, io, CounterStream(state))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        eager = run(x, CounterStream.initial_state(5))
+        graphs: list[str] = []
+        torch._dynamo.config.specialize_float = True
+        fn = torch.compile(
+            run, fullgraph=True, dynamic=False, backend=recording(graphs, compile_fx)
+        )
+        compiled = fn(x, CounterStream.initial_state(5))
+    finally:
+        torch.set_num_threads(threads)
+    code = "".join(graphs)
+    assert code.count("torch.mm(") == 6 and "bmm" not in code and " @ " not in code
+    close = (eager - compiled).abs() <= 1e-5 * eager.abs().max()
+    assert float(close.float().mean()) > 0.99  # a rounding tie may flip one ADC step
+    assert float((eager - compiled).abs().max()) < eager.abs().max() / 100
+
+
 def test_keyed_bound_management_keeps_what_the_eager_rounds_keep():
     """Without noise both algorithms are deterministic: the same outputs, bit for bit."""
     io = IOConfig(out_noise=0.0, inp_res=1 / 254, out_res=1 / 254, out_bound=4.0)

@@ -935,6 +935,39 @@ def test_bmm_helper_equals_batched_matmul(threads, nb, beta, alpha):
     torch.testing.assert_close(z.double(), expected, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("nb", [1, 3, 4])
+@pytest.mark.parametrize("grad", [False, True])
+def test_batched_matmul_equals_bmm(threads, nb, grad):
+    """``mvm.batched_matmul``: ``a @ b`` per batch as a fresh tensor, one GEMM per batch where
+    the batches do not divide evenly among the threads (3 on 2), eager (into one buffer, or
+    stacked where autograd records) and compiled (stacked: inductor writes each ``mm`` into its
+    slice), else one ``bmm``."""
+    from aimc import mvm
+
+    g = torch.Generator().manual_seed(nb)
+    a = torch.randn(nb, 256, 128, generator=g, requires_grad=grad)
+    b = torch.randn(nb, 64, 128, generator=g).transpose(1, 2)  # a transposed weight, as used
+    expected = torch.bmm(a.double(), b.double())
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert mvm._split_batches(a, b) == (nb == 3 and threads == 2)
+        got = mvm.batched_matmul(a, b)
+        outs = [got]
+        if threads == 2 and not grad:  # two graphs: one split, one bmm
+            outs.append(torch.compile(mvm.batched_matmul, fullgraph=True, dynamic=False)(a, b))
+    finally:
+        torch.set_num_threads(old)
+    assert got.requires_grad == grad
+    for out in outs:
+        assert out.shape == (nb, 256, 64) and out.is_contiguous()
+        torch.testing.assert_close(out.detach().double(), expected.detach(), rtol=1e-5, atol=1e-4)
+    if grad:
+        got.sum().backward()
+        torch.testing.assert_close(a.grad, b.sum(dim=2).unsqueeze(1).expand_as(a))
+
+
 @pytest.mark.parametrize("numel", [1000, KMIN + 7], ids=["plain", "kernel"])
 def test_noise_normal_with_a_variance(numel):
     """``var``: the draws are the standard ones times sqrt(var), elementwise (the kernel fuses

@@ -22,7 +22,7 @@ from ..hwa import (
     modify_weights,
     update_input_range,
 )
-from ..mvm import TileOutputs, TileWeights, analog_mvm, combine_scales, units
+from ..mvm import TileOutputs, TileWeights, analog_mvm, batched_matmul, combine_scales, units
 from ..random import CounterStream, check_seed, derive_seed
 from .checks import check_finite_weights, layer_label
 from .chip import ChipMixin
@@ -60,8 +60,8 @@ class _AnalogMVM(torch.autograd.Function):
         if lo is not None:
             gx, gw = _per_tile_backward(grad, x, w, lo, ctx.needs_input_grad)
             return gx, gw, None, None, None, None
-        gx = torch.bmm(grad, w) if ctx.needs_input_grad[0] else None
-        gw = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        gx = batched_matmul(grad, w) if ctx.needs_input_grad[0] else None
+        gw = batched_matmul(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
         gb = grad.sum(dim=1) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb, None, None, None
 
@@ -144,16 +144,17 @@ class _ScaledAnalogMVM(torch.autograd.Function):
                 g, o, k = w.shape
                 a_t = alpha.transpose(1, 2).unsqueeze(-1)
                 if needs[1]:
-                    gw = torch.bmm(grad.transpose(1, 2), x)
+                    gw = batched_matmul(grad.transpose(1, 2), x)
                     gw.view(g, o, lo.n_in, lo.rows).mul_(a_t)
                 if want_gx:
-                    gx = torch.bmm(grad, (w.reshape(g, o, lo.n_in, lo.rows) * a_t).view(g, o, k))
+                    w_a = (w.reshape(g, o, lo.n_in, lo.rows) * a_t).view(g, o, k)
+                    gx = batched_matmul(grad, w_a)
             else:
                 a_w = lo.per_weight(alpha)  # (G, O, K): each weight's alpha_t
                 if needs[1]:
-                    gw = torch.bmm(grad.transpose(1, 2), x).mul_(a_w)
+                    gw = batched_matmul(grad.transpose(1, 2), x).mul_(a_w)
                 if want_gx:
-                    gx = torch.bmm(grad, w * a_w)
+                    gx = batched_matmul(grad, w * a_w)
             if clip and gx is not None:  # gx: a fresh tensor of this backward's own
                 gr = clip_grad_(x_in, r, gx, ctx.clip_decay)
                 gr = gr if needs[5] else None
@@ -207,12 +208,12 @@ def _per_tile_backward(
     if needs[0]:
         # (G, O, ti, ci) -> (G, ti, O, ci) -> (B, O, ci)
         w_t = lo.pad_in(w, 2).view(g, o, lo.n_in, lo.rows).transpose(1, 2)
-        gx = torch.bmm(gt, w_t.reshape(lo.batch, o, lo.rows))  # (B, N, ci)
+        gx = batched_matmul(gt, w_t.reshape(lo.batch, o, lo.rows))  # (B, N, ci)
         gx = gx.view(g, lo.n_in, n, lo.rows).transpose(1, 2).reshape(g, n, lo.padded_in)
         gx = lo.unpad_in(gx, 2)
     if needs[1]:
         x_t = lo.pad_in(x, 2).view(g, n, lo.n_in, lo.rows).transpose(1, 2)
-        gw = torch.bmm(gt.transpose(1, 2), x_t.reshape(lo.batch, n, lo.rows))  # (B, O, ci)
+        gw = batched_matmul(gt.transpose(1, 2), x_t.reshape(lo.batch, n, lo.rows))  # (B, O, ci)
         gw = gw.view(g, lo.n_in, o, lo.rows).transpose(1, 2).reshape(g, o, lo.padded_in)
         gw = lo.unpad_in(gw, 2)
     return gx, gw
