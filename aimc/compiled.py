@@ -104,17 +104,40 @@ def compile_layers(model: nn.Module, **kwargs: Any) -> nn.Module:
     breaks and with the eager forward's error statistics. The same algorithm and counter
     streams as :func:`compile`; what is lost is inductor's fusion across a layer's boundary
     (its input and output stay tensors in memory) and a few tens of microseconds of dynamo's
-    guards per layer call. :func:`aimc.to_digital` replaces the layers, compiled or not."""
-    _dynamo_settings()
+    guards per layer call. :func:`aimc.to_digital` replaces the layers, compiled or not.
+
+    All layers of a class share one function for dynamo, so their graphs count together
+    against ``recompile_limit``: up to two per distinct layer (shape and config; the second
+    once another batch size makes dynamo compile the batch dimension dynamically, e.g. a
+    smaller last batch) — on the shared MiniLM 6–8 per config. Each call therefore raises the
+    limit (process-wide) by two per distinct layer it compiles, on top of
+    :data:`RECOMPILE_LIMIT`, so that a sweep compiling config after config in one process does
+    not fall back to running its later configs eagerly (see :func:`compile`)."""
+    global _layer_graphs
     prepare_compile(model)
-    for _, layer in analog_layers(model):
+    layers = [layer for _, layer in analog_layers(model)]
+    kinds = {
+        (type(layer), tuple(layer.weight.shape), repr(layer.analog_config)) for layer in layers
+    }
+    _layer_graphs += 2 * len(kinds)
+    _dynamo_settings()
+    for layer in layers:
         layer.compile(**kwargs)
     return model
 
 
+#: Graphs that :func:`compile_layers` may have added in this process (two per distinct layer);
+#: its calls raise dynamo's limits by as much.
+_layer_graphs = 0
+
+
 def _dynamo_settings() -> None:
-    """``specialize_float`` on and ``recompile_limit`` at least :data:`RECOMPILE_LIMIT`
-    (process-wide), see :func:`compile`."""
+    """``specialize_float`` on and ``recompile_limit`` at least :data:`RECOMPILE_LIMIT` plus
+    the graphs :func:`compile_layers` may have added (process-wide), see :func:`compile`;
+    ``accumulated_recompile_limit`` (all functions together) at least four times that."""
     torch._dynamo.config.specialize_float = True
-    if torch._dynamo.config.recompile_limit < RECOMPILE_LIMIT:
-        torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
+    limit = RECOMPILE_LIMIT + _layer_graphs
+    if torch._dynamo.config.recompile_limit < limit:
+        torch._dynamo.config.recompile_limit = limit
+    if torch._dynamo.config.accumulated_recompile_limit < 4 * limit:
+        torch._dynamo.config.accumulated_recompile_limit = 4 * limit

@@ -15,7 +15,7 @@ import math
 import platform
 import warnings
 from collections.abc import Callable
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -516,7 +516,10 @@ def analog_mvm(
     ):
         # a large tile output: the eager forward, whose buffers are reused (see EAGER_MIN_BYTES)
         key = generator.fork().next_key()
-        sizes = list(astuple(lo))
+        # the fields read one by one: dataclasses.astuple deep-copies them, and dynamo guards a
+        # traced copy of an int on the object's identity, so every layer (its own int objects
+        # for equal sizes) compiled a graph of its own
+        sizes = [getattr(lo, f.name) for f in fields(lo)]
         return _opaque_mvm(x, tw.w, tw.w_abs, tw.scale, bias, input_range, key, sizes, io._key)
     if isinstance(generator, CounterStream):
         generator = generator.fork()

@@ -546,31 +546,55 @@ def test_many_configs_in_one_process_stay_compiled():
             assert torch._dynamo.config.recompile_limit == aimc.compiled.RECOMPILE_LIMIT
 
 
-def test_compile_layers_compiles_one_graph_per_layer_shape():
+@pytest.mark.parametrize("large", [False, True], ids=["compiled-through", "eager-op"])
+def test_compile_layers_compiles_one_graph_per_layer_shape(large, monkeypatch):
     """``compile_layers``: each analog layer compiled on its own, in place; layers of one shape
     and config share a graph (three layers, two shapes: two graphs), the rest stays eager, and
     the outputs are the eager ones (no noise: deterministic up to float rounding, which may
-    move an ADC rounding)."""
+    move an ADC rounding). Sizes above 256, which Python does not intern: each layer's sizes
+    are int objects of their own, so a guard on an int's identity would compile every layer
+    anew (the large layers' eager op once did: ``dataclasses.astuple`` deep-copies)."""
+    if large:  # every layer runs the eager forward as one op inside its graph
+        monkeypatch.setattr(aimc.mvm, "EAGER_MIN_BYTES", 0)
     io = IOConfig(out_noise=0.0, bound_management="none")  # quick to compile
     torch.manual_seed(0)
+    n = 300
     m = torch.nn.Sequential(
-        torch.nn.Linear(40, 40), torch.nn.ReLU(), torch.nn.Linear(40, 40), torch.nn.Linear(40, 8)
+        torch.nn.Linear(n, n), torch.nn.ReLU(), torch.nn.Linear(n, n), torch.nn.Linear(n, 8)
     )
     aimc.convert(m, aimc.presets.pcm_weights_only().replace(io=io), seed=0).eval()
     aimc.program(m, seed=0)
     with torch.inference_mode():  # every layer's input an inference tensor (dynamo guards on it)
-        x = torch.randn(50, 40, generator=torch.Generator().manual_seed(1))
+        x = torch.randn(50, n, generator=torch.Generator().manual_seed(1))
         want = m(x)
     graphs: list[str] = []
     assert aimc.compile_layers(m, fullgraph=True, backend=recording(graphs, compile_fx)) is m
     with torch.inference_mode():
         got = m(x)
     assert len(graphs) == 2 and all("relu" not in g for g in graphs)
+    assert all(("eager_mvm" in g) == large for g in graphs)
     close = (got - want).abs() <= 1e-5 * want.abs().max()
     assert float(close.float().mean()) > 0.99
     m.train()
     with pytest.raises(ValueError, match="training mode"):
         aimc.compile_layers(m)
+
+
+def test_compile_layers_raises_the_recompile_limit_per_distinct_layer(monkeypatch):
+    """All analog layers of a class share dynamo's recompile limit: each ``compile_layers`` call
+    adds two graphs per distinct layer (shape, config) to it, so that config after config
+    compiled in one process stays compiled (nothing is compiled here: no forward runs)."""
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    monkeypatch.setattr(aimc.compiled, "_layer_graphs", 0)
+    for i, cfg in enumerate((aimc.presets.pcm_inference(), aimc.presets.bert_squad(0.02))):
+        m = torch.nn.Sequential(torch.nn.Linear(12, 12), torch.nn.Linear(12, 12))
+        m.append(torch.nn.Linear(12, 4))
+        aimc.convert(m, cfg, seed=0).eval()
+        aimc.program(m, seed=0)
+        aimc.compile_layers(m)  # two distinct layers: 12 -> 12 (twice) and 12 -> 4
+        limit = aimc.compiled.RECOMPILE_LIMIT + 4 * (i + 1)
+        assert torch._dynamo.config.recompile_limit == limit
+        assert torch._dynamo.config.accumulated_recompile_limit >= 4 * limit
 
 
 def test_compile_refuses_lean_chips_and_training_mode():
