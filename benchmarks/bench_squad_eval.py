@@ -2,12 +2,16 @@
 
 Features are tokenized once; each configuration is programmed and drifted (1 day) once, then
 the evaluation of the same questions is timed, interleaving digital and analog (A B A B ...).
+With ``--compile`` a copy of the same chip compiled with ``aimc.compile_layers`` is a third side
+(A B C A B C ...), timed after one untimed evaluation that compiles it (``compile_s``); its noise
+comes from the layers' counter streams, so its F1 is another draw of the same chip's noise.
 Writes benchmarks/results/squad_eval_cpu.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -29,6 +33,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--configs", default="ideal,pcm_inference,bert_squad:0.0175")
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the chip compiled with aimc.compile_layers (minutes to compile per config)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "squad_eval_cpu.json"
     )
     args = parser.parse_args()
@@ -49,12 +58,19 @@ def main() -> None:
         aimc.convert(analog, resolve_config(name), seed=0).eval()
         aimc.program(analog, seed=0)
         aimc.drift(analog, 86400.0, seed=0)
-        td, ta = [], []
+        compiled, compile_s = None, None
+        if args.compile:
+            compiled = aimc.compile_layers(copy.deepcopy(analog))
+            compile_s = evaluate(compiled)[0]  # compiles every layer shape and batch size
+        td, ta, tc = [], [], []
         for _ in range(args.repeats):
             t, d_scores = evaluate(digital)
             td.append(t)
             t, a_scores = evaluate(analog)
             ta.append(t)
+            if compiled is not None:
+                t, c_scores = evaluate(compiled)
+                tc.append(t)
         aimc.to_digital(analog)
         row = {
             "config": name,
@@ -68,12 +84,23 @@ def main() -> None:
             "digital_f1": d_scores["f1"],
             "analog_f1_1day": a_scores["f1"],
         }
-        rows.append(row)
-        print(
+        line = (
             f"{name:<20} digital {row['digital_s']:.1f} s  analog {row['analog_s']:.1f} s  "
             f"ratio {row['ratio']:.2f}  (digital {min(td):.1f}-{max(td):.1f}, analog "
             f"{min(ta):.1f}-{max(ta):.1f})"
         )
+        if compiled is not None:
+            row["compile_s"] = compile_s
+            row["analog_compiled_s"] = statistics.median(tc)
+            row["ratio_compiled"] = statistics.median(tc) / statistics.median(td)
+            row["analog_compiled_minmax"] = [min(tc), max(tc)]
+            row["analog_compiled_f1_1day"] = c_scores["f1"]
+            line += (
+                f"  compiled {row['analog_compiled_s']:.1f} s  ratio {row['ratio_compiled']:.2f}"
+                f"  ({min(tc):.1f}-{max(tc):.1f}; compiling {compile_s:.0f} s)"
+            )
+        rows.append(row)
+        print(line)
     write_results(args.out, {"threads": args.threads, "rows": rows})
 
 

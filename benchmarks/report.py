@@ -640,16 +640,28 @@ def squad_eval(inp: Inputs) -> str:
     src = "squad_eval_cpu.json"
     data = inp.json(src)
     rows = []
-    for i, _ in enumerate(_rows(data, "rows", src)):
-        rows.append(
-            [
-                f"`{_get(data, 'rows', i, 'config', source=src)}`",
-                f"{_num(data, 'rows', i, 'digital_s', source=src):.1f} s",
-                f"{_num(data, 'rows', i, 'analog_s', source=src):.1f} s",
-                f"**{_num(data, 'rows', i, 'ratio', source=src):.2f}**",
-            ]
-        )
-    return _table(["config", "digital", "analog", "ratio"], ["---"] + ["---:"] * 3, rows)
+    compiled = any("ratio_compiled" in r for r in _rows(data, "rows", src))
+    for i, r in enumerate(_rows(data, "rows", src)):
+        row = [
+            f"`{_get(data, 'rows', i, 'config', source=src)}`",
+            f"{_num(data, 'rows', i, 'digital_s', source=src):.1f} s",
+            f"{_num(data, 'rows', i, 'analog_s', source=src):.1f} s",
+            f"**{_num(data, 'rows', i, 'ratio', source=src):.2f}**",
+        ]
+        if compiled:  # bench_squad_eval.py --compile
+            row += (
+                [
+                    f"{_num(data, 'rows', i, 'analog_compiled_s', source=src):.1f} s",
+                    f"**{_num(data, 'rows', i, 'ratio_compiled', source=src):.2f}**",
+                ]
+                if "ratio_compiled" in r
+                else ["—", "—"]
+            )
+        rows.append(row)
+    header = ["config", "digital", "analog", "ratio"]
+    if compiled:
+        header += ["analog compiled", "ratio compiled"]
+    return _table(header, ["---"] + ["---:"] * (len(header) - 1), rows)
 
 
 def bm_work(inp: Inputs) -> str:
@@ -766,9 +778,11 @@ def two_hosts(inp: Inputs) -> str:
 
     def squad_rows(d: Any, i: int, src: str) -> list[tuple[str, float]]:
         config = _get(d, "rows", i, "config", source=src)
-        return [
-            (f"SQuAD point, 500 questions: `{config}`", _num(d, "rows", i, "ratio", source=src))
-        ]
+        label = f"SQuAD point, 500 questions: `{config}`"
+        out = [(label, _num(d, "rows", i, "ratio", source=src))]
+        if "ratio_compiled" in _get(d, "rows", i, source=src):  # bench_squad_eval.py --compile
+            out.append((f"{label}, compiled", _num(d, "rows", i, "ratio_compiled", source=src)))
+        return out
 
     def hwa_rows(d: Any, i: int, src: str) -> list[tuple[str, float]]:
         stack, config = (_get(d, "rows", i, k, source=src) for k in ("stack", "config"))
@@ -850,8 +864,9 @@ def targets(inp: Inputs) -> str:
                 add(side, label, float(goal), ratios_of(d, src, field, config))
         src = f"squad_eval_cpu{suffix}.json"
         config, goal = SQUAD_TARGET
-        ratios = ratios_of(inp.json(src), src, "ratio", config)
-        add(side, f"SQuAD point, 500 questions, `{config}`", goal, ratios)
+        for kind, field in (("eager", "ratio"), ("compiled", "ratio_compiled")):
+            ratios = ratios_of(inp.json(src), src, field, config)
+            add(side, f"SQuAD point, 500 questions, `{config}`, {kind}", goal, ratios)
         src = f"hwa_step_cpu{suffix}.json"
         config, goal = HWA_TARGET
         for variant in (config, f"{config}, w_noise_bf16"):

@@ -99,6 +99,22 @@ def test_check_mode_reports_without_writing(tree):
     assert page.read_text() == stale
 
 
+def test_squad_table_shows_compiled_columns_where_measured(tree):
+    """``bench_squad_eval.py --compile`` rows add a compiled time and ratio; a config measured
+    without it shows dashes there; files without any compiled row keep the four columns."""
+    docs, results = tree
+    inp = report.Inputs(results, docs)
+    assert report.squad_eval(inp).splitlines()[0].count("|") == 5
+    path = results / "squad_eval_cpu.json"
+    data = json.loads(path.read_text())
+    data["rows"][-1].update(analog_compiled_s=31.25, ratio_compiled=1.876)
+    path.write_text(json.dumps(data))
+    lines = report.squad_eval(report.Inputs(results, docs)).splitlines()
+    assert lines[0].endswith("| analog compiled | ratio compiled |")
+    assert lines[-1].endswith("| 31.2 s | **1.88** |")
+    assert lines[2].endswith("| — | — |")
+
+
 def test_two_hosts_names_each_host_and_marks_missing_rows(tree):
     """The AVX2 comparison labels each column with the host its files record, and a row measured
     on one host only shows a dash on the other."""
@@ -135,7 +151,9 @@ def test_targets_count_the_layers_within_each_goal(tree):
     path.write_text(json.dumps(data))
     path = results / "squad_eval_cpu_avx2.json"
     data = json.loads(path.read_text())
-    next(r for r in data["rows"] if r["config"] == "bert_squad:0.0175")["ratio"] = 1.99
+    row = next(r for r in data["rows"] if r["config"] == "bert_squad:0.0175")
+    row["ratio"] = 1.99
+    row["ratio_compiled"] = 2.04  # bench_squad_eval.py --compile
     path.write_text(json.dumps(data))
     table = report.targets(report.Inputs(results, docs))
     rows = {
@@ -143,7 +161,13 @@ def test_targets_count_the_layers_within_each_goal(tree):
     }
     assert rows["eval forward, `pcm_inference`, eager"][1] == "≤ 1.5"
     assert rows["eval forward, `pcm_inference`, eager"][3] == "1.00–2.50 (4 of 6 within)"
-    assert rows["SQuAD point, 500 questions, `bert_squad:0.0175`"][3] == "1.99 (**met**)"
+    assert rows["SQuAD point, 500 questions, `bert_squad:0.0175`, eager"][3] == "1.99 (**met**)"
+    squad_compiled = rows["SQuAD point, 500 questions, `bert_squad:0.0175`, compiled"]
+    assert squad_compiled[3] == "2.04 (not met)"
+    if "ratio_compiled" not in json.dumps(
+        json.loads((results / "squad_eval_cpu.json").read_text())
+    ):
+        assert squad_compiled[2] == "—"  # the main host's file has no compiled rows
     assert rows["eval forward, `bert_squad:0.0175+w_noise_bf16`, eager"][3] == "—"
     assert report._verdict([1.0, 1.5], 1.5) == "1.00–1.50 (**2 of 2** within)"
     assert report._verdict([2.01], 2.0) == "2.01 (not met)"
