@@ -810,9 +810,9 @@ def two_hosts(inp: Inputs) -> str:
             hosts[side].add(_host(d))
             n = len(_rows(d, "rows", src))
             values.append(dict(r for i in range(n) for r in rows_of(d, i, src)))
-        for label, first in values[0].items():
-            second = values[1].get(label)
-            rows.append([label, f"{first:.2f}", "—" if second is None else f"{second:.2f}"])
+        for label in values[0] | values[1]:  # the main host's rows first, then the AVX2-only
+            cells = [values[side].get(label) for side in (0, 1)]
+            rows.append([label, *("—" if v is None else f"{v:.2f}" for v in cells)])
     header = ["measurement"] + [
         f"{name} ({'; '.join(sorted(h))})"
         for name, h in zip(("main tables", "`*_avx2.json`"), hosts, strict=True)

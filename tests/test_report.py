@@ -137,6 +137,15 @@ def test_two_hosts_names_each_host_and_marks_missing_rows(tree):
     compiled = rows[next(k for k in rows if "compiled" in k and "768x768" in k)]
     assert compiled.rstrip(" |").endswith("3.21")
     assert any(k.startswith("HWA training step: mlp, standard_hwa") for k in rows)
+    # a row measured on the AVX2 host only (e.g. a compiled SQuAD point) shows a dash first
+    path = results / "squad_eval_cpu_avx2.json"
+    data = json.loads(path.read_text())
+    data["rows"][0]["ratio_compiled"] = 1.2345
+    path.write_text(json.dumps(data))
+    table = report.two_hosts(report.Inputs(results, docs))
+    rows = {r.split(" | ")[0].lstrip("| "): r for r in table.splitlines()[2:]}
+    label = f"SQuAD point, 500 questions: `{data['rows'][0]['config']}`, compiled"
+    assert rows[label].rstrip(" |").endswith("| — | 1.23")
 
 
 def test_targets_count_the_layers_within_each_goal(tree):
