@@ -584,17 +584,18 @@ def test_compile_layers_raises_the_recompile_limit_per_distinct_layer(monkeypatc
     """All analog layers of a class share dynamo's recompile limit: each ``compile_layers`` call
     adds two graphs per distinct layer (shape, config) to it, so that config after config
     compiled in one process stays compiled (nothing is compiled here: no forward runs)."""
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
     monkeypatch.setattr(aimc.compiled, "_layer_graphs", 0)
-    for i, cfg in enumerate((aimc.presets.pcm_inference(), aimc.presets.bert_squad(0.02))):
-        m = torch.nn.Sequential(torch.nn.Linear(12, 12), torch.nn.Linear(12, 12))
-        m.append(torch.nn.Linear(12, 4))
-        aimc.convert(m, cfg, seed=0).eval()
-        aimc.program(m, seed=0)
-        aimc.compile_layers(m)  # two distinct layers: 12 -> 12 (twice) and 12 -> 4
-        limit = aimc.compiled.RECOMPILE_LIMIT + 4 * (i + 1)
-        assert torch._dynamo.config.recompile_limit == limit
-        assert torch._dynamo.config.accumulated_recompile_limit >= 4 * limit
+    # dynamo's own patch: pytest's monkeypatch would hide the setting when it undoes
+    with torch._dynamo.config.patch(recompile_limit=8, accumulated_recompile_limit=256):
+        for i, cfg in enumerate((aimc.presets.pcm_inference(), aimc.presets.bert_squad(0.02))):
+            m = torch.nn.Sequential(torch.nn.Linear(12, 12), torch.nn.Linear(12, 12))
+            m.append(torch.nn.Linear(12, 4))
+            aimc.convert(m, cfg, seed=0).eval()
+            aimc.program(m, seed=0)
+            aimc.compile_layers(m)  # two distinct layers: 12 -> 12 (twice) and 12 -> 4
+            limit = aimc.compiled.RECOMPILE_LIMIT + 4 * (i + 1)
+            assert torch._dynamo.config.recompile_limit == limit
+            assert torch._dynamo.config.accumulated_recompile_limit >= 4 * limit
 
 
 def test_compile_refuses_lean_chips_and_training_mode():
