@@ -955,7 +955,7 @@ def test_batched_matmul_equals_bmm(threads, nb, grad):
         assert mvm._split_batches(a, b) == (nb == 3 and threads == 2)
         got = mvm.batched_matmul(a, b)
         outs = [got]
-        if threads == 2 and not grad:  # two graphs: one split, one bmm
+        if threads == 2 and not grad:  # three graphs: nb 3 split, nb 1 and 4 one bmm each
             outs.append(torch.compile(mvm.batched_matmul, fullgraph=True, dynamic=False)(a, b))
     finally:
         torch.set_num_threads(old)
