@@ -405,6 +405,18 @@ class IOConfig(_ConfigBase):
             setattr(
                 self, name, _check_number(f"{p}.{name}", getattr(self, name), min_value=-math.inf)
             )
+        # AIHWKIT 1.2.0 refuses this combination (IOMetaParameter::initializeForForward,
+        # "Forward noise managment expects bound==1"): noise management maps each input vector
+        # onto [-1, 1], the DAC range of a unit bound
+        nm = self.noise_management
+        if not self.is_perfect and nm != NoiseManagement.NONE and self.inp_bound != 1.0:
+            _fail(
+                f"{p}.inp_bound",
+                self.inp_bound,
+                f"1.0 while {p}.noise_management is {nm.value!r} (noise management scales each "
+                "input vector onto [-1, 1]; AIHWKIT 1.2.0 refuses other bounds with it too); "
+                f"another DAC range needs {p}.noise_management='none'",
+            )
 
     def __post_init__(self) -> None:
         super().__post_init__()

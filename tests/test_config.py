@@ -87,10 +87,35 @@ def test_io_non_negative_fields_accept_zero(field):
     assert isinstance(getattr(cfg, field), float)
 
 
+def _nm_for(field: str) -> dict:
+    """A DAC bound other than 1 needs noise management off (AIHWKIT's rule, checked below)."""
+    return {"noise_management": "none"} if field == "inp_bound" else {}
+
+
+@pytest.mark.parametrize("nm", ["abs_max", "constant"])
+@pytest.mark.parametrize("bound", [2.0, 0.5, 0.0, -1.0])
+def test_io_inp_bound_other_than_one_needs_noise_management_off(nm, bound):
+    """AIHWKIT 1.2.0 refuses noise management with a DAC bound other than 1
+    ("Forward noise managment expects bound==1"); so does aimc, naming both fields."""
+    with pytest.raises(ValueError) as err:
+        IOConfig(noise_management=nm, inp_bound=bound)
+    msg = str(err.value)
+    assert msg.startswith(f"io.inp_bound: got {bound}") and "io.noise_management" in msg
+    assert repr(nm) in msg and "allowed: 1.0" in msg
+    saved = AnalogConfig(io=IOConfig(noise_management="none", inp_bound=bound)).to_dict()
+    saved["io"]["noise_management"] = nm  # a saved config with the combination: refused too
+    with pytest.raises(ValueError, match="io.inp_bound"):
+        AnalogConfig.from_dict(saved)
+    # allowed: the unit bound, noise management off, or no periphery at all
+    assert IOConfig(noise_management=nm, inp_bound=1.0).inp_bound == 1.0
+    assert IOConfig(noise_management="none", inp_bound=bound).inp_bound == bound
+    assert IOConfig(noise_management=nm, inp_bound=bound, is_perfect=True).is_perfect
+
+
 @pytest.mark.parametrize("field", IO_ANY_FINITE)
 @pytest.mark.parametrize("value", [0, -1e-12, -1, -254.0])
 def test_io_off_values_of_aihwkit_are_accepted(field, value):
-    cfg = IOConfig(**{field: value})
+    cfg = IOConfig(**{field: value}, **_nm_for(field))
     assert getattr(cfg, field) == value and type(getattr(cfg, field)) is float
     assert (cfg.inp_step if field.startswith("inp") else cfg.out_step) == 0.0  # "off"
 
@@ -109,7 +134,7 @@ def test_io_numbers_reject_non_numbers(field, value):
 
 @pytest.mark.parametrize("field", IO_STRICT_POSITIVE + IO_NON_NEGATIVE + IO_ANY_FINITE)
 def test_io_numbers_accept_ints_and_store_floats(field):
-    cfg = IOConfig(**{field: 3})
+    cfg = IOConfig(**{field: 3}, **_nm_for(field))
     assert getattr(cfg, field) == 3.0
     assert type(getattr(cfg, field)) is float
 
@@ -354,7 +379,7 @@ def test_resolution_from_bits_rejects_bad_bits(bits):
 )
 def test_inp_and_out_step(res, bound, step):
     out = IOConfig(out_res=res, out_bound=bound)
-    inp = IOConfig(inp_res=res, inp_bound=bound)
+    inp = IOConfig(inp_res=res, inp_bound=bound, noise_management="none")
     assert out.out_step == pytest.approx(step, rel=1e-12, abs=0)
     assert inp.inp_step == pytest.approx(step, rel=1e-12, abs=0)
 
