@@ -226,6 +226,21 @@ def test_analog_model_compiles_without_graph_breaks(name):
     assert "eager_mvm" not in code
 
 
+def test_a_model_without_a_device_model_compiles_without_graph_breaks():
+    """The periphery on the digital weights (no device model, as AIHWKIT's unprogrammed
+    ``InferenceRPUConfig``) compiles with ``fullgraph=True`` too (it stopped at the weight
+    tiles' storage check, which dynamo cannot trace); without noise it equals the eager forward,
+    bound management included (ADC bound 0.5: 5-6 % of the first pass saturates)."""
+    m = model(small_tiles(AnalogConfig(io=IOConfig(out_noise=0.0, out_bound=0.5))))
+    assert not any(layer.has_device() for _, layer in aimc.analog_layers(m))
+    graphs: list[str] = []
+    c = aimc.compile(m, fullgraph=True, backend=recording(graphs))
+    with torch.inference_mode():
+        y, ref = c(X4), m(X4)
+    assert len(graphs) == 1
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_large_compiled_forwards_run_the_eager_forward_as_one_op(monkeypatch):
     """A compiled forward whose tile outputs reach ``EAGER_MIN_BYTES`` (here: every forward)
     runs the eager forward as one custom op: no graph break, reproducible from the seeds, fresh

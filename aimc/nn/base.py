@@ -436,9 +436,11 @@ class AnalogLayerMixin(ChipMixin):
             in_unit, out_unit = units(cfg.io)
             if in_unit != out_unit:
                 # in place on fresh tiles; out of place where they share the weight's storage
-                # (no weight scaling, one input tile)
-                shared = w_t.untyped_storage().data_ptr() == w.untyped_storage().data_ptr()
-                if shared or torch.compiler.is_compiling():
+                # (no weight scaling, one input tile), and always in a compiled forward (dynamo
+                # cannot trace a storage's data_ptr: checked first, so it is never asked)
+                if torch.compiler.is_compiling() or (
+                    w_t.untyped_storage().data_ptr() == w.untyped_storage().data_ptr()
+                ):
                     w_t = w_t * (in_unit / out_unit)
                 else:
                     w_t.mul_(in_unit / out_unit)
