@@ -215,8 +215,40 @@ def _input_scale(
     return torch.full_like(amax, value), finite
 
 
+def _dac_step(io: IOConfig) -> float:
+    """The DAC step in input units as AIHWKIT 1.2.0's simulator holds it, a float32 value (0.0
+    where input quantization is off): ``checkRes(inp_res) * (2 * inp_bound)``, each operation
+    rounded to float32 (``IOMetaParameter::initializeForForward``; a resolution above 1, a
+    number of steps, becomes ``1 / inp_res`` in float32). Rounding in float64 first and then to
+    float32 gives the same values: 53 bits are more than twice 24 plus 2."""
+    if _compiling():
+        return _dac_step_of.__wrapped__(io.inp_res, io.inp_bound)
+    return _dac_step_of(io.inp_res, io.inp_bound)
+
+
+@functools.lru_cache(maxsize=64)
+def _dac_step_of(inp_res: float, inp_bound: float) -> float:
+    if inp_res <= 0 or inp_bound <= 0:
+        return 0.0
+    frac = _f32(inp_res)
+    if frac > 1:
+        frac = _f32(1.0 / frac)
+    return _f32(frac * _f32(2.0 * _f32(inp_bound)))
+
+
+def _to_levels_(xq: Tensor, io: IOConfig) -> Tensor:
+    """In place on inputs already multiplied by ``1 / (s * r)``: divided by the DAC step, in DAC
+    steps (before rounding). As AIHWKIT computes a level — ``rint(x * scale / res)`` in float32,
+    ``scale = (1 / s) / r`` — and not as one product with ``1 / (s * r * step)``: the two differ
+    in the last bit, which decides the rounding of values at half a step (with an odd number of
+    steps the largest input of every vector under abs-max noise management is one: at 3.5 steps
+    of 2/7 AIHWKIT takes 3 (1 / res is 3.4999998 in float32), a product took 4 and clipped it)."""
+    step = _dac_step(io)
+    return xq.div_(step) if step > 0 else xq
+
+
 def _dac_(xq: Tensor, io: IOConfig, in_unit: float, gen: Rng) -> Tensor:
-    """In place on inputs already divided by ``s * r * in_unit``: round, clip, input noise."""
+    """In place on inputs in DAC steps (:func:`_to_levels_`): round, clip, input noise."""
     if io.inp_step > 0:
         if io.inp_sto_round:
             xq.copy_(stochastic_round(xq, gen))
@@ -564,8 +596,8 @@ def analog_mvm(
         w_abs = _scratch(5, tuple(tw.w_abs.shape), tw.w_abs, torch.bfloat16)
         tw = TileWeights(tw.layout, tw.w, tw.scale, w_abs.copy_(tw.w_abs))
     s_div = torch.where(s > 0, s, torch.ones_like(s)).transpose(1, 2).unsqueeze(-1)
-    torch.mul(xv.transpose(1, 2), s_div.reciprocal().mul_(1.0 / in_unit), out=xq)
-    xq3 = _dac_(xq, io, in_unit, generator).view(lo.batch, n, lo.rows)
+    torch.mul(xv.transpose(1, 2), s_div.reciprocal(), out=xq)
+    xq3 = _dac_(_to_levels_(xq, io), io, in_unit, generator).view(lo.batch, n, lo.rows)
     bm = io.bound_management == BoundManagement.ITERATIVE
     sat = _mvm_adc(xq3, tw, io, generator, z, lo.n_out if bm else None)
     # an all-zero vector (s = 0) gives 0, unless input noise makes it non-zero: AIHWKIT then
@@ -766,10 +798,13 @@ def _bound_management(
             g = RowStream(gen[round_no], (pair_base + order).reshape(-1), nb * n_out * n)
         round_no += 1
         rows = (base + order).reshape(-1)  # rows of x_rows
-        factor = s_div.reshape(-1)[rows] * r.transpose(1, 2).reshape(nb, n_out, n).gather(
-            2, order
-        ).reshape(-1)
-        xq = x_rows.index_select(0, rows).mul_(factor.mul_(in_unit).reciprocal_().unsqueeze(1))
+        # AIHWKIT's input scale (1 / s) / r: r is a power of two, so the division is exact
+        inv = (
+            s_div.reshape(-1)[rows]
+            .reciprocal_()
+            .div_(r.transpose(1, 2).reshape(nb, n_out, n).gather(2, order).reshape(-1))
+        )
+        xq = _to_levels_(x_rows.index_select(0, rows).mul_(inv.unsqueeze(1)), io)
         xq = _dac_(xq, io, in_unit, g).view(nb * n_out, k, rows_in)
         zs = torch.empty(nb * n_out, k, cols, device=z.device)
         sat_new = _mvm_adc(xq, w_sub, io, g, zs, 1)  # (B*to, k, 1), or None
