@@ -375,14 +375,39 @@ def test_custom_drift_linear_interpolation_and_end_clamps():
     torch.testing.assert_close(nu, expected, rtol=1e-6, atol=1e-7)
 
 
-def test_custom_drift_table_below_first_point_clamps():
-    params = PCMCustomDriftParams(g_points=(5.0, 20.0), nu_mean=(0.08, 0.05), nu_std=(0.0, 0.0))
-    nu = CUSTOM.program(torch.tensor([0.0, 1.0, 5.0]), params, gen(42))["nu"]
-    torch.testing.assert_close(nu, torch.full((3,), 0.08), rtol=1e-6, atol=0)
+@pytest.mark.parametrize(
+    "g_points, g_max",
+    [((5.0, 20.0), 25.0), ((0.0, 20.0), 25.0), ((1e-3, 25.0), 25.0), ((0.0, 25.0), 40.0)],
+)
+def test_custom_drift_table_must_cover_the_conductance_range(g_points, g_max):
+    # AIHWKIT's CustomDriftPCMLikeNoiseModel refuses a table narrower than 0 .. g_max
+    # ("g_converter producing conductances ... outside the range of the custom drift model")
+    with pytest.raises(ValueError) as err:
+        PCMCustomDriftParams(
+            g_points=g_points, nu_mean=(0.08, 0.05), nu_std=(0.0, 0.0), g_max=g_max
+        )
+    msg = str(err.value)
+    assert msg.startswith("device.params.g_points: got") and f"g_max = {g_max:g}" in msg
+    # covering it is enough, and wider is allowed
+    PCMCustomDriftParams(
+        g_points=(0.0, g_max), nu_mean=(0.08, 0.05), nu_std=(0.0, 0.0), g_max=g_max
+    )
+    PCMCustomDriftParams(g_points=(0.0, 2 * g_max), nu_mean=(0.1, 0.1), nu_std=(0, 0), g_max=g_max)
+
+
+def test_custom_drift_targets_beyond_the_table_take_its_end_values():
+    # only a direct call of program() can pass targets outside 0 .. g_max
+    params = PCMCustomDriftParams(
+        g_points=(0.0, 20.0), nu_mean=(0.08, 0.05), nu_std=(0.0, 0.0), g_max=20.0
+    )
+    nu = CUSTOM.program(torch.tensor([0.0, 20.0, 26.0]), params, gen(42))["nu"]
+    torch.testing.assert_close(nu, torch.tensor([0.08, 0.05, 0.05]), rtol=1e-6, atol=0)
 
 
 def test_custom_drift_interpolated_std():
-    params = PCMCustomDriftParams(g_points=(0.0, 20.0), nu_mean=(0.06, 0.06), nu_std=(0.0, 0.02))
+    params = PCMCustomDriftParams(
+        g_points=(0.0, 20.0), nu_mean=(0.06, 0.06), nu_std=(0.0, 0.02), g_max=20.0
+    )
     nu = CUSTOM.program(full(10.0), params, gen(43))["nu"]
     mean, std = mean_std(nu)
     exp_mean, exp_std = folded_moments(0.06, 0.01)  # mu / sigma = 6: folding negligible

@@ -1,8 +1,10 @@
 """``pcm_custom_drift``: the PCM model with drift-exponent statistics from a user table.
 
 The mean and std of the drift exponent ``nu`` are interpolated linearly over the target
-conductance from ``(g_points, nu_mean, nu_std)`` (clamped at the ends); everything else is the
-``pcm`` model (AIHWKIT ``CustomDriftPCMLikeNoiseModel``).
+conductance from ``(g_points, nu_mean, nu_std)``, a table that covers the pair's conductances
+``0 .. g_max`` (as AIHWKIT requires; targets outside it, which only a direct call of
+:func:`program` can pass, take the end values); everything else is the ``pcm`` model (AIHWKIT
+``CustomDriftPCMLikeNoiseModel``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ class PCMCustomDriftParams(PCMParams):
     """PCM parameters plus the drift-exponent table (conductances in µS)."""
 
     g_points: tuple[float, ...] = field(default=(0.0, 12.5, 25.0))
-    """Increasing target conductances of the table (µS)."""
+    """Increasing target conductances of the table (µS), from 0 to at least ``g_max``."""
     nu_mean: tuple[float, ...] = field(default=(0.1, 0.05, 0.049))
     """Mean drift exponent at each ``g_points`` entry."""
     nu_std: tuple[float, ...] = field(default=(0.045, 0.01, 0.008))
@@ -52,6 +54,17 @@ class PCMCustomDriftParams(PCMParams):
             _fail(f"{p}.g_points", self.g_points, "as many entries as nu_mean and nu_std")
         if any(b <= a for a, b in zip(self.g_points[:-1], self.g_points[1:], strict=True)):
             _fail(f"{p}.g_points", self.g_points, "strictly increasing values")
+        # AIHWKIT 1.2.0's CustomDriftPCMLikeNoiseModel refuses a table that does not cover the
+        # conductances its converter produces (0 .. g_max of the pair): drift exponents
+        # extrapolated as the end values would be a silent guess
+        if self.g_points[0] > 0 or self.g_points[-1] < self.g_max:
+            _fail(
+                f"{p}.g_points",
+                self.g_points,
+                f"a table from 0 to at least g_max = {self.g_max:g} µS (the target "
+                "conductances of a pair range over 0 .. g_max; AIHWKIT refuses a narrower "
+                "table too)",
+            )
 
 
 def _interp(x: Tensor, xp: tuple[float, ...], fp: tuple[float, ...]) -> Tensor:
