@@ -1,0 +1,130 @@
+"""Randomized differential cases: configurations drawn at random (fixed seeds, so the same ones
+every run) through aimc and AIHWKIT 1.2.0, judged like the hand-written tables.
+
+The tables test one knob at a time; these draw many together — noise and bound management,
+resolutions, bounds, input and output noise, weight noise, stochastic rounding, tile sizes,
+analog or digital bias, weight scaling, input and weight scales (periphery); compensation,
+device parameters, drift times and layer shapes (PCM). Drawing 1,200 periphery and 210 PCM
+configurations this way found three deviations that the tables had missed (the DAC's rounding
+at half a step, noise management with a DAC bound other than 1, a custom drift table narrower
+than the conductance range; ``docs/conformance.md``), each of which has its own test now (the
+first shows in a statistic only in particular configurations). These cases keep a sample of
+that run, so that a change that moves aimc away from AIHWKIT in some combination of knobs
+fails here.
+
+AIHWKIT's noise is clock-seeded, so a statistic misses its tolerance now and then by chance
+(the tolerances are set for about 0.3 % per check). A missed case is therefore run once more
+with fresh draws on both sides and fails only if it misses again: a real deviation misses both
+times. Where AIHWKIT's error is float rounding alone (no noise, no quantization) the two only
+need to stay at float rounding.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from .cases_pcm import DAY, HOUR, YEAR
+from .cases_pcm import _case as pcm_case
+from .cases_periphery import _case as periphery_case
+from .harness import Case, Tolerance, describe, run_case
+
+#: relative errors below this are float rounding (float32 matmuls: ~1e-7)
+ROUNDING = 1e-5
+
+
+def _res(bits: int) -> float:
+    return 0.0 if bits == 0 else 1 / (2**bits - 2)
+
+
+def periphery_configs(n: int, seed: int) -> list[Case]:
+    rng = random.Random(seed)
+    cases = []
+    for i in range(n):
+        nm = rng.choice(["none", "abs_max", "constant"])
+        io: dict[str, Any] = {
+            "noise_management": nm,
+            "bound_management": rng.choice(["none", "iterative"]),
+            "inp_res": rng.choice([_res(rng.choice([0, 4, 6, 7, 8])), 1 / 7, 1 / 255]),
+            "out_res": rng.choice([_res(rng.choice([0, 5, 7, 9])), 0.01, 1 / 60]),
+            "out_bound": rng.choice([3.0, 10.0, 12.0, 20.0]),
+            "inp_noise": rng.choice([0.0, 0.0, 0.02]),
+            "out_noise": rng.choice([0.0, 0.02, 0.06]),
+            "inp_sto_round": rng.choice([False, False, True]),
+            # a bound other than 1 needs noise management off (AIHWKIT refuses it otherwise)
+            "inp_bound": rng.choice([0.5, 1.0, 2.0]) if nm == "none" else 1.0,
+            "max_bm_factor": rng.choice([4, 16, 1000]),
+            "max_bm_res": rng.choice([0.25, 0.5, 1.0]),
+        }
+        if nm == "constant":
+            io["nm_thres"] = rng.choice([0.5, 1.0, 2.0])
+        kind = rng.choice(["none", "additive_constant", "pcm_read"])
+        io["w_noise_type"] = kind
+        io["w_noise"] = 0.0 if kind == "none" else rng.choice([0.01, 0.035])
+        omega = rng.choice([0.0, 1.0])
+        mapping = {
+            "max_input_size": rng.choice([64, 100, 256, 512]),
+            "max_output_size": rng.choice([0, 50, 512]),
+            "digital_bias": rng.choice([True, False]),
+            "weight_scaling_omega": omega,
+            "weight_scaling_columnwise": omega > 0 and rng.choice([True, False]),
+        }
+        shape = {
+            "in_features": rng.choice([96, 200, 256]),
+            "out_features": rng.choice([40, 128]),
+            "x_scale": rng.choice([0.1, 1.0, 3.0]),
+            "w_std": rng.choice([0.02, 0.05, 0.3]),
+            "draws": 10,
+        }
+        cases.append(periphery_case(f"random periphery {seed}-{i}", io, mapping, **shape))
+    return cases
+
+
+def pcm_configs(n: int, seed: int) -> list[Case]:
+    rng = random.Random(seed)
+    cases = []
+    for i in range(n):
+        perfect = rng.choice([True, True, False])
+        model = rng.choice(["pcm", "pcm", "pcm_custom_drift"])
+        kw: dict[str, Any] = {
+            "comp": rng.choice(["none", "global", "per_column", "exact_reference"]),
+            "perfect": perfect,
+            "omega": rng.choice([0.0, 1.0]),
+            "model": model,
+        }
+        if rng.random() < 0.4:  # the custom drift table covers 0 .. 25 µS
+            kw["g_max"] = rng.choice([10.0, 25.0] + ([] if model == "pcm_custom_drift" else [40.0]))
+        if rng.random() < 0.3:
+            kw["prog_noise_scale"] = rng.choice([0.5, 2.0])
+        if rng.random() < 0.3:
+            kw["read_noise_scale"] = rng.choice([0.0, 3.0])
+        if rng.random() < 0.3:
+            kw["drift_scale"] = rng.choice([0.0, 2.0])
+        if rng.random() < 0.2:
+            kw["t0"] = rng.choice([1.0, 60.0])
+        t = rng.choice([None, 0.0, HOUR, DAY, YEAR, 10 * YEAR])
+        size = rng.choice([None, (600, 520, 64), (100, 50, 64), (300, 700, 32)])
+        tol = Tolerance(rel=0.01) if perfect else Tolerance()
+        cases.append(pcm_case(f"random pcm {seed}-{i}", t, size=size, tol=tol, **kw))
+    return cases
+
+
+CASES = [*periphery_configs(40, 2026), *pcm_configs(12, 2026)]
+
+
+def _judge(case: Case) -> dict[str, Any]:
+    result = run_case(case)
+    if not result["ok"] and result["aihwkit"]["rel_error"] < ROUNDING:
+        result["ok"] = result["aimc"]["rel_error"] < ROUNDING  # both at float rounding
+    return result
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_random_config(case):
+    first = _judge(case)
+    if first["ok"]:
+        return
+    again = _judge(case)  # fresh draws on both sides (AIHWKIT's are clock-seeded)
+    assert again["ok"], describe(first) + "\n(run again:)\n" + describe(again)
