@@ -4,8 +4,10 @@ every run) through aimc and AIHWKIT 1.2.0, judged like the hand-written tables.
 The tables test one knob at a time; these draw many together — noise and bound management,
 resolutions, bounds, input and output noise, weight noise, stochastic rounding, tile sizes,
 analog or digital bias, weight scaling, input and weight scales (periphery); compensation,
-device parameters, drift times and layer shapes (PCM). Drawing 1,200 periphery and 210 PCM
-configurations this way found three deviations that the tables had missed (the DAC's rounding
+device parameters, drift times and layer shapes (PCM); modifier types and strengths with and
+without the periphery (HWA); pulsed device models and their knobs (one update). Drawing 1,800
+periphery, 210 PCM, 380 HWA and 240 pulsed configurations this way found three deviations
+that the tables had missed (the DAC's rounding
 at half a step, noise management with a DAC bound other than 1, a custom drift table narrower
 than the conductance range; ``docs/conformance.md``), each of which has its own test now (the
 first shows in a statistic only in particular configurations). These cases keep a sample of
@@ -26,6 +28,9 @@ from typing import Any
 
 import pytest
 
+from .cases_hwa import AIHWKIT_POLY_COEFFS, PCM_PROG_COEFFS
+from .cases_hwa import _aimc as hwa_aimc
+from .cases_hwa import _rpu as hwa_rpu
 from .cases_pcm import DAY, HOUR, YEAR
 from .cases_pcm import _case as pcm_case
 from .cases_periphery import _case as periphery_case
@@ -111,7 +116,44 @@ def pcm_configs(n: int, seed: int) -> list[Case]:
     return cases
 
 
-CASES = [*periphery_configs(40, 2026), *pcm_configs(12, 2026)]
+def hwa_configs(n: int, seed: int) -> list[Case]:
+    """HWA weight modifiers in training mode (``cases_hwa``'s protocol), types, strengths,
+    shapes and the periphery drawn at random."""
+    rng = random.Random(seed)
+    cases = []
+    for i in range(n):
+        kind = rng.choice(["add_normal", "mult_normal", "discretize", "poly", "prog_noise"])
+        perfect = rng.choice([True, True, False])
+        ours: dict[str, Any] = {"modifier": kind}
+        theirs: dict[str, Any] = {}
+        if kind == "discretize":
+            ours["modifier_res"] = theirs["res"] = rng.choice([1 / 16, 1 / 64, 0.1])
+        else:
+            std = rng.choice([0.01, 0.05, 0.2] if kind == "add_normal" else [0.02, 0.1, 0.5, 1.0])
+            ours["modifier_std"] = theirs["std_dev"] = std
+            if kind == "poly":
+                ours["modifier_coeffs"] = AIHWKIT_POLY_COEFFS
+            if kind == "prog_noise":
+                theirs["coeffs"] = list(PCM_PROG_COEFFS)
+        exact = kind == "discretize" and perfect  # deterministic: compared to 1e-4
+        cases.append(
+            Case(
+                f"random hwa {seed}-{i}",
+                hwa_aimc(perfect=perfect, **ours),
+                hwa_rpu(kind, perfect=perfect, **theirs),
+                protocol="train",
+                draws=3 if exact else 20,
+                tol=Tolerance(rel=1e-4, k=0.0, floor=1e-4) if exact else Tolerance(),
+                in_features=rng.choice([100, 256, 768]),
+                out_features=rng.choice([40, 128]),
+                w_std=rng.choice([0.02, 0.05, 0.3]),
+                x_scale=rng.choice([0.3, 1.0]),
+            )
+        )
+    return cases
+
+
+CASES = [*periphery_configs(40, 2026), *pcm_configs(12, 2026), *hwa_configs(16, 2026)]
 
 
 def _judge(case: Case) -> dict[str, Any]:
@@ -128,3 +170,52 @@ def test_random_config(case):
         return
     again = _judge(case)  # fresh draws on both sides (AIHWKIT's are clock-seeded)
     assert again["ok"], describe(first) + "\n(run again:)\n" + describe(again)
+
+
+def pulsed_configs(n: int, seed: int) -> list[tuple[Any, float]]:
+    """Pulsed devices (``test_pulsed_conformance``'s one-update check, d2d off): model, step,
+    asymmetry, cycle-to-cycle noise, bounds, the model's own knobs, start weight and learning
+    rate drawn at random."""
+    from .test_pulsed_conformance import Device
+
+    rng = random.Random(seed)
+    kinds = [
+        ("constant_step", "ConstantStepDevice"),
+        ("linear_step", "LinearStepDevice"),
+        ("soft_bounds", "SoftBoundsDevice"),
+        ("exp_step", "ExpStepDevice"),
+        ("pow_step", "PowStepDevice"),
+    ]
+    out = []
+    for i in range(n):
+        name, cls = rng.choice(kinds)
+        p: dict[str, Any] = {
+            "dw_min": rng.choice([0.001, 0.002, 0.005]),
+            "up_down": rng.choice([0.0, 0.0, 0.2, -0.1]),
+            "dw_min_std": rng.choice([0.0, 0.3]),
+            "w_max": rng.choice([0.6, 1.0]),
+            "w_min": rng.choice([-0.6, -1.0]),
+        }
+        if name == "linear_step":
+            p["gamma_up"], p["gamma_down"] = rng.choice([0.0, 0.5]), rng.choice([0.0, 0.5])
+        if name == "pow_step":
+            p["pow_gamma"] = rng.choice([1.0, 2.0])
+        w0 = rng.choice([0.0, 0.3, -0.4])
+        out.append(
+            (Device(f"random {cls} {seed}-{i}", name, cls, p, w0=w0), rng.choice([0.01, 0.02, 0.1]))
+        )
+    return out
+
+
+PULSED = pulsed_configs(10, 2026)
+
+
+@pytest.mark.parametrize("dev, lr", PULSED, ids=[d.label for d, _ in PULSED])
+def test_random_pulsed_device(dev, lr):
+    from .test_pulsed_conformance import one_update
+
+    rows = one_update(dev, False, lr)
+    if all(r.ok for r in rows):
+        return
+    again = one_update(dev, False, lr)  # fresh draws (AIHWKIT's are clock-seeded)
+    assert all(r.ok for r in again), "\n".join(map(str, rows + again))
