@@ -244,7 +244,13 @@ def _to_levels_(xq: Tensor, io: IOConfig) -> Tensor:
     steps the largest input of every vector under abs-max noise management is one: at 3.5 steps
     of 2/7 AIHWKIT takes 3 (1 / res is 3.4999998 in float32), a product took 4 and clipped it)."""
     step = _dac_step(io)
-    return xq.div_(step) if step > 0 else xq
+    if step <= 0:
+        return xq
+    if xq.device.type == "cpu":
+        return xq.div_(step)
+    # PyTorch's CUDA kernel divides by a CPU scalar as a product with its reciprocal ("may lose
+    # one bit", BinaryDivTrueKernel.cu); a divisor on the device is divided by
+    return xq.div_(xq.new_full((), step))
 
 
 def _dac_(xq: Tensor, io: IOConfig, in_unit: float, gen: Rng) -> Tensor:

@@ -31,7 +31,11 @@ One run on a GPU machine does three things and writes one JSON (``gpu_check_cuda
    one converter step), so outputs pass at a relative L2 difference <= 3e-3 with at most 1 % of
    them off by more than 1e-5 of the largest (with an exact periphery: 1e-5 and none). The
    straight-through gradients of the HWA training forward agree to 1e-4, and the same seed
-   gives the same outputs twice on the device (1e-6).
+   gives the same outputs twice on the device (1e-6). Inputs at exactly half a DAC step (the
+   bound with 7 and 255 steps; a bound-management round of the 7-bit DAC) take the same level
+   on both: every output within 1e-6 (PyTorch's CUDA kernel would divide by a CPU scalar as a
+   product with its reciprocal, which rounds such inputs the other way; aimc divides by a
+   device tensor there).
 3. **The counter stream, bit for bit.** The compiled forward's noise (``CounterStream``) is a
    pure function of the layer's seed, so it must not depend on the device: SplitMix64's words
    and the 24-bit uniforms of six keys (zero, negative, the int64 extremes) equal the CPU's
@@ -412,6 +416,37 @@ def deterministic(args, device: torch.device, sizes: dict) -> list[dict]:
         checks += found
         bad = [c["name"] for c in found if not c["ok"]]
         print(f"  {case}: {'agree' if not bad else 'DIFFER: ' + ', '.join(bad)}", flush=True)
+    checks += dac_half_steps(device)
+    return checks
+
+
+def dac_half_steps(device: torch.device) -> list[dict]:
+    """Inputs at exactly half a DAC step take the same level on the device as on the CPU (where
+    ``tests/conformance/test_dac_levels.py`` checks them against AIHWKIT): the largest input of
+    each vector under abs-max noise management with 7 and 255 steps (3.5 and 127.5 steps to the
+    bound), and constant vectors in a bound-management round of the default 7-bit DAC (31.5
+    steps). No noise, no device model; the outputs must agree to 1e-6 of the largest, all of
+    them: one level off moves an output by far more."""
+    w = torch.linspace(-0.4, 0.4, 2 * 64).view(2, 64)
+    x = torch.full((6, 64), 0.7)
+    x[1] *= 0.999
+    x[2, :32] = 1.0
+    x[3] = torch.linspace(-1.0, 1.0, 64)
+    x[4:] = torch.rand(2, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    checks = []
+    for steps in (7, 255, 126):
+        cfg = aimc.AnalogConfig(io=aimc.IOConfig(inp_res=1 / steps, out_noise=0.0, out_res=0.0))
+        ref = AnalogLinear(64, 2, bias=False, config=cfg).eval()
+        with torch.no_grad():
+            ref.weight.copy_(w)  # row 0 saturates the first pass (-12.9 > 12), not the next
+        dev = AnalogLinear(64, 2, bias=False, config=cfg).to(device).eval()
+        dev.load_state_dict(ref.state_dict())
+        with torch.no_grad():
+            y_ref, y_dev = ref(x), dev(x.to(device))
+        c = closeness("outputs", y_ref, y_dev, 1e-6, 0.0)
+        c.update(case=f"DAC at half a step, {steps} steps", section="deterministic")
+        checks.append(c)
+        print(f"  {c['case']}: {'agree' if c['ok'] else 'DIFFER'}", flush=True)
     return checks
 
 
