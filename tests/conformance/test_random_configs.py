@@ -219,3 +219,49 @@ def test_random_pulsed_device(dev, lr):
         return
     again = one_update(dev, False, lr)  # fresh draws (AIHWKIT's are clock-seeded)
     assert all(r.ok for r in again), "\n".join(map(str, rows + again))
+
+
+def main(argv: list[str] | None = None) -> int:  # pragma: no cover - a long exploratory run
+    """A larger randomized run than the suite's, from other seeds::
+
+        python -m tests.conformance.test_random_configs --periphery 1000 --pcm 200 \\
+            --hwa 300 --pulsed 200 --seed 7
+
+    Prints every configuration that misses twice (with both judgements) and a count per kind;
+    exit status 1 if any did. AIHWKIT refusing a configuration counts as a miss too (aimc
+    should refuse it as well: ``docs/conformance.md``)."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description=main.__doc__.split("::")[0])
+    for kind, default in (("periphery", 200), ("pcm", 40), ("hwa", 60), ("pulsed", 40)):
+        ap.add_argument(f"--{kind}", type=int, default=default, help=f"{kind} configurations")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the configurations drawn")
+    args = ap.parse_args(argv)
+    missed: dict[str, int] = {}
+    for kind, cases in (
+        ("periphery", periphery_configs(args.periphery, args.seed)),
+        ("pcm", pcm_configs(args.pcm, args.seed)),
+        ("hwa", hwa_configs(args.hwa, args.seed)),
+    ):
+        missed[kind] = 0
+        for case in cases:
+            try:
+                test_random_config(case)
+            except Exception as e:  # noqa: BLE001 - a miss or a refusal, reported
+                missed[kind] += 1
+                print(f"MISS {case.name}: {type(e).__name__}: {e}", flush=True)
+    missed["pulsed"] = 0
+    for dev, lr in pulsed_configs(args.pulsed, args.seed):
+        try:
+            test_random_pulsed_device(dev, lr)
+        except Exception as e:  # noqa: BLE001
+            missed["pulsed"] += 1
+            print(f"MISS {dev.label} {json.dumps(dev.params)} lr {lr}: {e}", flush=True)
+    counts = {k: getattr(args, k) for k in missed}
+    print(json.dumps({"seed": args.seed, "configurations": counts, "missed": missed}))
+    return int(any(missed.values()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
