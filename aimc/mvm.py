@@ -215,25 +215,33 @@ def _input_scale(
     return torch.full_like(amax, value), finite
 
 
-def _dac_step(io: IOConfig) -> float:
-    """The DAC step in input units as AIHWKIT 1.2.0's simulator holds it, a float32 value (0.0
-    where input quantization is off): ``checkRes(inp_res) * (2 * inp_bound)``, each operation
-    rounded to float32 (``IOMetaParameter::initializeForForward``; a resolution above 1, a
-    number of steps, becomes ``1 / inp_res`` in float32). Rounding in float64 first and then to
-    float32 gives the same values: 53 bits are more than twice 24 plus 2."""
-    if _compiling():
-        return _dac_step_of.__wrapped__(io.inp_res, io.inp_bound)
-    return _dac_step_of(io.inp_res, io.inp_bound)
+def _traced_constant(fn: Callable[..., float], *args: float) -> float:
+    """``fn(*args)`` of a pure, ``functools.lru_cache``'d function of config numbers: through
+    its cache, or in a compiled forward the function itself, which dynamo traces to a constant
+    (it warns about the cache wrapper)."""
+    return fn.__wrapped__(*args) if _compiling() else fn(*args)
 
 
 @functools.lru_cache(maxsize=64)
-def _dac_step_of(inp_res: float, inp_bound: float) -> float:
-    if inp_res <= 0 or inp_bound <= 0:
+def _aihwkit_step(res: float, bound: float) -> float:
+    """A converter's step (DAC or ADC, in its input or output units) as AIHWKIT 1.2.0's
+    simulator holds it, a float32 value, 0.0 where quantization is off:
+    ``checkRes(res) * (2 * bound)``, each operation rounded to float32
+    (``IOMetaParameter::initializeForForward``; a resolution above 1, a number of steps,
+    becomes ``1 / res`` in float32). The float32 twin of :attr:`IOConfig.inp_step` /
+    ``out_step``. Rounding in float64 first and then to float32 gives the same values: 53 bits
+    are more than twice 24 plus 2."""
+    if res <= 0 or bound <= 0:
         return 0.0
-    frac = _f32(inp_res)
+    frac = _f32(res)
     if frac > 1:
         frac = _f32(1.0 / frac)
-    return _f32(frac * _f32(2.0 * _f32(inp_bound)))
+    return _f32(frac * _f32(2.0 * _f32(bound)))
+
+
+def _dac_step(io: IOConfig) -> float:
+    """The DAC step in input units as AIHWKIT holds it (:func:`_aihwkit_step`)."""
+    return _traced_constant(_aihwkit_step, io.inp_res, io.inp_bound)
 
 
 def _to_levels_(xq: Tensor, io: IOConfig) -> Tensor:
@@ -444,12 +452,9 @@ def _saturation_limit(io: IOConfig) -> float:
     depends on AIHWKIT's float32 arithmetic ``rint(y / res) * res > out_bound``: for the default
     9-bit ADC (bound 12) ``255 * res`` is 12.000001 (saturated), for an 8-bit ADC with bound 10
     ``127 * res`` is exactly 10 (not saturated, no bound-management round). Computed here the
-    same way (cached per ``(out_res, out_bound)``; a compiled forward calls the function itself,
-    which dynamo traces to a constant, instead of the cache wrapper it warns about).
+    same way (cached per ``(out_res, out_bound)``, :func:`_traced_constant`).
     """
-    if _compiling():
-        return _limit.__wrapped__(io.out_res, io.out_bound)
-    return _limit(io.out_res, io.out_bound)
+    return _traced_constant(_limit, io.out_res, io.out_bound)
 
 
 def _f32(v: float) -> float:
@@ -471,8 +476,9 @@ def _limit(out_res: float, out_bound: float) -> float:
     k = round(levels)
     if abs(levels - k) > 1e-6 * max(1.0, levels):
         return levels  # the rounded levels never equal it
-    # AIHWKIT's rint(y / res) * res at level k, in float32
-    top = _f32(_f32(k) * _f32(_f32(res) * _f32(2.0 * out_bound)))
+    # AIHWKIT's rint(y / res) * res at level k, in float32 (the uncached step: this function
+    # is itself cached, and traced as a whole when compiling)
+    top = _f32(_f32(k) * _aihwkit_step.__wrapped__(out_res, out_bound))
     return k - 0.5 if top > _f32(out_bound) else k + 0.5
 
 

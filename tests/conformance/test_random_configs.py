@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from aimc.config import resolution_from_bits
+
 from .cases_hwa import AIHWKIT_POLY_COEFFS, PCM_PROG_COEFFS
 from .cases_hwa import _aimc as hwa_aimc
 from .cases_hwa import _rpu as hwa_rpu
@@ -40,8 +42,10 @@ from .harness import Case, Tolerance, describe, run_case
 ROUNDING = 1e-5
 
 
-def _res(bits: int) -> float:
-    return 0.0 if bits == 0 else 1 / (2**bits - 2)
+def _res(rng: random.Random, bits: tuple[int, ...]) -> float:
+    """A converter resolution of one of ``bits`` (AIHWKIT's ``1 / (2**b - 2)``), or 0 (off)."""
+    b = rng.choice((0, *bits))
+    return 0.0 if b == 0 else resolution_from_bits(b)
 
 
 def periphery_configs(n: int, seed: int) -> list[Case]:
@@ -52,8 +56,8 @@ def periphery_configs(n: int, seed: int) -> list[Case]:
         io: dict[str, Any] = {
             "noise_management": nm,
             "bound_management": rng.choice(["none", "iterative"]),
-            "inp_res": rng.choice([_res(rng.choice([0, 4, 6, 7, 8])), 1 / 7, 1 / 255]),
-            "out_res": rng.choice([_res(rng.choice([0, 5, 7, 9])), 0.01, 1 / 60]),
+            "inp_res": rng.choice([_res(rng, (4, 6, 7, 8)), 1 / 7, 1 / 255]),
+            "out_res": rng.choice([_res(rng, (5, 7, 9)), 0.01, 1 / 60]),
             "out_bound": rng.choice([3.0, 10.0, 12.0, 20.0]),
             "inp_noise": rng.choice([0.0, 0.0, 0.02]),
             "out_noise": rng.choice([0.0, 0.02, 0.06]),
