@@ -13,7 +13,9 @@ Two families, the same distributions:
   filled with the counter-based stream of that key (SplitMix64 words, Box–Muller on 24-bit
   uniforms: :func:`counter_normal`, :func:`counter_uniform`) by a small kernel that
   ``torch.compile`` builds once per process and thread count (inductor's on-disk cache makes
-  later processes quick). The kernel runs inside the OpenMP team: 3.3–3.9× faster than the
+  later processes quick); on a CPU whose vector ISA is AVX2 a hand-written kernel computes
+  the same values instead, about twice as fast there (:mod:`aimc._native`). The kernel runs
+  inside the OpenMP team: 3.3–3.9× faster than the
   MT19937 chunks right after a matmul (3.1 M and 786 k values), where the MT19937 pool
   threads also compete with OpenMP's spinning workers (``benchmarks/bench_rng_contention.py``).
   Where the kernel cannot be built (no C++ compiler: warned once) or ``AIMC_RNG_KERNEL=0`` is
@@ -37,6 +39,7 @@ from torch import Tensor
 
 from . import _workspace
 from ._kernels import FusedKernel
+from ._native import NativeNoiseKernel
 
 #: Elements per independently seeded chunk (and the size below which no splitting happens).
 CHUNK = 1 << 18
@@ -406,6 +409,11 @@ _FILL = FusedKernel(
 )
 
 
+#: The noise kernel written for AVX2 CPUs (:mod:`aimc._native`): the same stream as
+#: :data:`_FILL`, which it replaces where inductor's vector ISA is AVX2
+_NATIVE = NativeNoiseKernel()
+
+
 #: The noise kernel's reused buffer holds at most this many values (32 MiB); a larger draw
 #: (HWA weight noise of a large layer) takes a buffer of its own for that call.
 SINES_MAX = 1 << 23
@@ -422,8 +430,9 @@ def _sines(numel: int) -> Tensor:
 def _counter_fill_(flat: Tensor, key: Tensor, kind: str, var: Tensor | None = None) -> None:
     """Fill the contiguous 1-d float32 CPU tensor ``flat`` with :func:`counter_normal` (times
     ``sqrt(var)``) or :func:`counter_uniform` of its size at ``key``, to float rounding: with the
-    compiled kernel (:data:`_FILL`, :func:`_pair_fill`), or with tensor operations where it
-    cannot be built (warned once) or ``AIMC_RNG_KERNEL=0``.
+    AVX2 kernel where it runs (:data:`_NATIVE`: both values of each word straight into place),
+    else the compiled kernel (:data:`_FILL`, :func:`_pair_fill`), or with tensor operations where
+    that cannot be built (warned once) or ``AIMC_RNG_KERNEL=0``.
 
     The draw's first ``half`` values (:func:`_words`) come from words ``0 .. half - 1``, its
     other ``n - half`` from words ``0 .. n - half - 1``. The kernel computes both values of the
@@ -439,18 +448,21 @@ def _counter_fill_(flat: Tensor, key: Tensor, kind: str, var: Tensor | None = No
     half = _words(n)
     w = (n - half) // 64 * 64
     with torch.inference_mode():
-        sines = _sines(w)
-        _FILL(
-            flat[:w],
-            sines,
-            key,
-            _GAMMA_T,
-            kind,
-            var,
-            half,
-            variant=(kind, var is None, torch.get_num_threads()),
-        )
-        flat[half : half + w].copy_(sines)
+        if _NATIVE.usable():  # AVX2 CPUs: the hand-written kernel, straight into place
+            _NATIVE.fill(flat[:w], flat[half : half + w], key, kind, var, half)
+        else:
+            sines = _sines(w)
+            _FILL(
+                flat[:w],
+                sines,
+                key,
+                _GAMMA_T,
+                kind,
+                var,
+                half,
+                variant=(kind, var is None, torch.get_num_threads()),
+            )
+            flat[half : half + w].copy_(sines)
         if w < half:  # the words after the kernel's: values w .. half - 1, half + w .. n - 1
             idx = torch.cat(
                 [

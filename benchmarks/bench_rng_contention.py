@@ -5,7 +5,9 @@
 a parallel region, libgomp's worker threads spin for a while before they sleep, so a draw that
 follows an OpenMP op (as it does in the analog forward) shares the cores with them.
 ``aimc.random.noise_normal_`` (the forward's noise since aimc 0.3) draws large float32 tensors
-with a compiled counter-based kernel (SplitMix64 + Box-Muller) that runs inside the OpenMP team.
+with a compiled counter-based kernel (SplitMix64 + Box-Muller) that runs inside the OpenMP team:
+on an AVX2 CPU the hand-written one (``aimc._native``), timed there beside the kernel that
+inductor generates (``AIMC_RNG_NATIVE=0``), elsewhere the inductor kernel.
 This script times both methods on the same tensors (3.1 M values: the 768 x 768 layer's output
 noise on 2,048 tokens; 786 k: the MiniLM query layer's), after an idle pause and right after a
 2-thread matmul, interleaved, once with the default wait policy and once in a subprocess with
@@ -45,14 +47,25 @@ def measure(repeats: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(2048, 768, generator=gen)
     w = torch.randn(768, 768, generator=gen)
+
+    def with_native(value: str):
+        def fill(z):
+            os.environ["AIMC_RNG_NATIVE"] = value
+            return noise_normal_(z, gen)
+
+        return fill
+
     methods = {
         "mt19937 pool threads": lambda z: normal_(z, gen),
-        "counter kernel": lambda z: noise_normal_(z, gen),
+        "counter kernel": with_native("1"),
     }
+    if aimc.random._NATIVE.usable():  # an AVX2 CPU: the hand-written kernel, and inductor's
+        methods["counter kernel, inductor (AIMC_RNG_NATIVE=0)"] = with_native("0")
     out = []
     for label, numel in SIZES.items():
         z = torch.empty(numel)
-        noise_normal_(z, gen)  # build (or load) the kernel outside the timings
+        for fill in methods.values():
+            fill(z)  # build (or load) the kernels outside the timings
         times = {(m, when): [] for m in methods for when in ("after_idle", "after_matmul")}
         for _ in range(repeats):
             for m, fill in methods.items():

@@ -656,15 +656,31 @@ def _stream(kind: str, numel: int, seed: int) -> torch.Tensor:
     return counter(key, (numel,))
 
 
+def _use_kernel(monkeypatch, kernel: str) -> None:
+    """Draw with the inductor kernel (``"inductor"``) or the hand-written AVX2 one
+    (``"native"``: skipped where it does not run)."""
+    if kernel == "inductor":
+        monkeypatch.setenv("AIMC_RNG_NATIVE", "0")
+    elif not arandom._NATIVE.usable():
+        pytest.skip(f"the AVX2 noise kernel does not run here: {arandom._NATIVE.failed}")
+
+
+KERNELS = pytest.mark.parametrize("kernel", ["inductor", "native"])
+
+
+@KERNELS
 @pytest.mark.parametrize("kind", ["normal", "uniform"])
 @pytest.mark.parametrize("numel", [KMIN, KMIN + 1, 99_991, (1 << 20) + 3])
-def test_kernel_equals_the_eager_stream(kind, numel):
-    """The compiled kernel (odd sizes included: inductor's int64 vector tails) computes the
-    counter stream of the key it takes from the generator: integer bits exactly, so uniforms
-    bit for bit and normals to float rounding of log / sin / cos."""
+def test_kernel_equals_the_eager_stream(monkeypatch, kernel, kind, numel):
+    """Either noise kernel (odd sizes included: inductor's int64 vector tails, the tensor-op
+    words after the kernel's) computes the counter stream of the key it takes from the
+    generator: integer bits exactly, so uniforms bit for bit and normals to float rounding of
+    log / sin / cos."""
+    _use_kernel(monkeypatch, kernel)
     fill = arandom.noise_normal_ if kind == "normal" else arandom.noise_uniform_
     got = draw(fill, numel, 11)
-    assert arandom._FILL.built, arandom._FILL.failed  # the kernel, not the fallback
+    if kernel == "inductor":
+        assert arandom._FILL.built, arandom._FILL.failed  # the kernel, not the fallback
     ref = _stream(kind, numel, 11)
     if kind == "uniform":
         assert torch.equal(got, ref)
@@ -715,6 +731,97 @@ def test_kernel_uniform_distribution():
     assert torch.equal(k, k.round())
 
 
+@pytest.mark.parametrize("kind", ["normal", "uniform", "variance"])
+@pytest.mark.parametrize("numel", [KMIN + 5, 786_432, 3_000_017])
+def test_native_kernel_equals_the_inductor_kernel(monkeypatch, kind, numel):
+    """The AVX2 kernel computes what the inductor kernel computes, the scaled draws included
+    (the same words, the same float operations in the same order: bit for bit on the AVX2
+    host; asserted to 1 float32 ulp of the largest value, compilers may order differently)."""
+    if not arandom._NATIVE.usable():
+        pytest.skip(f"the AVX2 noise kernel does not run here: {arandom._NATIVE.failed}")
+    var = torch.rand(numel, generator=torch.Generator().manual_seed(2)) + 0.1
+    fill = {
+        "normal": arandom.noise_normal_,
+        "uniform": arandom.noise_uniform_,
+        "variance": lambda t, g: arandom.noise_normal_(t, g, var=var),
+    }[kind]
+    native = draw(fill, numel, 31)
+    monkeypatch.setenv("AIMC_RNG_NATIVE", "0")
+    inductor = draw(fill, numel, 31)
+    assert arandom._FILL.built, arandom._FILL.failed
+    if kind == "uniform":
+        assert torch.equal(native, inductor)
+    else:
+        assert float((native - inductor).abs().max()) <= 6.0 * 2.0**-23
+
+
+def test_native_kernel_does_not_depend_on_the_thread_count():
+    if not arandom._NATIVE.usable():
+        pytest.skip(f"the AVX2 noise kernel does not run here: {arandom._NATIVE.failed}")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = draw(arandom.noise_normal_, 1 << 20, 8)
+        torch.set_num_threads(3)
+        three = draw(arandom.noise_normal_, 1 << 20, 8)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, three)
+
+
+def test_native_kernel_only_on_avx2(monkeypatch):
+    """On another vector ISA (AVX-512, ARM) the AVX2 kernel is not built, silently: the
+    inductor kernel draws the stream."""
+    import warnings
+
+    from aimc import _native
+
+    monkeypatch.setattr(_native, "_vec_isa", lambda: "avx512")
+    k = _native.NativeNoiseKernel()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not k.usable()
+    assert "avx512" in k.failed
+    monkeypatch.setattr(arandom, "_NATIVE", k)
+    got = draw(arandom.noise_normal_, KMIN, 4)
+    assert float((got - _stream("normal", KMIN, 4)).abs().max()) <= 1e-6
+
+
+def test_native_kernel_build_failure_warns_once_and_keeps_the_stream(monkeypatch):
+    """Where the AVX2 kernel fails to build, one warning names the error and the inductor
+    kernel draws the same stream."""
+    import warnings
+
+    from torch._inductor import codecache
+
+    from aimc import _native
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CppCompileError: something the compiler said")
+
+    monkeypatch.setattr(_native, "_vec_isa", lambda: "avx2")
+    monkeypatch.setattr(codecache.CppPythonBindingsCodeCache, "load_pybinding", broken)
+    monkeypatch.setattr(arandom, "_NATIVE", _native.NativeNoiseKernel())
+    with pytest.warns(RuntimeWarning, match="AVX2 noise kernel could not be built.*CppCompile"):
+        got = draw(arandom.noise_normal_, KMIN + 3, 21)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = draw(arandom.noise_normal_, KMIN + 3, 21)
+    assert torch.equal(got, again)
+    assert float((got - _stream("normal", KMIN + 3, 21)).abs().max()) <= 1e-6
+
+
+def test_native_kernel_refuses_wrong_sizes():
+    from aimc import _native
+
+    k = _native.NativeNoiseKernel()
+    key = torch.zeros((), dtype=torch.int64)
+    with pytest.raises(ValueError, match="multiples of 64"):
+        k.fill(torch.empty(100), torch.empty(100), key, "normal", None, 128)
+    with pytest.raises(ValueError, match="var has 100 values; needs 192"):
+        k.fill(torch.empty(64), torch.empty(64), key, "normal", torch.empty(100), 128)
+
+
 def _fresh_fill_kernel() -> FusedKernel:
     """A noise kernel as a new process has it: not built, not failed."""
     k = arandom._FILL
@@ -733,6 +840,7 @@ def test_kernel_build_failure_warns_once_and_keeps_the_stream(monkeypatch, kind)
 
         return call
 
+    monkeypatch.setenv("AIMC_RNG_NATIVE", "0")  # the inductor kernel (not the AVX2 one)
     monkeypatch.setattr(arandom, "_FILL", _fresh_fill_kernel())
     monkeypatch.setattr(arandom.torch, "compile", broken_compile)
     fill = arandom.noise_normal_ if kind == "normal" else arandom.noise_uniform_
@@ -753,9 +861,15 @@ def test_kernel_can_be_switched_off(monkeypatch):
     def no_compile(fn, **kwargs):
         raise AssertionError("torch.compile called with AIMC_RNG_KERNEL=0")
 
+    def no_native_build():
+        raise AssertionError("the AVX2 kernel built with AIMC_RNG_KERNEL=0")
+
     monkeypatch.setenv("AIMC_RNG_KERNEL", "0")
     monkeypatch.setattr(arandom, "_FILL", _fresh_fill_kernel())
     monkeypatch.setattr(arandom.torch, "compile", no_compile)
+    native = type(arandom._NATIVE)()
+    monkeypatch.setattr(native, "_build", no_native_build)
+    monkeypatch.setattr(arandom, "_NATIVE", native)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         got = draw(arandom.noise_normal_, KMIN, 4)

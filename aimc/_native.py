@@ -1,0 +1,237 @@
+"""The noise kernel written by hand for AVX2 CPUs: the same counter stream as
+:func:`aimc.random._pair_fill`, with SplitMix64's 64-bit multiplies as AVX2 vector code.
+
+On a CPU whose widest vector ISA is AVX2 (no AVX-512), PyTorch's vector class, and so the kernel
+that inductor generates from :func:`aimc.random._pair_fill`, multiplies int64 lanes one at a
+time in scalar code (``ATen/cpu/vec/vec256/vec256_int.h``), and shifts and narrows them the same
+way. AVX2 has no 64-bit vector multiply, but ``vpmuludq`` multiplies the low 32-bit halves of
+four 64-bit lanes into 64-bit products, and a 64-bit product modulo ``2**64`` is three of them:
+``lo(a) lo(b) + ((hi(a) lo(b) + lo(a) hi(b)) << 32)``. This kernel computes the words that
+way, narrows the two 24-bit fields of eight words into one int32 vector with one blend and one
+permute, and runs the Box–Muller part with PyTorch's own vector class (``Vectorized<float>``:
+the same logarithm, SLEEF's ``logf`` within 1 ulp, the same square root and the same
+polynomials in the same order as :func:`aimc.random._polar` and
+:func:`aimc.random._cos_sin_turns`). The quarter-turn signs are applied by flipping the sign
+bit, which is what multiplying by ``±1.0`` does. The integer words are those of
+:func:`aimc.random.counter_bits` exactly; on the AVX2 host the values were bit for bit those of
+the inductor kernel (all three modes, 786,432 values).
+
+It is compiled, like inductor's kernels, by inductor's C++ code cache (the C++ compiler, flags,
+OpenMP runtime and on-disk cache that ``torch.compile`` uses; so it also runs in PyTorch's
+OpenMP team and follows ``torch.set_num_threads``). It is only built where inductor's vector
+ISA is AVX2: there it took 0.79 against 1.72 ms for 786,432 normal values right after a matmul
+(2 threads; ``benchmarks/bench_rng_contention.py`` has the measured rows). Elsewhere (AVX-512
+hosts, ARM) the inductor kernel runs as before.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: The C++ source: ``kernel(key, first, second, var, w, half, mode)`` writes both values of
+#: words ``0 .. w - 1`` (``w`` a multiple of 64) of the stream at ``*key``: ``first[i]`` and
+#: ``second[i]`` the cosine and sine values (``mode`` 0), times ``sqrt(var[i])`` and
+#: ``sqrt(var[half + i])`` (mode 1), or the top and the low 24-bit fields as uniforms (mode 2).
+SOURCE = r"""
+#include <torch/csrc/inductor/cpp_prefix.h>
+#include <immintrin.h>
+
+using VecF = at::vec::Vectorized<float>;
+
+// a * b modulo 2**64 in four 64-bit lanes, b given as its 32-bit halves (b_lo, b_hi)
+static inline __m256i aimc_mul64(__m256i a, __m256i b_lo, __m256i b_hi) {
+    __m256i p0 = _mm256_mul_epu32(a, b_lo);
+    __m256i p1 = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), b_lo);
+    __m256i p2 = _mm256_mul_epu32(a, b_hi);
+    return _mm256_add_epi64(p0, _mm256_slli_epi64(_mm256_add_epi64(p1, p2), 32));
+}
+
+// SplitMix64's finaliser (Steele, Lea & Flood, OOPSLA 2014)
+static inline __m256i aimc_mix64(__m256i x, __m256i m1l, __m256i m1h, __m256i m2l,
+                                 __m256i m2h) {
+    x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 30));
+    x = aimc_mul64(x, m1l, m1h);
+    x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 27));
+    x = aimc_mul64(x, m2l, m2h);
+    return _mm256_xor_si256(x, _mm256_srli_epi64(x, 31));
+}
+
+// the low 32 bits of the 64-bit lanes of a (words 0-3) and b (words 4-7), in word order
+static inline __m256i aimc_pack32(__m256i a, __m256i b) {
+    __m256i t = _mm256_blend_epi32(a, _mm256_slli_epi64(b, 32), 0xAA);
+    return _mm256_permutevar8x32_epi32(t, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+}
+
+extern "C" void kernel(const int64_t* key_ptr, float* first, float* second, const float* var,
+                       const int64_t w, const int64_t half, const int64_t mode) {
+    const uint64_t key = static_cast<uint64_t>(key_ptr[0]);
+    const uint64_t gamma = 0x9E3779B97F4A7C15ULL;
+    const uint64_t M1 = 0xBF58476D1CE4E5B9ULL, M2 = 0x94D049BB133111EBULL;
+    #pragma omp parallel
+    {
+        const __m256i m1l = _mm256_set1_epi64x(static_cast<int64_t>(M1 & 0xFFFFFFFFULL));
+        const __m256i m1h = _mm256_set1_epi64x(static_cast<int64_t>(M1 >> 32));
+        const __m256i m2l = _mm256_set1_epi64x(static_cast<int64_t>(M2 & 0xFFFFFFFFULL));
+        const __m256i m2h = _mm256_set1_epi64x(static_cast<int64_t>(M2 >> 32));
+        const __m256i step = _mm256_set1_epi64x(static_cast<int64_t>(8 * gamma));
+        const __m256i mask24 = _mm256_set1_epi64x(0xFFFFFF);
+        const __m256i i1 = _mm256_set1_epi32(1), i21 = _mm256_set1_epi32(1 << 21);
+        // the constants as aimc.random writes them: float32 of the double values
+        const VecF half_f(0.5f), scale24(static_cast<float>(5.960464477539063e-08)),
+            m2f(-2.0f), zero(0.0f), one(1.0f),
+            xs(static_cast<float>(3.141592653589793 / 2.0 * 2.384185791015625e-07)),
+            S0(static_cast<float>(-1.6666654611e-1)), S1(static_cast<float>(8.3321608736e-3)),
+            S2(static_cast<float>(-1.9515295891e-4)),
+            C0(static_cast<float>(4.166664568298827e-2)),
+            C1(static_cast<float>(-1.388731625493765e-3)),
+            C2(static_cast<float>(2.443315711809948e-5));
+        #pragma omp for schedule(static)
+        for (int64_t c = 0; c < w / 64; ++c) {
+            const int64_t i0 = c * 64;
+            // word i is mix64(key + (i + 1) * gamma): unsigned, so the products wrap
+            const uint64_t b0 = key + static_cast<uint64_t>(i0 + 1) * gamma;
+            __m256i ca = _mm256_setr_epi64x(
+                static_cast<int64_t>(b0), static_cast<int64_t>(b0 + gamma),
+                static_cast<int64_t>(b0 + 2 * gamma), static_cast<int64_t>(b0 + 3 * gamma));
+            __m256i cb = _mm256_add_epi64(ca, _mm256_set1_epi64x(static_cast<int64_t>(4 * gamma)));
+            for (int64_t i = i0; i < i0 + 64; i += 8) {
+                const __m256i a = aimc_mix64(ca, m1l, m1h, m2l, m2h);
+                const __m256i b = aimc_mix64(cb, m1l, m1h, m2l, m2h);
+                ca = _mm256_add_epi64(ca, step);
+                cb = _mm256_add_epi64(cb, step);
+                const __m256i hi = aimc_pack32(_mm256_srli_epi64(a, 40), _mm256_srli_epi64(b, 40));
+                if (mode == 2) {
+                    const __m256i lo =
+                        aimc_pack32(_mm256_and_si256(_mm256_srli_epi64(a, 8), mask24),
+                                    _mm256_and_si256(_mm256_srli_epi64(b, 8), mask24));
+                    (VecF(_mm256_cvtepi32_ps(hi)) * scale24).store(first + i);
+                    (VecF(_mm256_cvtepi32_ps(lo)) * scale24).store(second + i);
+                    continue;
+                }
+                // Box-Muller: aimc.random._polar and _cos_sin_turns, operation for operation
+                const __m256i k =
+                    aimc_pack32(_mm256_and_si256(a, mask24), _mm256_and_si256(b, mask24));
+                const VecF u1 = (VecF(_mm256_cvtepi32_ps(hi)) + half_f) * scale24;
+                const VecF r = at::vec::maximum(u1.log() * m2f, zero).sqrt();
+                const __m256i j = _mm256_srai_epi32(_mm256_add_epi32(k, i21), 22);
+                const __m256i m = _mm256_sub_epi32(k, _mm256_slli_epi32(j, 22));
+                const VecF x = VecF(_mm256_cvtepi32_ps(m)) * xs;
+                const VecF z = x * x;
+                const VecF s = x + (x * z) * ((z * ((z * S2) + S1)) + S0);
+                const VecF co = (one - z * half_f) + (z * z) * ((z * ((z * C2) + C1)) + C0);
+                const __m256 odd =
+                    _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(j, i1), i1));
+                // the cosine is negative for j mod 4 in {1, 2}, the sine for {2, 3}: the sign
+                // bit set, as a product with -1.0 sets it
+                const __m256 cneg = _mm256_castsi256_ps(
+                    _mm256_slli_epi32(_mm256_srli_epi32(_mm256_add_epi32(j, i1), 1), 31));
+                const __m256 sneg =
+                    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(j, 1), 31));
+                const __m256 cs = _mm256_xor_ps(_mm256_blendv_ps(co, s, odd), cneg);
+                const __m256 sn = _mm256_xor_ps(_mm256_blendv_ps(s, co, odd), sneg);
+                VecF vc = r * VecF(cs);
+                VecF vs = r * VecF(sn);
+                if (mode == 1) {
+                    vc = vc * VecF::loadu(var + i).sqrt();
+                    vs = vs * VecF::loadu(var + half + i).sqrt();
+                }
+                vc.store(first + i);
+                vs.store(second + i);
+            }
+        }
+    }
+}
+"""
+
+_ARGTYPES = ["const int64_t*", "float*", "float*", "const float*", "int64_t", "int64_t", "int64_t"]
+_MODES = {("normal", False): 0, ("normal", True): 1, ("uniform", False): 2}
+
+
+def _vec_isa() -> str:
+    """Inductor's vector ISA on this CPU (``"avx2"``, ``"avx512"``, ``"asimd"`` ...; ``""``
+    where none)."""
+    from torch._inductor import cpu_vec_isa
+
+    return str(cpu_vec_isa.pick_vec_isa())
+
+
+class NativeNoiseKernel:
+    """The hand-written noise kernel (:data:`SOURCE`), built on first use.
+
+    ``failed`` says why it does not run here: another vector ISA than AVX2, or a failed build
+    (then the caller uses the inductor kernel, the same stream; the build failure is warned
+    once). Switched off with ``AIMC_RNG_NATIVE=0`` (or, with every noise kernel,
+    ``AIMC_RNG_KERNEL=0``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fn: Any = None
+        self.failed: str | None = None
+
+    def usable(self) -> bool:
+        """Whether :meth:`fill` would run the kernel (building it first if need be)."""
+        if self.failed is not None or torch.compiler.is_compiling():
+            return False
+        if os.environ.get("AIMC_RNG_KERNEL", "1") == "0":
+            return False
+        if os.environ.get("AIMC_RNG_NATIVE", "1") == "0":
+            return False
+        if self._fn is not None:
+            return True
+        with self._lock:
+            if self._fn is None and self.failed is None:
+                self._build()
+        return self._fn is not None
+
+    def _build(self) -> None:
+        try:
+            isa = _vec_isa()
+        except Exception as err:  # noqa: BLE001 - no ISA detection: no kernel
+            self.failed = f"vector ISA unknown ({type(err).__name__})"
+            return
+        if isa != "avx2":
+            self.failed = f"inductor's vector ISA here is {isa or 'none'!r}, not 'avx2'"
+            return
+        try:
+            from torch._inductor.codecache import CppPythonBindingsCodeCache
+
+            self._fn = CppPythonBindingsCodeCache.load_pybinding(_ARGTYPES, SOURCE)
+        except Exception as err:  # noqa: BLE001 - a build failure means: no kernel here
+            self.failed = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+            warnings.warn(
+                f"aimc.random: the AVX2 noise kernel could not be built ({self.failed}); the "
+                "inductor kernel draws the same stream instead (slower on this CPU). Set "
+                "AIMC_RNG_NATIVE=0 to skip the attempt.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    def fill(
+        self,
+        first: Tensor,
+        second: Tensor,
+        key: Tensor,
+        kind: str,
+        var: Tensor | None,
+        half: int,
+    ) -> None:
+        """Words ``0 .. w - 1`` of the stream at ``key`` (``w = first.numel()``, a multiple of
+        64) as :func:`aimc.random._pair_fill` writes them: into the contiguous float32 CPU
+        tensors ``first`` and ``second`` (views into the filled tensor allowed), with ``var``
+        (contiguous float32, ``half + w`` values at least) for ``kind="normal"``."""
+        w = first.numel()
+        if w % 64 or second.numel() != w:
+            raise ValueError(
+                f"aimc._native: {w} and {second.numel()} words; allowed: equal, multiples of 64"
+            )
+        if var is not None and var.numel() < half + w:
+            raise ValueError(f"aimc._native: var has {var.numel()} values; needs {half + w}")
+        mode = _MODES[(kind, var is not None)]
+        if w:
+            self._fn(key, first, second, first if var is None else var, w, half, mode)
