@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -499,11 +500,58 @@ class KeyedStream:
 
     def normal(self, shape: tuple[int, ...] | torch.Size) -> Tensor:
         """Standard normal draws of the given shape (float32)."""
-        return counter_normal(self.next_key(), shape, self.gamma)
+        key = self.next_key()
+        if _native_in_graph(key, shape):
+            return _native_draw(key, math.prod(shape), "normal").view(shape)
+        return counter_normal(key, shape, self.gamma)
 
     def uniform(self, shape: tuple[int, ...] | torch.Size) -> Tensor:
         """``U[0, 1)`` draws of the given shape (float32)."""
-        return counter_uniform(self.next_key(), shape, self.gamma)
+        key = self.next_key()
+        if _native_in_graph(key, shape):
+            return _native_draw(key, math.prod(shape), "uniform").view(shape)
+        return counter_uniform(key, shape, self.gamma)
+
+
+def _native_in_graph(key: Tensor, shape: tuple[int, ...] | torch.Size) -> bool:
+    """Whether a draw of a graph being compiled is :func:`_native_draw` (an opaque op) rather
+    than tensor operations that inductor fuses: on CPU, where the AVX2 kernel runs (decided
+    when the graph is traced), for draws the eager forward would give the kernel."""
+    return (
+        torch.compiler.is_compiling()
+        and key.device.type == "cpu"
+        and os.environ.get("AIMC_RNG_KERNEL", "1") != "0"
+        and os.environ.get("AIMC_RNG_NATIVE", "1") != "0"
+        and _NATIVE.failed is None
+        and _AVX2_CPU
+    )
+
+
+#: Whether ATen dispatches to AVX2 code on this CPU (read once: a constant for traced graphs):
+#: where the AVX2 kernel is meant to run (:meth:`NativeNoiseKernel.usable` checks inductor's
+#: vector ISA when it builds the kernel, at the first eager draw)
+_AVX2_CPU = torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+# the namespace follows the package name (see aimc.mvm's ops)
+@torch.library.custom_op(f"{__package__.replace('.', '_')}::counter_draw", mutates_args=())
+def _native_draw(key: Tensor, numel: int, kind: str) -> Tensor:
+    """``numel`` values of the ``kind`` stream at ``key`` (:func:`counter_normal` or
+    :func:`counter_uniform` of shape ``(numel,)``, to float rounding), drawn by the noise
+    kernel: a compiled graph on an AVX2 CPU draws its noise with the hand-written kernel
+    (about twice as fast there as the noise inductor fuses into its kernels), at the cost of
+    writing the draws once and reading them back."""
+    out = torch.empty(numel, dtype=torch.float32, device=key.device)
+    if numel >= 128:
+        _counter_fill_(out, key, kind)
+    else:
+        out.copy_(_values_at(key, torch.arange(numel), _words(numel), kind))
+    return out
+
+
+@_native_draw.register_fake
+def _(key, numel, kind):
+    return key.new_empty(numel, dtype=torch.float32)
 
 
 class CounterStream:
