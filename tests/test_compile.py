@@ -130,6 +130,23 @@ def test_counter_draws_compile_to_the_same_numbers():
         assert torch.equal(uniform(key, (n,)), counter_uniform(key, (n,))), n
 
 
+def test_keyed_draws_of_a_compiled_graph_are_the_eager_draws():
+    """A compiled graph's draws (on an AVX2 CPU the noise kernel as an op, sizes below its
+    128-value minimum included; elsewhere tensor operations) are the keyed stream's eager
+    draws: uniforms bit for bit, normals to float rounding."""
+
+    def draws(key: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = KeyedStream(key)
+        return s.normal((n,)), s.uniform((n, 1))
+
+    compiled = torch.compile(draws, fullgraph=True, dynamic=False)
+    key = torch.tensor(-31337, dtype=torch.int64)
+    for n in (1, 100, 127, 128, 5000, 70_001):
+        (normal, uniform), (c_normal, c_uniform) = draws(key, n), compiled(key, n)
+        assert torch.allclose(c_normal, normal, rtol=0, atol=2e-6), n
+        assert torch.equal(c_uniform, uniform), n
+
+
 @pytest.mark.parametrize("kernel", [True, False])
 @pytest.mark.parametrize("total_rows, width", [(300, 384), (37, 13), (5, 1), (64, 512)])
 def test_counter_rows_are_the_rows_of_the_whole_draw(kernel, total_rows, width, monkeypatch):
