@@ -155,6 +155,32 @@ _ARGTYPES = ["const int64_t*", "float*", "float*", "const float*", "int64_t", "i
 _MODES = {("normal", False): 0, ("normal", True): 1, ("uniform", False): 2}
 
 
+def _self_check(fn: Any) -> str | None:
+    """What is wrong with the freshly built kernel ``fn``, or None: its three modes on one
+    draw of 1,024 values (512 words) against the stream in tensor operations
+    (:func:`aimc.random.counter_normal` / :func:`aimc.random.counter_uniform`): uniforms bit
+    for bit, normals to float rounding. A compiler or CPU that computes the kernel wrongly
+    then costs speed (the inductor kernel takes over), never a wrong draw."""
+    from . import random as arandom  # aimc.random imports this module
+
+    key = torch.tensor(-0x2545F4914F6CDD1D, dtype=torch.int64)
+    n = 1024
+    half = arandom._words(n)  # 512: the kernel's words are all of the draw's
+    first, second = torch.empty(half), torch.empty(half)
+    var = torch.full((n,), 6.25)
+    checks = (
+        ("normal", 0, first, arandom.counter_normal(key, (n,)), 1e-5),
+        ("normal, var", 1, var, arandom.counter_normal(key, (n,)) * 2.5, 3e-5),
+        ("uniform", 2, first, arandom.counter_uniform(key, (n,)), 0.0),
+    )
+    for name, mode, var_arg, ref, tol in checks:
+        fn(key, first, second, var_arg, half, half, mode)
+        err = float((torch.cat([first, second]) - ref).abs().max())
+        if not err <= tol:  # NaN included
+            return f"{name} draws off the stream by {err:.3g} (allowed {tol:g})"
+    return None
+
+
 def _vec_isa() -> str:
     """Inductor's vector ISA on this CPU (``"avx2"``, ``"avx512"``, ``"asimd"`` ...; ``""``
     where none)."""
@@ -203,16 +229,22 @@ class NativeNoiseKernel:
         try:
             from torch._inductor.codecache import CppPythonBindingsCodeCache
 
-            self._fn = CppPythonBindingsCodeCache.load_pybinding(_ARGTYPES, SOURCE)
+            fn = CppPythonBindingsCodeCache.load_pybinding(_ARGTYPES, SOURCE)
+            mismatch = _self_check(fn)
         except Exception as err:  # noqa: BLE001 - a build failure means: no kernel here
             self.failed = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
-            warnings.warn(
-                f"aimc.random: the AVX2 noise kernel could not be built ({self.failed}); the "
-                "inductor kernel draws the same stream instead (slower on this CPU). Set "
-                "AIMC_RNG_NATIVE=0 to skip the attempt.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+        else:
+            if mismatch is None:
+                self._fn = fn
+                return
+            self.failed = f"its self-check failed: {mismatch}"
+        warnings.warn(
+            f"aimc.random: the AVX2 noise kernel could not be built ({self.failed}); the "
+            "inductor kernel draws the same stream instead (slower on this CPU). Set "
+            "AIMC_RNG_NATIVE=0 to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def fill(
         self,

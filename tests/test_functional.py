@@ -811,6 +811,29 @@ def test_native_kernel_build_failure_warns_once_and_keeps_the_stream(monkeypatch
     assert float((got - _stream("normal", KMIN + 3, 21)).abs().max()) <= 1e-6
 
 
+def test_native_kernel_that_computes_wrongly_is_not_used(monkeypatch):
+    """A kernel whose first draws are off the stream (a compiler or CPU quirk) fails its
+    self-check at build: one warning that says so, and the inductor kernel draws instead."""
+    from torch._inductor import codecache
+
+    from aimc import _native
+
+    def built_wrong(*args, **kwargs):
+        def kernel(key, first, second, var, w, half, mode):
+            first.fill_(0.5)  # uniforms of the wrong value, normals of the wrong law
+            second.fill_(0.5)
+
+        return kernel
+
+    monkeypatch.setattr(_native, "_vec_isa", lambda: "avx2")
+    monkeypatch.setattr(codecache.CppPythonBindingsCodeCache, "load_pybinding", built_wrong)
+    monkeypatch.setattr(arandom, "_NATIVE", _native.NativeNoiseKernel())
+    with pytest.warns(RuntimeWarning, match="self-check failed: normal draws off the stream"):
+        got = draw(arandom.noise_normal_, KMIN, 6)
+    assert arandom._NATIVE._fn is None
+    assert float((got - _stream("normal", KMIN, 6)).abs().max()) <= 1e-6
+
+
 def test_native_kernel_refuses_wrong_sizes():
     from aimc import _native
 
