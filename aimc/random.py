@@ -501,22 +501,22 @@ class KeyedStream:
     def normal(self, shape: tuple[int, ...] | torch.Size) -> Tensor:
         """Standard normal draws of the given shape (float32)."""
         key = self.next_key()
-        if _native_in_graph(key, shape):
+        if _native_in_graph(key):
             return _native_draw(key, math.prod(shape), "normal").view(shape)
         return counter_normal(key, shape, self.gamma)
 
     def uniform(self, shape: tuple[int, ...] | torch.Size) -> Tensor:
         """``U[0, 1)`` draws of the given shape (float32)."""
         key = self.next_key()
-        if _native_in_graph(key, shape):
+        if _native_in_graph(key):
             return _native_draw(key, math.prod(shape), "uniform").view(shape)
         return counter_uniform(key, shape, self.gamma)
 
 
-def _native_in_graph(key: Tensor, shape: tuple[int, ...] | torch.Size) -> bool:
+def _native_in_graph(key: Tensor) -> bool:
     """Whether a draw of a graph being compiled is :func:`_native_draw` (an opaque op) rather
-    than tensor operations that inductor fuses: on CPU, where the AVX2 kernel runs (decided
-    when the graph is traced), for draws the eager forward would give the kernel."""
+    than tensor operations that inductor fuses: on CPU, where the AVX2 kernel is meant to run
+    and not switched off (decided when the graph is traced)."""
     return (
         torch.compiler.is_compiling()
         and key.device.type == "cpu"
