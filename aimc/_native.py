@@ -28,6 +28,7 @@ before.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import warnings
@@ -70,9 +71,15 @@ static inline __m256i aimc_pack32(__m256i a, __m256i b) {
     return _mm256_permutevar8x32_epi32(t, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
 }
 
-extern "C" void kernel(const int64_t* key_ptr, float* first, float* second, const float* var,
-                       const int64_t w, const int64_t half, const int64_t mode) {
-    const uint64_t key = static_cast<uint64_t>(key_ptr[0]);
+// the tensors come as their addresses (int64): no reliance on how a version of inductor's
+// Python bindings converts tensor arguments (torch 2.13 reads them from tensor objects)
+extern "C" void kernel(const int64_t key_addr, const int64_t first_addr,
+                       const int64_t second_addr, const int64_t var_addr, const int64_t w,
+                       const int64_t half, const int64_t mode) {
+    const uint64_t key = static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(key_addr));
+    float* const first = reinterpret_cast<float*>(first_addr);
+    float* const second = reinterpret_cast<float*>(second_addr);
+    const float* const var = reinterpret_cast<const float*>(var_addr);
     const uint64_t gamma = 0x9E3779B97F4A7C15ULL;
     const uint64_t M1 = 0xBF58476D1CE4E5B9ULL, M2 = 0x94D049BB133111EBULL;
     #pragma omp parallel
@@ -151,7 +158,7 @@ extern "C" void kernel(const int64_t* key_ptr, float* first, float* second, cons
 }
 """
 
-_ARGTYPES = ["const int64_t*", "float*", "float*", "const float*", "int64_t", "int64_t", "int64_t"]
+_ARGTYPES = ["int64_t"] * 7
 _MODES = {("normal", False): 0, ("normal", True): 1, ("uniform", False): 2}
 
 
@@ -166,7 +173,7 @@ def _self_check(fn: Any) -> str | None:
     key = torch.tensor(-0x2545F4914F6CDD1D, dtype=torch.int64)
     n = 1024
     half = arandom._words(n)  # 512: the kernel's words are all of the draw's
-    first, second = torch.empty(half), torch.empty(half)
+    first, second = torch.full((half,), math.nan), torch.full((half,), math.nan)
     var = torch.full((n,), 6.25)
     checks = (
         ("normal", 0, first, arandom.counter_normal(key, (n,)), 1e-5),
@@ -174,7 +181,8 @@ def _self_check(fn: Any) -> str | None:
         ("uniform", 2, first, arandom.counter_uniform(key, (n,)), 0.0),
     )
     for name, mode, var_arg, ref, tol in checks:
-        fn(key, first, second, var_arg, half, half, mode)
+        addrs = (t.data_ptr() for t in (key, first, second, var_arg))
+        fn(*addrs, half, half, mode)
         err = float((torch.cat([first, second]) - ref).abs().max())
         if not err <= tol:  # NaN included
             return f"{name} draws off the stream by {err:.3g} (allowed {tol:g})"
@@ -268,4 +276,5 @@ class NativeNoiseKernel:
             raise ValueError(f"aimc._native: var has {var.numel()} values; needs {half + w}")
         mode = _MODES[(kind, var is not None)]
         if w:
-            self._fn(key, first, second, first if var is None else var, w, half, mode)
+            var_addr = (first if var is None else var).data_ptr()
+            self._fn(key.data_ptr(), first.data_ptr(), second.data_ptr(), var_addr, w, half, mode)

@@ -820,8 +820,7 @@ def test_native_kernel_that_computes_wrongly_is_not_used(monkeypatch):
 
     def built_wrong(*args, **kwargs):
         def kernel(key, first, second, var, w, half, mode):
-            first.fill_(0.5)  # uniforms of the wrong value, normals of the wrong law
-            second.fill_(0.5)
+            pass  # writes nothing: the self-check's buffers stay NaN
 
         return kernel
 
