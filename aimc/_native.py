@@ -210,13 +210,16 @@ class NativeNoiseKernel:
         self._fn: Any = None
         self.failed: str | None = None
 
+    def switched_on(self) -> bool:
+        """Neither failed nor switched off by the environment (``AIMC_RNG_KERNEL`` or
+        ``AIMC_RNG_NATIVE`` set to ``"0"``); says nothing about this CPU, builds nothing."""
+        return self.failed is None and all(
+            os.environ.get(env, "1") != "0" for env in ("AIMC_RNG_KERNEL", "AIMC_RNG_NATIVE")
+        )
+
     def usable(self) -> bool:
         """Whether :meth:`fill` would run the kernel (building it first if need be)."""
-        if self.failed is not None or torch.compiler.is_compiling():
-            return False
-        if os.environ.get("AIMC_RNG_KERNEL", "1") == "0":
-            return False
-        if os.environ.get("AIMC_RNG_NATIVE", "1") == "0":
+        if not self.switched_on() or torch.compiler.is_compiling():
             return False
         if self._fn is not None:
             return True

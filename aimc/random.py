@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -520,10 +519,8 @@ def _native_in_graph(key: Tensor) -> bool:
     return (
         torch.compiler.is_compiling()
         and key.device.type == "cpu"
-        and os.environ.get("AIMC_RNG_KERNEL", "1") != "0"
-        and os.environ.get("AIMC_RNG_NATIVE", "1") != "0"
-        and _NATIVE.failed is None
         and _AVX2_CPU
+        and _NATIVE.switched_on()
     )
 
 
@@ -541,11 +538,10 @@ def _native_draw(key: Tensor, numel: int, kind: str) -> Tensor:
     kernel: a compiled graph on an AVX2 CPU draws its noise with the hand-written kernel
     (about twice as fast there as the noise inductor fuses into its kernels), at the cost of
     writing the draws once and reading them back."""
+    if numel < 128:  # fewer values than the kernel's smallest draw: tensor operations
+        return (counter_normal if kind == "normal" else counter_uniform)(key, (numel,))
     out = torch.empty(numel, dtype=torch.float32, device=key.device)
-    if numel >= 128:
-        _counter_fill_(out, key, kind)
-    else:
-        out.copy_(_values_at(key, torch.arange(numel), _words(numel), kind))
+    _counter_fill_(out, key, kind)
     return out
 
 
