@@ -202,8 +202,9 @@ def _input_scale(
     """Noise-management divisor per (group, vector, input tile) and a finite-input mask.
 
     A learned ``input_range`` (HWA) replaces noise management."""
+    # (not aminmax(dim=-1): 12x slower than amax and amin on CPU, torch 2.13, 2048 x 384)
     amax = torch.maximum(xv.amax(dim=-1), xv.amin(dim=-1).neg_())
-    finite = torch.isfinite(amax)
+    finite = amax < math.inf  # amax is >= 0 or NaN: isfinite's answer in one kernel (of 3)
     if input_range is not None:
         return input_range.float().expand_as(amax).clone(), finite
     if io.noise_management == NoiseManagement.ABS_MAX:
@@ -607,15 +608,15 @@ def analog_mvm(
         # every bound-management round (each converted it afresh: a weight-sized tensor)
         w_abs = _scratch(5, tuple(tw.w_abs.shape), tw.w_abs, torch.bfloat16)
         tw = TileWeights(tw.layout, tw.w, tw.scale, w_abs.copy_(tw.w_abs))
-    s_div = torch.where(s > 0, s, torch.ones_like(s)).transpose(1, 2).unsqueeze(-1)
+    s_div = torch.where(s > 0, s, 1.0).transpose(1, 2).unsqueeze(-1)
     torch.mul(xv.transpose(1, 2), s_div.reciprocal(), out=xq)
     xq3 = _dac_(_to_levels_(xq, io), io, in_unit, generator).view(lo.batch, n, lo.rows)
     bm = io.bound_management == BoundManagement.ITERATIVE
     sat = _mvm_adc(xq3, tw, io, generator, z, lo.n_out if bm else None)
     # an all-zero vector (s = 0) gives 0, unless input noise makes it non-zero: AIHWKIT then
     # runs the MVM unscaled (``forwardVector`` short-cuts only without input noise)
-    s_out = s if io.inp_noise <= 0 else torch.where(s > 0, s, torch.ones_like(s))
-    f_gnt = torch.where(finite, s_out * out_unit, torch.full_like(s_out, float("nan")))
+    s_out = s if io.inp_noise <= 0 else torch.where(s > 0, s, 1.0)
+    f_gnt = torch.where(finite, s_out * out_unit, math.nan)
 
     def to_factor(f_gnt: Tensor) -> Tensor:  # (G, N, ti) -> (B, N, to)
         return f_gnt.transpose(1, 2).reshape(lo.batch, n, 1).expand(-1, -1, lo.n_out)

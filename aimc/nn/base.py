@@ -511,7 +511,9 @@ class AnalogLayerMixin(ChipMixin):
         if grad:
             w = w.float()
         if self.out_scale is None:
-            if (
+            # without autograd (eager) the autograd.Function would only add its call overhead
+            eager_no_grad = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            if eager_no_grad or (
                 not grad
                 and (r is None or not r.requires_grad)
                 and (bias is None or not bias.requires_grad)
