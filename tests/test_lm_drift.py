@@ -442,6 +442,71 @@ def test_analog_foundation_forward_is_deterministic_under_a_seed_and_sane():
     assert 0 < err_af < 1.1 * err_bs, (err_af, err_bs)
 
 
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_generate_with_a_kv_cache_on_a_drifted_chip(tmp_path, kind):
+    """``model.generate`` (greedy, KV cache) runs through the analog layers: an ideal chip
+    generates the digital model's tokens; a programmed, drifted ``pcm_inference`` chip
+    generates the same tokens again after ``manual_seed``, and its first step's logits are
+    those of a plain forward on the prompt (the head on the last position only, as generate
+    runs it)."""
+    import transformers as tf
+
+    path = _save_tiny(kind, tmp_path)
+    digital = tf.AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    prompt = torch.tensor([[5, 17, 42, 9, 88, 3]])
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, use_cache=True)
+
+    def analog(cfg_name: str) -> nn.Module:
+        model = tf.AutoModelForCausalLM.from_pretrained(str(path)).eval()
+        cfg = presets.ideal() if cfg_name == "ideal-preset" else resolve_config(cfg_name)
+        return convert(model, cfg, seed=1)
+
+    with torch.inference_mode():
+        ref = digital.generate(prompt, **kw)
+        assert torch.equal(analog("ideal-preset").generate(prompt, **kw), ref)
+
+        chip = analog("pcm_inference")
+        program(chip, seed=2)
+        drift(chip, 86400.0, seed=3)
+        manual_seed(chip, 7)
+        first = chip.generate(prompt, output_scores=True, return_dict_in_generate=True, **kw)
+        manual_seed(chip, 7)
+        again = chip.generate(prompt, **kw)
+        manual_seed(chip, 7)
+        # generate computes the (analog) head on the last position only: so does this forward
+        logits = chip(prompt, logits_to_keep=1).logits[:, -1]
+    assert first.sequences.shape == ref.shape
+    assert torch.equal(first.sequences, again)
+    assert torch.equal(first.scores[0], logits)  # greedy: the scores are the raw logits
+    assert torch.isfinite(logits).all()
+    assert not torch.equal(logits, digital(prompt).logits[:, -1].detach())
+
+
+def test_generate_example_of_the_docs_runs(tmp_path):
+    """docs/lm.md's generation example, as written, on the tiny Llama."""
+    import re
+
+    import transformers as tf
+
+    import aimc
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "lm.md").read_text()
+    block = next(
+        b for b in re.findall(r"```python\n(.*?)```", page, flags=re.S) if "generate(" in b
+    )
+    scope = {
+        "aimc": aimc,
+        "torch": torch,
+        "AutoModelForCausalLM": tf.AutoModelForCausalLM,
+        "path": str(_save_tiny("llama", tmp_path)),
+        "prompt_ids": torch.tensor([[5, 17, 42]]),
+    }
+    exec(compile(block, "docs/lm.md", "exec"), scope)
+    ids = scope["ids"]  # up to 50 new tokens (fewer if the model emits its end token)
+    assert ids.shape[0] == 1 and 3 < ids.shape[1] <= 53
+    assert torch.equal(ids[:, :3], scope["prompt_ids"])
+
+
 # --------------------------------------------------------------------------------------------
 # the default model (slow: a 135M-parameter LM)
 
