@@ -608,14 +608,15 @@ def analog_mvm(
         # every bound-management round (each converted it afresh: a weight-sized tensor)
         w_abs = _scratch(5, tuple(tw.w_abs.shape), tw.w_abs, torch.bfloat16)
         tw = TileWeights(tw.layout, tw.w, tw.scale, w_abs.copy_(tw.w_abs))
-    s_div = torch.where(s > 0, s, 1.0).transpose(1, 2).unsqueeze(-1)
+    s_pos = torch.where(s > 0, s, 1.0)  # an all-zero vector divides by 1
+    s_div = s_pos.transpose(1, 2).unsqueeze(-1)
     torch.mul(xv.transpose(1, 2), s_div.reciprocal(), out=xq)
     xq3 = _dac_(_to_levels_(xq, io), io, in_unit, generator).view(lo.batch, n, lo.rows)
     bm = io.bound_management == BoundManagement.ITERATIVE
     sat = _mvm_adc(xq3, tw, io, generator, z, lo.n_out if bm else None)
     # an all-zero vector (s = 0) gives 0, unless input noise makes it non-zero: AIHWKIT then
     # runs the MVM unscaled (``forwardVector`` short-cuts only without input noise)
-    s_out = s if io.inp_noise <= 0 else torch.where(s > 0, s, 1.0)
+    s_out = s if io.inp_noise <= 0 else s_pos
     f_gnt = torch.where(finite, s_out * out_unit, math.nan)
 
     def to_factor(f_gnt: Tensor) -> Tensor:  # (G, N, ti) -> (B, N, to)
