@@ -656,13 +656,19 @@ def _stream(kind: str, numel: int, seed: int) -> torch.Tensor:
     return counter(key, (numel,))
 
 
+def _require_native() -> None:
+    """Skip the test where the hand-written AVX2 noise kernel does not run."""
+    if not arandom._NATIVE.usable():
+        pytest.skip(f"the AVX2 noise kernel does not run here: {arandom._NATIVE.failed}")
+
+
 def _use_kernel(monkeypatch, kernel: str) -> None:
     """Draw with the inductor kernel (``"inductor"``) or the hand-written AVX2 one
     (``"native"``: skipped where it does not run)."""
     if kernel == "inductor":
         monkeypatch.setenv("AIMC_RNG_NATIVE", "0")
-    elif not arandom._NATIVE.usable():
-        pytest.skip(f"the AVX2 noise kernel does not run here: {arandom._NATIVE.failed}")
+    else:
+        _require_native()
 
 
 KERNELS = pytest.mark.parametrize("kernel", ["inductor", "native"])
@@ -737,8 +743,7 @@ def test_native_kernel_equals_the_inductor_kernel(monkeypatch, kind, numel):
     """The AVX2 kernel computes what the inductor kernel computes, the scaled draws included
     (the same words, the same float operations in the same order: bit for bit on the AVX2
     host; asserted to 1 float32 ulp of the largest value, compilers may order differently)."""
-    if not arandom._NATIVE.usable():
-        pytest.skip(f"the AVX2 noise kernel does not run here: {arandom._NATIVE.failed}")
+    _require_native()
     var = torch.rand(numel, generator=torch.Generator().manual_seed(2)) + 0.1
     fill = {
         "normal": arandom.noise_normal_,
@@ -756,8 +761,7 @@ def test_native_kernel_equals_the_inductor_kernel(monkeypatch, kind, numel):
 
 
 def test_native_kernel_does_not_depend_on_the_thread_count():
-    if not arandom._NATIVE.usable():
-        pytest.skip(f"the AVX2 noise kernel does not run here: {arandom._NATIVE.failed}")
+    _require_native()
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

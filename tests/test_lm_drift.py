@@ -484,16 +484,12 @@ def test_generate_with_a_kv_cache_on_a_drifted_chip(tmp_path, kind):
 
 def test_generate_example_of_the_docs_runs(tmp_path):
     """docs/lm.md's generation example, as written, on the tiny Llama."""
-    import re
-
     import transformers as tf
+    from test_docs_examples import _python_blocks
 
     import aimc
 
-    page = (Path(__file__).resolve().parents[1] / "docs" / "lm.md").read_text()
-    block = next(
-        b for b in re.findall(r"```python\n(.*?)```", page, flags=re.S) if "generate(" in b
-    )
+    block = next(b for b in _python_blocks("lm.md") if "generate(" in b)
     scope = {
         "aimc": aimc,
         "torch": torch,
