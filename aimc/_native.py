@@ -197,13 +197,21 @@ def _vec_isa() -> str:
     return str(cpu_vec_isa.pick_vec_isa())
 
 
-class NativeNoiseKernel:
-    """The hand-written noise kernel (:data:`SOURCE`), built on first use.
+class _NativeKernel:
+    """A hand-written C++ kernel, built on first use by inductor's C++ code cache and checked
+    against the tensor operations it replaces before it is used.
 
-    ``failed`` says why it does not run here: another vector ISA than AVX2, or a failed build
-    (then the caller uses the inductor kernel, the same stream; the build failure is warned
-    once). Switched off with ``AIMC_RNG_NATIVE=0`` (or, with every noise kernel,
-    ``AIMC_RNG_KERNEL=0``)."""
+    ``failed`` says why it does not run here: a vector ISA it is not written for, or a failed
+    build or self-check (then the caller runs the tensor operations; a failure is warned once).
+    Subclasses give the source, the argument types, the ISAs (``None``: any), the environment
+    variables that switch it off (any of them ``"0"``), the self-check and the warning."""
+
+    source: str = ""
+    argtypes: tuple[str, ...] = ()
+    isas: tuple[str, ...] | None = None
+    envs: tuple[str, ...] = ()
+    #: the warning of a failed build, ``{failed}`` replaced by the reason
+    warning: str = ""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -211,14 +219,12 @@ class NativeNoiseKernel:
         self.failed: str | None = None
 
     def switched_on(self) -> bool:
-        """Neither failed nor switched off by the environment (``AIMC_RNG_KERNEL`` or
-        ``AIMC_RNG_NATIVE`` set to ``"0"``); says nothing about this CPU, builds nothing."""
-        return self.failed is None and all(
-            os.environ.get(env, "1") != "0" for env in ("AIMC_RNG_KERNEL", "AIMC_RNG_NATIVE")
-        )
+        """Neither failed nor switched off by the environment; says nothing about this CPU,
+        builds nothing."""
+        return self.failed is None and all(os.environ.get(env, "1") != "0" for env in self.envs)
 
     def usable(self) -> bool:
-        """Whether :meth:`fill` would run the kernel (building it first if need be)."""
+        """Whether a call now would run the kernel (building it first if need be)."""
         if not self.switched_on() or torch.compiler.is_compiling():
             return False
         if self._fn is not None:
@@ -228,20 +234,25 @@ class NativeNoiseKernel:
                 self._build()
         return self._fn is not None
 
+    def self_check(self, fn: Any) -> str | None:
+        """What is wrong with the freshly built kernel ``fn``, or None."""
+        raise NotImplementedError
+
     def _build(self) -> None:
         try:
             isa = _vec_isa()
         except Exception as err:  # noqa: BLE001 - no ISA detection: no kernel
             self.failed = f"vector ISA unknown ({type(err).__name__})"
             return
-        if isa != "avx2":
-            self.failed = f"inductor's vector ISA here is {isa or 'none'!r}, not 'avx2'"
+        if self.isas is not None and isa not in self.isas:
+            wanted = " or ".join(repr(i) for i in self.isas)
+            self.failed = f"inductor's vector ISA here is {isa or 'none'!r}, not {wanted}"
             return
         try:
             from torch._inductor.codecache import CppPythonBindingsCodeCache
 
-            fn = CppPythonBindingsCodeCache.load_pybinding(_ARGTYPES, SOURCE)
-            mismatch = _self_check(fn)
+            fn = CppPythonBindingsCodeCache.load_pybinding(list(self.argtypes), self.source)
+            mismatch = self.self_check(fn)
         except Exception as err:  # noqa: BLE001 - a build failure means: no kernel here
             self.failed = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
         else:
@@ -249,13 +260,28 @@ class NativeNoiseKernel:
                 self._fn = fn
                 return
             self.failed = f"its self-check failed: {mismatch}"
-        warnings.warn(
-            f"aimc.random: the AVX2 noise kernel could not be built ({self.failed}); the "
-            "inductor kernel draws the same stream instead (slower on this CPU). Set "
-            "AIMC_RNG_NATIVE=0 to skip the attempt.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+        warnings.warn(self.warning.format(failed=self.failed), RuntimeWarning, stacklevel=4)
+
+
+class NativeNoiseKernel(_NativeKernel):
+    """The hand-written noise kernel (:data:`SOURCE`), built on first use on AVX2 CPUs.
+
+    Elsewhere, or after a failed build (warned once), the caller uses the inductor kernel, the
+    same stream. Switched off with ``AIMC_RNG_NATIVE=0`` (or, with every noise kernel,
+    ``AIMC_RNG_KERNEL=0``)."""
+
+    source = SOURCE
+    argtypes = tuple(_ARGTYPES)
+    isas = ("avx2",)
+    envs = ("AIMC_RNG_KERNEL", "AIMC_RNG_NATIVE")
+    warning = (
+        "aimc.random: the AVX2 noise kernel could not be built ({failed}); the inductor kernel "
+        "draws the same stream instead (slower on this CPU). Set AIMC_RNG_NATIVE=0 to skip "
+        "the attempt."
+    )
+
+    def self_check(self, fn: Any) -> str | None:
+        return _self_check(fn)
 
     def fill(
         self,
@@ -281,3 +307,238 @@ class NativeNoiseKernel:
         if w:
             var_addr = (first if var is None else var).data_ptr()
             self._fn(key.data_ptr(), first.data_ptr(), second.data_ptr(), var_addr, w, half, mode)
+
+
+#: The C++ source of the DAC kernel: ``kernel(x, xq, x2, amax, g, n, ti, rows, thres, step,
+#: bound, flags)`` reads the contiguous float32 inputs ``x`` as ``(g, n, ti, rows)`` (vector
+#: ``i`` of group ``g``, input tile ``t``: one row of ``rows`` values) and writes, per row,
+#: noise management's ``amax`` (``(g, n, ti)``: ``max(max x, -min x)``, NaN where a value is
+#: NaN) and the DAC levels into ``xq`` laid out ``(g, ti, n, rows)`` — ``x * (1 / s)``, ``s``
+#: the abs-max capped at ``thres`` (flag 1), or ``thres`` itself (flag 16: constant noise
+#: management, a learned input range), and 1 where it is not positive, then divided by
+#: ``step`` (flag 2), rounded half to even (flag 4), clipped to ``[-bound, bound]`` (flag 8) —
+#: and their squares into ``x2`` (same layout) unless its address is 0. Each value goes
+#: through the IEEE operations of the tensor code it replaces (:func:`aimc.mvm.analog_mvm`'s
+#: ``_input_scale``, ``_to_levels_`` and ``_dac_``), in the same order, with PyTorch's vector
+#: class (the instructions of PyTorch's own ``maximum``, ``round`` and ``clamp``).
+DAC_SOURCE = r"""
+#include <torch/csrc/inductor/cpp_prefix.h>
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+using VecF = at::vec::Vectorized<float>;
+
+// the larger of a and b, NaN if either is NaN (torch.maximum / amax)
+static inline float aimc_nan_max(float a, float b) {
+    if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<float>::quiet_NaN();
+    return std::max(a, b);
+}
+
+static inline float aimc_nan_min(float a, float b) {
+    if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<float>::quiet_NaN();
+    return std::min(a, b);
+}
+
+extern "C" void kernel(const int64_t x_addr, const int64_t xq_addr, const int64_t x2_addr,
+                       const int64_t amax_addr, const int64_t g, const int64_t n,
+                       const int64_t ti, const int64_t rows, const float thres,
+                       const float step, const float bound, const int64_t flags) {
+    const float* const x = reinterpret_cast<const float*>(x_addr);
+    float* const xq = reinterpret_cast<float*>(xq_addr);
+    float* const x2 = reinterpret_cast<float*>(x2_addr);
+    float* const amax = reinterpret_cast<float*>(amax_addr);
+    const bool capped = flags & 1, divide = flags & 2, round = flags & 4, clip = flags & 8;
+    const bool fixed = flags & 16;
+    constexpr int64_t V = VecF::size();
+    const int64_t total = g * n * ti;
+    #pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < total; ++row) {
+        const int64_t gi = row / (n * ti), ni = (row / ti) % n, t = row % ti;
+        const float* const src = x + row * rows;
+        const int64_t dst = ((gi * ti + t) * n + ni) * rows;
+        // noise management: the row's largest and smallest value (NaN propagates)
+        VecF vmax(-std::numeric_limits<float>::infinity());
+        VecF vmin(std::numeric_limits<float>::infinity());
+        int64_t i = 0;
+        for (; i + V <= rows; i += V) {
+            const VecF v = VecF::loadu(src + i);
+            vmax = at::vec::maximum(vmax, v);
+            vmin = at::vec::minimum(vmin, v);
+        }
+        float lanes_max[V], lanes_min[V];
+        vmax.store(lanes_max);
+        vmin.store(lanes_min);
+        float hi = lanes_max[0], lo = lanes_min[0];
+        for (int64_t l = 1; l < V; ++l) {
+            hi = aimc_nan_max(hi, lanes_max[l]);
+            lo = aimc_nan_min(lo, lanes_min[l]);
+        }
+        for (; i < rows; ++i) {
+            hi = aimc_nan_max(hi, src[i]);
+            lo = aimc_nan_min(lo, src[i]);
+        }
+        const float a = aimc_nan_max(hi, -lo);
+        amax[row] = a;
+        const float s = fixed ? thres : (capped && !std::isnan(a)) ? std::min(a, thres) : a;
+        const float r = 1.0f / (s > 0.0f ? s : 1.0f);
+        const VecF vr(r), vstep(step), vlo(-bound), vhi(bound);
+        for (i = 0; i < rows; i += V) {
+            const int64_t c = std::min(V, rows - i);
+            VecF v = (c == V ? VecF::loadu(src + i) : VecF::loadu(src + i, c)) * vr;
+            if (divide) v = v / vstep;
+            if (round) v = v.round();
+            if (clip) v = at::vec::clamp(v, vlo, vhi);
+            if (c == V) {
+                v.store(xq + dst + i);
+                if (x2 != nullptr) (v * v).store(x2 + dst + i);
+            } else {
+                v.store(xq + dst + i, c);
+                if (x2 != nullptr) (v * v).store(x2 + dst + i, c);
+            }
+        }
+    }
+}
+"""
+
+
+class NativeDacKernel(_NativeKernel):
+    """Noise management and the DAC of an eager CPU forward in one pass over the inputs
+    (:data:`DAC_SOURCE`), where the tensor code makes seven (the rows' maximum and minimum,
+    the scaling, the division by the step, rounding, the clip, and the squares of ``pcm_read``
+    weight noise). The same values bit for bit (checked at build on rows with zeros, NaN,
+    infinities, ties at half a step and a capped scale; where the check fails the tensor code
+    runs, warned once). Switched off with ``AIMC_DAC_NATIVE=0`` or ``AIMC_FUSED_KERNELS=0``."""
+
+    source = DAC_SOURCE
+    argtypes = ("int64_t",) * 8 + ("float",) * 3 + ("int64_t",)
+    envs = ("AIMC_FUSED_KERNELS", "AIMC_DAC_NATIVE")
+    warning = (
+        "aimc: the fused DAC kernel could not be built ({failed}); noise management and the "
+        "DAC run as tensor operations instead (the same values, slower). Set "
+        "AIMC_DAC_NATIVE=0 to skip the attempt."
+    )
+
+    def levels(
+        self,
+        x: Tensor,
+        xq: Tensor,
+        x2: Tensor | None,
+        amax: Tensor,
+        tiles: int,
+        thres: float,
+        step: float,
+        bound: float,
+        round_: bool,
+        fixed: bool = False,
+    ) -> None:
+        """Fill ``amax`` ``(G, N, ti)``, ``xq`` ``(G, ti, N, rows)`` and ``x2`` (its layout, or
+        None) from ``x`` ``(G, N, ti * rows)``, all contiguous float32 CPU tensors (checked).
+        ``thres``: the cap on the abs-max (``<= 0``: none), or with ``fixed`` the scale of
+        every vector; ``step <= 0``: no division; ``bound <= 0``: no clip."""
+        g, n, k = x.shape
+        rows = k // tiles if tiles > 0 else 0
+        shapes = ((x, (g, n, k)), (xq, (g, tiles, n, rows)), (amax, (g, n, tiles)))
+        if x2 is not None:
+            shapes += ((x2, (g, tiles, n, rows)),)
+        for t, shape in shapes:
+            if (
+                tuple(t.shape) != shape
+                or t.dtype != torch.float32
+                or t.device.type != "cpu"
+                or not t.is_contiguous()
+            ):
+                raise ValueError(
+                    f"aimc._native: DAC kernel got {tuple(t.shape)} {t.dtype} on {t.device} "
+                    f"(contiguous: {t.is_contiguous()}); expected contiguous float32 CPU {shape}"
+                )
+        if rows * tiles != k:
+            raise ValueError(f"aimc._native: {k} inputs do not split into {tiles} tiles")
+        flags = (thres > 0) | (step > 0) << 1 | round_ << 2 | (bound > 0) << 3 | fixed << 4
+        self._fn(
+            x.data_ptr(),
+            xq.data_ptr(),
+            0 if x2 is None else x2.data_ptr(),
+            amax.data_ptr(),
+            g,
+            n,
+            tiles,
+            rows,
+            thres,
+            step,
+            bound,
+            int(flags),
+        )
+
+    def self_check(self, fn: Any) -> str | None:
+        """The kernel against the tensor operations on rows chosen to hit every branch."""
+        self._fn = fn
+        try:
+            for case in _dac_cases():
+                mismatch = _dac_mismatch(self, *case)
+                if mismatch is not None:
+                    return mismatch
+        finally:
+            self._fn = None
+        return None
+
+
+def dac_reference(
+    x: Tensor,
+    tiles: int,
+    thres: float,
+    step: float,
+    bound: float,
+    round_: bool,
+    fixed: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(amax, xq, x2)`` as the tensor code of :func:`aimc.mvm.analog_mvm` computes them
+    (what :meth:`NativeDacKernel.levels` must equal)."""
+    g, n, k = x.shape
+    xv = x.view(g, n, tiles, k // tiles)
+    amax = torch.maximum(xv.amax(dim=-1), xv.amin(dim=-1).neg_())
+    s = amax.clamp(max=thres) if thres > 0 and not fixed else amax
+    if fixed:
+        s = torch.full_like(amax, thres)
+    s_div = torch.where(s > 0, s, 1.0).transpose(1, 2).unsqueeze(-1)
+    xq = torch.mul(xv.transpose(1, 2), s_div.reciprocal())
+    if step > 0:
+        xq.div_(step)
+    if round_:
+        xq.round_()
+    if bound > 0:
+        xq.clamp_(-bound, bound)
+    return amax, xq, xq * xq
+
+
+def _dac_cases() -> list[tuple]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 3 * 37, generator=gen) * 3
+    x[0, 0, :37] = 0.0  # an all-zero row: divided by 1
+    x[0, 1, 5] = math.nan
+    x[0, 2, 40] = math.inf
+    x[1, 3, 80] = -math.inf
+    x[1, 4, 74:111] = torch.linspace(-1.0, 1.0, 37)  # abs-max 1: levels at exact half steps
+    x[1, 5, :37] = torch.arange(37) * 0.5 - 9.0
+    return [
+        (x, 3, 0.0, 2.0 / 254.0, 127.0, True),  # 8-bit DAC, abs-max
+        (x, 3, 2.5, 1.0 / 64.0, 64.0, True),  # capped abs-max (nm_thres), 7-bit
+        (x, 3, 0.0, 0.0, 0.0, False),  # no quantization, no clip
+        (x, 3, 0.0, 2.0 / 254.0, 0.0, False),  # unrounded levels: the division's last bit
+        (torch.randn(1, 5, 2 * 64, generator=gen), 2, 0.0, 2.0 / 7.0, 3.5, True),
+        (x, 3, 1.7, 2.0 / 254.0, 127.0, True, True),  # a fixed scale (input range)
+        (x, 3, -1.0, 2.0 / 254.0, 127.0, True, True),  # not positive: 1
+    ]
+
+
+def _dac_mismatch(kernel: NativeDacKernel, x: Tensor, tiles: int, *args: Any) -> str | None:
+    g, n, k = x.shape
+    amax = torch.full((g, n, tiles), 7.0)
+    xq = torch.full((g, tiles, n, k // tiles), 7.0)
+    x2 = torch.full_like(xq, 7.0)
+    kernel.levels(x, xq, x2, amax, tiles, *args)
+    ref = dac_reference(x, tiles, *args)
+    for name, got, want in zip(("amax", "levels", "squares"), (amax, xq, x2), ref, strict=True):
+        if not torch.equal(got.nan_to_num(1e30), want.nan_to_num(1e30)):
+            return f"{name} differ (scale, step, bound, round, fixed: {args})"
+    return None

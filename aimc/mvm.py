@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from . import _workspace
+from ._native import NativeDacKernel
 from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType, io_config_by_key
 from .functional import TileLayout, stochastic_round
 from .random import CounterStream, KeyedStream, RowStream, TensorStream, noise_normal_
@@ -203,17 +204,27 @@ def _input_scale(
 
     A learned ``input_range`` (HWA) replaces noise management."""
     # (not aminmax(dim=-1): 12x slower than amax and amin on CPU, torch 2.13, 2048 x 384)
-    amax = torch.maximum(xv.amax(dim=-1), xv.amin(dim=-1).neg_())
+    return _scale_of(torch.maximum(xv.amax(dim=-1), xv.amin(dim=-1).neg_()), io, input_range)
+
+
+def _scale_of(
+    amax: Tensor, io: IOConfig, input_range: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """:func:`_input_scale` from the inputs' abs-max per (group, vector, input tile)."""
     finite = amax < math.inf  # amax is >= 0 or NaN: isfinite's answer in one kernel (of 3)
     if input_range is not None:
         return input_range.float().expand_as(amax).clone(), finite
     if io.noise_management == NoiseManagement.ABS_MAX:
         # AIHWKIT: a positive nm_thres caps the abs-max scale
         return (amax.clamp(max=io.nm_thres) if io.nm_thres > 0 else amax), finite
-    # constant: nm_thres, or 1 where nm_thres is 0 (AIHWKIT's computeNoiseManagement)
+    return torch.full_like(amax, _constant_scale(io)), finite
+
+
+def _constant_scale(io: IOConfig) -> float:
+    """The scale of constant (or no) noise management: ``nm_thres``, or 1 where it is 0
+    (AIHWKIT's ``computeNoiseManagement``) or noise management is off."""
     value = io.nm_thres if io.noise_management == NoiseManagement.CONSTANT else 1.0
-    value = value if value > 0 else 1.0
-    return torch.full_like(amax, value), finite
+    return value if value > 0 else 1.0
 
 
 def _traced_constant(fn: Callable[..., float], *args: float) -> float:
@@ -260,6 +271,48 @@ def _to_levels_(xq: Tensor, io: IOConfig) -> Tensor:
     # PyTorch's CUDA kernel divides by a CPU scalar as a product with its reciprocal ("may lose
     # one bit", BinaryDivTrueKernel.cu); a divisor on the device is divided by
     return xq.div_(xq.new_full((), step))
+
+
+#: Noise management and the DAC as one hand-written kernel (eager CPU forwards).
+_DAC = NativeDacKernel()
+
+
+def _fused_dac(x: Tensor, io: IOConfig, input_range: Tensor | None) -> bool:
+    """Whether :data:`_DAC` computes this forward's noise management and DAC: an eager
+    float32 CPU forward (contiguous inputs) with a deterministic, noiseless DAC (stochastic
+    rounding and input noise draw from the generator: tensor code) and one input range per
+    layer if any."""
+    return (
+        not io.inp_sto_round
+        and (input_range is None or input_range.numel() == 1)
+        and io.inp_noise <= 0
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not _compiling()
+        and x.is_contiguous()
+        and _DAC.usable()
+    )
+
+
+def _squares_needed(io: IOConfig) -> bool:
+    """Whether the eager MVM needs the float32 squares of the levels (``pcm_read``)."""
+    return io.w_noise > 0 and io.w_noise_type == WeightNoiseType.PCM_READ and not io.w_noise_bf16
+
+
+def _dac_args(
+    io: IOConfig, in_unit: float, input_range: Tensor | None
+) -> tuple[float, float, float, bool, bool]:
+    """``(scale, step, bound, round, fixed)`` of :meth:`NativeDacKernel.levels`: the scale as
+    :func:`_scale_of` sets it, and the constants that :func:`_to_levels_` and :func:`_dac_`
+    use (``<= 0``: that step left out)."""
+    if input_range is not None:
+        scale, fixed = float(input_range.detach().float()), True  # one range per layer
+    elif io.noise_management == NoiseManagement.ABS_MAX:
+        scale, fixed = io.nm_thres, False
+    else:
+        scale, fixed = _constant_scale(io), True
+    bound = io.inp_bound / in_unit if io.inp_bound > 0 else 0.0
+    return scale, _dac_step(io), bound, io.inp_step > 0, fixed
 
 
 def _dac_(xq: Tensor, io: IOConfig, in_unit: float, gen: Rng) -> Tensor:
@@ -351,11 +404,13 @@ def _mvm_adc(
     gen: Rng,
     z: Tensor,
     n_out: int | None = None,
+    x2: Tensor | None = None,
 ) -> Tensor | None:
     """``z = ADC(W x' + weight noise + output noise)`` in ADC steps, in place; ``xq`` is
     ``(B, N, ci)``. With ``n_out`` (the number of output tiles in ``z``'s last dimension) returns
     the ``(B, N, n_out)`` mask of the tiles whose output saturated (:func:`_saturated`, tested
-    before the clip), or None if none did."""
+    before the clip), or None if none did. ``x2``: ``xq``'s squares (float32) if the fused DAC
+    kernel already wrote them (eager ``pcm_read``)."""
     in_unit, out_unit = units(io)
     w_t = tw.w.transpose(1, 2)
     kind = io.w_noise_type if io.w_noise > 0 else WeightNoiseType.NONE
@@ -382,8 +437,9 @@ def _mvm_adc(
                     offset = (io.out_noise / out_unit) ** 2
                     # scratch buffers: no fresh multi-MB tensors (glibc maps those above 32 MiB
                     # afresh on every call, each 4 KiB page faulting on first touch)
-                    x2 = _scratch(2, tuple(xq.shape), xq, dtype)
-                    torch.mul(xq, xq, out=x2)  # bfloat16: the float32 square, rounded once
+                    if x2 is None:
+                        x2 = _scratch(2, tuple(xq.shape), xq, dtype)
+                        torch.mul(xq, xq, out=x2)  # bfloat16: the float32 square, rounded once
                     var = _scratch(3, tuple(z.shape), z, dtype).fill_(offset)
                     var = _bmm_(var, x2, w2, beta=1.0, alpha=gain / out_unit**2)
                     var_steps = (
@@ -602,18 +658,30 @@ def analog_mvm(
         _bmm_(z, xq.view(lo.batch, n, lo.rows), tw.w.transpose(1, 2))
         return finish(None)
     in_unit, out_unit = units(io)
-    s, finite = _input_scale(xv, io, input_range)  # (G, N, ti)
-    if io.w_noise_bf16 and tw.w_abs is not None and isinstance(generator, torch.Generator):
+    eager = isinstance(generator, torch.Generator)
+    if io.w_noise_bf16 and tw.w_abs is not None and eager:
         # eager: |W| in bfloat16 once per forward, in a reused buffer, for the first pass and
         # every bound-management round (each converted it afresh: a weight-sized tensor)
         w_abs = _scratch(5, tuple(tw.w_abs.shape), tw.w_abs, torch.bfloat16)
         tw = TileWeights(tw.layout, tw.w, tw.scale, w_abs.copy_(tw.w_abs))
+    fused = _fused_dac(x, io, input_range)
+    # the squared levels of pcm_read (eager), where the fused kernel writes them
+    x2 = _scratch(2, (lo.batch, n, lo.rows), x) if fused and eager and _squares_needed(io) else None
+    if fused:  # noise management, the DAC and the squares in one pass over the inputs
+        amax = x.new_empty(g, n, lo.n_in)
+        x2_t = None if x2 is None else x2.view(xq.shape)
+        _DAC.levels(x, xq, x2_t, amax, lo.n_in, *_dac_args(io, in_unit, input_range))
+        s, finite = _scale_of(amax, io, input_range)
+    else:
+        s, finite = _input_scale(xv, io, input_range)  # (G, N, ti)
     s_pos = torch.where(s > 0, s, 1.0)  # an all-zero vector divides by 1
     s_div = s_pos.transpose(1, 2).unsqueeze(-1)
-    torch.mul(xv.transpose(1, 2), s_div.reciprocal(), out=xq)
-    xq3 = _dac_(_to_levels_(xq, io), io, in_unit, generator).view(lo.batch, n, lo.rows)
+    if not fused:
+        torch.mul(xv.transpose(1, 2), s_div.reciprocal(), out=xq)
+        _dac_(_to_levels_(xq, io), io, in_unit, generator)
+    xq3 = xq.view(lo.batch, n, lo.rows)
     bm = io.bound_management == BoundManagement.ITERATIVE
-    sat = _mvm_adc(xq3, tw, io, generator, z, lo.n_out if bm else None)
+    sat = _mvm_adc(xq3, tw, io, generator, z, lo.n_out if bm else None, x2)
     # an all-zero vector (s = 0) gives 0, unless input noise makes it non-zero: AIHWKIT then
     # runs the MVM unscaled (``forwardVector`` short-cuts only without input noise)
     s_out = s if io.inp_noise <= 0 else s_pos

@@ -1,0 +1,310 @@
+"""The fused DAC kernel (:class:`aimc._native.NativeDacKernel`): noise management, the DAC and
+the squares of ``pcm_read`` weight noise in one pass over an eager CPU forward's inputs.
+
+It replaces tensor code value for value, so every check here is an equality: the kernel's
+output against :func:`aimc._native.dac_reference` (the tensor code), and whole analog forwards
+with the kernel against the same forwards with it switched off (``AIMC_DAC_NATIVE=0``), on the
+same seeds. Tests that need the kernel skip where it cannot be built (no C++ compiler).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import aimc
+from aimc import _native, mvm
+from aimc.config import IOConfig
+from aimc.nn import AnalogConv2d, AnalogLinear
+
+
+def _require_kernel() -> None:
+    if not mvm._DAC.usable():
+        pytest.skip(f"the fused DAC kernel does not run here: {mvm._DAC.failed}")
+
+
+def _nan_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, NaN where the other is NaN (``-0.0 == 0.0``, as ``torch.equal`` has it)."""
+    return bool(torch.equal(a.isnan(), b.isnan())) and torch.equal(a.nan_to_num(0), b.nan_to_num(0))
+
+
+def _run_kernel(x: torch.Tensor, tiles: int, *args) -> tuple[torch.Tensor, ...]:
+    g, n, k = x.shape
+    amax = torch.full((g, n, tiles), 7.0)
+    xq = torch.full((g, tiles, n, k // tiles), 7.0)
+    x2 = torch.full_like(xq, 7.0)
+    mvm._DAC.levels(x, xq, x2, amax, tiles, *args)
+    return amax, xq, x2
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    g=st.integers(1, 2),
+    n=st.integers(1, 9),
+    tiles=st.integers(1, 3),
+    rows=st.integers(1, 70),
+    bits=st.sampled_from([0, 3, 7, 8]),
+    thres=st.sampled_from([0.0, 0.5, 3.0]),
+    bound=st.sampled_from([0.0, 1.0]),
+    fixed=st.booleans(),
+    specials=st.integers(0, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_kernel_equals_the_tensor_code(
+    g, n, tiles, rows, bits, thres, bound, fixed, specials, seed
+):
+    """Any shape (row lengths off the vector width: the tails), DAC resolution (none, odd and
+    even step counts), abs-max cap or a fixed scale, clip or none, with zeros, NaN and
+    infinities in some rows."""
+    _require_kernel()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(g, n, tiles * rows, generator=gen) * torch.rand(g, n, 1, generator=gen) * 4
+    x.view(-1)[torch.randint(x.numel(), (specials,), generator=gen)] = torch.tensor(
+        [0.0, math.nan, math.inf, -math.inf, -0.0]
+    )[:specials]
+    if n > 1:
+        x[0, 1] = 0.0  # a whole vector of zeros: divided by 1
+    step = 2.0 / (2**bits - 2) if bits else 0.0
+    clip = 1.0 / step * bound if step else bound
+    args = (tiles, thres, step, clip, bits > 0, fixed)
+    got = _run_kernel(x, *args)
+    for name, a, b in zip(
+        ("amax", "levels", "squares"), got, _native.dac_reference(x, *args), strict=True
+    ):
+        assert _nan_equal(a, b), name
+
+
+def test_kernel_rounds_half_steps_to_even():
+    """Inputs at exact half steps (abs-max 1, 8 steps): rounded to even, as ``round_`` does,
+    and as AIHWKIT's ``rint`` does."""
+    _require_kernel()
+    x = torch.tensor([[[1.0, 0.0625, 0.1875, -0.3125, 0.4375]]])
+    _, xq, _ = _run_kernel(x, 1, 0.0, 0.125, 8.0, True)  # x / 0.125: 8, 0.5, 1.5, -2.5, 3.5
+    assert xq.flatten().tolist() == [8.0, 0.0, 2.0, -2.0, 4.0]
+
+
+def test_kernel_does_not_depend_on_the_thread_count():
+    _require_kernel()
+    x = torch.randn(1, 999, 2 * 384, generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _run_kernel(x, 2, 0.0, 2.0 / 254, 127.0, True)
+        torch.set_num_threads(3)
+        three = _run_kernel(x, 2, 0.0, 2.0 / 254, 127.0, True)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, three, strict=True))
+
+
+def test_kernel_refuses_wrong_buffers():
+    _require_kernel()
+    x = torch.zeros(1, 4, 8)
+    amax, xq = torch.empty(1, 4, 2), torch.empty(1, 2, 4, 4)
+    with pytest.raises(ValueError, match=r"expected contiguous float32 CPU \(1, 2, 4, 4\)"):
+        mvm._DAC.levels(x, torch.empty(1, 4, 2, 4), None, amax, 2, 0.0, 0.1, 1.0, True)
+    with pytest.raises(ValueError, match="contiguous: False"):
+        mvm._DAC.levels(
+            torch.zeros(1, 8, 4).transpose(1, 2), xq, None, amax, 2, 0.0, 0.1, 1.0, True
+        )
+    with pytest.raises(ValueError, match="torch.float64"):
+        mvm._DAC.levels(x.double(), xq, None, amax, 2, 0.0, 0.1, 1.0, True)
+    with pytest.raises(ValueError, match="9 inputs do not split into 2 tiles"):
+        mvm._DAC.levels(torch.zeros(1, 4, 9), xq, None, amax, 2, 0.0, 0.1, 1.0, True)
+
+
+def _chip(digital: torch.nn.Module, cfg: aimc.AnalogConfig) -> torch.nn.Module:
+    """``digital`` converted with ``cfg``, programmed and drifted to 1 h (eval forwards of PCM
+    layers need a programmed chip)."""
+    layer = (AnalogConv2d if isinstance(digital, torch.nn.Conv2d) else AnalogLinear).from_digital(
+        digital, cfg
+    )
+    aimc.program(layer, seed=0)
+    aimc.drift(layer, 3600.0, seed=0)
+    return layer
+
+
+def _forward_pair(monkeypatch, layer: torch.nn.Module, x: torch.Tensor, train: bool = False):
+    """``layer(x)`` with the fused kernel and with the tensor code, from the same seed; and how
+    many times the kernel ran in the first."""
+    calls = []
+    real = mvm._DAC.levels
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mvm._DAC, "levels", spy)
+    outs = []
+    for env in ("1", "0"):
+        monkeypatch.setenv("AIMC_DAC_NATIVE", env)
+        aimc.manual_seed(layer, 5)
+        layer.train(train)
+        with torch.set_grad_enabled(train):
+            outs.append(layer(x).detach())
+        if env == "1":
+            ran = len(calls)
+    return outs[0], outs[1], ran
+
+
+PRESETS = {
+    "pcm_inference": aimc.presets.pcm_inference(),
+    "bert_squad": aimc.presets.bert_squad(0.0175),
+    "standard_hwa": aimc.presets.standard_hwa(),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("shape", [(768, 300), (100, 70), (1030, 64)])
+def test_forward_is_the_same_with_the_kernel(monkeypatch, preset, shape):
+    """Programmed and drifted layers of each preset (uneven input tiles, saturating inputs that
+    start bound management, a zero vector, NaN and infinity): the same outputs, bit for bit,
+    with and without the kernel, which ran once per forward."""
+    _require_kernel()
+    n_in, n_out = shape
+    torch.manual_seed(0)
+    layer = _chip(torch.nn.Linear(n_in, n_out), PRESETS[preset])
+    x = torch.randn(3, 17, n_in)
+    x[0, 0] = 0.0
+    x[1, 1, 3] = math.nan
+    x[2, 2, 5] = math.inf
+    x[2, 3] = 1.0  # all-equal inputs: large sums, the ADC saturates
+    got, ref, ran = _forward_pair(monkeypatch, layer, x)
+    assert ran == 1
+    assert _nan_equal(got, ref)
+
+
+def test_learned_output_scales_training_forward_is_the_same(monkeypatch):
+    """``bert_squad``'s training forward (learned output scales, the compact tile outputs)."""
+    _require_kernel()
+    torch.manual_seed(1)
+    layer = AnalogLinear.from_digital(torch.nn.Linear(600, 40), PRESETS["bert_squad"])
+    x = torch.randn(8, 600, requires_grad=True)
+    got, ref, ran = _forward_pair(monkeypatch, layer, x, train=True)
+    assert ran >= 1
+    assert torch.equal(got, ref)
+
+
+def test_conv_forward_is_the_same(monkeypatch):
+    _require_kernel()
+    torch.manual_seed(2)
+    conv = _chip(torch.nn.Conv2d(3, 8, 3), PRESETS["pcm_inference"])
+    got, ref, ran = _forward_pair(monkeypatch, conv, torch.randn(2, 3, 9, 9))
+    assert ran == 1
+    assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize(
+    "io",
+    [IOConfig(inp_sto_round=True), IOConfig(inp_noise=0.01)],
+    ids=["sto_round", "inp_noise"],
+)
+def test_kernel_is_not_used_where_the_dac_draws(monkeypatch, io):
+    """Stochastic rounding and input noise draw from the layer's generator: tensor code."""
+    _require_kernel()
+    torch.manual_seed(3)
+    cfg = aimc.presets.pcm_inference().replace(io=io)
+    layer = _chip(torch.nn.Linear(64, 16), cfg)
+    got, ref, ran = _forward_pair(monkeypatch, layer, torch.randn(5, 64))
+    assert ran == 0
+    assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize(
+    "nm",
+    [
+        {"nm_thres": 0.5},  # abs-max capped at nm_thres (AIHWKIT)
+        {"noise_management": "constant", "nm_thres": 2.0},
+        {"noise_management": "constant", "nm_thres": 0.0},  # 1
+        {"noise_management": "none"},
+    ],
+    ids=["capped_abs_max", "constant", "constant_0", "none"],
+)
+def test_other_noise_managements_use_the_kernel(monkeypatch, nm):
+    _require_kernel()
+    torch.manual_seed(4)
+    cfg = aimc.presets.pcm_inference()
+    cfg = cfg.replace(io=cfg.io.replace(**nm))
+    layer = _chip(torch.nn.Linear(64, 16), cfg)
+    got, ref, ran = _forward_pair(monkeypatch, layer, torch.randn(5, 64) * 3)
+    assert ran == 1
+    assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_learned_input_range_uses_the_kernel(monkeypatch, train):
+    """``analog_foundation`` (a static input range per layer; its training forward too)."""
+    _require_kernel()
+    torch.manual_seed(6)
+    layer = _chip(torch.nn.Linear(600, 32), aimc.presets.analog_foundation(0.0175))
+    with torch.no_grad():
+        layer.input_range.fill_(1.5)
+    layer.input_range_batches.fill_(10**6)  # no data estimate: the range stays 1.5
+    got, ref, ran = _forward_pair(monkeypatch, layer, torch.randn(7, 600), train=train)
+    assert ran >= 1
+    assert torch.equal(got, ref)
+
+
+def test_build_failure_warns_once_and_keeps_the_values(monkeypatch):
+    from torch._inductor import codecache
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CppCompileError: something the compiler said")
+
+    torch.manual_seed(5)
+    layer = _chip(torch.nn.Linear(64, 16), PRESETS["pcm_inference"])
+    monkeypatch.setattr(codecache.CppPythonBindingsCodeCache, "load_pybinding", broken)
+    monkeypatch.setattr(mvm, "_DAC", _native.NativeDacKernel())
+    x = torch.randn(5, 64)
+    with pytest.warns(RuntimeWarning, match="fused DAC kernel could not be built.*CppCompile"):
+        aimc.manual_seed(layer, 1)
+        got = layer(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        aimc.manual_seed(layer, 1)
+        again = layer(x)
+    monkeypatch.setenv("AIMC_DAC_NATIVE", "0")
+    aimc.manual_seed(layer, 1)
+    assert torch.equal(got, again) and torch.equal(got, layer(x))
+
+
+def test_kernel_that_computes_wrongly_is_not_used(monkeypatch):
+    """A kernel that builds but computes wrongly (a compiler or CPU quirk) fails its
+    self-check: one warning, and the tensor code runs."""
+    from torch._inductor import codecache
+
+    def built_wrong(*args, **kwargs):
+        def kernel(x, xq, x2, amax, g, n, ti, rows, thres, step, bound, flags):
+            pass  # writes nothing: the check's buffers keep their 7.0
+
+        return kernel
+
+    monkeypatch.setattr(codecache.CppPythonBindingsCodeCache, "load_pybinding", built_wrong)
+    k = _native.NativeDacKernel()
+    with pytest.warns(RuntimeWarning, match="self-check failed: amax differ"):
+        assert not k.usable()
+    assert k._fn is None
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    for env in ("AIMC_DAC_NATIVE", "AIMC_FUSED_KERNELS"):
+        monkeypatch.setenv(env, "0")
+        assert not _native.NativeDacKernel().usable()
+        monkeypatch.delenv(env)
+
+
+def test_kernel_passes_its_self_check_where_it_builds():
+    """A kernel that builds but fails its self-check would only cost speed in use (the tensor
+    code runs); here it fails the suite, so that it is seen. No C++ compiler: skipped."""
+    k = _native.NativeDacKernel()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        k.usable()
+    if k.failed is not None and "self-check" not in k.failed:
+        pytest.skip(f"the kernel does not build here: {k.failed}")
+    assert k.failed is None
