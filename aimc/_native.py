@@ -238,6 +238,10 @@ class _NativeKernel:
         """What is wrong with the freshly built kernel ``fn``, or None."""
         raise NotImplementedError
 
+    def variants(self) -> tuple[str, ...]:
+        """The sources to try in turn: the first that builds and passes the self-check runs."""
+        return (self.source,)
+
     def _build(self) -> None:
         try:
             isa = _vec_isa()
@@ -251,15 +255,18 @@ class _NativeKernel:
         try:
             from torch._inductor.codecache import CppPythonBindingsCodeCache
 
-            fn = CppPythonBindingsCodeCache.load_pybinding(list(self.argtypes), self.source)
-            mismatch = self.self_check(fn)
+            mismatches = []
+            for source in self.variants():
+                fn = CppPythonBindingsCodeCache.load_pybinding(list(self.argtypes), source)
+                mismatch = self.self_check(fn)
+                if mismatch is None:
+                    self._fn = fn
+                    return
+                mismatches.append(mismatch)
         except Exception as err:  # noqa: BLE001 - a build failure means: no kernel here
             self.failed = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
         else:
-            if mismatch is None:
-                self._fn = fn
-                return
-            self.failed = f"its self-check failed: {mismatch}"
+            self.failed = f"its self-check failed: {'; '.join(mismatches)}"
         warnings.warn(self.warning.format(failed=self.failed), RuntimeWarning, stacklevel=4)
 
 
@@ -438,20 +445,10 @@ class NativeDacKernel(_NativeKernel):
         every vector; ``step <= 0``: no division; ``bound <= 0``: no clip."""
         g, n, k = x.shape
         rows = k // tiles if tiles > 0 else 0
-        shapes = ((x, (g, n, k)), (xq, (g, tiles, n, rows)), (amax, (g, n, tiles)))
+        shapes = [(x, (g, n, k)), (xq, (g, tiles, n, rows)), (amax, (g, n, tiles))]
         if x2 is not None:
-            shapes += ((x2, (g, tiles, n, rows)),)
-        for t, shape in shapes:
-            if (
-                tuple(t.shape) != shape
-                or t.dtype != torch.float32
-                or t.device.type != "cpu"
-                or not t.is_contiguous()
-            ):
-                raise ValueError(
-                    f"aimc._native: DAC kernel got {tuple(t.shape)} {t.dtype} on {t.device} "
-                    f"(contiguous: {t.is_contiguous()}); expected contiguous float32 CPU {shape}"
-                )
+            shapes.append((x2, (g, tiles, n, rows)))
+        _check_buffers("DAC", shapes)
         if rows * tiles != k:
             raise ValueError(f"aimc._native: {k} inputs do not split into {tiles} tiles")
         flags = (thres > 0) | (step > 0) << 1 | round_ << 2 | (bound > 0) << 3 | fixed << 4
@@ -541,4 +538,303 @@ def _dac_mismatch(kernel: NativeDacKernel, x: Tensor, tiles: int, *args: Any) ->
     for name, got, want in zip(("amax", "levels", "squares"), (amax, xq, x2), ref, strict=True):
         if not torch.equal(got.nan_to_num(1e30), want.nan_to_num(1e30)):
             return f"{name} differ (scale, step, bound, round, fixed: {args})"
+    return None
+
+
+#: The C++ source of the ADC-and-digital kernel: ``kernel(z, y, f, cs, bias, ext, g, ti, n,
+#: to, cols, flags)`` reads the tile outputs ``z`` ``(g * ti, n, to * cols)`` (before the ADC's
+#: rounding), rounds them (flag 1; ``z`` itself is left as it is) and writes the layer's
+#: output ``y`` ``(g, n, to * cols)``: ``sum_t z_t * cs_t * f_t + bias`` in the order of
+#: :func:`aimc.mvm._digital` — the column scale ``cs`` ``(g * ti, to * cols)`` (address 0:
+#: none) as a product, then ``bias + z * f`` (``bias`` ``(g, to * cols)``, address 0: ``z *
+#: f``) and ``y + z_t * f_t`` for the next input tiles, rounded as PyTorch's ``addcmul`` rounds
+#: them here (once: a fused multiply-add; or twice: the second variant; checked at build);
+#: ``f`` ``(g * ti, n, to)``. ``ext`` gets the smallest and largest rounded value (NaN if any
+#: is NaN).
+ADC_SOURCE = r"""
+#include <torch/csrc/inductor/cpp_prefix.h>
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+using VecF = at::vec::Vectorized<float>;
+
+// 1: a * b + c rounded once, as PyTorch's addcmul computes it where its build contracts the
+// two operations; 0: rounded twice (the second variant, tried if the first fails its check)
+#define AIMC_FMA 1
+
+static inline VecF aimc_muladd(const VecF& a, const VecF& b, const VecF& c) {
+#if AIMC_FMA
+    return at::vec::fmadd(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
+static inline float aimc_nan_max(float a, float b) {
+    if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<float>::quiet_NaN();
+    return std::max(a, b);
+}
+
+static inline float aimc_nan_min(float a, float b) {
+    if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<float>::quiet_NaN();
+    return std::min(a, b);
+}
+
+extern "C" void kernel(const int64_t z_addr, const int64_t y_addr, const int64_t f_addr,
+                       const int64_t cs_addr, const int64_t b_addr, const int64_t ext_addr,
+                       const int64_t g, const int64_t ti, const int64_t n, const int64_t to,
+                       const int64_t cols, const int64_t flags) {
+    const float* const z = reinterpret_cast<const float*>(z_addr);
+    float* const y = reinterpret_cast<float*>(y_addr);
+    const float* const f = reinterpret_cast<const float*>(f_addr);
+    const float* const cs = reinterpret_cast<const float*>(cs_addr);
+    const float* const bias = reinterpret_cast<const float*>(b_addr);
+    float* const ext = reinterpret_cast<float*>(ext_addr);
+    const bool round = flags & 1;
+    constexpr int64_t V = VecF::size();
+    const int64_t width = to * cols;
+    float lo_all = std::numeric_limits<float>::infinity();
+    float hi_all = -std::numeric_limits<float>::infinity();
+    #pragma omp parallel
+    {
+        VecF vmin(std::numeric_limits<float>::infinity());
+        VecF vmax(-std::numeric_limits<float>::infinity());
+        float smin = std::numeric_limits<float>::infinity();
+        float smax = -std::numeric_limits<float>::infinity();
+        #pragma omp for schedule(static)
+        for (int64_t row = 0; row < g * n; ++row) {
+            const int64_t gi = row / n, ni = row % n;
+            float* const yr = y + row * width;
+            const float* const br = bias != nullptr ? bias + gi * width : nullptr;
+            for (int64_t o = 0; o < to; ++o) {
+                for (int64_t c = 0; c < cols; c += V) {
+                    const int64_t cnt = std::min(V, cols - c);
+                    const int64_t col = o * cols + c;
+                    VecF acc;
+                    for (int64_t t = 0; t < ti; ++t) {
+                        const int64_t bt = gi * ti + t;
+                        const float* const zp = z + (bt * n + ni) * width + col;
+                        VecF v = cnt == V ? VecF::loadu(zp) : VecF::loadu(zp, cnt);
+                        if (round) v = v.round();
+                        if (cnt == V) {
+                            vmin = at::vec::minimum(vmin, v);
+                            vmax = at::vec::maximum(vmax, v);
+                        } else {
+                            float lanes[V];
+                            v.store(lanes);
+                            for (int64_t l = 0; l < cnt; ++l) {
+                                smin = aimc_nan_min(smin, lanes[l]);
+                                smax = aimc_nan_max(smax, lanes[l]);
+                            }
+                        }
+                        if (cs != nullptr) {
+                            const float* const cp = cs + bt * width + col;
+                            v = v * (cnt == V ? VecF::loadu(cp) : VecF::loadu(cp, cnt));
+                        }
+                        const VecF fv(f[(bt * n + ni) * to + o]);
+                        if (t > 0) {
+                            acc = aimc_muladd(v, fv, acc);
+                        } else if (br != nullptr) {
+                            const float* const bp = br + col;
+                            const VecF b = cnt == V ? VecF::loadu(bp) : VecF::loadu(bp, cnt);
+                            acc = aimc_muladd(v, fv, b);
+                        } else {
+                            acc = v * fv;
+                        }
+                    }
+                    if (cnt == V) {
+                        acc.store(yr + col);
+                    } else {
+                        acc.store(yr + col, cnt);
+                    }
+                }
+            }
+        }
+        float lanes_min[V], lanes_max[V];
+        vmin.store(lanes_min);
+        vmax.store(lanes_max);
+        for (int64_t l = 0; l < V; ++l) {
+            smin = aimc_nan_min(smin, lanes_min[l]);
+            smax = aimc_nan_max(smax, lanes_max[l]);
+        }
+        #pragma omp critical
+        {
+            lo_all = aimc_nan_min(lo_all, smin);
+            hi_all = aimc_nan_max(hi_all, smax);
+        }
+    }
+    ext[0] = lo_all;
+    ext[1] = hi_all;
+}
+"""
+
+
+class NativeAdcKernel(_NativeKernel):
+    """The ADC's rounding, its saturation test's extremes and the digital periphery (column
+    scales, rescale, sum over input tiles, bias) of an eager CPU forward in one pass over the
+    tile outputs (:data:`ADC_SOURCE`), where the tensor code makes four or more. The same
+    values bit for bit as :func:`aimc.mvm._digital` after the ADC (checked at build; where the
+    check fails the tensor code runs, warned once). Switched off with ``AIMC_ADC_NATIVE=0`` or
+    ``AIMC_FUSED_KERNELS=0``."""
+
+    source = ADC_SOURCE
+    argtypes = ("int64_t",) * 12
+    envs = ("AIMC_FUSED_KERNELS", "AIMC_ADC_NATIVE")
+    warning = (
+        "aimc: the fused ADC kernel could not be built ({failed}); the ADC and the digital "
+        "periphery run as tensor operations instead (the same values, slower). Set "
+        "AIMC_ADC_NATIVE=0 to skip the attempt."
+    )
+
+    def finish(
+        self,
+        z: Tensor,
+        y: Tensor,
+        factor: Tensor,
+        col_scale: Tensor | None,
+        bias: Tensor | None,
+        tiles: int,
+        round_: bool,
+    ) -> tuple[float, float]:
+        """Write ``y`` ``(G, N, O)`` from the tile outputs ``z`` ``(G * ti, N, O)`` and return
+        the smallest and largest rounded tile output. ``factor`` ``(G * ti, N, to)``,
+        ``col_scale`` ``(G * ti, O)``, ``bias`` ``(G, O)``: contiguous float32 CPU tensors
+        (checked), like ``z`` and ``y``; ``O`` a multiple of ``to``."""
+        b, n, width = z.shape
+        g = b // tiles if tiles > 0 else 0
+        to = factor.shape[-1] if factor.dim() == 3 else 0
+        shapes = [(z, (g * tiles, n, width)), (y, (g, n, width)), (factor, (b, n, to))]
+        if col_scale is not None:
+            shapes.append((col_scale, (b, width)))
+        if bias is not None:
+            shapes.append((bias, (g, width)))
+        _check_buffers("ADC", shapes)
+        if to == 0 or width % to:
+            raise ValueError(f"aimc._native: {width} outputs do not split into {to} tiles")
+        ext = torch.empty(2)
+        self._fn(
+            z.data_ptr(),
+            y.data_ptr(),
+            factor.data_ptr(),
+            0 if col_scale is None else col_scale.data_ptr(),
+            0 if bias is None else bias.data_ptr(),
+            ext.data_ptr(),
+            g,
+            tiles,
+            n,
+            to,
+            width // to,
+            int(round_),
+        )
+        lo, hi = ext.tolist()
+        return lo, hi
+
+    def variants(self) -> tuple[str, ...]:
+        return (self.source, self.source.replace("#define AIMC_FMA 1", "#define AIMC_FMA 0"))
+
+    def self_check(self, fn: Any) -> str | None:
+        """The kernel against the tensor operations, with and without each optional part."""
+        self._fn = fn
+        try:
+            for case in _adc_cases():
+                mismatch = _adc_mismatch(self, *case)
+                if mismatch is not None:
+                    return mismatch
+        finally:
+            self._fn = None
+        return None
+
+
+def _check_buffers(kernel: str, shapes: list[tuple[Tensor, tuple[int, ...]]]) -> None:
+    """Raise unless every tensor is a contiguous float32 CPU tensor of its shape."""
+    for t, shape in shapes:
+        if (
+            tuple(t.shape) != shape
+            or t.dtype != torch.float32
+            or t.device.type != "cpu"
+            or not t.is_contiguous()
+        ):
+            raise ValueError(
+                f"aimc._native: {kernel} kernel got {tuple(t.shape)} {t.dtype} on {t.device} "
+                f"(contiguous: {t.is_contiguous()}); expected contiguous float32 CPU {shape}"
+            )
+
+
+def adc_reference(
+    z: Tensor,
+    factor: Tensor,
+    col_scale: Tensor | None,
+    bias: Tensor | None,
+    tiles: int,
+    round_: bool,
+) -> tuple[Tensor, float, float]:
+    """``(y, min, max)`` as the tensor code computes them (``_mvm_adc``'s rounding and
+    extremes, :func:`aimc.mvm._digital`'s rescale and sum): what
+    :meth:`NativeAdcKernel.finish` must equal."""
+    z = z.clone()
+    if round_:
+        z.round_()
+    lo, hi = torch.stack(torch.aminmax(z)).tolist()
+    b, n, width = z.shape
+    g, to = b // tiles, factor.shape[-1]
+    if col_scale is not None:
+        z.mul_(col_scale.unsqueeze(1))
+    zv = z.view(g, tiles, n, to, width // to)
+    fv = factor.reshape(g, tiles, n, to, 1)
+    y = torch.empty(g, n, to, width // to)
+    if bias is None:
+        torch.mul(zv[:, 0], fv[:, 0], out=y)
+    else:
+        torch.addcmul(bias.reshape(g, 1, to, width // to), zv[:, 0], fv[:, 0], out=y)
+    for t in range(1, tiles):
+        y.addcmul_(zv[:, t], fv[:, t])
+    return y.view(g, n, width), lo, hi
+
+
+def _adc_cases() -> list[tuple]:
+    gen = torch.Generator().manual_seed(0)
+    cases = []
+    for g, ti, n, to, cols, cs, bias, r in [
+        (1, 1, 9, 1, 37, True, True, True),
+        (2, 3, 5, 2, 16, False, True, True),
+        (1, 2, 7, 3, 24, True, False, False),
+        (2, 1, 3, 1, 8, False, False, True),
+    ]:
+        z = torch.randn(g * ti, n, to * cols, generator=gen) * 40
+        z[0, 0, :5] = torch.tensor([0.5, 1.5, -2.5, 2.4999998, -0.5])  # rounding ties
+        f = torch.rand(g * ti, n, to, generator=gen) * 0.1
+        c = torch.rand(g * ti, to * cols, generator=gen) + 0.5 if cs else None
+        b = torch.randn(g, to * cols, generator=gen) if bias else None
+        cases.append((z, f, c, b, ti, r))
+    z = cases[0][0].clone()
+    z[0, 3, 4] = math.nan
+    cases.append((z, *cases[0][1:]))
+    return cases
+
+
+def _adc_mismatch(
+    kernel: NativeAdcKernel,
+    z: Tensor,
+    factor: Tensor,
+    col_scale: Tensor | None,
+    bias: Tensor | None,
+    tiles: int,
+    round_: bool,
+) -> str | None:
+    g = z.shape[0] // tiles
+    y = torch.full((g, z.shape[1], z.shape[2]), 7.0)
+    z_before = z.clone()
+    lo, hi = kernel.finish(z, y, factor, col_scale, bias, tiles, round_)
+    ref, ref_lo, ref_hi = adc_reference(z, factor, col_scale, bias, tiles, round_)
+    if not torch.equal(z.nan_to_num(1e30), z_before.nan_to_num(1e30)):
+        return "the tile outputs were changed"
+    if not torch.equal(y.nan_to_num(1e30), ref.nan_to_num(1e30)):
+        return (
+            f"outputs differ (tiles {tiles}, column scales {col_scale is not None}, bias "
+            f"{bias is not None}, rounding {round_})"
+        )
+    same = [a == b or (math.isnan(a) and math.isnan(b)) for a, b in ((lo, ref_lo), (hi, ref_hi))]
+    if not all(same):
+        return f"extremes ({lo}, {hi}) differ from ({ref_lo}, {ref_hi})"
     return None

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import _workspace
-from ._native import NativeDacKernel
+from ._native import NativeAdcKernel, NativeDacKernel
 from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType, io_config_by_key
 from .functional import TileLayout, stochastic_round
 from .random import CounterStream, KeyedStream, RowStream, TensorStream, noise_normal_
@@ -405,12 +405,14 @@ def _mvm_adc(
     z: Tensor,
     n_out: int | None = None,
     x2: Tensor | None = None,
+    adc: bool = True,
 ) -> Tensor | None:
     """``z = ADC(W x' + weight noise + output noise)`` in ADC steps, in place; ``xq`` is
     ``(B, N, ci)``. With ``n_out`` (the number of output tiles in ``z``'s last dimension) returns
     the ``(B, N, n_out)`` mask of the tiles whose output saturated (:func:`_saturated`, tested
     before the clip), or None if none did. ``x2``: ``xq``'s squares (float32) if the fused DAC
-    kernel already wrote them (eager ``pcm_read``)."""
+    kernel already wrote them (eager ``pcm_read``). ``adc=False``: ``z`` is left before the ADC
+    (the fused ADC kernel or :func:`_adc_` takes it from there), and None returned."""
     in_unit, out_unit = units(io)
     w_t = tw.w.transpose(1, 2)
     kind = io.w_noise_type if io.w_noise > 0 else WeightNoiseType.NONE
@@ -469,6 +471,12 @@ def _mvm_adc(
                 z.add_(noise, alpha=io.out_noise / out_unit)
             else:
                 z.addcmul_(noise, std)
+    return _adc_(z, io, n_out) if adc else None
+
+
+def _adc_(z: Tensor, io: IOConfig, n_out: int | None) -> Tensor | None:
+    """The ADC in place on ``z`` in ADC steps: rounding, the saturation test (with ``n_out``:
+    the mask of :func:`_mvm_adc`, or None) and the clip."""
     if io.out_step > 0:
         z.round_()
     if n_out is None or _compiling() or _saturation_limit(io) == math.inf:
@@ -478,7 +486,7 @@ def _mvm_adc(
         extremes = _extremes(z)
         sat = _saturated(z, n_out, io, extremes)
     if io.out_bound > 0:  # <= 0: no bound (AIHWKIT: infinite)
-        bound = io.out_bound / out_unit
+        bound = io.out_bound / units(io)[1]
         # the clip is skipped where it would change nothing (every output within the float32
         # bound): the common case of a bound-managed forward, one pass over the output fewer
         if extremes is None or not _within(extremes, bound):
@@ -681,7 +689,8 @@ def analog_mvm(
         _dac_(_to_levels_(xq, io), io, in_unit, generator)
     xq3 = xq.view(lo.batch, n, lo.rows)
     bm = io.bound_management == BoundManagement.ITERATIVE
-    sat = _mvm_adc(xq3, tw, io, generator, z, lo.n_out if bm else None, x2)
+    fused_out = _fused_adc(z, per_tile)
+    sat = _mvm_adc(xq3, tw, io, generator, z, lo.n_out if bm else None, x2, not fused_out)
     # an all-zero vector (s = 0) gives 0, unless input noise makes it non-zero: AIHWKIT then
     # runs the MVM unscaled (``forwardVector`` short-cuts only without input noise)
     s_out = s if io.inp_noise <= 0 else s_pos
@@ -689,6 +698,12 @@ def analog_mvm(
 
     def to_factor(f_gnt: Tensor) -> Tensor:  # (G, N, ti) -> (B, N, to)
         return f_gnt.transpose(1, 2).reshape(lo.batch, n, 1).expand(-1, -1, lo.n_out)
+
+    if fused_out:  # the ADC and the digital periphery in one pass, unless something saturated
+        y = _fused_finish(z, to_factor(f_gnt), tw, g, n, bias, io, bm)
+        if y is not None:
+            return y
+        sat = _adc_(z, io, lo.n_out if bm else None)
 
     if bm and sat is not None:
         x_t = xv.transpose(1, 2).reshape(lo.batch, n, lo.rows)
@@ -783,12 +798,9 @@ def _digital(
     may not mutate its inputs).
     """
     lo = tw.layout
-    columnwise = tw.scale is not None and tw.scale.shape[1] != lo.n_out
-    if tw.scale is not None and not columnwise:
-        scale = tw.scale.unsqueeze(1)  # (B, 1, to)
-        factor = scale if factor is None else factor * scale
-    if columnwise:
-        z = z.mul_(tw.scale.unsqueeze(1)) if inplace else z * tw.scale.unsqueeze(1)
+    factor, col_scale = _digital_scales(factor, tw)
+    if col_scale is not None:
+        z = z.mul_(col_scale.unsqueeze(1)) if inplace else z * col_scale.unsqueeze(1)
     if per_tile:
         zt = z.view(lo.batch, n, lo.n_out, lo.cols)
         if factor is None:
@@ -817,6 +829,55 @@ def _digital(
         for t in range(1, lo.n_in):
             y.addcmul_(zv[:, t], fv[:, t])
     y = y.view(g, n, lo.padded_out)
+    return y if lo.padded_out == lo.out_size else lo.unpad_out(y, 2)
+
+
+def _digital_scales(factor: Tensor | None, tw: TileWeights) -> tuple[Tensor | None, Tensor | None]:
+    """``(factor, column scales)`` of :func:`_digital`: a per-tile scale of ``tw`` folded into
+    ``factor`` (``(B, N, to)``), column-wise scales (``(B, O_pad)``) returned apart."""
+    lo = tw.layout
+    if tw.scale is None:
+        return factor, None
+    if tw.scale.shape[1] != lo.n_out:  # column-wise
+        return factor, tw.scale
+    scale = tw.scale.unsqueeze(1)  # (B, 1, to)
+    return (scale if factor is None else factor * scale), None
+
+
+#: The ADC and the digital periphery as one hand-written kernel (eager CPU forwards).
+_ADC = NativeAdcKernel()
+
+
+def _fused_adc(z: Tensor, per_tile: bool | str) -> bool:
+    """Whether :data:`_ADC` finishes this forward: an eager CPU forward that sums its tiles."""
+    return not per_tile and z.device.type == "cpu" and not _compiling() and _ADC.usable()
+
+
+def _fused_finish(
+    z: Tensor,
+    factor: Tensor,
+    tw: TileWeights,
+    g: int,
+    n: int,
+    bias: Tensor | None,
+    io: IOConfig,
+    bm: bool,
+) -> Tensor | None:
+    """The layer's output from the tile outputs ``z`` before the ADC, by :data:`_ADC`: the
+    ADC's rounding and :func:`_digital` in one pass. None (``z`` untouched) where an output
+    saturates (bound management) or needs the clip, or is NaN: the tensor code then takes
+    over, from :func:`_adc_`."""
+    lo = tw.layout
+    factor, col_scale = _digital_scales(factor, tw)
+    y = torch.empty(g, n, lo.padded_out)
+    base = None if bias is None else lo.pad_out(bias, 1).reshape(g, lo.padded_out).contiguous()
+    f = factor.expand(lo.batch, n, lo.n_out).contiguous()
+    cs = None if col_scale is None else col_scale.contiguous()
+    ext = _ADC.finish(z, y, f, cs, base, lo.n_in, io.out_step > 0)
+    if bm and not _within(ext, _saturation_limit(io)):
+        return None
+    if not _within(ext, io.out_bound / units(io)[1] if io.out_bound > 0 else math.inf):
+        return None
     return y if lo.padded_out == lo.out_size else lo.unpad_out(y, 2)
 
 

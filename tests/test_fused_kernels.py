@@ -1,10 +1,14 @@
-"""The fused DAC kernel (:class:`aimc._native.NativeDacKernel`): noise management, the DAC and
-the squares of ``pcm_read`` weight noise in one pass over an eager CPU forward's inputs.
+"""The fused kernels of the eager CPU forward (:mod:`aimc._native`): the DAC kernel (noise
+management, the DAC and the squares of ``pcm_read`` weight noise in one pass over the inputs)
+and the ADC kernel (the ADC's rounding, the saturation test's extremes and the digital
+periphery in one pass over the tile outputs).
 
-It replaces tensor code value for value, so every check here is an equality: the kernel's
-output against :func:`aimc._native.dac_reference` (the tensor code), and whole analog forwards
-with the kernel against the same forwards with it switched off (``AIMC_DAC_NATIVE=0``), on the
-same seeds. Tests that need the kernel skip where it cannot be built (no C++ compiler).
+They replace tensor code value for value, so every check here is an equality: each kernel's
+output against :func:`aimc._native.dac_reference` / :func:`aimc._native.adc_reference` (the
+tensor code), and whole analog forwards with the kernels against the same forwards with them
+switched off (``AIMC_DAC_NATIVE=0``, ``AIMC_ADC_NATIVE=0``), on the same seeds. Tests that need
+a kernel skip where it cannot be built (no C++ compiler); a kernel that builds but fails its
+self-check fails the suite.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from aimc.nn import AnalogConv2d, AnalogLinear
 
 
 def _require_kernel() -> None:
-    if not mvm._DAC.usable():
-        pytest.skip(f"the fused DAC kernel does not run here: {mvm._DAC.failed}")
+    for k in (mvm._DAC, mvm._ADC):
+        if not k.usable():
+            pytest.skip(f"the fused kernels do not run here: {k.failed}")
 
 
 def _nan_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -129,26 +134,40 @@ def _chip(digital: torch.nn.Module, cfg: aimc.AnalogConfig) -> torch.nn.Module:
     return layer
 
 
-def _forward_pair(monkeypatch, layer: torch.nn.Module, x: torch.Tensor, train: bool = False):
-    """``layer(x)`` with the fused kernel and with the tensor code, from the same seed; and how
-    many times the kernel ran in the first."""
+def _forward_pair(
+    monkeypatch, layer: torch.nn.Module, x: torch.Tensor, train: bool = False, which: str = "DAC"
+):
+    """``layer(x)`` with the fused kernels and with the tensor code, from the same seed; and how
+    many times the kernel ``which`` ran in the first (the ADC kernel: how many times its output
+    was kept, not handed back to the tensor code)."""
     calls = []
-    real = mvm._DAC.levels
+    if which == "DAC":
+        real = mvm._DAC.levels
 
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+        def spy(*args, **kwargs):
+            calls.append(1)
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(mvm._DAC, "levels", spy)
+        monkeypatch.setattr(mvm._DAC, "levels", spy)
+    else:
+        real_finish = mvm._fused_finish
+
+        def spy_finish(*args, **kwargs):
+            y = real_finish(*args, **kwargs)
+            calls.append(y is not None)
+            return y
+
+        monkeypatch.setattr(mvm, "_fused_finish", spy_finish)
     outs = []
     for env in ("1", "0"):
         monkeypatch.setenv("AIMC_DAC_NATIVE", env)
+        monkeypatch.setenv("AIMC_ADC_NATIVE", env)
         aimc.manual_seed(layer, 5)
         layer.train(train)
         with torch.set_grad_enabled(train):
             outs.append(layer(x).detach())
         if env == "1":
-            ran = len(calls)
+            ran = sum(calls)
     return outs[0], outs[1], ran
 
 
@@ -291,20 +310,163 @@ def test_kernel_that_computes_wrongly_is_not_used(monkeypatch):
     assert k._fn is None
 
 
-def test_switched_off_by_the_environment(monkeypatch):
-    for env in ("AIMC_DAC_NATIVE", "AIMC_FUSED_KERNELS"):
-        monkeypatch.setenv(env, "0")
-        assert not _native.NativeDacKernel().usable()
-        monkeypatch.delenv(env)
+@pytest.mark.parametrize(
+    ("kernel", "env"),
+    [
+        (_native.NativeDacKernel, "AIMC_DAC_NATIVE"),
+        (_native.NativeDacKernel, "AIMC_FUSED_KERNELS"),
+        (_native.NativeAdcKernel, "AIMC_ADC_NATIVE"),
+        (_native.NativeAdcKernel, "AIMC_FUSED_KERNELS"),
+    ],
+)
+def test_switched_off_by_the_environment(monkeypatch, kernel, env):
+    monkeypatch.setenv(env, "0")
+    assert not kernel().usable()
 
 
-def test_kernel_passes_its_self_check_where_it_builds():
+@pytest.mark.parametrize("kernel", [_native.NativeDacKernel, _native.NativeAdcKernel])
+def test_kernel_passes_its_self_check_where_it_builds(kernel):
     """A kernel that builds but fails its self-check would only cost speed in use (the tensor
     code runs); here it fails the suite, so that it is seen. No C++ compiler: skipped."""
-    k = _native.NativeDacKernel()
+    k = kernel()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         k.usable()
     if k.failed is not None and "self-check" not in k.failed:
         pytest.skip(f"the kernel does not build here: {k.failed}")
     assert k.failed is None
+
+
+def _adc_args(seed: int, g: int, ti: int, n: int, to: int, cols: int, cs: bool, bias: bool):
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(g * ti, n, to * cols, generator=gen) * 50
+    f = torch.rand(g * ti, n, to, generator=gen) * 0.2
+    c = torch.rand(g * ti, to * cols, generator=gen) + 0.5 if cs else None
+    b = torch.randn(g, to * cols, generator=gen) if bias else None
+    return z, f, c, b
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    g=st.integers(1, 2),
+    ti=st.integers(1, 3),
+    n=st.integers(1, 7),
+    to=st.integers(1, 3),
+    cols=st.integers(1, 40),
+    cs=st.booleans(),
+    bias=st.booleans(),
+    round_=st.booleans(),
+    nan=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_adc_kernel_equals_the_tensor_code(g, ti, n, to, cols, cs, bias, round_, nan, seed):
+    """Any tile counts, row widths off the vector width, with and without column scales, bias
+    and rounding, a NaN: the same outputs and extremes as the tensor code; ``z`` untouched."""
+    _require_kernel()
+    z, f, c, b = _adc_args(seed, g, ti, n, to, cols, cs, bias)
+    if nan:
+        z[-1, -1, -1] = math.nan
+    before = z.clone()
+    y = torch.full((g, n, to * cols), 7.0)
+    lo, hi = mvm._ADC.finish(z, y, f, c, b, ti, round_)
+    ref, ref_lo, ref_hi = _native.adc_reference(z, f, c, b, ti, round_)
+    assert _nan_equal(z, before)
+    assert _nan_equal(y, ref)
+    assert _nan_equal(torch.tensor([lo, hi]), torch.tensor([ref_lo, ref_hi]))
+
+
+def test_adc_kernel_does_not_depend_on_the_thread_count():
+    _require_kernel()
+    z, f, c, b = _adc_args(1, 1, 2, 999, 1, 384, True, True)
+    outs = []
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 3):
+            torch.set_num_threads(t)
+            y = torch.empty(1, 999, 384)
+            ext = mvm._ADC.finish(z, y, f, c, b, 2, True)
+            outs.append((y, ext))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0][0], outs[1][0]) and outs[0][1] == outs[1][1]
+
+
+def test_adc_kernel_refuses_wrong_buffers():
+    _require_kernel()
+    z, f, c, b = _adc_args(2, 1, 2, 4, 2, 8, True, True)
+    y = torch.empty(1, 4, 16)
+    with pytest.raises(ValueError, match=r"ADC kernel got \(1, 4, 15\)"):
+        mvm._ADC.finish(z, torch.empty(1, 4, 15), f, c, b, 2, True)
+    with pytest.raises(ValueError, match="contiguous: False"):
+        mvm._ADC.finish(z, y, f, c.t().contiguous().t(), b, 2, True)
+    with pytest.raises(ValueError, match="16 outputs do not split into 3 tiles"):
+        mvm._ADC.finish(z, y, torch.rand(2, 4, 3), c, b, 2, True)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_adc_kernel_output_is_kept_where_nothing_saturates(monkeypatch, preset):
+    """Inputs that saturate nothing: the kernel's output is the layer's (no hand-back), the
+    same values as the tensor code; with a saturating vector added the tensor code takes over
+    (bound management, the clip) with the same values too."""
+    _require_kernel()
+    torch.manual_seed(7)
+    digital = torch.nn.Linear(700, 130)
+    with torch.no_grad():
+        digital.weight[0] = digital.weight[0].sign() * 0.5  # one large output column
+    layer = _chip(digital, PRESETS[preset])
+    # one dominant input per vector: after abs-max scaling the sums stay far below the bound
+    x = torch.randn(2, 9, 700) * 1e-3
+    x[..., 3] = 1.0
+    got, ref, kept = _forward_pair(monkeypatch, layer, x, which="ADC")
+    assert kept == 1 and torch.equal(got, ref)
+    x[1, 4] = digital.weight[0].detach().sign()  # output 0 sums 0.5 |W|: it saturates the ADC
+    got, ref, kept = _forward_pair(monkeypatch, layer, x, which="ADC")
+    assert kept == 0 and torch.equal(got, ref)
+
+
+def test_adc_kernel_is_not_used_for_per_tile_outputs(monkeypatch):
+    """The training forward of learned output scales keeps every tile's levels: tensor code."""
+    _require_kernel()
+    torch.manual_seed(8)
+    layer = _chip(torch.nn.Linear(600, 40), PRESETS["bert_squad"])
+    x = torch.randn(8, 600, requires_grad=True)
+    got, ref, kept = _forward_pair(monkeypatch, layer, x, train=True, which="ADC")
+    assert kept == 0 and torch.equal(got, ref)
+
+
+def test_adc_kernel_falls_back_to_plain_fma_rounding(monkeypatch):
+    """Where PyTorch's addcmul rounds twice (a build that does not contract it), the second
+    variant of the source is the one kept; here: a self-check that only the second passes."""
+    from torch._inductor import codecache
+
+    real = codecache.CppPythonBindingsCodeCache.load_pybinding
+    built = []
+
+    def load(argtypes, source, *args, **kwargs):
+        built.append("#define AIMC_FMA 1" in source)
+        return real(argtypes, source, *args, **kwargs)
+
+    monkeypatch.setattr(codecache.CppPythonBindingsCodeCache, "load_pybinding", load)
+    k = _native.NativeAdcKernel()
+    monkeypatch.setattr(k, "self_check", lambda fn: None if len(built) == 2 else "first fails")
+    if not k.usable():
+        pytest.skip(f"the kernel does not build here: {k.failed}")
+    assert built == [True, False]
+
+
+def test_adc_kernel_build_failure_warns_once(monkeypatch):
+    from torch._inductor import codecache
+
+    def built_wrong(*args, **kwargs):
+        def kernel(*a):
+            pass  # writes nothing
+
+        return kernel
+
+    monkeypatch.setattr(codecache.CppPythonBindingsCodeCache, "load_pybinding", built_wrong)
+    k = _native.NativeAdcKernel()
+    with pytest.warns(RuntimeWarning, match="fused ADC kernel could not be built.*self-check"):
+        assert not k.usable()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not k.usable()
