@@ -242,6 +242,19 @@ class _NativeKernel:
         """The sources to try in turn: the first that builds and passes the self-check runs."""
         return (self.source,)
 
+    def _first_mismatch(self, fn: Any, cases: list[tuple], mismatch: Any) -> str | None:
+        """``mismatch(self, *case)`` for each case with ``fn`` as this kernel: the first
+        description of a difference, or None."""
+        self._fn = fn
+        try:
+            for case in cases:
+                found = mismatch(self, *case)
+                if found is not None:
+                    return found
+        finally:
+            self._fn = None
+        return None
+
     def _build(self) -> None:
         try:
             isa = _vec_isa()
@@ -328,7 +341,9 @@ class NativeNoiseKernel(_NativeKernel):
 #: through the IEEE operations of the tensor code it replaces (:func:`aimc.mvm.analog_mvm`'s
 #: ``_input_scale``, ``_to_levels_`` and ``_dac_``), in the same order, with PyTorch's vector
 #: class (the instructions of PyTorch's own ``maximum``, ``round`` and ``clamp``).
-DAC_SOURCE = r"""
+#: What the two periphery kernels' sources start with: headers, PyTorch's vector class and
+#: NaN-propagating scalar ``max`` and ``min`` (as ``torch.maximum`` / ``amax`` propagate NaN).
+_PRELUDE = r"""
 #include <torch/csrc/inductor/cpp_prefix.h>
 #include <algorithm>
 #include <cmath>
@@ -336,7 +351,6 @@ DAC_SOURCE = r"""
 
 using VecF = at::vec::Vectorized<float>;
 
-// the larger of a and b, NaN if either is NaN (torch.maximum / amax)
 static inline float aimc_nan_max(float a, float b) {
     if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<float>::quiet_NaN();
     return std::max(a, b);
@@ -346,7 +360,11 @@ static inline float aimc_nan_min(float a, float b) {
     if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<float>::quiet_NaN();
     return std::min(a, b);
 }
+"""
 
+DAC_SOURCE = (
+    _PRELUDE
+    + r"""
 extern "C" void kernel(const int64_t x_addr, const int64_t xq_addr, const int64_t x2_addr,
                        const int64_t amax_addr, const int64_t g, const int64_t n,
                        const int64_t ti, const int64_t rows, const float thres,
@@ -407,6 +425,7 @@ extern "C" void kernel(const int64_t x_addr, const int64_t xq_addr, const int64_
     }
 }
 """
+)
 
 
 class NativeDacKernel(_NativeKernel):
@@ -469,15 +488,7 @@ class NativeDacKernel(_NativeKernel):
 
     def self_check(self, fn: Any) -> str | None:
         """The kernel against the tensor operations on rows chosen to hit every branch."""
-        self._fn = fn
-        try:
-            for case in _dac_cases():
-                mismatch = _dac_mismatch(self, *case)
-                if mismatch is not None:
-                    return mismatch
-        finally:
-            self._fn = None
-        return None
+        return self._first_mismatch(fn, _dac_cases(), _dac_mismatch)
 
 
 def dac_reference(
@@ -510,19 +521,20 @@ def dac_reference(
 
 def _dac_cases() -> list[tuple]:
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 7, 3 * 37, generator=gen) * 3
+    x = torch.randn(2, 7, 3 * 37, generator=gen, dtype=torch.float32) * 3
     x[0, 0, :37] = 0.0  # an all-zero row: divided by 1
     x[0, 1, 5] = math.nan
     x[0, 2, 40] = math.inf
     x[1, 3, 80] = -math.inf
-    x[1, 4, 74:111] = torch.linspace(-1.0, 1.0, 37)  # abs-max 1: levels at exact half steps
-    x[1, 5, :37] = torch.arange(37) * 0.5 - 9.0
+    # abs-max 1: levels at exact half steps
+    x[1, 4, 74:111] = torch.linspace(-1.0, 1.0, 37, dtype=torch.float32)
+    x[1, 5, :37] = torch.arange(37, dtype=torch.float32) * 0.5 - 9.0
     return [
         (x, 3, 0.0, 2.0 / 254.0, 127.0, True),  # 8-bit DAC, abs-max
         (x, 3, 2.5, 1.0 / 64.0, 64.0, True),  # capped abs-max (nm_thres), 7-bit
         (x, 3, 0.0, 0.0, 0.0, False),  # no quantization, no clip
         (x, 3, 0.0, 2.0 / 254.0, 0.0, False),  # unrounded levels: the division's last bit
-        (torch.randn(1, 5, 2 * 64, generator=gen), 2, 0.0, 2.0 / 7.0, 3.5, True),
+        (torch.randn(1, 5, 128, generator=gen, dtype=torch.float32), 2, 0.0, 2.0 / 7.0, 3.5, True),
         (x, 3, 1.7, 2.0 / 254.0, 127.0, True, True),  # a fixed scale (input range)
         (x, 3, -1.0, 2.0 / 254.0, 127.0, True, True),  # not positive: 1
     ]
@@ -530,8 +542,8 @@ def _dac_cases() -> list[tuple]:
 
 def _dac_mismatch(kernel: NativeDacKernel, x: Tensor, tiles: int, *args: Any) -> str | None:
     g, n, k = x.shape
-    amax = torch.full((g, n, tiles), 7.0)
-    xq = torch.full((g, tiles, n, k // tiles), 7.0)
+    amax = torch.full((g, n, tiles), 7.0, dtype=torch.float32)
+    xq = torch.full((g, tiles, n, k // tiles), 7.0, dtype=torch.float32)
     x2 = torch.full_like(xq, 7.0)
     kernel.levels(x, xq, x2, amax, tiles, *args)
     ref = dac_reference(x, tiles, *args)
@@ -551,14 +563,9 @@ def _dac_mismatch(kernel: NativeDacKernel, x: Tensor, tiles: int, *args: Any) ->
 #: them here (once: a fused multiply-add; or twice: the second variant; checked at build);
 #: ``f`` ``(g * ti, n, to)``. ``ext`` gets the smallest and largest rounded value (NaN if any
 #: is NaN).
-ADC_SOURCE = r"""
-#include <torch/csrc/inductor/cpp_prefix.h>
-#include <algorithm>
-#include <cmath>
-#include <limits>
-
-using VecF = at::vec::Vectorized<float>;
-
+ADC_SOURCE = (
+    _PRELUDE
+    + r"""
 // 1: a * b + c rounded once, as PyTorch's addcmul computes it where its build contracts the
 // two operations; 0: rounded twice (the second variant, tried if the first fails its check)
 #define AIMC_FMA 1
@@ -569,16 +576,6 @@ static inline VecF aimc_muladd(const VecF& a, const VecF& b, const VecF& c) {
 #else
     return a * b + c;
 #endif
-}
-
-static inline float aimc_nan_max(float a, float b) {
-    if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<float>::quiet_NaN();
-    return std::max(a, b);
-}
-
-static inline float aimc_nan_min(float a, float b) {
-    if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<float>::quiet_NaN();
-    return std::min(a, b);
 }
 
 extern "C" void kernel(const int64_t z_addr, const int64_t y_addr, const int64_t f_addr,
@@ -668,6 +665,7 @@ extern "C" void kernel(const int64_t z_addr, const int64_t y_addr, const int64_t
     ext[1] = hi_all;
 }
 """
+)
 
 
 class NativeAdcKernel(_NativeKernel):
@@ -712,7 +710,7 @@ class NativeAdcKernel(_NativeKernel):
         _check_buffers("ADC", shapes)
         if to == 0 or width % to:
             raise ValueError(f"aimc._native: {width} outputs do not split into {to} tiles")
-        ext = torch.empty(2)
+        ext = torch.empty(2, dtype=torch.float32)
         self._fn(
             z.data_ptr(),
             y.data_ptr(),
@@ -735,15 +733,7 @@ class NativeAdcKernel(_NativeKernel):
 
     def self_check(self, fn: Any) -> str | None:
         """The kernel against the tensor operations, with and without each optional part."""
-        self._fn = fn
-        try:
-            for case in _adc_cases():
-                mismatch = _adc_mismatch(self, *case)
-                if mismatch is not None:
-                    return mismatch
-        finally:
-            self._fn = None
-        return None
+        return self._first_mismatch(fn, _adc_cases(), _adc_mismatch)
 
 
 def _check_buffers(kernel: str, shapes: list[tuple[Tensor, tuple[int, ...]]]) -> None:
@@ -782,7 +772,7 @@ def adc_reference(
         z.mul_(col_scale.unsqueeze(1))
     zv = z.view(g, tiles, n, to, width // to)
     fv = factor.reshape(g, tiles, n, to, 1)
-    y = torch.empty(g, n, to, width // to)
+    y = torch.empty(g, n, to, width // to, dtype=z.dtype)
     if bias is None:
         torch.mul(zv[:, 0], fv[:, 0], out=y)
     else:
@@ -801,11 +791,12 @@ def _adc_cases() -> list[tuple]:
         (1, 2, 7, 3, 24, True, False, False),
         (2, 1, 3, 1, 8, False, False, True),
     ]:
-        z = torch.randn(g * ti, n, to * cols, generator=gen) * 40
-        z[0, 0, :5] = torch.tensor([0.5, 1.5, -2.5, 2.4999998, -0.5])  # rounding ties
-        f = torch.rand(g * ti, n, to, generator=gen) * 0.1
-        c = torch.rand(g * ti, to * cols, generator=gen) + 0.5 if cs else None
-        b = torch.randn(g, to * cols, generator=gen) if bias else None
+        z = torch.randn(g * ti, n, to * cols, generator=gen, dtype=torch.float32) * 40
+        ties = [0.5, 1.5, -2.5, 2.4999998, -0.5]  # and one just below a tie
+        z[0, 0, :5] = torch.tensor(ties, dtype=torch.float32)
+        f = torch.rand(g * ti, n, to, generator=gen, dtype=torch.float32) * 0.1
+        c = torch.rand(g * ti, to * cols, generator=gen, dtype=torch.float32) + 0.5 if cs else None
+        b = torch.randn(g, to * cols, generator=gen, dtype=torch.float32) if bias else None
         cases.append((z, f, c, b, ti, r))
     z = cases[0][0].clone()
     z[0, 3, 4] = math.nan
@@ -823,7 +814,7 @@ def _adc_mismatch(
     round_: bool,
 ) -> str | None:
     g = z.shape[0] // tiles
-    y = torch.full((g, z.shape[1], z.shape[2]), 7.0)
+    y = torch.full((g, z.shape[1], z.shape[2]), 7.0, dtype=torch.float32)
     z_before = z.clone()
     lo, hi = kernel.finish(z, y, factor, col_scale, bias, tiles, round_)
     ref, ref_lo, ref_hi = adc_reference(z, factor, col_scale, bias, tiles, round_)

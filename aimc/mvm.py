@@ -869,10 +869,12 @@ def _fused_finish(
     over, from :func:`_adc_`."""
     lo = tw.layout
     factor, col_scale = _digital_scales(factor, tw)
-    y = torch.empty(g, n, lo.padded_out)
+    y = z.new_empty(g, n, lo.padded_out)
     base = None if bias is None else lo.pad_out(bias, 1).reshape(g, lo.padded_out).contiguous()
     f = factor.expand(lo.batch, n, lo.n_out).contiguous()
     cs = None if col_scale is None else col_scale.contiguous()
+    if any(t is not None and t.dtype != torch.float32 for t in (f, cs, base)):
+        return None  # (a float64 bias or scale given to analog_mvm directly: tensor code)
     ext = _ADC.finish(z, y, f, cs, base, lo.n_in, io.out_step > 0)
     if bm and not _within(ext, _saturation_limit(io)):
         return None

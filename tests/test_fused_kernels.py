@@ -470,3 +470,18 @@ def test_adc_kernel_build_failure_warns_once(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not k.usable()
+
+
+def test_float64_bias_given_to_analog_mvm_keeps_the_tensor_code(monkeypatch):
+    """``analog_mvm`` called directly with a float64 bias (layers pass float32): the ADC kernel
+    steps aside for the tensor code instead of refusing the buffers; same values either way."""
+    _require_kernel()
+    torch.manual_seed(9)
+    layer = AnalogLinear(64, 16, config=aimc.AnalogConfig())
+    tw, io = layer.active_tiles(), layer.analog_config.io
+    x, bias = torch.randn(1, 5, 64), torch.randn(1, 16, dtype=torch.float64)
+    outs = []
+    for env in ("1", "0"):
+        monkeypatch.setenv("AIMC_ADC_NATIVE", env)
+        outs.append(mvm.analog_mvm(x, tw, io, torch.Generator().manual_seed(1), bias))
+    assert torch.equal(outs[0], outs[1])
