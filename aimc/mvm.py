@@ -10,11 +10,13 @@ multi-megabyte allocations cost page faults that would otherwise dominate.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
 import platform
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
 import torch
@@ -846,6 +848,22 @@ def _digital_scales(factor: Tensor | None, tw: TileWeights) -> tuple[Tensor | No
 
 #: The ADC and the digital periphery as one hand-written kernel (eager CPU forwards).
 _ADC = NativeAdcKernel()
+
+
+@contextlib.contextmanager
+def unfused_adc() -> Iterator[None]:
+    """The ADC and the digital periphery as tensor code while open (``AIMC_ADC_NATIVE=0``),
+    for instruments that wrap :func:`_mvm_adc` to read a first pass's rounded tile outputs and
+    saturation mask, which the fused ADC kernel does not produce (the values are the same)."""
+    before = os.environ.get("AIMC_ADC_NATIVE")
+    os.environ["AIMC_ADC_NATIVE"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["AIMC_ADC_NATIVE"]
+        else:
+            os.environ["AIMC_ADC_NATIVE"] = before
 
 
 def _fused_adc(z: Tensor, per_tile: bool | str) -> bool:

@@ -60,8 +60,8 @@ def counting(model: torch.nn.Module) -> Iterator[dict[str, Counter]]:
     ]
     adc, rounds = mvm._mvm_adc, mvm._bound_management
 
-    def counted_adc(xq, tw, io, gen, z, n_out=None):
-        sat = adc(xq, tw, io, gen, z, n_out)
+    def counted_adc(xq, tw, io, gen, z, n_out=None, *rest):
+        sat = adc(xq, tw, io, gen, z, n_out, *rest)
         c = counts.setdefault(current[0], Counter())
         if in_rounds[0]:
             c["round_outputs"] += z.numel()
@@ -80,7 +80,8 @@ def counting(model: torch.nn.Module) -> Iterator[dict[str, Counter]]:
 
     mvm._mvm_adc, mvm._bound_management = counted_adc, counted_rounds
     try:
-        yield counts
+        with mvm.unfused_adc():  # every first pass's saturation mask, from the tensor code
+            yield counts
     finally:
         mvm._mvm_adc, mvm._bound_management = adc, rounds
         for h in hooks:
