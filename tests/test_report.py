@@ -103,10 +103,14 @@ def test_squad_table_shows_compiled_columns_where_measured(tree):
     """``bench_squad_eval.py --compile`` rows add a compiled time and ratio; a config measured
     without it shows dashes there; files without any compiled row keep the four columns."""
     docs, results = tree
-    inp = report.Inputs(results, docs)
-    assert report.squad_eval(inp).splitlines()[0].count("|") == 5
     path = results / "squad_eval_cpu.json"
     data = json.loads(path.read_text())
+    for row in data["rows"]:  # a file measured without --compile
+        for key in [k for k in row if "compiled" in k or k == "compile_s"]:
+            del row[key]
+    path.write_text(json.dumps(data))
+    inp = report.Inputs(results, docs)
+    assert report.squad_eval(inp).splitlines()[0].count("|") == 5
     data["rows"][-1].update(analog_compiled_s=31.25, ratio_compiled=1.876)
     path.write_text(json.dumps(data))
     lines = report.squad_eval(report.Inputs(results, docs)).splitlines()
@@ -138,6 +142,10 @@ def test_two_hosts_names_each_host_and_marks_missing_rows(tree):
     assert compiled.rstrip(" |").endswith("3.21")
     assert any(k.startswith("HWA training step: mlp, standard_hwa") for k in rows)
     # a row measured on the AVX2 host only (e.g. a compiled SQuAD point) shows a dash first
+    main = results / "squad_eval_cpu.json"
+    data = json.loads(main.read_text())
+    data["rows"][0].pop("ratio_compiled", None)  # the main host measured it eagerly only
+    main.write_text(json.dumps(data))
     path = results / "squad_eval_cpu_avx2.json"
     data = json.loads(path.read_text())
     data["rows"][0]["ratio_compiled"] = 1.2345
