@@ -28,6 +28,7 @@ before.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import threading
@@ -243,16 +244,15 @@ class _NativeKernel:
         return (self.source,)
 
     def _first_mismatch(self, fn: Any, cases: list[tuple], mismatch: Any) -> str | None:
-        """``mismatch(self, *case)`` for each case with ``fn`` as this kernel: the first
-        description of a difference, or None."""
-        self._fn = fn
-        try:
-            for case in cases:
-                found = mismatch(self, *case)
-                if found is not None:
-                    return found
-        finally:
-            self._fn = None
+        """``mismatch(probe, *case)`` for each case, ``probe`` a copy of this kernel running
+        ``fn`` (this one gets ``fn`` only once it passed: no other thread can call an unchecked
+        build): the first description of a difference, or None."""
+        probe = copy.copy(self)
+        probe._fn = fn
+        for case in cases:
+            found = mismatch(probe, *case)
+            if found is not None:
+                return found
         return None
 
     def _build(self) -> None:

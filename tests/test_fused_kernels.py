@@ -485,3 +485,20 @@ def test_float64_bias_given_to_analog_mvm_keeps_the_tensor_code(monkeypatch):
         monkeypatch.setenv("AIMC_ADC_NATIVE", env)
         outs.append(mvm.analog_mvm(x, tw, io, torch.Generator().manual_seed(1), bias))
     assert torch.equal(outs[0], outs[1])
+
+
+def test_an_unchecked_build_is_never_the_kernel(monkeypatch):
+    """While a build is being checked, the kernel object still has no function: another thread
+    asking it then gets the tensor code, never a build that may fail its check."""
+    _require_kernel()
+    k = _native.NativeAdcKernel()
+    during = []
+    real = _native._adc_mismatch
+
+    def mismatch(probe, *case):
+        during.append((probe is not k, k._fn is None))
+        return real(probe, *case)
+
+    monkeypatch.setattr(_native, "_adc_mismatch", mismatch)
+    assert k.usable()
+    assert during and all(a and b for a, b in during)
