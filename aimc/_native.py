@@ -28,7 +28,6 @@ before.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import threading
@@ -244,10 +243,11 @@ class _NativeKernel:
         return (self.source,)
 
     def _first_mismatch(self, fn: Any, cases: list[tuple], mismatch: Any) -> str | None:
-        """``mismatch(probe, *case)`` for each case, ``probe`` a copy of this kernel running
-        ``fn`` (this one gets ``fn`` only once it passed: no other thread can call an unchecked
-        build): the first description of a difference, or None."""
-        probe = copy.copy(self)
+        """``mismatch(probe, *case)`` for each case, ``probe`` a fresh kernel of this class
+        running ``fn`` (this one gets ``fn`` only once it passed: no other thread can call an
+        unchecked build; and the class's own methods are checked, not anything set on this
+        instance): the first description of a difference, or None."""
+        probe = type(self)()
         probe._fn = fn
         for case in cases:
             found = mismatch(probe, *case)
@@ -505,9 +505,12 @@ def dac_reference(
     g, n, k = x.shape
     xv = x.view(g, n, tiles, k // tiles)
     amax = torch.maximum(xv.amax(dim=-1), xv.amin(dim=-1).neg_())
-    s = amax.clamp(max=thres) if thres > 0 and not fixed else amax
     if fixed:
         s = torch.full_like(amax, thres)
+    elif thres > 0:
+        s = amax.clamp(max=thres)
+    else:
+        s = amax
     s_div = torch.where(s > 0, s, 1.0).transpose(1, 2).unsqueeze(-1)
     xq = torch.mul(xv.transpose(1, 2), s_div.reciprocal())
     if step > 0:
