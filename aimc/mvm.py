@@ -487,12 +487,11 @@ def _adc_(z: Tensor, io: IOConfig, n_out: int | None) -> Tensor | None:
     else:  # eager: one reading pass tells both whether anything saturated and needs the clip
         extremes = _extremes(z)
         sat = _saturated(z, n_out, io, extremes)
-    if io.out_bound > 0:  # <= 0: no bound (AIHWKIT: infinite)
-        bound = io.out_bound / units(io)[1]
-        # the clip is skipped where it would change nothing (every output within the float32
-        # bound): the common case of a bound-managed forward, one pass over the output fewer
-        if extremes is None or not _within(extremes, bound):
-            z.clamp_(-bound, bound)
+    # the clip is skipped where it would change nothing (every output within the float32
+    # bound): the common case of a bound-managed forward, one pass over the output fewer
+    bound = _clip_bound(io)
+    if bound < math.inf and (extremes is None or not _within(extremes, bound)):
+        z.clamp_(-bound, bound)
     return sat
 
 
@@ -509,6 +508,12 @@ def _within(extremes: tuple[float, float], limit: float) -> bool:
     lo, hi = extremes
     limit = _f32(limit)
     return -limit <= lo and hi <= limit
+
+
+def _clip_bound(io: IOConfig) -> float:
+    """The ADC's clip in ADC steps; ``math.inf`` where ``out_bound <= 0`` (no bound, AIHWKIT:
+    infinite)."""
+    return io.out_bound / units(io)[1] if io.out_bound > 0 else math.inf
 
 
 def _saturation_limit(io: IOConfig) -> float:
@@ -773,12 +778,11 @@ def _compact(
     """The tile outputs ``z`` ``(B, N, O_pad)`` in ADC steps and their rescale as
     :class:`TileOutputs` (the levels copied out of ``z``, which may be a scratch buffer)."""
     lo = tw.layout
-    columnwise = tw.scale is not None and tw.scale.shape[1] != lo.n_out
-    if tw.scale is not None and not columnwise:  # as _digital folds a per-tile scale
-        scale = tw.scale.unsqueeze(1)  # (B, 1, to)
-        factor = scale.expand(lo.batch, n, lo.n_out) if factor is None else factor * scale
+    factor, col_scale = _digital_scales(factor, tw)  # a per-tile scale folded, as _digital does
+    if factor is not None:
+        factor = factor.expand(lo.batch, n, lo.n_out)
     levels = z.to(_level_dtype(io), copy=True)
-    return TileOutputs(lo, g, n, levels, factor, tw.scale if columnwise else None)
+    return TileOutputs(lo, g, n, levels, factor, col_scale)
 
 
 def _digital(
@@ -896,7 +900,7 @@ def _fused_finish(
     ext = _ADC.finish(z, y, f, cs, base, lo.n_in, io.out_step > 0)
     if bm and not _within(ext, _saturation_limit(io)):
         return None
-    if not _within(ext, io.out_bound / units(io)[1] if io.out_bound > 0 else math.inf):
+    if not _within(ext, _clip_bound(io)):
         return None
     return y if lo.padded_out == lo.out_size else lo.unpad_out(y, 2)
 
