@@ -556,16 +556,18 @@ def _dac_mismatch(kernel: NativeDacKernel, x: Tensor, tiles: int, *args: Any) ->
     return None
 
 
-#: The C++ source of the ADC-and-digital kernel: ``kernel(z, y, f, cs, bias, ext, g, ti, n,
-#: to, cols, flags)`` reads the tile outputs ``z`` ``(g * ti, n, to * cols)`` (before the ADC's
-#: rounding), rounds them (flag 1; ``z`` itself is left as it is) and writes the layer's
+#: The C++ source of the ADC-and-digital kernel: ``kernel(z, y, f, cs, bias, ext, lv, g, ti,
+#: n, to, cols, flags, bound)`` reads the tile outputs ``z`` ``(g * ti, n, to * cols)`` (before
+#: the ADC's rounding), rounds them (flag 1; ``z`` itself is left as it is), clips them to
+#: ``[-bound, bound]`` (flag 2), keeps them as the ADC's levels in ``lv`` (``z``'s layout;
+#: address 0: not kept) as int8, int16 or float32 (flags 4, 8, 12) and writes the layer's
 #: output ``y`` ``(g, n, to * cols)``: ``sum_t z_t * cs_t * f_t + bias`` in the order of
 #: :func:`aimc.mvm._digital` — the column scale ``cs`` ``(g * ti, to * cols)`` (address 0:
 #: none) as a product, then ``bias + z * f`` (``bias`` ``(g, to * cols)``, address 0: ``z *
 #: f``) and ``y + z_t * f_t`` for the next input tiles, rounded as PyTorch's ``addcmul`` rounds
 #: them here (once: a fused multiply-add; or twice: the second variant; checked at build);
-#: ``f`` ``(g * ti, n, to)``. ``ext`` gets the smallest and largest rounded value (NaN if any
-#: is NaN).
+#: ``f`` ``(g * ti, n, to)``. ``ext`` gets the smallest and largest rounded value before the
+#: clip (NaN if any is NaN).
 ADC_SOURCE = (
     _PRELUDE
     + r"""
@@ -581,17 +583,34 @@ static inline VecF aimc_muladd(const VecF& a, const VecF& b, const VecF& c) {
 #endif
 }
 
+// v (cnt lanes) into the ADC levels at p: int8 (kind 1), int16 (2) or float32 (3); v holds
+// whole numbers within the type's range (the clip's bound), so each conversion is exact
+static inline void aimc_store_levels(const VecF& v, void* p, int64_t kind, int64_t cnt) {
+    if (kind == 1) {
+        at::vec::convert<int8_t>(v).store(static_cast<int8_t*>(p), cnt);
+    } else if (kind == 2) {
+        at::vec::convert<int16_t>(v).store(static_cast<int16_t*>(p), cnt);
+    } else {
+        v.store(static_cast<float*>(p), cnt);
+    }
+}
+
 extern "C" void kernel(const int64_t z_addr, const int64_t y_addr, const int64_t f_addr,
                        const int64_t cs_addr, const int64_t b_addr, const int64_t ext_addr,
-                       const int64_t g, const int64_t ti, const int64_t n, const int64_t to,
-                       const int64_t cols, const int64_t flags) {
+                       const int64_t lv_addr, const int64_t g, const int64_t ti,
+                       const int64_t n, const int64_t to, const int64_t cols,
+                       const int64_t flags, const float bound) {
     const float* const z = reinterpret_cast<const float*>(z_addr);
     float* const y = reinterpret_cast<float*>(y_addr);
     const float* const f = reinterpret_cast<const float*>(f_addr);
     const float* const cs = reinterpret_cast<const float*>(cs_addr);
     const float* const bias = reinterpret_cast<const float*>(b_addr);
     float* const ext = reinterpret_cast<float*>(ext_addr);
-    const bool round = flags & 1;
+    char* const lv = reinterpret_cast<char*>(lv_addr);
+    const bool round = flags & 1, clip = flags & 2;
+    const int64_t kind = (flags >> 2) & 3;  // the levels' type (lv_addr 0: none kept)
+    const int64_t lv_size = kind == 1 ? 1 : kind == 2 ? 2 : 4;
+    const VecF vlo(-bound), vhi(bound);
     constexpr int64_t V = VecF::size();
     const int64_t width = to * cols;
     float lo_all = std::numeric_limits<float>::infinity();
@@ -627,6 +646,11 @@ extern "C" void kernel(const int64_t z_addr, const int64_t y_addr, const int64_t
                                 smin = aimc_nan_min(smin, lanes[l]);
                                 smax = aimc_nan_max(smax, lanes[l]);
                             }
+                        }
+                        if (clip) v = at::vec::clamp(v, vlo, vhi);
+                        if (lv != nullptr) {
+                            aimc_store_levels(v, lv + ((bt * n + ni) * width + col) * lv_size,
+                                              kind, cnt);
                         }
                         if (cs != nullptr) {
                             const float* const cp = cs + bt * width + col;
@@ -672,15 +696,16 @@ extern "C" void kernel(const int64_t z_addr, const int64_t y_addr, const int64_t
 
 
 class NativeAdcKernel(_NativeKernel):
-    """The ADC's rounding, its saturation test's extremes and the digital periphery (column
-    scales, rescale, sum over input tiles, bias) of an eager CPU forward in one pass over the
-    tile outputs (:data:`ADC_SOURCE`), where the tensor code makes four or more. The same
+    """The ADC's rounding, its saturation test's extremes, its clip and the digital periphery
+    (column scales, rescale, sum over input tiles, bias) of an eager CPU forward in one pass
+    over the tile outputs (:data:`ADC_SOURCE`), where the tensor code makes five or more; in
+    a training forward of learned output scales it also keeps the ADC's levels. The same
     values bit for bit as :func:`aimc.mvm._digital` after the ADC (checked at build; where the
     check fails the tensor code runs, warned once). Switched off with ``AIMC_ADC_NATIVE=0`` or
     ``AIMC_FUSED_KERNELS=0``."""
 
     source = ADC_SOURCE
-    argtypes = ("int64_t",) * 12
+    argtypes = ("int64_t",) * 13 + ("float",)
     envs = ("AIMC_FUSED_KERNELS", "AIMC_ADC_NATIVE")
     warning = (
         "aimc: the fused ADC kernel could not be built ({failed}); the ADC and the digital "
@@ -697,11 +722,17 @@ class NativeAdcKernel(_NativeKernel):
         bias: Tensor | None,
         tiles: int,
         round_: bool,
+        bound: float = math.inf,
+        levels: Tensor | None = None,
     ) -> tuple[float, float]:
         """Write ``y`` ``(G, N, O)`` from the tile outputs ``z`` ``(G * ti, N, O)`` and return
-        the smallest and largest rounded tile output. ``factor`` ``(G * ti, N, to)``,
-        ``col_scale`` ``(G * ti, O)``, ``bias`` ``(G, O)``: contiguous float32 CPU tensors
-        (checked), like ``z`` and ``y``; ``O`` a multiple of ``to``."""
+        the smallest and largest rounded tile output before the clip. ``factor``
+        ``(G * ti, N, to)``, ``col_scale`` ``(G * ti, O)``, ``bias`` ``(G, O)``: contiguous
+        float32 CPU tensors (checked), like ``z`` and ``y``; ``O`` a multiple of ``to``. A
+        finite ``bound``: the rounded outputs are clipped to ``[-bound, bound]`` first.
+        ``levels`` (``z``'s shape; int8 or int16 where a finite bound makes every clipped
+        level fit, else float32): gets the rounded, clipped tile outputs (NaN levels, and so
+        their integer conversion, are left to the caller: the extremes say when)."""
         b, n, width = z.shape
         g = b // tiles if tiles > 0 else 0
         to = factor.shape[-1] if factor.dim() == 3 else 0
@@ -713,6 +744,16 @@ class NativeAdcKernel(_NativeKernel):
         _check_buffers("ADC", shapes)
         if to == 0 or width % to:
             raise ValueError(f"aimc._native: {width} outputs do not split into {to} tiles")
+        kind = 0
+        if levels is not None:
+            kind = _LEVEL_KINDS.get(levels.dtype, 0)
+            if kind == 0 or (kind < 3 and not _LEVEL_LIMITS[levels.dtype] >= bound):
+                raise ValueError(
+                    f"aimc._native: ADC levels as {levels.dtype} with bound {bound}; allowed: "
+                    "float32, or int8 / int16 with a bound within the type's range"
+                )
+            _check_buffers("ADC", [(levels, (b, n, width))], levels.dtype)
+        clip = bound < math.inf
         ext = torch.empty(2, dtype=torch.float32)
         self._fn(
             z.data_ptr(),
@@ -721,12 +762,14 @@ class NativeAdcKernel(_NativeKernel):
             0 if col_scale is None else col_scale.data_ptr(),
             0 if bias is None else bias.data_ptr(),
             ext.data_ptr(),
+            0 if levels is None else levels.data_ptr(),
             g,
             tiles,
             n,
             to,
             width // to,
-            int(round_),
+            int(round_) | int(clip) << 1 | kind << 2,
+            bound if clip else 0.0,
         )
         lo, hi = ext.tolist()
         return lo, hi
@@ -739,18 +782,26 @@ class NativeAdcKernel(_NativeKernel):
         return self._first_mismatch(fn, _adc_cases(), _adc_mismatch)
 
 
-def _check_buffers(kernel: str, shapes: list[tuple[Tensor, tuple[int, ...]]]) -> None:
-    """Raise unless every tensor is a contiguous float32 CPU tensor of its shape."""
+#: The ADC kernel's codes for the levels' types, and the largest bound each holds exactly
+_LEVEL_KINDS = {torch.int8: 1, torch.int16: 2, torch.float32: 3}
+_LEVEL_LIMITS = {torch.int8: 127.0, torch.int16: 32767.0}
+
+
+def _check_buffers(
+    kernel: str, shapes: list[tuple[Tensor, tuple[int, ...]]], dtype: torch.dtype = torch.float32
+) -> None:
+    """Raise unless every tensor is a contiguous CPU tensor of ``dtype`` and its shape."""
     for t, shape in shapes:
         if (
             tuple(t.shape) != shape
-            or t.dtype != torch.float32
+            or t.dtype != dtype
             or t.device.type != "cpu"
             or not t.is_contiguous()
         ):
+            name = str(dtype).removeprefix("torch.")
             raise ValueError(
                 f"aimc._native: {kernel} kernel got {tuple(t.shape)} {t.dtype} on {t.device} "
-                f"(contiguous: {t.is_contiguous()}); expected contiguous float32 CPU {shape}"
+                f"(contiguous: {t.is_contiguous()}); expected contiguous {name} CPU {shape}"
             )
 
 
@@ -761,14 +812,19 @@ def adc_reference(
     bias: Tensor | None,
     tiles: int,
     round_: bool,
-) -> tuple[Tensor, float, float]:
-    """``(y, min, max)`` as the tensor code computes them (``_mvm_adc``'s rounding and
-    extremes, :func:`aimc.mvm._digital`'s rescale and sum): what
-    :meth:`NativeAdcKernel.finish` must equal."""
+    bound: float = math.inf,
+    level_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, float, float, Tensor | None]:
+    """``(y, min, max, levels)`` as the tensor code computes them (``_adc_``'s rounding,
+    extremes and clip, :func:`aimc.mvm._compact`'s levels, :func:`aimc.mvm._digital`'s
+    rescale and sum): what :meth:`NativeAdcKernel.finish` must equal."""
     z = z.clone()
     if round_:
         z.round_()
     lo, hi = torch.stack(torch.aminmax(z)).tolist()
+    if bound < math.inf:
+        z.clamp_(-bound, bound)
+    levels = None if level_dtype is None else z.to(level_dtype, copy=True)
     b, n, width = z.shape
     g, to = b // tiles, factor.shape[-1]
     if col_scale is not None:
@@ -782,17 +838,22 @@ def adc_reference(
         torch.addcmul(bias.reshape(g, 1, to, width // to), zv[:, 0], fv[:, 0], out=y)
     for t in range(1, tiles):
         y.addcmul_(zv[:, t], fv[:, t])
-    return y.view(g, n, width), lo, hi
+    return y.view(g, n, width), lo, hi, levels
 
 
 def _adc_cases() -> list[tuple]:
     gen = torch.Generator().manual_seed(0)
     cases = []
-    for g, ti, n, to, cols, cs, bias, r in [
-        (1, 1, 9, 1, 37, True, True, True),
-        (2, 3, 5, 2, 16, False, True, True),
-        (1, 2, 7, 3, 24, True, False, False),
-        (2, 1, 3, 1, 8, False, False, True),
+    for g, ti, n, to, cols, cs, bias, r, bound, dtype in [
+        (1, 1, 9, 1, 37, True, True, True, math.inf, None),
+        (2, 3, 5, 2, 16, False, True, True, math.inf, None),
+        (1, 2, 7, 3, 24, True, False, False, math.inf, None),
+        (2, 1, 3, 1, 8, False, False, True, math.inf, None),
+        # the clip, and the levels a training forward keeps, in each type
+        (1, 2, 9, 1, 37, True, True, True, 40.0, torch.int8),
+        (2, 3, 5, 2, 16, True, False, True, 60.0, torch.int16),
+        (1, 2, 7, 3, 24, False, True, False, 30.5, torch.float32),
+        (1, 1, 6, 1, 21, True, False, True, 127.0, torch.int8),
     ]:
         z = torch.randn(g * ti, n, to * cols, generator=gen, dtype=torch.float32) * 40
         ties = [0.5, 1.5, -2.5, 2.4999998, -0.5]  # and one just below a tie
@@ -800,10 +861,13 @@ def _adc_cases() -> list[tuple]:
         f = torch.rand(g * ti, n, to, generator=gen, dtype=torch.float32) * 0.1
         c = torch.rand(g * ti, to * cols, generator=gen, dtype=torch.float32) + 0.5 if cs else None
         b = torch.randn(g, to * cols, generator=gen, dtype=torch.float32) if bias else None
-        cases.append((z, f, c, b, ti, r))
+        cases.append((z, f, c, b, ti, r, bound, dtype))
     z = cases[0][0].clone()
     z[0, 3, 4] = math.nan
     cases.append((z, *cases[0][1:]))
+    z = cases[4][0].clone()
+    z[0, 1, :3] = torch.tensor([1e30, -1e30, 127.5])  # far beyond the bound; a tie at it
+    cases.append((z, *cases[4][1:]))
     return cases
 
 
@@ -815,19 +879,26 @@ def _adc_mismatch(
     bias: Tensor | None,
     tiles: int,
     round_: bool,
+    bound: float,
+    level_dtype: torch.dtype | None,
 ) -> str | None:
     g = z.shape[0] // tiles
     y = torch.full((g, z.shape[1], z.shape[2]), 7.0, dtype=torch.float32)
+    levels = None if level_dtype is None else torch.full(z.shape, 7, dtype=level_dtype)
     z_before = z.clone()
-    lo, hi = kernel.finish(z, y, factor, col_scale, bias, tiles, round_)
-    ref, ref_lo, ref_hi = adc_reference(z, factor, col_scale, bias, tiles, round_)
+    lo, hi = kernel.finish(z, y, factor, col_scale, bias, tiles, round_, bound, levels)
+    ref, ref_lo, ref_hi, ref_levels = adc_reference(
+        z, factor, col_scale, bias, tiles, round_, bound, level_dtype
+    )
     if not torch.equal(z.nan_to_num(1e30), z_before.nan_to_num(1e30)):
         return "the tile outputs were changed"
     if not torch.equal(y.nan_to_num(1e30), ref.nan_to_num(1e30)):
         return (
             f"outputs differ (tiles {tiles}, column scales {col_scale is not None}, bias "
-            f"{bias is not None}, rounding {round_})"
+            f"{bias is not None}, rounding {round_}, bound {bound})"
         )
+    if levels is not None and not torch.equal(levels.nan_to_num(1e30), ref_levels.nan_to_num(1e30)):
+        return f"levels as {level_dtype} differ (bound {bound})"
     same = [a == b or (math.isnan(a) and math.isnan(b)) for a, b in ((lo, ref_lo), (hi, ref_hi))]
     if not all(same):
         return f"extremes ({lo}, {hi}) differ from ({ref_lo}, {ref_hi})"

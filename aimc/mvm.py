@@ -658,6 +658,9 @@ def analog_mvm(
     xq = _scratch(0, (g, lo.n_in, n, lo.rows), x)
     z = _scratch(1, (lo.batch, n, lo.padded_out), x)
 
+    # the summed training forward: the learned output scales fold into the digital rescale
+    scaled = TileWeights(lo, tw.w, combine_scales(tw.scale, out_scale, lo)) if summed else tw
+
     def finish(factor: Tensor | None) -> Tensor | TileOutputs | tuple[TileOutputs, Tensor]:
         # the digital periphery
         if not compact:
@@ -665,7 +668,6 @@ def analog_mvm(
         tiles = _compact(z, factor, tw, g, n, io)  # copies the levels out of z
         if not summed:
             return tiles
-        scaled = TileWeights(lo, tw.w, combine_scales(tw.scale, out_scale, lo))
         return tiles, _digital(z, factor, scaled, g, n, bias)
 
     if io.is_perfect:
@@ -696,7 +698,7 @@ def analog_mvm(
         _dac_(_to_levels_(xq, io), io, in_unit, generator)
     xq3 = xq.view(lo.batch, n, lo.rows)
     bm = io.bound_management == BoundManagement.ITERATIVE
-    fused_out = _fused_adc(z, per_tile)
+    fused_out = _fused_adc(z, per_tile, summed)
     sat = _mvm_adc(xq3, tw, io, generator, z, lo.n_out if bm else None, x2, not fused_out)
     # an all-zero vector (s = 0) gives 0, unless input noise makes it non-zero: AIHWKIT then
     # runs the MVM unscaled (``forwardVector`` short-cuts only without input noise)
@@ -707,9 +709,12 @@ def analog_mvm(
         return f_gnt.transpose(1, 2).reshape(lo.batch, n, 1).expand(-1, -1, lo.n_out)
 
     if fused_out:  # the ADC and the digital periphery in one pass, unless something saturated
-        y = _fused_finish(z, to_factor(f_gnt), tw, g, n, bias, io, bm)
+        factor = to_factor(f_gnt)
+        # (summed: the levels kept for the output scales' gradient, written by the kernel)
+        levels = z.new_empty(z.shape, dtype=_level_dtype(io)) if summed else None
+        y = _fused_finish(z, factor, scaled, g, n, bias, io, bm, levels)
         if y is not None:
-            return y
+            return y if levels is None else (_compact(z, factor, tw, g, n, io, levels), y)
         sat = _adc_(z, io, lo.n_out if bm else None)
 
     if bm and sat is not None:
@@ -773,15 +778,23 @@ def _(x, w, w_abs, scale, bias, input_range, key, sizes, io_key):
 
 
 def _compact(
-    z: Tensor, factor: Tensor | None, tw: TileWeights, g: int, n: int, io: IOConfig
+    z: Tensor,
+    factor: Tensor | None,
+    tw: TileWeights,
+    g: int,
+    n: int,
+    io: IOConfig,
+    levels: Tensor | None = None,
 ) -> TileOutputs:
     """The tile outputs ``z`` ``(B, N, O_pad)`` in ADC steps and their rescale as
-    :class:`TileOutputs` (the levels copied out of ``z``, which may be a scratch buffer)."""
+    :class:`TileOutputs` (the levels copied out of ``z``, which may be a scratch buffer, unless
+    the fused ADC kernel already wrote them into ``levels``)."""
     lo = tw.layout
     factor, col_scale = _digital_scales(factor, tw)  # a per-tile scale folded, as _digital does
     if factor is not None:
         factor = factor.expand(lo.batch, n, lo.n_out)
-    levels = z.to(_level_dtype(io), copy=True)
+    if levels is None:
+        levels = z.to(_level_dtype(io), copy=True)
     return TileOutputs(lo, g, n, levels, factor, col_scale)
 
 
@@ -870,9 +883,12 @@ def unfused_adc() -> Iterator[None]:
             os.environ["AIMC_ADC_NATIVE"] = before
 
 
-def _fused_adc(z: Tensor, per_tile: bool | str) -> bool:
-    """Whether :data:`_ADC` finishes this forward: an eager CPU forward that sums its tiles."""
-    return not per_tile and z.device.type == "cpu" and not _compiling() and _ADC.usable()
+def _fused_adc(z: Tensor, per_tile: bool | str, summed: bool) -> bool:
+    """Whether :data:`_ADC` finishes this forward: an eager CPU forward that sums its tiles
+    (``summed``: the training forward of learned output scales, which also keeps the levels)."""
+    return (
+        (not per_tile or summed) and z.device.type == "cpu" and not _compiling() and _ADC.usable()
+    )
 
 
 def _fused_finish(
@@ -884,11 +900,13 @@ def _fused_finish(
     bias: Tensor | None,
     io: IOConfig,
     bm: bool,
+    levels: Tensor | None = None,
 ) -> Tensor | None:
     """The layer's output from the tile outputs ``z`` before the ADC, by :data:`_ADC`: the
-    ADC's rounding and :func:`_digital` in one pass. None (``z`` untouched) where an output
-    saturates (bound management) or needs the clip, or is NaN: the tensor code then takes
-    over, from :func:`_adc_`."""
+    ADC's rounding and clip and :func:`_digital` in one pass (and with ``levels``, ``z``'s
+    shape, the clipped levels as :func:`_compact` keeps them). None (``z`` untouched) where an
+    output saturates (bound management) or is NaN: the tensor code then takes over, from
+    :func:`_adc_`."""
     lo = tw.layout
     factor, col_scale = _digital_scales(factor, tw)
     y = z.new_empty(g, n, lo.padded_out)
@@ -897,10 +915,11 @@ def _fused_finish(
     cs = None if col_scale is None else col_scale.contiguous()
     if any(t is not None and t.dtype != torch.float32 for t in (f, cs, base)):
         return None  # (a float64 bias or scale given to analog_mvm directly: tensor code)
-    ext = _ADC.finish(z, y, f, cs, base, lo.n_in, io.out_step > 0)
+    bound = _f32(_clip_bound(io))  # the float32 clip (that _level_dtype checked fits)
+    ext = _ADC.finish(z, y, f, cs, base, lo.n_in, io.out_step > 0, bound, levels)
     if bm and not _within(ext, _saturation_limit(io)):
         return None
-    if not _within(ext, _clip_bound(io)):
+    if not _within(ext, math.inf):  # NaN
         return None
     return y if lo.padded_out == lo.out_size else lo.unpad_out(y, 2)
 

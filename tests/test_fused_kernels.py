@@ -357,22 +357,30 @@ def _adc_args(seed: int, g: int, ti: int, n: int, to: int, cols: int, cs: bool, 
     bias=st.booleans(),
     round_=st.booleans(),
     nan=st.booleans(),
+    clip=st.sampled_from([(math.inf, None), (30.0, torch.int8), (20.5, torch.float32),
+                          (127.0, torch.int8), (200.0, torch.int16), (math.inf, torch.float32)]),
     seed=st.integers(0, 2**16),
 )
-def test_adc_kernel_equals_the_tensor_code(g, ti, n, to, cols, cs, bias, round_, nan, seed):
-    """Any tile counts, row widths off the vector width, with and without column scales, bias
-    and rounding, a NaN: the same outputs and extremes as the tensor code; ``z`` untouched."""
+def test_adc_kernel_equals_the_tensor_code(g, ti, n, to, cols, cs, bias, round_, nan, clip, seed):
+    """Any tile counts, row widths off the vector width, with and without column scales, bias,
+    rounding and the clip, the levels kept in each type, a NaN: the same outputs, extremes and
+    levels as the tensor code; ``z`` untouched. (NaN levels are never kept as integers: the
+    forward hands a NaN back to the tensor code.)"""
     _require_kernel()
+    bound, dtype = clip
     z, f, c, b = _adc_args(seed, g, ti, n, to, cols, cs, bias)
     if nan:
         z[-1, -1, -1] = math.nan
     before = z.clone()
     y = torch.full((g, n, to * cols), 7.0)
-    lo, hi = mvm._ADC.finish(z, y, f, c, b, ti, round_)
-    ref, ref_lo, ref_hi = _native.adc_reference(z, f, c, b, ti, round_)
+    levels = None if dtype is None else torch.full(z.shape, 7, dtype=dtype)
+    lo, hi = mvm._ADC.finish(z, y, f, c, b, ti, round_, bound, levels)
+    ref, ref_lo, ref_hi, ref_levels = _native.adc_reference(z, f, c, b, ti, round_, bound, dtype)
     assert _nan_equal(z, before)
     assert _nan_equal(y, ref)
     assert _nan_equal(torch.tensor([lo, hi]), torch.tensor([ref_lo, ref_hi]))
+    if levels is not None and not (nan and dtype != torch.float32):
+        assert levels.dtype == dtype and _nan_equal(levels.float(), ref_levels.float())
 
 
 def test_adc_kernel_does_not_depend_on_the_thread_count():
@@ -401,13 +409,22 @@ def test_adc_kernel_refuses_wrong_buffers():
         mvm._ADC.finish(z, y, f, c.t().contiguous().t(), b, 2, True)
     with pytest.raises(ValueError, match="16 outputs do not split into 3 tiles"):
         mvm._ADC.finish(z, y, torch.rand(2, 4, 3), c, b, 2, True)
+    with pytest.raises(ValueError, match=r"levels as torch.int8 with bound 200.0; allowed"):
+        mvm._ADC.finish(z, y, f, c, b, 2, True, 200.0, torch.empty(z.shape, dtype=torch.int8))
+    with pytest.raises(ValueError, match=r"levels as torch.int16 with bound inf"):
+        mvm._ADC.finish(z, y, f, c, b, 2, True, math.inf, torch.empty(z.shape, dtype=torch.int16))
+    with pytest.raises(ValueError, match=r"levels as torch.float64"):
+        mvm._ADC.finish(z, y, f, c, b, 2, True, 9.0, torch.empty(z.shape, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"got \(2, 4, 8\) torch.int8.*expected contiguous int8"):
+        mvm._ADC.finish(z, y, f, c, b, 2, True, 9.0, torch.empty(2, 4, 8, dtype=torch.int8))
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_adc_kernel_output_is_kept_where_nothing_saturates(monkeypatch, preset):
     """Inputs that saturate nothing: the kernel's output is the layer's (no hand-back), the
     same values as the tensor code; with a saturating vector added the tensor code takes over
-    (bound management, the clip) with the same values too."""
+    where bound management redoes it, and the kernel clips it itself where there is none
+    (``standard_hwa``) — the same values either way."""
     _require_kernel()
     torch.manual_seed(7)
     digital = torch.nn.Linear(700, 130)
@@ -421,17 +438,78 @@ def test_adc_kernel_output_is_kept_where_nothing_saturates(monkeypatch, preset):
     assert kept == 1 and torch.equal(got, ref)
     x[1, 4] = digital.weight[0].detach().sign()  # output 0 sums 0.5 |W|: it saturates the ADC
     got, ref, kept = _forward_pair(monkeypatch, layer, x, which="ADC")
-    assert kept == 0 and torch.equal(got, ref)
+    bm = PRESETS[preset].io.bound_management == aimc.config.BoundManagement.ITERATIVE
+    assert kept == (0 if bm else 1) and torch.equal(got, ref)
 
 
-def test_adc_kernel_is_not_used_for_per_tile_outputs(monkeypatch):
-    """The training forward of learned output scales keeps every tile's levels: tensor code."""
+def _train_pair(monkeypatch, layer: torch.nn.Module, x: torch.Tensor):
+    """Output and every gradient of one training step with the ADC kernel and with the tensor
+    code, the same seed; and how many of the first's forwards kept the kernel's output."""
+    kept = []
+    real_finish = mvm._fused_finish
+
+    def spy_finish(*args, **kwargs):
+        y = real_finish(*args, **kwargs)
+        kept.append(y is not None)
+        return y
+
+    monkeypatch.setattr(mvm, "_fused_finish", spy_finish)
+    runs = []
+    for env in ("1", "0"):
+        monkeypatch.setenv("AIMC_ADC_NATIVE", env)
+        layer.zero_grad()
+        aimc.manual_seed(layer, 5)
+        xi = x.clone().requires_grad_(True)
+        y = layer(xi)
+        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+        grads = {k: p.grad.clone() for k, p in layer.named_parameters() if p.grad is not None}
+        runs.append((y.detach(), xi.grad, grads))
+        if env == "1":
+            n_kept = sum(kept)
+    return runs[0], runs[1], n_kept
+
+
+@pytest.mark.parametrize("shape", [(1030, 70), (512, 300), (100, 20)])
+def test_training_forward_keeps_the_levels_with_the_kernel(monkeypatch, shape):
+    """``standard_hwa``'s training forward (learned input range and output scales, the levels
+    kept for the scales' gradient, outputs that clip): the kernel writes the levels and the
+    output in its pass, and the output, the input gradient and every parameter gradient (the
+    output scales' from the levels) are those of the tensor code, bit for bit."""
+    _require_kernel()
+    torch.manual_seed(8)
+    n_in, n_out = shape
+    layer = AnalogLinear.from_digital(torch.nn.Linear(n_in, n_out), aimc.presets.standard_hwa())
+    layer.train()
+    x = torch.randn(2, 23, n_in) * 3
+    x[0, 1] = 0.0
+    (y, gx, grads), (y0, gx0, grads0), kept = _train_pair(monkeypatch, layer, x)
+    assert kept == 1
+    assert torch.equal(y, y0) and torch.equal(gx, gx0)
+    assert grads.keys() == grads0.keys() and len(grads) >= 3
+    for k in grads:
+        assert torch.equal(grads[k], grads0[k]), k
+    out = layer.analog_config.io.out_bound / layer.analog_config.io.out_step
+    assert out == 127.0  # 8-bit ADC: int8 levels
+
+
+def test_training_forward_hands_saturation_to_bound_management(monkeypatch):
+    """With iterative bound management (``bert_squad``) a saturated training forward goes back
+    to the tensor code (AIHWKIT's rounds), the same values; unsaturated ones keep the kernel."""
     _require_kernel()
     torch.manual_seed(8)
     layer = _chip(torch.nn.Linear(600, 40), PRESETS["bert_squad"])
-    x = torch.randn(8, 600, requires_grad=True)
-    got, ref, kept = _forward_pair(monkeypatch, layer, x, train=True, which="ADC")
-    assert kept == 0 and torch.equal(got, ref)
+    x = torch.randn(8, 600)
+    x[3] = layer.weight[0].detach().sign()  # output 0 saturates
+    a, b, kept = _train_pair(monkeypatch, layer, x)
+    assert kept == 0
+    for got, ref in zip(a[:2], b[:2], strict=True):
+        assert torch.equal(got, ref)
+    assert all(torch.equal(a[2][k], b[2][k]) for k in a[2])
+    x = torch.randn(8, 600) * 1e-3
+    x[:, 3] = 1.0
+    a, b, kept = _train_pair(monkeypatch, layer, x)
+    assert kept == 1 and torch.equal(a[0], b[0])
+    assert all(torch.equal(a[2][k], b[2][k]) for k in a[2])
 
 
 def test_adc_kernel_falls_back_to_plain_fma_rounding(monkeypatch):
