@@ -357,8 +357,16 @@ def _adc_args(seed: int, g: int, ti: int, n: int, to: int, cols: int, cs: bool, 
     bias=st.booleans(),
     round_=st.booleans(),
     nan=st.booleans(),
-    clip=st.sampled_from([(math.inf, None), (30.0, torch.int8), (20.5, torch.float32),
-                          (127.0, torch.int8), (200.0, torch.int16), (math.inf, torch.float32)]),
+    clip=st.sampled_from(
+        [
+            (math.inf, None),
+            (30.0, torch.int8),
+            (20.5, torch.float32),
+            (127.0, torch.int8),
+            (200.0, torch.int16),
+            (math.inf, torch.float32),
+        ]
+    ),
     seed=st.integers(0, 2**16),
 )
 def test_adc_kernel_equals_the_tensor_code(g, ti, n, to, cols, cs, bias, round_, nan, clip, seed):
