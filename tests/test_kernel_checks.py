@@ -109,6 +109,27 @@ def test_a_wrong_recompiled_graph_is_caught_too(monkeypatch):
     assert torch.equal(outd, torch.sin(xd) * 2.0 + 1.0)
 
 
+def test_a_large_first_call_leaves_the_check_to_a_smaller_one(monkeypatch):
+    """Above CHECK_MAX_BYTES of tensors a first run is not checked (the eager reference of a
+    large noise draw would peak at several times its size); the graph's first smaller run
+    is, and a wrong graph is then dropped."""
+    torch._dynamo.reset()
+    _corrupting_compile_fx(monkeypatch, {0})
+    monkeypatch.setattr(_kernels, "CHECK_MAX_BYTES", 4000)
+    kernel = FusedKernel(_fill_into, env="AIMC_TEST_KERNEL")
+    x, out = torch.linspace(-3, 3, 1000), torch.empty(1000)  # 8,000 bytes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernel(x, out)
+    assert kernel.failed is None
+    assert float((out - (torch.sin(x) * 2.0 + 1.0)).abs().max()) > 1e30  # unchecked: wrong
+    small = torch.empty(400)
+    with pytest.warns(RuntimeWarning, match="compiled kernel was dropped"):
+        kernel(x[:400], small)
+    assert torch.equal(small, torch.sin(x[:400]) * 2.0 + 1.0)
+    assert kernel.failed is not None
+
+
 def test_right_graphs_run_compiled_and_carry_the_vector_width(monkeypatch):
     torch._dynamo.reset()
     calls = _corrupting_compile_fx(monkeypatch, set())
