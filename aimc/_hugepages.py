@@ -8,11 +8,13 @@ allocator as PyTorch has it, because the effect depends on the allocation's size
 
 * above 32 MiB, glibc maps every allocation afresh, and each 4 KiB page faults on first touch:
   huge pages make such a fresh tensor about 3x cheaper;
-* from 2 to 32 MiB, glibc reuses its heap without a single fault, but a huge-page block was
-  mapped afresh on most allocations: a fresh 4 or 12 MiB result cost up to 10x more with them.
+* from 2 to 32 MiB, glibc reuses its heap without a single fault (one fresh tensor per call;
+  several freed together can make it give the heap's top back and fault it in again), but a
+  huge-page block was mapped afresh on most allocations: a fresh 4 or 12 MiB result cost up
+  to 10x more with them.
 
 An eager analog forward reuses scratch buffers and makes mostly mid-sized tensors, so it is
-faster without them; a compiled layer whose tile outputs reach 32 MiB runs that eager forward
+faster without them; a compiled layer whose tile outputs reach 16 MiB runs that eager forward
 inside its graph (:data:`aimc.mvm.EAGER_MIN_BYTES`). For other code that makes fresh tensors
 above 32 MiB on every call, set ``THP_MEM_ALLOC_ENABLE=1`` in the environment before Python
 starts (PyTorch reads it at its first CPU allocation).

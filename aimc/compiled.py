@@ -74,7 +74,7 @@ def compile(model: nn.Module, **kwargs: Any) -> nn.Module:  # noqa: A001 - mirro
     On the CPU a compiled graph allocates its buffers afresh on every call, and glibc maps a
     buffer of 32 MiB or more anew each time (every 4 KiB page faulting on first touch: a
     768 x 3072 layer on 2,048 tokens faulted about 24,600 times per call). So a layer whose
-    tile outputs reach :data:`aimc.mvm.EAGER_MIN_BYTES` (32 MiB) runs its eager forward, which
+    tile outputs reach :data:`aimc.mvm.EAGER_MIN_BYTES` (16 MiB) runs its eager forward, which
     reuses its buffers, as one custom op inside the graph (no graph break; its noise seeded
     from the layer's counter stream, so reproducible from the seeds as well); smaller layers
     are compiled through.

@@ -744,9 +744,13 @@ def analog_mvm(
 #: 32 MiB or more afresh from the system each time (its largest ``mmap`` threshold), so each
 #: call faulted in every 4 KiB page of the tile outputs and of the noise drawn for them (about
 #: 24,600 faults per call for a 768 x 3072 layer on 2,048 tokens); the eager forward writes them
-#: into buffers it keeps between calls. Smaller forwards stay in the graph, where inductor fuses
-#: the periphery.
-EAGER_MIN_BYTES = 32 << 20
+#: into buffers it keeps between calls. Below 32 MiB glibc serves them from its heap, but gives
+#: the heap's top back to the system when enough of it is free, and the faults come back: a
+#: 384 x 384 ``pcm_inference`` layer on 12,288 tokens (a SQuAD batch; 18.9 MiB of tile
+#: outputs) took 9,184 faults per compiled call and 44-50 against 32-37 ms opaque (2026-12-05;
+#: at 3-16 MiB the two were within each other's spread). Smaller forwards stay in the graph,
+#: where inductor fuses the periphery.
+EAGER_MIN_BYTES = 16 << 20
 
 
 @torch.library.custom_op(f"{__package__.replace('.', '_')}::eager_mvm", mutates_args=())
