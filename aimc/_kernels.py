@@ -7,17 +7,18 @@ than dynamo's default of 8 (the suite of a long process meets more), run a varia
 limit eagerly for that call, and where the first build fails (no C++ compiler) keep the eager
 function for the rest of the process — warning once if asked to.
 
-Each variant's first compiled call is checked against the eager function on copies of its
-arguments; a compiled kernel that computes other values is dropped for the process (warned
-once, always) and the eager values are the call's. This is not hypothetical: inductor's
-on-disk graph cache keys a graph on inductor's config but not on the vector ISA it was
-generated for, and on a hit compiles the cached C++ for the ISA of the process at hand. A
-graph generated for 512-bit vectors then ran with 256-bit ones (``ATEN_CPU_CAPABILITY=avx2``
-on an AVX-512 host, or one cache directory shared by an AVX2 and an AVX-512 host): its loops
-stepped 16 values and wrote 8, and half of every noise draw was left unwritten memory (NaN
-and 1e33 among them; found 2026-12-05). :func:`isa_options` puts the vector width into the
-config, so each ISA has graphs of its own; the check stays for whatever else a cache or a
-compiler may get wrong.
+Each graph that dynamo compiles of the function (the first, and every recompile) has its first
+run checked against the same graph run eagerly on copies of its arguments (a first run of at
+most :data:`CHECK_MAX_BYTES` of tensors); a compiled kernel that computes other values is
+dropped for the process (warned once, always) and the eager values are the call's. This is
+not hypothetical: inductor's on-disk graph cache keys a graph on inductor's config but not on
+the vector ISA it was generated for, and on a hit compiles the cached C++ for the ISA of the
+process at hand. A graph generated for 512-bit vectors then ran with 256-bit ones
+(``ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 host, or one cache directory shared by an AVX2
+and an AVX-512 host): its loops stepped 16 values and wrote 8, and half of every noise draw
+was left unwritten memory (NaN and 1e33 among them; found 2026-12-05). :func:`isa_options`
+puts the vector width into the config, so each ISA has graphs of its own; the check stays for
+whatever else a cache or a compiler may get wrong.
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def _mismatch(got: Any, want: Any) -> str | None:
         return None
     if got.shape != want.shape or got.dtype != want.dtype:
         return f"{tuple(got.shape)} {got.dtype}, not {tuple(want.shape)} {want.dtype}"
-    if not (got.dtype.is_floating_point or got.dtype.is_complex):
+    if not got.dtype.is_floating_point:
         return None if torch.equal(got, want) else "integer values differ"
     g, w = got.detach().double(), want.detach().double()
     if not torch.equal(g.isfinite(), w.isfinite()) or not torch.equal(g.isnan(), w.isnan()):

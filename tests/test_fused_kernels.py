@@ -134,6 +134,21 @@ def _chip(digital: torch.nn.Module, cfg: aimc.AnalogConfig) -> torch.nn.Module:
     return layer
 
 
+def _spy_adc_kept(monkeypatch) -> list[bool]:
+    """From now on, for every forward that tried the ADC kernel: whether its output was kept
+    (True) or handed back to the tensor code."""
+    kept: list[bool] = []
+    real_finish = mvm._fused_finish
+
+    def spy_finish(*args, **kwargs):
+        y = real_finish(*args, **kwargs)
+        kept.append(y is not None)
+        return y
+
+    monkeypatch.setattr(mvm, "_fused_finish", spy_finish)
+    return kept
+
+
 def _forward_pair(
     monkeypatch, layer: torch.nn.Module, x: torch.Tensor, train: bool = False, which: str = "DAC"
 ):
@@ -150,14 +165,7 @@ def _forward_pair(
 
         monkeypatch.setattr(mvm._DAC, "levels", spy)
     else:
-        real_finish = mvm._fused_finish
-
-        def spy_finish(*args, **kwargs):
-            y = real_finish(*args, **kwargs)
-            calls.append(y is not None)
-            return y
-
-        monkeypatch.setattr(mvm, "_fused_finish", spy_finish)
+        calls = _spy_adc_kept(monkeypatch)
     outs = []
     for env in ("1", "0"):
         monkeypatch.setenv("AIMC_DAC_NATIVE", env)
@@ -453,15 +461,7 @@ def test_adc_kernel_output_is_kept_where_nothing_saturates(monkeypatch, preset):
 def _train_pair(monkeypatch, layer: torch.nn.Module, x: torch.Tensor):
     """Output and every gradient of one training step with the ADC kernel and with the tensor
     code, the same seed; and how many of the first's forwards kept the kernel's output."""
-    kept = []
-    real_finish = mvm._fused_finish
-
-    def spy_finish(*args, **kwargs):
-        y = real_finish(*args, **kwargs)
-        kept.append(y is not None)
-        return y
-
-    monkeypatch.setattr(mvm, "_fused_finish", spy_finish)
+    kept = _spy_adc_kept(monkeypatch)
     runs = []
     for env in ("1", "0"):
         monkeypatch.setenv("AIMC_ADC_NATIVE", env)
