@@ -747,7 +747,7 @@ class NativeAdcKernel(_NativeKernel):
         kind = 0
         if levels is not None:
             kind = _LEVEL_KINDS.get(levels.dtype, 0)
-            if kind == 0 or (kind < 3 and not _LEVEL_LIMITS[levels.dtype] >= bound):
+            if kind == 0 or (kind < 3 and not torch.iinfo(levels.dtype).max >= bound):
                 raise ValueError(
                     f"aimc._native: ADC levels as {levels.dtype} with bound {bound}; allowed: "
                     "float32, or int8 / int16 with a bound within the type's range"
@@ -782,9 +782,8 @@ class NativeAdcKernel(_NativeKernel):
         return self._first_mismatch(fn, _adc_cases(), _adc_mismatch)
 
 
-#: The ADC kernel's codes for the levels' types, and the largest bound each holds exactly
+#: The ADC kernel's codes for the levels' types
 _LEVEL_KINDS = {torch.int8: 1, torch.int16: 2, torch.float32: 3}
-_LEVEL_LIMITS = {torch.int8: 127.0, torch.int16: 32767.0}
 
 
 def _check_buffers(

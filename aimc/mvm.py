@@ -170,12 +170,10 @@ def _level_dtype(io: IOConfig) -> torch.dtype:
     outputs are not whole numbers of steps within a bound)."""
     if io.is_perfect or io.out_step <= 0 or io.out_bound <= 0:
         return torch.float32
-    top = _f32(io.out_bound / io.out_step)  # the clip, in steps, as the float32 clamp sees it
+    top = _f32(_clip_bound(io))  # the clip, in steps, as the float32 clamp sees it
     if top != math.floor(top):
         return torch.float32
-    if top <= 127:
-        return torch.int8
-    return torch.int16 if top <= 32767 else torch.float32
+    return next((t for t in (torch.int8, torch.int16) if top <= torch.iinfo(t).max), torch.float32)
 
 
 def combine_scales(a: Tensor | None, b: Tensor | None, layout: TileLayout) -> Tensor | None:
