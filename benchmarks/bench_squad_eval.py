@@ -1,11 +1,17 @@
 """Time of one SQuAD evaluation point, analog vs digital (500 dev questions, shared MiniLM).
 
 Features are tokenized once; each configuration is programmed and drifted (1 day) once, then
-the evaluation of the same questions is timed, interleaving digital and analog (A B A B ...).
+the evaluation of the same questions is timed on the digital and the analog model, interleaved
+batch by batch: every batch of 32 features runs on the digital model, then on the analog one
+(A B A B ... within one evaluation), so that a slower or faster spell of the shared machine,
+which lasts seconds to minutes, falls on both sides alike (interleaving whole evaluations of
+15-35 s left the ratio 1.8-2.2x from run to run). A side's time is its forwards plus the batch's
+collation, the span search and the scoring; ``--repeats`` such evaluations give medians, min-max
+and the per-repeat ratios, after one untimed forward of the largest batch on each side.
 With ``--compile`` a copy of the same chip compiled with ``aimc.compile_layers`` is a third side
-(A B C A B C ...), timed after one untimed evaluation that compiles it (``compile_s``); its noise
-comes from the layers' counter streams, so its F1 is another draw of the same chip's noise.
-Writes benchmarks/results/squad_eval_cpu.json.
+(A B C per batch), timed after one untimed evaluation that compiles it (``compile_s``); its
+noise comes from the layers' counter streams, so its F1 is another draw of the same chip's
+noise. Writes benchmarks/results/squad_eval_cpu.json.
 """
 
 from __future__ import annotations
@@ -22,7 +28,13 @@ from bench_linear import write_results  # benchmarks/ is the script's directory
 import aimc
 from aimc.experiments.squad_drift import DEFAULT_DATA, DEFAULT_MODEL, load_qa_model, resolve_config
 from aimc.squad.data import load_squad, select_questions
-from aimc.squad.features import best_spans, make_features, qa_logits
+from aimc.squad.features import (
+    best_spans,
+    feature_batches,
+    make_features,
+    qa_logits,
+    store_logits,
+)
 from aimc.squad.metrics import squad_scores
 
 
@@ -53,6 +65,32 @@ def main() -> None:
         scores = squad_scores(best_spans(examples, features, s, e), examples)
         return time.perf_counter() - start, scores
 
+    def interleaved(models: dict[str, torch.nn.Module]) -> dict[str, tuple[float, dict]]:
+        """One evaluation of every model, batch by batch (each batch on every model in turn):
+        each model's seconds (forwards, collation, span search, scoring) and scores."""
+        seconds = dict.fromkeys(models, 0.0)
+        starts = {n: [torch.empty(0)] * len(features) for n in models}
+        ends = {n: [torch.empty(0)] * len(features) for n in models}
+        with torch.inference_mode():
+            batches = feature_batches(features, 32)
+            while True:
+                start = time.perf_counter()
+                item = next(batches, None)
+                collate = time.perf_counter() - start
+                if item is None:
+                    break
+                idx, batch = item
+                for n, model in models.items():
+                    start = time.perf_counter()
+                    store_logits(model(**batch), idx, features, starts[n], ends[n])
+                    seconds[n] += time.perf_counter() - start + collate
+        out = {}
+        for n in models:
+            start = time.perf_counter()
+            scores = squad_scores(best_spans(examples, features, starts[n], ends[n]), examples)
+            out[n] = (seconds[n] + time.perf_counter() - start, scores)
+        return out
+
     rows = []
     for name in args.configs.split(","):
         aimc.convert(analog, resolve_config(name), seed=0).eval()
@@ -63,13 +101,20 @@ def main() -> None:
             compiled = aimc.compile_layers(copy.deepcopy(analog))
             compile_s = evaluate(compiled)[0]  # compiles every layer shape and batch size
         td, ta, tc = [], [], []
+        sides = {"digital": digital, "analog": analog}
+        if compiled is not None:
+            sides["compiled"] = compiled
+        with torch.inference_mode():  # untimed: each side's first call on the largest batch
+            _, batch = next(feature_batches(features, 32))
+            for model in sides.values():
+                model(**batch)
         for _ in range(args.repeats):
-            t, d_scores = evaluate(digital)
+            res = interleaved(sides)
+            (t, d_scores), (t2, a_scores) = res["digital"], res["analog"]
             td.append(t)
-            t, a_scores = evaluate(analog)
-            ta.append(t)
+            ta.append(t2)
             if compiled is not None:
-                t, c_scores = evaluate(compiled)
+                t, c_scores = res["compiled"]
                 tc.append(t)
         aimc.to_digital(analog)
         row = {
@@ -81,27 +126,34 @@ def main() -> None:
             "ratio": statistics.median(ta) / statistics.median(td),
             "digital_minmax": [min(td), max(td)],
             "analog_minmax": [min(ta), max(ta)],
+            "ratio_per_repeat": [a / d for a, d in zip(ta, td, strict=True)],
             "digital_f1": d_scores["f1"],
             "analog_f1_1day": a_scores["f1"],
         }
         line = (
             f"{name:<20} digital {row['digital_s']:.1f} s  analog {row['analog_s']:.1f} s  "
             f"ratio {row['ratio']:.2f}  (digital {min(td):.1f}-{max(td):.1f}, analog "
-            f"{min(ta):.1f}-{max(ta):.1f})"
+            f"{min(ta):.1f}-{max(ta):.1f}; per repeat "
+            f"{min(row['ratio_per_repeat']):.2f}-{max(row['ratio_per_repeat']):.2f})"
         )
         if compiled is not None:
             row["compile_s"] = compile_s
             row["analog_compiled_s"] = statistics.median(tc)
             row["ratio_compiled"] = statistics.median(tc) / statistics.median(td)
             row["analog_compiled_minmax"] = [min(tc), max(tc)]
+            row["ratio_compiled_per_repeat"] = [c / d for c, d in zip(tc, td, strict=True)]
             row["analog_compiled_f1_1day"] = c_scores["f1"]
             line += (
                 f"  compiled {row['analog_compiled_s']:.1f} s  ratio {row['ratio_compiled']:.2f}"
-                f"  ({min(tc):.1f}-{max(tc):.1f}; compiling {compile_s:.0f} s)"
+                f"  ({min(tc):.1f}-{max(tc):.1f}; per repeat "
+                f"{min(row['ratio_compiled_per_repeat']):.2f}-"
+                f"{max(row['ratio_compiled_per_repeat']):.2f}; compiling {compile_s:.0f} s)"
             )
         rows.append(row)
         print(line)
-    write_results(args.out, {"threads": args.threads, "rows": rows})
+    write_results(
+        args.out, {"threads": args.threads, "interleave": "per batch of 32 features", "rows": rows}
+    )
 
 
 if __name__ == "__main__":

@@ -641,6 +641,7 @@ def squad_eval(inp: Inputs) -> str:
     data = inp.json(src)
     rows = []
     compiled = any("ratio_compiled" in r for r in _rows(data, "rows", src))
+    per_repeat = any("ratio_per_repeat" in r for r in _rows(data, "rows", src))
     for i, r in enumerate(_rows(data, "rows", src)):
         row = [
             f"`{_get(data, 'rows', i, 'config', source=src)}`",
@@ -657,10 +658,25 @@ def squad_eval(inp: Inputs) -> str:
                 if "ratio_compiled" in r
                 else ["—", "—"]
             )
+        if per_repeat:  # interleaved batch by batch (since 2026-12-06): each repeat's ratios
+            spans = []
+            for key in ("ratio_per_repeat", "ratio_compiled_per_repeat"):
+                if key in r:
+                    vals = _get(data, "rows", i, key, source=src)
+                    if not isinstance(vals, list) or not vals:
+                        raise ReportError(
+                            f"{src}: malformed: ['rows'][{i}][{key!r}] is {vals!r}, "
+                            "not a non-empty list"
+                        )
+                    v = [_num(data, "rows", i, key, j, source=src) for j in range(len(vals))]
+                    spans.append(f"{min(v):.2f}–{max(v):.2f}")
+            row.append(" / ".join(spans) if spans else "—")
         rows.append(row)
     header = ["config", "digital", "analog", "ratio"]
     if compiled:
         header += ["analog compiled", "ratio compiled"]
+    if per_repeat:
+        header.append("ratio per repeat, min–max" + (" (eager / compiled)" if compiled else ""))
     return _table(header, ["---"] + ["---:"] * (len(header) - 1), rows)
 
 

@@ -105,8 +105,8 @@ def test_squad_table_shows_compiled_columns_where_measured(tree):
     docs, results = tree
     path = results / "squad_eval_cpu.json"
     data = json.loads(path.read_text())
-    for row in data["rows"]:  # a file measured without --compile
-        for key in [k for k in row if "compiled" in k or k == "compile_s"]:
+    for row in data["rows"]:  # a file measured without --compile, before per-repeat ratios
+        for key in [k for k in row if "compiled" in k or k == "compile_s" or "per_repeat" in k]:
             del row[key]
     path.write_text(json.dumps(data))
     inp = report.Inputs(results, docs)
@@ -117,6 +117,39 @@ def test_squad_table_shows_compiled_columns_where_measured(tree):
     assert lines[0].endswith("| analog compiled | ratio compiled |")
     assert lines[-1].endswith("| 31.2 s | **1.88** |")
     assert lines[2].endswith("| — | — |")
+
+
+def test_squad_table_shows_each_evaluations_ratios_where_recorded(tree):
+    """Files from the batch-by-batch interleave record each evaluation's ratios: a last
+    column with their min–max (eager / compiled); a row without them shows a dash; a file
+    where no row has them keeps its columns."""
+    docs, results = tree
+    path = results / "squad_eval_cpu.json"
+    data = json.loads(path.read_text())
+    for row in data["rows"]:
+        for key in [k for k in row if "per_repeat" in k]:
+            del row[key]
+    path.write_text(json.dumps(data))
+    assert "per repeat" not in report.squad_eval(report.Inputs(results, docs))
+    data["rows"][-1]["ratio_per_repeat"] = [1.987, 1.912, 2.004]
+    path.write_text(json.dumps(data))
+    lines = report.squad_eval(report.Inputs(results, docs)).splitlines()
+    suffix = " (eager / compiled)" if "ratio_compiled" in data["rows"][-1] else ""
+    assert lines[0].endswith(f"per repeat, min–max{suffix} |")
+    assert lines[-1].endswith("| 1.91–2.00 |")
+    assert lines[2].endswith("| — |")
+    data["rows"][-1]["ratio_compiled_per_repeat"] = [1.95, 2.01]
+    path.write_text(json.dumps(data))
+    lines = report.squad_eval(report.Inputs(results, docs)).splitlines()
+    assert lines[-1].endswith("| 1.91–2.00 / 1.95–2.01 |")
+    data["rows"][-1]["ratio_per_repeat"] = [1.9, "fast"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(report.ReportError, match="ratio_per_repeat"):
+        report.squad_eval(report.Inputs(results, docs))
+    data["rows"][-1]["ratio_per_repeat"] = 1.9
+    path.write_text(json.dumps(data))
+    with pytest.raises(report.ReportError, match="not a non-empty list"):
+        report.squad_eval(report.Inputs(results, docs))
 
 
 def test_two_hosts_names_each_host_and_marks_missing_rows(tree):

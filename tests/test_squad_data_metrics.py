@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from aimc.squad.data import SquadExample, load_squad, select_questions
+from aimc.squad.features import Features, feature_batches, qa_logits, store_logits
 from aimc.squad.metrics import (
     exact_match_score,
     f1_score,
@@ -573,3 +575,39 @@ def test_select_questions_bad_max(hundred: list[SquadExample], bad: int) -> None
 def test_select_questions_bad_type(hundred: list[SquadExample], bad: Any) -> None:
     with pytest.raises(ValueError, match="--max-questions must be a positive integer"):
         select_questions(hundred, bad)
+
+
+def test_feature_batches_cover_every_feature_longest_first() -> None:
+    lengths = [3, 7, 5, 7, 2, 6, 4]
+    ids = [[10 + i] * n for i, n in enumerate(lengths)]
+    feats = Features(
+        input_ids=ids,
+        token_type_ids=[[1] * n for n in lengths],
+        example_index=list(range(len(lengths))),
+        offsets=[[None] * n for n in lengths],
+        pad_id=0,
+    )
+    batches = list(feature_batches(feats, 3))
+    order = [i for idx, _ in batches for i in idx]
+    assert sorted(order) == list(range(len(lengths)))
+    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
+    for idx, batch in batches:
+        width = max(lengths[i] for i in idx)
+        assert batch["input_ids"].shape == (len(idx), width)
+        assert batch["attention_mask"].sum(1).tolist() == [lengths[i] for i in idx]
+        assert batch["token_type_ids"].sum(1).tolist() == [lengths[i] for i in idx]
+
+    class Echo(torch.nn.Module):  # logits = the token ids (start) and their negatives (end)
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            x = input_ids.float()
+            return type("Out", (), {"start_logits": x, "end_logits": -x})()
+
+    starts, ends = qa_logits(Echo(), feats, 3)
+    s2 = [torch.empty(0)] * len(lengths)
+    e2 = [torch.empty(0)] * len(lengths)
+    for idx, batch in batches:
+        store_logits(Echo()(**batch), idx, feats, s2, e2)
+    for i, n in enumerate(lengths):
+        assert starts[i].tolist() == [10.0 + i] * n  # unpadded, at the feature's own index
+        assert torch.equal(starts[i], s2[i]) and torch.equal(ends[i], e2[i])
+        assert ends[i].tolist() == [-(10.0 + i)] * n

@@ -9,6 +9,7 @@ features of a question, within the context and at most ``max_answer_length`` tok
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -107,20 +108,36 @@ def _collate(features: Features, idx: list[int], device: torch.device) -> dict[s
     return pad_batch(features.input_ids, features.token_type_ids, idx, features.pad_id, device)
 
 
+def feature_batches(
+    features: Features, batch_size: int = 32, device: torch.device | str = "cpu"
+) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
+    """``(indices, model inputs)`` of each batch :func:`qa_logits` runs, in its order: features
+    of similar length together, longest first, right-padded, on ``device``."""
+    device = torch.device(device)
+    for idx in _batches(features, batch_size):
+        yield idx, _collate(features, idx, device)
+
+
+def store_logits(
+    out: object, idx: list[int], features: Features, starts: list[Tensor], ends: list[Tensor]
+) -> None:
+    """Put a batch's ``out.start_logits`` / ``out.end_logits`` (float32, on CPU, unpadded) at
+    the features ``idx`` of ``starts`` / ``ends``."""
+    s, e = out.start_logits.float().cpu(), out.end_logits.float().cpu()  # type: ignore[attr-defined]
+    for row, i in enumerate(idx):
+        n = len(features.input_ids[i])
+        starts[i], ends[i] = s[row, :n], e[row, :n]
+
+
 @torch.inference_mode()
 def qa_logits(
     model: nn.Module, features: Features, batch_size: int = 32, device: torch.device | str = "cpu"
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Start and end logits of every feature (float32, on CPU, unpadded), in feature order."""
-    device = torch.device(device)
     starts: list[Tensor] = [torch.empty(0)] * len(features)
     ends: list[Tensor] = [torch.empty(0)] * len(features)
-    for idx in _batches(features, batch_size):
-        out = model(**_collate(features, idx, device))
-        s, e = out.start_logits.float().cpu(), out.end_logits.float().cpu()
-        for row, i in enumerate(idx):
-            n = len(features.input_ids[i])
-            starts[i], ends[i] = s[row, :n], e[row, :n]
+    for idx, batch in feature_batches(features, batch_size, device):
+        store_logits(model(**batch), idx, features, starts, ends)
     return starts, ends
 
 
