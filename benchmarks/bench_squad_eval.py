@@ -32,7 +32,6 @@ from aimc.squad.features import (
     best_spans,
     feature_batches,
     make_features,
-    qa_logits,
     store_logits,
 )
 from aimc.squad.metrics import squad_scores
@@ -58,12 +57,6 @@ def main() -> None:
     digital, tokenizer = load_qa_model(str(DEFAULT_MODEL), torch.device("cpu"))
     analog, _ = load_qa_model(str(DEFAULT_MODEL), torch.device("cpu"))
     features = make_features(examples, tokenizer)
-
-    def evaluate(model) -> tuple[float, dict]:
-        start = time.perf_counter()
-        s, e = qa_logits(model, features, 32)
-        scores = squad_scores(best_spans(examples, features, s, e), examples)
-        return time.perf_counter() - start, scores
 
     def interleaved(models: dict[str, torch.nn.Module]) -> dict[str, tuple[float, dict]]:
         """One evaluation of every model, batch by batch (each batch on every model in turn):
@@ -99,7 +92,8 @@ def main() -> None:
         compiled, compile_s = None, None
         if args.compile:
             compiled = aimc.compile_layers(copy.deepcopy(analog))
-            compile_s = evaluate(compiled)[0]  # compiles every layer shape and batch size
+            # one evaluation of its own compiles every layer shape and batch size
+            compile_s = interleaved({"compiled": compiled})["compiled"][0]
         td, ta, tc = [], [], []
         sides = {"digital": digital, "analog": analog}
         if compiled is not None:

@@ -87,6 +87,15 @@ def _num(data: Any, *keys: Any, source: str) -> float:
     return float(v)
 
 
+def _nums(data: Any, *keys: Any, source: str) -> list[float]:
+    """``data[k0][k1]...`` as a non-empty list of numbers, or a ReportError naming the file."""
+    vals = _get(data, *keys, source=source)
+    if not isinstance(vals, list) or not vals:
+        path = "".join(f"[{k!r}]" for k in keys)
+        raise ReportError(f"{source}: malformed: {path} is {vals!r}, not a non-empty list")
+    return [_num(data, *keys, j, source=source) for j in range(len(vals))]
+
+
 def _rows(data: Any, key: str, source: str) -> list[Any]:
     rows = _get(data, key, source=source)
     if not isinstance(rows, list) or not rows:
@@ -662,13 +671,7 @@ def squad_eval(inp: Inputs) -> str:
             spans = []
             for key in ("ratio_per_repeat", "ratio_compiled_per_repeat"):
                 if key in r:
-                    vals = _get(data, "rows", i, key, source=src)
-                    if not isinstance(vals, list) or not vals:
-                        raise ReportError(
-                            f"{src}: malformed: ['rows'][{i}][{key!r}] is {vals!r}, "
-                            "not a non-empty list"
-                        )
-                    v = [_num(data, "rows", i, key, j, source=src) for j in range(len(vals))]
+                    v = _nums(data, "rows", i, key, source=src)
                     spans.append(f"{min(v):.2f}–{max(v):.2f}")
             row.append(" / ".join(spans) if spans else "—")
         rows.append(row)
