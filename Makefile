@@ -68,11 +68,12 @@ bench: $(STAMP) reference
 	$(PY) benchmarks/bench_bf16_matmul.py
 	$(PY) benchmarks/bench_pcm.py
 	$(PY) benchmarks/drift_error_table.py
-	$(PY) benchmarks/bench_squad_eval.py
+	$(PY) benchmarks/bench_squad_eval.py --compile
 	$(PY) benchmarks/bm_work_squad.py
 	THP_MEM_ALLOC_ENABLE=1 $(PY) benchmarks/bench_squad_eval.py \
 		--configs bert_squad:0.0175,pcm_inference --out benchmarks/results/squad_eval_cpu_huge_pages.json
 	$(PY) benchmarks/bench_hwa_step.py
+	$(PY) benchmarks/bench_hwa_faults.py
 	$(PY) benchmarks/hwa_study.py --epochs 3 --out runs/hwa-study3
 	$(PY) benchmarks/finetune_study.py
 	$(PY) benchmarks/bench_pulsed_update.py
