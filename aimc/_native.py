@@ -1,29 +1,38 @@
-"""The noise kernel written by hand for AVX2 CPUs: the same counter stream as
-:func:`aimc.random._pair_fill`, with SplitMix64's 64-bit multiplies as AVX2 vector code.
+"""The noise kernel written by hand for AVX2 and AVX-512 CPUs: the same counter stream as
+:func:`aimc.random._pair_fill`, with SplitMix64's 64-bit multiplies as vector code.
 
 On a CPU whose widest vector ISA is AVX2 (no AVX-512), PyTorch's vector class, and so the kernel
 that inductor generates from :func:`aimc.random._pair_fill`, multiplies int64 lanes one at a
 time in scalar code (``ATen/cpu/vec/vec256/vec256_int.h``), and shifts and narrows them the same
 way. AVX2 has no 64-bit vector multiply, but ``vpmuludq`` multiplies the low 32-bit halves of
 four 64-bit lanes into 64-bit products, and a 64-bit product modulo ``2**64`` is three of them:
-``lo(a) lo(b) + ((hi(a) lo(b) + lo(a) hi(b)) << 32)``. This kernel computes the words that
-way, narrows the two 24-bit fields of eight words into one int32 vector with one blend and one
-permute, and runs the Box–Muller part with PyTorch's own vector class (``Vectorized<float>``:
-the same logarithm, SLEEF's ``logf`` within 1 ulp, the same square root and the same
-polynomials in the same order as :func:`aimc.random._polar` and
+``lo(a) lo(b) + ((hi(a) lo(b) + lo(a) hi(b)) << 32)``. This kernel (:data:`SOURCE`) computes
+the words that way, narrows the two 24-bit fields of eight words into one int32 vector with
+one blend and one permute, and runs the Box–Muller part with PyTorch's own vector class
+(``Vectorized<float>``: the same logarithm, SLEEF's ``logf`` within 1 ulp, the same square root
+and the same polynomials in the same order as :func:`aimc.random._polar` and
 :func:`aimc.random._cos_sin_turns`). The quarter-turn signs are applied by flipping the sign
 bit, which is what multiplying by ``±1.0`` does. The integer words are those of
 :func:`aimc.random.counter_bits` exactly; on the AVX2 host the values were bit for bit those of
 the inductor kernel (all three modes, 786,432 values).
 
-It is compiled, like inductor's kernels, by inductor's C++ code cache (the C++ compiler, flags,
-OpenMP runtime and on-disk cache that ``torch.compile`` uses; so it also runs in PyTorch's
-OpenMP team and follows ``torch.set_num_threads``). It is only built where inductor's vector
-ISA is AVX2: on the AVX2 host, right after a matmul (2 threads, medians of 60 interleaved
-draws, ``benchmarks/bench_rng_contention.py``), it drew 786,432 normal values in 0.91 against
-the inductor kernel's 1.92 ms and 3.1 M in 3.30 against 6.57 ms. Elsewhere (AVX-512 hosts,
-where inductor's code has 64-bit vector multiplies, and ARM) the inductor kernel runs as
-before.
+On an AVX-512 CPU (:data:`SOURCE_AVX512`) the multiplies are AVX512DQ's ``vpmullq`` (eight
+64-bit lanes), sixteen words go through each step (the 16 float lanes of ``Vectorized<float>``
+there) and their fields narrow with ``vpmovqd``. Inductor's kernel has those multiplies too,
+but it is reached through ``torch.compile``'s dispatch (guards, about 0.1–0.2 ms a call) and
+writes the sines into a buffer that is then copied into place; this kernel writes both values
+of each word straight into the filled tensor. On the AVX-512 host (AMD EPYC, 2 threads,
+2026-12-06, ``benchmarks/bench_rng_contention.py``: medians of 60 interleaved draws right after
+a matmul) it drew 786,432 normal values in 0.65 against the inductor kernel's 1.21 ms and 3.1 M
+in 1.62 against 2.79 ms, and its values were the inductor kernel's bit for bit in all three
+modes (1,024 to 6.3 M values).
+
+Both are compiled, like inductor's kernels, by inductor's C++ code cache (the C++ compiler,
+flags, OpenMP runtime and on-disk cache that ``torch.compile`` uses; so they also run in
+PyTorch's OpenMP team and follow ``torch.set_num_threads``), each only where inductor's vector
+ISA is its own (AVX2 host, right after a matmul, ``benchmarks/bench_rng_contention.py``: 786,432
+normal values in 0.91 against the inductor kernel's 1.92 ms, 3.1 M in 3.30 against 6.57 ms).
+Elsewhere (ARM, or a failed build or self-check) the inductor kernel runs.
 """
 
 from __future__ import annotations
@@ -158,7 +167,116 @@ extern "C" void kernel(const int64_t key_addr, const int64_t first_addr,
 }
 """
 
+#: The AVX-512 variant of :data:`SOURCE` (the same function and arguments): sixteen words a
+#: step as two vectors of eight 64-bit lanes, multiplied by ``_mm512_mullo_epi64``, their
+#: fields narrowed by ``_mm512_cvtepi64_epi32`` into the 16 lanes of ``Vectorized<float>``.
+SOURCE_AVX512 = r"""
+#include <torch/csrc/inductor/cpp_prefix.h>
+#include <immintrin.h>
+
+using VecF = at::vec::Vectorized<float>;
+static_assert(VecF::size() == 16, "the AVX-512 noise kernel needs 16 float lanes");
+
+// SplitMix64's finaliser (Steele, Lea & Flood, OOPSLA 2014): AVX512DQ's 64-bit multiply
+static inline __m512i aimc_mix64(__m512i x, __m512i m1, __m512i m2) {
+    x = _mm512_xor_si512(x, _mm512_srli_epi64(x, 30));
+    x = _mm512_mullo_epi64(x, m1);
+    x = _mm512_xor_si512(x, _mm512_srli_epi64(x, 27));
+    x = _mm512_mullo_epi64(x, m2);
+    return _mm512_xor_si512(x, _mm512_srli_epi64(x, 31));
+}
+
+// the low 32 bits of the 64-bit lanes of a (words 0-7) and b (words 8-15), in word order
+static inline __m512i aimc_pack32(__m512i a, __m512i b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a)),
+                              _mm512_cvtepi64_epi32(b), 1);
+}
+
+extern "C" void kernel(const int64_t key_addr, const int64_t first_addr,
+                       const int64_t second_addr, const int64_t var_addr, const int64_t w,
+                       const int64_t half, const int64_t mode) {
+    const uint64_t key = static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(key_addr));
+    float* const first = reinterpret_cast<float*>(first_addr);
+    float* const second = reinterpret_cast<float*>(second_addr);
+    const float* const var = reinterpret_cast<const float*>(var_addr);
+    const uint64_t gamma = 0x9E3779B97F4A7C15ULL;
+    const uint64_t M1 = 0xBF58476D1CE4E5B9ULL, M2 = 0x94D049BB133111EBULL;
+    #pragma omp parallel
+    {
+        const __m512i m1 = _mm512_set1_epi64(static_cast<int64_t>(M1));
+        const __m512i m2 = _mm512_set1_epi64(static_cast<int64_t>(M2));
+        const __m512i step = _mm512_set1_epi64(static_cast<int64_t>(16 * gamma));
+        const __m512i lanes = _mm512_set_epi64(
+            static_cast<int64_t>(7 * gamma), static_cast<int64_t>(6 * gamma),
+            static_cast<int64_t>(5 * gamma), static_cast<int64_t>(4 * gamma),
+            static_cast<int64_t>(3 * gamma), static_cast<int64_t>(2 * gamma),
+            static_cast<int64_t>(gamma), 0);
+        const __m512i eight = _mm512_set1_epi64(static_cast<int64_t>(8 * gamma));
+        const __m512i mask24 = _mm512_set1_epi64(0xFFFFFF);
+        const __m512i i1 = _mm512_set1_epi32(1), i21 = _mm512_set1_epi32(1 << 21);
+        const VecF half_f(0.5f), scale24(static_cast<float>(5.960464477539063e-08)),
+            m2f(-2.0f), zero(0.0f), one(1.0f),
+            xs(static_cast<float>(3.141592653589793 / 2.0 * 2.384185791015625e-07)),
+            S0(static_cast<float>(-1.6666654611e-1)), S1(static_cast<float>(8.3321608736e-3)),
+            S2(static_cast<float>(-1.9515295891e-4)),
+            C0(static_cast<float>(4.166664568298827e-2)),
+            C1(static_cast<float>(-1.388731625493765e-3)),
+            C2(static_cast<float>(2.443315711809948e-5));
+        #pragma omp for schedule(static)
+        for (int64_t c = 0; c < w / 64; ++c) {
+            const int64_t i0 = c * 64;
+            const uint64_t b0 = key + static_cast<uint64_t>(i0 + 1) * gamma;
+            __m512i ca = _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(b0)), lanes);
+            __m512i cb = _mm512_add_epi64(ca, eight);
+            for (int64_t i = i0; i < i0 + 64; i += 16) {
+                const __m512i a = aimc_mix64(ca, m1, m2);
+                const __m512i b = aimc_mix64(cb, m1, m2);
+                ca = _mm512_add_epi64(ca, step);
+                cb = _mm512_add_epi64(cb, step);
+                const __m512i hi = aimc_pack32(_mm512_srli_epi64(a, 40), _mm512_srli_epi64(b, 40));
+                if (mode == 2) {
+                    const __m512i lo =
+                        aimc_pack32(_mm512_and_si512(_mm512_srli_epi64(a, 8), mask24),
+                                    _mm512_and_si512(_mm512_srli_epi64(b, 8), mask24));
+                    (VecF(_mm512_cvtepi32_ps(hi)) * scale24).store(first + i);
+                    (VecF(_mm512_cvtepi32_ps(lo)) * scale24).store(second + i);
+                    continue;
+                }
+                const __m512i k =
+                    aimc_pack32(_mm512_and_si512(a, mask24), _mm512_and_si512(b, mask24));
+                const VecF u1 = (VecF(_mm512_cvtepi32_ps(hi)) + half_f) * scale24;
+                const VecF r = at::vec::maximum(u1.log() * m2f, zero).sqrt();
+                const __m512i j = _mm512_srai_epi32(_mm512_add_epi32(k, i21), 22);
+                const __m512i m = _mm512_sub_epi32(k, _mm512_slli_epi32(j, 22));
+                const VecF x = VecF(_mm512_cvtepi32_ps(m)) * xs;
+                const VecF z = x * x;
+                const VecF s = x + (x * z) * ((z * ((z * S2) + S1)) + S0);
+                const VecF co = (one - z * half_f) + (z * z) * ((z * ((z * C2) + C1)) + C0);
+                const __mmask16 odd = _mm512_cmpeq_epi32_mask(_mm512_and_si512(j, i1), i1);
+                const __m512i cneg =
+                    _mm512_slli_epi32(_mm512_srli_epi32(_mm512_add_epi32(j, i1), 1), 31);
+                const __m512i sneg = _mm512_slli_epi32(_mm512_srli_epi32(j, 1), 31);
+                const __m512 cs = _mm512_castsi512_ps(_mm512_xor_si512(
+                    _mm512_castps_si512(_mm512_mask_blend_ps(odd, co, s)), cneg));
+                const __m512 sn = _mm512_castsi512_ps(_mm512_xor_si512(
+                    _mm512_castps_si512(_mm512_mask_blend_ps(odd, s, co)), sneg));
+                VecF vc = r * VecF(cs);
+                VecF vs = r * VecF(sn);
+                if (mode == 1) {
+                    vc = vc * VecF::loadu(var + i).sqrt();
+                    vs = vs * VecF::loadu(var + half + i).sqrt();
+                }
+                vc.store(first + i);
+                vs.store(second + i);
+            }
+        }
+    }
+}
+"""
+
 _ARGTYPES = ["int64_t"] * 7
+#: How the warnings name an ISA family
+_ISA_NAMES = {"avx2": "AVX2", "avx512": "AVX-512"}
 _MODES = {("normal", False): 0, ("normal", True): 1, ("uniform", False): 2}
 
 
@@ -190,11 +308,18 @@ def _self_check(fn: Any) -> str | None:
 
 
 def _vec_isa() -> str:
-    """Inductor's vector ISA on this CPU (``"avx2"``, ``"avx512"``, ``"asimd"`` ...; ``""``
-    where none)."""
+    """Inductor's vector ISA on this CPU (``"avx2"``, ``"avx512"``, ``"avx512 avx512_vnni"``,
+    ``"asimd"`` ...; ``""`` where none)."""
     from torch._inductor import cpu_vec_isa
 
     return str(cpu_vec_isa.pick_vec_isa())
+
+
+def _isa_family(isa: str) -> str:
+    """The family of an ISA name of :func:`_vec_isa`: its first word (``"avx512 avx512_vnni"``
+    and ``"avx512 amx_tile"`` are ``"avx512"``: the same 512-bit vector class and flags)."""
+    words = isa.split()
+    return words[0] if words else ""
 
 
 class _NativeKernel:
@@ -210,7 +335,8 @@ class _NativeKernel:
     argtypes: tuple[str, ...] = ()
     isas: tuple[str, ...] | None = None
     envs: tuple[str, ...] = ()
-    #: the warning of a failed build, ``{failed}`` replaced by the reason
+    #: the warning of a failed build, ``{failed}`` replaced by the reason and ``{isa}`` by the
+    #: ISA family's name
     warning: str = ""
 
     def __init__(self) -> None:
@@ -238,8 +364,9 @@ class _NativeKernel:
         """What is wrong with the freshly built kernel ``fn``, or None."""
         raise NotImplementedError
 
-    def variants(self) -> tuple[str, ...]:
-        """The sources to try in turn: the first that builds and passes the self-check runs."""
+    def variants(self, isa: str) -> tuple[str, ...]:
+        """The sources to try in turn on the ISA family ``isa`` (one of :attr:`isas`, or any
+        where that is ``None``): the first that builds and passes the self-check runs."""
         return (self.source,)
 
     def _first_mismatch(self, fn: Any, cases: list[tuple], mismatch: Any) -> str | None:
@@ -261,7 +388,8 @@ class _NativeKernel:
         except Exception as err:  # noqa: BLE001 - no ISA detection: no kernel
             self.failed = f"vector ISA unknown ({type(err).__name__})"
             return
-        if self.isas is not None and isa not in self.isas:
+        family = _isa_family(isa)
+        if self.isas is not None and family not in self.isas:
             wanted = " or ".join(repr(i) for i in self.isas)
             self.failed = f"inductor's vector ISA here is {isa or 'none'!r}, not {wanted}"
             return
@@ -269,7 +397,7 @@ class _NativeKernel:
             from torch._inductor.codecache import CppPythonBindingsCodeCache
 
             mismatches = []
-            for source in self.variants():
+            for source in self.variants(family):
                 fn = CppPythonBindingsCodeCache.load_pybinding(list(self.argtypes), source)
                 mismatch = self.self_check(fn)
                 if mismatch is None:
@@ -280,11 +408,13 @@ class _NativeKernel:
             self.failed = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
         else:
             self.failed = f"its self-check failed: {'; '.join(mismatches)}"
-        warnings.warn(self.warning.format(failed=self.failed), RuntimeWarning, stacklevel=4)
+        message = self.warning.format(failed=self.failed, isa=_ISA_NAMES.get(family, family))
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 class NativeNoiseKernel(_NativeKernel):
-    """The hand-written noise kernel (:data:`SOURCE`), built on first use on AVX2 CPUs.
+    """The hand-written noise kernel, built on first use on AVX2 CPUs (:data:`SOURCE`) and on
+    AVX-512 CPUs (:data:`SOURCE_AVX512`).
 
     Elsewhere, or after a failed build (warned once), the caller uses the inductor kernel, the
     same stream. Switched off with ``AIMC_RNG_NATIVE=0`` (or, with every noise kernel,
@@ -292,13 +422,16 @@ class NativeNoiseKernel(_NativeKernel):
 
     source = SOURCE
     argtypes = tuple(_ARGTYPES)
-    isas = ("avx2",)
+    isas = ("avx2", "avx512")
     envs = ("AIMC_RNG_KERNEL", "AIMC_RNG_NATIVE")
     warning = (
-        "aimc.random: the AVX2 noise kernel could not be built ({failed}); the inductor kernel "
+        "aimc.random: the {isa} noise kernel could not be built ({failed}); the inductor kernel "
         "draws the same stream instead (slower on this CPU). Set AIMC_RNG_NATIVE=0 to skip "
         "the attempt."
     )
+
+    def variants(self, isa: str) -> tuple[str, ...]:
+        return (SOURCE_AVX512 if isa == "avx512" else SOURCE,)
 
     def self_check(self, fn: Any) -> str | None:
         return _self_check(fn)
@@ -774,7 +907,7 @@ class NativeAdcKernel(_NativeKernel):
         lo, hi = ext.tolist()
         return lo, hi
 
-    def variants(self) -> tuple[str, ...]:
+    def variants(self, isa: str) -> tuple[str, ...]:
         return (self.source, self.source.replace("#define AIMC_FMA 1", "#define AIMC_FMA 0"))
 
     def self_check(self, fn: Any) -> str | None:

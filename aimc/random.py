@@ -409,8 +409,9 @@ _FILL = FusedKernel(
 )
 
 
-#: The noise kernel written for AVX2 CPUs (:mod:`aimc._native`): the same stream as
-#: :data:`_FILL`, which it replaces where inductor's vector ISA is AVX2
+#: The noise kernel written for AVX2 and AVX-512 CPUs (:mod:`aimc._native`): the same stream
+#: as :data:`_FILL`, which it replaces in eager draws where inductor's vector ISA is one of
+#: those (a compiled graph draws with it only on AVX2: :func:`_native_in_graph`)
 _NATIVE = NativeNoiseKernel()
 
 
@@ -430,7 +431,8 @@ def _sines(numel: int) -> Tensor:
 def _counter_fill_(flat: Tensor, key: Tensor, kind: str, var: Tensor | None = None) -> None:
     """Fill the contiguous 1-d float32 CPU tensor ``flat`` with :func:`counter_normal` (times
     ``sqrt(var)``) or :func:`counter_uniform` of its size at ``key``, to float rounding: with the
-    AVX2 kernel where it runs (:data:`_NATIVE`: both values of each word straight into place),
+    hand-written kernel where it runs (:data:`_NATIVE`, AVX2 and AVX-512: both values of each
+    word straight into place),
     else the compiled kernel (:data:`_FILL`, :func:`_pair_fill`), or with tensor operations where
     that cannot be built (warned once) or ``AIMC_RNG_KERNEL=0``.
 
@@ -448,7 +450,7 @@ def _counter_fill_(flat: Tensor, key: Tensor, kind: str, var: Tensor | None = No
     half = _words(n)
     w = (n - half) // 64 * 64
     with torch.inference_mode():
-        if _NATIVE.usable():  # AVX2 CPUs: the hand-written kernel, straight into place
+        if _NATIVE.usable():  # AVX2 / AVX-512: the hand-written kernel, straight into place
             _NATIVE.fill(flat[:w], flat[half : half + w], key, kind, var, half)
         else:
             sines = _sines(w)
@@ -514,8 +516,10 @@ class KeyedStream:
 
 def _native_in_graph(key: Tensor) -> bool:
     """Whether a draw of a graph being compiled is :func:`_native_draw` (an opaque op) rather
-    than tensor operations that inductor fuses: on CPU, where the AVX2 kernel is meant to run
-    and not switched off (decided when the graph is traced)."""
+    than tensor operations that inductor fuses: on an AVX2 CPU, where the hand-written kernel
+    is meant to run and not switched off (decided when the graph is traced). On AVX-512 CPUs
+    inductor's own code draws a graph's noise inside the kernel that uses it (no draw written
+    and read back); the hand-written kernel serves their eager draws."""
     return (
         torch.compiler.is_compiling()
         and key.device.type == "cpu"

@@ -6,8 +6,8 @@ a parallel region, libgomp's worker threads spin for a while before they sleep, 
 follows an OpenMP op (as it does in the analog forward) shares the cores with them.
 ``aimc.random.noise_normal_`` (the forward's noise since aimc 0.3) draws large float32 tensors
 with a compiled counter-based kernel (SplitMix64 + Box-Muller) that runs inside the OpenMP team:
-on an AVX2 CPU the hand-written one (``aimc._native``), timed there beside the kernel that
-inductor generates (``AIMC_RNG_NATIVE=0``), elsewhere the inductor kernel.
+on an AVX2 or AVX-512 CPU the hand-written one (``aimc._native``), timed there beside the
+kernel that inductor generates (``AIMC_RNG_NATIVE=0``), elsewhere the inductor kernel.
 This script times both methods on the same tensors (3.1 M values: the 768 x 768 layer's output
 noise on 2,048 tokens; 786 k: the MiniLM query layer's), after an idle pause and right after a
 2-thread matmul, interleaved, once with the default wait policy and once in a subprocess with
@@ -59,7 +59,7 @@ def measure(repeats: int) -> dict:
         "mt19937 pool threads": lambda z: normal_(z, gen),
         "counter kernel": with_native("1"),
     }
-    if aimc.random._NATIVE.usable():  # an AVX2 CPU: the hand-written kernel, and inductor's
+    if aimc.random._NATIVE.usable():  # AVX2 / AVX-512: the hand-written kernel, and inductor's
         methods["counter kernel, inductor (AIMC_RNG_NATIVE=0)"] = with_native("0")
     out = []
     for label, numel in SIZES.items():

@@ -657,14 +657,14 @@ def _stream(kind: str, numel: int, seed: int) -> torch.Tensor:
 
 
 def _require_native() -> None:
-    """Skip the test where the hand-written AVX2 noise kernel does not run."""
+    """Skip the test where the hand-written noise kernel (AVX2 or AVX-512) does not run."""
     if not arandom._NATIVE.usable():
-        pytest.skip(f"the AVX2 noise kernel does not run here: {arandom._NATIVE.failed}")
+        pytest.skip(f"the hand-written noise kernel does not run here: {arandom._NATIVE.failed}")
 
 
 def _use_kernel(monkeypatch, kernel: str) -> None:
-    """Draw with the inductor kernel (``"inductor"``) or the hand-written AVX2 one
-    (``"native"``: skipped where it does not run)."""
+    """Draw with the inductor kernel (``"inductor"``) or the hand-written one
+    (``"native"``, AVX2 or AVX-512: skipped where it does not run)."""
     if kernel == "inductor":
         monkeypatch.setenv("AIMC_RNG_NATIVE", "0")
     else:
@@ -740,9 +740,10 @@ def test_kernel_uniform_distribution():
 @pytest.mark.parametrize("kind", ["normal", "uniform", "variance"])
 @pytest.mark.parametrize("numel", [KMIN + 5, 786_432, 3_000_017])
 def test_native_kernel_equals_the_inductor_kernel(monkeypatch, kind, numel):
-    """The AVX2 kernel computes what the inductor kernel computes, the scaled draws included
-    (the same words, the same float operations in the same order: bit for bit on the AVX2
-    host; asserted to 1 float32 ulp of the largest value, compilers may order differently)."""
+    """The hand-written kernel computes what the inductor kernel computes, the scaled draws
+    included (the same words, the same float operations in the same order: bit for bit on the
+    AVX2 host and on the AVX-512 host; asserted to 1 float32 ulp of the largest value,
+    compilers may order differently)."""
     _require_native()
     var = torch.rand(numel, generator=torch.Generator().manual_seed(2)) + 0.1
     fill = {
@@ -773,22 +774,57 @@ def test_native_kernel_does_not_depend_on_the_thread_count():
     assert torch.equal(one, three)
 
 
-def test_native_kernel_only_on_avx2(monkeypatch):
-    """On another vector ISA (AVX-512, ARM) the AVX2 kernel is not built, silently: the
+def test_native_kernel_only_on_avx2_and_avx512(monkeypatch):
+    """On another vector ISA (ARM, ...) the hand-written kernel is not built, silently: the
     inductor kernel draws the stream."""
     import warnings
 
     from aimc import _native
 
-    monkeypatch.setattr(_native, "_vec_isa", lambda: "avx512")
+    monkeypatch.setattr(_native, "_vec_isa", lambda: "asimd")
     k = _native.NativeNoiseKernel()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not k.usable()
-    assert "avx512" in k.failed
+    assert "'asimd'" in k.failed and "'avx2' or 'avx512'" in k.failed
     monkeypatch.setattr(arandom, "_NATIVE", k)
     got = draw(arandom.noise_normal_, KMIN, 4)
     assert float((got - _stream("normal", KMIN, 4)).abs().max()) <= 1e-6
+
+
+def test_isa_family():
+    from aimc import _native
+
+    assert _native._isa_family("avx512 avx512_vnni") == "avx512"
+    assert _native._isa_family("avx512 amx_tile") == "avx512"
+    assert _native._isa_family("avx512") == "avx512"
+    assert _native._isa_family("avx2") == "avx2"
+    assert _native._isa_family("") == ""
+
+
+@pytest.mark.parametrize(
+    ("isa", "source", "name"),
+    [("avx2", "SOURCE", "AVX2"), ("avx512 avx512_vnni", "SOURCE_AVX512", "AVX-512")],
+)
+def test_native_kernel_builds_the_source_of_its_isa(monkeypatch, isa, source, name):
+    """Each ISA family builds its own source (the AVX-512 one for every AVX-512 flavour), and
+    a build that fails its self-check names that ISA in its one warning."""
+    from torch._inductor import codecache
+
+    from aimc import _native
+
+    built = []
+
+    def capture(argtypes, src, *args, **kwargs):
+        built.append(src)
+        return lambda *a: None  # writes nothing: the self-check fails
+
+    monkeypatch.setattr(_native, "_vec_isa", lambda: isa)
+    monkeypatch.setattr(codecache.CppPythonBindingsCodeCache, "load_pybinding", capture)
+    k = _native.NativeNoiseKernel()
+    with pytest.warns(RuntimeWarning, match=f"the {name} noise kernel could not be built"):
+        assert not k.usable()
+    assert built == [getattr(_native, source)]
 
 
 def test_native_kernel_build_failure_warns_once_and_keeps_the_stream(monkeypatch):
@@ -866,7 +902,7 @@ def test_kernel_build_failure_warns_once_and_keeps_the_stream(monkeypatch, kind)
 
         return call
 
-    monkeypatch.setenv("AIMC_RNG_NATIVE", "0")  # the inductor kernel (not the AVX2 one)
+    monkeypatch.setenv("AIMC_RNG_NATIVE", "0")  # the inductor kernel (not the hand-written one)
     monkeypatch.setattr(arandom, "_FILL", _fresh_fill_kernel())
     monkeypatch.setattr(arandom.torch, "compile", broken_compile)
     fill = arandom.noise_normal_ if kind == "normal" else arandom.noise_uniform_
@@ -888,7 +924,7 @@ def test_kernel_can_be_switched_off(monkeypatch):
         raise AssertionError("torch.compile called with AIMC_RNG_KERNEL=0")
 
     def no_native_build():
-        raise AssertionError("the AVX2 kernel built with AIMC_RNG_KERNEL=0")
+        raise AssertionError("the hand-written kernel built with AIMC_RNG_KERNEL=0")
 
     monkeypatch.setenv("AIMC_RNG_KERNEL", "0")
     monkeypatch.setattr(arandom, "_FILL", _fresh_fill_kernel())
