@@ -46,16 +46,75 @@ from typing import Any
 import torch
 from torch import Tensor
 
-#: The C++ source: ``kernel(key, first, second, var, w, half, mode)`` writes both values of
-#: words ``0 .. w - 1`` (``w`` a multiple of 64) of the stream at ``*key``: ``first[i]`` and
-#: ``second[i]`` the cosine and sine values (``mode`` 0), times ``sqrt(var[i])`` and
-#: ``sqrt(var[half + i])`` (mode 1), or the top and the low 24-bit fields as uniforms (mode 2).
-SOURCE = r"""
+#: What both noise kernels' sources start with: headers, PyTorch's vector class, and the
+#: Box–Muller arithmetic in ``Vectorized<float>`` (whatever its width): the float32 constants
+#: as :mod:`aimc.random` writes them, the radius of :func:`aimc.random._polar` and the
+#: polynomials of :func:`aimc.random._cos_sin_turns`, operation for operation, and the stores.
+_NOISE_PRELUDE = r"""
 #include <torch/csrc/inductor/cpp_prefix.h>
 #include <immintrin.h>
 
 using VecF = at::vec::Vectorized<float>;
 
+struct AimcBoxMuller {
+    // the constants as aimc.random writes them: float32 of the double values
+    const VecF half_f{0.5f}, scale24{static_cast<float>(5.960464477539063e-08)}, m2f{-2.0f},
+        zero{0.0f}, one{1.0f},
+        xs{static_cast<float>(3.141592653589793 / 2.0 * 2.384185791015625e-07)},
+        S0{static_cast<float>(-1.6666654611e-1)}, S1{static_cast<float>(8.3321608736e-3)},
+        S2{static_cast<float>(-1.9515295891e-4)}, C0{static_cast<float>(4.166664568298827e-2)},
+        C1{static_cast<float>(-1.388731625493765e-3)},
+        C2{static_cast<float>(2.443315711809948e-5)};
+
+    // r = sqrt(max(-2 ln u1, 0)), u1 = (k1 + 1/2) 2**-24, from the top 24-bit fields k1
+    VecF radius(VecF k1) const {
+        const VecF u1 = (k1 + half_f) * scale24;
+        return at::vec::maximum(u1.log() * m2f, zero).sqrt();
+    }
+
+    // sin and cos of x = m pi/2 2**-22 (|m| <= 2**21), the Cephes polynomials
+    void sin_cos(VecF m, VecF& s, VecF& co) const {
+        const VecF x = m * xs;
+        const VecF z = x * x;
+        s = x + (x * z) * ((z * ((z * S2) + S1)) + S0);
+        co = (one - z * half_f) + (z * z) * ((z * ((z * C2) + C1)) + C0);
+    }
+
+    // both values of the words from i on: the uniforms (mode 2), or the radius times the
+    // rotated cosine and sine, times sqrt(var) in mode 1
+    static void store(VecF vc, VecF vs, float* first, float* second, const float* var,
+                      int64_t half, int64_t i, int64_t mode) {
+        if (mode == 1) {
+            vc = vc * VecF::loadu(var + i).sqrt();
+            vs = vs * VecF::loadu(var + half + i).sqrt();
+        }
+        vc.store(first + i);
+        vs.store(second + i);
+    }
+};
+"""
+
+#: Both kernels' entry: the tensors come as their addresses (int64), no reliance on how a
+#: version of inductor's Python bindings converts tensor arguments (torch 2.13 reads them from
+#: tensor objects); the body (after this, ISA by ISA) opens the parallel region and closes the
+#: function.
+_NOISE_ENTRY = r"""
+extern "C" void kernel(const int64_t key_addr, const int64_t first_addr,
+                       const int64_t second_addr, const int64_t var_addr, const int64_t w,
+                       const int64_t half, const int64_t mode) {
+    const uint64_t key = static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(key_addr));
+    float* const first = reinterpret_cast<float*>(first_addr);
+    float* const second = reinterpret_cast<float*>(second_addr);
+    const float* const var = reinterpret_cast<const float*>(var_addr);
+    const uint64_t gamma = 0x9E3779B97F4A7C15ULL;
+    const uint64_t M1 = 0xBF58476D1CE4E5B9ULL, M2 = 0x94D049BB133111EBULL;
+"""
+
+#: The C++ source: ``kernel(key, first, second, var, w, half, mode)`` writes both values of
+#: words ``0 .. w - 1`` (``w`` a multiple of 64) of the stream at ``*key``: ``first[i]`` and
+#: ``second[i]`` the cosine and sine values (``mode`` 0), times ``sqrt(var[i])`` and
+#: ``sqrt(var[half + i])`` (mode 1), or the top and the low 24-bit fields as uniforms (mode 2).
+SOURCE = _NOISE_PRELUDE + r"""
 // a * b modulo 2**64 in four 64-bit lanes, b given as its 32-bit halves (b_lo, b_hi)
 static inline __m256i aimc_mul64(__m256i a, __m256i b_lo, __m256i b_hi) {
     __m256i p0 = _mm256_mul_epu32(a, b_lo);
@@ -79,18 +138,7 @@ static inline __m256i aimc_pack32(__m256i a, __m256i b) {
     __m256i t = _mm256_blend_epi32(a, _mm256_slli_epi64(b, 32), 0xAA);
     return _mm256_permutevar8x32_epi32(t, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
 }
-
-// the tensors come as their addresses (int64): no reliance on how a version of inductor's
-// Python bindings converts tensor arguments (torch 2.13 reads them from tensor objects)
-extern "C" void kernel(const int64_t key_addr, const int64_t first_addr,
-                       const int64_t second_addr, const int64_t var_addr, const int64_t w,
-                       const int64_t half, const int64_t mode) {
-    const uint64_t key = static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(key_addr));
-    float* const first = reinterpret_cast<float*>(first_addr);
-    float* const second = reinterpret_cast<float*>(second_addr);
-    const float* const var = reinterpret_cast<const float*>(var_addr);
-    const uint64_t gamma = 0x9E3779B97F4A7C15ULL;
-    const uint64_t M1 = 0xBF58476D1CE4E5B9ULL, M2 = 0x94D049BB133111EBULL;
+""" + _NOISE_ENTRY + r"""
     #pragma omp parallel
     {
         const __m256i m1l = _mm256_set1_epi64x(static_cast<int64_t>(M1 & 0xFFFFFFFFULL));
@@ -100,15 +148,7 @@ extern "C" void kernel(const int64_t key_addr, const int64_t first_addr,
         const __m256i step = _mm256_set1_epi64x(static_cast<int64_t>(8 * gamma));
         const __m256i mask24 = _mm256_set1_epi64x(0xFFFFFF);
         const __m256i i1 = _mm256_set1_epi32(1), i21 = _mm256_set1_epi32(1 << 21);
-        // the constants as aimc.random writes them: float32 of the double values
-        const VecF half_f(0.5f), scale24(static_cast<float>(5.960464477539063e-08)),
-            m2f(-2.0f), zero(0.0f), one(1.0f),
-            xs(static_cast<float>(3.141592653589793 / 2.0 * 2.384185791015625e-07)),
-            S0(static_cast<float>(-1.6666654611e-1)), S1(static_cast<float>(8.3321608736e-3)),
-            S2(static_cast<float>(-1.9515295891e-4)),
-            C0(static_cast<float>(4.166664568298827e-2)),
-            C1(static_cast<float>(-1.388731625493765e-3)),
-            C2(static_cast<float>(2.443315711809948e-5));
+        const AimcBoxMuller bm;
         #pragma omp for schedule(static)
         for (int64_t c = 0; c < w / 64; ++c) {
             const int64_t i0 = c * 64;
@@ -128,21 +168,19 @@ extern "C" void kernel(const int64_t key_addr, const int64_t first_addr,
                     const __m256i lo =
                         aimc_pack32(_mm256_and_si256(_mm256_srli_epi64(a, 8), mask24),
                                     _mm256_and_si256(_mm256_srli_epi64(b, 8), mask24));
-                    (VecF(_mm256_cvtepi32_ps(hi)) * scale24).store(first + i);
-                    (VecF(_mm256_cvtepi32_ps(lo)) * scale24).store(second + i);
+                    AimcBoxMuller::store(VecF(_mm256_cvtepi32_ps(hi)) * bm.scale24,
+                                         VecF(_mm256_cvtepi32_ps(lo)) * bm.scale24, first,
+                                         second, var, half, i, mode);
                     continue;
                 }
                 // Box-Muller: aimc.random._polar and _cos_sin_turns, operation for operation
                 const __m256i k =
                     aimc_pack32(_mm256_and_si256(a, mask24), _mm256_and_si256(b, mask24));
-                const VecF u1 = (VecF(_mm256_cvtepi32_ps(hi)) + half_f) * scale24;
-                const VecF r = at::vec::maximum(u1.log() * m2f, zero).sqrt();
+                const VecF r = bm.radius(VecF(_mm256_cvtepi32_ps(hi)));
                 const __m256i j = _mm256_srai_epi32(_mm256_add_epi32(k, i21), 22);
                 const __m256i m = _mm256_sub_epi32(k, _mm256_slli_epi32(j, 22));
-                const VecF x = VecF(_mm256_cvtepi32_ps(m)) * xs;
-                const VecF z = x * x;
-                const VecF s = x + (x * z) * ((z * ((z * S2) + S1)) + S0);
-                const VecF co = (one - z * half_f) + (z * z) * ((z * ((z * C2) + C1)) + C0);
+                VecF s, co;
+                bm.sin_cos(VecF(_mm256_cvtepi32_ps(m)), s, co);
                 const __m256 odd =
                     _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(j, i1), i1));
                 // the cosine is negative for j mod 4 in {1, 2}, the sine for {2, 3}: the sign
@@ -153,14 +191,8 @@ extern "C" void kernel(const int64_t key_addr, const int64_t first_addr,
                     _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(j, 1), 31));
                 const __m256 cs = _mm256_xor_ps(_mm256_blendv_ps(co, s, odd), cneg);
                 const __m256 sn = _mm256_xor_ps(_mm256_blendv_ps(s, co, odd), sneg);
-                VecF vc = r * VecF(cs);
-                VecF vs = r * VecF(sn);
-                if (mode == 1) {
-                    vc = vc * VecF::loadu(var + i).sqrt();
-                    vs = vs * VecF::loadu(var + half + i).sqrt();
-                }
-                vc.store(first + i);
-                vs.store(second + i);
+                AimcBoxMuller::store(r * VecF(cs), r * VecF(sn), first, second, var, half, i,
+                                     mode);
             }
         }
     }
@@ -170,11 +202,7 @@ extern "C" void kernel(const int64_t key_addr, const int64_t first_addr,
 #: The AVX-512 variant of :data:`SOURCE` (the same function and arguments): sixteen words a
 #: step as two vectors of eight 64-bit lanes, multiplied by ``_mm512_mullo_epi64``, their
 #: fields narrowed by ``_mm512_cvtepi64_epi32`` into the 16 lanes of ``Vectorized<float>``.
-SOURCE_AVX512 = r"""
-#include <torch/csrc/inductor/cpp_prefix.h>
-#include <immintrin.h>
-
-using VecF = at::vec::Vectorized<float>;
+SOURCE_AVX512 = _NOISE_PRELUDE + r"""
 static_assert(VecF::size() == 16, "the AVX-512 noise kernel needs 16 float lanes");
 
 // SplitMix64's finaliser (Steele, Lea & Flood, OOPSLA 2014): AVX512DQ's 64-bit multiply
@@ -191,16 +219,7 @@ static inline __m512i aimc_pack32(__m512i a, __m512i b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a)),
                               _mm512_cvtepi64_epi32(b), 1);
 }
-
-extern "C" void kernel(const int64_t key_addr, const int64_t first_addr,
-                       const int64_t second_addr, const int64_t var_addr, const int64_t w,
-                       const int64_t half, const int64_t mode) {
-    const uint64_t key = static_cast<uint64_t>(*reinterpret_cast<const int64_t*>(key_addr));
-    float* const first = reinterpret_cast<float*>(first_addr);
-    float* const second = reinterpret_cast<float*>(second_addr);
-    const float* const var = reinterpret_cast<const float*>(var_addr);
-    const uint64_t gamma = 0x9E3779B97F4A7C15ULL;
-    const uint64_t M1 = 0xBF58476D1CE4E5B9ULL, M2 = 0x94D049BB133111EBULL;
+""" + _NOISE_ENTRY + r"""
     #pragma omp parallel
     {
         const __m512i m1 = _mm512_set1_epi64(static_cast<int64_t>(M1));
@@ -214,17 +233,11 @@ extern "C" void kernel(const int64_t key_addr, const int64_t first_addr,
         const __m512i eight = _mm512_set1_epi64(static_cast<int64_t>(8 * gamma));
         const __m512i mask24 = _mm512_set1_epi64(0xFFFFFF);
         const __m512i i1 = _mm512_set1_epi32(1), i21 = _mm512_set1_epi32(1 << 21);
-        const VecF half_f(0.5f), scale24(static_cast<float>(5.960464477539063e-08)),
-            m2f(-2.0f), zero(0.0f), one(1.0f),
-            xs(static_cast<float>(3.141592653589793 / 2.0 * 2.384185791015625e-07)),
-            S0(static_cast<float>(-1.6666654611e-1)), S1(static_cast<float>(8.3321608736e-3)),
-            S2(static_cast<float>(-1.9515295891e-4)),
-            C0(static_cast<float>(4.166664568298827e-2)),
-            C1(static_cast<float>(-1.388731625493765e-3)),
-            C2(static_cast<float>(2.443315711809948e-5));
+        const AimcBoxMuller bm;
         #pragma omp for schedule(static)
         for (int64_t c = 0; c < w / 64; ++c) {
             const int64_t i0 = c * 64;
+            // word i is mix64(key + (i + 1) * gamma): unsigned, so the products wrap
             const uint64_t b0 = key + static_cast<uint64_t>(i0 + 1) * gamma;
             __m512i ca = _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(b0)), lanes);
             __m512i cb = _mm512_add_epi64(ca, eight);
@@ -238,20 +251,19 @@ extern "C" void kernel(const int64_t key_addr, const int64_t first_addr,
                     const __m512i lo =
                         aimc_pack32(_mm512_and_si512(_mm512_srli_epi64(a, 8), mask24),
                                     _mm512_and_si512(_mm512_srli_epi64(b, 8), mask24));
-                    (VecF(_mm512_cvtepi32_ps(hi)) * scale24).store(first + i);
-                    (VecF(_mm512_cvtepi32_ps(lo)) * scale24).store(second + i);
+                    AimcBoxMuller::store(VecF(_mm512_cvtepi32_ps(hi)) * bm.scale24,
+                                         VecF(_mm512_cvtepi32_ps(lo)) * bm.scale24, first,
+                                         second, var, half, i, mode);
                     continue;
                 }
                 const __m512i k =
                     aimc_pack32(_mm512_and_si512(a, mask24), _mm512_and_si512(b, mask24));
-                const VecF u1 = (VecF(_mm512_cvtepi32_ps(hi)) + half_f) * scale24;
-                const VecF r = at::vec::maximum(u1.log() * m2f, zero).sqrt();
+                const VecF r = bm.radius(VecF(_mm512_cvtepi32_ps(hi)));
                 const __m512i j = _mm512_srai_epi32(_mm512_add_epi32(k, i21), 22);
                 const __m512i m = _mm512_sub_epi32(k, _mm512_slli_epi32(j, 22));
-                const VecF x = VecF(_mm512_cvtepi32_ps(m)) * xs;
-                const VecF z = x * x;
-                const VecF s = x + (x * z) * ((z * ((z * S2) + S1)) + S0);
-                const VecF co = (one - z * half_f) + (z * z) * ((z * ((z * C2) + C1)) + C0);
+                VecF s, co;
+                bm.sin_cos(VecF(_mm512_cvtepi32_ps(m)), s, co);
+                // the quarter turns as in SOURCE, with a mask blend
                 const __mmask16 odd = _mm512_cmpeq_epi32_mask(_mm512_and_si512(j, i1), i1);
                 const __m512i cneg =
                     _mm512_slli_epi32(_mm512_srli_epi32(_mm512_add_epi32(j, i1), 1), 31);
@@ -260,14 +272,8 @@ extern "C" void kernel(const int64_t key_addr, const int64_t first_addr,
                     _mm512_castps_si512(_mm512_mask_blend_ps(odd, co, s)), cneg));
                 const __m512 sn = _mm512_castsi512_ps(_mm512_xor_si512(
                     _mm512_castps_si512(_mm512_mask_blend_ps(odd, s, co)), sneg));
-                VecF vc = r * VecF(cs);
-                VecF vs = r * VecF(sn);
-                if (mode == 1) {
-                    vc = vc * VecF::loadu(var + i).sqrt();
-                    vs = vs * VecF::loadu(var + half + i).sqrt();
-                }
-                vc.store(first + i);
-                vs.store(second + i);
+                AimcBoxMuller::store(r * VecF(cs), r * VecF(sn), first, second, var, half, i,
+                                     mode);
             }
         }
     }
