@@ -117,7 +117,9 @@ def test_a_large_first_call_leaves_the_check_to_a_smaller_one(monkeypatch):
     _corrupting_compile_fx(monkeypatch, {0})
     monkeypatch.setattr(_kernels, "CHECK_MAX_BYTES", 4000)
     kernel = FusedKernel(_fill_into, env="AIMC_TEST_KERNEL")
-    x, out = torch.linspace(-3, 3, 1000), torch.empty(1000)  # 8,000 bytes
+    # zeros, not empty: the corruption adds 1e33 to what was there, and uninitialised memory
+    # may hold NaN, which no comparison finds wrong
+    x, out = torch.linspace(-3, 3, 1000), torch.zeros(1000)  # 8,000 bytes
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         kernel(x, out)
