@@ -114,7 +114,9 @@ extern "C" void kernel(const int64_t key_addr, const int64_t first_addr,
 #: words ``0 .. w - 1`` (``w`` a multiple of 64) of the stream at ``*key``: ``first[i]`` and
 #: ``second[i]`` the cosine and sine values (``mode`` 0), times ``sqrt(var[i])`` and
 #: ``sqrt(var[half + i])`` (mode 1), or the top and the low 24-bit fields as uniforms (mode 2).
-SOURCE = _NOISE_PRELUDE + r"""
+SOURCE = (
+    _NOISE_PRELUDE
+    + r"""
 // a * b modulo 2**64 in four 64-bit lanes, b given as its 32-bit halves (b_lo, b_hi)
 static inline __m256i aimc_mul64(__m256i a, __m256i b_lo, __m256i b_hi) {
     __m256i p0 = _mm256_mul_epu32(a, b_lo);
@@ -138,7 +140,9 @@ static inline __m256i aimc_pack32(__m256i a, __m256i b) {
     __m256i t = _mm256_blend_epi32(a, _mm256_slli_epi64(b, 32), 0xAA);
     return _mm256_permutevar8x32_epi32(t, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
 }
-""" + _NOISE_ENTRY + r"""
+"""
+    + _NOISE_ENTRY
+    + r"""
     #pragma omp parallel
     {
         const __m256i m1l = _mm256_set1_epi64x(static_cast<int64_t>(M1 & 0xFFFFFFFFULL));
@@ -198,11 +202,14 @@ static inline __m256i aimc_pack32(__m256i a, __m256i b) {
     }
 }
 """
+)
 
 #: The AVX-512 variant of :data:`SOURCE` (the same function and arguments): sixteen words a
 #: step as two vectors of eight 64-bit lanes, multiplied by ``_mm512_mullo_epi64``, their
 #: fields narrowed by ``_mm512_cvtepi64_epi32`` into the 16 lanes of ``Vectorized<float>``.
-SOURCE_AVX512 = _NOISE_PRELUDE + r"""
+SOURCE_AVX512 = (
+    _NOISE_PRELUDE
+    + r"""
 static_assert(VecF::size() == 16, "the AVX-512 noise kernel needs 16 float lanes");
 
 // SplitMix64's finaliser (Steele, Lea & Flood, OOPSLA 2014): AVX512DQ's 64-bit multiply
@@ -219,7 +226,9 @@ static inline __m512i aimc_pack32(__m512i a, __m512i b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a)),
                               _mm512_cvtepi64_epi32(b), 1);
 }
-""" + _NOISE_ENTRY + r"""
+"""
+    + _NOISE_ENTRY
+    + r"""
     #pragma omp parallel
     {
         const __m512i m1 = _mm512_set1_epi64(static_cast<int64_t>(M1));
@@ -279,6 +288,7 @@ static inline __m512i aimc_pack32(__m512i a, __m512i b) {
     }
 }
 """
+)
 
 _ARGTYPES = ["int64_t"] * 7
 #: How the warnings name an ISA family
