@@ -436,9 +436,10 @@ class NativeNoiseKernel(_NativeKernel):
     same stream. Switched off with ``AIMC_RNG_NATIVE=0`` (or, with every noise kernel,
     ``AIMC_RNG_KERNEL=0``)."""
 
-    source = SOURCE
+    #: the source of each ISA family it is built on
+    sources = {"avx2": SOURCE, "avx512": SOURCE_AVX512}
     argtypes = tuple(_ARGTYPES)
-    isas = ("avx2", "avx512")
+    isas = tuple(sources)
     envs = ("AIMC_RNG_KERNEL", "AIMC_RNG_NATIVE")
     warning = (
         "aimc.random: the {isa} noise kernel could not be built ({failed}); the inductor kernel "
@@ -447,7 +448,7 @@ class NativeNoiseKernel(_NativeKernel):
     )
 
     def variants(self, isa: str) -> tuple[str, ...]:
-        return (SOURCE_AVX512 if isa == "avx512" else SOURCE,)
+        return (self.sources[isa],)
 
     def self_check(self, fn: Any) -> str | None:
         return _self_check(fn)
