@@ -30,22 +30,13 @@ FIXED = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "107374
 def child(tokens: int, steps: int, threads: int) -> dict:
     """Median phase times (ms) and faults per step of the digital and the analog stack."""
     import torch
-    from bench_hwa_step import _stack  # benchmarks/ is the script's directory
+    from bench_hwa_step import trainers  # benchmarks/ is the script's directory
 
     import aimc
 
     torch.set_num_threads(threads)
     x = torch.randn(tokens, 768, generator=torch.Generator().manual_seed(0))
-    models = {
-        "digital": _stack("mlp", 0),
-        "analog": aimc.convert(_stack("mlp", 0), aimc.presets.standard_hwa(), seed=0),
-    }
-    opts = {}
-    for side, model in models.items():
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        if side == "analog":
-            aimc.register_post_step_hook(opt, model)
-        opts[side] = (model.train(), opt)
+    opts = trainers("mlp", aimc.presets.standard_hwa())
 
     def step(side: str) -> tuple[float, float, float, int]:
         model, opt = opts[side]

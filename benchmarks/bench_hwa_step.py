@@ -55,6 +55,24 @@ def _stack(kind: str, seed: int) -> nn.Module:
         )
 
 
+def trainers(
+    kind: str, cfg: aimc.AnalogConfig
+) -> dict[str, tuple[nn.Module, torch.optim.Optimizer]]:
+    """``{"digital": (model, optimizer), "analog": ...}``: the ``kind`` stack (seed 0) and its
+    conversion under ``cfg`` (seed 0), in training mode, each with AdamW (lr 1e-4); the analog
+    optimizer runs aimc's post-step hook (clipping, remapping)."""
+    out = {}
+    for label in ("digital", "analog"):
+        model = _stack(kind, 0)
+        if label == "analog":
+            model = aimc.convert(model, cfg, seed=0)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        if label == "analog":
+            aimc.register_post_step_hook(opt, model)
+        out[label] = (model.train(), opt)
+    return out
+
+
 def _configs() -> dict[str, aimc.AnalogConfig]:
     noisy = aimc.presets.pcm_inference()
     noisy = noisy.replace(
@@ -98,13 +116,7 @@ def main() -> None:
     for kind, name, cfg in cases:
         shape = (8 * 128, 768) if kind == "mlp" else (8, 128, 768)
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-        digital, analog = _stack(kind, 0), aimc.convert(_stack(kind, 0), cfg, seed=0)
-        opts = {}
-        for label, model in (("digital", digital), ("analog", analog)):
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            if label == "analog":
-                aimc.register_post_step_hook(opt, model)
-            opts[label] = (model.train(), opt)
+        opts = trainers(kind, cfg)
 
         def step(label: str, opts=opts, x=x) -> float:
             model, opt = opts[label]
