@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from . import _workspace
+from ._intmvm import INT_MVM, cached_limbs, int_bmm_, levels_are_int8
 from ._native import NativeAdcKernel, NativeDacKernel
 from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType, io_config_by_key
 from .functional import TileLayout, stochastic_round
@@ -76,20 +77,26 @@ def _check_bf16_cpu() -> None:
 def _scratch(
     slot: int, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype = torch.float32
 ) -> Tensor:
-    """A reusable float32 (or bfloat16) buffer (CPU only; other devices have caching
-    allocators). A bfloat16 buffer is its own slot, ``("bf16", slot)``, in half the values of a
-    float32 one."""
+    """A reusable float32 (or bfloat16, int32, int8) buffer (CPU only; other devices have
+    caching allocators). A buffer of another dtype than float32 is its own slot,
+    ``(dtype, slot)``, in the float32 values that hold it."""
     numel = 1
     for d in shape:
         numel *= d
     if like.device.type != "cpu" or _compiling():
         return torch.empty(shape, device=like.device, dtype=dtype)
-    if dtype == torch.bfloat16:
-        flat = _workspace.buffer(("bf16", slot), (numel + 1) // 2).view(torch.bfloat16)
-        return flat[:numel].view(shape)
-    if dtype != torch.float32:
-        raise ValueError(f"_scratch: dtype {dtype}; allowed: torch.float32, torch.bfloat16")
-    return _workspace.buffer(slot, numel).view(shape)
+    if dtype == torch.float32:
+        return _workspace.buffer(slot, numel).view(shape)
+    size = _SCRATCH_SIZES.get(dtype)
+    if size is None:
+        allowed = ", ".join(str(t) for t in (torch.float32, *_SCRATCH_SIZES))
+        raise ValueError(f"_scratch: dtype {dtype}; allowed: {allowed}")
+    flat = _workspace.buffer((str(dtype), slot), (numel * size + 3) // 4).view(dtype)
+    return flat[:numel].view(shape)
+
+
+#: The bytes per value of the other dtypes :func:`_scratch` gives.
+_SCRATCH_SIZES = {torch.bfloat16: 2, torch.int32: 4, torch.int8: 1}
 
 
 def clear_workspace() -> None:
@@ -106,6 +113,10 @@ class TileWeights:
     w: Tensor  #: (B, O_pad, ci) normalised weights times ``gain`` (ADC steps per DAC step)
     scale: Tensor | None  #: digital rescale, (B, to) per tile or (B, O_pad) per column; or None
     w_abs: Tensor | None = None  #: |normalised weights| (B, O_pad, ci), for pcm_read noise
+    #: whether ``w`` is the same from forward to forward: a chip's tiles (full: cached; lean:
+    #: rebuilt at each forward anyway) or the digital weights' in eval mode, not a training
+    #: forward's. Its int8 limbs (:mod:`aimc._intmvm`) are then worth building for fewer vectors
+    fixed: bool = False
 
 
 @dataclass
@@ -406,18 +417,27 @@ def _mvm_adc(
     n_out: int | None = None,
     x2: Tensor | None = None,
     adc: bool = True,
+    limbs: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor | None:
     """``z = ADC(W x' + weight noise + output noise)`` in ADC steps, in place; ``xq`` is
     ``(B, N, ci)``. With ``n_out`` (the number of output tiles in ``z``'s last dimension) returns
     the ``(B, N, n_out)`` mask of the tiles whose output saturated (:func:`_saturated`, tested
     before the clip), or None if none did. ``x2``: ``xq``'s squares (float32) if the fused DAC
     kernel already wrote them (eager ``pcm_read``). ``adc=False``: ``z`` is left before the ADC
-    (the fused ADC kernel or :func:`_adc_` takes it from there), and None returned."""
+    (the fused ADC kernel or :func:`_adc_` takes it from there), and None returned.
+    ``limbs``: ``tw.w``'s :func:`aimc._intmvm.cached_limbs`, where ``xq`` holds whole-number
+    levels in ``[-128, 128]`` (:func:`_int_limbs`): the MVM then runs in int8."""
     in_unit, out_unit = units(io)
     w_t = tw.w.transpose(1, 2)
+
+    def mvm_(z: Tensor, beta: float = 0.0) -> Tensor:  # z <- beta * z + W x'
+        if limbs is not None:
+            return _int_mvm_(z, xq, limbs, beta)
+        return _bmm_(z, xq, w_t, beta=beta)
+
     kind = io.w_noise_type if io.w_noise > 0 else WeightNoiseType.NONE
     if kind == WeightNoiseType.NONE and io.out_noise <= 0:
-        _bmm_(z, xq, w_t)
+        mvm_(z)
     else:
         # else a tensor stream: the compiled forward, or its gathered bound-management rounds
         eager = isinstance(gen, torch.Generator)
@@ -456,22 +476,59 @@ def _mvm_adc(
             # accumulates onto it (no extra pass)
             noise_normal_(z, gen, var=var_steps)
             if var_steps is not None:
-                _bmm_(z, xq, w_t, beta=1.0)
+                mvm_(z, 1.0)
             elif std is None:
-                _bmm_(z, xq, w_t, beta=io.out_noise / out_unit)
+                mvm_(z, io.out_noise / out_unit)
             else:
-                _bmm_(z.mul_(std), xq, w_t, beta=1.0)
+                mvm_(z.mul_(std), 1.0)
         else:
             # compiled: the MVM first, then the noise, so that
             # inductor draws it inside the kernel that rounds and clips (a baddbmm onto drawn
             # noise would write the noise, copy it into the output and read it back)
-            _bmm_(z, xq, w_t)
+            mvm_(z)
             noise = gen.normal(z.shape)
             if std is None:
                 z.add_(noise, alpha=io.out_noise / out_unit)
             else:
                 z.addcmul_(noise, std)
     return _adc_(z, io, n_out) if adc else None
+
+
+#: The int8 MVM runs on at least this many vectors per tile (fewer: the float32 GEMM, faster
+#: there for small tiles: a 384 x 384 tile broke even at about 128 vectors, 2026-12-06) ...
+INT_MIN_VECTORS = 128
+#: ... and, where the tile matrices change from forward to forward (not ``TileWeights.fixed``:
+#: a training forward's), on at least this many, where the GEMMs' saving pays for building the
+#: limbs at every forward (about 1.1 ns per weight against 0.2 of a float32 GEMM).
+INT_MIN_VECTORS_FRESH = 1024
+
+
+def _int_limbs(x: Tensor, tw: TileWeights, io: IOConfig, n: int) -> tuple[Tensor, Tensor] | None:
+    """The int8 limbs of ``tw.w`` (:mod:`aimc._intmvm`) where this forward's first pass on
+    ``n`` vectors per tile runs its MVM in integers: an eager CPU forward (not traced) whose
+    DAC levels are whole numbers in ``[-128, 128]``, on enough vectors
+    (:data:`INT_MIN_VECTORS`, :data:`INT_MIN_VECTORS_FRESH`), on a CPU with VNNI, with the
+    kernel built and not switched off (``AIMC_INT_MVM=0``), and finite tile matrices; else
+    None (the float32 GEMM)."""
+    if (
+        n < (INT_MIN_VECTORS if tw.fixed else INT_MIN_VECTORS_FRESH)
+        or x.device.type != "cpu"
+        or _compiling()
+        or not tw.w.is_contiguous()
+        or not levels_are_int8(io, units(io)[0])
+        or not INT_MVM.usable()
+    ):
+        return None
+    return cached_limbs(tw.w)
+
+
+def _int_mvm_(z: Tensor, xq: Tensor, limbs: tuple[Tensor, Tensor], beta: float) -> Tensor:
+    """``z <- beta * z + W xq`` in int8 (:func:`aimc._intmvm.int_bmm_`), in scratch buffers."""
+    nb, n, ci = xq.shape
+    k8 = _scratch(6, (nb, n, ci), xq, torch.int8)
+    hit = _scratch(7, (nb * n,), xq, torch.int32)
+    y = _scratch(8, (3, n, z.shape[2]), z, torch.int32)
+    return int_bmm_(z, xq, limbs, beta, k8, hit, y)
 
 
 def _adc_(z: Tensor, io: IOConfig, n_out: int | None) -> Tensor | None:
@@ -678,7 +735,7 @@ def analog_mvm(
         # eager: |W| in bfloat16 once per forward, in a reused buffer, for the first pass and
         # every bound-management round (each converted it afresh: a weight-sized tensor)
         w_abs = _scratch(5, tuple(tw.w_abs.shape), tw.w_abs, torch.bfloat16)
-        tw = TileWeights(tw.layout, tw.w, tw.scale, w_abs.copy_(tw.w_abs))
+        tw = TileWeights(tw.layout, tw.w, tw.scale, w_abs.copy_(tw.w_abs), tw.fixed)
     fused = _fused_dac(x, io, input_range)
     # the squared levels of pcm_read (eager), where the fused kernel writes them
     x2 = _scratch(2, (lo.batch, n, lo.rows), x) if fused and eager and _squares_needed(io) else None
@@ -697,7 +754,8 @@ def analog_mvm(
     xq3 = xq.view(lo.batch, n, lo.rows)
     bm = io.bound_management == BoundManagement.ITERATIVE
     fused_out = _fused_adc(z, per_tile, summed)
-    sat = _mvm_adc(xq3, tw, io, generator, z, lo.n_out if bm else None, x2, not fused_out)
+    limbs = _int_limbs(x, tw, io, n)
+    sat = _mvm_adc(xq3, tw, io, generator, z, lo.n_out if bm else None, x2, not fused_out, limbs)
     # an all-zero vector (s = 0) gives 0, unless input noise makes it non-zero: AIHWKIT then
     # runs the MVM unscaled (``forwardVector`` short-cuts only without input noise)
     s_out = s if io.inp_noise <= 0 else s_pos
@@ -769,7 +827,7 @@ def _opaque_mvm(
     the same algorithm and distributions as the eager forward). ``sizes``: the
     :class:`~aimc.functional.TileLayout`'s fields, in order."""
     gen = torch.Generator(device=x.device).manual_seed(int(key))
-    tw = TileWeights(TileLayout(*sizes), w, scale, w_abs)
+    tw = TileWeights(TileLayout(*sizes), w, scale, w_abs, fixed=True)  # an eval forward's
     y = analog_mvm(x, tw, io_config_by_key(io_key), gen, bias, input_range)
     return y if y.is_contiguous() else y.contiguous()  # type: ignore[union-attr]
 

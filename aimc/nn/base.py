@@ -7,6 +7,7 @@ changes (tracked by the tensor's version counter) and cached otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -417,6 +418,7 @@ class AnalogLayerMixin(ChipMixin):
         if self._tile_cache is not None and self._tile_cache[0] == key:
             return self._tile_cache[1]
         tw = self._make_tile_weights(check=True)
+        tw.fixed = True
         self._tile_cache = (key, tw)
         return tw
 
@@ -455,7 +457,8 @@ class AnalogLayerMixin(ChipMixin):
         tw = self.tile_weights()
         hwa = self.analog_config.hwa
         if not (self.training and hwa.any_modifier):
-            return tw
+            # in training mode the weights change at every step
+            return dataclasses.replace(tw, fixed=False) if self.training else tw
         gen = self.generator(tw.w)
         if hwa.modifier == WeightModifier.CHIP:
             # a fresh chip per forward (its time and seeds from the modifier stream, so all
@@ -544,7 +547,11 @@ class AnalogLayerMixin(ChipMixin):
         # and the bias is added in the same pass (no extra passes over the output)
         tw = self.active_tiles()
         tw = TileWeights(
-            tw.layout, tw.w, combine_scales(tw.scale, self._out_scale_tiles(lo), lo), tw.w_abs
+            tw.layout,
+            tw.w,
+            combine_scales(tw.scale, self._out_scale_tiles(lo), lo),
+            tw.w_abs,
+            tw.fixed,
         )
         with torch.no_grad():
             y = analog_mvm(

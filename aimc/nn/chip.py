@@ -358,6 +358,7 @@ class ChipMixin:
             return self._chip_cache[1]
         with torch.no_grad():
             tw = self._compute_chip_tiles(read_out)
+        tw.fixed = True  # (a lean chip's: its limbs are built with its tiles)
         self._chip_cache = None if lean else (key, tw)
         if lean:
             trim_if_grown()

@@ -1,0 +1,437 @@
+"""The MVM in 8-bit integers: the DAC's levels times the tile matrix as three int8 GEMMs.
+
+Wherever a forward's DAC levels are whole numbers in ``[-128, 128]`` (a DAC of up to 8 bits
+plus sign, rounding, no input noise: :func:`levels_are_int8`), the MVM ``W x'`` needs no
+floating-point input at all. The tile matrix is split, once per matrix and cached with it, into
+three int8 *limbs* per output row (``w = s (l1 + l2 / 254 + l3 / 254^2)``, ``s = max |w| / 127``
+of the row, each limb rounded to nearest from the rest of the one before), the levels are packed
+into int8 (a level of +128 as 127 plus a correction), and ``W x'`` is three integer GEMMs
+(``torch._int_mm``: oneDNN's VNNI kernels, int32 sums, exact) combined in float64 and rounded
+once to float32. On the AVX-512 host (AMD EPYC with AVX512-VNNI, 2 threads) one int8 GEMM took
+0.22-0.24 of a float32 GEMM of the same shape, so the three, with their combination, take about
+0.75-0.85 of it.
+
+**Accuracy.** Each weight is represented to within ``max|w| / (127 * 2 * 254^2)``, about
+``2^-24`` of the row's largest weight, the integer sums are exact, and the combination rounds
+once. Against the exact (float64) product, on random ``2048 x 384 x 384`` products, this MVM's
+error was half the float32 GEMM's in the root mean square and a third of it at the maximum
+(``docs/benchmarks.md``): it is closer to the exact product than the float32 GEMM it replaces,
+which is itself one of many equally valid float32 summation orders (MKL's blocking, the number
+of threads, ``bmm`` against one ``addmm`` per tile). The noise, the DAC, the ADC and bound
+management are untouched; no statistic changes.
+
+Only on CPUs with VNNI (AVX512-VNNI or AMX), where the int8 GEMM is fast; elsewhere, in compiled
+graphs, on CUDA and with ``AIMC_INT_MVM=0`` the float32 GEMM runs.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._native import _check_buffers, _NativeKernel
+
+#: The limbs' base: the second and third limb each resolve the rest of the one before into 254
+#: steps (``[-127, 127]``, the range of a rounded value of ``[-0.5, 0.5] * 254``).
+BASE = 254
+
+#: The C++ source: ``kernel(mode, a0, ..., a5, d0, ..., d3, beta)``.
+#:
+#: * mode 0, limbs: ``w`` (a0, float32 ``(B, O, ci)``) into the limbs (a1, int8
+#:   ``(3, B, ci, O)``: the layout ``torch._int_mm`` takes as its second operand) and the row
+#:   scales (a2, float32 ``(B, O)``, ``max |w| / 127`` rounded to float32, the limbs resolving
+#:   the weights in units of that float32 value; NaN where a row holds NaN, inf where it holds
+#:   an infinity: the caller then keeps the float32 GEMM); d0..d2 = B, O, ci.
+#: * mode 1, pack: float32 levels (a0, ``(R, ci)``, d0 = R, d1 = ci) into int8 (a1): 128
+#:   becomes 127 (the combination adds the missing step back), NaN becomes 0 (its vector's
+#:   outputs are NaN by the forward's finite mask); a2 (int32 ``(R,)``) gets per row -1 (no
+#:   level of 128), the input of its one level of 128, or -2 (several).
+#: * mode 2, combine one tile: ``z = s * (y1 + (y2 + y3 / 254) / 254) + beta * z`` in float32
+#:   from the three int32 GEMM results (a0, ``(3, M, O)``), after adding to the integer sums,
+#:   for every level of 128 (a1: the rows' marks of mode 1; a2: the float32 levels ``(M, ci)``,
+#:   read for rows marked -2), that input's limbs (a3, int8 ``(3, ., ci, O)`` with plane stride
+#:   d3); a4 = the row scales (float32 ``(O,)``), a5 = ``z`` (float32 ``(M, O)``, not read where
+#:   ``beta == 0``); d0..d2 = M, O, ci.
+SOURCE = r"""
+#include <torch/csrc/inductor/cpp_prefix.h>
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+using VecF = at::vec::Vectorized<float>;
+using VecI = at::vec::Vectorized<int32_t>;
+using VecD = at::vec::Vectorized<double>;
+
+// c (at most VecD::size()) float32 values as float64 lanes, the rest zero
+static inline VecD aimc_load_pd(const float* p, int64_t c) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if (c == 8) return VecD(_mm512_cvtps_pd(_mm256_loadu_ps(p)));
+#elif defined(CPU_CAPABILITY_AVX2)
+    if (c == 4) return VecD(_mm256_cvtps_pd(_mm_loadu_ps(p)));
+#endif
+    double t[VecD::size()] = {};
+    for (int64_t l = 0; l < c; ++l) t[l] = double(p[l]);
+    return VecD::loadu(t);
+}
+
+static void aimc_limbs(const float* w, int8_t* limbs, float* scale, int64_t B, int64_t O,
+                       int64_t ci) {
+    constexpr int64_t R = 16;  // output rows per block: 16 contiguous bytes per limb store
+    const int64_t blocks = (O + R - 1) / R;
+    const int64_t plane = B * ci * O;
+    const VecD lo(-127.0), hi(127.0), base(254.0);
+    #pragma omp parallel for schedule(static)
+    for (int64_t task = 0; task < B * blocks; ++task) {
+        const int64_t b = task / blocks, o0 = (task % blocks) * R;
+        const int64_t rows = std::min(R, O - o0);
+        double inv[R];
+        for (int64_t r = 0; r < rows; ++r) {
+            const float* src = w + (b * O + o0 + r) * ci;
+            VecF vm(0.0f);  // at::vec::maximum propagates NaN
+            int64_t j = 0;
+            for (; j + VecF::size() <= ci; j += VecF::size()) {
+                vm = at::vec::maximum(vm, VecF::loadu(src + j).abs());
+            }
+            float lanes[VecF::size()];
+            vm.store(lanes);
+            float m = 0.0f;
+            bool nan = false;
+            for (int64_t l = 0; l < VecF::size(); ++l) {
+                nan |= std::isnan(lanes[l]);
+                m = std::max(m, lanes[l]);
+            }
+            for (; j < ci; ++j) {
+                const float a = std::fabs(src[j]);
+                nan |= std::isnan(a);
+                m = std::max(m, a);
+            }
+            // the scale as the combination multiplies by it (float32); the limbs resolve the
+            // weights in its units
+            const float s =
+                nan ? std::numeric_limits<float>::quiet_NaN() : float(double(m) / 127.0);
+            scale[b * O + o0 + r] = s;
+            inv[r] = (s > 0.0f && std::isfinite(s)) ? 1.0 / double(s) : 0.0;
+        }
+        // eight inputs of each of the block's rows at a time (float64 lanes), then their limbs
+        // transposed into the (input, output) layout: 16 contiguous bytes per input and limb
+        constexpr int64_t V = VecD::size();
+        int8_t lv[3][V][R];  // the block's limbs in the (input, output) layout
+        for (int64_t j0 = 0; j0 < ci; j0 += V) {
+            const int64_t c = std::min(V, ci - j0);
+            for (int64_t r = 0; r < rows; ++r) {
+                const float* src = w + (b * O + o0 + r) * ci + j0;
+                // (a zero or non-finite row: all limbs zero)
+                const VecD v = inv[r] == 0.0 ? VecD(0.0) : aimc_load_pd(src, c) * VecD(inv[r]);
+                const VecD a1 = at::vec::clamp(v, lo, hi).round();
+                const VecD rest = (v - a1) * base;
+                const VecD a2 = at::vec::clamp(rest, lo, hi).round();
+                const VecD a3 = at::vec::clamp((rest - a2) * base, lo, hi).round();
+                double t[3][V];
+                a1.store(t[0]);
+                a2.store(t[1]);
+                a3.store(t[2]);
+                for (int64_t i = 0; i < 3; ++i) {
+                    for (int64_t l = 0; l < V; ++l) lv[i][l][r] = int8_t(t[i][l]);
+                }
+            }
+            for (int64_t l = 0; l < c; ++l) {
+                int8_t* d = limbs + (b * ci + j0 + l) * O + o0;
+                for (int64_t i = 0; i < 3; ++i) std::memcpy(d + i * plane, lv[i][l], rows);
+            }
+        }
+    }
+}
+
+static void aimc_pack(const float* xq, int8_t* k8, int32_t* hit, int64_t R, int64_t ci) {
+    constexpr int64_t V = VecF::size();
+    constexpr int full = (1 << V) - 1;
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < R; ++r) {
+        const float* src = xq + r * ci;
+        int8_t* dst = k8 + r * ci;
+        const VecF hi(127.0f), lo(-128.0f), tie(127.5f), zero(0.0f);
+        int32_t h = -1;
+        for (int64_t i = 0; i < ci; i += V) {
+            const int64_t c = std::min(V, ci - i);
+            VecF v = c == V ? VecF::loadu(src + i) : VecF::loadu(src + i, c);
+            if ((v > tie).zero_mask() != full) {  // a level of 128 (at most a few per row)
+                for (int64_t l = 0; l < c; ++l) {
+                    if (src[i + l] > 127.5f) h = h == -1 ? int32_t(i + l) : -2;
+                }
+            }
+            v = VecF::blendv(zero, at::vec::clamp(v, lo, hi), v == v);
+            at::vec::convert<int8_t>(v).store(dst + i, c);
+        }
+        hit[r] = h;
+    }
+}
+
+static inline VecF aimc_int_to_float(const int32_t* p, int64_t c) {
+    return at::vec::convert<float>(c == VecF::size() ? VecI::loadu(p) : VecI::loadu(p, c));
+}
+
+static void aimc_combine(int32_t* y, const int32_t* hit, const float* xq, const int8_t* limbs,
+                         const float* scale, float* z, int64_t M, int64_t O, int64_t ci,
+                         int64_t plane, float beta) {
+    constexpr int64_t V = VecF::size();
+    const int64_t yplane = M * O;
+    #pragma omp parallel for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+        int32_t* y1 = y + m * O;
+        int32_t* y2 = y1 + yplane;
+        int32_t* y3 = y2 + yplane;
+        // the levels of 128, packed as 127: one step of their inputs' weights added back
+        const int32_t h = hit[m];
+        for (int64_t j = (h >= 0 ? h : 0); h != -1 && j < (h >= 0 ? h + 1 : ci); ++j) {
+            if (h == -2 && !(xq[m * ci + j] > 127.5f)) continue;
+            const int8_t* l1 = limbs + j * O;
+            const int8_t* l2 = l1 + plane;
+            const int8_t* l3 = l2 + plane;
+            #pragma omp simd
+            for (int64_t o = 0; o < O; ++o) {
+                y1[o] += l1[o];
+                y2[o] += l2[o];
+                y3[o] += l3[o];
+            }
+        }
+        float* zr = z + m * O;
+        const VecF k(1.0f / 254.0f), vb(beta);
+        for (int64_t o = 0; o < O; o += V) {
+            const int64_t c = std::min(V, O - o);
+            const VecF a = aimc_int_to_float(y1 + o, c);
+            const VecF b = aimc_int_to_float(y2 + o, c);
+            const VecF d = aimc_int_to_float(y3 + o, c);
+            const VecF s = c == V ? VecF::loadu(scale + o) : VecF::loadu(scale + o, c);
+            VecF v = (a + (b + d * k) * k) * s;
+            if (beta != 0.0f) v = v + (c == V ? VecF::loadu(zr + o) : VecF::loadu(zr + o, c)) * vb;
+            if (c == V) v.store(zr + o); else v.store(zr + o, c);
+        }
+    }
+}
+
+extern "C" void kernel(const int64_t mode, const int64_t a0, const int64_t a1, const int64_t a2,
+                       const int64_t a3, const int64_t a4, const int64_t a5, const int64_t d0,
+                       const int64_t d1, const int64_t d2, const int64_t d3, const float beta) {
+    if (mode == 0) {
+        aimc_limbs(reinterpret_cast<const float*>(a0), reinterpret_cast<int8_t*>(a1),
+                   reinterpret_cast<float*>(a2), d0, d1, d2);
+    } else if (mode == 1) {
+        aimc_pack(reinterpret_cast<const float*>(a0), reinterpret_cast<int8_t*>(a1),
+                  reinterpret_cast<int32_t*>(a2), d0, d1);
+    } else {
+        aimc_combine(reinterpret_cast<int32_t*>(a0), reinterpret_cast<const int32_t*>(a1),
+                     reinterpret_cast<const float*>(a2), reinterpret_cast<const int8_t*>(a3),
+                     reinterpret_cast<const float*>(a4), reinterpret_cast<float*>(a5), d0, d1,
+                     d2, d3, beta);
+    }
+}
+"""
+
+
+def _vnni_cpu() -> bool:
+    """Whether this is an x86 CPU with VNNI (AVX512-VNNI) or AMX, where oneDNN's int8 GEMM is
+    several times faster than the float32 one."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    probes = [getattr(torch.cpu, n, None) for n in ("_is_vnni_supported", "_is_amx_tile_supported")]
+    return any(p is not None and p() for p in probes)
+
+
+class NativeIntMvmKernel(_NativeKernel):
+    """The integer MVM's three helper passes (:data:`SOURCE`): the limbs of a tile matrix, the
+    levels packed into int8, and the combination of the three int32 GEMM results. Built on
+    first use on x86 CPUs with VNNI and checked against float64 arithmetic (where the check
+    fails the float32 GEMM runs, warned once). Switched off with ``AIMC_INT_MVM=0``."""
+
+    source = SOURCE
+    argtypes = ("int64_t",) * 11 + ("float",)
+    envs = ("AIMC_INT_MVM",)
+    warning = (
+        "aimc: the int8 MVM's kernel could not be built ({failed}); the MVM runs as a float32 "
+        "GEMM instead (slower). Set AIMC_INT_MVM=0 to skip the attempt."
+    )
+
+    def usable(self) -> bool:
+        return _vnni_cpu() and super().usable()
+
+    def limbs(self, w: Tensor, limbs: Tensor, scale: Tensor) -> None:
+        """Fill ``limbs`` (int8 ``(3, B, ci, O)``) and ``scale`` (float32 ``(B, O)``) from the
+        tile matrices ``w`` (float32 ``(B, O, ci)``); all contiguous CPU tensors (checked)."""
+        b, o, ci = w.shape
+        _check_buffers("int MVM", [(w, (b, o, ci)), (scale, (b, o))])
+        _check_buffers("int MVM", [(limbs, (3, b, ci, o))], torch.int8)
+        self._fn(0, w.data_ptr(), limbs.data_ptr(), scale.data_ptr(), 0, 0, 0, b, o, ci, 0, 0.0)
+
+    def pack(self, xq: Tensor, k8: Tensor, hit: Tensor) -> None:
+        """``k8`` (int8) from the whole-number levels ``xq`` (float32 ``(..., ci)``, in
+        ``[-128, 128]`` or NaN; 128 as 127, NaN as 0) and ``hit`` (int32, one per row: -1, the
+        input of the row's one level of 128, or -2 for several); contiguous CPU tensors
+        (checked)."""
+        ci = xq.shape[-1]
+        rows = xq.numel() // ci if ci else 0
+        _check_buffers("int MVM", [(xq, tuple(xq.shape))])
+        _check_buffers("int MVM", [(k8, tuple(xq.shape))], torch.int8)
+        _check_buffers("int MVM", [(hit, (rows,))], torch.int32)
+        self._fn(1, xq.data_ptr(), k8.data_ptr(), hit.data_ptr(), 0, 0, 0, rows, ci, 0, 0, 0.0)
+
+    def combine(
+        self,
+        y: Tensor,
+        hit: Tensor,
+        xq: Tensor,
+        limbs: Tensor,
+        scale: Tensor,
+        z: Tensor,
+        beta: float,
+    ) -> None:
+        """``z <- scale * (y1 + y2 / 254 + y3 / 254^2) + beta * z`` for one tile, the sums
+        ``y`` (int32 ``(3, M, O)``; changed: the levels of 128 are added in, as ``hit`` and
+        ``xq`` (float32 ``(M, ci)``) mark them) with ``limbs`` (int8 ``(3, ci, O)``, each plane
+        contiguous); ``scale`` float32 ``(O,)``, ``z`` float32 ``(M, O)`` (checked)."""
+        m, ci = xq.shape
+        o = z.shape[1]
+        _check_buffers("int MVM", [(y, (3, m, o)), (hit, (m,))], torch.int32)
+        _check_buffers("int MVM", [(xq, (m, ci)), (z, (m, o)), (scale, (o,))])
+        if (
+            tuple(limbs.shape) != (3, ci, o)
+            or limbs.dtype != torch.int8
+            or not limbs[0].is_contiguous()
+            or limbs.stride(0) < ci * o
+        ):
+            raise ValueError(
+                f"aimc._intmvm: limbs {tuple(limbs.shape)} {limbs.dtype} with strides "
+                f"{limbs.stride()}; expected int8 (3, {ci}, {o}), each plane contiguous"
+            )
+        self._fn(
+            2,
+            y.data_ptr(),
+            hit.data_ptr(),
+            xq.data_ptr(),
+            limbs.data_ptr(),
+            scale.data_ptr(),
+            z.data_ptr(),
+            m,
+            o,
+            ci,
+            limbs.stride(0),
+            float(beta),
+        )
+
+    def self_check(self, fn: Any) -> str | None:
+        """The three passes against float64 arithmetic, on rows with zeros, a NaN, an
+        infinity and levels of 128 (none, one, several in a row)."""
+        probe = type(self)()
+        probe._fn = fn
+        return _check_kernel(probe)
+
+
+def _check_kernel(kernel: NativeIntMvmKernel) -> str | None:
+    gen = torch.Generator().manual_seed(0)
+    b, o, ci, m = 2, 37, 45, 19
+    w = torch.randn(b, o, ci, generator=gen) * 0.3
+    w[0, 3] = 0.0  # an all-zero row
+    w[1, 5, 7] = 1e-30  # tiny beside its row
+    w[1, 6, 2] = math.nan
+    w[0, 7, 1] = math.inf
+    limbs = torch.empty(3, b, ci, o, dtype=torch.int8)
+    scale = torch.empty(b, o)
+    kernel.limbs(w, limbs, scale)
+    if not (math.isnan(scale[1, 6]) and math.isinf(scale[0, 7]) and scale[0, 3] == 0):
+        return "the scales of a NaN, an infinite and a zero row are wrong"
+    finite = torch.isfinite(scale)
+    s64 = scale.double().unsqueeze(-1)
+    back = limbs[0].double() + (limbs[1].double() + limbs[2].double() / BASE) / BASE
+    err = ((back.transpose(1, 2) * s64 - w.double()).abs() * finite.unsqueeze(-1)).nan_to_num(0.0)
+    if bool((err > (s64 * 2.0**-16.9).nan_to_num(0.0)).any()):  # half a step of 127 * 254^2
+        return f"limbs off their weights by up to {float(err.max()):.3g}"
+    xq = torch.randint(-128, 129, (b, m, ci), generator=gen).float()
+    xq[:, :, 5] = xq[:, :, 5].clamp(max=127)
+    xq[0, 2] = 128.0  # a whole vector at +128
+    xq[1, 3] = xq[1, 3].clamp(max=127)
+    xq[1, 3, 9] = 128.0  # exactly one
+    xq[1, 4, 3] = math.nan
+    k8 = torch.empty(b, m, ci, dtype=torch.int8)
+    hit = torch.empty(b * m, dtype=torch.int32)
+    kernel.pack(xq, k8, hit)
+    if not torch.equal(k8, xq.clamp(max=127).nan_to_num(0.0).to(torch.int8)):
+        return "packed levels differ"
+    count = (xq == 128).sum(dim=-1).view(-1)
+    first = (xq == 128).float().argmax(dim=-1).view(-1).int()
+    want = torch.where(count == 0, -1, torch.where(count == 1, first, -2)).int()
+    if not torch.equal(hit, want):
+        return "the marks of levels of 128 differ"
+    y = torch.empty(3, m, o, dtype=torch.int32)
+    for bi in range(b):
+        x = xq[bi].nan_to_num(0.0)
+        for beta in (0.0, 0.75):
+            for i in range(3):
+                torch._int_mm(k8[bi], limbs[i, bi], out=y[i])
+            z = torch.randn(m, o, generator=gen)
+            ref = x.double() @ w[bi].double().T + beta * z.double()
+            kernel.combine(y, hit[bi * m : (bi + 1) * m], x, limbs[:, bi], scale[bi], z, beta)
+            # the limbs' resolution, and a few roundings of float32 of the sum
+            tol = x.abs().sum(dim=1, keepdim=True).double() * scale[bi].double() * 2.0**-16.9
+            tol = tol + (ref.abs() + beta * z.double().abs()) * 2.0**-21
+            bad = ((z.double() - ref).abs() > tol)[:, finite[bi]]
+            if bool(bad.any()):
+                return f"products off the float64 product (tile {bi}, beta {beta})"
+    return None
+
+
+#: The kernel, one per process.
+INT_MVM = NativeIntMvmKernel()
+
+
+def levels_are_int8(io: Any, in_unit: float) -> bool:
+    """Whether every DAC level of a forward under ``io`` is a whole number in ``[-128, 128]``:
+    quantized (rounded, deterministically or stochastically), clipped to a whole number of at
+    most 128 steps (as float32, as the clip sees it), and no input noise."""
+    if io.is_perfect or io.inp_step <= 0 or io.inp_noise > 0 or io.inp_bound <= 0:
+        return False
+    bound = float(torch.tensor(io.inp_bound / in_unit, dtype=torch.float32))
+    return bound == math.floor(bound) and bound <= 128
+
+
+def cached_limbs(w: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The limbs and row scales of the tile matrices ``w`` (float32 ``(B, O, ci)``, contiguous,
+    CPU), computed once and kept on the tensor until it changes; None where a row is not
+    finite (the float32 GEMM then runs, with its NaN and infinity semantics)."""
+    version = 0 if w.is_inference() else w._version
+    cached = getattr(w, "_aimc_limbs", None)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    b, o, ci = w.shape
+    limbs = torch.empty(3, b, ci, o, dtype=torch.int8)
+    scale = torch.empty(b, o)
+    INT_MVM.limbs(w, limbs, scale)
+    out = (limbs, scale) if bool(torch.isfinite(scale).all()) else None
+    w._aimc_limbs = (version, out)  # type: ignore[attr-defined]
+    return out
+
+
+def int_bmm_(
+    z: Tensor,
+    xq: Tensor,
+    limbs: tuple[Tensor, Tensor],
+    beta: float,
+    k8: Tensor,
+    hit: Tensor,
+    y: Tensor,
+) -> Tensor:
+    """``z <- beta * z + W xq`` per tile (``beta = 0`` ignores ``z``), ``xq`` ``(B, N, ci)``
+    whole-number levels in ``[-128, 128]``, ``W`` given by its :func:`cached_limbs`; ``k8``
+    (int8, ``xq``'s shape), ``hit`` (int32 ``(B * N,)``) and ``y`` (int32 ``(3, N, O)``) are
+    scratch buffers."""
+    lmb, scale = limbs
+    n = xq.shape[1]
+    INT_MVM.pack(xq, k8, hit)
+    for b in range(xq.shape[0]):
+        for i in range(3):
+            torch._int_mm(k8[b], lmb[i, b], out=y[i])
+        INT_MVM.combine(y, hit[b * n : (b + 1) * n], xq[b], lmb[:, b], scale[b], z[b], beta)
+    return z
