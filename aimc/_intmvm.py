@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import platform
+import struct
 from typing import Any
 
 import torch
@@ -256,8 +257,8 @@ class NativeIntMvmKernel(_NativeKernel):
         "GEMM instead (slower). Set AIMC_INT_MVM=0 to skip the attempt."
     )
 
-    def usable(self) -> bool:
-        return _vnni_cpu() and super().usable()
+    def ready(self) -> bool:
+        return _vnni_cpu() and super().ready()
 
     def limbs(self, w: Tensor, limbs: Tensor, scale: Tensor) -> None:
         """Fill ``limbs`` (int8 ``(3, B, ci, O)``) and ``scale`` (float32 ``(B, O)``) from the
@@ -393,7 +394,7 @@ def levels_are_int8(io: Any, in_unit: float) -> bool:
     most 128 steps (as float32, as the clip sees it), and no input noise."""
     if io.is_perfect or io.inp_step <= 0 or io.inp_noise > 0 or io.inp_bound <= 0:
         return False
-    bound = float(torch.tensor(io.inp_bound / in_unit, dtype=torch.float32))
+    bound = struct.unpack("f", struct.pack("f", io.inp_bound / in_unit))[0]
     return bound == math.floor(bound) and bound <= 128
 
 

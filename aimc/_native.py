@@ -366,8 +366,14 @@ class _NativeKernel:
         return self.failed is None and all(os.environ.get(env, "1") != "0" for env in self.envs)
 
     def usable(self) -> bool:
-        """Whether a call now would run the kernel (building it first if need be)."""
-        if not self.switched_on() or torch.compiler.is_compiling():
+        """Whether a call now would run the kernel (building it first if need be): never
+        inside a compiled graph's tracing."""
+        return not torch.compiler.is_compiling() and self.ready()
+
+    def ready(self) -> bool:
+        """Whether the kernel runs here, building it first if need be (also while tracing, for
+        a decision that a compiled graph keeps as a constant)."""
+        if not self.switched_on():
             return False
         if self._fn is not None:
             return True

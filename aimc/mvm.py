@@ -522,6 +522,16 @@ def _int_limbs(x: Tensor, tw: TileWeights, io: IOConfig, n: int) -> tuple[Tensor
     return cached_limbs(tw.w)
 
 
+@torch._dynamo.assume_constant_result
+def _int_mvm_ready(io_key: str) -> bool:
+    """Whether an eval forward under the IO config ``io_key`` runs its MVM in int8 here (on
+    enough vectors): its DAC levels are, and the kernel runs on this CPU. A constant of a
+    compiled graph: such a layer runs the eager forward as one op (:func:`_opaque_mvm`), and
+    ``AIMC_INT_MVM`` is read when the graph is compiled."""
+    io = io_config_by_key(io_key)
+    return levels_are_int8(io, units(io)[0]) and INT_MVM.ready()
+
+
 def _int_mvm_(z: Tensor, xq: Tensor, limbs: tuple[Tensor, Tensor], beta: float) -> Tensor:
     """``z <- beta * z + W xq`` in int8 (:func:`aimc._intmvm.int_bmm_`), in scratch buffers."""
     nb, n, ci = xq.shape
@@ -683,9 +693,14 @@ def analog_mvm(
         and x.device.type == "cpu"
         and not per_tile
         and out_scale is None
-        and lo.batch * n * lo.padded_out * 4 >= EAGER_MIN_BYTES
+        and (
+            lo.batch * n * lo.padded_out * 4 >= EAGER_MIN_BYTES
+            or (n >= INT_MIN_VECTORS and x.dtype == torch.float32 and _int_mvm_ready(io._key))
+        )
     ):
-        # a large tile output: the eager forward, whose buffers are reused (see EAGER_MIN_BYTES)
+        # a large tile output: the eager forward, whose buffers are reused (see
+        # EAGER_MIN_BYTES); or one whose MVM runs in int8 (aimc._intmvm), which inductor's
+        # float32 GEMM would not
         key = generator.fork().next_key()
         # the fields read one by one: dataclasses.astuple deep-copies them, and dynamo guards a
         # traced copy of an int on the object's identity, so every layer (its own int objects

@@ -1,8 +1,9 @@
 """Where the time of an AnalogLinear forward goes (pcm_inference, CPU).
 
 For each shape, times (median of interleaved repeats, 2 threads) the pieces of the analog
-forward in isolation — the batched MVM (as aimc runs it, and as one ``bmm`` against one ``mm``
-per input tile), the Gaussian output-noise draw, the remaining periphery — and measures the
+forward in isolation — the batched MVM (as aimc runs it: in int8 where ``aimc._intmvm``
+applies; and in float32 as aimc splits it, as one ``bmm`` and as one ``mm`` per input tile), the
+Gaussian output-noise draw, the remaining periphery — and measures the
 fraction of (tile, vector) pairs that iterative bound management has to recompute. Writes
 benchmarks/results/profile_linear_cpu.json.
 """
@@ -41,24 +42,35 @@ def per_tile(z: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 
 def profile_shape(n_in: int, n_out: int, tokens: int, gen: torch.Generator) -> dict:
     digital = torch.nn.Linear(n_in, n_out)
-    cfg = aimc.presets.pcm_inference()
-    bm = AnalogLinear.from_digital(digital, cfg)
+    # pcm_inference's periphery on the digital weights (not programmed), in eval mode
+    cfg = aimc.presets.pcm_inference().replace(device=aimc.DeviceConfig())
+    bm = AnalogLinear.from_digital(digital, cfg).eval()
     no_bm = AnalogLinear.from_digital(
         digital, cfg.replace(io=cfg.io.replace(bound_management="none"))
-    )
+    ).eval()
     x = torch.randn(tokens, n_in, generator=gen)
-    tw = bm.tile_weights()
+    tw = bm.active_tiles()
     lo = tw.layout
-    xq = torch.randn(lo.batch, tokens, lo.rows, generator=gen)
+    # DAC levels as pcm_inference makes them (whole numbers within 63 steps)
+    xq = torch.randint(-63, 64, (lo.batch, tokens, lo.rows), generator=gen).float()
     z = torch.empty(lo.batch, tokens, lo.padded_out)
     g = torch.Generator().manual_seed(1)
+    # the MVM as the forward runs it: in int8 where it does (aimc._intmvm), else float32
+    limbs = mvm._int_limbs(x, tw, cfg.io, tokens)
+
+    def as_run() -> object:
+        if limbs is not None:
+            return mvm._int_mvm_(z, xq, limbs, 0.0)
+        return mvm._bmm_(z, xq, tw.w.transpose(1, 2))
+
     with torch.no_grad():
         t = _median_ms(
             {
                 "nn.Linear": lambda: digital(x),
                 "analog (iterative BM)": lambda: bm(x),
                 "analog (no BM)": lambda: no_bm(x),
-                "batched MVM only": lambda: mvm._bmm_(z, xq, tw.w.transpose(1, 2)),
+                "batched MVM only": as_run,
+                "MVM float32": lambda: mvm._bmm_(z, xq, tw.w.transpose(1, 2)),
                 "MVM as one bmm": lambda: torch.bmm(xq, tw.w.transpose(1, 2), out=z),
                 "MVM as per-tile addmm": lambda: per_tile(z, xq, tw.w.transpose(1, 2)),
                 "output-noise draw only": lambda: noise_normal_(z, g),
@@ -72,6 +84,7 @@ def profile_shape(n_in: int, n_out: int, tokens: int, gen: torch.Generator) -> d
         "in": n_in,
         "out": n_out,
         "tokens": tokens,
+        "int8_mvm": limbs is not None,
         "ms": t,
         "saturated_fraction_first_pass": saturation_fraction(bm, x),
         "noise_values": lo.batch * tokens * lo.padded_out,

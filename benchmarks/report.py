@@ -271,22 +271,29 @@ def profile_linear(inp: Inputs) -> str:
             f"{int(_num(data, 'rows', i, 'tokens', source=src))} tok."
         )
         cells = [shape, f"{base:.1f} ms"]
+        int8 = data["rows"][i].get("int8_mvm")  # absent in runs before the int8 MVM
         for name in (
             "batched MVM only",
+            "MVM float32",
             "MVM as one bmm",
             "MVM as per-tile addmm",
             "output-noise draw only",
             "other periphery (no BM)",
             "bound-management recompute",
         ):
+            if name == "MVM float32" and int8 is None:
+                cells.append("—")
+                continue
             cells.append(f"{ms(name):.1f} ms ({ms(name) / base:.2f}×)")
+        if int8:
+            cells[2] += ", int8"
         sat = _num(data, "rows", i, "saturated_fraction_first_pass", source=src)
         cells.append(f"{100 * sat:.0f} %")
         rows.append(cells)
-    header = ["shape", "nn.Linear", "MVM (as run)", "MVM: one bmm", "MVM: addmm per tile"]
-    header += ["output-noise draw", "other periphery", "bound-management recompute"]
-    header += ["saturated pairs, 1st pass"]
-    return _table(header, ["---"] + ["---:"] * 8, rows)
+    header = ["shape", "nn.Linear", "MVM (as run)", "MVM: float32", "MVM: one bmm"]
+    header += ["MVM: addmm per tile", "output-noise draw", "other periphery"]
+    header += ["bound-management recompute", "saturated pairs, 1st pass"]
+    return _table(header, ["---"] + ["---:"] * 9, rows)
 
 
 def drift_error_table(inp: Inputs) -> str:
@@ -739,6 +746,46 @@ def _ns_per_value(data: Any, src: str, i: int) -> float:
     return after * 1e6 / _num(data, "rows", i, "values", source=src)
 
 
+def int_mvm(inp: Inputs) -> str:
+    """bench_int_mvm.py: the int8 MVM against the float32 GEMM, accuracy and time."""
+    src = "int_mvm_cpu.json"
+    data = inp.json(src)
+    rows = []
+    for i, _ in enumerate(_rows(data, "rows", src)):
+
+        def num(*keys, i=i):
+            return _num(data, "rows", i, *keys, source=src)
+
+        rows.append(
+            [
+                f"`{_get(data, 'rows', i, 'config', source=src)}`",
+                _get(data, "rows", i, "layer", source=src),
+                f"{int(num('max_level'))}",
+                f"{num('error_int8', 'rms_rel'):.1e} / {num('error_float32', 'rms_rel'):.1e}",
+                f"{num('error_int8', 'max_rel'):.1e} / {num('error_float32', 'max_rel'):.1e}",
+                f"{num('outputs_differing'):.1e}",
+                f"{_timing(data, src, 'rows', i, 'mvm int8')} / "
+                f"{_timing(data, src, 'rows', i, 'mvm float32')}",
+                f"**{num('ratio mvm int8 / float32'):.2f}**",
+                f"**{num('ratio analog int8'):.2f}** / {num('ratio analog float32'):.2f}",
+                f"{num('limbs_ms'):.1f}",
+            ]
+        )
+    header = [
+        "config",
+        "layer",
+        "largest level",
+        "error rms, int8 / float32",
+        "error max, int8 / float32",
+        "outputs that differ",
+        "MVM ms, int8 / float32 (min–max)",
+        "MVM int8 / float32",
+        "layer / nn.Linear, int8 / float32",
+        "limbs ms (once)",
+    ]
+    return _table(header, ["---", "---"] + ["---:"] * 8, rows)
+
+
 def rng_draw(inp: Inputs) -> str:
     src = "rng_contention_cpu.json"
     data = inp.json(src)
@@ -1181,6 +1228,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
         squad_eval,
         bm_work,
         rng_draw,
+        int_mvm,
         two_hosts,
         targets,
         squad_dev1000,

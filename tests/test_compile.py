@@ -1,4 +1,5 @@
 """torch.compile of analog models: no graph breaks, the same algorithm, the same statistics.
+(With the float32 MVM throughout: see :func:`_float32_mvm`.)
 
 The compiled forward draws its IO noise from each layer's counter stream instead of a
 ``torch.Generator``; run eagerly with the same stream, analog_mvm gives the compiled numbers
@@ -44,6 +45,15 @@ from aimc.random import (
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def _float32_mvm(monkeypatch):
+    """These tests are about the graph inductor compiles, which a layer whose MVM runs in int8
+    (``aimc._intmvm``, on a CPU with VNNI) replaces by the eager forward as one op: they run
+    with the float32 MVM everywhere, as on a CPU without VNNI (``tests/test_intmvm.py`` has
+    the int8 layers' graphs)."""
+    monkeypatch.setenv("AIMC_INT_MVM", "0")
 
 
 def small_tiles(cfg: AnalogConfig) -> AnalogConfig:

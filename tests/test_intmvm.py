@@ -241,3 +241,36 @@ def test_eval_tiles_are_fixed_and_training_ones_are_not():
     noisy = AnalogLinear(32, 16, config=cfg.replace(device=digital, hwa=modifier), seed=1)
     noisy.train()
     assert not noisy.active_tiles().fixed  # a weight modifier: new matrices each forward
+
+
+def test_compiled_layers_with_an_int8_mvm_run_the_eager_forward_as_one_op(monkeypatch):
+    """Inductor's graph would run the float32 GEMM: a layer whose eval forward takes the int8
+    MVM runs the eager forward as one op inside the graph (no graph break), reproducible from
+    the seeds; ``AIMC_INT_MVM=0`` when the graph is compiled keeps it compiled through."""
+    _require_kernel()
+    torch._dynamo.reset()
+    cfg = presets.pcm_inference()
+    x = torch.randn(mvm.INT_MIN_VECTORS, 40, generator=torch.Generator().manual_seed(0))
+    codes = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("AIMC_INT_MVM", flag)
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.ReLU(), torch.nn.Linear(24, 8))
+        aimc.convert(m, cfg, seed=0).eval()
+        aimc.program(m, seed=0)
+        graphs: list[str] = []
+
+        def backend(gm, example_inputs, graphs=graphs):
+            graphs.append(gm.code)
+            return gm.forward
+
+        c = aimc.compile(m, fullgraph=True, backend=backend)
+        with torch.inference_mode():
+            aimc.manual_seed(m, 3)
+            first = c(x)
+            aimc.manual_seed(m, 3)
+            again = c(x)
+        assert torch.equal(first, again)
+        codes[flag] = "".join(graphs)
+    assert codes["1"].count("eager_mvm.default(") == 2
+    assert "eager_mvm" not in codes["0"]
