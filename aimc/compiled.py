@@ -76,8 +76,10 @@ def compile(model: nn.Module, **kwargs: Any) -> nn.Module:  # noqa: A001 - mirro
     768 x 3072 layer on 2,048 tokens faulted about 24,600 times per call). So a layer whose
     tile outputs reach :data:`aimc.mvm.EAGER_MIN_BYTES` (16 MiB) runs its eager forward, which
     reuses its buffers, as one custom op inside the graph (no graph break; its noise seeded
-    from the layer's counter stream, so reproducible from the seeds as well); smaller layers
-    are compiled through.
+    from the layer's counter stream, so reproducible from the seeds as well); so does a layer
+    whose eager MVM runs in 8-bit integers (:mod:`aimc._intmvm`: on a CPU with VNNI, at least
+    :data:`aimc.mvm.INT_MIN_VECTORS` vectors, DAC levels that fit int8), which inductor's
+    float32 GEMM would make slower; other layers are compiled through.
 
     Each analog config is a graph of its own (its noise levels, bounds and resolutions are
     constants of the graph), and dynamo counts every graph of a function against its
