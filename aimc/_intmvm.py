@@ -26,6 +26,7 @@ graphs, on CUDA and with ``AIMC_INT_MVM=0`` the float32 GEMM runs.
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import struct
@@ -234,6 +235,7 @@ extern "C" void kernel(const int64_t mode, const int64_t a0, const int64_t a1, c
 """
 
 
+@functools.cache
 def _vnni_cpu() -> bool:
     """Whether this is an x86 CPU with VNNI (AVX512-VNNI) or AMX, where oneDNN's int8 GEMM is
     several times faster than the float32 one."""

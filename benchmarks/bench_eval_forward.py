@@ -23,13 +23,14 @@ first-pass saturated fraction: the share of (tile, vector) pairs that bound mana
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -124,19 +125,30 @@ def saturation_fraction(layer: torch.nn.Module, x: torch.Tensor) -> float:
     iterative bound management has to recompute at least once. 0 where nothing saturates or the
     config has no bound management."""
     seen: list[float] = []
-    original = mvm._bound_management
 
-    def spy(z, sat, *args):
+    def record(z, sat, *args) -> None:
         seen.append(float(sat.float().mean()))
-        return original(z, sat, *args)
 
-    mvm._bound_management = spy
-    try:
-        with torch.no_grad():
-            layer(x)
-    finally:
-        mvm._bound_management = original
+    with spying("_bound_management", record), torch.no_grad():
+        layer(x)
     return seen[0] if seen else 0.0
+
+
+@contextlib.contextmanager
+def spying(name: str, record: Callable[..., object]) -> Iterator[None]:
+    """``aimc.mvm.<name>`` replaced, for the block, by a wrapper that calls ``record`` with its
+    arguments first."""
+    original = getattr(mvm, name)
+
+    def spy(*args):
+        record(*args)
+        return original(*args)
+
+    setattr(mvm, name, spy)
+    try:
+        yield
+    finally:
+        setattr(mvm, name, original)
 
 
 def page_faults_per_call(f: Callable[[], object], calls: int = 3) -> float:

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_eval_forward import analog_twin, interleaved, minilm_layers, synthetic_layers
+from bench_eval_forward import analog_twin, interleaved, minilm_layers, spying, synthetic_layers
 from bench_linear import _stats, write_results
 
 import aimc.mvm as mvm
@@ -43,18 +43,12 @@ CONFIGS = ("pcm_inference", "bert_squad:0.0175")
 def _capture(analog: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
     """The first pass's DAC levels ``(B, N, ci)`` and limbs of one forward of ``analog``."""
     seen: list[tuple[torch.Tensor, tuple]] = []
-    original = mvm._int_mvm_
 
-    def spy(z, xq, limbs, beta):
+    def record(z, xq, limbs, beta) -> None:
         seen.append((xq.clone(), limbs))
-        return original(z, xq, limbs, beta)
 
-    mvm._int_mvm_ = spy
-    try:
-        with torch.inference_mode():
-            analog(x)
-    finally:
-        mvm._int_mvm_ = original
+    with spying("_int_mvm_", record), torch.inference_mode():
+        analog(x)
     if not seen:
         raise RuntimeError("the int8 MVM did not run on this layer")
     return seen[0]
