@@ -12,9 +12,13 @@ that need the kernel skip where it does not run (no VNNI, no C++ compiler).
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -273,3 +277,38 @@ def test_compiled_layers_with_an_int8_mvm_run_the_eager_forward_as_one_op(monkey
         codes[flag] = "".join(graphs)
     assert codes["1"].count("eager_mvm.default(") == 2
     assert "eager_mvm" not in codes["0"]
+
+
+def test_the_kernel_tests_pass_as_an_avx2_host_runs_them():
+    """The kernel is written with PyTorch's vector class for any width: on a host with VNNI
+    and AVX-512, its tests again in a process with ``ATEN_CPU_CAPABILITY=avx2`` (8-wide
+    vectors and their own float-to-double loads, as a CPU with VNNI but only 256-bit vectors
+    builds it)."""
+    _require_kernel()
+    from torch._inductor import cpu_vec_isa
+
+    widths = {isa.bit_width() for isa in cpu_vec_isa.valid_vec_isa_list()}
+    if not (256 in widths and max(widths) > 256):
+        pytest.skip(f"needs a CPU with AVX2 and a wider vector ISA (inductor here: {widths})")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(ROOT / "tests" / "test_intmvm.py"),
+            "-k",
+            "resolution or closer or pack or equals",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    tail = run.stdout[-3000:]
+    assert run.returncode == 0, tail
+    assert " passed" in tail and "skipped" not in tail.splitlines()[-1], tail
