@@ -6,22 +6,23 @@ floating-point input at all. The tile matrix is split, once per matrix and cache
 three int8 *limbs* per output row (``w = s (l1 + l2 / 254 + l3 / 254^2)``, ``s = max |w| / 127``
 of the row, each limb rounded to nearest from the rest of the one before), the levels are packed
 into int8 (a level of +128 as 127 plus a correction), and ``W x'`` is three integer GEMMs
-(``torch._int_mm``: oneDNN's VNNI kernels, int32 sums, exact) combined in float64 and rounded
-once to float32. On the AVX-512 host (AMD EPYC with AVX512-VNNI, 2 threads) one int8 GEMM took
-0.22-0.24 of a float32 GEMM of the same shape, so the three, with their combination, take about
-0.75-0.85 of it.
+(``torch._int_mm``: oneDNN's VNNI kernels, int32 sums, exact) combined in float32 by one C++
+pass. On the AVX-512 host (AMD EPYC with AVX512-VNNI, 2 threads) one int8 GEMM took 0.22-0.24
+of a float32 GEMM of the same shape, and the three with their combination 0.71-0.84 of it on
+the benchmark layers (``benchmarks/bench_int_mvm.py``).
 
 **Accuracy.** Each weight is represented to within ``max|w| / (127 * 2 * 254^2)``, about
-``2^-24`` of the row's largest weight, the integer sums are exact, and the combination rounds
-once. Against the exact (float64) product, on random ``2048 x 384 x 384`` products, this MVM's
-error was half the float32 GEMM's in the root mean square and a third of it at the maximum
-(``docs/benchmarks.md``): it is closer to the exact product than the float32 GEMM it replaces,
-which is itself one of many equally valid float32 summation orders (MKL's blocking, the number
-of threads, ``bmm`` against one ``addmm`` per tile). The noise, the DAC, the ADC and bound
-management are untouched; no statistic changes.
+``2^-24`` of its row's largest weight, the integer sums are exact, and the combination rounds a
+few times in float32: the product is within float32 rounding of the exact one, like the float32
+GEMM it replaces, which is itself one of many equally valid float32 summation orders (MKL's
+blocking, the number of threads, ``bmm`` against one ``addmm`` per tile). Against float64 on
+the benchmark layers its error was 0.4-1.05 of the float32 GEMM's in the root mean square (the
+1.05: a layer with outlier weights, where float32's per-weight resolution is finer). The noise,
+the DAC, the ADC and bound management are untouched; no statistic changes (docs/concepts/tiles.md).
 
-Only on CPUs with VNNI (AVX512-VNNI or AMX), where the int8 GEMM is fast; elsewhere, in compiled
-graphs, on CUDA and with ``AIMC_INT_MVM=0`` the float32 GEMM runs.
+Only on CPUs with VNNI (AVX512-VNNI or AMX), where the int8 GEMM is fast, on enough vectors
+(:data:`aimc.mvm.INT_MIN_VECTORS`); elsewhere, on CUDA and with ``AIMC_INT_MVM=0`` the float32
+GEMM runs.
 """
 
 from __future__ import annotations

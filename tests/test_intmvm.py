@@ -1,10 +1,10 @@
 """The MVM in 8-bit integers (:mod:`aimc._intmvm`): the tile matrix as three int8 limbs, the
 DAC's whole-number levels packed into int8, three integer GEMMs and their combination.
 
-It replaces the float32 GEMM by a product that is closer to the exact one, so the checks here
-are against float64 arithmetic: each helper pass exactly (limbs, packing, marks of levels of
-128), the combined product within the limbs' resolution, and never further from the exact
-product than the float32 GEMM; whole analog forwards with and without it (``AIMC_INT_MVM=0``)
+It replaces the float32 GEMM by a product within float32 rounding of the exact one, so the
+checks here are against float64 arithmetic: each helper pass exactly (limbs, packing, marks of
+levels of 128), the combined product within the limbs' resolution, and on a layer-sized
+product closer to the exact one than the float32 GEMM; whole analog forwards with and without it (``AIMC_INT_MVM=0``)
 give the same outputs except where an ADC rounding sits within float32 rounding of a tie. Tests
 that need the kernel skip where it does not run (no VNNI, no C++ compiler).
 """
