@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def run_as_avx2_host(files: list[str], keyword: str) -> None:
+    """Run the tests ``keyword`` of ``files`` (under tests/) in a child process with
+    ``ATEN_CPU_CAPABILITY=avx2`` — PyTorch's own kernels, inductor's code and aimc's
+    hand-written kernels then take their AVX2 paths (8-wide vectors, other tails), as on an
+    AVX2-only CPU — and fail unless all of them pass there, none skipped. Skips on a host
+    without AVX2 and a wider vector ISA (an AVX2 host runs them natively). The child keeps
+    this process's inductor cache: the vector width keeps the two ISAs' graphs apart."""
+    from torch._inductor import cpu_vec_isa
+
+    widths = {isa.bit_width() for isa in cpu_vec_isa.valid_vec_isa_list()}
+    if not (256 in widths and max(widths) > 256):
+        pytest.skip(f"needs a CPU with AVX2 and a wider vector ISA (inductor here: {widths})")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": str(ROOT)}
+    paths = [str(ROOT / "tests" / f) for f in files]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths, "-k", keyword],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    tail = run.stdout[-3000:]
+    assert run.returncode == 0, tail
+    assert " passed" in tail and "skipped" not in tail.splitlines()[-1], tail
 
 
 def save_tiny_bert(out: Path, *, qa: bool = True, dropout: bool = True, seed: int = 0) -> Path:

@@ -4,21 +4,19 @@ DAC's whole-number levels packed into int8, three integer GEMMs and their combin
 It replaces the float32 GEMM by a product within float32 rounding of the exact one, so the
 checks here are against float64 arithmetic: each helper pass exactly (limbs, packing, marks of
 levels of 128), the combined product within the limbs' resolution, and on a layer-sized
-product closer to the exact one than the float32 GEMM; whole analog forwards with and without it (``AIMC_INT_MVM=0``)
-give the same outputs except where an ADC rounding sits within float32 rounding of a tie. Tests
-that need the kernel skip where it does not run (no VNNI, no C++ compiler).
+product closer to the exact one than the float32 GEMM; whole analog forwards with and without
+it (``AIMC_INT_MVM=0``) give the same outputs except where an ADC rounding sits within float32
+rounding of a tie. Tests that need the kernel skip where it does not run (no VNNI, no C++
+compiler).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import run_as_avx2_host
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -285,30 +283,4 @@ def test_the_kernel_tests_pass_as_an_avx2_host_runs_them():
     vectors and their own float-to-double loads, as a CPU with VNNI but only 256-bit vectors
     builds it)."""
     _require_kernel()
-    from torch._inductor import cpu_vec_isa
-
-    widths = {isa.bit_width() for isa in cpu_vec_isa.valid_vec_isa_list()}
-    if not (256 in widths and max(widths) > 256):
-        pytest.skip(f"needs a CPU with AVX2 and a wider vector ISA (inductor here: {widths})")
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": str(ROOT)}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            str(ROOT / "tests" / "test_intmvm.py"),
-            "-k",
-            "resolution or closer or pack or equals",
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    tail = run.stdout[-3000:]
-    assert run.returncode == 0, tail
-    assert " passed" in tail and "skipped" not in tail.splitlines()[-1], tail
+    run_as_avx2_host(["test_intmvm.py"], "resolution or closer or pack or equals")

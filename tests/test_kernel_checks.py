@@ -22,7 +22,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_as_avx2_host
 
 from aimc import _kernels
 from aimc import random as arandom
@@ -247,36 +247,4 @@ def test_the_kernel_tests_pass_as_an_avx2_host_runs_them():
     process with ``ATEN_CPU_CAPABILITY=avx2``: PyTorch's own kernels, inductor's code and the
     hand-written kernels then all take their AVX2 paths (8-wide vectors, other tails), as on an
     AVX2-only CPU. (On an AVX2 host the suite runs them natively.)"""
-    from torch._inductor import cpu_vec_isa
-
-    widths = {isa.bit_width() for isa in cpu_vec_isa.valid_vec_isa_list()}
-    if not (256 in widths and max(widths) > 256):
-        pytest.skip(f"needs a CPU with AVX2 and a wider vector ISA (inductor here: {widths})")
-    env = {
-        **os.environ,
-        "ATEN_CPU_CAPABILITY": "avx2",
-        "PYTHONPATH": str(ROOT),
-    }  # this process's inductor cache: the vector width keeps the two ISAs' graphs apart
-    tests = ROOT / "tests"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            str(tests / "test_fused_kernels.py"),
-            str(tests / "test_functional.py"),
-            "-k",
-            "kernel or native or stream",
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    tail = run.stdout[-3000:]
-    assert run.returncode == 0, tail
-    assert " passed" in tail and "skipped" not in tail.splitlines()[-1], tail
+    run_as_avx2_host(["test_fused_kernels.py", "test_functional.py"], "kernel or native or stream")
