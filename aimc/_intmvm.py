@@ -1,7 +1,7 @@
 """The MVM in 8-bit integers: the DAC's levels times the tile matrix as three int8 GEMMs.
 
 Wherever a forward's DAC levels are whole numbers in ``[-128, 128]`` (a DAC of up to 8 bits
-plus sign, rounding, no input noise: :func:`levels_are_int8`), the MVM ``W x'`` needs no
+plus sign, rounding, no input noise: :func:`aimc.mvm._dac_levels_int8`), the MVM ``W x'`` needs no
 floating-point input at all. The tile matrix is split, once per matrix and cached with it, into
 three int8 *limbs* per output row (``w = s (l1 + l2 / 254 + l3 / 254^2)``, ``s = max |w| / 127``
 of the row, each limb rounded to nearest from the rest of the one before), the levels are packed
@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import math
 import platform
-import struct
 from typing import Any
 
 import torch
@@ -329,9 +328,7 @@ class NativeIntMvmKernel(_NativeKernel):
     def self_check(self, fn: Any) -> str | None:
         """The three passes against float64 arithmetic, on rows with zeros, a NaN, an
         infinity and levels of 128 (none, one, several in a row)."""
-        probe = type(self)()
-        probe._fn = fn
-        return _check_kernel(probe)
+        return self._first_mismatch(fn, [()], _check_kernel)
 
 
 def _check_kernel(kernel: NativeIntMvmKernel) -> str | None:
@@ -389,16 +386,6 @@ def _check_kernel(kernel: NativeIntMvmKernel) -> str | None:
 
 #: The kernel, one per process.
 INT_MVM = NativeIntMvmKernel()
-
-
-def levels_are_int8(io: Any, in_unit: float) -> bool:
-    """Whether every DAC level of a forward under ``io`` is a whole number in ``[-128, 128]``:
-    quantized (rounded, deterministically or stochastically), clipped to a whole number of at
-    most 128 steps (as float32, as the clip sees it), and no input noise."""
-    if io.is_perfect or io.inp_step <= 0 or io.inp_noise > 0 or io.inp_bound <= 0:
-        return False
-    bound = struct.unpack("f", struct.pack("f", io.inp_bound / in_unit))[0]
-    return bound == math.floor(bound) and bound <= 128
 
 
 def cached_limbs(w: Tensor) -> tuple[Tensor, Tensor] | None:

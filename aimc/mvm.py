@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from . import _workspace
-from ._intmvm import INT_MVM, cached_limbs, int_bmm_, levels_are_int8
+from ._intmvm import INT_MVM, cached_limbs, int_bmm_
 from ._native import NativeAdcKernel, NativeDacKernel
 from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType, io_config_by_key
 from .functional import TileLayout, stochastic_round
@@ -185,6 +185,17 @@ def _level_dtype(io: IOConfig) -> torch.dtype:
     if top != math.floor(top):
         return torch.float32
     return next((t for t in (torch.int8, torch.int16) if top <= torch.iinfo(t).max), torch.float32)
+
+
+def _dac_levels_int8(io: IOConfig) -> bool:
+    """Whether every DAC level of a forward under ``io`` is a whole number in ``[-128, 128]``
+    (the DAC's twin of :func:`_level_dtype`, for the int8 MVM of :mod:`aimc._intmvm`):
+    quantized (rounded, deterministically or stochastically), clipped to a whole number of at
+    most 128 steps (as the float32 clamp sees it), and no input noise."""
+    if io.is_perfect or io.inp_step <= 0 or io.inp_noise > 0 or io.inp_bound <= 0:
+        return False
+    top = _f32(io.inp_bound / units(io)[0])  # the clip, in steps
+    return top == math.floor(top) and top <= 128
 
 
 def combine_scales(a: Tensor | None, b: Tensor | None, layout: TileLayout) -> Tensor | None:
@@ -515,7 +526,7 @@ def _int_limbs(x: Tensor, tw: TileWeights, io: IOConfig, n: int) -> tuple[Tensor
         or x.device.type != "cpu"
         or _compiling()
         or not tw.w.is_contiguous()
-        or not levels_are_int8(io, units(io)[0])
+        or not _dac_levels_int8(io)
         or not INT_MVM.usable()
     ):
         return None
@@ -529,7 +540,7 @@ def _int_mvm_ready(io_key: str) -> bool:
     compiled graph: such a layer runs the eager forward as one op (:func:`_opaque_mvm`), and
     ``AIMC_INT_MVM`` is read when the graph is compiled."""
     io = io_config_by_key(io_key)
-    return levels_are_int8(io, units(io)[0]) and INT_MVM.ready()
+    return _dac_levels_int8(io) and INT_MVM.ready()
 
 
 def _int_mvm_(z: Tensor, xq: Tensor, limbs: tuple[Tensor, Tensor], beta: float) -> Tensor:

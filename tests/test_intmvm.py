@@ -146,17 +146,14 @@ def test_pack_marks_levels_of_128():
     ],
 )
 def test_which_dacs_give_int8_levels(io, expected):
-    assert _intmvm.levels_are_int8(io, mvm.units(io)[0]) is expected
+    assert mvm._dac_levels_int8(io) is expected
 
 
 def test_a_bound_that_is_not_a_whole_number_of_steps_is_not_int8():
     """The clip sits at ``1 / (2 res)`` steps (AIHWKIT's step is ``res * 2 * bound``): 127.5
     for 255 steps, where a clipped level is not a whole number."""
-    assert _intmvm.levels_are_int8(
-        IOConfig(inp_res=1 / 254, inp_bound=1.3, noise_management=_NONE), 1.3 * 2 / 254
-    )
-    io = IOConfig(inp_res=1 / 255)
-    assert not _intmvm.levels_are_int8(io, mvm.units(io)[0])
+    assert mvm._dac_levels_int8(IOConfig(inp_res=1 / 254, inp_bound=1.3, noise_management=_NONE))
+    assert not mvm._dac_levels_int8(IOConfig(inp_res=1 / 255))
 
 
 def _forward_each_way(monkeypatch, layer, x, flags):
