@@ -281,3 +281,25 @@ def test_the_kernel_tests_pass_as_an_avx2_host_runs_them():
     builds it)."""
     _require_kernel()
     run_as_avx2_host(["test_intmvm.py"], "resolution or closer or pack or equals")
+
+
+@pytest.mark.parametrize("preset", ["pcm_inference", "bert_squad"])
+def test_a_non_finite_input_vector_gives_nan_outputs_through_the_int8_mvm(preset):
+    """As through the float32 MVM: a NaN or an infinity in an input vector makes that vector's
+    outputs NaN (its packed levels are whatever they are; the forward's finite mask decides),
+    and the other vectors stay finite."""
+    _require_kernel()
+    cfg = presets.pcm_inference() if preset == "pcm_inference" else presets.bert_squad(0.0175)
+    layer = AnalogLinear(64, 32, config=cfg, seed=0)
+    aimc.program(layer, seed=0)
+    layer.eval()
+    x = torch.randn(mvm.INT_MIN_VECTORS, 64, generator=torch.Generator().manual_seed(1))
+    x[3, 5], x[7, 1] = math.nan, -math.inf
+    with torch.no_grad():
+        y = layer(x)
+    limbs = getattr(layer.active_tiles().w, "_aimc_limbs", None)
+    assert limbs is not None and limbs[1] is not None  # the int8 MVM ran
+    assert bool(y[3].isnan().all()) and bool(y[7].isnan().all())
+    rest = torch.ones(x.shape[0], dtype=torch.bool)
+    rest[[3, 7]] = False
+    assert bool(y[rest].isfinite().all())
