@@ -21,8 +21,8 @@ the benchmark layers its error was 0.4-1.05 of the float32 GEMM's in the root me
 the DAC, the ADC and bound management are untouched; no statistic changes (docs/concepts/tiles.md).
 
 Only on CPUs with VNNI (AVX512-VNNI or AMX), where the int8 GEMM is fast, on enough vectors
-(:data:`aimc.mvm.INT_MIN_VECTORS`); elsewhere, on CUDA and with ``AIMC_INT_MVM=0`` the float32
-GEMM runs.
+(:data:`aimc.mvm.INT_MIN_VECTORS`; bound management's rounds too, on the first pass's limbs);
+elsewhere, on CUDA and with ``AIMC_INT_MVM=0`` the float32 GEMM runs.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from ._native import _check_buffers, _NativeKernel
 #: steps (``[-127, 127]``, the range of a rounded value of ``[-0.5, 0.5] * 254``).
 BASE = 254
 
-#: The C++ source: ``kernel(mode, a0, ..., a5, d0, ..., d3, beta)``.
+#: The C++ source: ``kernel(mode, a0, ..., a5, d0, ..., d4, beta)``.
 #:
 #: * mode 0, limbs: ``w`` (a0, float32 ``(B, O, ci)``) into the limbs (a1, int8
 #:   ``(3, B, ci, O)``: the layout ``torch._int_mm`` takes as its second operand) and the row
@@ -56,7 +56,8 @@ BASE = 254
 #:   from the three int32 GEMM results (a0, ``(3, M, O)``), after adding to the integer sums,
 #:   for every level of 128 (a1: the rows' marks of mode 1; a2: the float32 levels ``(M, ci)``,
 #:   read for rows marked -2), that input's limbs (a3, int8 ``(3, ., ci, O)`` with plane stride
-#:   d3); a4 = the row scales (float32 ``(O,)``), a5 = ``z`` (float32 ``(M, O)``, not read where
+#:   d3 and row stride d4: a tile's columns, or a block of them, of the cached limbs); a4 = the
+#:   row scales (float32 ``(O,)``), a5 = ``z`` (float32 ``(M, O)``, not read where
 #:   ``beta == 0``); d0..d2 = M, O, ci.
 SOURCE = r"""
 #include <torch/csrc/inductor/cpp_prefix.h>
@@ -179,7 +180,7 @@ static inline VecF aimc_int_to_float(const int32_t* p, int64_t c) {
 
 static void aimc_combine(int32_t* y, const int32_t* hit, const float* xq, const int8_t* limbs,
                          const float* scale, float* z, int64_t M, int64_t O, int64_t ci,
-                         int64_t plane, float beta) {
+                         int64_t plane, int64_t ld, float beta) {
     constexpr int64_t V = VecF::size();
     const int64_t yplane = M * O;
     #pragma omp parallel for schedule(static)
@@ -191,7 +192,7 @@ static void aimc_combine(int32_t* y, const int32_t* hit, const float* xq, const 
         const int32_t h = hit[m];
         for (int64_t j = (h >= 0 ? h : 0); h != -1 && j < (h >= 0 ? h + 1 : ci); ++j) {
             if (h == -2 && !(xq[m * ci + j] > 127.5f)) continue;
-            const int8_t* l1 = limbs + j * O;
+            const int8_t* l1 = limbs + j * ld;
             const int8_t* l2 = l1 + plane;
             const int8_t* l3 = l2 + plane;
             #pragma omp simd
@@ -218,7 +219,8 @@ static void aimc_combine(int32_t* y, const int32_t* hit, const float* xq, const 
 
 extern "C" void kernel(const int64_t mode, const int64_t a0, const int64_t a1, const int64_t a2,
                        const int64_t a3, const int64_t a4, const int64_t a5, const int64_t d0,
-                       const int64_t d1, const int64_t d2, const int64_t d3, const float beta) {
+                       const int64_t d1, const int64_t d2, const int64_t d3, const int64_t d4,
+                       const float beta) {
     if (mode == 0) {
         aimc_limbs(reinterpret_cast<const float*>(a0), reinterpret_cast<int8_t*>(a1),
                    reinterpret_cast<float*>(a2), d0, d1, d2);
@@ -229,7 +231,7 @@ extern "C" void kernel(const int64_t mode, const int64_t a0, const int64_t a1, c
         aimc_combine(reinterpret_cast<int32_t*>(a0), reinterpret_cast<const int32_t*>(a1),
                      reinterpret_cast<const float*>(a2), reinterpret_cast<const int8_t*>(a3),
                      reinterpret_cast<const float*>(a4), reinterpret_cast<float*>(a5), d0, d1,
-                     d2, d3, beta);
+                     d2, d3, d4, beta);
     }
 }
 """
@@ -252,7 +254,7 @@ class NativeIntMvmKernel(_NativeKernel):
     fails the float32 GEMM runs, warned once). Switched off with ``AIMC_INT_MVM=0``."""
 
     source = SOURCE
-    argtypes = ("int64_t",) * 11 + ("float",)
+    argtypes = ("int64_t",) * 12 + ("float",)
     envs = ("AIMC_INT_MVM",)
     warning = (
         "aimc: the int8 MVM's kernel could not be built ({failed}); the MVM runs as a float32 "
@@ -268,7 +270,7 @@ class NativeIntMvmKernel(_NativeKernel):
         b, o, ci = w.shape
         _check_buffers("int MVM", [(w, (b, o, ci)), (scale, (b, o))])
         _check_buffers("int MVM", [(limbs, (3, b, ci, o))], torch.int8)
-        self._fn(0, w.data_ptr(), limbs.data_ptr(), scale.data_ptr(), 0, 0, 0, b, o, ci, 0, 0.0)
+        self._fn(0, w.data_ptr(), limbs.data_ptr(), scale.data_ptr(), 0, 0, 0, b, o, ci, 0, 0, 0.0)
 
     def pack(self, xq: Tensor, k8: Tensor, hit: Tensor) -> None:
         """``k8`` (int8) from the whole-number levels ``xq`` (float32 ``(..., ci)``, in
@@ -280,7 +282,7 @@ class NativeIntMvmKernel(_NativeKernel):
         _check_buffers("int MVM", [(xq, tuple(xq.shape))])
         _check_buffers("int MVM", [(k8, tuple(xq.shape))], torch.int8)
         _check_buffers("int MVM", [(hit, (rows,))], torch.int32)
-        self._fn(1, xq.data_ptr(), k8.data_ptr(), hit.data_ptr(), 0, 0, 0, rows, ci, 0, 0, 0.0)
+        self._fn(1, xq.data_ptr(), k8.data_ptr(), hit.data_ptr(), 0, 0, 0, rows, ci, 0, 0, 0, 0.0)
 
     def combine(
         self,
@@ -294,8 +296,9 @@ class NativeIntMvmKernel(_NativeKernel):
     ) -> None:
         """``z <- scale * (y1 + y2 / 254 + y3 / 254^2) + beta * z`` for one tile, the sums
         ``y`` (int32 ``(3, M, O)``; changed: the levels of 128 are added in, as ``hit`` and
-        ``xq`` (float32 ``(M, ci)``) mark them) with ``limbs`` (int8 ``(3, ci, O)``, each plane
-        contiguous); ``scale`` float32 ``(O,)``, ``z`` float32 ``(M, O)`` (checked)."""
+        ``xq`` (float32 ``(M, ci)``) mark them) with ``limbs`` (int8 ``(3, ci, O)``, each row
+        contiguous: a tile's limbs, or a block of their columns); ``scale`` float32 ``(O,)``,
+        ``z`` float32 ``(M, O)`` (checked)."""
         m, ci = xq.shape
         o = z.shape[1]
         _check_buffers("int MVM", [(y, (3, m, o)), (hit, (m,))], torch.int32)
@@ -303,12 +306,14 @@ class NativeIntMvmKernel(_NativeKernel):
         if (
             tuple(limbs.shape) != (3, ci, o)
             or limbs.dtype != torch.int8
-            or not limbs[0].is_contiguous()
-            or limbs.stride(0) < ci * o
+            or limbs.stride(2) != 1
+            or limbs.stride(1) < o
+            or limbs.stride(0) < ci * limbs.stride(1)
         ):
             raise ValueError(
                 f"aimc._intmvm: limbs {tuple(limbs.shape)} {limbs.dtype} with strides "
-                f"{limbs.stride()}; expected int8 (3, {ci}, {o}), each plane contiguous"
+                f"{limbs.stride()}; expected int8 (3, {ci}, {o}), each row contiguous, the "
+                "rows and planes apart"
             )
         self._fn(
             2,
@@ -322,6 +327,7 @@ class NativeIntMvmKernel(_NativeKernel):
             o,
             ci,
             limbs.stride(0),
+            limbs.stride(1),
             float(beta),
         )
 
@@ -366,21 +372,24 @@ def _check_kernel(kernel: NativeIntMvmKernel) -> str | None:
     want = torch.where(count == 0, -1, torch.where(count == 1, first, -2)).int()
     if not torch.equal(hit, want):
         return "the marks of levels of 128 differ"
-    y = torch.empty(3, m, o, dtype=torch.int32)
-    for bi in range(b):
+    # every tile whole, and a block of a tile's columns (an output tile of bound management's
+    # rounds: its limbs a strided view of the tile's)
+    for bi, cols in [(0, slice(0, o)), (1, slice(0, o)), (1, slice(4, 25))]:
         x = xq[bi].nan_to_num(0.0)
+        lmb, sc, wb, ok = limbs[:, bi, :, cols], scale[bi, cols], w[bi, cols], finite[bi, cols]
+        y = torch.empty(3, m, wb.shape[0], dtype=torch.int32)
         for beta in (0.0, 0.75):
             for i in range(3):
-                torch._int_mm(k8[bi], limbs[i, bi], out=y[i])
-            z = torch.randn(m, o, generator=gen)
-            ref = x.double() @ w[bi].double().T + beta * z.double()
-            kernel.combine(y, hit[bi * m : (bi + 1) * m], x, limbs[:, bi], scale[bi], z, beta)
+                torch._int_mm(k8[bi], lmb[i], out=y[i])
+            z = torch.randn(m, wb.shape[0], generator=gen)
+            ref = x.double() @ wb.double().T + beta * z.double()
+            kernel.combine(y, hit[bi * m : (bi + 1) * m], x, lmb, sc, z, beta)
             # the limbs' resolution, and a few roundings of float32 of the sum
-            tol = x.abs().sum(dim=1, keepdim=True).double() * scale[bi].double() * 2.0**-16.9
+            tol = x.abs().sum(dim=1, keepdim=True).double() * sc.double() * 2.0**-16.9
             tol = tol + (ref.abs() + beta * z.double().abs()) * 2.0**-21
-            bad = ((z.double() - ref).abs() > tol)[:, finite[bi]]
+            bad = ((z.double() - ref).abs() > tol)[:, ok]
             if bool(bad.any()):
-                return f"products off the float64 product (tile {bi}, beta {beta})"
+                return f"products off the float64 product (tile {bi}, columns {cols}, beta {beta})"
     return None
 
 
@@ -417,12 +426,27 @@ def int_bmm_(
     """``z <- beta * z + W xq`` per tile (``beta = 0`` ignores ``z``), ``xq`` ``(B, N, ci)``
     whole-number levels in ``[-128, 128]``, ``W`` given by its :func:`cached_limbs`; ``k8``
     (int8, ``xq``'s shape), ``hit`` (int32 ``(B * N,)``) and ``y`` (int32 ``(3, N, O)``) are
-    scratch buffers."""
+    scratch buffers.
+
+    ``z`` ``(B, N, O)`` may also hold output tiles (bound management's rounds: one matrix per
+    input tile and block of ``O`` columns, ``B`` = input tiles x blocks): with limbs of
+    ``O * to`` columns per tile, batch ``b`` takes block ``b % to`` of tile ``b // to``."""
     lmb, scale = limbs
-    n = xq.shape[1]
+    nb, n = xq.shape[:2]
+    cols = z.shape[2]
+    to = lmb.shape[3] // cols if cols else 1
+    if lmb.shape[1] * to != nb or to * cols != lmb.shape[3]:
+        raise ValueError(
+            f"aimc._intmvm: limbs of {lmb.shape[1]} tiles x {lmb.shape[3]} columns for "
+            f"{nb} matrices of {cols} columns"
+        )
     INT_MVM.pack(xq, k8, hit)
-    for b in range(xq.shape[0]):
+    for b in range(nb):
+        t, c0 = b // to, (b % to) * cols
+        tile = lmb[:, t, :, c0 : c0 + cols]
         for i in range(3):
-            torch._int_mm(k8[b], lmb[i, b], out=y[i])
-        INT_MVM.combine(y, hit[b * n : (b + 1) * n], xq[b], lmb[:, b], scale[b], z[b], beta)
+            torch._int_mm(k8[b], tile[i], out=y[i])
+        INT_MVM.combine(
+            y, hit[b * n : (b + 1) * n], xq[b], tile, scale[t, c0 : c0 + cols], z[b], beta
+        )
     return z

@@ -723,7 +723,10 @@ def _dac_mismatch(kernel: NativeDacKernel, x: Tensor, tiles: int, *args: Any) ->
 #: f``) and ``y + z_t * f_t`` for the next input tiles, rounded as PyTorch's ``addcmul`` rounds
 #: them here (once: a fused multiply-add; or twice: the second variant; checked at build);
 #: ``f`` ``(g * ti, n, to)``. ``ext`` gets the smallest and largest rounded value before the
-#: clip (NaN if any is NaN).
+#: clip (NaN if any is NaN). With flag 16 (``kernel(..., flags, bound, limit)``) it is the
+#: ADC alone, in place on ``z`` ``(g, n, to * cols)`` (``ti`` 1): rounded and clipped where
+#: it is, and ``lv`` (bool ``(g, n, to)``) gets whether each output tile's rounded values
+#: reach beyond ``+-limit`` with none NaN (the saturation test of bound management).
 ADC_SOURCE = (
     _PRELUDE
     + r"""
@@ -751,11 +754,81 @@ static inline void aimc_store_levels(const VecF& v, void* p, int64_t kind, int64
     }
 }
 
+// the ADC alone, in place (flag 16): each of the rows x to blocks of cols values of z rounded
+// (flag 1) and clipped (flag 2) where it is, sat[row * to + o] = whether a rounded value of
+// the block lies beyond +-limit and none is NaN (as the block's amax > limit or amin < -limit
+// tests it: a NaN makes both NaN), ext = the extremes before the clip
+static void aimc_adc_in_place(float* z, bool* sat, float* ext, int64_t rows, int64_t to,
+                              int64_t cols, bool round, bool clip, float bound, float limit) {
+    constexpr int64_t V = VecF::size();
+    constexpr int full = (1 << V) - 1;
+    float lo_all = std::numeric_limits<float>::infinity();
+    float hi_all = -std::numeric_limits<float>::infinity();
+    #pragma omp parallel
+    {
+        const VecF vlo(-bound), vhi(bound), vlim(limit), vnlim(-limit);
+        VecF vmin(std::numeric_limits<float>::infinity());
+        VecF vmax(-std::numeric_limits<float>::infinity());
+        float smin = std::numeric_limits<float>::infinity();
+        float smax = -std::numeric_limits<float>::infinity();
+        #pragma omp for schedule(static)
+        for (int64_t block = 0; block < rows * to; ++block) {
+            float* const zp = z + block * cols;
+            bool beyond = false, nan = false;
+            for (int64_t c = 0; c < cols; c += V) {
+                const int64_t cnt = std::min(V, cols - c);
+                VecF v = cnt == V ? VecF::loadu(zp + c) : VecF::loadu(zp + c, cnt);
+                if (round) v = v.round();
+                if (cnt == V) {
+                    vmin = at::vec::minimum(vmin, v);
+                    vmax = at::vec::maximum(vmax, v);
+                } else {  // (the lanes past cnt load as zeros, never beyond the limit)
+                    float lanes[V];
+                    v.store(lanes);
+                    for (int64_t l = 0; l < cnt; ++l) {
+                        smin = aimc_nan_min(smin, lanes[l]);
+                        smax = aimc_nan_max(smax, lanes[l]);
+                    }
+                }
+                beyond |= ((v > vlim) | (v < vnlim)).zero_mask() != full;
+                nan |= (v != v).zero_mask() != full;
+                if (clip) v = at::vec::clamp(v, vlo, vhi);
+                if (cnt == V) {
+                    v.store(zp + c);
+                } else {
+                    v.store(zp + c, cnt);
+                }
+            }
+            sat[block] = beyond && !nan;
+        }
+        float lanes_min[V], lanes_max[V];
+        vmin.store(lanes_min);
+        vmax.store(lanes_max);
+        for (int64_t l = 0; l < V; ++l) {
+            smin = aimc_nan_min(smin, lanes_min[l]);
+            smax = aimc_nan_max(smax, lanes_max[l]);
+        }
+        #pragma omp critical
+        {
+            lo_all = aimc_nan_min(lo_all, smin);
+            hi_all = aimc_nan_max(hi_all, smax);
+        }
+    }
+    ext[0] = lo_all;
+    ext[1] = hi_all;
+}
+
 extern "C" void kernel(const int64_t z_addr, const int64_t y_addr, const int64_t f_addr,
                        const int64_t cs_addr, const int64_t b_addr, const int64_t ext_addr,
                        const int64_t lv_addr, const int64_t g, const int64_t ti,
                        const int64_t n, const int64_t to, const int64_t cols,
-                       const int64_t flags, const float bound) {
+                       const int64_t flags, const float bound, const float limit) {
+    if (flags & 16) {
+        aimc_adc_in_place(reinterpret_cast<float*>(z_addr), reinterpret_cast<bool*>(lv_addr),
+                          reinterpret_cast<float*>(ext_addr), g * n, to, cols, flags & 1,
+                          flags & 2, bound, limit);
+        return;
+    }
     const float* const z = reinterpret_cast<const float*>(z_addr);
     float* const y = reinterpret_cast<float*>(y_addr);
     const float* const f = reinterpret_cast<const float*>(f_addr);
@@ -861,7 +934,7 @@ class NativeAdcKernel(_NativeKernel):
     ``AIMC_FUSED_KERNELS=0``."""
 
     source = ADC_SOURCE
-    argtypes = ("int64_t",) * 13 + ("float",)
+    argtypes = ("int64_t",) * 13 + ("float", "float")
     envs = ("AIMC_FUSED_KERNELS", "AIMC_ADC_NATIVE")
     warning = (
         "aimc: the fused ADC kernel could not be built ({failed}); the ADC and the digital "
@@ -926,6 +999,44 @@ class NativeAdcKernel(_NativeKernel):
             width // to,
             int(round_) | int(clip) << 1 | kind << 2,
             bound if clip else 0.0,
+            0.0,
+        )
+        lo, hi = ext.tolist()
+        return lo, hi
+
+    def adc_(
+        self, z: Tensor, sat: Tensor, round_: bool, bound: float, limit: float
+    ) -> tuple[float, float]:
+        """The ADC in place on the tile outputs ``z`` ``(B, N, to * cols)`` in one pass:
+        rounded (``round_``), clipped to ``[-bound, bound]`` (a finite ``bound``), and ``sat``
+        (bool ``(B, N, to)``) set where an output tile's rounded values reach beyond
+        ``+-limit`` and none is NaN (as its ``amax``/``amin`` test it); returns the smallest
+        and largest rounded value before the clip (NaN if any is NaN): :func:`aimc.mvm._adc_`'s
+        values. Contiguous CPU tensors (checked)."""
+        b, n, width = z.shape
+        to = sat.shape[-1] if sat.dim() == 3 else 0
+        _check_buffers("ADC", [(z, (b, n, width))])
+        _check_buffers("ADC", [(sat, (b, n, to))], torch.bool)
+        if to == 0 or width % to:
+            raise ValueError(f"aimc._native: {width} outputs do not split into {to} tiles")
+        clip = bound < math.inf
+        ext = torch.empty(2, dtype=torch.float32)
+        self._fn(
+            z.data_ptr(),
+            0,
+            0,
+            0,
+            0,
+            ext.data_ptr(),
+            sat.data_ptr(),
+            b,
+            1,
+            n,
+            to,
+            width // to,
+            int(round_) | int(clip) << 1 | 16,
+            bound if clip else 0.0,
+            limit,
         )
         lo, hi = ext.tolist()
         return lo, hi
@@ -934,8 +1045,11 @@ class NativeAdcKernel(_NativeKernel):
         return (self.source, self.source.replace("#define AIMC_FMA 1", "#define AIMC_FMA 0"))
 
     def self_check(self, fn: Any) -> str | None:
-        """The kernel against the tensor operations, with and without each optional part."""
-        return self._first_mismatch(fn, _adc_cases(), _adc_mismatch)
+        """The kernel against the tensor operations, with and without each optional part, and
+        its in-place ADC."""
+        return self._first_mismatch(fn, _adc_cases(), _adc_mismatch) or self._first_mismatch(
+            fn, _adc_in_place_cases(), _adc_in_place_mismatch
+        )
 
 
 #: The ADC kernel's codes for the levels' types
@@ -1024,6 +1138,62 @@ def _adc_cases() -> list[tuple]:
     z[0, 1, :3] = torch.tensor([1e30, -1e30, 127.5])  # far beyond the bound; a tie at it
     cases.append((z, *cases[4][1:]))
     return cases
+
+
+def adc_in_place_reference(
+    z: Tensor, to: int, round_: bool, bound: float, limit: float
+) -> tuple[Tensor, Tensor, float, float]:
+    """``(z after the ADC, saturated tiles, min, max)`` as the tensor code computes them
+    (:func:`aimc.mvm._adc_`, :func:`aimc.mvm._saturated`): what
+    :meth:`NativeAdcKernel.adc_` must equal."""
+    z = z.clone()
+    if round_:
+        z.round_()
+    lo, hi = torch.stack(torch.aminmax(z)).tolist()
+    zv = z.view(z.shape[0], z.shape[1], to, -1)
+    sat = (zv.amax(dim=-1) > limit) | (zv.amin(dim=-1) < -limit)
+    if bound < math.inf:
+        z.clamp_(-bound, bound)
+    return z, sat, lo, hi
+
+
+def _adc_in_place_cases() -> list[tuple]:
+    gen = torch.Generator().manual_seed(1)
+    cases = []
+    for b, n, to, cols, r, bound, limit in [
+        (2, 9, 1, 37, True, 127.0, 127.5),
+        (3, 5, 2, 16, True, 10.0, 10.5),
+        (1, 7, 3, 24, False, 30.5, 30.0),
+        (2, 3, 1, 8, True, math.inf, math.inf),
+        (1, 4, 2, 21, True, 40.0, 39.5),
+    ]:
+        z = torch.randn(b, n, to * cols, generator=gen, dtype=torch.float32) * bound / 3
+        z[0, 0, :5] = torch.tensor([0.5, 1.5, -2.5, 2.4999998, -0.5])  # ties, one just below
+        z[0, 1, :2] = torch.tensor([limit, -limit - 1.0]) if limit < math.inf else 1e30
+        cases.append((z, to, r, bound, limit))
+    z = cases[1][0].clone()
+    z[1, 2, 3] = math.nan  # a NaN in a tile that also saturates: not saturated, as amax says
+    z[1, 2, 4] = 1e6
+    z[2, 0, 20] = 1e6  # a tile that saturates only in its last columns
+    cases.append((z, *cases[1][1:]))
+    return cases
+
+
+def _adc_in_place_mismatch(
+    kernel: NativeAdcKernel, z: Tensor, to: int, round_: bool, bound: float, limit: float
+) -> str | None:
+    got = z.clone()
+    sat = torch.ones(z.shape[0], z.shape[1], to, dtype=torch.bool)
+    lo, hi = kernel.adc_(got, sat, round_, bound, limit)
+    ref, ref_sat, ref_lo, ref_hi = adc_in_place_reference(z, to, round_, bound, limit)
+    if not torch.equal(got.nan_to_num(1e30), ref.nan_to_num(1e30)):
+        return f"in-place ADC levels differ (rounding {round_}, bound {bound})"
+    if not torch.equal(sat, ref_sat):
+        return f"saturated tiles differ (limit {limit})"
+    same = [a == b or (math.isnan(a) and math.isnan(b)) for a, b in ((lo, ref_lo), (hi, ref_hi))]
+    if not all(same):
+        return f"in-place extremes ({lo}, {hi}) differ from ({ref_lo}, {ref_hi})"
+    return None
 
 
 def _adc_mismatch(

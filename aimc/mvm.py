@@ -554,7 +554,20 @@ def _int_mvm_(z: Tensor, xq: Tensor, limbs: tuple[Tensor, Tensor], beta: float) 
 
 def _adc_(z: Tensor, io: IOConfig, n_out: int | None) -> Tensor | None:
     """The ADC in place on ``z`` in ADC steps: rounding, the saturation test (with ``n_out``:
-    the mask of :func:`_mvm_adc`, or None) and the clip."""
+    the mask of :func:`_mvm_adc`, or None) and the clip. An eager CPU forward runs it as one
+    pass of the ADC kernel (:meth:`aimc._native.NativeAdcKernel.adc_`; the tensor code below
+    makes three to five)."""
+    if (
+        z.device.type == "cpu"
+        and z.dtype == torch.float32
+        and z.is_contiguous()
+        and z.dim() == 3
+        and _ADC.usable()
+    ):
+        limit = math.inf if n_out is None else _saturation_limit(io)
+        mask = torch.empty(z.shape[0], z.shape[1], n_out or 1, dtype=torch.bool)
+        extremes = _ADC.adc_(z, mask, io.out_step > 0, _clip_bound(io), limit)
+        return None if limit == math.inf or _within(extremes, limit) else mask
     if io.out_step > 0:
         z.round_()
     if n_out is None or _compiling() or _saturation_limit(io) == math.inf:
@@ -814,9 +827,14 @@ def analog_mvm(
                 lambda z, r, f: _digital(z, to_factor(f) * r, tw, g, n, bias, per_tile, False),
             )
         r = _bound_management(
-            z, sat, x_t, s_div.reshape(lo.batch, n, 1), _output_tiles(tw), io, generator
+            z, sat, x_t, s_div.reshape(lo.batch, n, 1), _output_tiles(tw), io, generator, limbs
         )
-        return finish(to_factor(f_gnt) * r)
+        factor = to_factor(f_gnt) * r
+        if fused_out and not compact:  # z holds ADC levels: the kernel's rounding and clip
+            y = _fused_finish(z, factor, tw, g, n, bias, io, False)  # change nothing
+            if y is not None:
+                return y
+        return finish(factor)
     return finish(to_factor(f_gnt))
 
 
@@ -1029,6 +1047,7 @@ def _bound_management(
     w_sub: TileWeights,
     io: IOConfig,
     gen: torch.Generator | Tensor,
+    limbs: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Iterative bound management (REFERENCE.md §1.6), per input vector and tile.
 
@@ -1043,6 +1062,10 @@ def _bound_management(
     tensor stream's rounds (compiled forwards, :func:`_gathered_rounds`): round ``k`` then draws
     from :class:`~aimc.random.RowStream` of key ``k``, i.e. for each pair it redoes exactly the
     values that a round recomputing every (input tile, vector, output tile) would draw there.
+
+    ``limbs``: the first pass's int8 limbs of the tile matrices (:func:`_int_limbs`), or None;
+    a round on at least :data:`INT_MIN_VECTORS` vectors per (input tile, output tile) then runs
+    its MVM in int8 too (its DAC levels are whole numbers as the first pass's are).
     """
     nb, n, n_out = sat.shape
     rows_in, cols = w_sub.w.shape[2], w_sub.w.shape[1]
@@ -1079,7 +1102,8 @@ def _bound_management(
         xq = _to_levels_(x_rows.index_select(0, rows).mul_(inv.unsqueeze(1)), io)
         xq = _dac_(xq, io, in_unit, g).view(nb * n_out, k, rows_in)
         zs = torch.empty(nb * n_out, k, cols, device=z.device)
-        sat_new = _mvm_adc(xq, w_sub, io, g, zs, 1)  # (B*to, k, 1), or None
+        lb = limbs if limbs is not None and k >= INT_MIN_VECTORS else None
+        sat_new = _mvm_adc(xq, w_sub, io, g, zs, 1, None, True, lb)  # (B*to, k, 1), or None
         valid = (torch.arange(k, device=z.device).view(1, 1, k) < counts.unsqueeze(2)).reshape(-1)
         pos = valid.nonzero().squeeze(1)
         dst = ((base + order) * n_out + t_ar).reshape(-1).index_select(0, pos)

@@ -60,8 +60,8 @@ def counting(model: torch.nn.Module) -> Iterator[dict[str, Counter]]:
     ]
     adc, rounds = mvm._mvm_adc, mvm._bound_management
 
-    def counted_adc(xq, tw, io, gen, z, n_out=None, *rest):
-        sat = adc(xq, tw, io, gen, z, n_out, *rest)
+    def counted_adc(xq, tw, io, gen, z, n_out=None, *rest, **kwargs):
+        sat = adc(xq, tw, io, gen, z, n_out, *rest, **kwargs)
         c = counts.setdefault(current[0], Counter())
         if in_rounds[0]:
             c["round_outputs"] += z.numel()

@@ -438,9 +438,10 @@ def test_adc_kernel_refuses_wrong_buffers():
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_adc_kernel_output_is_kept_where_nothing_saturates(monkeypatch, preset):
     """Inputs that saturate nothing: the kernel's output is the layer's (no hand-back), the
-    same values as the tensor code; with a saturating vector added the tensor code takes over
-    where bound management redoes it, and the kernel clips it itself where there is none
-    (``standard_hwa``) — the same values either way."""
+    same values as the tensor code; with a saturating vector added, where bound management
+    redoes it the first pass is handed back (the ADC in place, then the rounds) and the kernel
+    writes the output from the final levels, and where there is none (``standard_hwa``) the
+    kernel clips it itself — the same values either way."""
     _require_kernel()
     torch.manual_seed(7)
     digital = torch.nn.Linear(700, 130)
@@ -453,9 +454,13 @@ def test_adc_kernel_output_is_kept_where_nothing_saturates(monkeypatch, preset):
     got, ref, kept = _forward_pair(monkeypatch, layer, x, which="ADC")
     assert kept == 1 and torch.equal(got, ref)
     x[1, 4] = digital.weight[0].detach().sign()  # output 0 sums 0.5 |W|: it saturates the ADC
+    rounds = []
+    real_bm = mvm._bound_management
+    monkeypatch.setattr(mvm, "_bound_management", lambda *a: rounds.append(1) or real_bm(*a))
     got, ref, kept = _forward_pair(monkeypatch, layer, x, which="ADC")
     bm = PRESETS[preset].io.bound_management == aimc.config.BoundManagement.ITERATIVE
-    assert kept == (0 if bm else 1) and torch.equal(got, ref)
+    assert kept == 1 and torch.equal(got, ref)
+    assert len(rounds) == (2 if bm else 0)  # (the kernel's forward and the tensor code's)
 
 
 def _train_pair(monkeypatch, layer: torch.nn.Module, x: torch.Tensor):

@@ -79,6 +79,30 @@ def _int_product(z0, xq, limbs, beta):
     return _intmvm.int_bmm_(z, xq, limbs, beta, k8, hit, y)
 
 
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_output_tiles_take_blocks_of_their_tiles_limbs(beta):
+    """Bound management's rounds multiply by one matrix per (input tile, output tile): the
+    tiles' cached limbs serve them as blocks of columns (batch ``b`` of ``B * to`` takes block
+    ``b % to`` of tile ``b // to``), within the same resolution of the float64 product."""
+    _require_kernel()
+    gen = torch.Generator().manual_seed(5)
+    b, to, cols, ci, n = 2, 3, 20, 45, 33
+    w = torch.randn(b, to * cols, ci, generator=gen)
+    xq = torch.randint(-128, 129, (b * to, n, ci), generator=gen).float()
+    xq[1, 4] = 128.0  # levels of +128, corrected from the block's limbs
+    xq[4, 2, 7] = 128.0
+    z0 = torch.randn(b * to, n, cols, generator=gen)
+    limbs = _intmvm.cached_limbs(w)
+    z = _int_product(z0, xq, limbs, beta)
+    w_sub = w.view(b * to, cols, ci)
+    exact = _reference(xq, w_sub) + beta * z0.double()
+    max_w = w_sub.abs().amax(-1).double().unsqueeze(1)
+    resolution = xq.abs().sum(-1, keepdim=True).double() * max_w * 2.0**-23.9
+    assert bool(((z.double() - exact).abs() <= resolution + exact.abs() * 2.0**-21).all())
+    with pytest.raises(ValueError, match="limbs of 2 tiles x 60 columns for 6 matrices of 7"):
+        _int_product(torch.zeros(b * to, n, 7), xq, limbs, 0.0)
+
+
 @pytest.mark.parametrize("top", [63, 128])
 def test_on_a_layer_sized_product_it_is_closer_to_exact_than_float32(top):
     """2,048 vectors of 384 levels through a 384 x 384 tile (the MiniLM query layer's shape):
@@ -186,6 +210,43 @@ def test_forward_equals_the_float32_forward_but_for_ties(monkeypatch, preset):
     layer.eval()
     outs, built = _forward_each_way(monkeypatch, layer, torch.randn(512, 384), ("1", "0"))
     assert built[0]  # the int8 MVM did run
+    assert float((outs[0] != outs[1]).float().mean()) < 1e-3
+
+
+@pytest.mark.parametrize("max_out", [0, 384])
+def test_bound_management_rounds_run_in_int8_and_agree_but_for_ties(monkeypatch, max_out):
+    """A ``bert_squad`` layer whose outputs saturate the ADC often (``nn.Linear``-like weights,
+    normal inputs): bound management's rounds on at least :data:`aimc.mvm.INT_MIN_VECTORS`
+    vectors per (input tile, output tile) run their MVM in int8 too, on the first pass's limbs
+    (with and without a split of the outputs: blocks of the tiles' limbs), and the outputs are
+    the float32 forward's on the same seeds but for ADC rounding ties."""
+    _require_kernel()
+    cfg = presets.bert_squad(0.0175)
+    cfg = cfg.replace(mapping=cfg.mapping.replace(max_output_size=max_out))
+    layer = AnalogLinear(768, 768, config=cfg, seed=3)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        layer.weight.uniform_(-(768**-0.5), 768**-0.5, generator=gen)
+    aimc.program(layer, seed=0)
+    aimc.drift(layer, 3600.0, seed=0)
+    layer.eval()
+    x = torch.randn(1024, 768, generator=torch.Generator().manual_seed(1))
+    calls = []
+    original = mvm.int_bmm_
+
+    def spy(z, xq, *args):
+        calls.append((tuple(z.shape), xq.shape[1]))
+        return original(z, xq, *args)
+
+    monkeypatch.setattr(mvm, "int_bmm_", spy)
+    outs, built = _forward_each_way(monkeypatch, layer, x, ("1", "0"))
+    assert built[0]
+    lo = layer.active_tiles().layout
+    first = (lo.batch, 1024, lo.padded_out)
+    rounds = [c for c in calls if c[0] != first]
+    assert calls[0][0] == first and rounds  # the first pass, then rounds in int8
+    assert all(shape == (lo.batch * lo.n_out, k, lo.cols) and k >= 128 for shape, k in rounds)
+    assert lo.n_out == (1 if max_out == 0 else 2)
     assert float((outs[0] != outs[1]).float().mean()) < 1e-3
 
 
