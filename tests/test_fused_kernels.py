@@ -415,6 +415,49 @@ def test_adc_kernel_does_not_depend_on_the_thread_count():
     assert torch.equal(outs[0][0], outs[1][0]) and outs[0][1] == outs[1][1]
 
 
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    b=st.integers(1, 3),
+    n=st.integers(1, 9),
+    to=st.integers(1, 3),
+    cols=st.integers(1, 40),
+    round_=st.booleans(),
+    nan=st.booleans(),
+    clip=st.sampled_from([(127.0, 127.5), (10.0, 10.5), (30.5, 30.0), (math.inf, math.inf)]),
+    scale=st.sampled_from([5.0, 50.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_adc_kernel_in_place_equals_the_tensor_code(b, n, to, cols, round_, nan, clip, scale, seed):
+    """The ADC in place (a saturating first pass, bound management's rounds): any tile counts
+    and row widths, with and without rounding and the clip, a NaN: the same levels, per-tile
+    saturation mask (a tile holding a NaN is not saturated, as ``amax`` has it) and extremes
+    as the tensor code."""
+    _require_kernel()
+    bound, limit = clip
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(b, n, to * cols, generator=gen) * scale
+    if nan:
+        z[-1, -1, -1] = math.nan
+    got = z.clone()
+    sat = torch.zeros(b, n, to, dtype=torch.bool)
+    lo, hi = mvm._ADC.adc_(got, sat, round_, bound, limit)
+    ref, ref_sat, ref_lo, ref_hi = _native.adc_in_place_reference(z, to, round_, bound, limit)
+    assert _nan_equal(got, ref)
+    assert torch.equal(sat, ref_sat)
+    assert _nan_equal(torch.tensor([lo, hi]), torch.tensor([ref_lo, ref_hi]))
+
+
+def test_adc_kernel_in_place_refuses_wrong_buffers():
+    _require_kernel()
+    z = torch.randn(2, 4, 16)
+    with pytest.raises(ValueError, match="16 outputs do not split into 3 tiles"):
+        mvm._ADC.adc_(z, torch.empty(2, 4, 3, dtype=torch.bool), True, 9.0, 9.5)
+    with pytest.raises(ValueError, match=r"got \(2, 4, 2\) torch.uint8.*expected contiguous bool"):
+        mvm._ADC.adc_(z, torch.empty(2, 4, 2, dtype=torch.uint8), True, 9.0, 9.5)
+    with pytest.raises(ValueError, match="contiguous: False"):
+        mvm._ADC.adc_(z.transpose(0, 1), torch.empty(4, 2, 1, dtype=torch.bool), True, 9.0, 9.5)
+
+
 def test_adc_kernel_refuses_wrong_buffers():
     _require_kernel()
     z, f, c, b = _adc_args(2, 1, 2, 4, 2, 8, True, True)
