@@ -5,7 +5,8 @@ plus sign, rounding, no input noise: :func:`aimc.mvm._dac_levels_int8`), the MVM
 floating-point input at all. The tile matrix is split, once per matrix and cached with it, into
 three int8 *limbs* per output row (``w = s (l1 + l2 / 254 + l3 / 254^2)``, ``s = max |w| / 127``
 of the row, each limb rounded to nearest from the rest of the one before), the levels are packed
-into int8 (a level of +128 as 127 plus a correction), and ``W x'`` is three integer GEMMs
+into int8 (a vector part with a level of +128 and none of -128 negated, its product negated
+back: exact; with both, +128 as 127 plus a correction), and ``W x'`` is three integer GEMMs
 (``torch._int_mm``: oneDNN's VNNI kernels, int32 sums, exact) combined in float32 by one C++
 pass. On the AVX-512 host (AMD EPYC with AVX512-VNNI, 2 threads) one int8 GEMM took 0.22-0.24
 of a float32 GEMM of the same shape, and the three with their combination 0.71-0.84 of it on
@@ -48,13 +49,17 @@ BASE = 254
 #:   scales (a2, float32 ``(B, O)``, ``max |w| / 127`` rounded to float32, the limbs resolving
 #:   the weights in units of that float32 value; NaN where a row holds NaN, inf where it holds
 #:   an infinity: the caller then keeps the float32 GEMM); d0..d2 = B, O, ci.
-#: * mode 1, pack: float32 levels (a0, ``(R, ci)``, d0 = R, d1 = ci) into int8 (a1): 128
-#:   becomes 127 (the combination adds the missing step back), NaN becomes 0 (its vector's
-#:   outputs are NaN by the forward's finite mask); a2 (int32 ``(R,)``) gets per row -1 (no
-#:   level of 128), the input of its one level of 128, or -2 (several).
+#: * mode 1, pack: float32 levels (a0, ``(R, ci)``, d0 = R, d1 = ci) into int8 (a1), NaN as 0
+#:   (its vector's outputs are NaN by the forward's finite mask). A row with a level of +128
+#:   and none of -128 is packed negated (its levels in ``[-128, 127]``: exact; the combination
+#:   negates its product back, exactly); in a row with both, +128 becomes 127 and the
+#:   combination adds the missing step back. a2 (int32 ``(R,)``) gets per row -1 (nothing to
+#:   mend), -3 (negated), or for a row with both the input of its one level of +128, or -2
+#:   (several).
 #: * mode 2, combine one tile: ``z = s * (y1 + (y2 + y3 / 254) / 254) + beta * z`` in float32
-#:   from the three int32 GEMM results (a0, ``(3, M, O)``), after adding to the integer sums,
-#:   for every level of 128 (a1: the rows' marks of mode 1; a2: the float32 levels ``(M, ci)``,
+#:   from the three int32 GEMM results (a0, ``(3, M, O)``; a row marked -3 negated), after
+#:   adding to the integer sums, for every level of 128 packed as 127 (a1: the rows' marks of
+#:   mode 1; a2: the float32 levels ``(M, ci)``,
 #:   read for rows marked -2), that input's limbs (a3, int8 ``(3, ., ci, O)`` with plane stride
 #:   d3 and row stride d4: a tile's columns, or a block of them, of the cached limbs); a4 = the
 #:   row scales (float32 ``(O,)``), a5 = ``z`` (float32 ``(M, O)``, not read where
@@ -157,8 +162,9 @@ static void aimc_pack(const float* xq, int8_t* k8, int32_t* hit, int64_t R, int6
     for (int64_t r = 0; r < R; ++r) {
         const float* src = xq + r * ci;
         int8_t* dst = k8 + r * ci;
-        const VecF hi(127.0f), lo(-128.0f), tie(127.5f), zero(0.0f);
+        const VecF hi(127.0f), lo(-128.0f), tie(127.5f), ntie(-127.5f), zero(0.0f);
         int32_t h = -1;
+        bool low = false;  // a level of -128
         for (int64_t i = 0; i < ci; i += V) {
             const int64_t c = std::min(V, ci - i);
             VecF v = c == V ? VecF::loadu(src + i) : VecF::loadu(src + i, c);
@@ -167,8 +173,18 @@ static void aimc_pack(const float* xq, int8_t* k8, int32_t* hit, int64_t R, int6
                     if (src[i + l] > 127.5f) h = h == -1 ? int32_t(i + l) : -2;
                 }
             }
+            low |= (v < ntie).zero_mask() != full;
             v = VecF::blendv(zero, at::vec::clamp(v, lo, hi), v == v);
             at::vec::convert<int8_t>(v).store(dst + i, c);
+        }
+        if (h != -1 && !low) {  // +128 and no -128: the row negated, every level exact
+            for (int64_t i = 0; i < ci; i += V) {
+                const int64_t c = std::min(V, ci - i);
+                VecF v = VecF(0.0f) - (c == V ? VecF::loadu(src + i) : VecF::loadu(src + i, c));
+                v = VecF::blendv(zero, at::vec::clamp(v, lo, hi), v == v);
+                at::vec::convert<int8_t>(v).store(dst + i, c);
+            }
+            h = -3;
         }
         hit[r] = h;
     }
@@ -190,7 +206,7 @@ static void aimc_combine(int32_t* y, const int32_t* hit, const float* xq, const 
         int32_t* y3 = y2 + yplane;
         // the levels of 128, packed as 127: one step of their inputs' weights added back
         const int32_t h = hit[m];
-        for (int64_t j = (h >= 0 ? h : 0); h != -1 && j < (h >= 0 ? h + 1 : ci); ++j) {
+        for (int64_t j = (h >= 0 ? h : 0); h != -1 && h != -3 && j < (h >= 0 ? h + 1 : ci); ++j) {
             if (h == -2 && !(xq[m * ci + j] > 127.5f)) continue;
             const int8_t* l1 = limbs + j * ld;
             const int8_t* l2 = l1 + plane;
@@ -203,14 +219,15 @@ static void aimc_combine(int32_t* y, const int32_t* hit, const float* xq, const 
             }
         }
         float* zr = z + m * O;
-        const VecF k(1.0f / 254.0f), vb(beta);
+        // a negated row's product negated back: exact, the same value as unnegated
+        const VecF k(1.0f / 254.0f), vb(beta), sign(h == -3 ? -1.0f : 1.0f);
         for (int64_t o = 0; o < O; o += V) {
             const int64_t c = std::min(V, O - o);
             const VecF a = aimc_int_to_float(y1 + o, c);
             const VecF b = aimc_int_to_float(y2 + o, c);
             const VecF d = aimc_int_to_float(y3 + o, c);
             const VecF s = c == V ? VecF::loadu(scale + o) : VecF::loadu(scale + o, c);
-            VecF v = (a + (b + d * k) * k) * s;
+            VecF v = (a + (b + d * k) * k) * s * sign;
             if (beta != 0.0f) v = v + (c == V ? VecF::loadu(zr + o) : VecF::loadu(zr + o, c)) * vb;
             if (c == V) v.store(zr + o); else v.store(zr + o, c);
         }
@@ -274,8 +291,9 @@ class NativeIntMvmKernel(_NativeKernel):
 
     def pack(self, xq: Tensor, k8: Tensor, hit: Tensor) -> None:
         """``k8`` (int8) from the whole-number levels ``xq`` (float32 ``(..., ci)``, in
-        ``[-128, 128]`` or NaN; 128 as 127, NaN as 0) and ``hit`` (int32, one per row: -1, the
-        input of the row's one level of 128, or -2 for several); contiguous CPU tensors
+        ``[-128, 128]`` or NaN; NaN as 0; a row with +128 and no -128 negated, else 128 as 127)
+        and ``hit`` (int32, one per row: -1, -3 for a negated row, or for a row with both +128
+        and -128 the input of its one level of +128, or -2 for several); contiguous CPU tensors
         (checked)."""
         ci = xq.shape[-1]
         rows = xq.numel() // ci if ci else 0
@@ -362,16 +380,24 @@ def _check_kernel(kernel: NativeIntMvmKernel) -> str | None:
     xq[1, 3] = xq[1, 3].clamp(max=127)
     xq[1, 3, 9] = 128.0  # exactly one
     xq[1, 4, 3] = math.nan
+    for row, plus, minus in [(5, [1], [2]), (6, [3, 4], [5]), (7, [8], []), (8, [], [0])]:
+        xq[0, row] = xq[0, row].clamp(-127, 127)
+        xq[0, row, plus] = 128.0  # one or several +128 beside a -128 (mended), one alone
+        xq[0, row, minus] = -128.0  # (negated), a -128 alone (nothing to mend)
     k8 = torch.empty(b, m, ci, dtype=torch.int8)
     hit = torch.empty(b * m, dtype=torch.int32)
     kernel.pack(xq, k8, hit)
-    if not torch.equal(k8, xq.clamp(max=127).nan_to_num(0.0).to(torch.int8)):
-        return "packed levels differ"
     count = (xq == 128).sum(dim=-1).view(-1)
+    negated = (count > 0) & ~(xq == -128).any(dim=-1).view(-1)
+    want_k8 = torch.where(negated.view(b, m, 1), -xq, xq).clamp(-128, 127).nan_to_num(0.0)
+    if not torch.equal(k8, want_k8.to(torch.int8)):
+        return "packed levels differ"
     first = (xq == 128).float().argmax(dim=-1).view(-1).int()
-    want = torch.where(count == 0, -1, torch.where(count == 1, first, -2)).int()
-    if not torch.equal(hit, want):
+    want = torch.where(count == 0, -1, torch.where(count == 1, first, -2))
+    if not torch.equal(hit, torch.where(negated, -3, want).int()):
         return "the marks of levels of 128 differ"
+    if not ((hit == -3).any() and (hit >= 0).any() and (hit == -2).any()):
+        return "the check's levels lack a negated, a mended or a several-times mended row"
     # every tile whole, and a block of a tile's columns (an output tile of bound management's
     # rounds: its limbs a strided view of the tile's)
     for bi, cols in [(0, slice(0, o)), (1, slice(0, o)), (1, slice(4, 25))]:

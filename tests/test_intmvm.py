@@ -141,18 +141,28 @@ def test_non_finite_weights_keep_the_float32_gemm():
         assert _intmvm.cached_limbs(w) is None
 
 
-def test_pack_marks_levels_of_128():
+def test_pack_negates_or_marks_levels_of_128():
+    """A row with +128 and no -128 is packed negated (every level exact, mark -3); beside a
+    -128, +128 is packed as 127 and marked (its input, or -2 for several) for the combination
+    to add the missing step back."""
     _require_kernel()
-    xq = torch.zeros(4, 37)
-    xq[1, 5] = 128.0
-    xq[2, 3] = xq[2, 30] = 128.0
-    xq[3, 36] = 128.0  # in the tail past the last full vector
+    xq = torch.zeros(6, 37)
     xq[0, :] = -128.0
-    k8 = torch.empty(4, 37, dtype=torch.int8)
-    hit = torch.empty(4, dtype=torch.int32)
+    xq[1, 5] = xq[1, 6] = 128.0  # alone: negated
+    xq[1, 7] = -127.0
+    xq[2, 3] = xq[2, 30] = 128.0
+    xq[2, 31] = -128.0
+    xq[3, 36] = 128.0  # in the tail past the last full vector
+    xq[3, 0] = -128.0
+    xq[4, 36] = 128.0  # alone, in the tail
+    xq[5, 9] = -128.0
+    xq[5, 10] = 128.0
+    k8 = torch.empty(6, 37, dtype=torch.int8)
+    hit = torch.empty(6, dtype=torch.int32)
     _intmvm.INT_MVM.pack(xq, k8, hit)
-    assert hit.tolist() == [-1, 5, -2, 36]
-    assert torch.equal(k8, xq.clamp(max=127).to(torch.int8))
+    assert hit.tolist() == [-1, -3, -2, 36, -3, 10]
+    negated = torch.tensor([False, True, False, False, True, False]).unsqueeze(1)
+    assert torch.equal(k8, torch.where(negated, -xq, xq).clamp(max=127).to(torch.int8))
 
 
 @pytest.mark.parametrize(
