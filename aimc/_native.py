@@ -754,6 +754,46 @@ static inline void aimc_store_levels(const VecF& v, void* p, int64_t kind, int64
     }
 }
 
+// one thread's running extremes of rounded values (NaN propagates, as in torch.aminmax),
+// merged into the shared pair at the end of the parallel region
+struct AimcExtremes {
+    VecF vmin{std::numeric_limits<float>::infinity()};
+    VecF vmax{-std::numeric_limits<float>::infinity()};
+    float smin = std::numeric_limits<float>::infinity();
+    float smax = -std::numeric_limits<float>::infinity();
+
+    // the first cnt lanes of v
+    void add(const VecF& v, int64_t cnt) {
+        if (cnt == VecF::size()) {
+            vmin = at::vec::minimum(vmin, v);
+            vmax = at::vec::maximum(vmax, v);
+            return;
+        }
+        float lanes[VecF::size()];
+        v.store(lanes);
+        for (int64_t l = 0; l < cnt; ++l) {
+            smin = aimc_nan_min(smin, lanes[l]);
+            smax = aimc_nan_max(smax, lanes[l]);
+        }
+    }
+
+    // into (lo, hi), shared by the threads (called once by each, inside the region)
+    void merge(float& lo, float& hi) {
+        float lanes_min[VecF::size()], lanes_max[VecF::size()];
+        vmin.store(lanes_min);
+        vmax.store(lanes_max);
+        for (int64_t l = 0; l < VecF::size(); ++l) {
+            smin = aimc_nan_min(smin, lanes_min[l]);
+            smax = aimc_nan_max(smax, lanes_max[l]);
+        }
+        #pragma omp critical
+        {
+            lo = aimc_nan_min(lo, smin);
+            hi = aimc_nan_max(hi, smax);
+        }
+    }
+};
+
 // the ADC alone, in place (flag 16): each of the rows x to blocks of cols values of z rounded
 // (flag 1) and clipped (flag 2) where it is, sat[row * to + o] = whether a rounded value of
 // the block lies beyond +-limit and none is NaN (as the block's amax > limit or amin < -limit
@@ -767,10 +807,7 @@ static void aimc_adc_in_place(float* z, bool* sat, float* ext, int64_t rows, int
     #pragma omp parallel
     {
         const VecF vlo(-bound), vhi(bound), vlim(limit), vnlim(-limit);
-        VecF vmin(std::numeric_limits<float>::infinity());
-        VecF vmax(-std::numeric_limits<float>::infinity());
-        float smin = std::numeric_limits<float>::infinity();
-        float smax = -std::numeric_limits<float>::infinity();
+        AimcExtremes ext_t;
         #pragma omp for schedule(static)
         for (int64_t block = 0; block < rows * to; ++block) {
             float* const zp = z + block * cols;
@@ -779,17 +816,8 @@ static void aimc_adc_in_place(float* z, bool* sat, float* ext, int64_t rows, int
                 const int64_t cnt = std::min(V, cols - c);
                 VecF v = cnt == V ? VecF::loadu(zp + c) : VecF::loadu(zp + c, cnt);
                 if (round) v = v.round();
-                if (cnt == V) {
-                    vmin = at::vec::minimum(vmin, v);
-                    vmax = at::vec::maximum(vmax, v);
-                } else {  // (the lanes past cnt load as zeros, never beyond the limit)
-                    float lanes[V];
-                    v.store(lanes);
-                    for (int64_t l = 0; l < cnt; ++l) {
-                        smin = aimc_nan_min(smin, lanes[l]);
-                        smax = aimc_nan_max(smax, lanes[l]);
-                    }
-                }
+                ext_t.add(v, cnt);
+                // (the lanes past cnt load as zeros, never beyond the limit)
                 beyond |= ((v > vlim) | (v < vnlim)).zero_mask() != full;
                 nan |= (v != v).zero_mask() != full;
                 if (clip) v = at::vec::clamp(v, vlo, vhi);
@@ -801,18 +829,7 @@ static void aimc_adc_in_place(float* z, bool* sat, float* ext, int64_t rows, int
             }
             sat[block] = beyond && !nan;
         }
-        float lanes_min[V], lanes_max[V];
-        vmin.store(lanes_min);
-        vmax.store(lanes_max);
-        for (int64_t l = 0; l < V; ++l) {
-            smin = aimc_nan_min(smin, lanes_min[l]);
-            smax = aimc_nan_max(smax, lanes_max[l]);
-        }
-        #pragma omp critical
-        {
-            lo_all = aimc_nan_min(lo_all, smin);
-            hi_all = aimc_nan_max(hi_all, smax);
-        }
+        ext_t.merge(lo_all, hi_all);
     }
     ext[0] = lo_all;
     ext[1] = hi_all;
@@ -846,10 +863,7 @@ extern "C" void kernel(const int64_t z_addr, const int64_t y_addr, const int64_t
     float hi_all = -std::numeric_limits<float>::infinity();
     #pragma omp parallel
     {
-        VecF vmin(std::numeric_limits<float>::infinity());
-        VecF vmax(-std::numeric_limits<float>::infinity());
-        float smin = std::numeric_limits<float>::infinity();
-        float smax = -std::numeric_limits<float>::infinity();
+        AimcExtremes ext_t;
         #pragma omp for schedule(static)
         for (int64_t row = 0; row < g * n; ++row) {
             const int64_t gi = row / n, ni = row % n;
@@ -865,17 +879,7 @@ extern "C" void kernel(const int64_t z_addr, const int64_t y_addr, const int64_t
                         const float* const zp = z + (bt * n + ni) * width + col;
                         VecF v = cnt == V ? VecF::loadu(zp) : VecF::loadu(zp, cnt);
                         if (round) v = v.round();
-                        if (cnt == V) {
-                            vmin = at::vec::minimum(vmin, v);
-                            vmax = at::vec::maximum(vmax, v);
-                        } else {
-                            float lanes[V];
-                            v.store(lanes);
-                            for (int64_t l = 0; l < cnt; ++l) {
-                                smin = aimc_nan_min(smin, lanes[l]);
-                                smax = aimc_nan_max(smax, lanes[l]);
-                            }
-                        }
+                        ext_t.add(v, cnt);
                         if (clip) v = at::vec::clamp(v, vlo, vhi);
                         if (lv != nullptr) {
                             aimc_store_levels(v, lv + ((bt * n + ni) * width + col) * lv_size,
@@ -904,18 +908,7 @@ extern "C" void kernel(const int64_t z_addr, const int64_t y_addr, const int64_t
                 }
             }
         }
-        float lanes_min[V], lanes_max[V];
-        vmin.store(lanes_min);
-        vmax.store(lanes_max);
-        for (int64_t l = 0; l < V; ++l) {
-            smin = aimc_nan_min(smin, lanes_min[l]);
-            smax = aimc_nan_max(smax, lanes_max[l]);
-        }
-        #pragma omp critical
-        {
-            lo_all = aimc_nan_min(lo_all, smin);
-            hi_all = aimc_nan_max(hi_all, smax);
-        }
+        ext_t.merge(lo_all, hi_all);
     }
     ext[0] = lo_all;
     ext[1] = hi_all;
@@ -982,25 +975,24 @@ class NativeAdcKernel(_NativeKernel):
                     "float32, or int8 / int16 with a bound within the type's range"
                 )
             _check_buffers("ADC", [(levels, (b, n, width))], levels.dtype)
-        clip = bound < math.inf
+        flags = int(round_) | int(bound < math.inf) << 1 | kind << 2
+        tensors = (z, y, factor, col_scale, bias, levels)
+        return self._run(tensors, (g, tiles, n, to, width // to), flags, bound, 0.0)
+
+    def _run(
+        self,
+        tensors: tuple[Tensor | None, ...],
+        sizes: tuple[int, ...],
+        flags: int,
+        bound: float,
+        limit: float,
+    ) -> tuple[float, float]:
+        """The kernel on ``(z, y, f, cs, bias, lv)`` (None: address 0) and ``(g, ti, n, to,
+        cols)``; returns the extremes it wrote."""
         ext = torch.empty(2, dtype=torch.float32)
-        self._fn(
-            z.data_ptr(),
-            y.data_ptr(),
-            factor.data_ptr(),
-            0 if col_scale is None else col_scale.data_ptr(),
-            0 if bias is None else bias.data_ptr(),
-            ext.data_ptr(),
-            0 if levels is None else levels.data_ptr(),
-            g,
-            tiles,
-            n,
-            to,
-            width // to,
-            int(round_) | int(clip) << 1 | kind << 2,
-            bound if clip else 0.0,
-            0.0,
-        )
+        z, y, f, cs, bias, lv = (0 if t is None else t.data_ptr() for t in tensors)
+        bound = bound if flags & 2 else 0.0  # (flag 2: the clip)
+        self._fn(z, y, f, cs, bias, ext.data_ptr(), lv, *sizes, flags, bound, limit)
         lo, hi = ext.tolist()
         return lo, hi
 
@@ -1019,27 +1011,9 @@ class NativeAdcKernel(_NativeKernel):
         _check_buffers("ADC", [(sat, (b, n, to))], torch.bool)
         if to == 0 or width % to:
             raise ValueError(f"aimc._native: {width} outputs do not split into {to} tiles")
-        clip = bound < math.inf
-        ext = torch.empty(2, dtype=torch.float32)
-        self._fn(
-            z.data_ptr(),
-            0,
-            0,
-            0,
-            0,
-            ext.data_ptr(),
-            sat.data_ptr(),
-            b,
-            1,
-            n,
-            to,
-            width // to,
-            int(round_) | int(clip) << 1 | 16,
-            bound if clip else 0.0,
-            limit,
-        )
-        lo, hi = ext.tolist()
-        return lo, hi
+        flags = int(round_) | int(bound < math.inf) << 1 | 16
+        tensors = (z, None, None, None, None, sat)
+        return self._run(tensors, (b, 1, n, to, width // to), flags, bound, limit)
 
     def variants(self, isa: str) -> tuple[str, ...]:
         return (self.source, self.source.replace("#define AIMC_FMA 1", "#define AIMC_FMA 0"))
