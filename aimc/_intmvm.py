@@ -163,26 +163,28 @@ static void aimc_pack(const float* xq, int8_t* k8, int32_t* hit, int64_t R, int6
         const float* src = xq + r * ci;
         int8_t* dst = k8 + r * ci;
         const VecF hi(127.0f), lo(-128.0f), tie(127.5f), ntie(-127.5f), zero(0.0f);
+        // c lanes of v into int8 at dst + i: clipped to [-128, 127], NaN as 0
+        auto put = [&](VecF v, int64_t i, int64_t c) {
+            v = VecF::blendv(zero, at::vec::clamp(v, lo, hi), v == v);
+            at::vec::convert<int8_t>(v).store(dst + i, c);
+        };
         int32_t h = -1;
         bool low = false;  // a level of -128
         for (int64_t i = 0; i < ci; i += V) {
             const int64_t c = std::min(V, ci - i);
-            VecF v = c == V ? VecF::loadu(src + i) : VecF::loadu(src + i, c);
+            const VecF v = c == V ? VecF::loadu(src + i) : VecF::loadu(src + i, c);
             if ((v > tie).zero_mask() != full) {  // a level of 128 (at most a few per row)
                 for (int64_t l = 0; l < c; ++l) {
                     if (src[i + l] > 127.5f) h = h == -1 ? int32_t(i + l) : -2;
                 }
             }
             low |= (v < ntie).zero_mask() != full;
-            v = VecF::blendv(zero, at::vec::clamp(v, lo, hi), v == v);
-            at::vec::convert<int8_t>(v).store(dst + i, c);
+            put(v, i, c);
         }
         if (h != -1 && !low) {  // +128 and no -128: the row negated, every level exact
             for (int64_t i = 0; i < ci; i += V) {
                 const int64_t c = std::min(V, ci - i);
-                VecF v = VecF(0.0f) - (c == V ? VecF::loadu(src + i) : VecF::loadu(src + i, c));
-                v = VecF::blendv(zero, at::vec::clamp(v, lo, hi), v == v);
-                at::vec::convert<int8_t>(v).store(dst + i, c);
+                put(zero - (c == V ? VecF::loadu(src + i) : VecF::loadu(src + i, c)), i, c);
             }
             h = -3;
         }
@@ -351,7 +353,8 @@ class NativeIntMvmKernel(_NativeKernel):
 
     def self_check(self, fn: Any) -> str | None:
         """The three passes against float64 arithmetic, on rows with zeros, a NaN, an
-        infinity and levels of 128 (none, one, several in a row)."""
+        infinity and levels of +128 (none; one or several beside a -128, mended; alone,
+        negated) and strided limbs (a block of a tile's columns)."""
         return self._first_mismatch(fn, [()], _check_kernel)
 
 

@@ -1061,12 +1061,7 @@ def adc_reference(
     """``(y, min, max, levels)`` as the tensor code computes them (``_adc_``'s rounding,
     extremes and clip, :func:`aimc.mvm._compact`'s levels, :func:`aimc.mvm._digital`'s
     rescale and sum): what :meth:`NativeAdcKernel.finish` must equal."""
-    z = z.clone()
-    if round_:
-        z.round_()
-    lo, hi = torch.stack(torch.aminmax(z)).tolist()
-    if bound < math.inf:
-        z.clamp_(-bound, bound)
+    z, _, lo, hi = adc_in_place_reference(z, 1, round_, bound, math.inf)  # (no saturation test)
     levels = None if level_dtype is None else z.to(level_dtype, copy=True)
     b, n, width = z.shape
     g, to = b // tiles, factor.shape[-1]
