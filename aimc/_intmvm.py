@@ -383,10 +383,15 @@ def _check_kernel(kernel: NativeIntMvmKernel) -> str | None:
     xq[1, 3] = xq[1, 3].clamp(max=127)
     xq[1, 3, 9] = 128.0  # exactly one
     xq[1, 4, 3] = math.nan
-    for row, plus, minus in [(5, [1], [2]), (6, [3, 4], [5]), (7, [8], []), (8, [], [0])]:
-        xq[0, row] = xq[0, row].clamp(-127, 127)
-        xq[0, row, plus] = 128.0  # one or several +128 beside a -128 (mended), one alone
-        xq[0, row, minus] = -128.0  # (negated), a -128 alone (nothing to mend)
+    # in both tiles (tile 1's mended rows read a block of its limbs: the row stride)
+    for bi, row, plus, minus in [
+        (bi, *case)
+        for bi in (0, 1)
+        for case in [(5, [1], [2]), (6, [3, 4], [5]), (7, [8], []), (8, [], [0])]
+    ]:
+        xq[bi, row] = xq[bi, row].clamp(-127, 127)
+        xq[bi, row, plus] = 128.0  # one or several +128 beside a -128 (mended), one alone
+        xq[bi, row, minus] = -128.0  # (negated), a -128 alone (nothing to mend)
     k8 = torch.empty(b, m, ci, dtype=torch.int8)
     hit = torch.empty(b * m, dtype=torch.int32)
     kernel.pack(xq, k8, hit)

@@ -89,8 +89,12 @@ def test_output_tiles_take_blocks_of_their_tiles_limbs(beta):
     b, to, cols, ci, n = 2, 3, 20, 45, 33
     w = torch.randn(b, to * cols, ci, generator=gen)
     xq = torch.randint(-128, 129, (b * to, n, ci), generator=gen).float()
-    xq[1, 4] = 128.0  # levels of +128, corrected from the block's limbs
-    xq[4, 2, 7] = 128.0
+    xq[1, 4] = 128.0  # several +128 beside a -128: mended from the block's limbs
+    xq[1, 4, 0] = -128.0
+    xq[4, 2] = xq[4, 2].clamp(-127, 127)  # one +128 beside a -128, in a block at column 20
+    xq[4, 2, 7], xq[4, 2, 8] = 128.0, -128.0
+    xq[5, 3] = xq[5, 3].clamp(-127, 127)  # +128 alone: packed negated
+    xq[5, 3, 11] = 128.0
     z0 = torch.randn(b * to, n, cols, generator=gen)
     limbs = _intmvm.cached_limbs(w)
     z = _int_product(z0, xq, limbs, beta)
