@@ -245,7 +245,9 @@ def tile_weights(
     w_max = w_max.transpose(1, 2).reshape(lo.batch, lo.padded_out).contiguous()
     if not mapping.weight_scaling_columnwise:
         w_max = w_max.view(lo.batch, lo.n_out, lo.cols).amax(dim=-1)  # (B, to)
-    scale = torch.where(w_max > 0, w_max / omega, torch.ones_like(w_max))
+    # all-zero columns or tiles keep the scale 1; a NaN weight's NaN stays (where(w_max > 0)
+    # would turn it into 1, and the forward's finiteness check of the scales would miss it)
+    scale = torch.where(w_max == 0, torch.ones_like(w_max), w_max / omega)
     per_col = scale if scale.shape[1] == lo.padded_out else scale.repeat_interleave(lo.cols, 1)
     per_col = per_col.view(g, lo.n_in, lo.padded_out, 1)
     if torch.compiler.is_compiling():  # inductor fuses the copy into the division itself
