@@ -25,6 +25,7 @@ from torch import Tensor
 from . import _workspace
 from ._intmvm import INT_MVM, cached_limbs, int_bmm_
 from ._native import NativeAdcKernel, NativeDacKernel
+from ._scalegrad import SCALE_GRAD
 from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType, io_config_by_key
 from .functional import TileLayout, stochastic_round
 from .random import CounterStream, KeyedStream, RowStream, TensorStream, noise_normal_
@@ -156,6 +157,18 @@ class TileOutputs:
         ``(G, N, O)`` tensors. Equal to the rebuilt tiles' sums up to float rounding."""
         lo, g, n = self.layout, self.groups, self.n
         gp = lo.pad_out(grad.float(), 2)  # (G, N, O_pad)
+        if gp.device.type == "cpu" and SCALE_GRAD.usable():
+            # one pass over the levels (aimc._scalegrad)
+            out = torch.empty(lo.batch, lo.padded_out, dtype=torch.float32)
+            SCALE_GRAD.scale_grad(
+                self.levels.contiguous(),
+                gp.contiguous(),
+                None if self.factor is None else self.factor.contiguous(),
+                None if self.col_scale is None else self.col_scale.contiguous(),
+                out,
+                lo.n_in,
+            )
+            return lo.unpad_out(out.view(g, lo.n_in, lo.padded_out), 2)
         levels = self.levels.view(g, lo.n_in, n, lo.padded_out)
         factor = None if self.factor is None else self.factor.view(g, lo.n_in, n, lo.n_out)
         cols = None if self.col_scale is None else self.col_scale.view(g, lo.n_in, lo.padded_out)
