@@ -45,7 +45,8 @@ BASE = 254
 #: The C++ source: ``kernel(mode, a0, ..., a5, d0, ..., d4, beta)``.
 #:
 #: * mode 0, limbs: ``w`` (a0, float32 ``(B, O, ci)``) into the limbs (a1, int8
-#:   ``(3, B, ci, O)``: the layout ``torch._int_mm`` takes as its second operand) and the row
+#:   ``(3, B, O, ci)``: each output's row as the weights' is, written in vectors; the GEMMs
+#:   take a tile's transpose, column-major, as their second operand) and the row
 #:   scales (a2, float32 ``(B, O)``, ``max |w| / 127`` rounded to float32, the limbs resolving
 #:   the weights in units of that float32 value; NaN where a row holds NaN, inf where it holds
 #:   an infinity: the caller then keeps the float32 GEMM); d0..d2 = B, O, ci.
@@ -60,8 +61,8 @@ BASE = 254
 #:   from the three int32 GEMM results (a0, ``(3, M, O)``; a row marked -3 negated), after
 #:   adding to the integer sums, for every level of 128 packed as 127 (a1: the rows' marks of
 #:   mode 1; a2: the float32 levels ``(M, ci)``,
-#:   read for rows marked -2), that input's limbs (a3, int8 ``(3, ., ci, O)`` with plane stride
-#:   d3 and row stride d4: a tile's columns, or a block of them, of the cached limbs); a4 = the
+#:   read for rows marked -2), that input's limbs (a3, int8 ``(3, O, ci)`` with plane stride
+#:   d3 and row stride d4: a tile's rows, or a block of them, of the cached limbs); a4 = the
 #:   row scales (float32 ``(O,)``), a5 = ``z`` (float32 ``(M, O)``, not read where
 #:   ``beta == 0``); d0..d2 = M, O, ci.
 SOURCE = r"""
@@ -70,6 +71,9 @@ SOURCE = r"""
 #include <cmath>
 #include <cstring>
 #include <limits>
+#if defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
 
 using VecF = at::vec::Vectorized<float>;
 using VecI = at::vec::Vectorized<int32_t>;
@@ -87,70 +91,66 @@ static inline VecD aimc_load_pd(const float* p, int64_t c) {
     return VecD::loadu(t);
 }
 
+// c (at most VecD::size()) whole numbers in [-127, 127] as int8 at p
+static inline void aimc_store_i8(const VecD& v, int8_t* p, int64_t c) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if (c == 8) {
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(p),
+                         _mm256_cvtepi32_epi8(_mm512_cvtpd_epi32(__m512d(v))));
+        return;
+    }
+#endif
+    double t[VecD::size()];
+    v.store(t);
+    for (int64_t l = 0; l < c; ++l) p[l] = int8_t(t[l]);
+}
+
 static void aimc_limbs(const float* w, int8_t* limbs, float* scale, int64_t B, int64_t O,
                        int64_t ci) {
-    constexpr int64_t R = 16;  // output rows per block: 16 contiguous bytes per limb store
-    const int64_t blocks = (O + R - 1) / R;
-    const int64_t plane = B * ci * O;
+    constexpr int64_t V = VecD::size();
+    const int64_t plane = B * O * ci;
     const VecD lo(-127.0), hi(127.0), base(254.0);
     #pragma omp parallel for schedule(static)
-    for (int64_t task = 0; task < B * blocks; ++task) {
-        const int64_t b = task / blocks, o0 = (task % blocks) * R;
-        const int64_t rows = std::min(R, O - o0);
-        double inv[R];
-        for (int64_t r = 0; r < rows; ++r) {
-            const float* src = w + (b * O + o0 + r) * ci;
-            VecF vm(0.0f);  // at::vec::maximum propagates NaN
-            int64_t j = 0;
-            for (; j + VecF::size() <= ci; j += VecF::size()) {
-                vm = at::vec::maximum(vm, VecF::loadu(src + j).abs());
-            }
-            float lanes[VecF::size()];
-            vm.store(lanes);
-            float m = 0.0f;
-            bool nan = false;
-            for (int64_t l = 0; l < VecF::size(); ++l) {
-                nan |= std::isnan(lanes[l]);
-                m = std::max(m, lanes[l]);
-            }
-            for (; j < ci; ++j) {
-                const float a = std::fabs(src[j]);
-                nan |= std::isnan(a);
-                m = std::max(m, a);
-            }
-            // the scale as the combination multiplies by it (float32); the limbs resolve the
-            // weights in its units
-            const float s =
-                nan ? std::numeric_limits<float>::quiet_NaN() : float(double(m) / 127.0);
-            scale[b * O + o0 + r] = s;
-            inv[r] = (s > 0.0f && std::isfinite(s)) ? 1.0 / double(s) : 0.0;
+    for (int64_t row = 0; row < B * O; ++row) {
+        const float* src = w + row * ci;
+        VecF vm(0.0f);  // at::vec::maximum propagates NaN
+        int64_t j = 0;
+        for (; j + VecF::size() <= ci; j += VecF::size()) {
+            vm = at::vec::maximum(vm, VecF::loadu(src + j).abs());
         }
-        // eight inputs of each of the block's rows at a time (float64 lanes), then their limbs
-        // transposed into the (input, output) layout: 16 contiguous bytes per input and limb
-        constexpr int64_t V = VecD::size();
-        int8_t lv[3][V][R];  // the block's limbs in the (input, output) layout
-        for (int64_t j0 = 0; j0 < ci; j0 += V) {
-            const int64_t c = std::min(V, ci - j0);
-            for (int64_t r = 0; r < rows; ++r) {
-                const float* src = w + (b * O + o0 + r) * ci + j0;
-                // (a zero or non-finite row: all limbs zero)
-                const VecD v = inv[r] == 0.0 ? VecD(0.0) : aimc_load_pd(src, c) * VecD(inv[r]);
-                const VecD a1 = at::vec::clamp(v, lo, hi).round();
-                const VecD rest = (v - a1) * base;
-                const VecD a2 = at::vec::clamp(rest, lo, hi).round();
-                const VecD a3 = at::vec::clamp((rest - a2) * base, lo, hi).round();
-                double t[3][V];
-                a1.store(t[0]);
-                a2.store(t[1]);
-                a3.store(t[2]);
-                for (int64_t i = 0; i < 3; ++i) {
-                    for (int64_t l = 0; l < V; ++l) lv[i][l][r] = int8_t(t[i][l]);
-                }
-            }
-            for (int64_t l = 0; l < c; ++l) {
-                int8_t* d = limbs + (b * ci + j0 + l) * O + o0;
-                for (int64_t i = 0; i < 3; ++i) std::memcpy(d + i * plane, lv[i][l], rows);
-            }
+        float lanes[VecF::size()];
+        vm.store(lanes);
+        float m = 0.0f;
+        bool nan = false;
+        for (int64_t l = 0; l < VecF::size(); ++l) {
+            nan |= std::isnan(lanes[l]);
+            m = std::max(m, lanes[l]);
+        }
+        for (; j < ci; ++j) {
+            const float a = std::fabs(src[j]);
+            nan |= std::isnan(a);
+            m = std::max(m, a);
+        }
+        // the scale as the combination multiplies by it (float32); the limbs resolve the
+        // weights in its units
+        const float s = nan ? std::numeric_limits<float>::quiet_NaN() : float(double(m) / 127.0);
+        scale[row] = s;
+        // (a zero or non-finite row: all limbs zero)
+        const double inv = (s > 0.0f && std::isfinite(s)) ? 1.0 / double(s) : 0.0;
+        int8_t* d1 = limbs + row * ci;
+        int8_t* d2 = d1 + plane;
+        int8_t* d3 = d2 + plane;
+        // eight weights at a time in float64 lanes, each limb stored where the row's is
+        for (j = 0; j < ci; j += V) {
+            const int64_t c = std::min(V, ci - j);
+            const VecD v = inv == 0.0 ? VecD(0.0) : aimc_load_pd(src + j, c) * VecD(inv);
+            const VecD a1 = at::vec::clamp(v, lo, hi).round();
+            const VecD rest = (v - a1) * base;
+            const VecD a2 = at::vec::clamp(rest, lo, hi).round();
+            const VecD a3 = at::vec::clamp((rest - a2) * base, lo, hi).round();
+            aimc_store_i8(a1, d1 + j, c);
+            aimc_store_i8(a2, d2 + j, c);
+            aimc_store_i8(a3, d3 + j, c);
         }
     }
 }
@@ -210,14 +210,14 @@ static void aimc_combine(int32_t* y, const int32_t* hit, const float* xq, const 
         const int32_t h = hit[m];
         for (int64_t j = (h >= 0 ? h : 0); h != -1 && h != -3 && j < (h >= 0 ? h + 1 : ci); ++j) {
             if (h == -2 && !(xq[m * ci + j] > 127.5f)) continue;
-            const int8_t* l1 = limbs + j * ld;
+            // (input j's limbs lie one row apart: a gather, for the few rows mended)
+            const int8_t* l1 = limbs + j;
             const int8_t* l2 = l1 + plane;
             const int8_t* l3 = l2 + plane;
-            #pragma omp simd
             for (int64_t o = 0; o < O; ++o) {
-                y1[o] += l1[o];
-                y2[o] += l2[o];
-                y3[o] += l3[o];
+                y1[o] += l1[o * ld];
+                y2[o] += l2[o * ld];
+                y3[o] += l3[o * ld];
             }
         }
         float* zr = z + m * O;
@@ -284,11 +284,11 @@ class NativeIntMvmKernel(_NativeKernel):
         return _vnni_cpu() and super().ready()
 
     def limbs(self, w: Tensor, limbs: Tensor, scale: Tensor) -> None:
-        """Fill ``limbs`` (int8 ``(3, B, ci, O)``) and ``scale`` (float32 ``(B, O)``) from the
+        """Fill ``limbs`` (int8 ``(3, B, O, ci)``) and ``scale`` (float32 ``(B, O)``) from the
         tile matrices ``w`` (float32 ``(B, O, ci)``); all contiguous CPU tensors (checked)."""
         b, o, ci = w.shape
         _check_buffers("int MVM", [(w, (b, o, ci)), (scale, (b, o))])
-        _check_buffers("int MVM", [(limbs, (3, b, ci, o))], torch.int8)
+        _check_buffers("int MVM", [(limbs, (3, b, o, ci))], torch.int8)
         self._fn(0, w.data_ptr(), limbs.data_ptr(), scale.data_ptr(), 0, 0, 0, b, o, ci, 0, 0, 0.0)
 
     def pack(self, xq: Tensor, k8: Tensor, hit: Tensor) -> None:
@@ -316,23 +316,23 @@ class NativeIntMvmKernel(_NativeKernel):
     ) -> None:
         """``z <- scale * (y1 + y2 / 254 + y3 / 254^2) + beta * z`` for one tile, the sums
         ``y`` (int32 ``(3, M, O)``; changed: the levels of 128 are added in, as ``hit`` and
-        ``xq`` (float32 ``(M, ci)``) mark them) with ``limbs`` (int8 ``(3, ci, O)``, each row
-        contiguous: a tile's limbs, or a block of their columns); ``scale`` float32 ``(O,)``,
-        ``z`` float32 ``(M, O)`` (checked)."""
+        ``xq`` (float32 ``(M, ci)``) mark them) with ``limbs`` (int8 ``(3, O, ci)``, each
+        output's row contiguous: a tile's limbs, or a block of their rows); ``scale`` float32
+        ``(O,)``, ``z`` float32 ``(M, O)`` (checked)."""
         m, ci = xq.shape
         o = z.shape[1]
         _check_buffers("int MVM", [(y, (3, m, o)), (hit, (m,))], torch.int32)
         _check_buffers("int MVM", [(xq, (m, ci)), (z, (m, o)), (scale, (o,))])
         if (
-            tuple(limbs.shape) != (3, ci, o)
+            tuple(limbs.shape) != (3, o, ci)
             or limbs.dtype != torch.int8
             or limbs.stride(2) != 1
-            or limbs.stride(1) < o
-            or limbs.stride(0) < ci * limbs.stride(1)
+            or limbs.stride(1) < ci
+            or limbs.stride(0) < o * limbs.stride(1)
         ):
             raise ValueError(
                 f"aimc._intmvm: limbs {tuple(limbs.shape)} {limbs.dtype} with strides "
-                f"{limbs.stride()}; expected int8 (3, {ci}, {o}), each row contiguous, the "
+                f"{limbs.stride()}; expected int8 (3, {o}, {ci}), each row contiguous, the "
                 "rows and planes apart"
             )
         self._fn(
@@ -354,7 +354,7 @@ class NativeIntMvmKernel(_NativeKernel):
     def self_check(self, fn: Any) -> str | None:
         """The three passes against float64 arithmetic, on rows with zeros, a NaN, an
         infinity and levels of +128 (none; one or several beside a -128, mended; alone,
-        negated) and strided limbs (a block of a tile's columns)."""
+        negated) and a block of a tile's limbs (the rows of some of its outputs)."""
         return self._first_mismatch(fn, [()], _check_kernel)
 
 
@@ -366,7 +366,7 @@ def _check_kernel(kernel: NativeIntMvmKernel) -> str | None:
     w[1, 5, 7] = 1e-30  # tiny beside its row
     w[1, 6, 2] = math.nan
     w[0, 7, 1] = math.inf
-    limbs = torch.empty(3, b, ci, o, dtype=torch.int8)
+    limbs = torch.empty(3, b, o, ci, dtype=torch.int8)
     scale = torch.empty(b, o)
     kernel.limbs(w, limbs, scale)
     if not (math.isnan(scale[1, 6]) and math.isinf(scale[0, 7]) and scale[0, 3] == 0):
@@ -374,7 +374,7 @@ def _check_kernel(kernel: NativeIntMvmKernel) -> str | None:
     finite = torch.isfinite(scale)
     s64 = scale.double().unsqueeze(-1)
     back = limbs[0].double() + (limbs[1].double() + limbs[2].double() / BASE) / BASE
-    err = ((back.transpose(1, 2) * s64 - w.double()).abs() * finite.unsqueeze(-1)).nan_to_num(0.0)
+    err = ((back * s64 - w.double()).abs() * finite.unsqueeze(-1)).nan_to_num(0.0)
     if bool((err > (s64 * 2.0**-16.9).nan_to_num(0.0)).any()):  # half a step of 127 * 254^2
         return f"limbs off their weights by up to {float(err.max()):.3g}"
     xq = torch.randint(-128, 129, (b, m, ci), generator=gen).float()
@@ -406,15 +406,15 @@ def _check_kernel(kernel: NativeIntMvmKernel) -> str | None:
         return "the marks of levels of 128 differ"
     if not ((hit == -3).any() and (hit >= 0).any() and (hit == -2).any()):
         return "the check's levels lack a negated, a mended or a several-times mended row"
-    # every tile whole, and a block of a tile's columns (an output tile of bound management's
-    # rounds: its limbs a strided view of the tile's)
+    # every tile whole, and a block of a tile's outputs (an output tile of bound management's
+    # rounds: its limbs a block of the tile's rows, the mended inputs' limbs read at an offset)
     for bi, cols in [(0, slice(0, o)), (1, slice(0, o)), (1, slice(4, 25))]:
         x = xq[bi].nan_to_num(0.0)
-        lmb, sc, wb, ok = limbs[:, bi, :, cols], scale[bi, cols], w[bi, cols], finite[bi, cols]
+        lmb, sc, wb, ok = limbs[:, bi, cols], scale[bi, cols], w[bi, cols], finite[bi, cols]
         y = torch.empty(3, m, wb.shape[0], dtype=torch.int32)
         for beta in (0.0, 0.75):
             for i in range(3):
-                torch._int_mm(k8[bi], lmb[i], out=y[i])
+                torch._int_mm(k8[bi], lmb[i].t(), out=y[i])
             z = torch.randn(m, wb.shape[0], generator=gen)
             ref = x.double() @ wb.double().T + beta * z.double()
             kernel.combine(y, hit[bi * m : (bi + 1) * m], x, lmb, sc, z, beta)
@@ -440,7 +440,7 @@ def cached_limbs(w: Tensor) -> tuple[Tensor, Tensor] | None:
     if cached is not None and cached[0] == version:
         return cached[1]
     b, o, ci = w.shape
-    limbs = torch.empty(3, b, ci, o, dtype=torch.int8)
+    limbs = torch.empty(3, b, o, ci, dtype=torch.int8)
     scale = torch.empty(b, o)
     INT_MVM.limbs(w, limbs, scale)
     out = (limbs, scale) if bool(torch.isfinite(scale).all()) else None
@@ -464,22 +464,27 @@ def int_bmm_(
 
     ``z`` ``(B, N, O)`` may also hold output tiles (bound management's rounds: one matrix per
     input tile and block of ``O`` columns, ``B`` = input tiles x blocks): with limbs of
-    ``O * to`` columns per tile, batch ``b`` takes block ``b % to`` of tile ``b // to``."""
+    ``O * to`` outputs per tile, batch ``b`` takes block ``b % to`` of tile ``b // to``."""
     lmb, scale = limbs
     nb, n = xq.shape[:2]
     cols = z.shape[2]
-    to = lmb.shape[3] // cols if cols else 1
-    if lmb.shape[1] * to != nb or to * cols != lmb.shape[3]:
+    to = lmb.shape[2] // cols if cols else 1
+    if lmb.shape[1] * to != nb or to * cols != lmb.shape[2]:
         raise ValueError(
-            f"aimc._intmvm: limbs of {lmb.shape[1]} tiles x {lmb.shape[3]} columns for "
+            f"aimc._intmvm: limbs of {lmb.shape[1]} tiles x {lmb.shape[2]} columns for "
             f"{nb} matrices of {cols} columns"
         )
     INT_MVM.pack(xq, k8, hit)
     for b in range(nb):
         t, c0 = b // to, (b % to) * cols
-        tile = lmb[:, t, :, c0 : c0 + cols]
+        tile = lmb[:, t, c0 : c0 + cols]  # (3, cols, ci): rows of the tile's limbs
         for i in range(3):
-            torch._int_mm(k8[b], tile[i], out=y[i])
+            # its transpose, column-major: oneDNN's int8 GEMM as fast as on a row-major copy
+            # (one input: strides (1, 1), which _int_mm reads as rows 1 apart: copied)
+            op = tile[i].t()
+            if op.shape[0] == 1:
+                op = torch.empty(op.shape, dtype=op.dtype).copy_(op)
+            torch._int_mm(k8[b], op, out=y[i])
         INT_MVM.combine(
             y, hit[b * n : (b + 1) * n], xq[b], tile, scale[t, c0 : c0 + cols], z[b], beta
         )
