@@ -42,30 +42,9 @@ from ._native import _check_buffers, _NativeKernel
 #: steps (``[-127, 127]``, the range of a rounded value of ``[-0.5, 0.5] * 254``).
 BASE = 254
 
-#: The C++ source: ``kernel(mode, a0, ..., a5, d0, ..., d4, beta)``.
-#:
-#: * mode 0, limbs: ``w`` (a0, float32 ``(B, O, ci)``) into the limbs (a1, int8
-#:   ``(3, B, O, ci)``: each output's row as the weights' is, written in vectors; the GEMMs
-#:   take a tile's transpose, column-major, as their second operand) and the row
-#:   scales (a2, float32 ``(B, O)``, ``max |w| / 127`` rounded to float32, the limbs resolving
-#:   the weights in units of that float32 value; NaN where a row holds NaN, inf where it holds
-#:   an infinity: the caller then keeps the float32 GEMM); d0..d2 = B, O, ci.
-#: * mode 1, pack: float32 levels (a0, ``(R, ci)``, d0 = R, d1 = ci) into int8 (a1), NaN as 0
-#:   (its vector's outputs are NaN by the forward's finite mask). A row with a level of +128
-#:   and none of -128 is packed negated (its levels in ``[-128, 127]``: exact; the combination
-#:   negates its product back, exactly); in a row with both, +128 becomes 127 and the
-#:   combination adds the missing step back. a2 (int32 ``(R,)``) gets per row -1 (nothing to
-#:   mend), -3 (negated), or for a row with both the input of its one level of +128, or -2
-#:   (several).
-#: * mode 2, combine one tile: ``z = s * (y1 + (y2 + y3 / 254) / 254) + beta * z`` in float32
-#:   from the three int32 GEMM results (a0, ``(3, M, O)``; a row marked -3 negated), after
-#:   adding to the integer sums, for every level of 128 packed as 127 (a1: the rows' marks of
-#:   mode 1; a2: the float32 levels ``(M, ci)``,
-#:   read for rows marked -2), that input's limbs (a3, int8 ``(3, O, ci)`` with plane stride
-#:   d3 and row stride d4: a tile's rows, or a block of them, of the cached limbs); a4 = the
-#:   row scales (float32 ``(O,)``), a5 = ``z`` (float32 ``(M, O)``, not read where
-#:   ``beta == 0``); d0..d2 = M, O, ci.
-SOURCE = r"""
+#: C++ shared by this kernel and the tile kernel (:mod:`aimc._tiles`): headers, vector
+#: types, and the limbs of one row (:data:`SOURCE`'s mode 0).
+LIMB_SOURCE = r"""
 #include <torch/csrc/inductor/cpp_prefix.h>
 #include <algorithm>
 #include <cmath>
@@ -105,53 +84,89 @@ static inline void aimc_store_i8(const VecD& v, int8_t* p, int64_t c) {
     for (int64_t l = 0; l < c; ++l) p[l] = int8_t(t[l]);
 }
 
+// max |src[0..n)|, NaN if any is NaN
+static inline float aimc_abs_max(const float* src, int64_t n) {
+    VecF vm(0.0f);  // at::vec::maximum propagates NaN
+    int64_t j = 0;
+    for (; j + VecF::size() <= n; j += VecF::size()) {
+        vm = at::vec::maximum(vm, VecF::loadu(src + j).abs());
+    }
+    float lanes[VecF::size()];
+    vm.store(lanes);
+    float m = 0.0f;
+    bool nan = false;
+    for (int64_t l = 0; l < VecF::size(); ++l) {
+        nan |= std::isnan(lanes[l]);
+        m = std::max(m, lanes[l]);
+    }
+    for (; j < n; ++j) {
+        const float a = std::fabs(src[j]);
+        nan |= std::isnan(a);
+        m = std::max(m, a);
+    }
+    return nan ? std::numeric_limits<float>::quiet_NaN() : m;
+}
+
+// the three limbs of one row of ci weights (d1, d2, d3); returns its scale
+static inline float aimc_limb_row(const float* src, int64_t ci, int8_t* d1, int8_t* d2,
+                                  int8_t* d3) {
+    constexpr int64_t V = VecD::size();
+    const VecD lo(-127.0), hi(127.0), base(254.0);
+    // the scale as the combination multiplies by it (float32); the limbs resolve the weights
+    // in its units
+    const float m = aimc_abs_max(src, ci);
+    const float s = std::isnan(m) ? m : float(double(m) / 127.0);
+    // (a zero or non-finite row: all limbs zero)
+    const double inv = (s > 0.0f && std::isfinite(s)) ? 1.0 / double(s) : 0.0;
+    // eight weights at a time in float64 lanes, each limb stored where the row's is
+    for (int64_t j = 0; j < ci; j += V) {
+        const int64_t c = std::min(V, ci - j);
+        const VecD v = inv == 0.0 ? VecD(0.0) : aimc_load_pd(src + j, c) * VecD(inv);
+        const VecD a1 = at::vec::clamp(v, lo, hi).round();
+        const VecD rest = (v - a1) * base;
+        const VecD a2 = at::vec::clamp(rest, lo, hi).round();
+        const VecD a3 = at::vec::clamp((rest - a2) * base, lo, hi).round();
+        aimc_store_i8(a1, d1 + j, c);
+        aimc_store_i8(a2, d2 + j, c);
+        aimc_store_i8(a3, d3 + j, c);
+    }
+    return s;
+}
+"""
+
+#: The C++ source: ``kernel(mode, a0, ..., a5, d0, ..., d4, beta)``.
+#:
+#: * mode 0, limbs: ``w`` (a0, float32 ``(B, O, ci)``) into the limbs (a1, int8
+#:   ``(3, B, O, ci)``: each output's row as the weights' is, written in vectors; the GEMMs
+#:   take a tile's transpose, column-major, as their second operand) and the row
+#:   scales (a2, float32 ``(B, O)``, ``max |w| / 127`` rounded to float32, the limbs resolving
+#:   the weights in units of that float32 value; NaN where a row holds NaN, inf where it holds
+#:   an infinity: the caller then keeps the float32 GEMM); d0..d2 = B, O, ci.
+#: * mode 1, pack: float32 levels (a0, ``(R, ci)``, d0 = R, d1 = ci) into int8 (a1), NaN as 0
+#:   (its vector's outputs are NaN by the forward's finite mask). A row with a level of +128
+#:   and none of -128 is packed negated (its levels in ``[-128, 127]``: exact; the combination
+#:   negates its product back, exactly); in a row with both, +128 becomes 127 and the
+#:   combination adds the missing step back. a2 (int32 ``(R,)``) gets per row -1 (nothing to
+#:   mend), -3 (negated), or for a row with both the input of its one level of +128, or -2
+#:   (several).
+#: * mode 2, combine one tile: ``z = s * (y1 + (y2 + y3 / 254) / 254) + beta * z`` in float32
+#:   from the three int32 GEMM results (a0, ``(3, M, O)``; a row marked -3 negated), after
+#:   adding to the integer sums, for every level of 128 packed as 127 (a1: the rows' marks of
+#:   mode 1; a2: the float32 levels ``(M, ci)``,
+#:   read for rows marked -2), that input's limbs (a3, int8 ``(3, O, ci)`` with plane stride
+#:   d3 and row stride d4: a tile's rows, or a block of them, of the cached limbs); a4 = the
+#:   row scales (float32 ``(O,)``), a5 = ``z`` (float32 ``(M, O)``, not read where
+#:   ``beta == 0``); d0..d2 = M, O, ci.
+SOURCE = (
+    LIMB_SOURCE
+    + r"""
 static void aimc_limbs(const float* w, int8_t* limbs, float* scale, int64_t B, int64_t O,
                        int64_t ci) {
-    constexpr int64_t V = VecD::size();
     const int64_t plane = B * O * ci;
-    const VecD lo(-127.0), hi(127.0), base(254.0);
     #pragma omp parallel for schedule(static)
     for (int64_t row = 0; row < B * O; ++row) {
-        const float* src = w + row * ci;
-        VecF vm(0.0f);  // at::vec::maximum propagates NaN
-        int64_t j = 0;
-        for (; j + VecF::size() <= ci; j += VecF::size()) {
-            vm = at::vec::maximum(vm, VecF::loadu(src + j).abs());
-        }
-        float lanes[VecF::size()];
-        vm.store(lanes);
-        float m = 0.0f;
-        bool nan = false;
-        for (int64_t l = 0; l < VecF::size(); ++l) {
-            nan |= std::isnan(lanes[l]);
-            m = std::max(m, lanes[l]);
-        }
-        for (; j < ci; ++j) {
-            const float a = std::fabs(src[j]);
-            nan |= std::isnan(a);
-            m = std::max(m, a);
-        }
-        // the scale as the combination multiplies by it (float32); the limbs resolve the
-        // weights in its units
-        const float s = nan ? std::numeric_limits<float>::quiet_NaN() : float(double(m) / 127.0);
-        scale[row] = s;
-        // (a zero or non-finite row: all limbs zero)
-        const double inv = (s > 0.0f && std::isfinite(s)) ? 1.0 / double(s) : 0.0;
-        int8_t* d1 = limbs + row * ci;
-        int8_t* d2 = d1 + plane;
-        int8_t* d3 = d2 + plane;
-        // eight weights at a time in float64 lanes, each limb stored where the row's is
-        for (j = 0; j < ci; j += V) {
-            const int64_t c = std::min(V, ci - j);
-            const VecD v = inv == 0.0 ? VecD(0.0) : aimc_load_pd(src + j, c) * VecD(inv);
-            const VecD a1 = at::vec::clamp(v, lo, hi).round();
-            const VecD rest = (v - a1) * base;
-            const VecD a2 = at::vec::clamp(rest, lo, hi).round();
-            const VecD a3 = at::vec::clamp((rest - a2) * base, lo, hi).round();
-            aimc_store_i8(a1, d1 + j, c);
-            aimc_store_i8(a2, d2 + j, c);
-            aimc_store_i8(a3, d3 + j, c);
-        }
+        int8_t* d = limbs + row * ci;
+        scale[row] = aimc_limb_row(w + row * ci, ci, d, d + plane, d + 2 * plane);
     }
 }
 
@@ -254,6 +269,7 @@ extern "C" void kernel(const int64_t mode, const int64_t a0, const int64_t a1, c
     }
 }
 """
+)
 
 
 @functools.cache
@@ -444,8 +460,14 @@ def cached_limbs(w: Tensor) -> tuple[Tensor, Tensor] | None:
     scale = torch.empty(b, o)
     INT_MVM.limbs(w, limbs, scale)
     out = (limbs, scale) if bool(torch.isfinite(scale).all()) else None
-    w._aimc_limbs = (version, out)  # type: ignore[attr-defined]
+    keep_limbs(w, out)
     return out
+
+
+def keep_limbs(w: Tensor, limbs: tuple[Tensor, Tensor] | None) -> None:
+    """Keep ``limbs`` (``(limbs, scales)`` of ``w``, or None: a row not finite) on ``w`` as
+    :func:`cached_limbs` would, for its next call."""
+    w._aimc_limbs = (0 if w.is_inference() else w._version, limbs)  # type: ignore[attr-defined]
 
 
 def int_bmm_(

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from . import _workspace
 from ._kernels import FusedKernel
+from ._rangeclip import CLIP
 from .config import HWAConfig, WeightClip, WeightModifier, WeightRemap
 from .functional import TileLayout
 from .random import noise_normal_
@@ -168,8 +169,16 @@ def clipped_scratch(x: Tensor, r: Tensor) -> Tensor:
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return _clipped(x, r.to(x.dtype), x.abs())
     out = _workspace.buffer("clip", x.numel()).view(x.shape)
-    _CLIP_INTO(x.detach().view(-1), r.detach().to(x.dtype), out.view(-1), device=x.device)
+    if _native_clip(r):
+        CLIP.clip_into(x.detach(), float(r.detach().float()), out)
+    else:
+        _CLIP_INTO(x.detach().view(-1), r.detach().to(x.dtype), out.view(-1), device=x.device)
     return out
+
+
+def _native_clip(r: Tensor) -> bool:
+    """Whether :data:`aimc._rangeclip.CLIP` clips (eager, one range, the kernel built)."""
+    return r.numel() == 1 and not torch.compiler.is_compiling() and CLIP.usable()
 
 
 def clip_grad_(x: Tensor, r: Tensor, grad: Tensor, decay: float) -> Tensor:
@@ -177,7 +186,10 @@ def clip_grad_(x: Tensor, r: Tensor, grad: Tensor, decay: float) -> Tensor:
     input, contiguous, not shared): zeroed where ``|x| >= r``; returns the range's gradient
     ``sum(grad | x >= r) - sum(grad | x <= -r) + decay * r`` (AIHWKIT's input-range learning,
     as :class:`_InputRange`)."""
-    if grad.device.type == "cpu" and grad.is_contiguous() and x.is_contiguous():
+    cpu = grad.device.type == "cpu" and grad.is_contiguous() and x.is_contiguous()
+    if cpu and grad.dtype == x.dtype == torch.float32 and _native_clip(r):
+        total = torch.tensor(CLIP.clip_grad_(x.detach(), float(r.detach().float()), grad))
+    elif cpu:
         flat = (x.detach().view(-1), r.detach().to(grad.dtype), grad.view(-1))
         total = _CLIP_GRAD(*flat, device=x.device)
     else:

@@ -329,6 +329,23 @@ def _fused_dac(x: Tensor, io: IOConfig, input_range: Tensor | None) -> bool:
     )
 
 
+def dac_clips_range(x: Tensor, io: IOConfig, input_range: Tensor | None) -> bool:
+    """Whether :func:`analog_mvm` computes from inputs not yet clipped to their learned range
+    exactly what it computes from the clipped inputs, so that the clip can be left out: the
+    fused DAC (:func:`_fused_dac`) scales by the range and clips at a bound no wider than it
+    (``0 < inp_bound <= 1``: a value beyond the range reaches the bound's level either way,
+    one inside it is untouched), and nothing else reads the inputs (no bound management, whose
+    rounds rescale them, and a quantizing periphery). An input of +-inf, which the clip makes
+    NaN, gives NaN outputs either way: its tile's abs-max is not finite."""
+    return (
+        input_range is not None
+        and not io.is_perfect
+        and io.bound_management == BoundManagement.NONE
+        and 0 < io.inp_bound <= 1
+        and _fused_dac(x, io, input_range)
+    )
+
+
 def _squares_needed(io: IOConfig) -> bool:
     """Whether the eager MVM needs the float32 squares of the levels (``pcm_read``)."""
     return io.w_noise > 0 and io.w_noise_type == WeightNoiseType.PCM_READ and not io.w_noise_bf16

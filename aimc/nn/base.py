@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._intmvm import INT_MVM, keep_limbs
+from .._tiles import TILES
 from ..config import AnalogConfig, WeightModifier, WeightNoiseType
 from ..functional import TileLayout, tile_weights
 from ..hwa import (
@@ -23,7 +25,18 @@ from ..hwa import (
     modify_weights,
     update_input_range,
 )
-from ..mvm import TileOutputs, TileWeights, analog_mvm, batched_matmul, combine_scales, units
+from ..mvm import (
+    INT_MIN_VECTORS,
+    INT_MIN_VECTORS_FRESH,
+    TileOutputs,
+    TileWeights,
+    _dac_levels_int8,
+    analog_mvm,
+    batched_matmul,
+    combine_scales,
+    dac_clips_range,
+    units,
+)
 from ..random import CounterStream, check_seed, derive_seed
 from .checks import check_finite_weights, layer_label
 from .chip import ChipMixin
@@ -105,12 +118,15 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         clip_decay: float | None = None,
     ) -> Tensor:
         # clip_decay (a float): x is not clipped yet; the forward clips it to input_range
-        # itself, into a reused buffer, and the backward takes the clip's gradient in place on
+        # itself, into a reused buffer (or not at all where the DAC's own clip gives the same
+        # levels: mvm.dac_clips_range), and the backward takes the clip's gradient in place on
         # x's (hwa.clipped_scratch, hwa.clip_grad_): no fresh input-sized tensor either way,
         # the values and gradients of clip_input followed by this function
         clip = clip_decay is not None
         with torch.no_grad():
-            xin = clipped_scratch(x, input_range) if clip else x
+            io = layer.analog_config.io
+            pre_clip = clip and not dac_clips_range(x, io, input_range)
+            xin = clipped_scratch(x, input_range) if pre_clip else x
             # every input tile's output z_t, kept for alpha's gradient as the ADC's integer
             # levels and their rescale (TileOutputs: an 8-bit ADC's in a quarter of the
             # memory of float32 z_t); y is summed from the float z_t before they are dropped,
@@ -186,7 +202,7 @@ def _run_mvm(
     :func:`~aimc.mvm.analog_mvm`'s ``per_tile`` and ``out_scale``)."""
     return analog_mvm(
         x,
-        layer.active_tiles(),
+        layer.active_tiles(x.shape[1]),
         layer.analog_config.io,
         layer.io_generator(x),
         b,
@@ -194,6 +210,12 @@ def _run_mvm(
         per_tile,
         out_scale,
     )
+
+
+def _native_tiles(w: Tensor) -> bool:
+    """Whether the tile kernel lays out the weight ``w``: an eager CPU forward (not traced) of
+    float32 weights (a float32 copy of others), the kernel built here."""
+    return w.device.type == "cpu" and not torch.compiler.is_compiling() and TILES.usable()
 
 
 def _per_tile_backward(
@@ -408,33 +430,38 @@ class AnalogLayerMixin(ChipMixin):
             w = torch.cat([w, b], dim=2)
         return w
 
-    def tile_weights(self) -> TileWeights:
+    def tile_weights(self, vectors: int = 0) -> TileWeights:
         """Tile matrices of the current weight (cached until the weight or bias changes; in a
-        compiled forward computed in the graph, since the cache key cannot be traced)."""
+        compiled forward computed in the graph, since the cache key cannot be traced).
+        ``vectors``: how many vectors per tile the forward that asks will multiply, for the
+        int8 MVM's limbs (built with the tiles where that forward will use them)."""
         if torch.compiler.is_compiling():
             return self._make_tile_weights(check=False)
         params = [self.weight] + ([self.bias] if self.bias is not None else [])
         key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
         if self._tile_cache is not None and self._tile_cache[0] == key:
             return self._tile_cache[1]
-        tw = self._make_tile_weights(check=True)
+        tw = self._make_tile_weights(check=True, vectors=vectors)
         tw.fixed = True
         self._tile_cache = (key, tw)
         return tw
 
-    def _make_tile_weights(self, check: bool) -> TileWeights:
+    def _make_tile_weights(self, check: bool, vectors: int = 0) -> TileWeights:
         cfg = self.analog_config
         with torch.no_grad():
             w = self._analog_weight()
             layout = self.tile_layout()
+            need_abs = cfg.io.w_noise_type == WeightNoiseType.PCM_READ and cfg.io.w_noise > 0
+            need_abs = need_abs and not cfg.io.is_perfect
+            if _native_tiles(w):
+                return self._native_tile_weights(w.detach().float().contiguous(), need_abs, vectors)
             w_t, scale = tile_weights(w, layout, cfg.mapping)
             # amax propagates NaN, so the per-tile scales tell cheaply whether any weight is
             # non-finite; without weight scaling the tiles themselves are checked (compiled:
             # not checked, a non-finite weight gives NaN outputs)
             if check and not bool(torch.isfinite(w_t if scale is None else scale).all()):
                 check_finite_weights(self, "forward")
-            need_abs = cfg.io.w_noise_type == WeightNoiseType.PCM_READ and cfg.io.w_noise > 0
-            w_abs = w_t.abs() if need_abs and not cfg.io.is_perfect else None
+            w_abs = w_t.abs() if need_abs else None
             in_unit, out_unit = units(cfg.io)
             if in_unit != out_unit:
                 # in place on fresh tiles; out of place where they share the weight's storage
@@ -448,14 +475,33 @@ class AnalogLayerMixin(ChipMixin):
                     w_t.mul_(in_unit / out_unit)
             return TileWeights(layout, w_t, scale, w_abs)
 
-    def active_tiles(self) -> TileWeights:
+    def _native_tile_weights(self, w: Tensor, need_abs: bool, vectors: int) -> TileWeights:
+        """:meth:`_make_tile_weights` by the tile kernel (:mod:`aimc._tiles`), the int8 MVM's
+        limbs with the tiles where a forward on ``vectors`` vectors will use them."""
+        cfg = self.analog_config
+        layout = self.tile_layout()
+        threshold = INT_MIN_VECTORS_FRESH if self.training else INT_MIN_VECTORS
+        want_limbs = vectors >= threshold and _dac_levels_int8(cfg.io) and INT_MVM.usable()
+        in_unit, out_unit = units(cfg.io)
+        w_t, scale, w_abs, limbs = TILES.build(
+            w, layout, cfg.mapping, in_unit / out_unit, need_abs, want_limbs
+        )
+        # the weights themselves where nothing scales them (the tiles carry the gain)
+        if not bool(torch.isfinite(w if scale is None else scale).all()):
+            check_finite_weights(self, "forward")
+        if want_limbs:
+            keep_limbs(w_t, limbs)
+        return TileWeights(layout, w_t, scale, w_abs)
+
+    def active_tiles(self, vectors: int = 0) -> TileWeights:
         """The tiles the forward uses: the programmed chip in eval mode when the layer has a
         device model, else the digital weights (perturbed by the HWA weight modifier while
-        training)."""
+        training). ``vectors``: as :meth:`tile_weights`."""
         if not self.training and self.has_device():
             return self.chip_tiles()
-        tw = self.tile_weights()
         hwa = self.analog_config.hwa
+        modified = self.training and hwa.any_modifier  # limbs of the tiles would go unused
+        tw = self.tile_weights(0 if modified else vectors)
         if not (self.training and hwa.any_modifier):
             # in training mode the weights change at every step
             return dataclasses.replace(tw, fixed=False) if self.training else tw

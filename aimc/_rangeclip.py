@@ -1,0 +1,163 @@
+"""The learned input range's clip and its gradient as hand-written CPU kernels.
+
+A training forward of learned input ranges (``standard_hwa``) clips each analog layer's input
+to its range into a reused buffer (:func:`aimc.hwa.clipped_scratch`), and its backward clips it
+again for the weight gradient and zeroes the input gradient outside the range, summing what it
+zeroes for the range's gradient (:func:`aimc.hwa.clip_grad_`). As inductor kernels
+(:class:`aimc._kernels.FusedKernel`) each call went through ``torch.compile``'s dispatch, about
+0.13 ms of guards (three calls per layer and step: 3 ms of a ``standard_hwa`` MLP step of 8
+layers); this kernel (:data:`SOURCE`) is called directly. The clip gives the values of
+:func:`aimc.hwa._clipped` bit for bit; the range's sum is taken per block of 4,096 values in
+float32 vector lanes (256 values each), the lanes and blocks summed in float64 (the same for
+any thread count; within float rounding of the tensor code's float32 sum). Checked at build
+against the tensor code; where the check fails the inductor kernels run, warned once.
+Switched off with ``AIMC_CLIP_NATIVE=0`` or ``AIMC_FUSED_KERNELS=0``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._native import _check_buffers, _NativeKernel
+
+#: Values per block of the gradient's partial sums.
+BLOCK = 4096
+
+#: ``kernel(mode, x, out, n, r, sums)``: mode 0, ``out = clamp(x, -r, r)`` with +-inf as NaN;
+#: mode 1, ``out`` (the gradient) zeroed where ``|x| >= r`` and ``sums[b]`` the sum of
+#: ``out * sign(x)`` there (before the zeroing) over block ``b`` of :data:`BLOCK` values.
+SOURCE = r"""
+#include <torch/csrc/inductor/cpp_prefix.h>
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+using VecF = at::vec::Vectorized<float>;
+
+extern "C" void kernel(int64_t mode, int64_t x_, int64_t out_, int64_t n, float r,
+                       int64_t sums_) {
+    const float* x = reinterpret_cast<const float*>(x_);
+    float* out = reinterpret_cast<float*>(out_);
+    double* sums = reinterpret_cast<double*>(sums_);
+    constexpr int64_t V = VecF::size();
+    constexpr int64_t BLOCK = 4096;
+    const int64_t blocks = (n + BLOCK - 1) / BLOCK;
+    const VecF hi(r), lo(-r), inf(std::numeric_limits<float>::infinity()),
+        nan(std::numeric_limits<float>::quiet_NaN()), zero(0.0f), one(1.0f), neg(-1.0f);
+    #pragma omp parallel for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t i0 = blk * BLOCK, i1 = std::min(n, i0 + BLOCK);
+        VecF acc(0.0f);
+        double tail = 0.0;
+        for (int64_t i = i0; i < i1; i += V) {
+            const int64_t c = std::min(V, i1 - i);
+            const VecF v = c == V ? VecF::loadu(x + i) : VecF::loadu(x + i, c);
+            const VecF m = v.abs();
+            if (mode == 0) {
+                // minimum and maximum propagate NaN; an infinity becomes NaN
+                const VecF y = VecF::blendv(
+                    at::vec::maximum(at::vec::minimum(v, hi), lo), nan, m == inf);
+                if (c == V) y.store(out + i); else y.store(out + i, c);
+                continue;
+            }
+            const VecF g = c == V ? VecF::loadu(out + i) : VecF::loadu(out + i, c);
+            const VecF outside = m >= hi;  // NaN: inside
+            const VecF sign = VecF::blendv(VecF::blendv(zero, neg, v < zero), one, v > zero);
+            const VecF part = VecF::blendv(zero, g * sign, outside);
+            if (c == V) {
+                acc = acc + part;
+                VecF::blendv(g, zero, outside).store(out + i);
+            } else {
+                float lanes[V];
+                part.store(lanes);
+                for (int64_t l = 0; l < c; ++l) tail += double(lanes[l]);
+                VecF::blendv(g, zero, outside).store(out + i, c);
+            }
+        }
+        if (mode == 1) {
+            float lanes[V];
+            acc.store(lanes);
+            double s = tail;
+            for (int64_t l = 0; l < V; ++l) s += double(lanes[l]);
+            sums[blk] = s;
+        }
+    }
+}
+"""
+
+
+class NativeClipKernel(_NativeKernel):
+    """The input range's clip and gradient (:data:`SOURCE`) on contiguous float32 CPU tensors,
+    called without ``torch.compile``'s dispatch. Switched off with ``AIMC_CLIP_NATIVE=0`` or
+    ``AIMC_FUSED_KERNELS=0``."""
+
+    source = SOURCE
+    argtypes = ("int64_t", "int64_t", "int64_t", "int64_t", "float", "int64_t")
+    envs = ("AIMC_FUSED_KERNELS", "AIMC_CLIP_NATIVE")
+    warning = (
+        "aimc: the input-range clip kernel could not be built ({failed}); the inductor "
+        "kernels run instead (the same values, slower to call). Set AIMC_CLIP_NATIVE=0 to "
+        "skip the attempt."
+    )
+
+    def clip_into(self, x: Tensor, r: float, out: Tensor) -> None:
+        """``out <- clamp(x, -r, r)``, +-inf as NaN; contiguous float32 CPU (checked)."""
+        _check_buffers("clip", [(x, tuple(x.shape)), (out, tuple(x.shape))])
+        self._fn(0, x.data_ptr(), out.data_ptr(), x.numel(), r, 0)
+
+    def clip_grad_(self, x: Tensor, r: float, grad: Tensor) -> float:
+        """``grad`` zeroed in place where ``|x| >= r``; returns the sum of ``grad * sign(x)``
+        there (before the zeroing); contiguous float32 CPU (checked)."""
+        _check_buffers("clip", [(x, tuple(x.shape)), (grad, tuple(x.shape))])
+        sums = torch.empty(max(1, -(-x.numel() // BLOCK)), dtype=torch.float64)
+        sums.zero_()
+        self._fn(1, x.data_ptr(), grad.data_ptr(), x.numel(), r, sums.data_ptr())
+        return float(sums.sum())
+
+    def self_check(self, fn: Any) -> str | None:
+        """Both modes against the tensor code, on values inside, at and beyond the range, ties,
+        zeros, NaN and infinities, and a length with a vector tail and several blocks."""
+        return self._first_mismatch(fn, _cases(), _mismatch)
+
+
+def _cases() -> list[tuple]:
+    gen = torch.Generator().manual_seed(0)
+    cases = []
+    for n, r in [(1, 0.5), (37, 1.0), (3 * BLOCK + 21, 2.5)]:
+        x = torch.randn(n, generator=gen) * 2 * r
+        specials = [r, -r, math.nan, math.inf, -math.inf, 0.0, -0.0, r * (1 - 2**-23), 1e30]
+        x[: min(n, len(specials))] = torch.tensor(specials[:n])
+        g = torch.randn(n, generator=gen)
+        cases.append((x, r, g))
+    return cases
+
+
+def _mismatch(kernel: NativeClipKernel, x: Tensor, r: float, g: Tensor) -> str | None:
+    from .hwa import _clip_grad_, _clipped
+
+    out = torch.full_like(x, 7.0)
+    kernel.clip_into(x, r, out)
+    rt = torch.tensor(r, dtype=torch.float32)
+    ref = _clipped(x, rt, x.abs())
+    if not (
+        torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.nan_to_num(0), ref.nan_to_num(0))
+    ):
+        return f"clipped values differ (r {r})"
+    got_g = g.clone()
+    total = kernel.clip_grad_(x, r, got_g)
+    ref_g = g.clone()
+    ref_total = float(_clip_grad_(x, rt, ref_g))
+    if not torch.equal(got_g, ref_g):
+        return f"gradients differ (r {r})"
+    bound = float((g.double().abs() * (x.abs() >= r)).sum()) * 2.0**-20
+    if not abs(total - ref_total) <= bound + 1e-30:
+        return f"the range's sum {total} differs from {ref_total} (r {r})"
+    return None
+
+
+#: The kernel, one per process.
+CLIP = NativeClipKernel()
