@@ -35,14 +35,67 @@ SOURCE = r"""
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
 
 using VecF = at::vec::Vectorized<float>;
+using VecD = at::vec::Vectorized<double>;
+
+// c (at most VecD::size()) float32 values as float64 lanes, the rest zero
+static inline VecD aimc_load_pd(const float* p, int64_t c) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if (c == 8) return VecD(_mm512_cvtps_pd(_mm256_loadu_ps(p)));
+#elif defined(CPU_CAPABILITY_AVX2)
+    if (c == 4) return VecD(_mm256_cvtps_pd(_mm_loadu_ps(p)));
+#endif
+    double t[VecD::size()] = {};
+    for (int64_t l = 0; l < c; ++l) t[l] = double(p[l]);
+    return VecD::loadu(t);
+}
+
+static inline double aimc_lanes_sum(const VecD& v) {
+    double t[VecD::size()];
+    v.store(t);
+    double s = 0.0;
+    for (int64_t l = 0; l < VecD::size(); ++l) s += t[l];
+    return s;
+}
+
+// mode 2: per block b, sums[2b] = the float64 sum of its values, sums[2b + 1] = the float64
+// sum of their squared deviations from the block's mean (two passes over the block, which
+// stays in cache)
+static void aimc_block_moments(const float* x, int64_t n, double* sums) {
+    constexpr int64_t BLOCK = 4096, W = VecD::size();
+    const int64_t blocks = (n + BLOCK - 1) / BLOCK;
+    #pragma omp parallel for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t i0 = blk * BLOCK, i1 = std::min(n, i0 + BLOCK);
+        VecD acc(0.0);
+        for (int64_t i = i0; i < i1; i += W) acc = acc + aimc_load_pd(x + i, std::min(W, i1 - i));
+        const double total = aimc_lanes_sum(acc);
+        const VecD mean(total / double(i1 - i0));
+        VecD dev(0.0);
+        for (int64_t i = i0; i < i1; i += W) {
+            const int64_t c = std::min(W, i1 - i);
+            VecD d = aimc_load_pd(x + i, c) - mean;
+            if (c < W) d = VecD::set(VecD(0.0), d, c);  // the lanes past the end
+            dev = dev + d * d;
+        }
+        sums[2 * blk] = total;
+        sums[2 * blk + 1] = aimc_lanes_sum(dev);
+    }
+}
 
 extern "C" void kernel(int64_t mode, int64_t x_, int64_t out_, int64_t n, float r,
                        int64_t sums_) {
     const float* x = reinterpret_cast<const float*>(x_);
     float* out = reinterpret_cast<float*>(out_);
     double* sums = reinterpret_cast<double*>(sums_);
+    if (mode == 2) {
+        aimc_block_moments(x, n, sums);
+        return;
+    }
     constexpr int64_t V = VecF::size();
     constexpr int64_t BLOCK = 4096;
     const int64_t blocks = (n + BLOCK - 1) / BLOCK;
@@ -118,9 +171,29 @@ class NativeClipKernel(_NativeKernel):
         self._fn(1, x.data_ptr(), grad.data_ptr(), x.numel(), r, sums.data_ptr())
         return float(sums.sum())
 
+    def std(self, x: Tensor) -> float:
+        """The unbiased standard deviation of ``x``'s values (contiguous float32 CPU,
+        checked), from float64 moments of blocks of :data:`BLOCK` values combined in float64
+        (Chan et al.'s pairwise update): within float64 rounding of ``x.double().std()``; NaN
+        where a value is not finite or ``x`` has fewer than two."""
+        _check_buffers("clip", [(x, tuple(x.shape))])
+        n = x.numel()
+        if n < 2:
+            return math.nan
+        blocks = -(-n // BLOCK)
+        sums = torch.zeros(blocks, 2, dtype=torch.float64)
+        self._fn(2, x.data_ptr(), 0, n, 0.0, sums.data_ptr())
+        counts = torch.full((blocks,), float(BLOCK), dtype=torch.float64)
+        counts[-1] = n - (blocks - 1) * BLOCK
+        means = sums[:, 0] / counts
+        mean = sums[:, 0].sum() / n
+        m2 = sums[:, 1].sum() + (counts * (means - mean).square()).sum()
+        return float((m2 / (n - 1)).sqrt())
+
     def self_check(self, fn: Any) -> str | None:
-        """Both modes against the tensor code, on values inside, at and beyond the range, ties,
-        zeros, NaN and infinities, and a length with a vector tail and several blocks."""
+        """The clip and gradient against the tensor code, on values inside, at and beyond the
+        range, ties, zeros, NaN and infinities, and a length with a vector tail and several
+        blocks; the standard deviation against float64's."""
         return self._first_mismatch(fn, _cases(), _mismatch)
 
 
@@ -156,6 +229,11 @@ def _mismatch(kernel: NativeClipKernel, x: Tensor, r: float, g: Tensor) -> str |
     bound = float((g.double().abs() * (x.abs() >= r)).sum()) * 2.0**-20
     if not abs(total - ref_total) <= bound + 1e-30:
         return f"the range's sum {total} differs from {ref_total} (r {r})"
+    for v in (g * 3 + 100.0, x):  # an offset mean; NaN and infinities (NaN)
+        got, want = kernel.std(v), float(v.double().std()) if v.numel() > 1 else math.nan
+        near = abs(got - want) <= 1e-12 * abs(want) or (math.isnan(got) and math.isnan(want))
+        if not near:
+            return f"standard deviation {got} differs from {want}"
     return None
 
 

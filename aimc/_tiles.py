@@ -54,6 +54,40 @@ extern "C" void kernel(int64_t mode, int64_t w_, int64_t tiles_, int64_t wabs_, 
     const int64_t* in_start = reinterpret_cast<const int64_t*>(in_start_);
     const int64_t* out_start = reinterpret_cast<const int64_t*>(out_start_);
     const bool divide = (flags & 1) != 0, scaled = (flags & 2) != 0;
+    if (mode == 3) {
+        // HWA's post-step on the weight itself (tiles_: w, in place): each (group, output,
+        // input part) segment clipped to +-omega (flag 4), then divided by its max |w|
+        // (at least 1e-12, NaN kept), which s ((g, ti, o)) gets
+        float* wm = reinterpret_cast<float*>(tiles_);
+        const bool clip = (flags & 4) != 0;
+        const VecF hi(omega), lo(-omega);
+        constexpr int64_t V = VecF::size();
+        #pragma omp parallel for schedule(static)
+        for (int64_t task = 0; task < g * o * ti; ++task) {
+            const int64_t gi = task / (o * ti), oi = task / ti % o, t = task % ti;
+            const int64_t j0 = in_start[t], n = in_start[t + 1] - j0;
+            float* seg = wm + (gi * o + oi) * k + j0;
+            if (clip) {
+                for (int64_t j = 0; j < n; j += V) {
+                    const int64_t c = std::min(V, n - j);
+                    // clamp: NaN stays NaN (as torch.clamp)
+                    VecF v = c == V ? VecF::loadu(seg + j) : VecF::loadu(seg + j, c);
+                    v = at::vec::clamp(v, lo, hi);
+                    if (c == V) v.store(seg + j); else v.store(seg + j, c);
+                }
+            }
+            const float m = n > 0 ? aimc_abs_max(seg, n) : 0.0f;
+            const float sc = std::isnan(m) ? m : std::max(m, 1e-12f);
+            s[(gi * ti + t) * o + oi] = sc;
+            const VecF vs(sc);
+            for (int64_t j = 0; j < n; j += V) {
+                const int64_t c = std::min(V, n - j);
+                const VecF v = (c == V ? VecF::loadu(seg + j) : VecF::loadu(seg + j, c)) / vs;
+                if (c == V) v.store(seg + j); else v.store(seg + j, c);
+            }
+        }
+        return;
+    }
     const int64_t width = to * cols, rows = g * ti * width;
     const int64_t plane = rows * ci;
     // in the weight's order (group, output, input part): each tile row reads on where the
@@ -183,6 +217,26 @@ class NativeTileKernel(_NativeKernel):
             lmb = (limbs, lscale)
         return tiles, scale, wabs, lmb
 
+    def clip_remap_(self, w: Tensor, layout: TileLayout, clip: float | None, scale: Tensor) -> None:
+        """HWA's post-step on the weight ``w`` (contiguous float32 CPU ``(G, O, K)``, in place):
+        clipped to ``+-clip`` (None: not clipped), then each tile's column (the ``O`` x ``ti``
+        segments of its input parts) divided by its max ``|w|`` (at least ``1e-12``), which
+        ``scale`` ``(G, ti, O)`` gets: :func:`aimc.hwa.post_step`'s ``fixed`` clip and
+        ``columnwise`` remap of a layer without analog bias, bit for bit (checked)."""
+        lo = layout
+        g, o, k = w.shape
+        if (g, o, k) != (lo.groups, lo.out_size, lo.in_size):
+            raise ValueError(
+                f"aimc._tiles: weight {tuple(w.shape)} for a layout of "
+                f"{(lo.groups, lo.out_size, lo.in_size)}"
+            )
+        _check_buffers("tile", [(w, (g, o, k)), (scale, (g, lo.n_in, o))])
+        in_start = torch.tensor([0, *lo.in_sizes], dtype=torch.int64).cumsum(0)
+        out_start = torch.tensor([0, o], dtype=torch.int64)
+        flags = 4 if clip is not None else 0
+        bound = clip if clip is not None else 0.0
+        self._call(3, w, w, None, None, None, scale, in_start, out_start, lo, bound, 1.0, flags)
+
     def _call(
         self,
         mode: int,
@@ -206,8 +260,10 @@ class NativeTileKernel(_NativeKernel):
     def self_check(self, fn: Any) -> str | None:
         """The kernel against the tensor code (and :mod:`aimc._intmvm`'s limbs arithmetic) on
         even and uneven splits, each weight scaling, a gain, and rows with zeros, NaN and
-        infinities."""
-        return self._first_mismatch(fn, _cases(), _mismatch)
+        infinities; the post-step's clip and remap likewise."""
+        return self._first_mismatch(fn, _cases(), _mismatch) or self._first_mismatch(
+            fn, _remap_cases(), _remap_mismatch
+        )
 
 
 def tiles_reference(
@@ -289,6 +345,52 @@ def _mismatch(
         err = (back * ls.double().unsqueeze(-1) - ref.double()).abs()
         if bool((err > ls.double().unsqueeze(-1) * 2.0**-16.9).any()):
             return f"limbs off their weights {what}"
+    return None
+
+
+def clip_remap_reference(
+    w: Tensor, layout: TileLayout, clip: float | None
+) -> tuple[Tensor, Tensor]:
+    """``(w, scale)`` as :func:`aimc.hwa.post_step`'s tensor code computes them for a ``fixed``
+    clip and a ``columnwise`` remap (no analog bias): what
+    :meth:`NativeTileKernel.clip_remap_` must equal."""
+    lo = layout
+    w = w.clone()
+    if clip is not None:
+        w.clamp_(-clip, clip)
+    g, o, _ = w.shape
+    parts = lo.pad_in(w, 2).view(g, o, lo.n_in, lo.rows)
+    mags = torch.maximum(parts.amax(dim=3), parts.amin(dim=3).neg_()).transpose(1, 2)
+    scale = mags.clamp_min(1e-12)
+    if lo.padded_in != w.shape[2]:
+        w.div_(lo.per_weight(scale))
+    else:
+        w.view(g, o, lo.n_in, lo.rows).div_(scale.transpose(1, 2).unsqueeze(-1))
+    return w, scale
+
+
+def _remap_cases() -> list[tuple]:
+    gen = torch.Generator().manual_seed(1)
+    cases = []
+    for g, o, k, max_in, clip in [(1, 9, 40, 16, 1.0), (2, 7, 64, 32, None), (1, 5, 37, 0, 0.3)]:
+        w = torch.randn(g, o, k, generator=gen)
+        w[0, 1] = 0.0  # an all-zero row: divided by 1e-12
+        w[0, 2, 3] = math.nan
+        w[-1, 3, 5] = -math.inf
+        cases.append((w, max_in, clip))
+    return cases
+
+
+def _remap_mismatch(
+    kernel: NativeTileKernel, w: Tensor, max_in: int, clip: float | None
+) -> str | None:
+    lo = TileLayout.build(w.shape[0], w.shape[1], w.shape[2], MappingConfig(max_input_size=max_in))
+    got = w.clone()
+    scale = torch.full((lo.groups, lo.n_in, lo.out_size), 7.0)
+    kernel.clip_remap_(got, lo, clip, scale)
+    ref, ref_scale = clip_remap_reference(w, lo, clip)
+    if not (_same(got, ref) and _same(scale, ref_scale)):
+        return f"post-step clip and remap differ (layout {lo}, clip {clip})"
     return None
 
 

@@ -302,3 +302,102 @@ def test_the_clip_stays_where_the_dac_would_not_give_its_values():
     assert not mvm.dac_clips_range(x, io.replace(bound_management=BoundManagement.ITERATIVE), r)
     assert not mvm.dac_clips_range(x, io.replace(inp_noise=0.01), r)
     assert not mvm.dac_clips_range(x, aimc.IOConfig(is_perfect=True), r)
+
+
+# -- the post-step's clip and remap -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("layer_kind", "max_in", "clip"),
+    [
+        ("linear", 512, "fixed"),
+        ("linear", 100, "fixed"),
+        ("linear", 64, "none"),
+        ("conv", 40, "fixed"),
+    ],
+)
+def test_post_step_is_the_same_with_the_tile_kernel(monkeypatch, layer_kind, max_in, clip):
+    """``post_step``'s ``fixed`` clip and ``columnwise`` remap in one kernel pass: the weights
+    and the output scales bit for bit as the tensor code leaves them (even and uneven input
+    splits, a convolution's weight matrix), the weight's version moved (cached tiles and
+    autograd see the change)."""
+    _require(_tiles.TILES)
+    cfg = presets.standard_hwa().replace(device=aimc.DeviceConfig())
+    cfg = cfg.replace(
+        mapping=cfg.mapping.replace(max_input_size=max_in),
+        hwa=cfg.hwa.replace(clip=aimc.config.WeightClip(clip)),
+    )
+    results = []
+    for env in ("1", "0"):
+        monkeypatch.setenv("AIMC_TILES_NATIVE", env)
+        torch.manual_seed(0)
+        if layer_kind == "conv":
+            model = torch.nn.Sequential(torch.nn.Conv2d(5, 7, 3))
+        else:
+            model = torch.nn.Sequential(torch.nn.Linear(256, 48))
+        aimc.convert(model, cfg, seed=1)
+        layer = model[0]
+        with torch.no_grad():
+            layer.weight.mul_(3.0)  # beyond the clip
+            layer.weight.view(-1)[5] = 0.0
+            layer.out_scale.uniform_(0.5, 2.0)
+        before = layer.weight._version
+        aimc.post_step(model)
+        assert layer.weight._version > before
+        results.append((layer.weight.detach().clone(), layer.out_scale.detach().clone()))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+def test_post_step_kernel_refuses_a_wrong_weight():
+    _require(_tiles.TILES)
+    lo = TileLayout.build(1, 4, 10, MappingConfig(max_input_size=5))
+    with pytest.raises(ValueError, match=r"weight \(1, 4, 11\) for a layout of \(1, 4, 10\)"):
+        _tiles.TILES.clip_remap_(torch.zeros(1, 4, 11), lo, 1.0, torch.zeros(1, 2, 4))
+    with pytest.raises(ValueError, match=r"got \(1, 4, 2\).*expected.*\(1, 2, 4\)"):
+        _tiles.TILES.clip_remap_(torch.zeros(1, 4, 10), lo, 1.0, torch.zeros(1, 4, 2))
+
+
+# -- the input range's initialisation ---------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    n=st.integers(0, 3 * _rangeclip.BLOCK + 40),
+    offset=st.sampled_from([0.0, 3.0, -1e4]),
+    special=st.sampled_from([None, math.nan, math.inf]),
+    seed=st.integers(0, 2**16),
+)
+def test_std_kernel_is_float64s_std(n, offset, special, seed):
+    """Within float64 rounding of ``x.double().std()`` (a mean far from zero included); NaN for
+    a non-finite value or fewer than two values."""
+    _require(_rangeclip.CLIP)
+    x = torch.randn(n, generator=torch.Generator().manual_seed(seed)) * 0.3 + offset
+    if special is not None and n:
+        x[n // 2] = special
+    got = _rangeclip.CLIP.std(x)
+    want = float(x.double().std()) if n > 1 else math.nan
+    if math.isnan(want) or math.isinf(want):
+        assert math.isnan(got)
+    else:
+        assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_input_range_initialisation_is_the_same_with_the_kernel(monkeypatch):
+    """The ranges after three initialisation batches: torch's float32 ``std`` and the kernel's
+    float64 one agree to float32 rounding."""
+    _require(_rangeclip.CLIP)
+    ranges = []
+    for env in ("1", "0"):
+        monkeypatch.setenv("AIMC_CLIP_NATIVE", env)
+        layer = AnalogLinear(
+            300, 20, config=presets.standard_hwa().replace(device=aimc.DeviceConfig())
+        )
+        layer.train()
+        for i in range(3):
+            x = torch.randn(64, 300, generator=torch.Generator().manual_seed(i)) * (i + 1) + 0.5
+            with torch.no_grad():
+                layer(x)
+        assert int(layer.input_range_batches) == 3
+        ranges.append(layer.input_range.detach().clone())
+    torch.testing.assert_close(ranges[0], ranges[1], rtol=2e-7, atol=0)
