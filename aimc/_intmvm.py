@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._native import _check_buffers, _NativeKernel
+from ._native import LOAD_PD_SOURCE, _check_buffers, _NativeKernel
 
 #: The limbs' base: the second and third limb each resolve the rest of the one before into 254
 #: steps (``[-127, 127]``, the range of a rounded value of ``[-0.5, 0.5] * 254``).
@@ -44,7 +44,8 @@ BASE = 254
 
 #: C++ shared by this kernel and the tile kernel (:mod:`aimc._tiles`): headers, vector
 #: types, and the limbs of one row (:data:`SOURCE`'s mode 0).
-LIMB_SOURCE = r"""
+LIMB_SOURCE = (
+    r"""
 #include <torch/csrc/inductor/cpp_prefix.h>
 #include <algorithm>
 #include <cmath>
@@ -58,17 +59,9 @@ using VecF = at::vec::Vectorized<float>;
 using VecI = at::vec::Vectorized<int32_t>;
 using VecD = at::vec::Vectorized<double>;
 
-// c (at most VecD::size()) float32 values as float64 lanes, the rest zero
-static inline VecD aimc_load_pd(const float* p, int64_t c) {
-#if defined(CPU_CAPABILITY_AVX512)
-    if (c == 8) return VecD(_mm512_cvtps_pd(_mm256_loadu_ps(p)));
-#elif defined(CPU_CAPABILITY_AVX2)
-    if (c == 4) return VecD(_mm256_cvtps_pd(_mm_loadu_ps(p)));
-#endif
-    double t[VecD::size()] = {};
-    for (int64_t l = 0; l < c; ++l) t[l] = double(p[l]);
-    return VecD::loadu(t);
-}
+"""
+    + LOAD_PD_SOURCE
+    + r"""
 
 // c (at most VecD::size()) whole numbers in [-127, 127] as int8 at p
 static inline void aimc_store_i8(const VecD& v, int8_t* p, int64_t c) {
@@ -133,6 +126,7 @@ static inline float aimc_limb_row(const float* src, int64_t ci, int8_t* d1, int8
     return s;
 }
 """
+)
 
 #: The C++ source: ``kernel(mode, a0, ..., a5, d0, ..., d4, beta)``.
 #:

@@ -46,6 +46,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
+#: C++: ``c`` (at most ``VecD::size()``) float32 values as float64 vector lanes, the rest zero
+#: (one conversion instruction for a full vector on AVX-512 and AVX2); needs ``VecD`` and, on
+#: those ISAs, ``immintrin.h``.
+LOAD_PD_SOURCE = r"""
+static inline VecD aimc_load_pd(const float* p, int64_t c) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if (c == 8) return VecD(_mm512_cvtps_pd(_mm256_loadu_ps(p)));
+#elif defined(CPU_CAPABILITY_AVX2)
+    if (c == 4) return VecD(_mm256_cvtps_pd(_mm_loadu_ps(p)));
+#endif
+    double t[VecD::size()] = {};
+    for (int64_t l = 0; l < c; ++l) t[l] = double(p[l]);
+    return VecD::loadu(t);
+}
+"""
+
 #: What both noise kernels' sources start with: headers, PyTorch's vector class, and the
 #: Box–Muller arithmetic in ``Vectorized<float>`` (whatever its width): the float32 constants
 #: as :mod:`aimc.random` writes them, the radius of :func:`aimc.random._polar` and the

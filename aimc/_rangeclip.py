@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._native import _check_buffers, _NativeKernel
+from ._native import LOAD_PD_SOURCE, _check_buffers, _NativeKernel
 
 #: Values per block of the gradient's partial sums.
 BLOCK = 4096
@@ -30,7 +30,8 @@ BLOCK = 4096
 #: ``kernel(mode, x, out, n, r, sums)``: mode 0, ``out = clamp(x, -r, r)`` with +-inf as NaN;
 #: mode 1, ``out`` (the gradient) zeroed where ``|x| >= r`` and ``sums[b]`` the sum of
 #: ``out * sign(x)`` there (before the zeroing) over block ``b`` of :data:`BLOCK` values.
-SOURCE = r"""
+SOURCE = (
+    r"""
 #include <torch/csrc/inductor/cpp_prefix.h>
 #include <algorithm>
 #include <cmath>
@@ -42,17 +43,9 @@ SOURCE = r"""
 using VecF = at::vec::Vectorized<float>;
 using VecD = at::vec::Vectorized<double>;
 
-// c (at most VecD::size()) float32 values as float64 lanes, the rest zero
-static inline VecD aimc_load_pd(const float* p, int64_t c) {
-#if defined(CPU_CAPABILITY_AVX512)
-    if (c == 8) return VecD(_mm512_cvtps_pd(_mm256_loadu_ps(p)));
-#elif defined(CPU_CAPABILITY_AVX2)
-    if (c == 4) return VecD(_mm256_cvtps_pd(_mm_loadu_ps(p)));
-#endif
-    double t[VecD::size()] = {};
-    for (int64_t l = 0; l < c; ++l) t[l] = double(p[l]);
-    return VecD::loadu(t);
-}
+"""
+    + LOAD_PD_SOURCE
+    + r"""
 
 static inline double aimc_lanes_sum(const VecD& v) {
     double t[VecD::size()];
@@ -141,6 +134,7 @@ extern "C" void kernel(int64_t mode, int64_t x_, int64_t out_, int64_t n, float 
     }
 }
 """
+)
 
 
 class NativeClipKernel(_NativeKernel):

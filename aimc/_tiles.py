@@ -170,12 +170,7 @@ class NativeTileKernel(_NativeKernel):
         tiles before that (``want_abs``) and :func:`aimc._intmvm.cached_limbs`'s limbs of the
         tiles (``want_limbs``; None where a row is not finite), the unwanted parts None."""
         lo = layout
-        g, o, k = w.shape
-        if (g, o, k) != (lo.groups, lo.out_size, lo.in_size):
-            raise ValueError(
-                f"aimc._tiles: weight {tuple(w.shape)} for a layout of "
-                f"{(lo.groups, lo.out_size, lo.in_size)}"
-            )
+        g, o, k = _check_weight(w, lo)
         _check_buffers("tile", [(w, (g, o, k))])
         b, width, ci = lo.batch, lo.padded_out, lo.rows
         tiles = torch.empty(b, width, ci)
@@ -224,12 +219,7 @@ class NativeTileKernel(_NativeKernel):
         ``scale`` ``(G, ti, O)`` gets: :func:`aimc.hwa.post_step`'s ``fixed`` clip and
         ``columnwise`` remap of a layer without analog bias, bit for bit (checked)."""
         lo = layout
-        g, o, k = w.shape
-        if (g, o, k) != (lo.groups, lo.out_size, lo.in_size):
-            raise ValueError(
-                f"aimc._tiles: weight {tuple(w.shape)} for a layout of "
-                f"{(lo.groups, lo.out_size, lo.in_size)}"
-            )
+        g, o, k = _check_weight(w, lo)
         _check_buffers("tile", [(w, (g, o, k)), (scale, (g, lo.n_in, o))])
         in_start = torch.tensor([0, *lo.in_sizes], dtype=torch.int64).cumsum(0)
         out_start = torch.tensor([0, o], dtype=torch.int64)
@@ -264,6 +254,17 @@ class NativeTileKernel(_NativeKernel):
         return self._first_mismatch(fn, _cases(), _mismatch) or self._first_mismatch(
             fn, _remap_cases(), _remap_mismatch
         )
+
+
+def _check_weight(w: Tensor, lo: TileLayout) -> tuple[int, int, int]:
+    """``w``'s ``(G, O, K)``, or a ValueError unless it is the layout's."""
+    g, o, k = w.shape
+    if (g, o, k) != (lo.groups, lo.out_size, lo.in_size):
+        raise ValueError(
+            f"aimc._tiles: weight {tuple(w.shape)} for a layout of "
+            f"{(lo.groups, lo.out_size, lo.in_size)}"
+        )
+    return g, o, k
 
 
 def tiles_reference(

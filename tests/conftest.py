@@ -64,6 +64,26 @@ def run_as_avx2_host(files: list[str], keyword: str) -> None:
     assert " passed" in tail and "skipped" not in tail.splitlines()[-1], tail
 
 
+def mlp_train_step(
+    cfg: Any, sizes: tuple[int, int, int], vectors: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Output and every parameter's gradient of one training step (loss ``mean(y^2)``) of
+    ``Linear -> GELU -> Linear`` of ``sizes`` converted to analog under ``cfg``, on ``vectors``
+    seeded random inputs: the same model, seeds and inputs at every call."""
+    torch.manual_seed(0)
+    a, b, c = sizes
+    model = torch.nn.Sequential(torch.nn.Linear(a, b), torch.nn.GELU(), torch.nn.Linear(b, c))
+    import aimc
+
+    aimc.convert(model, cfg, seed=1)
+    model.train()
+    x = torch.randn(vectors, a, generator=torch.Generator().manual_seed(2))
+    y = model(x)
+    y.square().mean().backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    return y.detach(), grads
+
+
 def save_tiny_bert(out: Path, *, qa: bool = True, dropout: bool = True, seed: int = 0) -> Path:
     """Save a tiny random-init BERT (2 layers, hidden 32, 2 heads) with the real fast tokenizer of
     the shared MiniLM model to ``out``: ``BertForQuestionAnswering`` if ``qa`` else a bare

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aimc
-from aimc import _native, mvm
+from aimc import _native, _rangeclip, _scalegrad, _tiles, mvm
 from aimc.config import IOConfig
 from aimc.nn import AnalogConv2d, AnalogLinear
 
@@ -325,6 +325,12 @@ def test_kernel_that_computes_wrongly_is_not_used(monkeypatch):
         (_native.NativeDacKernel, "AIMC_FUSED_KERNELS"),
         (_native.NativeAdcKernel, "AIMC_ADC_NATIVE"),
         (_native.NativeAdcKernel, "AIMC_FUSED_KERNELS"),
+        (_scalegrad.NativeScaleGradKernel, "AIMC_GRAD_NATIVE"),
+        (_scalegrad.NativeScaleGradKernel, "AIMC_FUSED_KERNELS"),
+        (_tiles.NativeTileKernel, "AIMC_TILES_NATIVE"),
+        (_tiles.NativeTileKernel, "AIMC_FUSED_KERNELS"),
+        (_rangeclip.NativeClipKernel, "AIMC_CLIP_NATIVE"),
+        (_rangeclip.NativeClipKernel, "AIMC_FUSED_KERNELS"),
     ],
 )
 def test_switched_off_by_the_environment(monkeypatch, kernel, env):
@@ -332,7 +338,16 @@ def test_switched_off_by_the_environment(monkeypatch, kernel, env):
     assert not kernel().usable()
 
 
-@pytest.mark.parametrize("kernel", [_native.NativeDacKernel, _native.NativeAdcKernel])
+@pytest.mark.parametrize(
+    "kernel",
+    [
+        _native.NativeDacKernel,
+        _native.NativeAdcKernel,
+        _scalegrad.NativeScaleGradKernel,
+        _tiles.NativeTileKernel,
+        _rangeclip.NativeClipKernel,
+    ],
+)
 def test_kernel_passes_its_self_check_where_it_builds(kernel):
     """A kernel that builds but fails its self-check would only cost speed in use (the tensor
     code runs); here it fails the suite, so that it is seen. No C++ compiler: skipped."""

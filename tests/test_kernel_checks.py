@@ -248,3 +248,9 @@ def test_the_kernel_tests_pass_as_an_avx2_host_runs_them():
     hand-written kernels then all take their AVX2 paths (8-wide vectors, other tails), as on an
     AVX2-only CPU. (On an AVX2 host the suite runs them natively.)"""
     run_as_avx2_host(["test_fused_kernels.py", "test_functional.py"], "kernel or native or stream")
+
+
+def test_the_training_kernel_tests_pass_as_an_avx2_host_runs_them():
+    """The same for the kernels of the training step: the output scales' gradient (its AVX2
+    intrinsics), the tiles with their limbs, the input-range clip and its std, the post-step."""
+    run_as_avx2_host(["test_scale_grad_kernel.py", "test_hwa_kernels.py"], "kernel or dac or post")
