@@ -277,16 +277,22 @@ def post_step(model: nn.Module) -> nn.Module:
 
     for _, layer in analog_layers(model):
         hwa = layer.analog_config.hwa
-        if _fused_post_step(layer, hwa):
+        if hwa.clip == WeightClip.NONE and hwa.remap == WeightRemap.NONE:
             continue
-        if hwa.clip != WeightClip.NONE:
-            _clip(layer, hwa)
-        if hwa.remap != WeightRemap.NONE:
-            _remap(layer, hwa)
+        # (G, O, K): a view of the weight, or a copy where its layout has none (a
+        # channels_last convolution's), written back after
+        w = layer.weight_matrix()
+        if not _fused_post_step(layer, hwa, w):
+            if hwa.clip != WeightClip.NONE:
+                _clip(layer, hwa, w)
+            if hwa.remap != WeightRemap.NONE:
+                _remap(layer, hwa, w)
+        if w.untyped_storage().data_ptr() != layer.weight.untyped_storage().data_ptr():
+            layer.weight.copy_(w.reshape(layer.weight.shape))
     return model
 
 
-def _fused_post_step(layer: nn.Module, hwa: HWAConfig) -> bool:
+def _fused_post_step(layer: nn.Module, hwa: HWAConfig, w: Tensor) -> bool:
     """A ``columnwise`` remap (after a ``fixed`` clip, or none) of a layer without analog bias
     whose weight is a contiguous float32 CPU tensor, in one pass over the weight by the tile
     kernel (:meth:`aimc._tiles.NativeTileKernel.clip_remap_`: the values of :func:`_clip` and
@@ -294,7 +300,6 @@ def _fused_post_step(layer: nn.Module, hwa: HWAConfig) -> bool:
     not apply (the tensor code then runs)."""
     if hwa.remap != WeightRemap.COLUMNWISE or hwa.clip not in (WeightClip.NONE, WeightClip.FIXED):
         return False
-    w = layer.weight_matrix()
     if (
         layer.analog_bias()
         or not layer.analog_config.mapping.out_scaling_columnwise
@@ -316,19 +321,18 @@ def _fused_post_step(layer: nn.Module, hwa: HWAConfig) -> bool:
     return True
 
 
-def _clip(layer: nn.Module, hwa: HWAConfig) -> None:
+def _clip(layer: nn.Module, hwa: HWAConfig, w: Tensor) -> None:
     """Clip the tile weights as AIHWKIT's ``WeightClipper`` does on each tile: ``fixed`` to
     ``+-clip_value``; ``layer_gaussian`` to ``+-clip_sigma * std`` with the (unbiased) std of
     each tile's weights. An analog bias is a row of the tile, so it is clipped (and counted in
     the std) with the weights."""
     analog_bias = layer.analog_bias()
-    w = layer.weight_matrix()  # (G, O, K) view
     if hwa.clip == WeightClip.FIXED:
         w.clamp_(-hwa.clip_value, hwa.clip_value)
         if analog_bias:
             layer.bias.clamp_(-hwa.clip_value, hwa.clip_value)
         return
-    full = layer._analog_weight()  # (G, O, K [+ 1]) with the analog bias as the last input
+    full = layer._analog_weight(w)  # (G, O, K [+ 1]) with the analog bias as the last input
     bound = (hwa.clip_sigma * _tile_std(full.detach(), layer.tile_layout())).to(w.dtype)
     k = w.shape[2]
     w.clamp_(-bound[..., :k], bound[..., :k])
@@ -354,15 +358,14 @@ def _tile_std(w: Tensor, layout: TileLayout) -> Tensor:
     return lo.unpad_out(lo.unpad_in(std, 2), 1)
 
 
-def _remap(layer: nn.Module, hwa: HWAConfig) -> None:
+def _remap(layer: nn.Module, hwa: HWAConfig, w: Tensor) -> None:
     """Remap every tile as AIHWKIT's ``remap_weights`` does on each tile module: divide the
     tile's weights (an analog bias included: it is the tile's last input row) by their max |W|
     per tile column (``columnwise``) or per tile (``layerwise``) and move that factor into the
     tile's own output scale (``layer.out_scale``, one per tile), so the function is unchanged."""
     lo = layer.tile_layout()
-    w = layer.weight_matrix()  # (G, O, K) view
     k = w.shape[2]
-    full = layer._analog_weight().detach()  # (G, O, K [+ 1]), the analog bias as last input
+    full = layer._analog_weight(w).detach()  # (G, O, K [+ 1]), the analog bias as last input
     g, o, _ = full.shape
     # max |W| per (group, input tile, output column): (G, ti, O), as max(amax, -amin): two
     # reading passes, no weight-sized |W|

@@ -423,8 +423,10 @@ class AnalogLayerMixin(ChipMixin):
             return TileLayout.build(g, o, k + 1, m.replace(max_input_size=0, max_output_size=0))
         return TileLayout.build(g, o, k, m)
 
-    def _analog_weight(self) -> Tensor:
-        w = self.weight_matrix()
+    def _analog_weight(self, w: Tensor | None = None) -> Tensor:
+        """The weight matrix (``w``, or :meth:`weight_matrix`) with an analog bias as its last
+        input."""
+        w = self.weight_matrix() if w is None else w
         if self.analog_bias():
             b = self.bias.reshape(w.shape[0], w.shape[1], 1).to(w.dtype)
             w = torch.cat([w, b], dim=2)
