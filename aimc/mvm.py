@@ -335,14 +335,16 @@ def dac_clips_range(x: Tensor, io: IOConfig, input_range: Tensor | None) -> bool
     fused DAC (:func:`_fused_dac`) scales by the range and clips at a bound no wider than it
     (``0 < inp_bound <= 1``: a value beyond the range reaches the bound's level either way,
     one inside it is untouched), and nothing else reads the inputs (no bound management, whose
-    rounds rescale them, and a quantizing periphery). An input of +-inf, which the clip makes
-    NaN, gives NaN outputs either way: its tile's abs-max is not finite."""
+    rounds rescale them, and a quantizing periphery), for a positive range (the DAC scales by
+    1 where it is not). An input of +-inf, which the clip makes NaN, gives NaN outputs either
+    way: its tile's abs-max is not finite."""
     return (
         input_range is not None
         and not io.is_perfect
         and io.bound_management == BoundManagement.NONE
         and 0 < io.inp_bound <= 1
         and _fused_dac(x, io, input_range)
+        and float(input_range.detach()) > 0
     )
 
 

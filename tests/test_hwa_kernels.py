@@ -274,6 +274,7 @@ def test_the_clip_stays_where_the_dac_would_not_give_its_values():
     assert not mvm.dac_clips_range(x, none.replace(inp_bound=0.0), r)
     assert not mvm.dac_clips_range(x, io.replace(bound_management=BoundManagement.ITERATIVE), r)
     assert not mvm.dac_clips_range(x, io.replace(inp_noise=0.01), r)
+    assert not mvm.dac_clips_range(x, io, torch.tensor([-0.5]))  # a range learned negative
     assert not mvm.dac_clips_range(x, aimc.IOConfig(is_perfect=True), r)
 
 
