@@ -8,10 +8,12 @@ MVM runs in int8, the limbs (:mod:`aimc._intmvm`), which read the tiles once mor
 kernel (:data:`SOURCE`) does it row by row: each tile row of the weight is read once, its
 scale (column-wise weight scaling) taken from its own maximum, and the tile row, its
 absolute values and its limbs written while it is in cache. Per-tile scaling takes one more
-pass over the weight for the rows' maxima first. The values are those of the tensor code
-bit for bit (the same float32 divisions and products; the limbs by the same C++ as
-:mod:`aimc._intmvm`'s), checked at build on even and uneven splits, each scaling, gain, and
-rows with zeros, NaN and infinities; where the check fails the tensor code runs, warned once.
+pass over the weight for the rows' maxima first. HWA's post-step (a ``fixed`` clip and a
+``columnwise`` remap, five tensor passes) is one more mode, in place. The values are those of
+the tensor code bit for bit (the same float32 divisions and products; the limbs by the same
+C++ as :mod:`aimc._intmvm`'s), checked at build on even and uneven splits, each scaling,
+gain, and rows with zeros, NaN and infinities; where the check fails the tensor code runs,
+warned once.
 Switched off with ``AIMC_TILES_NATIVE=0`` or ``AIMC_FUSED_KERNELS=0``.
 """
 
@@ -37,7 +39,9 @@ from .functional import TileLayout, tile_weights
 #: (flag 2), into ``tiles``; mode 2: ``s`` first set to the row's ``max |w| / omega`` (1 for
 #: an all-zero row), then as mode 1. With ``wabs``: ``|tiles|`` before the gain (the forward's
 #: ``TileWeights.w_abs``); with ``limbs``: the limbs ``(3, g * ti, to * cols, ci)`` of the
-#: tiles (after the gain) and their scales ``lscale``.
+#: tiles (after the gain) and their scales ``lscale``. Mode 3: HWA's post-step on the weight
+#: in place (``tiles``: the weight), each (group, output, input part) segment clipped to
+#: ``+-omega`` (flag 4) and divided by its max |w|, which ``s`` ``(g, ti, o)`` gets.
 SOURCE = (
     LIMB_SOURCE
     + r"""
