@@ -1046,6 +1046,12 @@ class NativeAdcKernel(_NativeKernel):
 _LEVEL_KINDS = {torch.int8: 1, torch.int16: 2, torch.float32: 3}
 
 
+def nan_equal(a: Tensor, b: Tensor) -> bool:
+    """Equal values, NaN where the other is NaN (``-0.0 == 0.0``, as ``torch.equal`` has it):
+    the kernels' self-checks against the tensor code they replace."""
+    return bool(torch.equal(a.isnan(), b.isnan())) and torch.equal(a.nan_to_num(0), b.nan_to_num(0))
+
+
 def _check_buffers(
     kernel: str, shapes: list[tuple[Tensor, tuple[int, ...]]], dtype: torch.dtype = torch.float32
 ) -> None:

@@ -35,7 +35,9 @@ from ._native import _LEVEL_KINDS, _check_buffers, _NativeKernel
 #: ``(g * ti, to * cols)`` float32 or 0 (all ones), ``out`` ``(g * ti, to * cols)`` float32.
 SOURCE = r"""
 #include <torch/csrc/inductor/cpp_prefix.h>
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
+#endif
 #include <algorithm>
 #include <cstdint>
 

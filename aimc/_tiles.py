@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ._intmvm import LIMB_SOURCE
-from ._native import _check_buffers, _NativeKernel
+from ._native import _check_buffers, _NativeKernel, nan_equal
 from .config import MappingConfig
 from .functional import TileLayout, tile_weights
 
@@ -181,8 +181,7 @@ class NativeTileKernel(_NativeKernel):
         wabs = torch.empty(b, width, ci) if want_abs else None
         limbs = torch.empty(3, b, width, ci, dtype=torch.int8) if want_limbs else None
         lscale = torch.empty(b, width) if want_limbs else None
-        in_start = torch.tensor([0, *lo.in_sizes], dtype=torch.int64).cumsum(0)
-        out_start = torch.tensor([0, *lo.out_sizes], dtype=torch.int64).cumsum(0)
+        in_start, out_start = _starts(lo.in_sizes), _starts(lo.out_sizes)
         omega = mapping.weight_scaling_omega
         scale = per_row = None
         mode, flags = 1, 2 if gain != 1.0 else 0
@@ -225,8 +224,7 @@ class NativeTileKernel(_NativeKernel):
         lo = layout
         g, o, k = _check_weight(w, lo)
         _check_buffers("tile", [(w, (g, o, k)), (scale, (g, lo.n_in, o))])
-        in_start = torch.tensor([0, *lo.in_sizes], dtype=torch.int64).cumsum(0)
-        out_start = torch.tensor([0, o], dtype=torch.int64)
+        in_start, out_start = _starts(lo.in_sizes), _starts([o])
         flags = 4 if clip is not None else 0
         bound = clip if clip is not None else 0.0
         self._call(3, w, w, None, None, None, scale, in_start, out_start, lo, bound, 1.0, flags)
@@ -258,6 +256,11 @@ class NativeTileKernel(_NativeKernel):
         return self._first_mismatch(fn, _cases(), _mismatch) or self._first_mismatch(
             fn, _remap_cases(), _remap_mismatch
         )
+
+
+def _starts(sizes: list[int]) -> Tensor:
+    """Where each part of ``sizes`` starts, and the end: int64 ``(len(sizes) + 1,)``."""
+    return torch.tensor([0, *sizes], dtype=torch.int64).cumsum(0)
 
 
 def _check_weight(w: Tensor, lo: TileLayout) -> tuple[int, int, int]:
@@ -309,10 +312,6 @@ def _cases() -> list[tuple]:
     return cases
 
 
-def _same(a: Tensor, b: Tensor) -> bool:
-    return bool(torch.equal(a.isnan(), b.isnan())) and torch.equal(a.nan_to_num(0), b.nan_to_num(0))
-
-
 def _mismatch(
     kernel: NativeTileKernel,
     w: Tensor,
@@ -334,12 +333,12 @@ def _mismatch(
     ref, ref_scale, ref_abs = tiles_reference(w, lo, mapping, gain)
     what = f"(layout {lo}, omega {omega}, columnwise {columnwise}, gain {gain})"
     if (scale is None) != (ref_scale is None) or (
-        scale is not None and ref_scale is not None and not _same(scale, ref_scale)
+        scale is not None and ref_scale is not None and not nan_equal(scale, ref_scale)
     ):
         return f"scales differ {what}"
-    if not _same(tiles, ref):
+    if not nan_equal(tiles, ref):
         return f"tiles differ {what}"
-    if wabs is None or not _same(wabs, ref_abs):
+    if wabs is None or not nan_equal(wabs, ref_abs):
         return f"|tiles| differ {what}"
     finite = bool(torch.isfinite(ref).all())
     if (limbs is not None) != finite:
@@ -359,18 +358,13 @@ def clip_remap_reference(
     """``(w, scale)`` as :func:`aimc.hwa.post_step`'s tensor code computes them for a ``fixed``
     clip and a ``columnwise`` remap (no analog bias): what
     :meth:`NativeTileKernel.clip_remap_` must equal."""
-    lo = layout
+    from .hwa import column_maxima, divide_columns_  # (aimc.hwa imports this module)
+
     w = w.clone()
     if clip is not None:
-        w.clamp_(-clip, clip)
-    g, o, _ = w.shape
-    parts = lo.pad_in(w, 2).view(g, o, lo.n_in, lo.rows)
-    mags = torch.maximum(parts.amax(dim=3), parts.amin(dim=3).neg_()).transpose(1, 2)
-    scale = mags.clamp_min(1e-12)
-    if lo.padded_in != w.shape[2]:
-        w.div_(lo.per_weight(scale))
-    else:
-        w.view(g, o, lo.n_in, lo.rows).div_(scale.transpose(1, 2).unsqueeze(-1))
+        w.clamp_(-clip, clip)  # hwa._clip's fixed clip
+    scale = column_maxima(w, layout).clamp_min(1e-12)
+    divide_columns_(w, scale, layout)
     return w, scale
 
 
@@ -394,7 +388,7 @@ def _remap_mismatch(
     scale = torch.full((lo.groups, lo.n_in, lo.out_size), 7.0)
     kernel.clip_remap_(got, lo, clip, scale)
     ref, ref_scale = clip_remap_reference(w, lo, clip)
-    if not (_same(got, ref) and _same(scale, ref_scale)):
+    if not (nan_equal(got, ref) and nan_equal(scale, ref_scale)):
         return f"post-step clip and remap differ (layout {lo}, clip {clip})"
     return None
 

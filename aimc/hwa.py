@@ -364,13 +364,9 @@ def _remap(layer: nn.Module, hwa: HWAConfig, w: Tensor) -> None:
     per tile column (``columnwise``) or per tile (``layerwise``) and move that factor into the
     tile's own output scale (``layer.out_scale``, one per tile), so the function is unchanged."""
     lo = layer.tile_layout()
-    k = w.shape[2]
     full = layer._analog_weight(w).detach()  # (G, O, K [+ 1]), the analog bias as last input
-    g, o, _ = full.shape
-    # max |W| per (group, input tile, output column): (G, ti, O), as max(amax, -amin): two
-    # reading passes, no weight-sized |W|
-    parts = lo.pad_in(full, 2).view(g, o, lo.n_in, lo.rows)
-    mags = torch.maximum(parts.amax(dim=3), parts.amin(dim=3).neg_()).transpose(1, 2)
+    g = full.shape[0]
+    mags = column_maxima(full, lo)
     per_tile = lo.pad_out(mags, 2).view(g, lo.n_in, lo.n_out, lo.cols).amax(dim=3)  # (G,ti,to)
     tile_max = lo.tile_columns(per_tile)  # (G, ti, O)
     columnwise_scale = layer.analog_config.mapping.out_scaling_columnwise
@@ -382,16 +378,33 @@ def _remap(layer: nn.Module, hwa: HWAConfig, w: Tensor) -> None:
             "(one output scale per tile column to move the remap scale into)"
         )
     scale = mags.clamp_min(1e-12)
-    if layer.analog_bias() or lo.padded_in != k or not w.is_contiguous():
-        per_weight = lo.per_weight(scale)  # (G, O, K [+ 1])
-        w.div_(per_weight[..., :k].to(w.dtype))
-        if layer.analog_bias():
-            layer.bias.div_(per_weight[..., k].reshape(-1).to(layer.bias.dtype))
-    else:  # an even split: each tile's rows divided in place, no weight-sized scale tensor
-        w.view(g, o, lo.n_in, lo.rows).div_(scale.transpose(1, 2).unsqueeze(-1).to(w.dtype))
+    divide_columns_(w, scale, lo, layer.bias if layer.analog_bias() else None)
     tile_scale = scale if columnwise_scale else per_tile.clamp_min(1e-12)
     layer.out_scale.mul_(tile_scale.to(layer.out_scale.dtype))
     layer.invalidate_tiles()
+
+
+def column_maxima(w: Tensor, lo: TileLayout) -> Tensor:
+    """max |W| per (group, input tile, output column), ``(G, ti, O)``, of ``w`` ``(G, O, K)``
+    laid out as ``lo``: as ``max(amax, -amin)`` (two reading passes, no weight-sized |W|;
+    NaN where a column part holds NaN)."""
+    g, o, _ = w.shape
+    parts = lo.pad_in(w, 2).view(g, o, lo.n_in, lo.rows)
+    return torch.maximum(parts.amax(dim=3), parts.amin(dim=3).neg_()).transpose(1, 2)
+
+
+def divide_columns_(w: Tensor, scale: Tensor, lo: TileLayout, bias: Tensor | None = None) -> None:
+    """``w`` ``(G, O, K)`` divided in place by ``scale`` ``(G, ti, O)``, each input tile's part
+    of each column by its own; with an analog ``bias`` (the tile's last input row, ``lo`` then
+    laid out for ``K + 1`` inputs) that too."""
+    g, o, k = w.shape
+    if bias is not None or lo.padded_in != k or not w.is_contiguous():
+        per_weight = lo.per_weight(scale)  # (G, O, K [+ 1])
+        w.div_(per_weight[..., :k].to(w.dtype))
+        if bias is not None:
+            bias.div_(per_weight[..., k].reshape(-1).to(bias.dtype))
+    else:  # an even split: each tile's rows divided in place, no weight-sized scale tensor
+        w.view(g, o, lo.n_in, lo.rows).div_(scale.transpose(1, 2).unsqueeze(-1).to(w.dtype))
 
 
 def register_post_step_hook(optimizer: torch.optim.Optimizer, model: nn.Module):

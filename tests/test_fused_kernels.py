@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 import aimc
 from aimc import _native, _rangeclip, _scalegrad, _tiles, mvm
+from aimc._native import nan_equal
 from aimc.config import IOConfig
 from aimc.nn import AnalogConv2d, AnalogLinear
 
@@ -31,11 +32,6 @@ def _require_kernel() -> None:
     for k in (mvm._DAC, mvm._ADC):
         if not k.usable():
             pytest.skip(f"the fused kernels do not run here: {k.failed}")
-
-
-def _nan_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal values, NaN where the other is NaN (``-0.0 == 0.0``, as ``torch.equal`` has it)."""
-    return bool(torch.equal(a.isnan(), b.isnan())) and torch.equal(a.nan_to_num(0), b.nan_to_num(0))
 
 
 def _run_kernel(x: torch.Tensor, tiles: int, *args) -> tuple[torch.Tensor, ...]:
@@ -81,7 +77,7 @@ def test_kernel_equals_the_tensor_code(
     for name, a, b in zip(
         ("amax", "levels", "squares"), got, _native.dac_reference(x, *args), strict=True
     ):
-        assert _nan_equal(a, b), name
+        assert nan_equal(a, b), name
 
 
 def test_kernel_rounds_half_steps_to_even():
@@ -203,7 +199,7 @@ def test_forward_is_the_same_with_the_kernel(monkeypatch, preset, shape):
     x[2, 3] = 1.0  # all-equal inputs: large sums, the ADC saturates
     got, ref, ran = _forward_pair(monkeypatch, layer, x)
     assert ran == 1
-    assert _nan_equal(got, ref)
+    assert nan_equal(got, ref)
 
 
 def test_learned_output_scales_training_forward_is_the_same(monkeypatch):
@@ -407,11 +403,11 @@ def test_adc_kernel_equals_the_tensor_code(g, ti, n, to, cols, cs, bias, round_,
     levels = None if dtype is None else torch.full(z.shape, 7, dtype=dtype)
     lo, hi = mvm._ADC.finish(z, y, f, c, b, ti, round_, bound, levels)
     ref, ref_lo, ref_hi, ref_levels = _native.adc_reference(z, f, c, b, ti, round_, bound, dtype)
-    assert _nan_equal(z, before)
-    assert _nan_equal(y, ref)
-    assert _nan_equal(torch.tensor([lo, hi]), torch.tensor([ref_lo, ref_hi]))
+    assert nan_equal(z, before)
+    assert nan_equal(y, ref)
+    assert nan_equal(torch.tensor([lo, hi]), torch.tensor([ref_lo, ref_hi]))
     if levels is not None and not (nan and dtype != torch.float32):
-        assert levels.dtype == dtype and _nan_equal(levels.float(), ref_levels.float())
+        assert levels.dtype == dtype and nan_equal(levels.float(), ref_levels.float())
 
 
 def test_adc_kernel_does_not_depend_on_the_thread_count():
@@ -457,9 +453,9 @@ def test_adc_kernel_in_place_equals_the_tensor_code(b, n, to, cols, round_, nan,
     sat = torch.zeros(b, n, to, dtype=torch.bool)
     lo, hi = mvm._ADC.adc_(got, sat, round_, bound, limit)
     ref, ref_sat, ref_lo, ref_hi = _native.adc_in_place_reference(z, to, round_, bound, limit)
-    assert _nan_equal(got, ref)
+    assert nan_equal(got, ref)
     assert torch.equal(sat, ref_sat)
-    assert _nan_equal(torch.tensor([lo, hi]), torch.tensor([ref_lo, ref_hi]))
+    assert nan_equal(torch.tensor([lo, hi]), torch.tensor([ref_lo, ref_hi]))
 
 
 def test_adc_kernel_in_place_refuses_wrong_buffers():
