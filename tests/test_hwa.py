@@ -404,3 +404,46 @@ def test_hwa_layer_clips_its_own_input_in_training():
     for k, v in state[0].items():
         if v.is_floating_point():
             torch.testing.assert_close(v, state[1][k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: nn.Linear(768, 96), id="two even input tiles"),
+        pytest.param(lambda: nn.Linear(1000, 40), id="uneven input tiles"),
+        pytest.param(lambda: nn.Linear(64, 48), id="one tile"),
+        pytest.param(lambda: nn.Conv2d(4, 8, 3, groups=2, padding=1), id="grouped conv"),
+    ],
+)
+@pytest.mark.parametrize("sigmas", [2.9, 1.0], ids=["few clipped", "many clipped"])
+def test_range_gradient_of_a_first_layer_from_the_clipped_entries(make, sigmas, monkeypatch):
+    """A layer whose input needs no gradient takes the learned range's gradient from the clipped
+    inputs' entries of the input gradient alone (``hwa.outside_range_grad``, where few are
+    clipped): the gradient of the whole product's path (forced by a zero threshold) to float
+    rounding, on the same forward; with many clipped it is that path."""
+    torch.manual_seed(0)
+    model = aimc.convert(nn.Sequential(make()), aimc.presets.standard_hwa(), seed=1).train()
+    layer = model[0]
+    shape = (6, 4, 8, 8) if isinstance(layer, nn.Conv2d) else (300, layer.in_features)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # a learned range (initialisation over) of `sigmas` standard deviations
+        layer.input_range.fill_(sigmas)
+        layer.input_range_batches.fill_(10**6)
+        # output scales that differ between the input tiles
+        layer.out_scale.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(3))
+    y = model(x)
+    assert not x.requires_grad and layer.input_range.requires_grad
+    ran = []
+    real = aimc.nn.base.outside_range_grad
+    monkeypatch.setattr(
+        aimc.nn.base, "outside_range_grad", lambda *a: ran.append(real(*a)) or ran[-1]
+    )
+    grads = []
+    for limit in (aimc.hwa.SPARSE_RANGE_GRAD_MAX, 0.0):
+        monkeypatch.setattr(aimc.hwa, "SPARSE_RANGE_GRAD_MAX", limit)
+        (got,) = torch.autograd.grad(y.square().mean(), layer.input_range, retain_graph=True)
+        grads.append(got)
+    assert len(ran) == 2 and ran[1] is None  # the threshold 0: the whole product's path
+    assert (ran[0] is not None) == (sigmas > 2)  # 0.4 % of a normal clipped at 2.9 sigma
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    assert grads[0].abs().item() > 0

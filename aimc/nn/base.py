@@ -23,6 +23,7 @@ from ..hwa import (
     clipped_scratch,
     draw_chip_sample,
     modify_weights,
+    outside_range_grad,
     update_input_range,
 )
 from ..mvm import (
@@ -151,6 +152,11 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         clip = ctx.clip_decay is not None
         gx = gw = gb = ga = gr = None
         want_gx = needs[0] or (clip and needs[5])  # the range's gradient is made of x's
+        if clip and needs[5] and not needs[0]:
+            # x needs no gradient (a first layer fed with data): the range's gradient from the
+            # clipped inputs' entries of x's gradient alone, where few are clipped
+            gr = outside_range_grad(x_in, r, grad, w, alpha, ctx.layout, ctx.clip_decay)
+            want_gx = gr is None
         if want_gx or needs[1]:
             # with clip_decay the saved input is unclipped: clipped again for W's gradient
             x = clipped_scratch(x_in, r) if clip and needs[1] else x_in
