@@ -371,13 +371,13 @@ class NativeIntMvmKernel(_NativeKernel):
 def _check_kernel(kernel: NativeIntMvmKernel) -> str | None:
     gen = torch.Generator().manual_seed(0)
     b, o, ci, m = 2, 37, 45, 19
-    w = torch.randn(b, o, ci, generator=gen) * 0.3
+    w = torch.randn(b, o, ci, generator=gen, dtype=torch.float32) * 0.3
     w[0, 3] = 0.0  # an all-zero row
     w[1, 5, 7] = 1e-30  # tiny beside its row
     w[1, 6, 2] = math.nan
     w[0, 7, 1] = math.inf
     limbs = torch.empty(3, b, o, ci, dtype=torch.int8)
-    scale = torch.empty(b, o)
+    scale = torch.empty(b, o, dtype=torch.float32)
     kernel.limbs(w, limbs, scale)
     if not (math.isnan(scale[1, 6]) and math.isinf(scale[0, 7]) and scale[0, 3] == 0):
         return "the scales of a NaN, an infinite and a zero row are wrong"
@@ -425,7 +425,7 @@ def _check_kernel(kernel: NativeIntMvmKernel) -> str | None:
         for beta in (0.0, 0.75):
             for i in range(3):
                 torch._int_mm(k8[bi], lmb[i].t(), out=y[i])
-            z = torch.randn(m, wb.shape[0], generator=gen)
+            z = torch.randn(m, wb.shape[0], generator=gen, dtype=torch.float32)
             ref = x.double() @ wb.double().T + beta * z.double()
             kernel.combine(y, hit[bi * m : (bi + 1) * m], x, lmb, sc, z, beta)
             # the limbs' resolution, and a few roundings of float32 of the sum
@@ -451,7 +451,7 @@ def cached_limbs(w: Tensor) -> tuple[Tensor, Tensor] | None:
         return cached[1]
     b, o, ci = w.shape
     limbs = torch.empty(3, b, o, ci, dtype=torch.int8)
-    scale = torch.empty(b, o)
+    scale = torch.empty(b, o, dtype=torch.float32)
     INT_MVM.limbs(w, limbs, scale)
     out = (limbs, scale) if bool(torch.isfinite(scale).all()) else None
     keep_limbs(w, out)

@@ -323,8 +323,9 @@ def _self_check(fn: Any) -> str | None:
     key = torch.tensor(-0x2545F4914F6CDD1D, dtype=torch.int64)
     n = 1024
     half = arandom._words(n)  # 512: the kernel's words are all of the draw's
-    first, second = torch.full((half,), math.nan), torch.full((half,), math.nan)
-    var = torch.full((n,), 6.25)
+    first = torch.full((half,), math.nan, dtype=torch.float32)
+    second = torch.full((half,), math.nan, dtype=torch.float32)
+    var = torch.full((n,), 6.25, dtype=torch.float32)
     checks = (
         ("normal", 0, first, arandom.counter_normal(key, (n,)), 1e-5),
         ("normal, var", 1, var, arandom.counter_normal(key, (n,)) * 2.5, 3e-5),
@@ -578,7 +579,9 @@ extern "C" void kernel(const int64_t x_addr, const int64_t xq_addr, const int64_
         const float a = aimc_nan_max(hi, -lo);
         amax[row] = a;
         const float s = fixed ? thres : (capped && !std::isnan(a)) ? std::min(a, thres) : a;
-        const float r = 1.0f / (s > 0.0f ? s : 1.0f);
+        // (a subnormal scale counts as 0, an all-zero vector: 1 / s would overflow to inf, and
+        // each zero of the vector become 0 * inf = NaN)
+        const float r = 1.0f / (s >= std::numeric_limits<float>::min() ? s : 1.0f);
         const VecF vr(r), vstep(step), vlo(-bound), vhi(bound);
         for (i = 0; i < rows; i += V) {
             const int64_t c = std::min(V, rows - i);
@@ -1126,7 +1129,9 @@ def _adc_cases() -> list[tuple]:
     z[0, 3, 4] = math.nan
     cases.append((z, *cases[0][1:]))
     z = cases[4][0].clone()
-    z[0, 1, :3] = torch.tensor([1e30, -1e30, 127.5])  # far beyond the bound; a tie at it
+    z[0, 1, :3] = torch.tensor(
+        [1e30, -1e30, 127.5], dtype=torch.float32
+    )  # far beyond the bound; a tie at it
     cases.append((z, *cases[4][1:]))
     return cases
 
@@ -1159,8 +1164,12 @@ def _adc_in_place_cases() -> list[tuple]:
         (1, 4, 2, 21, True, 40.0, 39.5),
     ]:
         z = torch.randn(b, n, to * cols, generator=gen, dtype=torch.float32) * bound / 3
-        z[0, 0, :5] = torch.tensor([0.5, 1.5, -2.5, 2.4999998, -0.5])  # ties, one just below
-        z[0, 1, :2] = torch.tensor([limit, -limit - 1.0]) if limit < math.inf else 1e30
+        z[0, 0, :5] = torch.tensor(
+            [0.5, 1.5, -2.5, 2.4999998, -0.5], dtype=torch.float32
+        )  # ties, one just below
+        z[0, 1, :2] = (
+            torch.tensor([limit, -limit - 1.0], dtype=torch.float32) if limit < math.inf else 1e30
+        )
         cases.append((z, to, r, bound, limit))
     z = cases[1][0].clone()
     z[1, 2, 3] = math.nan  # a NaN in a tile that also saturates: not saturated, as amax says

@@ -195,10 +195,10 @@ def _cases() -> list[tuple]:
     gen = torch.Generator().manual_seed(0)
     cases = []
     for n, r in [(1, 0.5), (37, 1.0), (3 * BLOCK + 21, 2.5)]:
-        x = torch.randn(n, generator=gen) * 2 * r
+        x = torch.randn(n, generator=gen, dtype=torch.float32) * 2 * r
         specials = [r, -r, math.nan, math.inf, -math.inf, 0.0, -0.0, r * (1 - 2**-23), 1e30]
-        x[: min(n, len(specials))] = torch.tensor(specials[:n])
-        g = torch.randn(n, generator=gen)
+        x[: min(n, len(specials))] = torch.tensor(specials[:n], dtype=torch.float32)
+        g = torch.randn(n, generator=gen, dtype=torch.float32)
         cases.append((x, r, g))
     return cases
 

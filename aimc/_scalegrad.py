@@ -237,10 +237,12 @@ def _cases() -> list[tuple]:
         b, width = g * ti, to * cols
         lv = torch.randint(-127, 128, (b, n, width), generator=gen).to(dtype)
         if dtype == torch.float32:
-            lv = lv + torch.rand(b, n, width, generator=gen)  # levels that are not integers
-        grad = torch.randn(g, n, width, generator=gen)
-        f = torch.rand(b, n, to, generator=gen) * 0.1 if fac else None
-        c = torch.rand(b, width, generator=gen) + 0.5 if cs else None
+            lv = lv + torch.rand(
+                b, n, width, generator=gen, dtype=torch.float32
+            )  # levels that are not integers
+        grad = torch.randn(g, n, width, generator=gen, dtype=torch.float32)
+        f = torch.rand(b, n, to, generator=gen, dtype=torch.float32) * 0.1 if fac else None
+        c = torch.rand(b, width, generator=gen, dtype=torch.float32) + 0.5 if cs else None
         cases.append((lv, grad, f, c, ti))
     return cases
 
@@ -253,7 +255,7 @@ def _mismatch(
     col_scale: Tensor | None,
     tiles: int,
 ) -> str | None:
-    out = torch.full((levels.shape[0], levels.shape[2]), 7.0)
+    out = torch.full((levels.shape[0], levels.shape[2]), 7.0, dtype=torch.float32)
     kernel.scale_grad(levels, grad, factor, col_scale, out, tiles)
     ref, bound = scale_grad_reference(levels, grad, factor, col_scale, tiles)
     # two float32 roundings per product, one of the float64 sum to float32 and one of the

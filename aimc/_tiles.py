@@ -177,19 +177,19 @@ class NativeTileKernel(_NativeKernel):
         g, o, k = _check_weight(w, lo)
         _check_buffers("tile", [(w, (g, o, k))])
         b, width, ci = lo.batch, lo.padded_out, lo.rows
-        tiles = torch.empty(b, width, ci)
-        wabs = torch.empty(b, width, ci) if want_abs else None
+        tiles = torch.empty(b, width, ci, dtype=torch.float32)
+        wabs = torch.empty(b, width, ci, dtype=torch.float32) if want_abs else None
         limbs = torch.empty(3, b, width, ci, dtype=torch.int8) if want_limbs else None
-        lscale = torch.empty(b, width) if want_limbs else None
+        lscale = torch.empty(b, width, dtype=torch.float32) if want_limbs else None
         in_start, out_start = _starts(lo.in_sizes), _starts(lo.out_sizes)
         omega = mapping.weight_scaling_omega
         scale = per_row = None
         mode, flags = 1, 2 if gain != 1.0 else 0
         if omega > 0 and mapping.weight_scaling_columnwise:
-            mode, scale = 2, torch.empty(b, width)
+            mode, scale = 2, torch.empty(b, width, dtype=torch.float32)
             per_row = scale
         elif omega > 0:
-            w_max = torch.empty(b, width)
+            w_max = torch.empty(b, width, dtype=torch.float32)
             self._call(0, w, None, None, None, None, w_max, in_start, out_start, lo, 0.0, 1.0, 0)
             w_max = w_max.view(b, lo.n_out, lo.cols).amax(dim=-1)  # (B, to)
             scale = torch.where(w_max == 0, torch.ones_like(w_max), w_max / omega)
@@ -297,7 +297,7 @@ def _cases() -> list[tuple]:
         (1, 21, 50, 20, 0, 0.0, False, 2.5),  # no weight scaling
         (2, 9, 17, 0, 4, 0.5, False, 1.0),
     ]:
-        w = torch.randn(g, o, k, generator=gen) * 0.3
+        w = torch.randn(g, o, k, generator=gen, dtype=torch.float32) * 0.3
         w[0, 3] = 0.0  # an all-zero row
         w[0, 5, 2] = -0.0
         w[-1, 1, 1] = 40.0  # an outlier
@@ -372,7 +372,7 @@ def _remap_cases() -> list[tuple]:
     gen = torch.Generator().manual_seed(1)
     cases = []
     for g, o, k, max_in, clip in [(1, 9, 40, 16, 1.0), (2, 7, 64, 32, None), (1, 5, 37, 0, 0.3)]:
-        w = torch.randn(g, o, k, generator=gen)
+        w = torch.randn(g, o, k, generator=gen, dtype=torch.float32)
         w[0, 1] = 0.0  # an all-zero row: divided by 1e-12
         w[0, 2, 3] = math.nan
         w[-1, 3, 5] = -math.inf
@@ -385,7 +385,7 @@ def _remap_mismatch(
 ) -> str | None:
     lo = TileLayout.build(w.shape[0], w.shape[1], w.shape[2], MappingConfig(max_input_size=max_in))
     got = w.clone()
-    scale = torch.full((lo.groups, lo.n_in, lo.out_size), 7.0)
+    scale = torch.full((lo.groups, lo.n_in, lo.out_size), 7.0, dtype=torch.float32)
     kernel.clip_remap_(got, lo, clip, scale)
     ref, ref_scale = clip_remap_reference(w, lo, clip)
     if not (nan_equal(got, ref) and nan_equal(scale, ref_scale)):

@@ -201,6 +201,12 @@ def convert(
             )
         label = f"{type(module).__name__} {name!r}"
         check_weight_dtype(module, label)
+        if module.weight.numel() == 0:  # (before any layer is replaced)
+            raise ValueError(
+                f"convert: {label} weight has shape {tuple(module.weight.shape)}, no weights; "
+                "allowed: at least one input and one output (a crossbar has at least one row "
+                f"and one column) — leave it digital with exclude=[{name!r}]"
+            )
         if cfg.device.model != "none":  # it will be programmed: refuse NaN/inf weights
             check_finite_weights(module, "convert", label)
     aliases: dict[int, list[str]] = {}

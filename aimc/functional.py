@@ -119,6 +119,12 @@ class TileLayout:
         return self.groups * self.n_in
 
     @property
+    def has_padding(self) -> bool:
+        """Whether a split is uneven: the tile matrices then hold padding cells, which must
+        stay zero (a crossbar of AIHWKIT's has no such cells)."""
+        return self.n_in * self.rows != self.in_size or self.n_out * self.cols != self.out_size
+
+    @property
     def padded_in(self) -> int:
         return self.n_in * self.rows
 
@@ -253,7 +259,7 @@ def tile_weights(
     if torch.compiler.is_compiling():  # inductor fuses the copy into the division itself
         return (wv / per_col).reshape(lo.batch, lo.padded_out, lo.rows), scale
     # divided straight from the strided view into the contiguous tiles (one pass, no copy)
-    tiles = torch.empty(lo.batch, lo.padded_out, lo.rows, device=w.device)
+    tiles = torch.empty(lo.batch, lo.padded_out, lo.rows, dtype=torch.float32, device=w.device)
     view = tiles.view(g, lo.n_in, lo.padded_out, lo.rows)
     torch.div(wv, per_col, out=view)
     return tiles, scale

@@ -189,7 +189,9 @@ def clip_grad_(x: Tensor, r: Tensor, grad: Tensor, decay: float) -> Tensor:
     as :class:`_InputRange`)."""
     cpu = grad.device.type == "cpu" and grad.is_contiguous() and x.is_contiguous()
     if cpu and grad.dtype == x.dtype == torch.float32 and _native_clip(r):
-        total = torch.tensor(CLIP.clip_grad_(x.detach(), float(r.detach().float()), grad))
+        total = torch.tensor(
+            CLIP.clip_grad_(x.detach(), float(r.detach().float()), grad), dtype=torch.float32
+        )
     elif cpu:
         flat = (x.detach().view(-1), r.detach().to(grad.dtype), grad.view(-1))
         total = _CLIP_GRAD(*flat, device=x.device)
@@ -309,10 +311,14 @@ def update_input_range(layer: nn.Module, x: Tensor) -> None:
         std = torch.tensor(CLIP.std(xf), dtype=torch.float32)
     else:
         std = xf.std()
-    estimate = hwa.input_range_init_std * std.clamp_min(1e-6)
-    if not bool(torch.isfinite(estimate)):  # a batch with NaN/inf must not poison the range
+    # as AIHWKIT: a batch without spread (all zeros, say) is skipped, not counted; and a batch
+    # with NaN/inf must not poison the range
+    if not (bool(torch.isfinite(std)) and float(std) > 0.0):
         return
-    layer.input_range.mul_(n / (n + 1)).add_(estimate / (n + 1))
+    estimate = hwa.input_range_init_std * std
+    # through .data, as AIHWKIT: a layer applied twice before one backward (weight sharing)
+    # saved the range for its first call, whose version an in-place update would move
+    layer.input_range.data.mul_(n / (n + 1)).add_(estimate / (n + 1))
     layer.input_range_batches.add_(1)
 
 
@@ -362,7 +368,7 @@ def _fused_post_step(layer: nn.Module, hwa: HWAConfig, w: Tensor) -> bool:
     ):
         return False
     lo = layer.tile_layout()
-    scale = torch.empty(lo.groups, lo.n_in, lo.out_size)
+    scale = torch.empty(lo.groups, lo.n_in, lo.out_size, dtype=torch.float32)
     clip = hwa.clip_value if hwa.clip == WeightClip.FIXED else None
     TILES.clip_remap_(w.detach(), lo, clip, scale)
     # written through its address: the version counter moved by hand, as an in-place op would
@@ -417,7 +423,8 @@ def _remap(layer: nn.Module, hwa: HWAConfig, w: Tensor) -> None:
     lo = layer.tile_layout()
     full = layer._analog_weight(w).detach()  # (G, O, K [+ 1]), the analog bias as last input
     g = full.shape[0]
-    mags = column_maxima(full, lo)
+    # at least float32: 1e-12 (the clamp of an all-zero column below) is 0 in float16
+    mags = column_maxima(full, lo).to(torch.promote_types(full.dtype, torch.float32))
     per_tile = lo.pad_out(mags, 2).view(g, lo.n_in, lo.n_out, lo.cols).amax(dim=3)  # (G,ti,to)
     tile_max = lo.tile_columns(per_tile)  # (G, ti, O)
     columnwise_scale = layer.analog_config.mapping.out_scaling_columnwise
@@ -449,6 +456,14 @@ def divide_columns_(w: Tensor, scale: Tensor, lo: TileLayout, bias: Tensor | Non
     of each column by its own; with an analog ``bias`` (the tile's last input row, ``lo`` then
     laid out for ``K + 1`` inputs) that too."""
     g, o, k = w.shape
+    if w.dtype in (torch.float16, torch.bfloat16):
+        # divided in float32: the scale of an all-zero column (1e-12) is 0 in float16 (0 / 0)
+        wf, bf = w.float(), None if bias is None else bias.float()
+        divide_columns_(wf, scale.float(), lo, bf)
+        w.copy_(wf)
+        if bias is not None:
+            bias.copy_(bf)
+        return
     if bias is not None or lo.padded_in != k or not w.is_contiguous():
         per_weight = lo.per_weight(scale)  # (G, O, K [+ 1])
         w.div_(per_weight[..., :k].to(w.dtype))

@@ -232,6 +232,10 @@ def units(io: IOConfig) -> tuple[float, float]:
     return (io.inp_step if io.inp_step > 0 else 1.0, io.out_step if io.out_step > 0 else 1.0)
 
 
+#: The smallest normal float32: a noise-management scale below it counts as 0
+_FLOAT32_TINY = torch.finfo(torch.float32).tiny
+
+
 def _input_scale(
     xv: Tensor, io: IOConfig, input_range: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -250,6 +254,9 @@ def _scale_of(
     if input_range is not None:
         return input_range.float().expand_as(amax).clone(), finite
     if io.noise_management == NoiseManagement.ABS_MAX:
+        # a vector whose abs-max is subnormal is an all-zero vector (AIHWKIT flushes such
+        # values; 1 / s would overflow to inf and give NaN levels); NaN stays NaN
+        amax = torch.where(amax < _FLOAT32_TINY, 0.0, amax)
         # AIHWKIT: a positive nm_thres caps the abs-max scale
         return (amax.clamp(max=io.nm_thres) if io.nm_thres > 0 else amax), finite
     return torch.full_like(amax, _constant_scale(io)), finite
@@ -844,6 +851,13 @@ def analog_mvm(
             return y if levels is None else (_compact(z, factor, tw, g, n, io, levels), y)
         sat = _adc_(z, io, lo.n_out if bm else None)
 
+    if bm and sat is not None and limbs is not None:
+        # the int8 MVM packs a NaN level as 0: a vector with a non-finite input (its outputs
+        # NaN by the finite mask) has a finite product there, which may saturate; the float32
+        # GEMM's NaN never does. No rounds for it (they would spend the others' noise draws)
+        sat &= finite.transpose(1, 2).reshape(lo.batch, n, 1)
+        if not bool(sat.any()):
+            sat = None
     if bm and sat is not None:
         x_t = xv.transpose(1, 2).reshape(lo.batch, n, lo.rows)
         if isinstance(generator, KeyedStream):
@@ -1133,7 +1147,7 @@ def _bound_management(
         )
         xq = _to_levels_(x_rows.index_select(0, rows).mul_(inv.unsqueeze(1)), io)
         xq = _dac_(xq, io, in_unit, g).view(nb * n_out, k, rows_in)
-        zs = torch.empty(nb * n_out, k, cols, device=z.device)
+        zs = torch.empty(nb * n_out, k, cols, dtype=torch.float32, device=z.device)
         lb = limbs if limbs is not None and k >= INT_MIN_VECTORS else None
         sat_new = _mvm_adc(xq, w_sub, io, g, zs, 1, None, True, lb)  # (B*to, k, 1), or None
         valid = (torch.arange(k, device=z.device).view(1, 1, k) < counts.unsqueeze(2)).reshape(-1)

@@ -376,7 +376,7 @@ def counter_rows(key: Tensor, numel: int, rows: Tensor, width: int, kind: str = 
     without it, the same values in eager tensor operations."""
     m = rows.shape[0] * width
     if m == 0:
-        return torch.empty(rows.shape[0], width, device=rows.device)
+        return torch.empty(rows.shape[0], width, dtype=torch.float32, device=rows.device)
     # not where the noise kernel could not be built (the same compiler); always in inference
     # mode, so that the variants are only the kind and the thread count
     kernel = _FILL.failed is None

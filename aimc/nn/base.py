@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .._intmvm import INT_MVM, keep_limbs
 from .._tiles import TILES
+from ..compensation import valid_mask
 from ..config import AnalogConfig, WeightModifier, WeightNoiseType
 from ..functional import TileLayout, tile_weights
 from ..hwa import (
@@ -39,7 +40,7 @@ from ..mvm import (
     units,
 )
 from ..random import CounterStream, check_seed, derive_seed
-from .checks import check_finite_weights, layer_label
+from .checks import check_finite_weights, check_input_range, compute_dtype, layer_label
 from .chip import ChipMixin
 
 
@@ -446,13 +447,23 @@ class AnalogLayerMixin(ChipMixin):
         if torch.compiler.is_compiling():
             return self._make_tile_weights(check=False)
         params = [self.weight] + ([self.bias] if self.bias is not None else [])
-        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        key = tuple(
+            (p.data_ptr(), 0 if p.is_inference() else p._version, p.device, p.dtype) for p in params
+        ) + (self._config_key(),)
         if self._tile_cache is not None and self._tile_cache[0] == key:
             return self._tile_cache[1]
         tw = self._make_tile_weights(check=True, vectors=vectors)
         tw.fixed = True
         self._tile_cache = (key, tw)
         return tw
+
+    def _config_key(self) -> tuple[Any, ...]:
+        """What of the (mutable) config the cached tiles depend on: the IO config (the DAC/ADC
+        gain folded into the tiles, ``|W|`` for ``pcm_read``) and the mapping (the layout, the
+        weight scaling). A field changed in place after a forward rebuilds the tiles."""
+        cfg = self.analog_config
+        mapping = cfg.mapping
+        return cfg.io._key, tuple(getattr(mapping, f.name) for f in dataclasses.fields(mapping))
 
     def _make_tile_weights(self, check: bool, vectors: int = 0) -> TileWeights:
         cfg = self.analog_config
@@ -521,6 +532,8 @@ class AnalogLayerMixin(ChipMixin):
         in_unit, out_unit = units(self.analog_config.io)
         gain = in_unit / out_unit
         w = modify_weights(tw.w / gain, tw.layout, hwa, gen)
+        if tw.layout.has_padding:  # the padding cells of an uneven split stay zero
+            w = w * valid_mask(tw.layout, w.device).transpose(1, 2)
         return TileWeights(tw.layout, w * gain, tw.scale, None if tw.w_abs is None else w.abs())
 
     def invalidate_tiles(self) -> None:
@@ -534,9 +547,10 @@ class AnalogLayerMixin(ChipMixin):
         Each input tile's output is scaled by its own learned output scale
         (:meth:`out_scale_shape`) before the digital sum over input tiles, as in AIHWKIT.
 
-        Computation is float32 whatever the input dtype; the result has the input's dtype.
+        Computation is float32 whatever the input dtype; the result has the input's dtype
+        (under autocast: the dtype autocast gives the digital op, :func:`.checks.compute_dtype`).
         """
-        dtype = x.dtype
+        dtype = compute_dtype(x)  # (under autocast: its dtype, as the digital op)
         cfg = self.analog_config
         w = self._analog_weight()
         xf = x.float()
@@ -553,6 +567,8 @@ class AnalogLayerMixin(ChipMixin):
             and not torch.compiler.is_compiling()
         )
         if r is not None:
+            if not torch.compiler.is_compiling():
+                check_input_range(self, r)
             if self.training:
                 update_input_range(self, xf)
             if not own_clip:

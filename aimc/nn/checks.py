@@ -27,7 +27,7 @@ def _fail(layer: Any, what: str, digital: str, error: type = RuntimeError) -> No
 
 def check_common(layer: Any, x: Tensor, digital: str) -> None:
     """Type, dtype and device of the input against the layer's weight, as the digital op
-    checks them. Under autocast the digital op casts, so the dtype may differ there."""
+    checks them (under autocast: the dtypes autocast casts them to, :func:`compute_dtype`)."""
     if not isinstance(x, Tensor):
         raise TypeError(
             f"{layer_label(layer)}: input must be a torch.Tensor, got {type(x).__name__}"
@@ -40,13 +40,30 @@ def check_common(layer: Any, x: Tensor, digital: str) -> None:
             "(or the model) so both are on the same device",
             digital,
         )
-    if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+    x_dtype, w_dtype = compute_dtype(x), compute_dtype(w, x.device.type)
+    if x_dtype != w_dtype:
+        cast = "" if (x_dtype, w_dtype) == (x.dtype, w.dtype) else " (after autocast)"
         _fail(
             layer,
-            f"input dtype {x.dtype} does not match the weight dtype {w.dtype}; cast the input "
-            "(or the model) so both have the same dtype",
+            f"input dtype {x_dtype} does not match the weight dtype {w_dtype}{cast}; cast the "
+            "input (or the model) so both have the same dtype",
             digital,
         )
+
+
+def compute_dtype(t: Tensor, device_type: str | None = None) -> torch.dtype:
+    """The dtype the digital op computes ``t`` in: under autocast on ``device_type`` (default:
+    ``t``'s) autocast's dtype for a floating-point tensor other than float64 (the tensors
+    autocast casts), else ``t.dtype``. The analog layer returns its output in this dtype of
+    its input."""
+    device_type = device_type or t.device.type
+    if (
+        torch.is_autocast_enabled(device_type)
+        and t.is_floating_point()
+        and t.dtype != torch.float64
+    ):
+        return torch.get_autocast_dtype(device_type)
+    return t.dtype
 
 
 def check_linear_input(
@@ -130,6 +147,25 @@ def check_finite_weights(layer: Any, verb: str, label: str | None = None) -> Non
                 "weights only — fix the weights (e.g. a diverged training run) before "
                 "converting or programming"
             )
+
+
+def check_input_range(layer: Any, r: Tensor) -> None:
+    """Refuse a learned input range that is not positive and finite: the clip ``[-r, r]`` of a
+    negative range maps every input to ``|r|`` (an output that no longer depends on the input),
+    an infinite one scales every input to DAC level 0, and a zero one divides by zero. A
+    learned range gets there when training pushes it through zero (its decay alone, on a
+    stretch of zero inputs) or diverges. AIHWKIT keeps clipping at ``|r|`` but divides by the
+    signed ``r``, negating the layer's input: no behaviour to copy."""
+    v = r.detach()
+    tiny = torch.finfo(torch.float32).tiny  # (a subnormal range: 1 / r overflows)
+    if v.device.type == "meta" or bool(((v >= tiny) & torch.isfinite(v)).all()):
+        return
+    values = ", ".join(f"{float(a):.6g}" for a in v.reshape(-1)[:4])
+    raise ValueError(
+        f"forward: {layer_label(layer)} input_range is {values}; allowed: positive and finite "
+        "— the learned input range crossed zero or diverged in training (lower the learning "
+        "rate or hwa.input_range_decay, or reset it with layer.input_range.fill_(...))"
+    )
 
 
 #: Weight dtypes an analog layer accepts: the periphery computes in float32 and returns the

@@ -141,7 +141,9 @@ class ChipMixin:
 
     def _weight_key(self) -> tuple[Any, ...]:
         params = [self.weight] + ([self.bias] if self.bias is not None else [])
-        return tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        return tuple(
+            (p.data_ptr(), 0 if p.is_inference() else p._version, p.device, p.dtype) for p in params
+        )
 
     # -- programming ---------------------------------------------------------------------------
     @torch.inference_mode(False)  # chip buffers must be normal tensors even if called in
@@ -226,8 +228,10 @@ class ChipMixin:
         device = w_t.device
         n = layout.batch * layout.n_out
         per_column = cfg.device.drift_compensation == DriftCompensation.PER_COLUMN
-        g_scale = torch.empty(n, device=device)
-        baseline = torch.empty((n, layout.cols) if per_column else (n,), device=device)
+        g_scale = torch.empty(n, dtype=torch.float32, device=device)
+        baseline = torch.empty(
+            (n, layout.cols) if per_column else (n,), dtype=torch.float32, device=device
+        )
         tiles = _tiles(w_t, layout)
 
         def program_tiles(a: int, b: int, i: int, n_chunks: int):
@@ -247,6 +251,8 @@ class ChipMixin:
                 read.append(_rounded(stored, params.g_max))
             if need_baseline:
                 reference = model.from_conductances(read[0]["g"], read[1]["g"], scale)
+                if layout.has_padding:  # the padding holds no device (see _read_pass)
+                    reference.mul_(_tile_mask(layout, a, b, device))
                 baseline[a:b] = self._readout(reference, layout, a, b, n_chunks, gen)
             return read[0], read[1], scale
 
@@ -366,7 +372,9 @@ class ChipMixin:
 
     def _chip_key(self) -> tuple[Any, ...]:
         bufs = [b for k, b in self._buffers.items() if k.startswith(PREFIX) and b is not None]
-        return tuple((b.data_ptr(), 0 if b.is_inference() else b._version, b.device) for b in bufs)
+        key = tuple((b.data_ptr(), 0 if b.is_inference() else b._version, b.device) for b in bufs)
+        # the config too: the DAC/ADC gain is folded into the tiles (base._config_key)
+        return key + (self._config_key(),)
 
     def _check_lean_weights(self) -> None:
         if self._lean_key is None:
@@ -429,18 +437,29 @@ class ChipMixin:
         per_column = cfg.device.drift_compensation == DriftCompensation.PER_COLUMN
         device = self.weight.device
         n = layout.batch * layout.n_out
-        w_t = torch.empty(layout.batch, layout.padded_out, layout.rows, device=device)
+        w_t = torch.empty(
+            layout.batch, layout.padded_out, layout.rows, dtype=torch.float32, device=device
+        )
         out = _tiles(w_t, layout)
-        m_t = torch.empty((n, layout.cols) if per_column else (n,), device=device)
+        m_t = torch.empty(
+            (n, layout.cols) if per_column else (n,), dtype=torch.float32, device=device
+        )
         chunks = _chunks(layout)
         for i, (a, b) in enumerate(chunks):
             pos, neg, g_scale = source(a, b, i, len(chunks))
             if t < 0:  # programmed, not yet read
                 out[a:b] = model.from_conductances(pos["g"], neg["g"], g_scale)
-                continue
-            gen = self._chunk_generator(drift_seed, i, len(chunks), device)
-            out[a:b] = drift_programmed(model, params, pos, neg, g_scale, t, gen)
+            else:
+                gen = self._chunk_generator(drift_seed, i, len(chunks), device)
+                out[a:b] = drift_programmed(model, params, pos, neg, g_scale, t, gen)
             del pos, neg
+            if layout.has_padding:
+                # the padding cells of an uneven split hold no device: zero, whatever the
+                # programming noise and drift drew there (input noise on a padded row would
+                # otherwise read them into the real outputs)
+                out[a:b].mul_(_tile_mask(layout, a, b, device))
+            if t < 0:
+                continue
             if readout:
                 m_t[a:b] = self._readout(out[a:b], layout, a, b, len(chunks), gen)
         return w_t, m_t
