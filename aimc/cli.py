@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
 
         from .demo import run
 
+        if args.threads < 0:
+            parser.error(
+                f"--threads: got {args.threads}; allowed: an integer >= 0 (0 = torch default)"
+            )
         if args.threads > 0:
             torch.set_num_threads(args.threads)
         print(run(args.seeds))
@@ -92,6 +96,18 @@ def _add_squad_drift(sub) -> None:
     )
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the question subset")
     p.add_argument("--seed", type=int, default=0, help="base seed of chips and noise")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per feature window (default 384; at most the model's positions)",
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="context tokens two windows of a long context share (default 128)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     _add_run_options(p, "continue the run in --out")
@@ -422,6 +438,8 @@ def _run_or_exit(parser, name: str, run, spec, args, **extra) -> int:
 
     from .experiments.safeio import RunWriteError
 
+    if args.threads < 0:
+        parser.error(f"--threads: got {args.threads}; allowed: an integer >= 0 (0 = torch default)")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:

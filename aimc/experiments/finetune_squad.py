@@ -399,6 +399,7 @@ def run(
             for step in range(start, total):
                 t0 = time.perf_counter()
                 idx = _batch_indices(step, len(feats), spec.batch_size, per_epoch, spec.seed)
+                lr = sched.get_last_lr()[0]  # this step's (the step advances the scheduler)
                 loss = _train_step(
                     net, model, opt, sched, feats, idx, step, spec, dev, amp, teacher
                 )
@@ -407,7 +408,7 @@ def run(
                     "step": step,
                     "epoch": step // per_epoch,
                     "loss": loss,
-                    "lr": sched.get_last_lr()[0],
+                    "lr": lr,
                     "step_s": time.perf_counter() - t0,
                 }
                 logger.log(row)

@@ -83,10 +83,11 @@ class LMSweepSpec:
         validate_sweep(self.configs, self.times, self.chips)
         if not _is_int(self.window) or self.window < 2:
             raise ValueError(f"--window: got {self.window!r}; allowed: an integer >= 2 (tokens)")
-        if not _is_int(self.stride) or not 1 <= self.stride <= self.window:
+        if not _is_int(self.stride) or not 1 <= self.stride < self.window:
             raise ValueError(
                 f"--stride: got {self.stride!r} with --window {self.window}; allowed: an integer "
-                f"with 1 <= stride <= window ({self.window})"
+                f"with 1 <= stride < window ({self.window}): a window's first token is scored "
+                "only if the window overlaps the one before"
             )
         if not _is_int(self.max_tokens) or self.max_tokens < 0:
             raise ValueError(
@@ -273,6 +274,13 @@ def run(
     resolve_model(spec)
     # load (and so validate) corpus and model before anything is written to --out
     model, tokenizer = load_causal_lm(spec.model, spec.gguf_file, spec.dtype, dev)
+    cfg = getattr(model, "config", None)
+    positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if isinstance(positions, int) and spec.window > positions:
+        raise ValueError(
+            f"--window: got {spec.window}, but --model {spec.model!r} takes at most {positions} "
+            f"positions; allowed: at most {positions}"
+        )
     check_digital_modules(model, spec.digital_modules)
     ids, windows = prepare_corpus(spec, tokenizer)
     configs = {n: (c.to_dict() if (c := resolve_config(n)) else None) for n in spec.configs}

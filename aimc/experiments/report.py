@@ -113,6 +113,13 @@ def aggregate(
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over the chips; a non-finite value (a chip whose
+    perplexity overflowed or went NaN) makes both non-finite instead of raising, as
+    ``statistics.stdev`` does on inf/NaN."""
+    if not all(math.isfinite(v) for v in values):
+        n = len(values)
+        mean = sum(values) / n
+        return mean, (math.nan if n > 1 else 0.0)
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 

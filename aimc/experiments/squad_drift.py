@@ -6,6 +6,7 @@ The sweep machinery (work units, seeds, resumable ``results.jsonl``, torchrun sp
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,24 @@ class SweepSpec:
     max_answer_length: int = 30
 
     def validate(self) -> None:
+        """Check every field; errors name the field, the value and what is allowed."""
         validate_sweep(self.configs, self.times, self.chips)
         if self.max_questions is not None and self.max_questions < 1:
             raise ValueError(f"--max-questions: got {self.max_questions!r}; allowed: >= 1")
+        # (not CLI options, but run_config.json fields that set the numbers: a 0 gave
+        # EM = F1 = 0 for every unit without a word)
+        for name in ("max_length", "n_best", "max_answer_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                flag = "--" + name.replace("_", "-") if name == "max_length" else name
+                raise ValueError(f"{flag}: got {value!r}; allowed: an integer >= 1")
+        if isinstance(self.stride, bool) or not isinstance(self.stride, int):
+            raise ValueError(f"--stride: got {self.stride!r}; allowed: an integer")
+        if not 1 <= self.stride < self.max_length:
+            raise ValueError(
+                f"--stride: got {self.stride!r} with --max-length {self.max_length}; allowed: "
+                "1 <= stride < max-length (the tokens two windows of a long context share)"
+            )
 
 
 def work_units(spec: SweepSpec) -> list[Unit]:
@@ -125,6 +141,12 @@ def run(
     # load (and so validate) data and model before anything is written to --out
     examples = select_questions(load_squad(spec.data), spec.max_questions, spec.subset_seed)
     model, tokenizer = load_qa_model(spec.model, dev)
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and positions < spec.max_length:
+        raise ValueError(
+            f"--max-length: got {spec.max_length}, but --model {spec.model!r} takes at most "
+            f"{positions} positions; allowed: at most {positions} (and --stride below it)"
+        )
     features = make_features(examples, tokenizer, spec.max_length, spec.stride)
     # the batch size changes the numbers (noise draws follow the batching), so does the device;
     # the resolved configs catch a preset whose definition changed between two aimc versions
@@ -133,18 +155,70 @@ def run(
     determines |= {"configs_resolved": configs}
     extra = {"spec": spec_dict(spec), "configs_resolved": configs}
     evaluate = _evaluator(spec, examples, features, batch_size, dev)
+    after_convert = _range_setter(spec.model, features, batch_size, dev)
     with open_run_dir(out, determines, resume, extra):  # one process (or job) per --out
         logger = Logger(out, rank, use_wandb, wandb_mode, spec_dict(spec), METRICS)
         extra = {"questions": len(examples), "features": len(features)}
         units = work_units(spec)
         rows = run_units(
-            model, units, evaluate, out, spec.seed, logger, progress, extra, main_metric="f1"
+            model,
+            units,
+            evaluate,
+            out,
+            spec.seed,
+            logger,
+            progress,
+            extra,
+            main_metric="f1",
+            after_convert=after_convert,
         )
         if rank == 0:
             title = "SQuAD v1.1 dev as PCM drifts"
             finish(out, rows, spec_dict(spec), use_wandb, wandb_mode, METRICS, title)
         barrier(world)
     return rows
+
+
+#: Features the static input ranges of a config without learned ones are calibrated on (the
+#: first of the evaluated ones, as ``lm-drift`` calibrates on its first corpus windows).
+CALIBRATION_FEATURES = 64
+
+
+def _range_setter(model_dir: str, features, batch_size: int, dev: torch.device):
+    """``after_convert(model, config)`` of the sweep: the static input ranges of a config that
+    has them (``standard_hwa``, ``analog_foundation``: ``hwa.learn_input_range``) are the
+    ranges an ``aimc finetune-squad`` export recorded for every such layer
+    (``aimc_finetune.json``'s ``learned_input_ranges``), else calibrated on the first
+    :data:`CALIBRATION_FEATURES` features (:func:`aimc.calibrate_input_ranges`, ``"max"``:
+    deterministic, noise-free). Left at their placeholder (3.0) they gave meaningless rows."""
+    from ..calibrate import calibrate_input_ranges
+    from ..convert import analog_layers
+    from ..squad.features import _collate
+
+    learned: dict[str, float] = {}
+    info = Path(model_dir) / "aimc_finetune.json"
+    if info.is_file():
+        learned = json.loads(info.read_text()).get("learned_input_ranges") or {}
+
+    def after_convert(m: torch.nn.Module, config: str) -> None:
+        layers = [(n, layer) for n, layer in analog_layers(m) if layer.input_range is not None]
+        if not layers:
+            return
+        if learned and all(n in learned for n, _ in layers):
+            with torch.no_grad():
+                for n, layer in layers:
+                    layer.input_range.fill_(float(learned[n]))
+                    batches = layer.analog_config.hwa.input_range_init_batches
+                    layer.input_range_batches.fill_(batches)
+            return
+        k = min(CALIBRATION_FEATURES, len(features))
+        batches = [
+            _collate(features, list(range(i, min(i + batch_size, k))), dev)
+            for i in range(0, k, batch_size)
+        ]
+        calibrate_input_ranges(m, batches)
+
+    return after_convert
 
 
 def _evaluator(spec: SweepSpec, examples, features, batch_size: int, dev: torch.device):

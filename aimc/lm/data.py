@@ -130,7 +130,16 @@ class Window:
 def sliding_windows(n_tokens: int, window: int, stride: int) -> list[Window]:
     """HuggingFace's perplexity-guide windows: starts ``0, stride, 2 stride, ...``, each up to
     ``window`` tokens long, each scoring only the tokens the previous one did not reach; the
-    last one ends at ``n_tokens``."""
+    last one ends at ``n_tokens``. ``1 <= stride < window`` (any stride for a single window): a
+    window's first token is
+    predicted by no position of its own window, so a later window must overlap the one before
+    by at least one token for every token but the corpus's first to be scored exactly once."""
+    if stride < 1 or (stride >= window and n_tokens > window):
+        raise ValueError(
+            f"sliding_windows: stride {stride!r} with window {window!r}; allowed: "
+            "1 <= stride < window (with stride == window the first token of every later window "
+            "would never be scored)"
+        )
     windows, prev_end = [], 0
     for begin in range(0, n_tokens, stride):
         end = min(begin + window, n_tokens)

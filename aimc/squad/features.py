@@ -43,6 +43,7 @@ def tokenize_windows(
             "--model: the tokenizer must be a fast (Rust) tokenizer: offsets are "
             "needed to map answer spans to and from the context"
         )
+    _check_question_lengths(examples, tokenizer, max_length, stride)
     return tokenizer(
         [e.question.lstrip() for e in examples],
         [e.context for e in examples],
@@ -53,6 +54,25 @@ def tokenize_windows(
         return_offsets_mapping=True,
         padding=False,
     )
+
+
+def _check_question_lengths(examples, tokenizer, max_length: int, stride: int) -> None:
+    """Every window holds its question whole plus more than ``stride`` context tokens: a
+    longer question made the fast tokenizer fail (a "Truncation error", or a Rust panic that
+    no ``except Exception`` catches where the context needs several windows)."""
+    if not examples:
+        return
+    questions = [e.question.lstrip() for e in examples]
+    lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
+    room = max_length - tokenizer.num_special_tokens_to_add(pair=True) - stride
+    worst = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[worst] >= room:
+        raise ValueError(
+            f"--data: question {examples[worst].id!r} has {lengths[worst]} tokens; allowed: "
+            f"fewer than {room} (--max-length {max_length} minus the special tokens minus "
+            f"--stride {stride}: each window holds the question and more than --stride context "
+            "tokens) — raise --max-length, lower --stride or leave the question out"
+        )
 
 
 def make_features(
