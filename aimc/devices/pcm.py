@@ -46,6 +46,11 @@ class PCMParams(DeviceParams):
 
     def _validate(self) -> None:
         self._check_positive("g_max", "t0", "t_read")
+        if self.t_read > self.t0:  # (log(t0 / t_read) of the 1/f read noise: a domain error)
+            raise ValueError(
+                f"{self._prefix}.t_read: got {self.t_read!r} with t0 {self.t0!r}; allowed: "
+                "at most t0 (a read pulse's duration in seconds, 250e-9 by default)"
+            )
         self._check_non_negative("prog_noise_scale", "read_noise_scale", "drift_scale")
         self.prog_coeff = check_coefficients(f"{self._prefix}.prog_coeff", self.prog_coeff)
 

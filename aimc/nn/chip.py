@@ -95,6 +95,7 @@ class ChipMixin:
     """Programming, drift and the eval-mode tiles of an analog layer with a device model."""
 
     _chip_cache: tuple[tuple[Any, ...], TileWeights] | None = None
+    _chip_config: tuple[Any, ...] | None = None
     _alpha: Tensor | None = None
     _lean_key: tuple[Any, ...] | None = None
 
@@ -346,7 +347,9 @@ class ChipMixin:
         (:func:`_cache_chip_tiles`, a graph break: with ``fullgraph=True`` fill it first, with
         :func:`aimc.prepare_compile` or one eager forward). A lean chip cannot be compiled."""
         if torch.compiler.is_compiling():
-            if self._chip_cache is None:
+            # (the config part of the key, which dynamo traces and guards: an IO field changed
+            # in place retraces, and the new graph must not take the tiles of the old gain)
+            if self._chip_cache is None or self._chip_config != self._config_key():
                 _cache_chip_tiles(self)
             return self._chip_cache[1]
         if not self.is_programmed():
@@ -366,6 +369,7 @@ class ChipMixin:
             tw = self._compute_chip_tiles(read_out)
         tw.fixed = True  # (a lean chip's: its limbs are built with its tiles)
         self._chip_cache = None if lean else (key, tw)
+        self._chip_config = key[-1]  # (its config part alone: what a compiled forward checks)
         if lean:
             trim_if_grown()
         return tw
@@ -525,7 +529,10 @@ class ChipMixin:
             out = super()._apply(fn, recurse)
         finally:
             for k, b in chip.items():
-                self._buffers[k] = b.to(fn(b).device)
+                moved = fn(b)
+                # the device of fn's result, the chip's own dtype; to_empty (a meta round
+                # trip) gives an empty tensor to load into, which b.to() could not copy from meta
+                self._buffers[k] = moved if moved.dtype == b.dtype else b.to(moved.device)
         self._chip_cache = None
         return out
 
@@ -548,10 +555,30 @@ class ChipMixin:
                 self.register_buffer(name, torch.empty_like(value, device=self.weight.device))
         self._chip_cache = None
         self._alpha = None
-        self._lean_key = None  # re-keyed on the next read: the weights are loaded with the chip
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        if incoming:
+            # the chip's weights came with it: a lean chip is keyed on them now, so a change
+            # before its first read is refused too; weights loaded without a chip keep the old
+            # key (a lean chip then refuses them: it was programmed from other weights)
+            self._lean_key = self._weight_key()
+
+    # -- copies (deepcopy, pickling): the weights live elsewhere, with other addresses ---------
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        if state.get("_lean_key") is not None:
+            same = self._lean_key == self._weight_key()
+            state["_lean_key"] = "unchanged" if same else "changed"
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        mark = self.__dict__.get("_lean_key")
+        if mark == "unchanged":
+            self._lean_key = self._weight_key()
+        elif mark == "changed":  # the original's weights had changed: the copy refuses too
+            self._lean_key = ("changed since programming",)
 
 
 @torch.compiler.disable

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..random import derive_seed
 from .config import PulsedConfig, UpdateMode
 from .devices import apply_pulses, get
-from .update import check_batch, expected_counts, slot_counts
+from .update import check_batch, check_lr, expected_counts, slot_counts
 
 #: Most write iterations of a refresh (each halves the remaining distance to the target).
 REFRESH_ITERATIONS = 64
@@ -122,6 +122,7 @@ class PulsedArray(nn.Module):
         With ``cols``, ``x`` holds only those input columns and only they are updated."""
         shape = self.shape if cols is None else (self.shape[0], len(cols))
         check_batch(x, d, shape)
+        lr = check_lr(lr)
         if lr > 0:
             cfg = self.config.update
             dw_min = self.granularity()

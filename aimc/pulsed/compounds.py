@@ -54,6 +54,12 @@ class TikiTakaArrays(nn.Module):
                 f"tiki_taka: got {type(tiki_taka).__name__}; allowed: aimc.pulsed.TikiTakaConfig"
             )
         out, inp = weight.shape
+        if tiki_taka.columns_per_transfer > inp:
+            # (a transfer would read a column twice but write it once: half the transfer lost)
+            raise ValueError(
+                f"tiki_taka.columns_per_transfer: got {tiki_taka.columns_per_transfer} for a "
+                f"layer of {inp} inputs; allowed: at most the layer's inputs ({inp})"
+            )
         self.tt = tiki_taka
         self.fast = PulsedArray(out, inp, config, derive_seed(seed, "fast"))
         self.slow = PulsedArray(out, inp, config_slow or config, derive_seed(seed, "slow"))

@@ -21,7 +21,7 @@ from ..nn import AnalogConv1D
 from ..random import check_seed, derive_seed
 from .compounds import MixedPrecisionArray, PlainSGD, TikiTakaArrays
 from .config import MixedPrecisionConfig, PulsedConfig, TikiTakaConfig
-from .update import check_lr
+from .update import check_batch, check_lr
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, AnalogConv1D)
 
@@ -31,15 +31,21 @@ class _Capture:
 
     def __init__(self, layer: nn.Module) -> None:
         self.xs: list[Tensor] = []
-        self.ds: list[Tensor] = []
+        self.ds: list[tuple[int, Tensor]] = []
         self.handle = layer.register_forward_hook(self._forward)
 
     def _forward(self, module: nn.Module, inputs: tuple, output: Tensor) -> None:
         if not (module.training and torch.is_grad_enabled() and output.requires_grad):
             return
         x = inputs[0].detach()
+        i = len(self.xs)
         self.xs.append(x.reshape(-1, x.shape[-1]))
-        output.register_hook(lambda g: self.ds.append(g.detach().reshape(-1, g.shape[-1])))
+        # each error with the index of its forward: backwards between forwards (gradient
+        # accumulation) deliver them in forward order, one backward of several forwards in
+        # reverse order
+        output.register_hook(
+            lambda g, i=i: self.ds.append((i, g.detach().reshape(-1, g.shape[-1])))
+        )
 
     def pop(self, name: str) -> tuple[Tensor, Tensor] | None:
         xs, ds = self.xs, self.ds
@@ -51,7 +57,13 @@ class _Capture:
                 f"{name}: {len(xs)} training forward(s) but {len(ds)} backward(s) since the last "
                 "step; allowed: call loss.backward() once per forward before optimizer.step()"
             )
-        return torch.cat(xs), torch.cat(ds[::-1])  # gradients arrive in reverse order
+        if sorted(i for i, _ in ds) != list(range(len(xs))):
+            raise ValueError(
+                f"{name}: the backward(s) since the last step reached its forwards "
+                f"{sorted(i for i, _ in ds)} of 0..{len(xs) - 1}; allowed: one backward "
+                "through each training forward before optimizer.step()"
+            )
+        return torch.cat(xs), torch.cat([d for _, d in sorted(ds, key=lambda t: t[0])])
 
 
 def trainable_layers(model: nn.Module, exclude: Iterable[str] = ()) -> list[tuple[str, nn.Linear]]:
@@ -130,9 +142,15 @@ class _PulsedOptimizer(torch.optim.Optimizer):
         return loss
 
     def _analog_step(self, lr: float) -> None:
-        entries = zip(self._layers, self._captures, self._generators, strict=True)
-        for (name, layer), capture, gen in entries:
-            batch = capture.pop(name)
+        pairs = zip(self._layers, self._captures, strict=True)
+        batches = [capture.pop(name) for (name, _), capture in pairs]
+        # every layer's batch checked before any is updated: a NaN error (a diverged loss)
+        # names its layer and leaves the whole model as it was
+        for (name, layer), batch in zip(self._layers, batches, strict=True):
+            if batch is not None:
+                check_batch(*batch, tuple(layer.weight.shape), f"layer {name!r}")
+        entries = zip(self._layers, batches, self._generators, strict=True)
+        for (_, layer), batch, gen in entries:
             if batch is None:
                 continue
             x, d = batch

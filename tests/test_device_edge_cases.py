@@ -1,8 +1,8 @@
-"""Review of the device physics and chip state (session 15): programmed chips (full and lean),
-their checkpoints and copies, the PCM parameters, compiled reads of a chip, and the pulsed
-arrays / optimizers of in-situ training.
+"""Device physics and chip state edge cases: programmed chips (full and lean), their
+checkpoints and copies, the PCM parameters, compiled reads of a chip, and the pulsed arrays /
+optimizers of in-situ training.
 
-Every test here failed on the code it was written against, because of a bug it names.
+Each test failed before its fix (2026-12-06 review), because of the bug its docstring names.
 """
 
 from __future__ import annotations
