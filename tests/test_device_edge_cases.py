@@ -12,6 +12,8 @@ import io
 
 import pytest
 import torch
+from test_pulsed_update import IDEAL as PULSED_IDEAL
+from test_pulsed_update import gen
 from torch import nn
 
 import aimc
@@ -22,22 +24,10 @@ from aimc.pulsed.compounds import TikiTakaArrays
 
 HOUR = 3600.0
 
-#: a pulsed device without any spread or noise and with wide bounds: the ``expected`` update is
-#: then exactly the SGD step ``-lr delta^T x`` (as long as no pulse probability is clipped at 1)
-IDEAL = {
-    "dw_min": 1e-4,
-    "dw_min_dtod": 0.0,
-    "dw_min_std": 0.0,
-    "up_down_dtod": 0.0,
-    "w_max_dtod": 0.0,
-    "w_min_dtod": 0.0,
-    "w_max": 10.0,
-    "w_min": -10.0,
-}
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+#: a pulsed device without any spread or noise and with wide bounds (test_pulsed_update's) and a
+#: fine step: the ``expected`` update is then exactly the SGD step ``-lr delta^T x`` (as long as
+#: no pulse probability is clipped at 1)
+IDEAL = {**PULSED_IDEAL, "dw_min": 1e-4}
 
 
 def pcm_model(weight_seed: int = 0, cfg: aimc.AnalogConfig | None = None) -> nn.Module:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -288,20 +287,10 @@ def finetune_assets(tmp_path_factory) -> dict[str, Any]:
 
 
 def _finetune_spec(assets: dict[str, Any], **kw: Any):
-    from aimc.experiments.finetune_squad import FinetuneSpec
+    """test_finetune_squad's spec: 4 steps of 2 features, 128 tokens, stride 32."""
+    from test_finetune_squad import _spec
 
-    base = FinetuneSpec(
-        model=str(assets["model"]),
-        train=str(assets["train"]),
-        max_length=128,
-        stride=32,
-        max_steps=4,
-        batch_size=2,
-        lr=1e-3,
-        warmup=0.5,
-        seed=0,
-    )
-    return replace(base, **kw)
+    return _spec(assets, **({"batch_size": 2, "warmup": 0.5, "seed": 0} | kw))
 
 
 def test_finetune_stride_that_passes_validation_but_not_the_tokenizer(finetune_assets, tmp_path):
