@@ -32,8 +32,14 @@ def _hf_conv1d_type() -> type | None:
     return Conv1D
 
 
-#: Subclasses with a forward of their own that computes what the base class's does.
-_SAME_FORWARD = frozenset({"NonDynamicallyQuantizableLinear"})
+#: Subclasses (module.qualname) with a forward of their own that computes what the base
+#: class's does: timm's ``Linear`` only casts the bias for TorchScript under AMP.
+_SAME_FORWARD = frozenset(
+    {
+        "torch.nn.modules.linear.NonDynamicallyQuantizableLinear",
+        "timm.layers.linear.Linear",
+    }
+)
 
 
 def _handlers() -> list[tuple[type, type]]:
@@ -237,7 +243,8 @@ def convert(
             )
         base = next(d for d, a in handlers if a is analog_cls)
         own_forward = type(module).forward is not base.forward
-        if own_forward and type(module).__name__ not in _SAME_FORWARD:
+        qualname = f"{type(module).__module__}.{type(module).__qualname__}"
+        if own_forward and qualname not in _SAME_FORWARD:
             raise ValueError(
                 f"convert: {label} is a {base.__name__} subclass with its own forward (it may "
                 "transform the weight or the input, which the analog layer would not); allowed: "
