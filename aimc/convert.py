@@ -56,6 +56,13 @@ def _handlers() -> list[tuple[type, type]]:
     return table
 
 
+def peft_base_name(name: str) -> str:
+    """A module's name in a peft model without the wrapper's parts (``base_model.model.`` and
+    ``.base_layer``): its name in the base model."""
+    name = name.removeprefix("base_model.model.")
+    return name.removesuffix(".base_layer").replace(".base_layer.", ".")
+
+
 def _matches(pattern: Pattern, name: str) -> bool:
     """Exact name, dotted suffix (``"query"`` hits ``"...attention.self.query"``), or regex.
 
@@ -179,6 +186,12 @@ def convert(
     aliases: dict[int, list[str]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         aliases.setdefault(id(module), []).append(name)
+    # the names a pattern may give: every alias, and in a peft model the base model's names
+    peft = hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+    pattern_names = {
+        key: names + [b for n in names if (b := peft_base_name(n)) != n] if peft else names
+        for key, names in aliases.items()
+    }
     candidates = []
     for name, module in model.named_modules():
         if isinstance(module, AnalogLayerMixin) or name in mha_children:
@@ -193,7 +206,7 @@ def convert(
     chosen = []
 
     def hits(p: Pattern, module: nn.Module) -> bool:
-        return any(_matches(p, a) for a in aliases[id(module)])
+        return any(_matches(p, a) for a in pattern_names[id(module)])
 
     for name, module, analog_cls in candidates:
         for key, pats in (

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ._malloc import trim_if_grown
-from .convert import analog_layers
+from .convert import analog_layers, peft_base_name
 from .nn.chip import check_storage, check_time
 from .random import check_seed, derive_seed
 
@@ -29,12 +29,9 @@ def _device_layers(model: nn.Module, verb: str):
 
 def _chip_name(name: str, peft: bool) -> str:
     """The name a layer's seeds derive from. In a peft model (LoRA adapters attached) the
-    wrapper's parts of the name (``base_model.model.`` and ``.base_layer``) are left out, so
-    the same seed programs the same chip with and without the adapters (paired comparisons)."""
-    if peft:
-        name = name.removeprefix("base_model.model.")
-        name = name.removesuffix(".base_layer").replace(".base_layer.", ".")
-    return name
+    wrapper's parts of the name are left out (:func:`aimc.convert.peft_base_name`), so the same
+    seed programs the same chip with and without the adapters (paired comparisons)."""
+    return peft_base_name(name) if peft else name
 
 
 def program(model: nn.Module, seed: int = 0, storage: str = "full") -> nn.Module:

@@ -2,7 +2,7 @@
 digital_module, nn.TransformerEncoderLayer's fast path, Linear/Conv subclasses with their own
 forward, weight-normed convolutions, modules registered under several names, empty targets,
 inference-mode models, argument checks. Each test failed before its fix (2026-12-06 review);
-the three ``xfail(strict=True)`` ones are known, not yet fixed (docs/reliability.md).
+the two ``xfail(strict=True)`` ones are known, not yet fixed (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -198,7 +198,6 @@ def test_patterns_see_every_name_of_a_module_registered_twice():
     assert isinstance(model.head, AnalogLinear) and model.encoder is model.head
 
 
-@pytest.mark.xfail(strict=True, reason="known, not yet fixed: docs/reliability.md")
 def test_patterns_on_a_peft_model_match_the_base_layer_names():
     """After ``get_peft_model`` (the attach-then-convert order the docs call equivalent) each
     targeted layer is ``...query.base_layer``: ``convert(..., targets="query")`` (or
