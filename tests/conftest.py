@@ -37,6 +37,22 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def outputs_on_one_and_two_threads(layer: torch.nn.Module, x: torch.Tensor, seed: int) -> list:
+    """``layer(x)`` (no autograd) on one, then two torch threads, the layer's noise stream
+    restarted from ``seed`` before each; the thread count restored afterwards."""
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            layer.manual_seed(seed)
+            with torch.no_grad():
+                outs.append(layer(x))
+    finally:
+        torch.set_num_threads(threads)
+    return outs
+
+
 def run_as_avx2_host(files: list[str], keyword: str) -> None:
     """Run the tests ``keyword`` of ``files`` (under tests/) in a child process with
     ``ATEN_CPU_CAPABILITY=avx2`` — PyTorch's own kernels, inductor's code and aimc's

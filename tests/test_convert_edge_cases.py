@@ -28,6 +28,18 @@ TILED = aimc.AnalogConfig(
 )
 
 
+def _tiny_bert_config():
+    """A one-layer BERT of width 16 (random init)."""
+    return transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+
+
 def _no_grad(model: nn.Module, *args, **kwargs):
     with torch.no_grad():
         return model(*args, **kwargs)
@@ -206,14 +218,7 @@ def test_patterns_on_a_peft_model_match_the_base_layer_names():
     parts for seeds; ``convert``'s patterns do not."""
     peft = pytest.importorskip("peft")
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        vocab_size=64,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
+    cfg = _tiny_bert_config()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = peft.get_peft_model(
@@ -276,14 +281,7 @@ def test_save_pretrained_of_a_converted_model_saves_or_says_what_to_do(tmp_path)
     ``_extra_state`` is a dict): nothing says it is the analog layers, or to use
     ``torch.save(state_dict)`` / ``aimc.to_digital``."""
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        vocab_size=64,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
+    cfg = _tiny_bert_config()
     model = aimc.convert(transformers.BertForMaskedLM(cfg).eval(), presets.ideal())
     try:
         model.save_pretrained(tmp_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import outputs_on_one_and_two_threads
 from torch import nn
 
 import aimc
@@ -377,16 +378,7 @@ def test_int8_forward_with_bound_management_does_not_depend_on_the_thread_count(
     aimc.drift(layer, 3600.0, seed=0)
     layer.eval()
     x = torch.randn(256, 1030, generator=torch.Generator().manual_seed(1))
-    threads = torch.get_num_threads()
-    outs = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            layer.manual_seed(9)
-            with torch.no_grad():
-                outs.append(layer(x))
-    finally:
-        torch.set_num_threads(threads)
+    outs = outputs_on_one_and_two_threads(layer, x, 9)
     assert layer.active_tiles().layout.n_in == 3
     assert torch.equal(outs[0], outs[1])
 

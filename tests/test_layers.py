@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import outputs_on_one_and_two_threads
 from torch import nn
 
 import aimc
@@ -413,16 +414,7 @@ def test_random_stream_independent_of_thread_count():
     rows = 2 * aimc.random.CHUNK // 512 + 88  # output noise buffer larger than two chunks
     x = torch.randn(rows, 64)
     assert x.shape[0] * 512 > 2 * aimc.random.CHUNK
-    threads = torch.get_num_threads()
-    try:
-        outs = []
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            layer.manual_seed(9)
-            with torch.no_grad():
-                outs.append(layer(x))
-    finally:
-        torch.set_num_threads(threads)
+    outs = outputs_on_one_and_two_threads(layer, x, 9)
     assert torch.equal(outs[0], outs[1])
 
 
