@@ -56,7 +56,7 @@ def load_teacher(spec: Any, device: torch.device, tokenizer) -> torch.nn.Module:
     the student's tokenizer, fewer positions than ``--max-length``."""
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from .models import load_weights, qa_config
+    from .models import load_weights, max_positions, qa_config
 
     path = spec.model if spec.teacher == SELF else spec.teacher
     label = f"--teacher {SELF} (the starting model {path!r})" if spec.teacher == SELF else None
@@ -72,7 +72,7 @@ def load_teacher(spec: Any, device: torch.device, tokenizer) -> torch.nn.Module:
             f"{label} has a different tokenizer than --model ({why}); allowed: a teacher with "
             "the student's vocabulary (its logits index the same tokens)"
         )
-    positions = getattr(cfg, "max_position_embeddings", None)
+    positions = max_positions(cfg)
     if positions is not None and positions < spec.max_length:
         raise ValueError(
             f"{label} takes at most {positions} positions but --max-length is "

@@ -24,7 +24,7 @@ import torch
 
 from ..lm.data import Window, load_corpus, sliding_windows, tokenize, window_batches
 from ..nn.chip import check_storage
-from .models import load_weights
+from .models import load_weights, max_positions
 from .report import LM_METRICS
 from .rundir import barrier, dist_info, fail_if_busy, init_distributed, open_run_dir
 from .sweep import DAY, Unit, resolve_config, run_units, validate_sweep, work_units
@@ -274,9 +274,8 @@ def run(
     resolve_model(spec)
     # load (and so validate) corpus and model before anything is written to --out
     model, tokenizer = load_causal_lm(spec.model, spec.gguf_file, spec.dtype, dev)
-    cfg = getattr(model, "config", None)
-    positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-    if isinstance(positions, int) and spec.window > positions:
+    positions = max_positions(getattr(model, "config", None))
+    if positions is not None and spec.window > positions:
         raise ValueError(
             f"--window: got {spec.window}, but --model {spec.model!r} takes at most {positions} "
             f"positions; allowed: at most {positions}"

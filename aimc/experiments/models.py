@@ -9,6 +9,16 @@ from typing import Any
 from .safeio import reason
 
 
+def max_positions(config: Any) -> int | None:
+    """The positions a HuggingFace model config takes (``max_position_embeddings``, GPT-2's
+    ``n_positions``), or None where it names none."""
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
 def load_weights(load: Callable[[], Any], path: str) -> Any:
     """``load()`` (a ``from_pretrained``); unreadable weights (a truncated or damaged
     ``model.safetensors``) are a ``ValueError`` naming ``--model`` and the file."""

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..lora import adapter_dir, load_adapter
-from .models import load_weights, qa_config
+from .models import load_weights, max_positions, qa_config
 from .report import SQUAD_METRICS
 from .rundir import barrier, dist_info, fail_if_busy, init_distributed, open_run_dir
 from .safeio import append_row
@@ -141,8 +141,8 @@ def run(
     # load (and so validate) data and model before anything is written to --out
     examples = select_questions(load_squad(spec.data), spec.max_questions, spec.subset_seed)
     model, tokenizer = load_qa_model(spec.model, dev)
-    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(positions, int) and positions < spec.max_length:
+    positions = max_positions(getattr(model, "config", None))
+    if positions is not None and positions < spec.max_length:
         raise ValueError(
             f"--max-length: got {spec.max_length}, but --model {spec.model!r} takes at most "
             f"{positions} positions; allowed: at most {positions} (and --stride below it)"
