@@ -56,6 +56,11 @@ def _handlers() -> list[tuple[type, type]]:
     return table
 
 
+def is_peft_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a peft ``PeftModel`` (checked without importing peft)."""
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
 def peft_base_name(name: str) -> str:
     """A module's name in a peft model without the wrapper's parts (``base_model.model.`` and
     ``.base_layer``): its name in the base model."""
@@ -187,7 +192,7 @@ def convert(
     for name, module in model.named_modules(remove_duplicate=False):
         aliases.setdefault(id(module), []).append(name)
     # the names a pattern may give: every alias, and in a peft model the base model's names
-    peft = hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+    peft = is_peft_model(model)
     pattern_names = {
         key: names + [b for n in names if (b := peft_base_name(n)) != n] if peft else names
         for key, names in aliases.items()
@@ -368,7 +373,9 @@ def _digital_twin(module: AnalogLayerMixin, in_place: bool = True) -> nn.Module:
                     module.bias.copy_(bias)
             else:
                 grad = module.weight.requires_grad
-                new.weight = nn.Parameter(folded.clone(), requires_grad=grad)
+                # (in the weight's own memory format, as the in-place fold leaves it)
+                own = torch.empty_like(module.weight).copy_(folded)
+                new.weight = nn.Parameter(own, requires_grad=grad)
                 if bias is not None:
                     new.bias = nn.Parameter(bias, requires_grad=module.bias.requires_grad)
     new.train(module.training)

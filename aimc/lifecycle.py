@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ._malloc import trim_if_grown
-from .convert import analog_layers, peft_base_name
+from .convert import analog_layers, is_peft_model, peft_base_name
 from .nn.chip import check_storage, check_time
 from .random import check_seed, derive_seed
 
@@ -17,7 +17,7 @@ from .random import check_seed, derive_seed
 def _device_layers(model: nn.Module, verb: str):
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: got {type(model).__name__}; allowed: a torch.nn.Module")
-    peft = hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+    peft = is_peft_model(model)
     layers = [(_chip_name(n, peft), m) for n, m in analog_layers(model) if m.has_device()]
     if not layers:
         raise ValueError(

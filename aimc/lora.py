@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .convert import _matches, analog_layers
+from .convert import _matches, analog_layers, is_peft_model
 
 #: The subdirectory of an exported model directory that holds its LoRA adapter
 #: (``adapter_config.json``, ``adapter_model.safetensors``).
@@ -160,11 +160,6 @@ def attach_lora(model: nn.Module, spec: LoraSpec, seed: int = 0) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return get_peft_model(model, spec.peft_config())
-
-
-def is_peft_model(model: nn.Module) -> bool:
-    """Whether ``model`` is a peft ``PeftModel`` (checked without importing peft)."""
-    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
 
 def adapter_dir(model_dir: str | Path) -> Path | None:
