@@ -446,10 +446,7 @@ class AnalogLayerMixin(ChipMixin):
         int8 MVM's limbs (built with the tiles where that forward will use them)."""
         if torch.compiler.is_compiling():
             return self._make_tile_weights(check=False)
-        params = [self.weight] + ([self.bias] if self.bias is not None else [])
-        key = tuple(
-            (p.data_ptr(), 0 if p.is_inference() else p._version, p.device, p.dtype) for p in params
-        ) + (self._config_key(),)
+        key = self._weight_key() + (self._config_key(),)
         if self._tile_cache is not None and self._tile_cache[0] == key:
             return self._tile_cache[1]
         tw = self._make_tile_weights(check=True, vectors=vectors)
