@@ -131,9 +131,9 @@ def sliding_windows(n_tokens: int, window: int, stride: int) -> list[Window]:
     """HuggingFace's perplexity-guide windows: starts ``0, stride, 2 stride, ...``, each up to
     ``window`` tokens long, each scoring only the tokens the previous one did not reach; the
     last one ends at ``n_tokens``. ``1 <= stride < window`` (any stride for a single window): a
-    window's first token is
-    predicted by no position of its own window, so a later window must overlap the one before
-    by at least one token for every token but the corpus's first to be scored exactly once."""
+    window's first token is predicted by no position of its own window, so a later window must
+    overlap the one before by at least one token for every token but the corpus's first to be
+    scored exactly once."""
     if stride < 1 or (stride >= window and n_tokens > window):
         raise ValueError(
             f"sliding_windows: stride {stride!r} with window {window!r}; allowed: "
