@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 """Version of the dict / JSON form written by :meth:`AnalogConfig.to_dict` (2: ``hwa`` gained
-``modifier_t_min`` and ``modifier_t_max``, for the ``chip`` weight modifier)."""
+``modifier_t_min`` and ``modifier_t_max``, for the ``chip`` weight modifier; 3: ``hwa`` gained
+``input_range_gradient_relative``, ``input_range_gradient_scale`` and
+``input_range_min_inside``, AIHWKIT's input-range learning)."""
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -697,7 +699,21 @@ class HWAConfig(_ConfigBase):
     input_range_init_std: float = 3.0
     """... in standard deviations of the inputs."""
     input_range_decay: float = 0.001
-    """Slow decay of the range, added to its gradient (AIHWKIT ``input_range.decay``)."""
+    """Slow decay of the range: ``decay * r`` is added to its gradient while more than
+    ``input_range_min_inside`` of a batch's inputs are inside the range (AIHWKIT 1.2.0
+    ``InputRangeParameter.decay``; Rasch et al., Nat. Commun. 14, 5282 (2023)). >= 0."""
+    input_range_gradient_relative: bool = True
+    """Scale the range's gradient from the clipped inputs by the range itself, times
+    ``input_range_gradient_scale`` (AIHWKIT ``gradient_relative``, on in its presets). The
+    gradient is ``r * scale * (sum_{x >= r} min(g, 0) - sum_{x <= -r} max(g, 0))``: only the
+    part of the clipped inputs' gradient ``g`` that widens the range (AIHWKIT's
+    ``post_backward``); off, the same sum unscaled."""
+    input_range_gradient_scale: float = 1.0
+    """Factor of the relative range gradient (AIHWKIT ``gradient_scale``; as there, it applies
+    only with ``input_range_gradient_relative``). >= 0."""
+    input_range_min_inside: float = 0.95
+    """The decay acts only while more than this fraction of a batch's inputs are inside the
+    range, ``|x| < r`` (AIHWKIT ``input_min_percentage``). In [0, 1]."""
 
     def _validate(self) -> None:
         p = self._prefix
@@ -708,6 +724,7 @@ class HWAConfig(_ConfigBase):
             "modifier_std",
             "modifier_res",
             "input_range_decay",
+            "input_range_gradient_scale",
             "modifier_t_min",
             "modifier_t_max",
         ):
@@ -719,7 +736,11 @@ class HWAConfig(_ConfigBase):
                 name,
                 _check_number(f"{p}.{name}", getattr(self, name), min_value=0, strict=True),
             )
-        for name in ("modifier_per_tile", "learn_input_range"):
+        name = f"{p}.input_range_min_inside"
+        self.input_range_min_inside = _check_number(name, self.input_range_min_inside, min_value=0)
+        if self.input_range_min_inside > 1:
+            _fail(name, self.input_range_min_inside, "a finite number in [0, 1]")
+        for name in ("modifier_per_tile", "learn_input_range", "input_range_gradient_relative"):
             setattr(self, name, _check_bool(f"{p}.{name}", getattr(self, name)))
         self.input_range_init_batches = _check_int(
             f"{p}.input_range_init_batches", self.input_range_init_batches, min_value=1
@@ -836,7 +857,32 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 -> 3: ``hwa.input_range_gradient_relative``, ``input_range_gradient_scale``
+    and ``input_range_min_inside`` appeared (AIHWKIT's input-range learning); they take their
+    defaults, AIHWKIT's. A version-2 config's learned ranges were trained with the symmetric
+    range gradient of aimc up to 0.3.0 (docs/changelog.md); the loaded config trains them as
+    AIHWKIT does."""
+    out = dict(data)
+    hwa = out.get("hwa")
+    if isinstance(hwa, dict):  # anything else is reported by the loader, naming the field
+        hwa = dict(hwa)
+        for name in _V3_HWA_FIELDS:
+            if name in hwa:
+                _fail(f"config.hwa.{name}", hwa[name], "no such key in a version-2 config")
+            hwa[name] = getattr(HWAConfig, name)
+        out["hwa"] = hwa
+    return out
+
+
+_V3_HWA_FIELDS = (
+    "input_range_gradient_relative",
+    "input_range_gradient_scale",
+    "input_range_min_inside",
+)
+
 CONFIG_MIGRATIONS[1] = _v1_to_v2
+CONFIG_MIGRATIONS[2] = _v2_to_v3
 
 _SUBCONFIGS: dict[tuple[str, str], type[_ConfigBase]] = {
     ("AnalogConfig", "io"): IOConfig,

@@ -13,13 +13,16 @@ inference workloads using in-memory computing-based accelerators", Nat. Commun. 
   (an optimizer step hook that does it for you).
 * The learned input range is a per-layer DAC range ``r``: inputs are clipped to ``[-r, r]`` and
   divided by ``r`` (instead of noise management); ``r`` is initialised from the data and trained
-  with a straight-through gradient plus a slow decay.
+  as AIHWKIT 1.2.0 trains it (``TileWithPeriphery.post_backward``): the input gradient passes
+  straight through the clip, and the range's gradient keeps only the part of the clipped
+  inputs' gradient that widens the range, relative to ``r``, plus a slow decay while nearly
+  all inputs are inside (:class:`RangeLearning`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -109,15 +112,57 @@ def _clipped(x: Tensor, r: Tensor, mag: Tensor) -> Tensor:
     return torch.where(mag == float("inf"), float("nan"), torch.maximum(torch.minimum(x, r), -r))
 
 
-def _outside_grad(outside: Tensor, grad: Tensor, sign: Tensor) -> tuple[Tensor, Tensor]:
-    """``(dx, sum(g * sign(x)) over the outside)``: ``dx = g`` inside the range, 0 outside."""
-    return torch.where(outside, 0.0, grad), torch.where(outside, grad * sign, 0.0).sum()
+class RangeLearning(NamedTuple):
+    """How the learned input range's gradient is formed (AIHWKIT 1.2.0's ``InputRangeParameter``
+    and ``TileWithPeriphery.post_backward``), from the inputs ``x`` of a layer and the gradient
+    ``g`` of its clipped input::
+
+        dr = s * (r * scale if relative else 1) + decay * r * [mean(|x| < r) > min_inside]
+        s  = sum_{x >= r} min(g, 0) - sum_{x <= -r} max(g, 0)
+
+    Only the part of the clipped inputs' gradient that widens the range enters ``s``; the
+    decay shrinks the range while more than ``min_inside`` of the inputs are inside it. The
+    input gradient passes straight through the clip (``dx = g`` for every input)."""
+
+    decay: float
+    """``hwa.input_range_decay`` (AIHWKIT ``decay``)."""
+    relative: bool
+    """``hwa.input_range_gradient_relative`` (AIHWKIT ``gradient_relative``)."""
+    scale: float
+    """``hwa.input_range_gradient_scale`` (AIHWKIT ``gradient_scale``; with ``relative`` only)."""
+    min_inside: float
+    """``hwa.input_range_min_inside`` (AIHWKIT ``input_min_percentage``)."""
+
+    @classmethod
+    def of(cls, hwa: HWAConfig) -> RangeLearning:
+        """The range learning of ``hwa``'s fields."""
+        return cls(
+            hwa.input_range_decay,
+            hwa.input_range_gradient_relative,
+            hwa.input_range_gradient_scale,
+            hwa.input_range_min_inside,
+        )
 
 
-def _range_grad(total: Tensor, r: Tensor, decay: float) -> Tensor:
-    """The learned range's gradient from the outside sum of :func:`_outside_grad`: plus
-    ``decay * r`` (AIHWKIT's input-range decay), in ``r``'s shape and dtype."""
-    return (total + decay * r.sum()).reshape(r.shape).to(r.dtype)
+def _outside_sums(outside: Tensor, grad: Tensor, sign: Tensor) -> tuple[Tensor, Tensor]:
+    """``(s, inside)``: ``s = sum(min(g * sign(x), 0))`` over the outside (the widening part
+    of the clipped inputs' gradient: ``min(g, 0)`` above the range, ``-max(g, 0)`` below) and
+    the number of inputs inside the range."""
+    s = torch.where(outside, (grad * sign).clamp(max=0.0), 0.0).sum()
+    return s, (~outside).sum()
+
+
+def _range_grad(s: Tensor, inside: Tensor, n: int, r: Tensor, rl: RangeLearning) -> Tensor:
+    """The learned range's gradient (:class:`RangeLearning`) from the sum ``s`` and the count
+    ``inside`` of :func:`_outside_sums` over ``n`` inputs, in ``r``'s shape and dtype."""
+    rv = r.detach().sum().to(torch.float64)
+    g = s.to(torch.float64)
+    if rl.relative:
+        g = g * (rv * rl.scale)
+    if rl.decay > 0:
+        frac = inside.to(torch.float64) / max(n, 1)
+        g = g + rl.decay * rv * (frac > rl.min_inside).to(torch.float64)
+    return g.reshape(r.shape).to(r.dtype)
 
 
 def _clip_forward(x: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,10 +177,9 @@ def _clip_forward(x: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _clip_backward(code: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
-    """``(dx, sum(g | x >= r) - sum(g | x <= -r))`` from the forward's ``code``: ``dx = g``
-    inside the range, 0 outside (``|x| >= r``); the sum is that of ``g * sign(x)`` over the
-    outside."""
-    return _outside_grad(code != 0, grad, (code - 2).to(grad.dtype))
+    """:func:`_outside_sums` from the forward's ``code``: the outside is ``|x| >= r`` (code not
+    0), ``sign(x)`` is ``code - 2``. The input gradient itself passes through the clip."""
+    return _outside_sums(code != 0, grad, (code - 2).to(grad.dtype))
 
 
 def _clip_into(x: Tensor, r: Tensor, out: Tensor) -> None:
@@ -143,27 +187,24 @@ def _clip_into(x: Tensor, r: Tensor, out: Tensor) -> None:
     out.copy_(_clipped(x, r, x.abs()))
 
 
-def _clip_grad_(x: Tensor, r: Tensor, grad: Tensor) -> Tensor:
-    """In place, :func:`_clip_backward` from ``x`` itself: ``grad`` zeroed outside the range
-    (``|x| >= r``); returns ``sum(grad * sign(x))`` over the outside (before the zeroing)."""
-    gx, total = _outside_grad(x.abs() >= r, grad, torch.sign(x))
-    grad.copy_(gx)
-    return total
+def _range_sums(x: Tensor, r: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_outside_sums` from ``x`` itself (the outside ``|x| >= r``; NaN is inside)."""
+    return _outside_sums(x.abs() >= r, grad, torch.sign(x))
 
 
-#: :func:`_clip_forward` / :func:`_clip_backward` (and the in-place :func:`_clip_into` /
-#: :func:`_clip_grad_` of :func:`clipped_scratch` and :func:`clip_grad_`) as fused CPU kernels
+#: :func:`_clip_forward` / :func:`_clip_backward` (and the in-place :func:`_clip_into` of
+#: :func:`clipped_scratch`, :func:`_range_sums` of :func:`range_grad`) as fused CPU kernels
 #: (built on first use)
 _CLIP_FORWARD = FusedKernel(_clip_forward, env="AIMC_FUSED_KERNELS")
 _CLIP_BACKWARD = FusedKernel(_clip_backward, env="AIMC_FUSED_KERNELS")
 _CLIP_INTO = FusedKernel(_clip_into, env="AIMC_FUSED_KERNELS")
-_CLIP_GRAD = FusedKernel(_clip_grad_, env="AIMC_FUSED_KERNELS")
+_RANGE_SUMS = FusedKernel(_range_sums, env="AIMC_FUSED_KERNELS")
 
 
 def clipped_scratch(x: Tensor, r: Tensor) -> Tensor:
     """``x`` clipped to the learned range ``r`` (+-inf to NaN, as :func:`clip_input`) in the
     calling thread's reused buffer (CPU; a fresh tensor elsewhere): valid until the next call.
-    The training forward of a layer that clips its own input (:func:`clip_grad_` in its
+    The training forward of a layer that clips its own input (:func:`range_grad` in its
     backward) uses it instead of :func:`clip_input`, whose output is a fresh tensor kept for the
     backward: no new input-sized tensor in either direction."""
     x = x.contiguous()
@@ -182,22 +223,20 @@ def _native_clip(r: Tensor) -> bool:
     return r.numel() == 1 and not torch.compiler.is_compiling() and CLIP.usable()
 
 
-def clip_grad_(x: Tensor, r: Tensor, grad: Tensor, decay: float) -> Tensor:
-    """The backward of the input-range clip in place on ``grad`` (the gradient of the clipped
-    input, contiguous, not shared): zeroed where ``|x| >= r``; returns the range's gradient
-    ``sum(grad | x >= r) - sum(grad | x <= -r) + decay * r`` (AIHWKIT's input-range learning,
-    as :class:`_InputRange`)."""
+def range_grad(x: Tensor, r: Tensor, grad: Tensor, rl: RangeLearning) -> Tensor:
+    """The learned range's gradient (:class:`RangeLearning`) from the unclipped input ``x`` and
+    the gradient ``grad`` of the clipped input (the input's own gradient too: it passes
+    through the clip unchanged)."""
     cpu = grad.device.type == "cpu" and grad.is_contiguous() and x.is_contiguous()
     if cpu and grad.dtype == x.dtype == torch.float32 and _native_clip(r):
-        total = torch.tensor(
-            CLIP.clip_grad_(x.detach(), float(r.detach().float()), grad), dtype=torch.float32
-        )
+        s, inside = CLIP.range_sums(x.detach(), float(r.detach().float()), grad)
+        sums = (torch.tensor(s, dtype=torch.float64), torch.tensor(inside, dtype=torch.int64))
     elif cpu:
         flat = (x.detach().view(-1), r.detach().to(grad.dtype), grad.view(-1))
-        total = _CLIP_GRAD(*flat, device=x.device)
+        sums = _RANGE_SUMS(*flat, device=x.device)
     else:
-        total = _clip_grad_(x.detach(), r.detach().to(grad.dtype), grad)
-    return _range_grad(total, r, decay)
+        sums = _range_sums(x.detach(), r.detach().to(grad.dtype), grad)
+    return _range_grad(*sums, x.numel(), r, rl)
 
 
 #: :func:`outside_range_grad` sums over the clipped inputs alone where at most this fraction of
@@ -217,17 +256,17 @@ def outside_range_grad(
     w: Tensor,
     alpha: Tensor,
     lo: TileLayout,
-    decay: float,
+    rl: RangeLearning,
 ) -> Tensor | None:
-    """The learned range's gradient of :func:`clip_grad_` for a layer whose input needs no
-    gradient of its own (the first layer of a network fed with data): ``sum(gx * sign(x))``
-    over the clipped inputs (``|x| >= r``) plus ``decay * r``, where ``gx = grad @ (alpha ⊙ W)``
-    is the clipped input's gradient, computed at the clipped entries alone — one dot product of
-    ``O`` values each instead of the whole ``(G, N, K)`` product. ``x`` ``(G, N, K)`` the
-    unclipped input, ``grad`` ``(G, N, O)``, ``w`` ``(G, O, K)``, ``alpha`` ``(G, ti, O)`` each
-    input tile's output scales (``lo``'s tiles). None where more than
-    :data:`SPARSE_RANGE_GRAD_MAX` of the inputs are clipped (the caller then forms ``gx``).
-    The same sum up to float rounding (float32 products, the dot products summed in float64)."""
+    """The learned range's gradient of :func:`range_grad` for a layer whose input needs no
+    gradient of its own (the first layer of a network fed with data), from the clipped inputs
+    (``|x| >= r``) alone: ``gx = grad @ (alpha ⊙ W)``, the clipped input's gradient, computed
+    at those entries — one dot product of ``O`` values each instead of the whole ``(G, N, K)``
+    product. ``x`` ``(G, N, K)`` the unclipped input, ``grad`` ``(G, N, O)``, ``w``
+    ``(G, O, K)``, ``alpha`` ``(G, ti, O)`` each input tile's output scales (``lo``'s tiles).
+    None where more than :data:`SPARSE_RANGE_GRAD_MAX` of the inputs are clipped (the caller
+    then forms ``gx``). The same gradient up to float rounding (float32 products, the dot
+    products summed in float64)."""
     outside = (x.abs() >= r).view(-1)
     idx = outside.nonzero().squeeze(1)
     if idx.numel() > SPARSE_RANGE_GRAD_MAX * x.numel():
@@ -247,8 +286,9 @@ def outside_range_grad(
         e = slice(s, s + step)
         wa = w_rows[gi[e] * k + ki[e]] * a_rows[gi[e] * lo.n_in + tile[e]]
         dots = (g_rows[gi[e] * n + ni[e]] * wa).sum(dim=1)
-        total += (dots.double() * sign[e]).sum()
-    return _range_grad(total.to(torch.float32), r, decay)
+        total += (dots.double() * sign[e]).clamp(max=0.0).sum()
+    inside = torch.tensor(x.numel() - idx.numel())
+    return _range_grad(total, inside, x.numel(), r, rl)
 
 
 def _run_fused(kernel: FusedKernel, *args: Tensor) -> Any:
@@ -272,28 +312,38 @@ def _run_fused(kernel: FusedKernel, *args: Tensor) -> Any:
 
 
 class _InputRange(torch.autograd.Function):
-    """``clamp(x, -r, r)`` with the straight-through gradient of AIHWKIT's input-range learning:
-    ``dx = g`` inside the range (0 outside); ``dr = sum(g | x >= r) - sum(g | x <= -r) +
-    decay * r``. Both directions are one fused kernel on CPU (:func:`_run_fused`). Keeps one
-    byte per input value for the backward (:func:`_clip_forward`'s code), not the input."""
+    """``clamp(x, -r, r)`` with AIHWKIT's gradients of input-range learning
+    (:class:`RangeLearning`): ``dx = g`` for every input (straight through the clip), ``dr``
+    from the clipped inputs' gradient. Both directions are one fused kernel on CPU
+    (:func:`_run_fused`). Keeps one byte per input value for the backward
+    (:func:`_clip_forward`'s code), not the input."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, r: Tensor, decay: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, r: Tensor, rl: RangeLearning) -> Tensor:  # type: ignore[override]
         y, code = _run_fused(_CLIP_FORWARD, x, r.to(x.dtype))
         ctx.save_for_backward(code, r)
-        ctx.decay = decay
+        ctx.rl = rl
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         code, r = ctx.saved_tensors
-        gx, g_out = _run_fused(_CLIP_BACKWARD, code, grad)
-        return gx, _range_grad(g_out, r, ctx.decay), None
+        gr = None
+        if ctx.needs_input_grad[1]:
+            s, inside = _run_fused(_CLIP_BACKWARD, code, grad)
+            gr = _range_grad(s, inside, code.numel(), r, ctx.rl)
+        return grad, gr, None
 
 
-def clip_input(x: Tensor, r: Tensor, decay: float) -> Tensor:
-    """Clip ``x`` to the learned range ``r`` (straight-through gradient, :class:`_InputRange`)."""
-    return _InputRange.apply(x, r, decay)
+def clip_input(x: Tensor, r: Tensor, rl: RangeLearning) -> Tensor:
+    """Clip ``x`` to the learned range ``r``, with the gradients of AIHWKIT's input-range
+    learning ``rl`` (:class:`RangeLearning`, e.g. ``RangeLearning.of(config.hwa)``)."""
+    if not isinstance(rl, RangeLearning):
+        raise TypeError(
+            f"clip_input: rl must be an aimc.hwa.RangeLearning (RangeLearning.of(config.hwa)), "
+            f"got {type(rl).__name__} {rl!r}"
+        )
+    return _InputRange.apply(x, r, rl)
 
 
 @torch.no_grad()

@@ -110,7 +110,7 @@ def _time_calls() -> dict[str, list]:
         (_intmvm.NativeIntMvmKernel, "limbs", "int8 limbs (apart)"),
         (_tiles.NativeTileKernel, "build", "tile kernel (tiles, |W|, limbs)"),
         (_rangeclip.NativeClipKernel, "clip_into", "input-range clip"),
-        (_rangeclip.NativeClipKernel, "clip_grad_", "input-range clip gradient"),
+        (_rangeclip.NativeClipKernel, "range_sums", "input-range gradient sums"),
         (mvm.TileOutputs, "scale_grad", "output scales' gradient"),
         (mvm, "int_bmm_", "int8 MVM (GEMMs, pack, combination)"),
         (mvm, "_bmm_", "float32 GEMMs of the forward (variance)"),

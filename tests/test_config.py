@@ -265,6 +265,10 @@ def test_device_default_model_none():
         ("clip_sigma", -1.0, "> 0"),
         ("input_range_init_std", 0.0, "> 0"),
         ("input_range_decay", -1e-3, ">= 0"),
+        ("input_range_gradient_scale", -1.0, ">= 0"),
+        ("input_range_min_inside", 1.5, "in [0, 1]"),
+        ("input_range_min_inside", -0.1, ">= 0"),
+        ("input_range_gradient_relative", 1, "True or False"),
         ("input_range_init_batches", 0, ">= 1"),
         ("learn_input_range", 1, "True or False"),
         ("modifier_per_tile", "yes", "True or False"),
@@ -404,7 +408,7 @@ def test_res_fraction_and_steps_agree():
 def test_dict_round_trip(name):
     cfg = PRESETS[name]()
     d = cfg.to_dict()
-    assert d["version"] == CONFIG_VERSION == 2
+    assert d["version"] == CONFIG_VERSION == 3
     assert set(d) == {"version", "io", "mapping", "device", "hwa"}
     back = AnalogConfig.from_dict(d)
     assert back == cfg
@@ -450,7 +454,7 @@ def test_from_dict_missing_version_raises():
     assert "config.version" in msg and "None" in msg and "1" in msg
 
 
-@pytest.mark.parametrize("version", [0, 3, "2", None, [2]])
+@pytest.mark.parametrize("version", [0, 4, "2", None, [2]])
 def test_from_dict_wrong_version_raises(version):
     d = AnalogConfig().to_dict()
     d["version"] = version

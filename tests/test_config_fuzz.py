@@ -352,9 +352,10 @@ def test_missing_version_names_it():
 
 def test_migrations_lead_to_the_current_version():
     # version 1 is the first: nothing to migrate from (no invented version 0); version 2 added
-    # hwa.modifier_t_min / modifier_t_max (the chip modifier)
-    assert sorted(CONFIG_MIGRATIONS) == [1] and PULSED_CONFIG_MIGRATIONS == {}
-    assert CONFIG_VERSION == 2 and PULSED_CONFIG_VERSION == 1
+    # hwa.modifier_t_min / modifier_t_max (the chip modifier), version 3 AIHWKIT's input-range
+    # learning fields
+    assert sorted(CONFIG_MIGRATIONS) == [1, 2] and PULSED_CONFIG_MIGRATIONS == {}
+    assert CONFIG_VERSION == 3 and PULSED_CONFIG_VERSION == 1
 
 
 def test_version_1_dict_is_migrated():
@@ -363,7 +364,7 @@ def test_version_1_dict_is_migrated():
     cfg = AnalogConfig(hwa=HWAConfig(modifier="add_normal", modifier_std=0.02))
     old = cfg.to_dict()
     old["version"] = 1
-    for name in ("modifier_t_min", "modifier_t_max"):
+    for name in ("modifier_t_min", "modifier_t_max", *_V3_FIELDS):
         del old["hwa"][name]
     snapshot = copy.deepcopy(old)
     assert AnalogConfig.from_dict(old) == cfg
@@ -375,9 +376,35 @@ def test_version_1_dict_is_migrated():
         AnalogConfig.from_dict(bad)
 
 
+_V3_FIELDS = (
+    "input_range_gradient_relative",
+    "input_range_gradient_scale",
+    "input_range_min_inside",
+)
+
+
+def test_version_2_dict_is_migrated():
+    """A version-2 dict (no input-range learning fields) loads with their defaults, AIHWKIT's;
+    a version-2 dict that already has one is refused, naming it."""
+    cfg = aimc.presets.standard_hwa()
+    old = cfg.to_dict()
+    old["version"] = 2
+    for name in _V3_FIELDS:
+        del old["hwa"][name]
+    snapshot = copy.deepcopy(old)
+    back = AnalogConfig.from_dict(old)
+    assert back == cfg and back.hwa.input_range_min_inside == 0.95
+    assert old == snapshot
+    bad = {**old, "hwa": {**old["hwa"], "input_range_min_inside": 0.5}}
+    with pytest.raises(
+        ValueError, match=r"^config\.hwa\.input_range_min_inside: got 0\.5; allowed: no such"
+    ):
+        AnalogConfig.from_dict(bad)
+
+
 def test_a_registered_migration_is_applied(monkeypatch):
     """The migration hook: a dict of version ``v`` is turned into version ``v + 1`` by
-    ``CONFIG_MIGRATIONS[v]`` until it is current (simulated: current = 3, migrate 2 -> 3)."""
+    ``CONFIG_MIGRATIONS[v]`` until it is current (simulated: current = 4, migrate 3 -> 4)."""
     import aimc.config as config
 
     calls = []
@@ -391,8 +418,8 @@ def test_a_registered_migration_is_applied(monkeypatch):
 
     old = AnalogConfig().to_dict()
     old["io"]["old_out_noise"] = old["io"].pop("out_noise")
-    monkeypatch.setattr(config, "CONFIG_VERSION", 3)
-    monkeypatch.setitem(config.CONFIG_MIGRATIONS, 2, rename_out_noise)
+    monkeypatch.setattr(config, "CONFIG_VERSION", 4)
+    monkeypatch.setitem(config.CONFIG_MIGRATIONS, 3, rename_out_noise)
     assert AnalogConfig.from_dict(old) == AnalogConfig()
     assert calls == [1]
     with pytest.raises(ValueError, match=r"config\.version: got 0"):

@@ -173,16 +173,43 @@ def test_input_range_initialised_from_data_then_learned():
     assert float(layer.input_range.detach()) > before
 
 
-def test_input_range_gradient_formula():
-    x = torch.tensor([-3.0, -0.5, 0.2, 2.0, 5.0], requires_grad=True)
-    r = torch.tensor([1.0], requires_grad=True)
-    y = aimc.hwa.clip_input(x, r, decay=0.1)
-    g = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+@pytest.mark.parametrize(
+    "relative,scale,min_inside,expect",
+    [
+        # widening part: x=-3 (g=1 -> -1), x=2 (g=-4 -> -4), x=5 (g=5: narrowing, dropped);
+        # times r=2 (relative); 2 of 5 inside (0.4 < 0.5): no decay
+        (True, 1.0, 0.5, -5.0 * 2.0),
+        (True, 0.5, 0.3, -5.0 * 2.0 * 0.5 + 0.1 * 2.0),  # 0.4 > 0.3: decay * r
+        (False, 0.5, 0.3, -5.0 + 0.1 * 2.0),  # the scale only with relative (AIHWKIT)
+    ],
+)
+def test_input_range_gradient_formula(relative, scale, min_inside, expect):
+    # AIHWKIT 1.2.0's TileWithPeriphery.post_backward
+    x = torch.tensor([-6.0, -1.0, 0.4, 4.0, 10.0], requires_grad=True)
+    r = torch.tensor([2.0], requires_grad=True)
+    rl = aimc.hwa.RangeLearning(0.1, relative, scale, min_inside)
+    y = aimc.hwa.clip_input(x, r, rl)
+    g = torch.tensor([1.0, 2.0, 3.0, -4.0, 5.0])
     y.backward(g)
-    assert torch.equal(y.detach(), torch.tensor([-1.0, -0.5, 0.2, 1.0, 1.0]))
-    assert torch.equal(x.grad, torch.tensor([0.0, 2.0, 3.0, 0.0, 0.0]))
-    # upper: 4 + 5; lower: -1; decay 0.1 * r
-    assert torch.allclose(r.grad, torch.tensor([4.0 + 5.0 - 1.0 + 0.1]))
+    assert torch.equal(y.detach(), torch.tensor([-2.0, -1.0, 0.4, 2.0, 2.0]))
+    assert torch.equal(x.grad, g)  # straight through the clip, for every input
+    torch.testing.assert_close(r.grad, torch.tensor([expect]))
+
+
+def test_clip_input_refuses_a_bare_decay():
+    with pytest.raises(TypeError, match="rl must be an aimc.hwa.RangeLearning.*float 0.1"):
+        aimc.hwa.clip_input(torch.zeros(3), torch.ones(1), 0.1)
+
+
+def test_range_learning_of_the_config():
+    hwa = HWAConfig(
+        input_range_decay=0.002,
+        input_range_gradient_relative=False,
+        input_range_gradient_scale=2.0,
+        input_range_min_inside=0.9,
+    )
+    assert aimc.hwa.RangeLearning.of(hwa) == (0.002, False, 2.0, 0.9)
+    assert aimc.hwa.RangeLearning.of(HWAConfig()) == (0.001, True, 1.0, 0.95)  # AIHWKIT's
 
 
 @pytest.mark.parametrize("shape", [(7,), (3, 1000), (2, 5, 33)])
@@ -205,15 +232,16 @@ def test_fused_input_range_kernels_equal_the_formulas(shape):
     torch.testing.assert_close(y, y_e, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(code, code_e) and code.dtype == torch.int8 and code.shape == x.shape
     assert torch.isnan(y.view(-1)[0]) and torch.isnan(y.view(-1)[-1])
-    gx, gr = _run_fused(_CLIP_BACKWARD, code, g)
-    gx_e, gr_e = _clip_backward(code, g)
-    assert torch.equal(gx, gx_e)
-    torch.testing.assert_close(gr, gr_e, rtol=1e-5, atol=1e-5)
-    # the byte code carries what the gradient needs of x: dx = g inside (|x| < r, NaN), 0
-    # outside (+-inf included); dr sums g * sign(x) over the outside
+    s, inside = _run_fused(_CLIP_BACKWARD, code, g)
+    s_e, inside_e = _clip_backward(code, g)
+    assert int(inside) == int(inside_e)
+    torch.testing.assert_close(s, s_e, rtol=1e-5, atol=1e-5)
+    # the byte code carries what the range's gradient needs of x: the widening part
+    # min(g * sign(x), 0) summed over the outside (|x| >= r, +-inf included), and the count of
+    # the inside (|x| < r, NaN)
     outside = x.abs() >= r
-    assert torch.equal(gx, torch.where(outside, 0.0, g))
-    torch.testing.assert_close(gr, torch.where(outside, g * torch.sign(x), 0.0).sum())
+    assert int(inside) == int((~outside).sum())
+    torch.testing.assert_close(s, torch.where(outside, (g * torch.sign(x)).clamp(max=0), 0.0).sum())
     for kernel in (_CLIP_FORWARD, _CLIP_BACKWARD):  # built, not the eager fallback
         assert kernel.failed is None and kernel.compiled is not None and kernel.built
 
@@ -227,7 +255,7 @@ def test_input_range_gradient_on_noncontiguous_input():
     for x in (base.t(), base.t().contiguous()):
         x = x.detach().requires_grad_()
         r = torch.tensor([1.0], requires_grad=True)
-        y = aimc.hwa.clip_input(x, r, decay=0.0)
+        y = aimc.hwa.clip_input(x, r, aimc.hwa.RangeLearning(0.0, True, 1.0, 0.95))
         y.backward(g)
         out.append((y.detach(), x.grad, r.grad))
     assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
@@ -336,7 +364,7 @@ def test_scaled_mvm_that_clips_its_own_input_equals_clip_input_then_mvm(x_grad):
     x0 = torch.randn(1, 9, 40, generator=gen) * 2
     x0[0, 2, 5], x0[0, 4, 30], x0[0, 6, 0] = float("inf"), float("nan"), -float("inf")
     up = torch.randn(1, 9, 12, generator=gen)
-    decay = 0.01
+    rl = aimc.hwa.RangeLearning(0.01, True, 1.0, 0.5)
     results = []
     for own in (False, True):
         layer.zero_grad()
@@ -347,9 +375,9 @@ def test_scaled_mvm_that_clips_its_own_input_equals_clip_input_then_mvm(x_grad):
         b = layer.bias.view(1, 12)
         alpha = layer.out_scale_columns()
         if own:
-            y = _ScaledAnalogMVM.apply(x, w, b, alpha, layer, r, decay)
+            y = _ScaledAnalogMVM.apply(x, w, b, alpha, layer, r, rl)
         else:
-            xc = aimc.hwa.clip_input(x, r, decay).contiguous()
+            xc = aimc.hwa.clip_input(x, r, rl).contiguous()
             y = _ScaledAnalogMVM.apply(xc, w, b, alpha, layer, r, None)
         y.backward(up)
         grads = [t.grad.clone() for t in (layer.weight, layer.bias, layer.out_scale, r)]
@@ -359,7 +387,9 @@ def test_scaled_mvm_that_clips_its_own_input_equals_clip_input_then_mvm(x_grad):
     torch.testing.assert_close(y1, y0, rtol=0, atol=0, equal_nan=True)
     if x_grad:
         torch.testing.assert_close(gx1, gx0, rtol=0, atol=0, equal_nan=True)
-        assert (gx1 == 0).any() and (gx1 != 0).any()  # zero outside the range only
+        # straight through the clip: beyond the range too (the NaN and inf rows aside)
+        beyond = (x0.abs() >= 1.5) & x0.isfinite()
+        assert (gx1[beyond] != 0).all()
     else:
         assert gx0 is None and gx1 is None
     for a, b_ in zip(g1, g0, strict=True):
@@ -398,7 +428,7 @@ def test_hwa_layer_clips_its_own_input_in_training():
                 opt.step()
         finally:
             base._ScaledAnalogMVM.apply = original
-        assert calls and all(c == cfg.hwa.input_range_decay for c in calls)
+        assert calls and all(c == aimc.hwa.RangeLearning.of(cfg.hwa) for c in calls)
         state.append({k: v.clone() for k, v in layer.state_dict().items() if torch.is_tensor(v)})
     assert "input_range" in state[0]
     for k, v in state[0].items():

@@ -197,7 +197,9 @@ def test_grouped_channels_last_conv_training_gradients_equal_float64_conv():
     uneven input split (36 -> 9 x 4), channels_last input and weight: the output and the
     gradients of the input, weight, bias, range and output scales equal float64
     ``F.conv2d`` on the clipped input (the output scales equal across input tiles, so the
-    reference is one per output channel and their gradients sum over the tiles)."""
+    reference is one per output channel and their gradients sum over the tiles), with
+    AIHWKIT's input-range learning: the input gradient straight through the clip, the range's
+    from the widening part of the clipped inputs' gradient."""
     cfg = _hwa_config(max_input_size=10).replace(io=aimc.IOConfig(is_perfect=True))
     cfg = cfg.replace(hwa=cfg.hwa.replace(input_range_decay=0.01))
     torch.manual_seed(0)
@@ -219,14 +221,28 @@ def test_grouped_channels_last_conv_training_gradients_equal_float64_conv():
     br = layer.bias.detach().double().requires_grad_(True)
     rr = layer.input_range.detach().double().requires_grad_(True)
     ar = a.double().requires_grad_(True)
-    ref = F.conv2d(
-        torch.clamp(xr, -rr, rr), wr * ar.view(-1, 1, 1, 1), br, padding=2, dilation=2, groups=2
-    )
+    # the clip's value, its input gradient straight through (AIHWKIT's input-range learning)
+    xc = xr + (torch.clamp(xr, -rr.detach(), rr.detach()) - xr).detach()
+    ref = F.conv2d(xc, wr * ar.view(-1, 1, 1, 1), br, padding=2, dilation=2, groups=2)
     ref.backward(up.double())
+    # the range's gradient: the widening part of the clipped inputs' gradient, times r, plus
+    # the decay while more than 95 % of the inputs are inside; the inputs are the tile inputs,
+    # the padded input's patches (as AIHWKIT's unfolded convolution on CPU)
+    from aimc.nn.conv import im2col
+
+    cols = im2col(F.pad(xr.detach(), (2, 2, 2, 2)), (3, 3), (1, 1), (2, 2))[0]  # (N, 72)
+    upm = up.double().permute(0, 2, 3, 1).reshape(cols.shape[0], 6)
+    wa = (wr * ar.view(-1, 1, 1, 1)).detach().reshape(2, 3, 36)
+    gx = torch.cat([upm[:, 3 * i : 3 * i + 3] @ wa[i] for i in range(2)], dim=1)
+    rv = rr.detach()
+    s = (gx * (cols >= rv)).clamp(max=0).sum() - (gx * (cols <= -rv)).clamp(min=0).sum()
+    inside = float((cols.abs() < rv).double().mean())
+    assert 0.2 < inside < 0.95  # clipped inputs of both signs
+    r_grad = rv * s + 0.01 * rv * (inside > 0.95)
     tol = {"rtol": 1e-5, "atol": 2e-5}
     torch.testing.assert_close(y.double(), ref, **tol)
     torch.testing.assert_close(x.grad.double(), xr.grad, **tol)
     torch.testing.assert_close(layer.weight.grad.double(), wr.grad, **tol)
     torch.testing.assert_close(layer.bias.grad.double(), br.grad, **tol)
-    torch.testing.assert_close(layer.input_range.grad.double(), rr.grad + 0.01 * rr, **tol)
+    torch.testing.assert_close(layer.input_range.grad.double(), r_grad.view(1), **tol)
     torch.testing.assert_close(layer.out_scale.grad.sum(dim=1).reshape(-1).double(), ar.grad, **tol)

@@ -19,12 +19,13 @@ from ..compensation import valid_mask
 from ..config import AnalogConfig, WeightModifier, WeightNoiseType
 from ..functional import TileLayout, tile_weights
 from ..hwa import (
-    clip_grad_,
+    RangeLearning,
     clip_input,
     clipped_scratch,
     draw_chip_sample,
     modify_weights,
     outside_range_grad,
+    range_grad,
     update_input_range,
 )
 from ..mvm import (
@@ -117,14 +118,14 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         alpha: Tensor,
         layer: AnalogLayerMixin,
         input_range: Tensor | None = None,
-        clip_decay: float | None = None,
+        clip_learning: RangeLearning | None = None,
     ) -> Tensor:
-        # clip_decay (a float): x is not clipped yet; the forward clips it to input_range
+        # clip_learning given: x is not clipped yet; the forward clips it to input_range
         # itself, into a reused buffer (or not at all where the DAC's own clip gives the same
-        # levels: mvm.dac_clips_range), and the backward takes the clip's gradient in place on
-        # x's (hwa.clipped_scratch, hwa.clip_grad_): no fresh input-sized tensor either way,
-        # the values and gradients of clip_input followed by this function
-        clip = clip_decay is not None
+        # levels: mvm.dac_clips_range), and the backward takes the range's gradient from x's
+        # (hwa.clipped_scratch, hwa.range_grad): no fresh input-sized tensor either way, the
+        # values and gradients of clip_input followed by this function
+        clip = clip_learning is not None
         with torch.no_grad():
             io = layer.analog_config.io
             pre_clip = clip and not dac_clips_range(x, io, input_range)
@@ -143,23 +144,23 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         ctx.tile_shape = (out.layout, out.groups, out.n)
         ctx.layout = out.layout
         ctx.has_bias = b is not None
-        ctx.clip_decay = clip_decay
+        ctx.clip_learning = clip_learning
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         x_in, w, alpha, levels, factor, col_scale, r = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        clip = ctx.clip_decay is not None
+        clip = ctx.clip_learning is not None
         gx = gw = gb = ga = gr = None
         want_gx = needs[0] or (clip and needs[5])  # the range's gradient is made of x's
         if clip and needs[5] and not needs[0]:
             # x needs no gradient (a first layer fed with data): the range's gradient from the
             # clipped inputs' entries of x's gradient alone, where few are clipped
-            gr = outside_range_grad(x_in, r, grad, w, alpha, ctx.layout, ctx.clip_decay)
+            gr = outside_range_grad(x_in, r, grad, w, alpha, ctx.layout, ctx.clip_learning)
             want_gx = gr is None
         if want_gx or needs[1]:
-            # with clip_decay the saved input is unclipped: clipped again for W's gradient
+            # with clip_learning the saved input is unclipped: clipped again for W's gradient
             x = clipped_scratch(x_in, r) if clip and needs[1] else x_in
             lo = ctx.layout
             if lo.n_in > 1 and lo.padded_in == lo.in_size:
@@ -179,10 +180,10 @@ class _ScaledAnalogMVM(torch.autograd.Function):
                     gw = batched_matmul(grad.transpose(1, 2), x).mul_(a_w)
                 if want_gx:
                     gx = batched_matmul(grad, w * a_w)
-            if clip and gx is not None:  # gx: a fresh tensor of this backward's own
-                gr = clip_grad_(x_in, r, gx, ctx.clip_decay)
-                gr = gr if needs[5] else None
-                gx = gx if needs[0] else None
+            if clip and gx is not None and needs[5]:
+                # the input gradient passes through the clip (AIHWKIT's input-range learning)
+                gr = range_grad(x_in, r, gx, ctx.clip_learning)
+            gx = gx if needs[0] else None
         if ctx.has_bias and needs[2]:
             gb = grad.sum(dim=1)
         if needs[3]:
@@ -553,9 +554,9 @@ class AnalogLayerMixin(ChipMixin):
         xf = x.float()
         r = self.input_range
         analog_bias = self.analog_bias()
-        decay = cfg.hwa.input_range_decay
+        learning = RangeLearning.of(cfg.hwa)
         # the training forward of learned output scales clips its own input (_ScaledAnalogMVM's
-        # clip_decay): no fresh input-sized tensors for the clip in either direction
+        # clip_learning): no fresh input-sized tensors for the clip in either direction
         own_clip = (
             r is not None
             and self.out_scale is not None
@@ -569,7 +570,7 @@ class AnalogLayerMixin(ChipMixin):
             if self.training:
                 update_input_range(self, xf)
             if not own_clip:
-                xf = clip_input(xf, r, decay)
+                xf = clip_input(xf, r, learning)
         if analog_bias:
             xf = torch.cat([xf, xf.new_ones(*xf.shape[:-1], 1)], dim=-1)
         bias = None
@@ -599,10 +600,10 @@ class AnalogLayerMixin(ChipMixin):
             # every input tile's output z_t, then y = sum_t alpha_t z_t (+ bias), with the
             # gradients of x, W, b, alpha_t (and r) in one backward (_ScaledAnalogMVM)
             mvm = _train_scaled_mvm if self.training else _ScaledAnalogMVM.apply
-            clip_decay = decay if own_clip else None
-            return mvm(xf, w, bias, self.out_scale_columns(), self, r, clip_decay).to(dtype)
+            clip_learning = learning if own_clip else None
+            return mvm(xf, w, bias, self.out_scale_columns(), self, r, clip_learning).to(dtype)
         if own_clip:  # nothing needs a gradient after all
-            xf = clip_input(xf, r, decay)
+            xf = clip_input(xf, r, learning)
         if train:
             # an eval-mode forward with autograd under torch.compile: the same, traced in
             # autograd's terms (dynamo traces _AnalogMVM in eval mode)
