@@ -52,11 +52,18 @@ def cpu_host() -> dict[str, object]:
     and the ratios depend on it: the counter noise kernel's 64-bit multiplies and bfloat16
     matmuls are native on the first and emulated on the second."""
     model = platform.processor() or platform.machine()
+    ids: dict[str, int] = {}  # x86 "cpu family" and "model": the generation ("AMD EPYC" is
+    # Zen 4 at family 25 and Zen 5 at family 26: AVX-512 at half and at full width)
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    model = value.strip()
+                elif key in ("cpu family", "model") and value.strip().isdigit():
+                    ids.setdefault("family" if key == "cpu family" else "model", int(value))
+                elif not line.strip():  # the first processor's block is enough
                     break
     except OSError:
         pass
@@ -64,6 +71,8 @@ def cpu_host() -> dict[str, object]:
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return {
         "cpu": model,
+        "cpu_family": ids.get("family"),
+        "cpu_model": ids.get("model"),
         "capability": torch.backends.cpu.get_cpu_capability(),
         "avx512_bf16": None if probe is None else bool(probe()),
         "amx": None if amx is None else bool(amx()),

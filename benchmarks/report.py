@@ -821,7 +821,21 @@ def _host(data: Any) -> str:
     if not isinstance(host, dict):
         return "host not recorded"
     bf16 = "native bf16" if host.get("avx512_bf16") or host.get("amx") else "no native bf16"
-    return f"{host.get('capability')}, {bf16}"
+    family = host.get("cpu_family")
+    gen = "" if family is None else f", {host.get('cpu')} family {family}"
+    return f"{host.get('capability')}, {bf16}{gen}"
+
+
+#: The hosts of the side-by-side tables: (file-name suffix, column name). The main tables are
+#: of the AVX-512 host of most sessions; ``_zen5`` an AMD Zen 5 host (CPU family 26: AVX-512 at
+#: full width) lent on 2026-12-06 evening; ``_avx2`` a host with AVX2 only. A host without a
+#: file for a benchmark shows "—".
+HOSTS = (("", "main tables"), ("_zen5", "`*_zen5.json`"), ("_avx2", "`*_avx2.json`"))
+
+
+def _optional_json(inp: Inputs, name: str) -> Any | None:
+    """``inp.json(name)``, or None where the file does not exist (a host without that run)."""
+    return inp.json(name) if (inp.results / name).is_file() else None
 
 
 def two_hosts(inp: Inputs) -> str:
@@ -867,23 +881,29 @@ def two_hosts(inp: Inputs) -> str:
         ("hwa_step_cpu", hwa_rows),
         ("rng_contention_cpu", rng_rows),
     ]
-    hosts: list[set[str]] = [set(), set()]
+    hosts: list[set[str]] = [set() for _ in HOSTS]
     rows = []
     for stem, rows_of in benches:
         values: list[dict[str, float]] = []
-        for side, src in enumerate((f"{stem}.json", f"{stem}_avx2.json")):
-            d = inp.json(src)
+        for side, (suffix, _) in enumerate(HOSTS):
+            src = f"{stem}{suffix}.json"
+            d = inp.json(src) if side == 0 else _optional_json(inp, src)
+            if d is None:
+                values.append({})
+                continue
             hosts[side].add(_host(d))
             n = len(_rows(d, "rows", src))
             values.append(dict(r for i in range(n) for r in rows_of(d, i, src)))
-        for label in values[0] | values[1]:  # the main host's rows first, then the AVX2-only
-            cells = [values[side].get(label) for side in (0, 1)]
-            rows.append([label, *("—" if v is None else f"{v:.2f}" for v in cells)])
+        labels: dict[str, None] = {}  # the main host's rows first, then the others'
+        for v in values:
+            labels.update(dict.fromkeys(v))
+        for label in labels:
+            cells = [v.get(label) for v in values]
+            rows.append([label, *("—" if c is None else f"{c:.2f}" for c in cells)])
     header = ["measurement"] + [
-        f"{name} ({'; '.join(sorted(h))})"
-        for name, h in zip(("main tables", "`*_avx2.json`"), hosts, strict=True)
+        f"{name} ({'; '.join(sorted(h))})" for (_, name), h in zip(HOSTS, hosts, strict=True)
     ]
-    return _table(header, ["---", "---:", "---:"], rows)
+    return _table(header, ["---"] + ["---:"] * len(HOSTS), rows)
 
 
 #: issue 15's goals besides the eval forward's (whose goals its JSON records, ``meta.targets``)
@@ -898,20 +918,22 @@ def _verdict(ratios: list[float], goal: float) -> str:
     met = sum(r <= goal for r in ratios)
     if len(ratios) == 1:
         return f"{ratios[0]:.2f} ({'**met**' if met else 'not met'})"
-    span = f"{min(ratios):.2f}–{max(ratios):.2f}"
+    lo, hi = f"{min(ratios):.2f}", f"{max(ratios):.2f}"
+    span = lo if lo == hi else f"{lo}–{hi}"
     count = f"{met} of {len(ratios)}"
     return f"{span} ({f'**{count}**' if met == len(ratios) else count} within)"
 
 
 def targets(inp: Inputs) -> str:
-    """Issue 15's speed targets at a glance, on both hosts: per target the range of measured
-    ratios to the digital twin and how many meet the goal (from the same JSON as the tables
-    below: ``eval_forward_cpu*.json``, ``squad_eval_cpu*.json``, ``hwa_step_cpu*.json``)."""
+    """Issue 15's speed targets at a glance, on every host of :data:`HOSTS`: per target the
+    range of measured ratios to the digital twin and how many meet the goal (from the same JSON
+    as the tables below: ``eval_forward_cpu*.json``, ``squad_eval_cpu*.json``,
+    ``hwa_step_cpu*.json``)."""
     hosts: list[str] = []
     cells: dict[tuple[str, float], list[str]] = {}  # (target, goal) -> one cell per host
 
     def add(side: int, label: str, goal: float, ratios: list[float]) -> None:
-        cells.setdefault((label, goal), ["—", "—"])[side] = _verdict(ratios, goal)
+        cells.setdefault((label, goal), ["—"] * len(HOSTS))[side] = _verdict(ratios, goal)
 
     def ratios_of(d: Any, src: str, field: str, config: str) -> list[float]:
         return [
@@ -920,29 +942,34 @@ def targets(inp: Inputs) -> str:
             if r.get("config") == config and field in r
         ]
 
-    for side, suffix in enumerate(("", "_avx2")):
+    def load(side: int, src: str) -> Any | None:  # the main tables' files must exist
+        return inp.json(src) if side == 0 else _optional_json(inp, src)
+
+    for side, (suffix, _) in enumerate(HOSTS):
         src = f"eval_forward_cpu{suffix}.json"
-        d = inp.json(src)
-        hosts.append(_host(d))
-        for config, goal in _get(d, "meta", "targets", source=src).items():
+        d = load(side, src)
+        hosts.append("not measured" if d is None else _host(d))
+        for config, goal in {} if d is None else _get(d, "meta", "targets", source=src).items():
             for kind, field in (("eager", "ratio analog"), ("compiled", "ratio analog compiled")):
                 label = f"eval forward, `{config}`, {kind}"
                 add(side, label, float(goal), ratios_of(d, src, field, config))
         src = f"squad_eval_cpu{suffix}.json"
         config, goal = SQUAD_TARGET
-        for kind, field in (("eager", "ratio"), ("compiled", "ratio_compiled")):
-            ratios = ratios_of(inp.json(src), src, field, config)
-            add(side, f"SQuAD point, 500 questions, `{config}`, {kind}", goal, ratios)
+        if (d := load(side, src)) is not None:
+            for kind, field in (("eager", "ratio"), ("compiled", "ratio_compiled")):
+                ratios = ratios_of(d, src, field, config)
+                add(side, f"SQuAD point, 500 questions, `{config}`, {kind}", goal, ratios)
         src = f"hwa_step_cpu{suffix}.json"
         config, goal = HWA_TARGET
-        for variant in (config, f"{config}, w_noise_bf16"):
-            ratios = ratios_of(inp.json(src), src, "ratio", variant)
-            add(side, f"HWA training step, `{variant}` (MLP and BERT stacks)", goal, ratios)
+        if (d := load(side, src)) is not None:
+            for variant in (config, f"{config}, w_noise_bf16"):
+                ratios = ratios_of(d, src, "ratio", variant)
+                add(side, f"HWA training step, `{variant}` (MLP and BERT stacks)", goal, ratios)
     rows = [[label, f"≤ {goal:g}", *values] for (label, goal), values in cells.items()]
     header = ["target", "goal"] + [
-        f"{name} ({h})" for name, h in zip(("main tables", "`*_avx2.json`"), hosts, strict=True)
+        f"{name} ({h})" for (_, name), h in zip(HOSTS, hosts, strict=True)
     ]
-    return _table(header, ["---", "---:", "---:", "---:"], rows)
+    return _table(header, ["---"] + ["---:"] * (1 + len(HOSTS)), rows)
 
 
 def _drift_sweep(path: Path, inp: Inputs, metrics: list[str], header: list[str]) -> str:

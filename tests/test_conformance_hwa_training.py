@@ -226,6 +226,36 @@ def test_standard_hwa_input_gradient_of_saturated_outputs_is_zero():
     torch.testing.assert_close(gx_ours, gx_ref, rtol=1e-4, atol=1e-6)
 
 
+def test_aihwkit_output_bound_mask_is_in_input_units_under_abs_max():
+    # pins how AIHWKIT's mask (the strict xfail above) acts under abs-max noise management
+    # (bert_squad's periphery, noise-free): the tile output it compares with 0.999 * out_bound
+    # is in the input's units (after noise management's rescale), not in the ADC's. 4 inputs
+    # of c, tile weights 1 (column-wise scaling): the ADC sees 4 of its bound 10 whatever c is,
+    # and AIHWKIT zeroes the input gradient once 4 c >= 9.99 (c = 2.6), not at c = 2.4.
+    # aimc's backward is straight-through in both (docs/conformance.md)
+    from aihwkit.nn import AnalogLinear as RpuLinear
+    from conformance.cases_presets import bert_squad_rpu
+
+    w = torch.full((2, 4), 0.5)
+    w[1] = 0.1
+    cfg = presets.bert_squad(0.0).replace(device=aimc.DeviceConfig())
+    cfg = cfg.replace(io=cfg.io.replace(out_noise=0.0))
+    for c, masked in ((2.4, False), (2.6, True)):
+        rpu = bert_squad_rpu(w_noise=0.0, modifier_noise=0.0)
+        rpu.forward.out_noise = 0.0
+        ref = RpuLinear(4, 2, bias=False, rpu_config=rpu)
+        ref.set_weights(w)
+        lin = torch.nn.Linear(4, 2, bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+        ours = aimc.nn.AnalogLinear.from_digital(lin, cfg, seed=0)
+        x = torch.full((1, 4), c)
+        gx_ref, gx_ours = _backward(ref, ours, x, torch.ones(1, 2))
+        full = torch.ones(1, 2) @ w
+        torch.testing.assert_close(gx_ref, torch.zeros(1, 4) if masked else full)
+        torch.testing.assert_close(gx_ours, full)
+
+
 @pytest.mark.xfail(strict=True, reason="known difference from AIHWKIT: docs/conformance.md")
 def test_standard_hwa_learned_output_scale_after_remap_is_aihwkits():
     # after one post-step (clip 1.0 + column-wise remap) AIHWKIT keeps the column maxima m in
