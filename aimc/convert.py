@@ -68,6 +68,15 @@ def peft_base_name(name: str) -> str:
     return name.removesuffix(".base_layer").replace(".base_layer.", ".")
 
 
+def seed_name(name: str, peft: bool) -> str:
+    """The name a layer's seeds derive from (its noise streams in :func:`convert` and
+    :func:`manual_seed`, its chip in :func:`aimc.program` / :func:`aimc.drift`). In a peft model
+    (``peft``: LoRA adapters attached) the wrapper's parts of the name are left out
+    (:func:`peft_base_name`), so the same seed gives the same noise and the same chip with and
+    without the adapters (paired comparisons)."""
+    return peft_base_name(name) if peft else name
+
+
 def _matches(pattern: Pattern, name: str) -> bool:
     """Exact name, dotted suffix (``"query"`` hits ``"...attention.self.query"``), or regex.
 
@@ -136,7 +145,8 @@ def convert(
         overrides: ``{pattern: config}`` — a per-layer config for matching modules; the first
             matching pattern (in the mapping's order) wins.
         filter_fn: ``(module, qualified_name) -> bool``, a further filter.
-        seed: base seed; layer ``name`` gets its own stream ``derive_seed(seed, name)``.
+        seed: base seed; layer ``name`` gets its own stream ``derive_seed(seed, name)`` (in a
+            peft model the name without peft's wrapper parts: :func:`seed_name`).
 
     Patterns: a string is an exact qualified name or a dotted suffix (``"query"`` matches
     ``"bert.encoder.layer.0.attention.self.query"``); ``"re:<regex>"`` or a compiled
@@ -277,8 +287,9 @@ def convert(
             )
         if cfg.device.model != "none":  # it will be programmed: refuse NaN/inf weights
             check_finite_weights(module, "convert", label)
+    peft = is_peft_model(model)
     for (name, module, analog_cls), cfg in zip(chosen, configs, strict=True):
-        new = analog_cls.from_digital(module, cfg, seed=derive_seed(seed, name))
+        new = analog_cls.from_digital(module, cfg, seed=derive_seed(seed, seed_name(name, peft)))
         new.analog_name = name
         new._digital_class = type(module)
         for alias in aliases[id(module)]:  # a module registered under several names
@@ -429,7 +440,8 @@ def analog_layers(model: nn.Module) -> list[tuple[str, AnalogLayerMixin]]:
 
 
 def manual_seed(model: nn.Module, seed: int, io_stream: int | None = None) -> None:
-    """Restart every analog layer's noise stream: layer ``name`` gets ``derive_seed(seed, name)``.
+    """Restart every analog layer's noise stream: layer ``name`` gets ``derive_seed(seed, name)``
+    (in a peft model the name without peft's wrapper parts: :func:`seed_name`).
 
     Two runs of the same model with the same seed give bit-identical outputs on the same device.
     ``io_stream`` (e.g. the data-parallel rank) gives the IO noise its own stream while the HWA
@@ -437,5 +449,6 @@ def manual_seed(model: nn.Module, seed: int, io_stream: int | None = None) -> No
     <aimc.nn.base.AnalogLayerMixin.manual_seed>`).
     """
     check_seed(seed)
+    peft = is_peft_model(model)
     for name, layer in analog_layers(model):
-        layer.manual_seed(derive_seed(seed, name), io_stream)
+        layer.manual_seed(derive_seed(seed, seed_name(name, peft)), io_stream)

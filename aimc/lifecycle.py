@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ._malloc import trim_if_grown
-from .convert import analog_layers, is_peft_model, peft_base_name
+from .convert import analog_layers, is_peft_model, seed_name
 from .nn.chip import check_storage, check_time
 from .random import check_seed, derive_seed
 
@@ -18,20 +18,13 @@ def _device_layers(model: nn.Module, verb: str):
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: got {type(model).__name__}; allowed: a torch.nn.Module")
     peft = is_peft_model(model)
-    layers = [(_chip_name(n, peft), m) for n, m in analog_layers(model) if m.has_device()]
+    layers = [(seed_name(n, peft), m) for n, m in analog_layers(model) if m.has_device()]
     if not layers:
         raise ValueError(
             f"{verb}: the model has no analog layer with a device model; convert it with a "
             "config whose device.model is not 'none' (e.g. aimc.presets.pcm_inference())"
         )
     return layers
-
-
-def _chip_name(name: str, peft: bool) -> str:
-    """The name a layer's seeds derive from. In a peft model (LoRA adapters attached) the
-    wrapper's parts of the name are left out (:func:`aimc.convert.peft_base_name`), so the same
-    seed programs the same chip with and without the adapters (paired comparisons)."""
-    return peft_base_name(name) if peft else name
 
 
 def program(model: nn.Module, seed: int = 0, storage: str = "full") -> nn.Module:

@@ -53,7 +53,7 @@ class LoraSpec:
     def text(self) -> str:
         """The canonical ``--lora`` text (``targets`` last: it is comma-separated)."""
         return (
-            f"r={self.r},alpha={self.alpha:g},dropout={self.dropout:g},"
+            f"r={self.r},alpha={_number(self.alpha)},dropout={_number(self.dropout)},"
             f"targets={','.join(self.targets)}"
         )
 
@@ -160,6 +160,13 @@ def attach_lora(model: nn.Module, spec: LoraSpec, seed: int = 0) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return get_peft_model(model, spec.peft_config())
+
+
+def _number(v: float) -> str:
+    """``v`` as the shortest text that reads back as the same float (``repr``), without a
+    trailing ``.0`` for whole numbers (``16``, not ``16.0``)."""
+    v = float(v)
+    return str(int(v)) if v.is_integer() and abs(v) < 2**53 else repr(v)
 
 
 def adapter_dir(model_dir: str | Path) -> Path | None:

@@ -214,7 +214,7 @@ def test_patterns_on_a_peft_model_match_the_base_layer_names():
     """After ``get_peft_model`` (the attach-then-convert order the docs call equivalent) each
     targeted layer is ``...query.base_layer``: ``convert(..., targets="query")`` (or
     ``exclude`` / ``overrides`` with "query") raises "matched no convertible module" though
-    every query base layer is convertible. ``lifecycle._chip_name`` strips peft's wrapper
+    every query base layer is convertible. ``convert.seed_name`` strips peft's wrapper
     parts for seeds; ``convert``'s patterns do not."""
     peft = pytest.importorskip("peft")
     torch.manual_seed(0)

@@ -56,7 +56,7 @@ def load_teacher(spec: Any, device: torch.device, tokenizer) -> torch.nn.Module:
     the student's tokenizer, fewer positions than ``--max-length``."""
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from .models import load_weights, max_positions, qa_config
+    from .models import load_weights, max_positions, qa_config, with_merged_adapter
 
     path = spec.model if spec.teacher == SELF else spec.teacher
     label = f"--teacher {SELF} (the starting model {path!r})" if spec.teacher == SELF else None
@@ -79,6 +79,7 @@ def load_teacher(spec: Any, device: torch.device, tokenizer) -> torch.nn.Module:
             f"{spec.max_length}; allowed: a teacher with at least --max-length positions"
         )
     teacher = load_weights(lambda: AutoModelForQuestionAnswering.from_pretrained(path), path)
+    teacher = with_merged_adapter(teacher, path)  # a LoRA export: base + adapter
     head = getattr(teacher, "qa_outputs", None)
     outputs = getattr(head, "out_features", cfg.num_labels)
     if outputs != 2:

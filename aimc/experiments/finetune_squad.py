@@ -37,7 +37,7 @@ from ..lora import attach_lora, parameter_counts
 from ..random import derive_seed
 from .checkpoints import export_model, latest_checkpoint, resume_from, save_checkpoint
 from .distill import SELF, distill_loss, load_teacher, teacher_logits
-from .models import load_weights
+from .models import check_positions, load_weights, with_merged_adapter
 from .rundir import barrier, dist_info, fail_if_busy, init_distributed, open_run_dir
 from .safeio import append_row, keep_rows
 from .sweep import resolve_config
@@ -194,7 +194,8 @@ class FinetuneSpec:
 
 def load_model(path: str, device: torch.device, seed: int):
     """``(model, fast tokenizer, new_head)``: a QA model from a QA checkpoint or from a base
-    encoder (then the QA head is new, initialised from ``seed``)."""
+    encoder (then the QA head is new, initialised from ``seed``); from an ``--lora`` export,
+    its base with the adapter merged (:func:`.models.with_merged_adapter`)."""
     from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
 
     try:
@@ -215,6 +216,7 @@ def load_model(path: str, device: torch.device, seed: int):
                 f"--model: {path!r} (model_type {hf_config.model_type!r}) has no extractive-QA "
                 f"variant in transformers: {err}"
             ) from None
+    model = with_merged_adapter(model, path)  # a LoRA export: its base with the adapter merged
     new_head = not any(a.endswith("ForQuestionAnswering") for a in hf_config.architectures or [])
     return model.to(device), tokenizer, new_head
 
@@ -353,6 +355,7 @@ def run(
     fail_if_busy(out)  # before the (long) loading and tokenizing of the data
     examples = select_questions(load_squad(spec.train), spec.max_questions, spec.subset_seed)
     model, tokenizer, new_head = load_model(spec.model, dev, spec.seed)
+    check_positions(getattr(model, "config", None), spec.max_length, f"--model {spec.model!r}")
     teacher, lora = _teacher_and_lora(spec, dev, tokenizer, new_head)
     feats = make_train_features(examples, tokenizer, spec.max_length, spec.stride)
     per_epoch = len(feats) // spec.batch_size

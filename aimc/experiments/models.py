@@ -19,6 +19,27 @@ def max_positions(config: Any) -> int | None:
     return None
 
 
+def check_positions(config: Any, max_length: int, label: str) -> None:
+    """Refuse ``--max-length`` beyond the positions of the model ``label`` (its config)."""
+    positions = max_positions(config)
+    if positions is not None and positions < max_length:
+        raise ValueError(
+            f"--max-length: got {max_length}, but {label} takes at most {positions} positions; "
+            f"allowed: at most {positions} (and --stride below it)"
+        )
+
+
+def with_merged_adapter(model: Any, path: str) -> Any:
+    """``model`` (loaded from ``path``) with the LoRA adapter of an ``aimc finetune-squad
+    --lora`` export (``path/adapter``) merged into its weights, where there is one: the model
+    the export computes, as one plain model (a teacher, or a starting point for more
+    fine-tuning). Merged before any conversion (peft's merge writes the weights' ``.data``)."""
+    from ..lora import adapter_dir, load_adapter
+
+    adapter = adapter_dir(path)
+    return model if adapter is None else load_adapter(model, adapter).merge_and_unload()
+
+
 def load_weights(load: Callable[[], Any], path: str) -> Any:
     """``load()`` (a ``from_pretrained``); unreadable weights (a truncated or damaged
     ``model.safetensors``) are a ``ValueError`` naming ``--model`` and the file."""

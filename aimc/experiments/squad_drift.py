@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..lora import adapter_dir, load_adapter
-from .models import load_weights, max_positions, qa_config
+from .models import check_positions, load_weights, qa_config
 from .report import SQUAD_METRICS
 from .rundir import barrier, dist_info, fail_if_busy, init_distributed, open_run_dir
 from .safeio import append_row
@@ -141,12 +141,7 @@ def run(
     # load (and so validate) data and model before anything is written to --out
     examples = select_questions(load_squad(spec.data), spec.max_questions, spec.subset_seed)
     model, tokenizer = load_qa_model(spec.model, dev)
-    positions = max_positions(getattr(model, "config", None))
-    if positions is not None and positions < spec.max_length:
-        raise ValueError(
-            f"--max-length: got {spec.max_length}, but --model {spec.model!r} takes at most "
-            f"{positions} positions; allowed: at most {positions} (and --stride below it)"
-        )
+    check_positions(getattr(model, "config", None), spec.max_length, f"--model {spec.model!r}")
     features = make_features(examples, tokenizer, spec.max_length, spec.stride)
     # the batch size changes the numbers (noise draws follow the batching), so does the device;
     # the resolved configs catch a preset whose definition changed between two aimc versions
@@ -192,7 +187,7 @@ def _range_setter(model_dir: str, features, batch_size: int, dev: torch.device):
     :data:`CALIBRATION_FEATURES` features (:func:`aimc.calibrate_input_ranges`, ``"max"``:
     deterministic, noise-free). Left at their placeholder (3.0) they gave meaningless rows."""
     from ..calibrate import calibrate_input_ranges
-    from ..convert import analog_layers
+    from ..convert import analog_layers, is_peft_model, peft_base_name
     from ..squad.features import _collate
 
     learned: dict[str, float] = {}
@@ -201,7 +196,14 @@ def _range_setter(model_dir: str, features, batch_size: int, dev: torch.device):
         learned = json.loads(info.read_text()).get("learned_input_ranges") or {}
 
     def after_convert(m: torch.nn.Module, config: str) -> None:
-        layers = [(n, layer) for n, layer in analog_layers(m) if layer.input_range is not None]
+        # the export records the base model's names; a LoRA export is evaluated as a peft
+        # model, whose names have peft's wrapper parts
+        peft = is_peft_model(m)
+        layers = [
+            (peft_base_name(n) if peft else n, layer)
+            for n, layer in analog_layers(m)
+            if layer.input_range is not None
+        ]
         if not layers:
             return
         if learned and all(n in learned for n, _ in layers):
