@@ -41,16 +41,17 @@ def _digital_matmul(layer: Any, record: Callable[[Tensor], None], x: Tensor) -> 
     """What ``layer.analog_matmul`` computes without any analog effect, recording ``x``."""
     record(x)
     w = layer.weight_matrix().float()  # (G, O, K)
-    y = torch.bmm(x.float(), w.transpose(1, 2))
-    bias = None if layer.bias is None else layer.bias.float().view(w.shape[0], 1, -1)
-    if bias is not None and layer.analog_bias():  # a bias row of the tile: scaled with W
-        y = y + bias
+    xf = x.float()
+    bias = None if layer.bias is None else layer.bias.float().view(w.shape[0], -1)
+    if bias is not None and layer.analog_bias():  # a bias row of the (last) tile
+        w = torch.cat([w, bias.unsqueeze(2)], dim=2)
+        xf = torch.cat([xf, xf.new_ones(*xf.shape[:-1], 1)], dim=-1)
         bias = None
-    if layer.out_scale is not None:
-        s = layer.out_scale.float()
-        y = y * (s.view(1, 1, -1) if s.numel() == 1 else s.view(w.shape[0], 1, -1))
+    if layer.out_scale is not None:  # each input tile's output times its own scale
+        w = w * layer.tile_layout().per_weight(layer.out_scale_columns().detach())
+    y = torch.bmm(xf, w.transpose(1, 2))
     if bias is not None:
-        y = y + bias
+        y = y + bias.unsqueeze(1)
     return y.to(x.dtype)
 
 

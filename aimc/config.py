@@ -695,7 +695,8 @@ class HWAConfig(_ConfigBase):
     """Learn a per-layer DAC input range (replaces noise management)."""
     input_range_init_batches: int = 100
     """Initialise the input range from this many training batches (mean of
-    ``input_range_init_std * std(x)``)."""
+    ``input_range_init_std * std(x)``; AIHWKIT ``init_from_data``); 0 keeps the range as set
+    (3.0, AIHWKIT's ``init_value``, or calibrated). >= 0."""
     input_range_init_std: float = 3.0
     """... in standard deviations of the inputs."""
     input_range_decay: float = 0.001
@@ -743,7 +744,7 @@ class HWAConfig(_ConfigBase):
         for name in ("modifier_per_tile", "learn_input_range", "input_range_gradient_relative"):
             setattr(self, name, _check_bool(f"{p}.{name}", getattr(self, name)))
         self.input_range_init_batches = _check_int(
-            f"{p}.input_range_init_batches", self.input_range_init_batches, min_value=1
+            f"{p}.input_range_init_batches", self.input_range_init_batches, min_value=0
         )
         self.modifier_coeffs = check_coefficients(f"{p}.modifier_coeffs", self.modifier_coeffs)
         if self.modifier == WeightModifier.DISCRETIZE and self.modifier_res <= 0:

@@ -134,6 +134,17 @@ class TileOutputs:
     levels: Tensor  #: (B, N, O_pad) ADC outputs in ADC steps (int8, int16 or float32)
     factor: Tensor | None  #: (B, N, to) digital rescale per (tile, vector, output tile)
     col_scale: Tensor | None  #: (B, O_pad) column-wise weight rescale, or None
+    #: (B, N, to) ``factor`` before a per-tile weight rescale was folded into it (None where
+    #: none was): see :meth:`own_factor`
+    tile_factor: Tensor | None = None
+
+    def own_factor(self) -> Tensor | float:
+        """The levels' factor to the tile's own output (its normalised weights times its input
+        as noise management or the learned range scales it back, before any weight or output
+        rescale): ``(B, N, to)``, or 1.0."""
+        if self.tile_factor is not None:
+            return self.tile_factor
+        return 1.0 if self.factor is None else self.factor
 
     def tile(self, t: int) -> Tensor:
         """Input tile ``t``'s rescaled output ``(G, N, O)`` float32 (a fresh tensor): exactly
@@ -146,6 +157,23 @@ class TileOutputs:
             f = self.factor.reshape(g, lo.n_in, n, lo.n_out)[:, t]
             z = (z.view(g, n, lo.n_out, lo.cols) * f.unsqueeze(-1)).view(g, n, lo.padded_out)
         return lo.unpad_out(z, 2)
+
+    def bound_mask(self, unit: float | Tensor, bound: float) -> Tensor | None:
+        """``(B, N, O_pad)`` bool: where a tile output, ``|levels| * unit``, reaches ``bound``
+        (``unit`` a number or ``(B, N, to)``); None where none does (checked per output tile
+        on the largest level first: one pass over the levels when nothing is masked).
+        AIHWKIT's ``handle_output_bound`` with ``unit`` the levels' value in its tile-output
+        units (:func:`aimc.hwa.output_bound_unit`)."""
+        lo, n = self.layout, self.n
+        if n == 0:
+            return None
+        lv = self.levels.view(lo.batch, n, lo.n_out, lo.cols)
+        peak = lv.abs().amax(dim=-1).to(torch.float32)  # (B, N, to); |top| fits the dtype
+        u = unit if isinstance(unit, float) else unit.to(torch.float32)
+        if not bool((peak * u >= bound).any()):
+            return None
+        u = u if isinstance(u, float) else u.unsqueeze(-1)
+        return (lv.abs().to(torch.float32) * u >= bound).view(lo.batch, n, lo.padded_out)
 
     def scale_grad(self, grad: Tensor) -> Tensor:
         """``(G, ti, O)``: ``sum_n grad[:, n] * tile(t)[:, n]`` for every input tile ``t``, the
@@ -940,12 +968,17 @@ def _compact(
     :class:`TileOutputs` (the levels copied out of ``z``, which may be a scratch buffer, unless
     the fused ADC kernel already wrote them into ``levels``)."""
     lo = tw.layout
+    raw = factor
     factor, col_scale = _digital_scales(factor, tw)  # a per-tile scale folded, as _digital does
     if factor is not None:
         factor = factor.expand(lo.batch, n, lo.n_out)
+    tile_factor = None
+    if tw.scale is not None and col_scale is None:  # a per-tile scale was folded
+        own = raw if raw is not None else factor.new_ones(())
+        tile_factor = own.expand(lo.batch, n, lo.n_out)
     if levels is None:
         levels = z.to(_level_dtype(io), copy=True)
-    return TileOutputs(lo, g, n, levels, factor, col_scale)
+    return TileOutputs(lo, g, n, levels, factor, col_scale, tile_factor)
 
 
 def _digital(

@@ -269,7 +269,7 @@ def test_device_default_model_none():
         ("input_range_min_inside", 1.5, "in [0, 1]"),
         ("input_range_min_inside", -0.1, ">= 0"),
         ("input_range_gradient_relative", 1, "True or False"),
-        ("input_range_init_batches", 0, ">= 1"),
+        ("input_range_init_batches", -1, ">= 0"),
         ("learn_input_range", 1, "True or False"),
         ("modifier_per_tile", "yes", "True or False"),
         ("modifier_coeffs", (1.0, 2.0), "three finite numbers"),

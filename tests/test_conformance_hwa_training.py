@@ -1,22 +1,21 @@
 """Conformance of the HWA training path and of the periphery with AIHWKIT 1.2.0 (2026-12-06).
 
-The three ``xfail(strict=True)`` tests are measured differences from AIHWKIT in the *training*
+The two ``xfail(strict=True)`` tests are measured differences from AIHWKIT in the *training*
 path of the HWA presets (``standard_hwa`` = ``StandardHWATrainingPreset``), which the
 conformance suite does not compare
 (it compares eval forwards, modifiers, clipping and remapping):
 
 * AIHWKIT learns one input range per *tile* (every tile module of a ``TileModuleArray`` has its
   own ``input_range``, initialised from the std of its own input slice); aimc one per layer.
-* AIHWKIT's RPUCuda tiles zero the input gradient of outputs at the ADC bound
-  (``handle_output_bound``: ``|y| >= 0.999 * out_bound``).
 * AIHWKIT's remap (``post_update_step``) resets the learned output scales to 1 and keeps the
   magnitude in the (not learned) mapping scales; aimc moves it into the learned output scale.
 
 They are listed in docs/conformance.md ("Differences from AIHWKIT") and not yet fixed: a test
 that starts passing fails (strict), so that the table is updated with the fix. The input
-range's gradient and the input gradient of clipped inputs (``TileWithPeriphery.post_backward``)
-were differences too until 2026-12-06; their tests now pass. The weight gradient differs on
-purpose (aimc's is autograd's): a passing test pins both sides.
+range's gradient, the input gradient of clipped inputs (``TileWithPeriphery.post_backward``)
+and the input gradient of tile outputs at the ADC bound (``handle_output_bound``, in the tile's
+own units) were differences too until 2026-12-06; their tests now pass. The weight gradient
+differs on purpose (aimc's is autograd's): a passing test pins both sides.
 
 The passing tests cover gaps of the suite: noise-free outputs value for value with the ADC's
 rounding, clip and bound management on (the suite's value checks have the ADC off), and drift
@@ -203,7 +202,6 @@ def test_standard_hwa_weight_gradient_is_preconditioned():
         torch.testing.assert_close(ours.weight.grad, grad_y.T @ xc, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="known difference from AIHWKIT: docs/conformance.md")
 def test_standard_hwa_input_gradient_of_saturated_outputs_is_zero():
     # the real (noisy) periphery, inputs inside the range (r = 1). Output 0's weights are all
     # equal (1 after the column-wise scaling), so rows with x = +-0.9 give +-14.4 > out_bound 10
@@ -226,23 +224,77 @@ def test_standard_hwa_input_gradient_of_saturated_outputs_is_zero():
     torch.testing.assert_close(gx_ours, gx_ref, rtol=1e-4, atol=1e-6)
 
 
-def test_aihwkit_output_bound_mask_is_in_input_units_under_abs_max():
-    # pins how AIHWKIT's mask (the strict xfail above) acts under abs-max noise management
-    # (bert_squad's periphery, noise-free): the tile output it compares with 0.999 * out_bound
-    # is in the input's units (after noise management's rescale), not in the ADC's. 4 inputs
-    # of c, tile weights 1 (column-wise scaling): the ADC sees 4 of its bound 10 whatever c is,
-    # and AIHWKIT zeroes the input gradient once 4 c >= 9.99 (c = 2.6), not at c = 2.4.
-    # aimc's backward is straight-through in both (docs/conformance.md)
+@pytest.mark.parametrize("preset", ["standard_hwa", "pcm_inference"])
+def test_output_bound_mask_per_input_tile(preset):
+    # 32 inputs on two tiles of 16 (AIHWKIT: a TileModuleArray, a mask per tile module). Output
+    # 0's weights on the first tile are all equal and its inputs large: only that tile's output
+    # saturates, so only its inputs lose output 0's gradient; the second tile keeps it. Both
+    # periphery paths: learned output scales (standard_hwa, range 1) and none (pcm_inference:
+    # abs-max NM, bound management, the output at the bound in the input's units)
+    from aihwkit.nn import AnalogLinear as RpuLinear
+    from aihwkit.simulator.configs import InferenceRPUConfig
+
+    g = torch.Generator().manual_seed(4)
+    k, o = 32, 3
+    w = torch.randn(o, k, generator=g) * 0.05
+    w[0, :16] = 0.5
+    x = torch.cat([torch.full((4, 16), 0.9), torch.randn(4, 16, generator=g) * 0.1], dim=1)
+    x[0, :16] = 0.2  # a vector whose first tile does not saturate
+    grad_y = torch.randn(4, o, generator=g)
+    if preset == "standard_hwa":
+        rpu = standard_hwa_rpu()
+        cfg = presets.standard_hwa()
+    else:
+        rpu = InferenceRPUConfig()  # pcm_inference = its defaults
+        cfg = presets.pcm_inference()
+        x = x * 2  # 16 * 0.5 * 1.8 = 14.4 >= 9.99 in the input's units
+    rpu.mapping.max_input_size = 16
+    cfg = cfg.replace(device=aimc.DeviceConfig(), mapping=cfg.mapping.replace(max_input_size=16))
+    ref = RpuLinear(k, o, bias=False, rpu_config=rpu)
+    ref.set_weights(w)
+    lin = torch.nn.Linear(k, o, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    ours = aimc.nn.AnalogLinear.from_digital(lin, cfg, seed=0)
+    if preset == "standard_hwa":
+        for tile in ref.analog_tiles():
+            tile.input_range.data[:] = 1.0
+            tile.input_range_update_idx.data[:] = 10_000
+        with torch.no_grad():
+            ours.input_range.fill_(1.0)
+            ours.input_range_batches.fill_(10_000)
+    gx_ref, gx_ours = _backward(ref, ours, x, grad_y)
+    want = grad_y @ w
+    want[1:, :16] = grad_y[1:, 1:] @ w[1:, :16]  # vectors 1-3: tile 0's output 0 masked
+    torch.testing.assert_close(gx_ref, want, rtol=1e-5, atol=1e-6)  # AIHWKIT's per-tile mask
+    torch.testing.assert_close(gx_ours, gx_ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("omega", [1.0, 0.0], ids=["column scales", "no weight scaling"])
+def test_output_bound_mask_is_in_input_units_under_abs_max(omega):
+    # how AIHWKIT's mask (the test above) acts under abs-max noise management (bert_squad's
+    # periphery; pcm_inference's without weight scaling; noise-free): the tile output it
+    # compares with 0.999 * out_bound is in the input's units (after noise management's
+    # rescale), not in the ADC's. 4 inputs of c, tile weights 1 (or 0.5 unscaled): the ADC sees
+    # the same levels whatever c is, and AIHWKIT zeroes the input gradient once the tile output
+    # reaches 9.99 (c = 2.6 scaled, 5.2 unscaled: 10.6 with the DAC's rounding), not at 2.4 /
+    # 4.8; aimc the same
     from aihwkit.nn import AnalogLinear as RpuLinear
     from conformance.cases_presets import bert_squad_rpu
 
     w = torch.full((2, 4), 0.5)
     w[1] = 0.1
     cfg = presets.bert_squad(0.0).replace(device=aimc.DeviceConfig())
-    cfg = cfg.replace(io=cfg.io.replace(out_noise=0.0))
-    for c, masked in ((2.4, False), (2.6, True)):
+    cfg = cfg.replace(
+        io=cfg.io.replace(out_noise=0.0),
+        mapping=cfg.mapping.replace(weight_scaling_omega=omega, learn_out_scaling=omega > 0),
+    )
+    below, above = (2.4, 2.6) if omega else (4.8, 5.2)
+    for c, masked in ((below, False), (above, True)):
         rpu = bert_squad_rpu(w_noise=0.0, modifier_noise=0.0)
         rpu.forward.out_noise = 0.0
+        rpu.mapping.weight_scaling_omega = omega
+        rpu.mapping.learn_out_scaling = omega > 0
         ref = RpuLinear(4, 2, bias=False, rpu_config=rpu)
         ref.set_weights(w)
         lin = torch.nn.Linear(4, 2, bias=False)
@@ -252,8 +304,11 @@ def test_aihwkit_output_bound_mask_is_in_input_units_under_abs_max():
         x = torch.full((1, 4), c)
         gx_ref, gx_ours = _backward(ref, ours, x, torch.ones(1, 2))
         full = torch.ones(1, 2) @ w
-        torch.testing.assert_close(gx_ref, torch.zeros(1, 4) if masked else full)
-        torch.testing.assert_close(gx_ours, full)
+        want = full.clone()
+        if masked:  # both rows' tile outputs reach the bound with column scales, one without
+            want = torch.zeros(1, 4) if omega else torch.ones(1, 2) @ torch.stack([0 * w[0], w[1]])
+        torch.testing.assert_close(gx_ref, want)
+        torch.testing.assert_close(gx_ours, gx_ref)
 
 
 @pytest.mark.xfail(strict=True, reason="known difference from AIHWKIT: docs/conformance.md")

@@ -450,9 +450,13 @@ def test_range_gradient_of_a_first_layer_from_the_clipped_entries(make, sigmas, 
     """A layer whose input needs no gradient takes the learned range's gradient from the clipped
     inputs' entries of the input gradient alone (``hwa.outside_range_grad``, where few are
     clipped): the gradient of the whole product's path (forced by a zero threshold) to float
-    rounding, on the same forward; with many clipped it is that path."""
+    rounding, on the same forward; with many clipped it is that path. (An ADC bound of 40: no
+    output saturates, whose input gradient AIHWKIT's rule zeroes — the whole product's path,
+    ``test_saturated_outputs_take_the_whole_products_path``.)"""
     torch.manual_seed(0)
-    model = aimc.convert(nn.Sequential(make()), aimc.presets.standard_hwa(), seed=1).train()
+    cfg = aimc.presets.standard_hwa()
+    cfg = cfg.replace(io=cfg.io.replace(out_bound=40.0))
+    model = aimc.convert(nn.Sequential(make()), cfg, seed=1).train()
     layer = model[0]
     shape = (6, 4, 8, 8) if isinstance(layer, nn.Conv2d) else (300, layer.in_features)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(2))
@@ -477,3 +481,35 @@ def test_range_gradient_of_a_first_layer_from_the_clipped_entries(make, sigmas, 
     assert (ran[0] is not None) == (sigmas > 2)  # 0.4 % of a normal clipped at 2.9 sigma
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
     assert grads[0].abs().item() > 0
+
+
+def test_saturated_outputs_take_the_whole_products_path(monkeypatch):
+    """Where tile outputs reach the ADC bound, a first layer's range gradient comes from the
+    masked input gradient (AIHWKIT's handle_output_bound), not from the clipped entries alone:
+    equal to the gradient of a layer whose input needs a gradient."""
+    torch.manual_seed(0)
+    model = aimc.convert(nn.Sequential(nn.Linear(768, 96)), aimc.presets.standard_hwa(), seed=1)
+    layer = model.train()[0]
+    x = torch.randn(300, 768, generator=torch.Generator().manual_seed(2)) * 0.5
+    with torch.no_grad():
+        layer.input_range.fill_(1.0)
+        layer.input_range_batches.fill_(10**6)
+        layer.weight.abs_()  # positive weights and a positive input mean: saturated outputs
+    x = x + 0.05
+    grads, masks = [], []
+    real = aimc.mvm.TileOutputs.bound_mask
+    monkeypatch.setattr(
+        aimc.mvm.TileOutputs,
+        "bound_mask",
+        lambda self, *a: masks.append(real(self, *a)) or masks[-1],
+    )
+    for needs_x in (False, True):
+        layer.manual_seed(3)
+        xi = x.clone().requires_grad_(needs_x)
+        y = model(xi)
+        (got,) = torch.autograd.grad(y.square().mean(), layer.input_range)
+        grads.append(got)
+    assert all(m is not None and 0 < m.float().mean() < 1 for m in masks), [
+        None if m is None else float(m.float().mean()) for m in masks
+    ]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)

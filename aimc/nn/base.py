@@ -64,20 +64,49 @@ class _AnalogMVM(torch.autograd.Function):
         input_range: Tensor | None = None,
         per_tile: bool = False,
     ) -> Tensor:
-        ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
         ctx.layout = layer.tile_layout() if per_tile else None
+        io = layer.analog_config.io
+        ctx.bound = output_bound(io)
+        # the input's gradient zeroes the outputs at the ADC bound, per input tile (AIHWKIT's
+        # handle_output_bound): the tile outputs kept as TileOutputs (the summed forward with
+        # output scales of 1, as a layer with learned output scales runs), where an eager
+        # forward's input needs a gradient
+        keep = (
+            ctx.bound is not None
+            and not per_tile
+            and ctx.needs_input_grad[0]
+            and not torch.compiler.is_compiling()
+        )
         with torch.no_grad():
-            return _run_mvm(layer, x, b, input_range, per_tile)
+            if not keep:
+                ctx.save_for_backward(x, w, None, None, None, None)
+                return _run_mvm(layer, x, b, input_range, per_tile)
+            lo = layer.tile_layout()
+            ones = x.new_ones(lo.batch, lo.padded_out)
+            out, y = _run_mvm(layer, x, b, input_range, per_tile="compact", out_scale=ones)
+        unit = output_bound_unit(out, input_range, io)
+        ctx.save_for_backward(x, w, out.levels, out.factor, out.col_scale, unit)
+        ctx.tile_shape = (out.layout, out.groups, out.n)
+        return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, w = ctx.saved_tensors
+        x, w, levels, factor, col_scale, unit = ctx.saved_tensors
         lo = ctx.layout
         if lo is not None:
             gx, gw = _per_tile_backward(grad, x, w, lo, ctx.needs_input_grad)
             return gx, gw, None, None, None, None
-        gx = batched_matmul(grad, w) if ctx.needs_input_grad[0] else None
+        gx = None
+        if ctx.needs_input_grad[0]:
+            mask = None
+            if unit is not None:
+                tiles = TileOutputs(*ctx.tile_shape, levels, factor, col_scale)
+                mask = tiles.bound_mask(_unit_value(unit), ctx.bound)
+            if mask is None:
+                gx = batched_matmul(grad, w)
+            else:
+                gx = _masked_input_grad(grad, mask, w, x, ctx.tile_shape[0])
         gw = batched_matmul(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
         gb = grad.sum(dim=1) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb, None, None, None
@@ -139,8 +168,12 @@ class _ScaledAnalogMVM(torch.autograd.Function):
             out, y = _run_mvm(layer, xin, b, input_range, per_tile="compact", out_scale=a_cols)
         # through save_for_backward (None allowed), so that saved-tensor hooks (offloading,
         # checkpointing) see the levels too
-        r = input_range if clip else None
-        ctx.save_for_backward(x, w, alpha, out.levels, out.factor, out.col_scale, r)
+        # the range as this forward clipped with (a later forward of the same layer, weight
+        # sharing, may move the parameter through .data before this backward)
+        r = input_range.detach().clone() if clip else None
+        unit = output_bound_unit(out, input_range, io)
+        ctx.save_for_backward(x, w, alpha, out.levels, out.factor, out.col_scale, r, unit)
+        ctx.bound = output_bound(io)
         ctx.tile_shape = (out.layout, out.groups, out.n)
         ctx.layout = out.layout
         ctx.has_bias = b is not None
@@ -149,12 +182,18 @@ class _ScaledAnalogMVM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x_in, w, alpha, levels, factor, col_scale, r = ctx.saved_tensors
+        x_in, w, alpha, levels, factor, col_scale, r, unit = ctx.saved_tensors
         needs = ctx.needs_input_grad
         clip = ctx.clip_learning is not None
         gx = gw = gb = ga = gr = None
         want_gx = needs[0] or (clip and needs[5])  # the range's gradient is made of x's
-        if clip and needs[5] and not needs[0]:
+        # AIHWKIT's tiles zero the output gradient of outputs at the ADC bound (in their units)
+        # before the input's gradient: the input (and so the range) gradient only
+        mask = None
+        if want_gx and unit is not None:
+            tiles = TileOutputs(*ctx.tile_shape, levels, factor, col_scale)
+            mask = tiles.bound_mask(_unit_value(unit), ctx.bound)
+        if clip and needs[5] and not needs[0] and mask is None:
             # x needs no gradient (a first layer fed with data): the range's gradient from the
             # clipped inputs' entries of x's gradient alone, where few are clipped
             gr = outside_range_grad(x_in, r, grad, w, alpha, ctx.layout, ctx.clip_learning)
@@ -163,7 +202,12 @@ class _ScaledAnalogMVM(torch.autograd.Function):
             # with clip_learning the saved input is unclipped: clipped again for W's gradient
             x = clipped_scratch(x_in, r) if clip and needs[1] else x_in
             lo = ctx.layout
-            if lo.n_in > 1 and lo.padded_in == lo.in_size:
+            if mask is not None:  # the input gradient per input tile, of its unmasked outputs
+                a_w = lo.per_weight(alpha)
+                if needs[1]:
+                    gw = batched_matmul(grad.transpose(1, 2), x).mul_(a_w)
+                gx = _masked_input_grad(grad, mask, w * a_w, x_in, lo)
+            elif lo.n_in > 1 and lo.padded_in == lo.in_size:
                 # each weight's alpha_t by broadcasting over the tile's inputs, (G, O, ti, 1):
                 # contiguous reads (a (G, O, K) per-weight alpha would be a transposed gather)
                 g, o, k = w.shape
@@ -189,6 +233,42 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         if needs[3]:
             ga = TileOutputs(*ctx.tile_shape, levels, factor, col_scale).scale_grad(grad)
         return gx, gw, gb, ga, None, gr, None
+
+
+def output_bound(io) -> float | None:
+    """The tile output at which AIHWKIT's tiles zero the output gradient (``handle_output_bound``:
+    ``0.999 * out_bound``), or None where the ADC has no bound."""
+    return 0.999 * io.out_bound if io.out_bound > 0 else None
+
+
+def output_bound_unit(out: TileOutputs, input_range: Tensor | None, io) -> Tensor | None:
+    """The value of one ADC level in the units of AIHWKIT's tile output (its ``x_output``:
+    normalised weights times the tile's input, the input divided by the learned range, with
+    noise management's scale and bound management's factor applied back), ``(B, N, to)`` or a
+    0-dim tensor; None without an ADC bound."""
+    if output_bound(io) is None:
+        return None
+    own = out.own_factor()
+    unit = own.float() if isinstance(own, Tensor) else torch.tensor(own, dtype=torch.float32)
+    if input_range is not None:  # AIHWKIT's tile input is x / r; aimc's levels scale by r
+        unit = unit / input_range.detach().float().reshape(())
+    return unit
+
+
+def _unit_value(unit: Tensor) -> float | Tensor:
+    return float(unit) if unit.dim() == 0 else unit
+
+
+def _masked_input_grad(
+    grad: Tensor, mask: Tensor, w_a: Tensor, x: Tensor, lo: TileLayout
+) -> Tensor:
+    """``(G, N, K)``: the input gradient of each input tile ``t``, ``(grad ⊙ ¬mask_t) @ W_t``
+    (``w_a`` ``(G, O, K)`` the weights times their tile's output scale; ``mask`` ``(B, N,
+    O_pad)`` from :meth:`TileOutputs.bound_mask`)."""
+    g, n, o = grad.shape
+    m = lo.unpad_out(mask.view(g, lo.n_in, n, lo.padded_out), 3)  # (G, ti, N, O)
+    gt = torch.where(m, 0.0, grad.unsqueeze(1))
+    return _per_tile_backward(gt, x, w_a, lo, (True, False))[0]
 
 
 @torch._dynamo.disable
@@ -448,8 +528,12 @@ class AnalogLayerMixin(ChipMixin):
         if torch.compiler.is_compiling():
             return self._make_tile_weights(check=False)
         key = self._weight_key() + (self._config_key(),)
-        if self._tile_cache is not None and self._tile_cache[0] == key:
-            return self._tile_cache[1]
+        cached = self._tile_cache
+        # tiles built under inference_mode are inference tensors, which a forward outside it
+        # cannot save for a backward (a training step after a validation pass)
+        usable = cached is not None and cached[0] == key
+        if usable and (torch.is_inference_mode_enabled() or not cached[1].w.is_inference()):
+            return cached[1]
         tw = self._make_tile_weights(check=True, vectors=vectors)
         tw.fixed = True
         self._tile_cache = (key, tw)
