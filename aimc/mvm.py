@@ -167,13 +167,22 @@ class TileOutputs:
         lo, n = self.layout, self.n
         if n == 0:
             return None
-        lv = self.levels.view(lo.batch, n, lo.n_out, lo.cols)
-        peak = lv.abs().amax(dim=-1).to(torch.float32)  # (B, N, to); |top| fits the dtype
+        mag = self.levels.view(lo.batch, n, lo.n_out, lo.cols).abs()  # |top| fits the dtype
+        peak = mag.amax(dim=-1)  # (B, N, to)
         u = unit if isinstance(unit, float) else unit.to(torch.float32)
-        if not bool((peak * u >= bound).any()):
+        if not bool((peak.to(torch.float32) * u >= bound).any()):
             return None
-        u = u if isinstance(u, float) else u.unsqueeze(-1)
-        return (lv.abs().to(torch.float32) * u >= bound).view(lo.batch, n, lo.padded_out)
+        if mag.is_floating_point():
+            u = u if isinstance(u, float) else u.unsqueeze(-1)
+            return (mag * u >= bound).view(lo.batch, n, lo.padded_out)
+        # integer levels: level * u >= bound <=> level > ceil(bound / u) - 1, compared in the
+        # levels' own type (a threshold past the largest level never holds; u = 0 or NaN: no
+        # output reaches the bound)
+        top = torch.iinfo(mag.dtype).max
+        below = torch.nan_to_num(torch.ceil(bound / torch.as_tensor(u)) - 1, nan=top, posinf=top)
+        below = below.clamp(-1, top).to(mag.dtype)
+        below = below if below.dim() == 0 else below.unsqueeze(-1)
+        return (mag > below).view(lo.batch, n, lo.padded_out)
 
     def scale_grad(self, grad: Tensor) -> Tensor:
         """``(G, ti, O)``: ``sum_n grad[:, n] * tile(t)[:, n]`` for every input tile ``t``, the

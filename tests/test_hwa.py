@@ -513,3 +513,31 @@ def test_saturated_outputs_take_the_whole_products_path(monkeypatch):
         None if m is None else float(m.float().mean()) for m in masks
     ]
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_alpha", [True, False])
+def test_masked_input_gradient_equals_the_dense_per_tile_product(with_alpha):
+    """``_subtract_masked_`` (a sparse product per input tile) gives the dense per-tile input
+    gradient ``sum_t (grad ⊙ ¬mask_t) @ (alpha_t ⊙ W_t)``: uneven input split (13 -> 4+3+3+3),
+    output padding (10 -> 4+3+3), two groups, masks on every tile."""
+    from aimc.nn.base import _subtract_masked_
+
+    gen = torch.Generator().manual_seed(0)
+    g, n, o, k = 2, 7, 10, 13
+    lo = TileLayout.build(g, o, k, MappingConfig(max_input_size=4, max_output_size=4))
+    grad = torch.randn(g, n, o, generator=gen)
+    w = torch.randn(g, o, k, generator=gen)
+    alpha = torch.rand(g, lo.n_in, o, generator=gen) + 0.5 if with_alpha else None
+    mask_t = torch.rand(g, lo.n_in, n, o, generator=gen) < 0.2  # (G, ti, N, O)
+    mask = lo.pad_out(mask_t, 3).reshape(lo.batch, n, lo.padded_out)
+    a_w = lo.per_weight(alpha) if with_alpha else torch.ones_like(w)
+    gx = torch.bmm(grad, w * a_w)
+    _subtract_masked_(gx, grad, mask, w, alpha, lo)
+    want = torch.zeros(g, n, k)
+    start = 0
+    for t, size in enumerate(lo.in_sizes):
+        gt = torch.where(mask_t[:, t], 0.0, grad)
+        cols = slice(start, start + size)
+        want[:, :, cols] = torch.bmm(gt, (w * a_w)[:, :, cols])
+        start += size
+    torch.testing.assert_close(gx, want, rtol=1e-5, atol=1e-5)

@@ -8,6 +8,7 @@ changes (tracked by the tensor's version counter) and cached otherwise.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import torch
@@ -103,10 +104,9 @@ class _AnalogMVM(torch.autograd.Function):
             if unit is not None:
                 tiles = TileOutputs(*ctx.tile_shape, levels, factor, col_scale)
                 mask = tiles.bound_mask(_unit_value(unit), ctx.bound)
-            if mask is None:
-                gx = batched_matmul(grad, w)
-            else:
-                gx = _masked_input_grad(grad, mask, w, x, ctx.tile_shape[0])
+            gx = batched_matmul(grad, w)
+            if mask is not None:  # less the outputs at the bound, per input tile
+                _subtract_masked_(gx, grad, mask, w, None, ctx.tile_shape[0])
         gw = batched_matmul(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
         gb = grad.sum(dim=1) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb, None, None, None
@@ -202,12 +202,7 @@ class _ScaledAnalogMVM(torch.autograd.Function):
             # with clip_learning the saved input is unclipped: clipped again for W's gradient
             x = clipped_scratch(x_in, r) if clip and needs[1] else x_in
             lo = ctx.layout
-            if mask is not None:  # the input gradient per input tile, of its unmasked outputs
-                a_w = lo.per_weight(alpha)
-                if needs[1]:
-                    gw = batched_matmul(grad.transpose(1, 2), x).mul_(a_w)
-                gx = _masked_input_grad(grad, mask, w * a_w, x_in, lo)
-            elif lo.n_in > 1 and lo.padded_in == lo.in_size:
+            if lo.n_in > 1 and lo.padded_in == lo.in_size:
                 # each weight's alpha_t by broadcasting over the tile's inputs, (G, O, ti, 1):
                 # contiguous reads (a (G, O, K) per-weight alpha would be a transposed gather)
                 g, o, k = w.shape
@@ -224,6 +219,8 @@ class _ScaledAnalogMVM(torch.autograd.Function):
                     gw = batched_matmul(grad.transpose(1, 2), x).mul_(a_w)
                 if want_gx:
                     gx = batched_matmul(grad, w * a_w)
+            if mask is not None and gx is not None:  # less the outputs at the bound, per tile
+                _subtract_masked_(gx, grad, mask, w, alpha, lo)
             if clip and gx is not None and needs[5]:
                 # the input gradient passes through the clip (AIHWKIT's input-range learning)
                 gr = range_grad(x_in, r, gx, ctx.clip_learning)
@@ -259,16 +256,45 @@ def _unit_value(unit: Tensor) -> float | Tensor:
     return float(unit) if unit.dim() == 0 else unit
 
 
-def _masked_input_grad(
-    grad: Tensor, mask: Tensor, w_a: Tensor, x: Tensor, lo: TileLayout
-) -> Tensor:
-    """``(G, N, K)``: the input gradient of each input tile ``t``, ``(grad ⊙ ¬mask_t) @ W_t``
-    (``w_a`` ``(G, O, K)`` the weights times their tile's output scale; ``mask`` ``(B, N,
-    O_pad)`` from :meth:`TileOutputs.bound_mask`)."""
+def _subtract_masked_(
+    gx: Tensor, grad: Tensor, mask: Tensor, w: Tensor, alpha: Tensor | None, lo: TileLayout
+) -> None:
+    """``gx`` ``(G, N, K)`` (``grad @ (alpha ⊙ W)``) less, for each input tile ``t``, the part of
+    its masked outputs: ``gx[:, :, tile t] -= (grad ⊙ mask_t) @ (alpha_t ⊙ W_t)``, in place.
+    ``mask`` ``(B, N, O_pad)`` from :meth:`TileOutputs.bound_mask` (a few percent of the
+    outputs): one sparse (CSR) product per tile, about a tenth of the dense GEMM's time where
+    2 % are masked (the dense per-tile product with a masked copy of the gradient took 3x)."""
     g, n, o = grad.shape
-    m = lo.unpad_out(mask.view(g, lo.n_in, n, lo.padded_out), 3)  # (G, ti, N, O)
-    gt = torch.where(m, 0.0, grad.unsqueeze(1))
-    return _per_tile_backward(gt, x, w_a, lo, (True, False))[0]
+    m = mask.view(g, lo.n_in, n, lo.padded_out)
+    if lo.padded_out != o:
+        m = lo.unpad_out(m, 3)
+    nz = m.nonzero()  # (M, 4): group, tile, vector, output; ordered by (group, tile) first
+    if nz.numel() == 0:
+        return
+    gi, ti, ni, oi = nz.unbind(1)
+    vals = grad.reshape(-1).index_select(0, (gi * n + ni) * o + oi)  # (one flat gather)
+    per_tile = torch.bincount(gi * lo.n_in + ti, minlength=g * lo.n_in).tolist()
+    starts = [0]
+    for size in lo.in_sizes:
+        starts.append(starts[-1] + size)
+    first = 0
+    for tile, count in enumerate(per_tile):
+        if count == 0:
+            continue
+        part = slice(first, first + count)
+        first += count
+        gt, t = divmod(tile, lo.n_in)
+        crow = torch.zeros(n + 1, dtype=torch.int64, device=grad.device)
+        torch.cumsum(torch.bincount(ni[part], minlength=n), 0, out=crow[1:])
+        with warnings.catch_warnings():  # torch's "Sparse CSR tensor support is in beta"
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support")
+            # (valid by construction: the invariant checks would cost a pass each)
+            sp = torch.sparse_csr_tensor(
+                crow, oi[part], vals[part], size=(n, o), check_invariants=False
+            )
+        wt = w[gt, :, starts[t] : starts[t + 1]]  # (O, rows of tile t)
+        wt = (wt * alpha[gt, t].unsqueeze(1)) if alpha is not None else wt.contiguous()
+        gx[gt, :, starts[t] : starts[t + 1]].sub_(torch.sparse.mm(sp, wt))
 
 
 @torch._dynamo.disable
