@@ -37,6 +37,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def at_most_two_threads():
+    """Run the test with at most two torch threads (AIHWKIT's tiles and aimc's on the machines'
+    2 cores), restoring the thread count afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(2, n)))
+    yield
+    torch.set_num_threads(n)
+
+
 def outputs_on_one_and_two_threads(layer: torch.nn.Module, x: torch.Tensor, seed: int) -> list:
     """``layer(x)`` (no autograd) on one, then two torch threads, the layer's noise stream
     restarted from ``seed`` before each; the thread count restored afterwards."""

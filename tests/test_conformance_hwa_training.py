@@ -40,13 +40,7 @@ from conformance.cases_periphery import IO_BASE, MAPPING_BASE, _aimc, _rpu  # no
 from conformance.cases_presets import standard_hwa_rpu  # noqa: E402
 from conformance.harness import DAY, Case, Tolerance, describe, run_case  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _two_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(2, n)))
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("at_most_two_threads")
 
 
 def _pair(w, b, *, perfect: bool = False):

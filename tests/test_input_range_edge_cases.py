@@ -11,13 +11,7 @@ import aimc
 from aimc import calibrate_input_ranges, convert, presets
 from aimc.config import WeightRemap
 
-
-@pytest.fixture(autouse=True)
-def _two_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(2, n)))
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("at_most_two_threads")
 
 
 def _split_configs():
