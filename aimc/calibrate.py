@@ -78,7 +78,9 @@ def calibrate_input_ranges(
             batches: nothing is clipped on the calibration data), ``"quantile"`` (the mean over
             batches of the ``quantile`` of ``|x|``: a few outliers are clipped, the rest gets a
             finer DAC step) or ``"std"`` (the mean over batches of ``std_factor * std(x)``, the
-            data estimate hardware-aware training starts from).
+            data estimate hardware-aware training starts from). A batch whose estimate is 0
+            (no spread: all zeros, say) is left out of the mean, as the HWA initialisation
+            skips it.
         quantile: the quantile of ``"quantile"``, in ``(0, 1]``.
         std_factor: the factor of ``"std"``, ``> 0``.
 
@@ -131,11 +133,14 @@ def calibrate_input_ranges(
     ranges = {}
     for name, layer in targets:
         values = torch.stack(stats[name]) if stats[name] else torch.empty(0)
-        values = values[torch.isfinite(values)]
+        # a batch without spread (all zeros, say) says nothing of the range: skipped, as the
+        # HWA initialisation from data skips it (AIHWKIT's std > 0 test)
+        values = values[torch.isfinite(values) & (values > 0)]
         if values.numel() == 0:
             raise ValueError(
-                f"layer {name!r}: no finite input was seen in {n_batches} batch(es); the "
-                "calibration batches must reach every calibrated layer with finite values"
+                f"layer {name!r}: no finite, non-zero input was seen in {n_batches} batch(es); "
+                "the calibration batches must reach every calibrated layer with finite values "
+                "that are not all zero"
             )
         r = values.amax() if method == "max" else values.mean()
         r = float(r.clamp_min(1e-6))

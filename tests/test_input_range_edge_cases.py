@@ -148,3 +148,18 @@ def test_training_step_after_an_inference_mode_eval_does_not_crash():
         module.train()
         module(x).sum().backward()
     assert layer.weight.grad is not None and layer.input_range.grad is not None
+
+
+def test_calibration_leaves_out_batches_without_spread():
+    """``method="std"`` (and ``"quantile"``) average the batches' estimates; an all-zero batch
+    (padding, say) gave the estimate 0 and pulled the range down (two batches, one of zeros:
+    half the range), where the HWA initialisation from data skips such a batch."""
+    torch.manual_seed(0)
+    model = convert(torch.nn.Sequential(torch.nn.Linear(16, 4)), presets.analog_foundation())
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(1))
+    for method in ("std", "quantile"):
+        alone = calibrate_input_ranges(model, [x], method=method)
+        with_zeros = calibrate_input_ranges(model, [x, torch.zeros(32, 16)], method=method)
+        assert with_zeros == pytest.approx(alone)
+    with pytest.raises(ValueError, match="no finite, non-zero input"):
+        calibrate_input_ranges(model, [torch.zeros(32, 16)], method="std")
