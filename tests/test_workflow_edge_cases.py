@@ -404,3 +404,18 @@ def test_cli_negative_threads_is_refused(tmp_path, capsys):
         )
     assert exc.value.code == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_sweep_axes_given_as_a_string_are_refused_naming_the_option():
+    """Through the Python API, ``configs="bert_squad"`` or ``digital_modules="lm_head"`` was
+    read letter by letter and the error named ``'b'`` or ``'l'`` (found by a review of the LLM
+    path): the option and the value given are named."""
+    from aimc.experiments.lm_drift import LMSweepSpec
+    from aimc.experiments.sweep import validate_sweep
+
+    with pytest.raises(ValueError, match=r"--configs: got 'bert_squad' \(str\); allowed: a list"):
+        validate_sweep("bert_squad", [0.0], 1)
+    with pytest.raises(ValueError, match=r"--times: got 3600"):
+        validate_sweep(["digital"], 3600, 1)
+    with pytest.raises(ValueError, match=r"--digital-modules: got 'lm_head'"):
+        LMSweepSpec(digital_modules="lm_head").validate()

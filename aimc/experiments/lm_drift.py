@@ -109,6 +109,11 @@ class LMSweepSpec:
                 f"--calibration-method: got {self.calibration_method!r}; allowed: "
                 + ", ".join(CALIBRATION_METHODS)
             )
+        if not isinstance(self.digital_modules, (list, tuple)):  # a str: letter by letter
+            raise ValueError(
+                f"--digital-modules: got {self.digital_modules!r}; allowed: a list of module "
+                "names, dotted suffixes or 're:' regexes"
+            )
         bad = [p for p in self.digital_modules if not isinstance(p, str) or not p]
         if bad:
             raise ValueError(

@@ -93,6 +93,9 @@ def resolve_config(name: str) -> AnalogConfig | None:
 
 def validate_sweep(configs: list[str], times: list[float], chips: int) -> None:
     """Check the sweep axes; errors name the command-line option."""
+    for option, value in (("--configs", configs), ("--times", times)):
+        if not isinstance(value, (list, tuple)):  # a str would be read letter by letter
+            raise ValueError(f"{option}: got {value!r} ({type(value).__name__}); allowed: a list")
     for name in configs:
         resolve_config(name)
     if not configs or len(set(configs)) != len(configs):
