@@ -287,7 +287,6 @@ def convert(
             )
         if cfg.device.model != "none":  # it will be programmed: refuse NaN/inf weights
             check_finite_weights(module, "convert", label)
-    peft = is_peft_model(model)
     for (name, module, analog_cls), cfg in zip(chosen, configs, strict=True):
         new = analog_cls.from_digital(module, cfg, seed=derive_seed(seed, seed_name(name, peft)))
         new.analog_name = name

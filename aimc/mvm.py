@@ -158,9 +158,9 @@ class TileOutputs:
             z = (z.view(g, n, lo.n_out, lo.cols) * f.unsqueeze(-1)).view(g, n, lo.padded_out)
         return lo.unpad_out(z, 2)
 
-    def bound_mask(self, unit: float | Tensor, bound: float) -> Tensor | None:
+    def bound_mask(self, unit: Tensor, bound: float) -> Tensor | None:
         """``(B, N, O_pad)`` bool: where a tile output, ``|levels| * unit``, reaches ``bound``
-        (``unit`` a number or ``(B, N, to)``); None where none does (checked per output tile
+        (``unit`` 0-dim or ``(B, N, to)``); None where none does (checked per output tile
         on the largest level first: one pass over the levels when nothing is masked).
         AIHWKIT's ``handle_output_bound`` with ``unit`` the levels' value in its tile-output
         units (:func:`aimc.hwa.output_bound_unit`)."""
@@ -169,17 +169,17 @@ class TileOutputs:
             return None
         mag = self.levels.view(lo.batch, n, lo.n_out, lo.cols).abs()  # |top| fits the dtype
         peak = mag.amax(dim=-1)  # (B, N, to)
-        u = unit if isinstance(unit, float) else unit.to(torch.float32)
+        u = unit.to(torch.float32)
         if not bool((peak.to(torch.float32) * u >= bound).any()):
             return None
         if mag.is_floating_point():
-            u = u if isinstance(u, float) else u.unsqueeze(-1)
+            u = u if u.dim() == 0 else u.unsqueeze(-1)
             return (mag * u >= bound).view(lo.batch, n, lo.padded_out)
         # integer levels: level * u >= bound <=> level > ceil(bound / u) - 1, compared in the
         # levels' own type (a threshold past the largest level never holds; u = 0 or NaN: no
         # output reaches the bound)
         top = torch.iinfo(mag.dtype).max
-        below = torch.nan_to_num(torch.ceil(bound / torch.as_tensor(u)) - 1, nan=top, posinf=top)
+        below = torch.nan_to_num(torch.ceil(bound / u) - 1, nan=top, posinf=top)
         below = below.clamp(-1, top).to(mag.dtype)
         below = below if below.dim() == 0 else below.unsqueeze(-1)
         return (mag > below).view(lo.batch, n, lo.padded_out)

@@ -833,9 +833,10 @@ def _host(data: Any) -> str:
 HOSTS = (("", "main tables"), ("_zen5", "`*_zen5.json`"), ("_avx2", "`*_avx2.json`"))
 
 
-def _optional_json(inp: Inputs, name: str) -> Any | None:
-    """``inp.json(name)``, or None where the file does not exist (a host without that run)."""
-    return inp.json(name) if (inp.results / name).is_file() else None
+def _host_json(inp: Inputs, side: int, name: str) -> Any | None:
+    """``inp.json(name)`` of host ``side`` of :data:`HOSTS`: the main tables' (side 0) must
+    exist; another host's is None where the file does not (a host without that run)."""
+    return inp.json(name) if side == 0 or (inp.results / name).is_file() else None
 
 
 def two_hosts(inp: Inputs) -> str:
@@ -887,7 +888,7 @@ def two_hosts(inp: Inputs) -> str:
         values: list[dict[str, float]] = []
         for side, (suffix, _) in enumerate(HOSTS):
             src = f"{stem}{suffix}.json"
-            d = inp.json(src) if side == 0 else _optional_json(inp, src)
+            d = _host_json(inp, side, src)
             if d is None:
                 values.append({})
                 continue
@@ -942,12 +943,9 @@ def targets(inp: Inputs) -> str:
             if r.get("config") == config and field in r
         ]
 
-    def load(side: int, src: str) -> Any | None:  # the main tables' files must exist
-        return inp.json(src) if side == 0 else _optional_json(inp, src)
-
     for side, (suffix, _) in enumerate(HOSTS):
         src = f"eval_forward_cpu{suffix}.json"
-        d = load(side, src)
+        d = _host_json(inp, side, src)
         hosts.append("not measured" if d is None else _host(d))
         for config, goal in {} if d is None else _get(d, "meta", "targets", source=src).items():
             for kind, field in (("eager", "ratio analog"), ("compiled", "ratio analog compiled")):
@@ -955,13 +953,13 @@ def targets(inp: Inputs) -> str:
                 add(side, label, float(goal), ratios_of(d, src, field, config))
         src = f"squad_eval_cpu{suffix}.json"
         config, goal = SQUAD_TARGET
-        if (d := load(side, src)) is not None:
+        if (d := _host_json(inp, side, src)) is not None:
             for kind, field in (("eager", "ratio"), ("compiled", "ratio_compiled")):
                 ratios = ratios_of(d, src, field, config)
                 add(side, f"SQuAD point, 500 questions, `{config}`, {kind}", goal, ratios)
         src = f"hwa_step_cpu{suffix}.json"
         config, goal = HWA_TARGET
-        if (d := load(side, src)) is not None:
+        if (d := _host_json(inp, side, src)) is not None:
             for variant in (config, f"{config}, w_noise_bf16"):
                 ratios = ratios_of(d, src, "ratio", variant)
                 add(side, f"HWA training step, `{variant}` (MLP and BERT stacks)", goal, ratios)

@@ -8,6 +8,7 @@ changes (tracked by the tensor's version counter) and cached otherwise.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import warnings
 from typing import Any
 
@@ -100,10 +101,7 @@ class _AnalogMVM(torch.autograd.Function):
             return gx, gw, None, None, None, None
         gx = None
         if ctx.needs_input_grad[0]:
-            mask = None
-            if unit is not None:
-                tiles = TileOutputs(*ctx.tile_shape, levels, factor, col_scale)
-                mask = tiles.bound_mask(_unit_value(unit), ctx.bound)
+            mask = _bound_mask(ctx, levels, factor, col_scale, unit)
             gx = batched_matmul(grad, w)
             if mask is not None:  # less the outputs at the bound, per input tile
                 _subtract_masked_(gx, grad, mask, w, None, ctx.tile_shape[0])
@@ -189,10 +187,7 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         want_gx = needs[0] or (clip and needs[5])  # the range's gradient is made of x's
         # AIHWKIT's tiles zero the output gradient of outputs at the ADC bound (in their units)
         # before the input's gradient: the input (and so the range) gradient only
-        mask = None
-        if want_gx and unit is not None:
-            tiles = TileOutputs(*ctx.tile_shape, levels, factor, col_scale)
-            mask = tiles.bound_mask(_unit_value(unit), ctx.bound)
+        mask = _bound_mask(ctx, levels, factor, col_scale, unit) if want_gx else None
         if clip and needs[5] and not needs[0] and mask is None:
             # x needs no gradient (a first layer fed with data): the range's gradient from the
             # clipped inputs' entries of x's gradient alone, where few are clipped
@@ -252,8 +247,14 @@ def output_bound_unit(out: TileOutputs, input_range: Tensor | None, io) -> Tenso
     return unit
 
 
-def _unit_value(unit: Tensor) -> float | Tensor:
-    return float(unit) if unit.dim() == 0 else unit
+def _bound_mask(
+    ctx: Any, levels: Tensor, factor: Tensor | None, col_scale: Tensor | None, unit: Tensor | None
+) -> Tensor | None:
+    """A backward's mask of the tile outputs at the ADC bound, from the levels and
+    :func:`output_bound_unit` its forward saved (None without a bound, or where none is)."""
+    if unit is None:
+        return None
+    return TileOutputs(*ctx.tile_shape, levels, factor, col_scale).bound_mask(unit, ctx.bound)
 
 
 def _subtract_masked_(
@@ -274,9 +275,7 @@ def _subtract_masked_(
     gi, ti, ni, oi = nz.unbind(1)
     vals = grad.reshape(-1).index_select(0, (gi * n + ni) * o + oi)  # (one flat gather)
     per_tile = torch.bincount(gi * lo.n_in + ti, minlength=g * lo.n_in).tolist()
-    starts = [0]
-    for size in lo.in_sizes:
-        starts.append(starts[-1] + size)
+    starts = [0, *itertools.accumulate(lo.in_sizes)]
     first = 0
     for tile, count in enumerate(per_tile):
         if count == 0:
