@@ -165,24 +165,39 @@ class TileOutputs:
         AIHWKIT's ``handle_output_bound`` with ``unit`` the levels' value in its tile-output
         units (:func:`aimc.hwa.output_bound_unit`)."""
         lo, n = self.layout, self.n
-        if n == 0:
+        if not self.any_at_bound(unit, bound):
             return None
         mag = self.levels.view(lo.batch, n, lo.n_out, lo.cols).abs()  # |top| fits the dtype
-        peak = mag.amax(dim=-1)  # (B, N, to)
         u = unit.to(torch.float32)
-        if not bool((peak.to(torch.float32) * u >= bound).any()):
-            return None
         if mag.is_floating_point():
             u = u if u.dim() == 0 else u.unsqueeze(-1)
             return (mag * u >= bound).view(lo.batch, n, lo.padded_out)
-        # integer levels: level * u >= bound <=> level > ceil(bound / u) - 1, compared in the
-        # levels' own type (a threshold past the largest level never holds; u = 0 or NaN: no
-        # output reaches the bound)
-        top = torch.iinfo(mag.dtype).max
+        below = self.bound_thresholds(unit, bound).to(mag.dtype)
+        return (mag > below.unsqueeze(-1)).view(lo.batch, n, lo.padded_out)
+
+    def any_at_bound(self, unit: Tensor, bound: float) -> bool:
+        """Whether :meth:`bound_mask` masks any output (one pass over the levels: the largest
+        per output tile)."""
+        lo, n = self.layout, self.n
+        if n == 0:
+            return False
+        mag = self.levels.view(lo.batch, n, lo.n_out, lo.cols).abs()  # |top| fits the dtype
+        peak = mag.amax(dim=-1)  # (B, N, to)
+        return bool((peak.to(torch.float32) * unit.to(torch.float32) >= bound).any())
+
+    def bound_thresholds(self, unit: Tensor, bound: float) -> Tensor:
+        """``(B, N, to)`` int32: the largest magnitude of an integer level below ``bound``, per
+        (tile, vector, output tile) — a level ``l`` is masked by :meth:`bound_mask` exactly
+        where ``|l|`` exceeds it (``|l| * unit >= bound`` for integer ``l``). -1 masks every
+        level; the levels' type's largest value none (``unit`` 0 or NaN: no output reaches the
+        bound). Integer levels only."""
+        lo, n = self.layout, self.n
+        # level * u >= bound <=> level > ceil(bound / u) - 1, clamped to the levels' range
+        top = torch.iinfo(self.levels.dtype).max
+        u = unit.to(torch.float32)
         below = torch.nan_to_num(torch.ceil(bound / u) - 1, nan=top, posinf=top)
-        below = below.clamp(-1, top).to(mag.dtype)
-        below = below if below.dim() == 0 else below.unsqueeze(-1)
-        return (mag > below).view(lo.batch, n, lo.padded_out)
+        below = below.clamp(-1, top).to(torch.int32)
+        return below.expand(lo.batch, n, lo.n_out).contiguous()
 
     def scale_grad(self, grad: Tensor) -> Tensor:
         """``(G, ti, O)``: ``sum_n grad[:, n] * tile(t)[:, n]`` for every input tile ``t``, the

@@ -515,13 +515,19 @@ def test_saturated_outputs_take_the_whole_products_path(monkeypatch):
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("path", ["tensor", "kernel"])
 @pytest.mark.parametrize("with_alpha", [True, False])
-def test_masked_input_gradient_equals_the_dense_per_tile_product(with_alpha):
-    """``_subtract_masked_`` (a sparse product per input tile) gives the dense per-tile input
-    gradient ``sum_t (grad ⊙ ¬mask_t) @ (alpha_t ⊙ W_t)``: uneven input split (13 -> 4+3+3+3),
-    output padding (10 -> 4+3+3), two groups, masks on every tile."""
+def test_masked_input_gradient_equals_the_dense_per_tile_product(with_alpha, path):
+    """``_subtract_masked_`` (a sparse product per input tile) and the native kernel
+    (``aimc._boundmask``, from the ADC's levels and per-(tile, vector, output tile) thresholds)
+    give the dense per-tile input gradient ``sum_t (grad ⊙ ¬mask_t) @ (alpha_t ⊙ W_t)``: uneven
+    input split (13 -> 4+3+3+3), output padding (10 -> 4+3+3), two groups, masks on every
+    tile."""
+    from aimc._boundmask import BOUND_MASK
     from aimc.nn.base import _subtract_masked_
 
+    if path == "kernel" and not BOUND_MASK.ready():
+        pytest.skip(f"no output-bound mask kernel here: {BOUND_MASK.failed}")
     gen = torch.Generator().manual_seed(0)
     g, n, o, k = 2, 7, 10, 13
     lo = TileLayout.build(g, o, k, MappingConfig(max_input_size=4, max_output_size=4))
@@ -532,7 +538,19 @@ def test_masked_input_gradient_equals_the_dense_per_tile_product(with_alpha):
     mask = lo.pad_out(mask_t, 3).reshape(lo.batch, n, lo.padded_out)
     a_w = lo.per_weight(alpha) if with_alpha else torch.ones_like(w)
     gx = torch.bmm(grad, w * a_w)
-    _subtract_masked_(gx, grad, mask, w, alpha, lo)
+    if path == "tensor":
+        _subtract_masked_(gx, grad, mask, w * a_w, lo)
+    else:
+        # levels -200 / 200 where masked, 50 elsewhere, 0 in the padding; threshold 100
+        sign = torch.where(torch.rand(mask.shape, generator=gen) < 0.5, -1, 1)
+        levels = torch.where(mask, 200 * sign, 50).to(torch.int16)
+        levels[:, :, ~lo.out_valid(torch.device("cpu"))] = 0
+        below = torch.full((lo.batch, n, lo.n_out), 100, dtype=torch.int32)
+        out_map = torch.full((lo.padded_out,), -1, dtype=torch.int64)
+        out_map[lo.out_positions(torch.device("cpu"))] = torch.arange(o)
+        BOUND_MASK.subtract_masked(
+            gx, grad, levels, below, (w * a_w).contiguous(), lo.n_in, lo.in_sizes, out_map
+        )
     want = torch.zeros(g, n, k)
     start = 0
     for t, size in enumerate(lo.in_sizes):

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._boundmask import BOUND_MASK
 from .._intmvm import INT_MVM, keep_limbs
 from .._tiles import TILES
 from ..compensation import valid_mask
@@ -101,10 +102,9 @@ class _AnalogMVM(torch.autograd.Function):
             return gx, gw, None, None, None, None
         gx = None
         if ctx.needs_input_grad[0]:
-            mask = _bound_mask(ctx, levels, factor, col_scale, unit)
             gx = batched_matmul(grad, w)
-            if mask is not None:  # less the outputs at the bound, per input tile
-                _subtract_masked_(gx, grad, mask, w, None, ctx.tile_shape[0])
+            # less the outputs at the bound, per input tile
+            _mask_bound_(ctx, gx, grad, w, levels, factor, col_scale, unit)
         gw = batched_matmul(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
         gb = grad.sum(dim=1) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb, None, None, None
@@ -185,10 +185,7 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         clip = ctx.clip_learning is not None
         gx = gw = gb = ga = gr = None
         want_gx = needs[0] or (clip and needs[5])  # the range's gradient is made of x's
-        # AIHWKIT's tiles zero the output gradient of outputs at the ADC bound (in their units)
-        # before the input's gradient: the input (and so the range) gradient only
-        mask = _bound_mask(ctx, levels, factor, col_scale, unit) if want_gx else None
-        if clip and needs[5] and not needs[0] and mask is None:
+        if clip and needs[5] and not needs[0] and not _any_at_bound(ctx, levels, factor, unit):
             # x needs no gradient (a first layer fed with data): the range's gradient from the
             # clipped inputs' entries of x's gradient alone, where few are clipped
             gr = outside_range_grad(x_in, r, grad, w, alpha, ctx.layout, ctx.clip_learning)
@@ -213,9 +210,12 @@ class _ScaledAnalogMVM(torch.autograd.Function):
                 if needs[1]:
                     gw = batched_matmul(grad.transpose(1, 2), x).mul_(a_w)
                 if want_gx:
-                    gx = batched_matmul(grad, w * a_w)
-            if mask is not None and gx is not None:  # less the outputs at the bound, per tile
-                _subtract_masked_(gx, grad, mask, w, alpha, lo)
+                    w_a = w * a_w
+                    gx = batched_matmul(grad, w_a)
+            if gx is not None:
+                # AIHWKIT's tiles zero the output gradient of outputs at the ADC bound (in their
+                # units) before the input's gradient: the input (and so the range) gradient only
+                _mask_bound_(ctx, gx, grad, w_a, levels, factor, col_scale, unit)
             if clip and gx is not None and needs[5]:
                 # the input gradient passes through the clip (AIHWKIT's input-range learning)
                 gr = range_grad(x_in, r, gx, ctx.clip_learning)
@@ -247,24 +247,61 @@ def output_bound_unit(out: TileOutputs, input_range: Tensor | None, io) -> Tenso
     return unit
 
 
-def _bound_mask(
-    ctx: Any, levels: Tensor, factor: Tensor | None, col_scale: Tensor | None, unit: Tensor | None
-) -> Tensor | None:
-    """A backward's mask of the tile outputs at the ADC bound, from the levels and
-    :func:`output_bound_unit` its forward saved (None without a bound, or where none is)."""
+def _any_at_bound(ctx: Any, levels: Tensor, factor: Tensor | None, unit: Tensor | None) -> bool:
+    """Whether any tile output of a backward's forward reached the ADC bound (from the levels and
+    :func:`output_bound_unit` the forward saved)."""
     if unit is None:
-        return None
-    return TileOutputs(*ctx.tile_shape, levels, factor, col_scale).bound_mask(unit, ctx.bound)
+        return False
+    return TileOutputs(*ctx.tile_shape, levels, factor, None).any_at_bound(unit, ctx.bound)
 
 
-def _subtract_masked_(
-    gx: Tensor, grad: Tensor, mask: Tensor, w: Tensor, alpha: Tensor | None, lo: TileLayout
+def _mask_bound_(
+    ctx: Any,
+    gx: Tensor,
+    grad: Tensor,
+    w: Tensor,
+    levels: Tensor,
+    factor: Tensor | None,
+    col_scale: Tensor | None,
+    unit: Tensor | None,
 ) -> None:
-    """``gx`` ``(G, N, K)`` (``grad @ (alpha ⊙ W)``) less, for each input tile ``t``, the part of
-    its masked outputs: ``gx[:, :, tile t] -= (grad ⊙ mask_t) @ (alpha_t ⊙ W_t)``, in place.
-    ``mask`` ``(B, N, O_pad)`` from :meth:`TileOutputs.bound_mask` (a few percent of the
-    outputs): one sparse (CSR) product per tile, about a tenth of the dense GEMM's time where
-    2 % are masked (the dense per-tile product with a masked copy of the gradient took 3x)."""
+    """``gx`` ``(G, N, K)`` (``grad @ w``, ``w`` the weights the input gradient multiplies,
+    output scales folded in) less, for each input tile, the part of its outputs at the ADC bound
+    (AIHWKIT's ``handle_output_bound``), in place; from the levels and :func:`output_bound_unit`
+    the forward saved (nothing without a bound). On the CPU with integer levels in one pass of
+    :data:`aimc._boundmask.BOUND_MASK`; else a mask and :func:`_subtract_masked_`."""
+    if unit is None:
+        return
+    out = TileOutputs(*ctx.tile_shape, levels, factor, col_scale)
+    lo = out.layout
+    if (
+        BOUND_MASK.takes(levels)
+        and gx.dtype == grad.dtype == w.dtype == torch.float32
+        and gx.device.type == "cpu"
+        and gx.is_contiguous()
+        and BOUND_MASK.usable()
+    ):
+        below = out.bound_thresholds(unit, ctx.bound)
+        out_map = None
+        if lo.padded_out != lo.out_size:
+            out_map = torch.full((lo.padded_out,), -1, dtype=torch.int64)
+            out_map[lo.out_positions(gx.device)] = torch.arange(lo.out_size)
+        BOUND_MASK.subtract_masked(
+            gx, grad.contiguous(), levels, below, w.contiguous(), lo.n_in, lo.in_sizes, out_map
+        )
+        return
+    mask = out.bound_mask(unit, ctx.bound)
+    if mask is not None:
+        _subtract_masked_(gx, grad, mask, w, lo)
+
+
+def _subtract_masked_(gx: Tensor, grad: Tensor, mask: Tensor, w: Tensor, lo: TileLayout) -> None:
+    """``gx`` ``(G, N, K)`` (``grad @ w``) less, for each input tile ``t``, the part of its
+    masked outputs: ``gx[:, :, tile t] -= (grad ⊙ mask_t) @ w_t``, in place. ``mask``
+    ``(B, N, O_pad)`` from :meth:`TileOutputs.bound_mask` (a few percent of the outputs): one
+    sparse (CSR) product per tile, about a tenth of the dense GEMM's time where 2 % are masked
+    (the dense per-tile product with a masked copy of the gradient took 3x). The tensor code of
+    :data:`aimc._boundmask.BOUND_MASK`, for other devices, dtypes and float levels."""
     g, n, o = grad.shape
     m = mask.view(g, lo.n_in, n, lo.padded_out)
     if lo.padded_out != o:
@@ -291,8 +328,7 @@ def _subtract_masked_(
             sp = torch.sparse_csr_tensor(
                 crow, oi[part], vals[part], size=(n, o), check_invariants=False
             )
-        wt = w[gt, :, starts[t] : starts[t + 1]]  # (O, rows of tile t)
-        wt = (wt * alpha[gt, t].unsqueeze(1)) if alpha is not None else wt.contiguous()
+        wt = w[gt, :, starts[t] : starts[t + 1]].contiguous()  # (O, rows of tile t)
         gx[gt, :, starts[t] : starts[t + 1]].sub_(torch.sparse.mm(sp, wt))
 
 

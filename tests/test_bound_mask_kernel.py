@@ -1,0 +1,182 @@
+"""The output-bound mask kernel of the input gradient (:mod:`aimc._boundmask`).
+
+It replaces the tensor code of ``aimc.nn.base._mask_bound_`` (a mask over every tile output,
+its index lists and one sparse product per input tile) with one pass over the ADC's integer
+levels: checked against float64 arithmetic, against the tensor code in training steps whose
+tile outputs do reach the bound (``AIMC_MASK_NATIVE=0``), and its fallback. Skipped where the
+kernel cannot be built (no C++ compiler); a kernel that builds but fails its self-check fails
+the suite.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import aimc
+from aimc import _boundmask, mvm, presets
+from aimc.nn import base
+
+
+def _require_kernel() -> None:
+    if not _boundmask.BOUND_MASK.usable():
+        why = _boundmask.BOUND_MASK.failed
+        pytest.skip(f"the output-bound mask kernel does not run here: {why}")
+
+
+@pytest.mark.parametrize("case", range(len(_boundmask._cases())))
+def test_kernel_is_float64_arithmetic_to_float32_rounding(case):
+    """Each self-check case (int8 and int16 levels; groups; input and output tiles; padded
+    outputs; thresholds masking nothing, everything, or at random), and the kernel changes
+    the gradient where something is masked."""
+    _require_kernel()
+    args = _boundmask._cases()[case]
+    gx = args[0]
+    out = gx.clone()
+    _boundmask.BOUND_MASK.subtract_masked(out, *args[1:])
+    ref, bound = _boundmask.subtract_masked_reference(*args)
+    tol = bound * (args[1].shape[-1] + 2) * 2.0**-23
+    assert bool(((out.double() - ref).abs() <= tol).all())
+    masked = not torch.equal(ref, gx.double())
+    assert masked == (not torch.equal(out, gx))
+
+
+def test_bad_buffers_are_refused():
+    _require_kernel()
+    gx, grad, levels, below, w, tiles, sizes, out_map = _boundmask._cases()[0]
+    kernel = _boundmask.BOUND_MASK
+    with pytest.raises(ValueError, match="levels as torch.int32; allowed: int8, int16"):
+        kernel.subtract_masked(gx, grad, levels.int(), below, w, tiles, sizes, out_map)
+    with pytest.raises(ValueError, match="do not fit a gradient"):
+        kernel.subtract_masked(gx, grad, levels, below, w, tiles, [sizes[0] + 1], out_map)
+    with pytest.raises(ValueError, match="expected contiguous int32 CPU"):
+        kernel.subtract_masked(gx, grad, levels, below.long(), w, tiles, sizes, out_map)
+
+
+def _saturating(cfg):
+    # uneven splits: 301 inputs -> 101 + 100 + 100, 71 outputs -> 36 + 35 (one padded column)
+    return cfg.replace(mapping=cfg.mapping.replace(max_input_size=128, max_output_size=40))
+
+
+def _step(cfg) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient and the input's of one training step of ``Linear(301, 71) ->
+    GELU -> Linear(71, 9)`` whose tile outputs partly reach the ADC's bound: positive inputs and
+    some rows of positive weights sum coherently."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(301, 71), torch.nn.GELU(), torch.nn.Linear(71, 9))
+    with torch.no_grad():
+        model[0].weight[:30].abs_().mul_(20)  # (pcm_inference has no weight scaling)
+        model[2].weight[:4].abs_()
+    aimc.convert(model, cfg, seed=1)
+    model.train()
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.randn(64, 301, generator=gen).abs() + 0.2).requires_grad_(True)
+    model(x).square().mean().backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    grads["x"] = x.grad.clone()
+    return grads
+
+
+def _masked_fraction(monkeypatch) -> list[float]:
+    seen: list[float] = []
+    real = mvm.TileOutputs.bound_mask
+
+    def spy(self, unit, bound):
+        m = real(self, unit, bound)
+        seen.append(0.0 if m is None else float(m.float().mean()))
+        return m
+
+    monkeypatch.setattr(mvm.TileOutputs, "bound_mask", spy)
+    return seen
+
+
+@pytest.mark.parametrize("preset", ["standard_hwa", "pcm_inference"])
+def test_training_step_gradients_are_the_tensor_codes(monkeypatch, preset):
+    """Every parameter's gradient and the input's of a training step through two layers whose
+    tile outputs reach the bound (uneven input and output splits), with the kernel and with the
+    tensor code. ``standard_hwa`` has learned output scales and input
+    ranges (``_ScaledAnalogMVM``); ``pcm_inference`` neither (``_AnalogMVM``)."""
+    _require_kernel()
+    cfg = _saturating(getattr(presets, preset)())
+    grads = []
+    seen = _masked_fraction(monkeypatch)
+    calls: list[str] = []
+    real = _boundmask.BOUND_MASK.subtract_masked
+
+    def counted(*args, **kwargs):
+        calls.append("kernel")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_boundmask.BOUND_MASK, "subtract_masked", counted)
+    for env in ("1", "0"):
+        monkeypatch.setenv("AIMC_MASK_NATIVE", env)
+        grads.append(_step(cfg))
+        if env == "1":
+            assert calls == ["kernel", "kernel"]  # both layers' input gradients
+    # the tensor code's masks (second run): some outputs at the bound in each layer, not all
+    assert len(seen) == 2 and all(0.0 < f < 1.0 for f in seen), seen
+    for k in grads[0]:
+        # float rounding: the kernel subtracts the masked terms one by one, the tensor code sums
+        # them first, both from grad @ W, whose masked rows here are 20x the others (seen: up
+        # to 1.5e-5 of the largest entry; a wrong mask is off by O(1) of it)
+        atol = 1e-4 * float(grads[1][k].abs().max()) + 1e-9
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=atol, msg=k)
+
+
+def test_the_mask_changes_the_input_gradient(monkeypatch):
+    """The same step without the mask (``_mask_bound_`` a no-op) gives another first-layer
+    gradient: the test above compares two masks, not two no-ops."""
+    _require_kernel()
+    cfg = _saturating(presets.standard_hwa())
+    with_mask = _step(cfg)
+    monkeypatch.setattr(base, "_mask_bound_", lambda *a, **k: None)
+    without = _step(cfg)
+    assert not torch.allclose(with_mask["x"], without["x"], rtol=1e-4, atol=1e-6)
+
+
+def test_a_kernel_that_computes_wrongly_warns_and_the_tensor_code_runs(monkeypatch):
+    from torch._inductor import codecache
+
+    def built_wrong(*args, **kwargs):
+        return lambda *a: None  # subtracts nothing
+
+    monkeypatch.setattr(codecache.CppPythonBindingsCodeCache, "load_pybinding", built_wrong)
+    monkeypatch.setattr(base, "BOUND_MASK", _boundmask.NativeBoundMaskKernel())
+    with pytest.warns(RuntimeWarning, match="output-bound mask kernel could not be built.*self"):
+        assert not base.BOUND_MASK.usable()
+    cfg = _saturating(presets.standard_hwa())
+    got = _step(cfg)
+    monkeypatch.setenv("AIMC_MASK_NATIVE", "0")
+    want = _step(cfg)
+    for k in got:
+        assert torch.equal(got[k], want[k]), k
+
+
+def test_a_saturating_layer_keeps_the_documented_gradient():
+    """An ``AnalogLinear`` on one input tile under the kernel keeps AIHWKIT's rule, written out:
+    the input gradient is ``grad @ W`` over the outputs whose tile output, in AIHWKIT's units
+    (the ADC's output with abs-max noise management's scale applied back: here, noise, input
+    quantization and bound management off, the layer's own output), stays below ``0.999 *
+    out_bound``."""
+    _require_kernel()
+    cfg = aimc.AnalogConfig()
+    io = cfg.io.replace(
+        inp_res=-1,
+        out_res=1 / 254,
+        out_noise=0.0,
+        w_noise=0.0,
+        bound_management="none",
+        out_bound=10.0,
+    )
+    cfg = cfg.replace(io=io, mapping=cfg.mapping.replace(weight_scaling_omega=0.0))
+    layer = aimc.nn.AnalogLinear(64, 32, bias=False, config=cfg, seed=0).train()
+    with torch.no_grad():
+        layer.weight.mul_(10.0)  # outputs of std ~6: some past 10
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 64, generator=gen).requires_grad_(True)
+    grad = torch.randn(16, 32, generator=gen)
+    y = layer(x)
+    y.backward(grad)
+    keep = y.detach().abs() < 0.999 * 10.0
+    assert 0 < int((~keep).sum()) < keep.numel() // 2
+    torch.testing.assert_close(x.grad, (grad * keep) @ layer.weight.detach(), rtol=1e-5, atol=1e-5)
