@@ -361,7 +361,7 @@ def _digital_twin(module: AnalogLayerMixin, in_place: bool = True) -> nn.Module:
         new.__class__ = cls  # a plain subclass (e.g. NonDynamicallyQuantizableLinear)
     new.weight = module.weight
     new.bias = module.bias
-    scales = module.out_scale
+    scales = module.effective_out_scale()
     if scales is not None and not bool((scales.detach() == 1).all()):
         # fold the learned output scales into the digital weight: each input tile's block of W
         # times that tile's scales; a digital bias is added after the output scale, an analog

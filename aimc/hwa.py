@@ -377,8 +377,9 @@ def post_step(model: nn.Module) -> nn.Module:
     """Apply the HWA clipping and remapping of every analog layer to its digital weights.
 
     Call it after each ``optimizer.step()`` (or use :func:`register_post_step_hook`). Clipping
-    runs first, then remapping; remapping moves each tile's scale into its output scale, so the
-    layer's function is unchanged by it.
+    runs first, then remapping; remapping moves each tile's scale into its (fixed) mapping
+    scale and resets the learned output scale to 1, as AIHWKIT, so the layer's function is
+    unchanged by it.
     """
     from .convert import analog_layers
 
@@ -423,7 +424,7 @@ def _fused_post_step(layer: nn.Module, hwa: HWAConfig, w: Tensor) -> bool:
     TILES.clip_remap_(w.detach(), lo, clip, scale)
     # written through its address: the version counter moved by hand, as an in-place op would
     torch.autograd.graph.increment_version(layer.weight)
-    layer.out_scale.mul_(scale.to(layer.out_scale.dtype))
+    _move_into_mapping(layer, scale)
     layer.invalidate_tiles()
     return True
 
@@ -469,7 +470,7 @@ def _remap(layer: nn.Module, hwa: HWAConfig, w: Tensor) -> None:
     """Remap every tile as AIHWKIT's ``remap_weights`` does on each tile module: divide the
     tile's weights (an analog bias included: it is the tile's last input row) by their max |W|
     per tile column (``columnwise``) or per tile (``layerwise``) and move that factor into the
-    tile's own output scale (``layer.out_scale``, one per tile), so the function is unchanged."""
+    tile's own output scale (:func:`_move_into_mapping`), so the function is unchanged."""
     lo = layer.tile_layout()
     full = layer._analog_weight(w).detach()  # (G, O, K [+ 1]), the analog bias as last input
     g = full.shape[0]
@@ -488,8 +489,20 @@ def _remap(layer: nn.Module, hwa: HWAConfig, w: Tensor) -> None:
     scale = mags.clamp_min(1e-12)
     divide_columns_(w, scale, lo, layer.bias if layer.analog_bias() else None)
     tile_scale = scale if columnwise_scale else per_tile.clamp_min(1e-12)
-    layer.out_scale.mul_(tile_scale.to(layer.out_scale.dtype))
+    _move_into_mapping(layer, tile_scale)
     layer.invalidate_tiles()
+
+
+def _move_into_mapping(layer: nn.Module, tile_scale: Tensor) -> None:
+    """After a remap divided each tile's weights by ``tile_scale`` (the shape of
+    ``layer.out_scale``): the whole output scale, ``out_scale * mapping_scale * tile_scale``,
+    into the (not learned) ``mapping_scale``, and the learned ``out_scale`` back to 1 — AIHWKIT's
+    ``post_update_step`` (``set_scales(remap_weights(get_scales()))``). The function is
+    unchanged; the learned scale's gradient is then the mapping scale times the effective
+    scale's, as in AIHWKIT."""
+    total = layer.out_scale.detach() * layer.mapping_scale.to(layer.out_scale.dtype)
+    layer.mapping_scale.copy_(total * tile_scale.to(total.dtype))
+    layer.out_scale.fill_(1.0)
 
 
 def column_maxima(w: Tensor, lo: TileLayout) -> Tensor:

@@ -1,21 +1,18 @@
 """Conformance of the HWA training path and of the periphery with AIHWKIT 1.2.0 (2026-12-06).
 
-The two ``xfail(strict=True)`` tests are measured differences from AIHWKIT in the *training*
-path of the HWA presets (``standard_hwa`` = ``StandardHWATrainingPreset``), which the
-conformance suite does not compare
-(it compares eval forwards, modifiers, clipping and remapping):
+The ``xfail(strict=True)`` test is a measured difference from AIHWKIT in the *training* path
+of the HWA presets (``standard_hwa`` = ``StandardHWATrainingPreset``), which the conformance
+suite does not compare (it compares eval forwards, modifiers, clipping and remapping):
+AIHWKIT learns one input range per *tile* (every tile module of a ``TileModuleArray`` has its
+own ``input_range``, initialised from the std of its own input slice); aimc one per layer.
 
-* AIHWKIT learns one input range per *tile* (every tile module of a ``TileModuleArray`` has its
-  own ``input_range``, initialised from the std of its own input slice); aimc one per layer.
-* AIHWKIT's remap (``post_update_step``) resets the learned output scales to 1 and keeps the
-  magnitude in the (not learned) mapping scales; aimc moves it into the learned output scale.
-
-They are listed in docs/conformance.md ("Differences from AIHWKIT") and not yet fixed: a test
-that starts passing fails (strict), so that the table is updated with the fix. The input
-range's gradient, the input gradient of clipped inputs (``TileWithPeriphery.post_backward``)
-and the input gradient of tile outputs at the ADC bound (``handle_output_bound``, in the tile's
-own units) were differences too until 2026-12-06; their tests now pass. The weight gradient
-differs on purpose (aimc's is autograd's): a passing test pins both sides.
+It is listed in docs/conformance.md ("Differences from AIHWKIT") and not yet fixed: a test that
+starts passing fails (strict), so that the table is updated with the fix. The input range's
+gradient, the input gradient of clipped inputs (``TileWithPeriphery.post_backward``), the
+input gradient of tile outputs at the ADC bound (``handle_output_bound``, in the tile's own
+units) and the remap's reset of the learned output scales to 1 (the magnitude kept in the
+mapping scales, ``set_scales``) were differences too until 2026-12-06; their tests now pass.
+The weight gradient differs on purpose (aimc's is autograd's): a passing test pins both sides.
 
 The passing tests cover gaps of the suite: noise-free outputs value for value with the ADC's
 rounding, clip and bound management on (the suite's value checks have the ADC off), and drift
@@ -305,13 +302,12 @@ def test_output_bound_mask_is_in_input_units_under_abs_max(omega):
         torch.testing.assert_close(gx_ours, gx_ref)
 
 
-@pytest.mark.xfail(strict=True, reason="known difference from AIHWKIT: docs/conformance.md")
 def test_standard_hwa_learned_output_scale_after_remap_is_aihwkits():
     # after one post-step (clip 1.0 + column-wise remap) AIHWKIT keeps the column maxima m in
     # the mapping scales (a buffer) and resets the learned out_scaling_alpha to 1
-    # (TileWithPeriphery.set_scales); aimc moves m into its learned out_scale. The learned
-    # parameter's gradient then differs by the factor m (AIHWKIT's = m * aimc's), so an
-    # optimizer changes the output scales at another rate (Adam: m times; SGD: m^2 times).
+    # (TileWithPeriphery.set_scales); so does aimc since 2026-12-06 (mapping_scale). Before,
+    # aimc moved m into its learned out_scale, whose gradient then was AIHWKIT's / m: an
+    # optimizer changed the output scales at another rate (Adam: 1/m times; SGD: 1/m^2).
     # Noise-free (perfect IO); the layer's outputs agree (6e-8).
     w, b, x, grad_y = _range_problem()
     x = x * 0.3  # inside the range
@@ -334,6 +330,39 @@ def test_standard_hwa_learned_output_scale_after_remap_is_aihwkits():
     )
     assert torch.allclose(g_ours, g_ref, rtol=1e-4, atol=1e-6), msg
     assert torch.allclose(alpha_ours, alpha_ref, rtol=1e-5, atol=1e-6), msg
+    mapping_ref = tile.get_mapping_scales().flatten()
+    assert torch.allclose(ours.mapping_scale.flatten(), mapping_ref, rtol=1e-5, atol=1e-7), msg
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_standard_hwa_output_scales_train_as_aihwkits(opt):
+    """Three steps of an optimizer on the learned output scales alone (weights fixed), each
+    followed by the post-step (clip + column-wise remap): the output scales the forward applies
+    (AIHWKIT's ``get_scales()``: mapping times learned) stay AIHWKIT's, and they moved."""
+    w, b, x, grad_y = _range_problem()
+    x = x * 0.3  # inside the range
+    ref, ours = _pair(w, b, perfect=True)
+    _fix_range(ref, ours, 3.0)
+    tile = next(ref.analog_tiles())
+    make = torch.optim.SGD if opt == "sgd" else torch.optim.Adam
+    lr = 0.1 if opt == "sgd" else 0.05
+    opt_ref, opt_ours = make([tile.out_scaling_alpha], lr=lr), make([ours.out_scale], lr=lr)
+    start = None
+    for _ in range(3):
+        tile.post_update_step()
+        aimc.post_step(ours)
+        if start is None:
+            start = tile.get_scales().detach().clone()
+        opt_ref.zero_grad()
+        opt_ours.zero_grad()
+        _backward(ref, ours, x, grad_y)
+        opt_ref.step()
+        opt_ours.step()
+    tile.post_update_step()
+    aimc.post_step(ours)
+    got, want = ours.effective_out_scale().detach().flatten(), tile.get_scales().detach().flatten()
+    assert not torch.allclose(want, start.flatten(), rtol=1e-3), "the scales did not train"
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 # -- gaps of the suite (passing) -----------------------------------------------------------------

@@ -436,6 +436,16 @@ class AnalogLayerMixin(ChipMixin):
             if shape is None
             else nn.Parameter(torch.ones(shape, device=self.weight.device, dtype=torch.float32))
         )
+        # AIHWKIT's mapping scales: the part of each tile's output scale that is not learned.
+        # A remap (hwa.remap) moves the whole scale here and resets out_scale to 1, as
+        # AIHWKIT's post_update_step does (set_scales): the learned parameter is then always
+        # near 1 and its gradient is the mapping scale times the effective scale's
+        mapping = (
+            None
+            if shape is None
+            else torch.ones(shape, device=self.weight.device, dtype=torch.float32)
+        )
+        self.register_buffer("mapping_scale", mapping)
 
     def out_scale_shape(self) -> tuple[int, int, int] | None:
         """Shape of the learned output scale (``mapping.learn_out_scaling``), one per tile as in
@@ -449,12 +459,20 @@ class AnalogLayerMixin(ChipMixin):
         lo = self.tile_layout()
         return (lo.groups, lo.n_in, lo.out_size if m.out_scaling_columnwise else lo.n_out)
 
-    def out_scale_columns(self) -> Tensor | None:
-        """The learned output scale per (group, input tile, output column), ``(G, ti, O)``
-        float32 (differentiable), or ``None``."""
+    def effective_out_scale(self) -> Tensor | None:
+        """Each tile's output scale as the forward applies it, ``out_scale * mapping_scale``
+        (:meth:`out_scale_shape`; differentiable in ``out_scale``), or ``None``."""
         if self.out_scale is None:
             return None
-        alpha = self.out_scale.float()
+        return self.out_scale * self.mapping_scale.to(self.out_scale.dtype)
+
+    def out_scale_columns(self) -> Tensor | None:
+        """The output scale per (group, input tile, output column), ``(G, ti, O)`` float32:
+        the learned ``out_scale`` times the ``mapping_scale`` a remap set (differentiable in
+        ``out_scale``), or ``None``."""
+        if self.out_scale is None:
+            return None
+        alpha = self.effective_out_scale().float()
         if self.analog_config.mapping.out_scaling_columnwise:
             return alpha
         return self.tile_layout().tile_columns(alpha)
@@ -462,7 +480,7 @@ class AnalogLayerMixin(ChipMixin):
     def _out_scale_tiles(self, lo: TileLayout) -> Tensor:
         """The learned output scale as a digital rescale of the MVM, ``(B, to)`` per tile or
         ``(B, O_pad)`` per column (no autograd)."""
-        alpha = self.out_scale.detach().float()
+        alpha = self.effective_out_scale().detach().float()
         if not self.analog_config.mapping.out_scaling_columnwise:
             return alpha.reshape(lo.batch, lo.n_out)
         return lo.pad_out(alpha, 2).reshape(lo.batch, lo.padded_out)
@@ -473,6 +491,8 @@ class AnalogLayerMixin(ChipMixin):
         key = prefix + "out_scale"
         if self.out_scale is not None and key in state_dict:
             state_dict[key] = self._checkpoint_out_scale(state_dict[key])
+            # a checkpoint from before the mapping scales: its out_scale is the whole scale
+            state_dict.setdefault(prefix + "mapping_scale", torch.ones_like(self.mapping_scale))
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

@@ -219,7 +219,8 @@ def _aimc_tiles(layer: aimc.nn.AnalogLinear) -> list[tuple[Tensor, Tensor | None
     tw = layer.tile_weights()  # perfect IO: no ADC/DAC unit gain
     scales = torch.ones(lo.n_in, lo.out_size) if tw.scale is None else tw.scale[:, : lo.out_size]
     if layer.out_scale is not None:
-        scales = scales * layer.out_scale.detach()[0]  # (ti, O) or (ti, 1)
+        # (ti, O) or (ti, 1): the learned scale times the mapping scale a remap moved it into
+        scales = scales * layer.effective_out_scale().detach()[0]
     out = []
     for t, rows in enumerate(lo.in_sizes):
         scale = (
