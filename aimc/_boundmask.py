@@ -167,10 +167,10 @@ static void aimc_subtract_masked(const T* lev, const int32_t* below, const float
             }
         }
     }
-    // pass 2: per (group, tile, block of the tile's inputs) every vector's masked terms, so that
-    // the block's columns of W stay in cache: a block's width keeps them within 256 KB
-    int64_t span = 512;
-    while (span > 16 && o * span * 4 > (1 << 30)) span /= 2;
+    // pass 2: per (group, tile, block of up to 256 of the tile's inputs: several tasks per tile
+    // for the threads) every vector's masked terms. (Narrower blocks, whose columns of W would
+    // stay in L2, measured slower: a masked row reads only its own row of W, too few reuse it.)
+    constexpr int64_t span = 256;
     std::vector<int64_t> task_tile, task_lo, task_hi;
     for (int64_t gi = 0; gi < g; ++gi) {
         for (int64_t t = 0; t < ti; ++t) {

@@ -492,7 +492,11 @@ class AnalogLayerMixin(ChipMixin):
         if self.out_scale is not None and key in state_dict:
             state_dict[key] = self._checkpoint_out_scale(state_dict[key])
             # a checkpoint from before the mapping scales: its out_scale is the whole scale
-            state_dict.setdefault(prefix + "mapping_scale", torch.ones_like(self.mapping_scale))
+            # (ones where the checkpoint's tensors are: load_state_dict(assign=True) keeps them)
+            value = state_dict[key]
+            device = value.device if isinstance(value, Tensor) else self.mapping_scale.device
+            ones = torch.ones(self.mapping_scale.shape, dtype=self.mapping_scale.dtype)
+            state_dict.setdefault(prefix + "mapping_scale", ones.to(device))
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
