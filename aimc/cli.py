@@ -267,6 +267,7 @@ def _add_train_vision(sub) -> None:
         default=0.0,
         help="clip weights to +-sigma*std(W) after each step while training (0 = off)",
     )
+    _add_output_bound_mask(p)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
@@ -279,6 +280,16 @@ def _add_train_vision(sub) -> None:
     )
     p.add_argument("--chips", type=int, default=5)
     _add_run_options(p, "continue the run in --out")
+
+
+def _add_output_bound_mask(p) -> None:
+    p.add_argument(
+        "--hwa-output-bound-mask",
+        default="",
+        help="the training config's hwa.output_bound_mask: aihwkit (AIHWKIT's rule), saturated "
+        "(only outputs the ADC clipped) or none (default: the config's own, aihwkit in every "
+        "preset)",
+    )
 
 
 def _train_vision(args, parser) -> int:
@@ -340,6 +351,7 @@ def _add_finetune_squad(sub) -> None:
         help="drift times in s of --hwa-modifier chip (default 3600,3.156e8: 1 hour to 10 "
         "years; equal values fix the time)",
     )
+    _add_output_bound_mask(p)
     p.add_argument("--max-questions", type=int, default=None, help="train on a random subset")
     p.add_argument("--subset-seed", type=int, default=d.subset_seed)
     p.add_argument("--max-length", type=int, default=d.max_length)

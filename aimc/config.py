@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-CONFIG_VERSION = 3
+CONFIG_VERSION = 4
 """Version of the dict / JSON form written by :meth:`AnalogConfig.to_dict` (2: ``hwa`` gained
 ``modifier_t_min`` and ``modifier_t_max``, for the ``chip`` weight modifier; 3: ``hwa`` gained
 ``input_range_gradient_relative``, ``input_range_gradient_scale`` and
-``input_range_min_inside``, AIHWKIT's input-range learning)."""
+``input_range_min_inside``, AIHWKIT's input-range learning; 4: ``hwa`` gained
+``output_bound_mask``)."""
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -647,6 +648,22 @@ class WeightRemap(str, Enum):
     COLUMNWISE = "columnwise"  #: ... per tile column; the scale moves to the tile's output scale
 
 
+class OutputBoundMask(str, Enum):
+    """Which tile outputs the input gradient of a training backward leaves out (AIHWKIT's
+    ``handle_output_bound``, every inference tile of AIHWKIT 1.2.0)."""
+
+    #: AIHWKIT's rule: the outputs whose tile output reaches ``0.999 * out_bound`` in the tile's
+    #: own units (its normalised weights times its input with noise management's scale and bound
+    #: management's factor applied back, the learned range divided out). Under abs-max noise
+    #: management that is ``|W_tile x| >= 0.999 * out_bound`` in the input's units, saturated or
+    #: not.
+    AIHWKIT = "aihwkit"
+    #: only the outputs the ADC clipped: ``|ADC output| >= 0.999 * out_bound`` in the ADC's units
+    SATURATED = "saturated"
+    #: none: the input gradient is straight-through (aimc up to 2026-12-06)
+    NONE = "none"
+
+
 @dataclass
 class HWAConfig(_ConfigBase):
     """Hardware-aware training knobs (REFERENCE.md §4; Rasch et al., Nat. Commun. 14, 5282
@@ -715,12 +732,23 @@ class HWAConfig(_ConfigBase):
     input_range_min_inside: float = 0.95
     """The decay acts only while more than this fraction of a batch's inputs are inside the
     range, ``|x| < r`` (AIHWKIT ``input_min_percentage``). In [0, 1]."""
+    output_bound_mask: OutputBoundMask = OutputBoundMask.AIHWKIT
+    """Which tile outputs the input gradient leaves out (:class:`OutputBoundMask`): ``aihwkit``
+    (AIHWKIT's ``handle_output_bound``: in the tile's own units, which under abs-max noise
+    management are the input's, so large outputs are left out whether the ADC clipped them or
+    not), ``saturated`` (only outputs at the ADC's bound) or ``none`` (straight-through). The
+    weight, bias and output-scale gradients keep every output. Measured (docs/hwa.md): LeNet-5
+    trained under ``pcm_inference()`` with SGD at lr 0.05 diverges with ``aihwkit`` (its
+    conv/linear outputs exceed 12 in input units) and trains with ``saturated``."""
 
     def _validate(self) -> None:
         p = self._prefix
         self.modifier = _check_enum(f"{p}.modifier", self.modifier, WeightModifier)
         self.clip = _check_enum(f"{p}.clip", self.clip, WeightClip)
         self.remap = _check_enum(f"{p}.remap", self.remap, WeightRemap)
+        self.output_bound_mask = _check_enum(
+            f"{p}.output_bound_mask", self.output_bound_mask, OutputBoundMask
+        )
         for name in (
             "modifier_std",
             "modifier_res",
@@ -882,8 +910,28 @@ _V3_HWA_FIELDS = (
     "input_range_min_inside",
 )
 
+
+def _v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 -> 4: ``hwa.output_bound_mask`` appeared; it takes its default, AIHWKIT's rule,
+    which a version-3 config (aimc 2026-12-06) trained with already."""
+    out = dict(data)
+    hwa = out.get("hwa")
+    if isinstance(hwa, dict):  # anything else is reported by the loader, naming the field
+        hwa = dict(hwa)
+        if "output_bound_mask" in hwa:
+            _fail(
+                "config.hwa.output_bound_mask",
+                hwa["output_bound_mask"],
+                "no such key in a version-3 config",
+            )
+        hwa["output_bound_mask"] = HWAConfig.output_bound_mask.value
+        out["hwa"] = hwa
+    return out
+
+
 CONFIG_MIGRATIONS[1] = _v1_to_v2
 CONFIG_MIGRATIONS[2] = _v2_to_v3
+CONFIG_MIGRATIONS[3] = _v3_to_v4
 
 _SUBCONFIGS: dict[tuple[str, str], type[_ConfigBase]] = {
     ("AnalogConfig", "io"): IOConfig,

@@ -180,3 +180,44 @@ def test_a_saturating_layer_keeps_the_documented_gradient():
     keep = y.detach().abs() < 0.999 * 10.0
     assert 0 < int((~keep).sum()) < keep.numel() // 2
     torch.testing.assert_close(x.grad, (grad * keep) @ layer.weight.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["aihwkit", "saturated", "none"])
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_output_bound_mask_modes(monkeypatch, mode, native):
+    """``hwa.output_bound_mask`` on one input tile under abs-max noise management, noise,
+    input quantization and bound management off: ``aihwkit`` leaves out the outputs whose
+    tile output in the input's units (the layer's own output here) reaches ``0.999 *
+    out_bound``, ``saturated`` only those the ADC clipped (``|y| / max|x|`` at the bound),
+    ``none`` none. Kernel and tensor code alike."""
+    if native == "1":
+        _require_kernel()
+    monkeypatch.setenv("AIMC_MASK_NATIVE", native)
+    cfg = aimc.AnalogConfig()
+    io = cfg.io.replace(
+        inp_res=-1, out_res=1 / 254, out_noise=0.0, bound_management="none", out_bound=10.0
+    )
+    cfg = cfg.replace(
+        io=io,
+        mapping=cfg.mapping.replace(weight_scaling_omega=0.0),
+        hwa=cfg.hwa.replace(output_bound_mask=mode),
+    )
+    layer = aimc.nn.AnalogLinear(64, 32, bias=False, config=cfg, seed=0).train()
+    with torch.no_grad():
+        layer.weight.mul_(40.0)  # tile outputs of std ~10 in the ADC's units: some clipped
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 64, generator=gen).requires_grad_(True)
+    grad = torch.randn(16, 32, generator=gen)
+    y = layer(x)
+    y.backward(grad)
+    y = y.detach()
+    scale = x.detach().abs().amax(dim=1, keepdim=True)  # abs-max noise management
+    keep = {
+        "aihwkit": y.abs() < 0.999 * 10.0,
+        "saturated": (y / scale).abs() < 0.999 * 10.0,
+        "none": torch.ones_like(y, dtype=torch.bool),
+    }
+    # the two rules differ here: many outputs beyond 10 in input units, fewer clipped
+    assert 0 < int((~keep["saturated"]).sum()) < int((~keep["aihwkit"]).sum()) < y.numel()
+    want = (grad * keep[mode]) @ layer.weight.detach()
+    torch.testing.assert_close(x.grad, want, rtol=1e-5, atol=1e-4)

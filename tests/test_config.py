@@ -408,7 +408,7 @@ def test_res_fraction_and_steps_agree():
 def test_dict_round_trip(name):
     cfg = PRESETS[name]()
     d = cfg.to_dict()
-    assert d["version"] == CONFIG_VERSION == 3
+    assert d["version"] == CONFIG_VERSION == 4
     assert set(d) == {"version", "io", "mapping", "device", "hwa"}
     back = AnalogConfig.from_dict(d)
     assert back == cfg
@@ -454,7 +454,7 @@ def test_from_dict_missing_version_raises():
     assert "config.version" in msg and "None" in msg and "1" in msg
 
 
-@pytest.mark.parametrize("version", [0, 4, "2", None, [2]])
+@pytest.mark.parametrize("version", [0, 5, "2", None, [2]])
 def test_from_dict_wrong_version_raises(version):
     d = AnalogConfig().to_dict()
     d["version"] = version

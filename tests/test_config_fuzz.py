@@ -326,8 +326,8 @@ def test_any_version_but_the_current_one_raises(version):
 
 @pytest.mark.parametrize(
     "version",
-    [1.0, True, "1", 4, 99, 10**400, 0, -1, NAN, None],
-    ids=["1.0", "True", "'1'", "4", "99", "10**400", "0", "-1", "nan", "None"],
+    [1.0, True, "1", 5, 99, 10**400, 0, -1, NAN, None],
+    ids=["1.0", "True", "'1'", "5", "99", "10**400", "0", "-1", "nan", "None"],
 )
 def test_version_messages(version):
     for cls, prefix in ((AnalogConfig, "config"), (PulsedConfig, "pulsed")):
@@ -353,9 +353,9 @@ def test_missing_version_names_it():
 def test_migrations_lead_to_the_current_version():
     # version 1 is the first: nothing to migrate from (no invented version 0); version 2 added
     # hwa.modifier_t_min / modifier_t_max (the chip modifier), version 3 AIHWKIT's input-range
-    # learning fields
-    assert sorted(CONFIG_MIGRATIONS) == [1, 2] and PULSED_CONFIG_MIGRATIONS == {}
-    assert CONFIG_VERSION == 3 and PULSED_CONFIG_VERSION == 1
+    # learning fields, version 4 hwa.output_bound_mask
+    assert sorted(CONFIG_MIGRATIONS) == [1, 2, 3] and PULSED_CONFIG_MIGRATIONS == {}
+    assert CONFIG_VERSION == 4 and PULSED_CONFIG_VERSION == 1
 
 
 def test_version_1_dict_is_migrated():
@@ -364,7 +364,7 @@ def test_version_1_dict_is_migrated():
     cfg = AnalogConfig(hwa=HWAConfig(modifier="add_normal", modifier_std=0.02))
     old = cfg.to_dict()
     old["version"] = 1
-    for name in ("modifier_t_min", "modifier_t_max", *_V3_FIELDS):
+    for name in ("modifier_t_min", "modifier_t_max", *_V3_FIELDS, "output_bound_mask"):
         del old["hwa"][name]
     snapshot = copy.deepcopy(old)
     assert AnalogConfig.from_dict(old) == cfg
@@ -389,7 +389,7 @@ def test_version_2_dict_is_migrated():
     cfg = aimc.presets.standard_hwa()
     old = cfg.to_dict()
     old["version"] = 2
-    for name in _V3_FIELDS:
+    for name in (*_V3_FIELDS, "output_bound_mask"):
         del old["hwa"][name]
     snapshot = copy.deepcopy(old)
     back = AnalogConfig.from_dict(old)
@@ -402,9 +402,27 @@ def test_version_2_dict_is_migrated():
         AnalogConfig.from_dict(bad)
 
 
+def test_version_3_dict_is_migrated():
+    """A version-3 dict (no ``hwa.output_bound_mask``) loads with AIHWKIT's rule, which
+    version-3 configs trained with; one that already has it is refused, naming it."""
+    cfg = aimc.presets.standard_hwa()
+    old = cfg.to_dict()
+    old["version"] = 3
+    del old["hwa"]["output_bound_mask"]
+    snapshot = copy.deepcopy(old)
+    back = AnalogConfig.from_dict(old)
+    assert back == cfg and back.hwa.output_bound_mask == "aihwkit"
+    assert old == snapshot
+    bad = {**old, "hwa": {**old["hwa"], "output_bound_mask": "none"}}
+    with pytest.raises(
+        ValueError, match=r"^config\.hwa\.output_bound_mask: got 'none'; allowed: no such"
+    ):
+        AnalogConfig.from_dict(bad)
+
+
 def test_a_registered_migration_is_applied(monkeypatch):
     """The migration hook: a dict of version ``v`` is turned into version ``v + 1`` by
-    ``CONFIG_MIGRATIONS[v]`` until it is current (simulated: current = 4, migrate 3 -> 4)."""
+    ``CONFIG_MIGRATIONS[v]`` until it is current (simulated: current = 5, migrate 4 -> 5)."""
     import aimc.config as config
 
     calls = []
@@ -418,8 +436,8 @@ def test_a_registered_migration_is_applied(monkeypatch):
 
     old = AnalogConfig().to_dict()
     old["io"]["old_out_noise"] = old["io"].pop("out_noise")
-    monkeypatch.setattr(config, "CONFIG_VERSION", 4)
-    monkeypatch.setitem(config.CONFIG_MIGRATIONS, 3, rename_out_noise)
+    monkeypatch.setattr(config, "CONFIG_VERSION", 5)
+    monkeypatch.setitem(config.CONFIG_MIGRATIONS, 4, rename_out_noise)
     assert AnalogConfig.from_dict(old) == AnalogConfig()
     assert calls == [1]
     with pytest.raises(ValueError, match=r"config\.version: got 0"):

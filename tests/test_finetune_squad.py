@@ -321,12 +321,24 @@ def test_ddp_standard_hwa_keeps_the_ranks_identical(assets):
         ({"preset": "fancy"}, "unknown config 'fancy'"),
         ({"max_steps": 0}, "--max-steps: got 0"),
         ({"epochs": 1.5}, "--epochs: got 1.5"),
+        (
+            {"preset": "bert_squad", "hwa_output_bound_mask": "adc"},
+            "--hwa-output-bound-mask: hwa.output_bound_mask: got 'adc'; allowed",
+        ),
+        ({"hwa_output_bound_mask": "none"}, "--hwa-output-bound-mask: got 'none' with the"),
     ],
 )
 def test_bad_spec_values_name_the_option(assets, change, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         run(_spec(assets, **change), assets["root"] / "never", progress=False)
     assert not (assets["root"] / "never").exists()
+
+
+def test_output_bound_mask_option_sets_the_training_config():
+    spec = FinetuneSpec(preset="bert_squad", hwa_noise=0.02, hwa_output_bound_mask="saturated")
+    cfg = spec.training_config()
+    assert cfg.hwa.output_bound_mask.value == "saturated" and cfg.hwa.modifier_std == 0.02
+    assert FinetuneSpec(preset="bert_squad").training_config().hwa.output_bound_mask == "aihwkit"
 
 
 def test_chip_modifier_needs_a_preset_with_a_device_model(monkeypatch):

@@ -138,6 +138,11 @@ def test_refuses_existing_run_without_resume(tiny_data, tmp_path):
         ({"times": [-1.0]}, "--times"),
         ({"chips": 0}, "--chips"),
         ({"max_train": 0}, "--max-train"),
+        (
+            {"train_config": "pcm_inference", "hwa_output_bound_mask": "adc"},
+            r"--hwa-output-bound-mask: hwa\.output_bound_mask: got 'adc'; allowed",
+        ),
+        ({"hwa_output_bound_mask": "none"}, "--hwa-output-bound-mask: got 'none' with"),
     ],
 )
 def test_bad_inputs(tiny_data, tmp_path, changes, match):
@@ -159,6 +164,9 @@ def test_hwa_options_build_the_training_config(tiny_data):
     assert cfg.hwa.modifier.value == "add_normal" and cfg.hwa.modifier_std == 0.1
     assert cfg.hwa.clip.value == "layer_gaussian" and cfg.hwa.clip_sigma == 3.0
     assert _spec(tiny_data).training_config() is None
+    assert cfg.hwa.output_bound_mask.value == "aihwkit"  # the preset's own
+    sat = _spec(tiny_data, train_config="standard_hwa", hwa_output_bound_mask="saturated")
+    assert sat.training_config().hwa.output_bound_mask.value == "saturated"
     with pytest.raises(ValueError, match="--hwa-clip-sigma"):
         _spec(tiny_data, hwa_clip_sigma=-1.0).validate()
 
@@ -183,6 +191,8 @@ def test_cli_passes_every_option(tiny_data, tmp_path, monkeypatch):
             "0.1",
             "--hwa-clip-sigma",
             "2.5",
+            "--hwa-output-bound-mask",
+            "saturated",
             "--epochs",
             "2",
             "--lr",
@@ -197,5 +207,6 @@ def test_cli_passes_every_option(tiny_data, tmp_path, monkeypatch):
     )
     spec = seen["spec"]
     assert (spec.hwa_noise, spec.hwa_clip_sigma, spec.epochs, spec.lr) == (0.1, 2.5, 2, 0.02)
+    assert spec.hwa_output_bound_mask == "saturated"
     assert spec.times == [0.0, 60.0] and spec.chips == 3
     assert seen["resume"] is True and seen["progress"] is False

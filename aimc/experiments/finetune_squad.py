@@ -40,7 +40,7 @@ from .distill import SELF, distill_loss, load_teacher, teacher_logits
 from .models import check_positions, load_weights, with_merged_adapter
 from .rundir import barrier, dist_info, fail_if_busy, init_distributed, open_run_dir
 from .safeio import append_row, keep_rows
-from .sweep import resolve_config
+from .sweep import resolve_config, with_output_bound_mask
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 DEFAULT_MODEL = SHARED / "models" / "minilm-l6-squad"
@@ -62,6 +62,8 @@ class FinetuneSpec:
     hwa_modifier: str = "add_normal"
     #: ``(t_min, t_max)`` drift times (s) of the ``chip`` modifier (default 1 hour .. 10 years)
     hwa_drift_range: tuple[float, float] = (3600.0, 3.156e8)
+    #: the training config's ``hwa.output_bound_mask`` ("" keeps the config's own, AIHWKIT's)
+    hwa_output_bound_mask: str = ""
     max_questions: int | None = None  #: train on a fixed random subset of questions
     subset_seed: int = 0
     max_length: int = 256
@@ -168,7 +170,7 @@ class FinetuneSpec:
         an ``add_normal`` weight modifier, ``--hwa-modifier chip`` the ``chip`` modifier (the
         preset's device model and drift compensation, times in ``--hwa-drift-range``); with
         ``--preset digital`` either is added to ``bert_squad`` (the periphery and PCM chip
-        ``squad-drift`` evaluates)."""
+        ``squad-drift`` evaluates). ``--hwa-output-bound-mask`` sets ``hwa.output_bound_mask``."""
         cfg = resolve_config(self.preset)
         chip = self.hwa_modifier == "chip"
         if self.hwa_noise > 0 or chip:
@@ -189,7 +191,7 @@ class FinetuneSpec:
                     modifier=WeightModifier.ADD_NORMAL, modifier_std=self.hwa_noise
                 )
             cfg = base.replace(hwa=hwa)
-        return cfg
+        return with_output_bound_mask(cfg, self.hwa_output_bound_mask, self.preset)
 
 
 def load_model(path: str, device: torch.device, seed: int):

@@ -53,6 +53,23 @@ def _ideal_bert_squad(drift: bool = False) -> AnalogConfig:
     return cfg.replace(io=IOConfig(is_perfect=True), mapping=mapping, device=device)
 
 
+def with_output_bound_mask(cfg: AnalogConfig | None, mask: str, preset: str) -> AnalogConfig | None:
+    """``cfg`` with ``hwa.output_bound_mask = mask`` (the ``--hwa-output-bound-mask`` option of
+    ``train-vision`` and ``finetune-squad``); ``""`` keeps ``cfg``. ``preset`` names the training
+    config in the error of a digital one."""
+    if not mask:
+        return cfg
+    if cfg is None:
+        raise ValueError(
+            f"--hwa-output-bound-mask: got {mask!r} with the digital training config "
+            f"{preset!r}; allowed: only with an analog training config"
+        )
+    try:
+        return cfg.replace(hwa=cfg.hwa.replace(output_bound_mask=mask))
+    except ValueError as err:
+        raise ValueError(f"--hwa-output-bound-mask: {err}") from None
+
+
 def resolve_config(name: str) -> AnalogConfig | None:
     """The analog config of a sweep entry (``None`` for ``digital``).
 

@@ -26,7 +26,14 @@ from ..vision import LeNet5, load_idx_split
 from .report import Logger, finish
 from .rundir import barrier, dist_info, fail_if_busy, open_run_dir
 from .safeio import append_row, keep_rows, load_state, load_torch, write_file, write_text
-from .sweep import DAY, resolve_config, run_units, validate_sweep, work_units
+from .sweep import (
+    DAY,
+    resolve_config,
+    run_units,
+    validate_sweep,
+    with_output_bound_mask,
+    work_units,
+)
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 DEFAULT_DATA = SHARED / "data" / "fashion-mnist"
@@ -41,6 +48,8 @@ class VisionSpec:
     train_config: str = "digital"
     hwa_noise: float = 0.0
     hwa_clip_sigma: float = 0.0
+    #: the training config's ``hwa.output_bound_mask`` ("" keeps the config's own)
+    hwa_output_bound_mask: str = ""
     epochs: int = 5
     batch_size: int = 64
     lr: float = 0.05
@@ -71,11 +80,13 @@ class VisionSpec:
             raise ValueError(
                 f"--hwa-clip-sigma: got {self.hwa_clip_sigma!r}; allowed: a number >= 0"
             )
+        self.training_config()  # (--hwa-output-bound-mask: refused before the run starts)
 
     def training_config(self) -> AnalogConfig | None:
         """The analog config used while training (None = digital), with ``--hwa-noise`` as an
-        additive Gaussian weight modifier (relative to max|W| per tile) and ``--hwa-clip-sigma``
-        as layer-Gaussian weight clipping after each step."""
+        additive Gaussian weight modifier (relative to max|W| per tile), ``--hwa-clip-sigma``
+        as layer-Gaussian weight clipping after each step and ``--hwa-output-bound-mask`` as
+        ``hwa.output_bound_mask``."""
         cfg = resolve_config(self.train_config)
         if self.hwa_noise > 0 or self.hwa_clip_sigma > 0:
             base = cfg if cfg is not None else resolve_config("pcm_inference")
@@ -85,7 +96,7 @@ class VisionSpec:
             if self.hwa_clip_sigma > 0:
                 hwa = hwa.replace(clip=WeightClip.LAYER_GAUSSIAN, clip_sigma=self.hwa_clip_sigma)
             cfg = base.replace(hwa=hwa)
-        return cfg
+        return with_output_bound_mask(cfg, self.hwa_output_bound_mask, self.train_config)
 
 
 def _subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int):

@@ -19,7 +19,7 @@ from .._boundmask import BOUND_MASK
 from .._intmvm import INT_MVM, keep_limbs
 from .._tiles import TILES
 from ..compensation import valid_mask
-from ..config import AnalogConfig, WeightModifier, WeightNoiseType
+from ..config import AnalogConfig, OutputBoundMask, WeightModifier, WeightNoiseType
 from ..functional import TileLayout, tile_weights
 from ..hwa import (
     RangeLearning,
@@ -69,8 +69,7 @@ class _AnalogMVM(torch.autograd.Function):
     ) -> Tensor:
         ctx.has_bias = b is not None
         ctx.layout = layer.tile_layout() if per_tile else None
-        io = layer.analog_config.io
-        ctx.bound = output_bound(io)
+        ctx.bound = output_bound(layer.analog_config)
         # the input's gradient zeroes the outputs at the ADC bound, per input tile (AIHWKIT's
         # handle_output_bound): the tile outputs kept as TileOutputs (the summed forward with
         # output scales of 1, as a layer with learned output scales runs), where an eager
@@ -88,7 +87,7 @@ class _AnalogMVM(torch.autograd.Function):
             lo = layer.tile_layout()
             ones = x.new_ones(lo.batch, lo.padded_out)
             out, y = _run_mvm(layer, x, b, input_range, per_tile="compact", out_scale=ones)
-        unit = output_bound_unit(out, input_range, io)
+        unit = output_bound_unit(out, input_range, layer.analog_config)
         ctx.save_for_backward(x, w, out.levels, out.factor, out.col_scale, unit)
         ctx.tile_shape = (out.layout, out.groups, out.n)
         return y
@@ -169,9 +168,9 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         # the range as this forward clipped with (a later forward of the same layer, weight
         # sharing, may move the parameter through .data before this backward)
         r = input_range.detach().clone() if clip else None
-        unit = output_bound_unit(out, input_range, io)
+        unit = output_bound_unit(out, input_range, layer.analog_config)
         ctx.save_for_backward(x, w, alpha, out.levels, out.factor, out.col_scale, r, unit)
-        ctx.bound = output_bound(io)
+        ctx.bound = output_bound(layer.analog_config)
         ctx.tile_shape = (out.layout, out.groups, out.n)
         ctx.layout = out.layout
         ctx.has_bias = b is not None
@@ -227,19 +226,30 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         return gx, gw, gb, ga, None, gr, None
 
 
-def output_bound(io) -> float | None:
+def output_bound(cfg: AnalogConfig) -> float | None:
     """The tile output at which AIHWKIT's tiles zero the output gradient (``handle_output_bound``:
-    ``0.999 * out_bound``), or None where the ADC has no bound."""
-    return 0.999 * io.out_bound if io.out_bound > 0 else None
+    ``0.999 * out_bound``), or None where the ADC has no bound or ``hwa.output_bound_mask`` is
+    ``none`` (or ``saturated`` without an ADC: perfect IO)."""
+    io, mode = cfg.io, cfg.hwa.output_bound_mask
+    if io.out_bound <= 0 or mode == OutputBoundMask.NONE:
+        return None
+    if mode == OutputBoundMask.SATURATED and io.is_perfect:
+        return None
+    return 0.999 * io.out_bound
 
 
-def output_bound_unit(out: TileOutputs, input_range: Tensor | None, io) -> Tensor | None:
-    """The value of one ADC level in the units of AIHWKIT's tile output (its ``x_output``:
+def output_bound_unit(
+    out: TileOutputs, input_range: Tensor | None, cfg: AnalogConfig
+) -> Tensor | None:
+    """The value of one ADC level in the units :func:`output_bound` is in: with
+    ``hwa.output_bound_mask`` ``aihwkit`` those of AIHWKIT's tile output (its ``x_output``:
     normalised weights times the tile's input, the input divided by the learned range, with
     noise management's scale and bound management's factor applied back), ``(B, N, to)`` or a
-    0-dim tensor; None without an ADC bound."""
-    if output_bound(io) is None:
+    0-dim tensor; with ``saturated`` the ADC's (one step); None without a bound."""
+    if output_bound(cfg) is None:
         return None
+    if cfg.hwa.output_bound_mask == OutputBoundMask.SATURATED:
+        return torch.tensor(units(cfg.io)[1], dtype=torch.float32)
     own = out.own_factor()
     unit = own.float() if isinstance(own, Tensor) else torch.tensor(own, dtype=torch.float32)
     if input_range is not None:  # AIHWKIT's tile input is x / r; aimc's levels scale by r
