@@ -659,6 +659,7 @@ class OutputBoundMask(str, Enum):
     #: not.
     AIHWKIT = "aihwkit"
     #: only the outputs the ADC clipped: ``|ADC output| >= 0.999 * out_bound`` in the ADC's units
+    #: (none with perfect IO, which has no ADC; AIHWKIT's rule masks there too)
     SATURATED = "saturated"
     #: none: the input gradient is straight-through (aimc up to 2026-12-06)
     NONE = "none"
@@ -736,10 +737,11 @@ class HWAConfig(_ConfigBase):
     """Which tile outputs the input gradient leaves out (:class:`OutputBoundMask`): ``aihwkit``
     (AIHWKIT's ``handle_output_bound``: in the tile's own units, which under abs-max noise
     management are the input's, so large outputs are left out whether the ADC clipped them or
-    not), ``saturated`` (only outputs at the ADC's bound) or ``none`` (straight-through). The
-    weight, bias and output-scale gradients keep every output. Measured (docs/hwa.md): LeNet-5
-    trained under ``pcm_inference()`` with SGD at lr 0.05 diverges with ``aihwkit`` (its
-    conv/linear outputs exceed 12 in input units) and trains with ``saturated``."""
+    not, and with perfect IO too), ``saturated`` (only outputs at the ADC's bound) or ``none``
+    (straight-through). The weight, bias and output-scale gradients keep every output. Measured
+    (docs/hwa.md): LeNet-5 trained under ``pcm_inference()`` or ``pcm_weights_only()`` (exact
+    IO) with SGD at lr 0.05 diverges with ``aihwkit`` (its outputs exceed 12 in input units) and
+    trains with ``saturated``."""
 
     def _validate(self) -> None:
         p = self._prefix
