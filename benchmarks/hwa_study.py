@@ -63,6 +63,9 @@ def main() -> None:
             hwa_clip_sigma=args.clip_sigma,
             hwa_output_bound_mask="saturated",
         ),
+        # AIHWKIT's StandardHWATrainingPreset as it is: learned input ranges and output scales,
+        # clip at 1.0 and column-wise remap after each step, its own weight noise
+        "HWA, standard_hwa preset": dict(train_config="standard_hwa", hwa_noise=0.0),
     }
     seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
     table = {}

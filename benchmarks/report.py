@@ -520,14 +520,16 @@ def hwa_study(inp: Inputs) -> str:
     src = "hwa_study.json"
     data = inp.json(src)
     table = _get(data, "table", source=src)
-    if not isinstance(table, dict) or len(table) != 5:
-        raise ReportError(f"{src}: malformed: ['table'] must hold the five trained models")
+    if not isinstance(table, dict) or len(table) != 6:
+        raise ReportError(f"{src}: malformed: ['table'] must hold the six trained models")
     labels = [
         "digitally",
         r"HWA: `pcm_inference` IO + 0.1·max\|W\| additive weight noise + 3σ clipping",
         'the same, `hwa.output_bound_mask="saturated"`',
         r"HWA, noise injection only: exact IO + 0.1·max\|W\| weight noise + 3σ clipping",
         'the same, `hwa.output_bound_mask="saturated"` (exact IO: no mask)',
+        "HWA: `standard_hwa()` (AIHWKIT's `StandardHWATrainingPreset`: learned input ranges and "
+        "output scales, clip 1.0 + column-wise remap, its `pcm_read` noise; AIHWKIT's mask)",
     ]
     times = ("0.0", "86400.0", "31536000.0")
     seeds = _get(data, "seeds", source=src)

@@ -12,7 +12,8 @@ gradient, the input gradient of clipped inputs (``TileWithPeriphery.post_backwar
 input gradient of tile outputs at the ADC bound (``handle_output_bound``, in the tile's own
 units) and the remap's reset of the learned output scales to 1 (the magnitude kept in the
 mapping scales, ``set_scales``) were differences too until 2026-12-06; their tests now pass.
-The weight gradient differs on purpose (aimc's is autograd's): a passing test pins both sides.
+The weight gradient (AIHWKIT's preconditioned ``g x clip(x) / (r m)``) was autograd's until
+2026-12-06 too; its tests pin AIHWKIT's before and after a remap.
 
 The passing tests cover gaps of the suite: noise-free outputs value for value with the ADC's
 rounding, clip and bound management on (the suite's value checks have the ADC off), and drift
@@ -170,11 +171,13 @@ def test_standard_hwa_input_gradient_of_clipped_inputs_passes_through():
 
 
 def test_standard_hwa_weight_gradient_is_preconditioned():
-    # on purpose, docs/conformance.md: AIHWKIT's InferenceTile writes g x clip(x) / (r * m) into
-    # its tile weights' gradient (pre_update divides the clipped input by the range and the
-    # output gradient by the column's mapping scale m), not the gradient of its forward
-    # r * alpha * m * W_tile @ clip(x) / r, which is alpha * m * g x clip(x); aimc's weight
-    # gradient is autograd's. Noise-free, ranges 1 and 3 (values beyond them).
+    # AIHWKIT's InferenceTile writes g x clip(x) / (r * m) into its tile weights' gradient
+    # (pre_update divides the clipped input by the range and the output gradient by the
+    # column's mapping scale m), not the gradient of its forward
+    # r * alpha * m * W_tile @ clip(x) / r, which is alpha * m * g x clip(x). aimc's weight
+    # before any remap is not normalised (its mapping_scale is 1): g x clip(x) / r, the same
+    # effective SGD update (after a remap, the next test: AIHWKIT's gradient itself; autograd's
+    # up to 2026-12-06). Noise-free, ranges 1 and 3 (values beyond them).
     w, b, x, grad_y = _range_problem()
     for r in (1.0, 3.0):
         ref, ours = _pair(w, b, perfect=True)
@@ -189,8 +192,29 @@ def test_standard_hwa_weight_gradient_is_preconditioned():
         true_tile = (alpha * m) * (grad_y.T @ xc)  # the gradient of AIHWKIT's own forward
         factor = (g_ref / true_tile).median(dim=1).values
         torch.testing.assert_close(factor, 1 / (r * alpha * m * m).flatten())
-        # aimc: autograd's gradient of its (digital) weight, out_scale 1 before a remap
-        torch.testing.assert_close(ours.weight.grad, grad_y.T @ xc, rtol=1e-5, atol=1e-6)
+        # aimc: the weight's gradient with AIHWKIT's 1 / (r * mapping scale), mapping 1
+        torch.testing.assert_close(ours.weight.grad, grad_y.T @ xc / r, rtol=1e-5, atol=1e-6)
+        # the same effective update: aimc's weight is the effective one, AIHWKIT's times m
+        torch.testing.assert_close(ours.weight.grad, g_ref * m, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("r", [1.0, 3.0])
+def test_standard_hwa_weight_gradient_after_remap_is_aihwkits(r):
+    # after a post-step (clip + column-wise remap) aimc's weight is AIHWKIT's tile weight
+    # (column maxima 1, the magnitude in the mapping scales): the gradients are equal, so any
+    # optimizer moves both alike. Noise-free; x beyond the range in part.
+    w, b, x, grad_y = _range_problem()
+    ref, ours = _pair(w, b, perfect=True)
+    for tile in ref.analog_tiles():
+        tile.post_update_step()
+    aimc.post_step(ours)
+    _fix_range(ref, ours, r)
+    _backward(ref, ours, x, grad_y)
+    tile = next(ref.analog_tiles())
+    w_ref = tile.get_weights(apply_weight_scaling=False)[0]
+    torch.testing.assert_close(ours.weight.detach(), w_ref, rtol=1e-5, atol=1e-6)
+    (g_ref,) = [p.grad for n, p in ref.named_parameters() if n.endswith("shared_weights")]
+    torch.testing.assert_close(ours.weight.grad, g_ref, rtol=1e-5, atol=1e-6)
 
 
 def test_standard_hwa_input_gradient_of_saturated_outputs_is_zero():

@@ -197,7 +197,8 @@ def test_grouped_channels_last_conv_training_gradients_equal_float64_conv():
     uneven input split (36 -> 9 x 4), channels_last input and weight: the output and the
     gradients of the input, weight, bias, range and output scales equal float64
     ``F.conv2d`` on the clipped input (the output scales equal across input tiles, so the
-    reference is one per output channel and their gradients sum over the tiles), with
+    reference is one per output channel and their gradients sum over the tiles; the weight's
+    as AIHWKIT's, without the output scale and divided by the range), with
     AIHWKIT's input-range learning: the input gradient straight through the clip, the range's
     from the widening part of the clipped inputs' gradient."""
     cfg = _hwa_config(max_input_size=10).replace(io=aimc.IOConfig(is_perfect=True))
@@ -242,7 +243,10 @@ def test_grouped_channels_last_conv_training_gradients_equal_float64_conv():
     tol = {"rtol": 1e-5, "atol": 2e-5}
     torch.testing.assert_close(y.double(), ref, **tol)
     torch.testing.assert_close(x.grad.double(), xr.grad, **tol)
-    torch.testing.assert_close(layer.weight.grad.double(), wr.grad, **tol)
+    # the weight's: AIHWKIT's, autograd's without the output scale and divided by the range
+    # (Layer.weight_grad_factor; the mapping scales are 1 before a remap)
+    want_w = wr.grad / (ar.detach().view(-1, 1, 1, 1) * rv)
+    torch.testing.assert_close(layer.weight.grad.double(), want_w, **tol)
     torch.testing.assert_close(layer.bias.grad.double(), br.grad, **tol)
     torch.testing.assert_close(layer.input_range.grad.double(), r_grad.view(1), **tol)
     torch.testing.assert_close(layer.out_scale.grad.sum(dim=1).reshape(-1).double(), ar.grad, **tol)

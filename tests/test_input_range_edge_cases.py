@@ -93,7 +93,8 @@ def _grad_of_two_calls(learn_out_scaling: bool):
     w, b = digital.weight.detach(), digital.bias.detach()
     torch.testing.assert_close(y1.detach(), x1.clamp(-r1, r1) @ w.T + b, rtol=1e-5, atol=1e-5)
     ((y1 * gy1).sum() + (y2 * gy2).sum()).backward()
-    want = gy1.T @ x1.clamp(-r1, r1) + gy2.T @ x2.clamp(-r2, r2)
+    # (AIHWKIT's weight gradient, aimc's since 2026-12-06: divided by each call's range)
+    want = gy1.T @ x1.clamp(-r1, r1) / r1 + gy2.T @ x2.clamp(-r2, r2) / r2
     return layer.weight.grad, want
 
 
@@ -111,7 +112,8 @@ def test_weight_grad_of_a_layer_applied_twice_uses_each_calls_own_range():
     (noise-free, no ADC bound): r1 = 3.084, r2 = 6.090; weight-gradient error 1.19 (max |grad|
     60.4, 28 of 64 entries off) with learned output scales, 0.0 without. The range gradient's
     outside set is taken with r2 as well. (AIHWKIT's ``pre_update`` also re-clips with the
-    current range, but aimc's weight gradient is autograd's by design, docs/conformance.md.)
+    current range; aimc's weight gradient, AIHWKIT's since 2026-12-06, divides by each call's
+    own range.)
     Fix: base.py ``_ScaledAnalogMVM.forward`` saves the forward's range value (a 1-element
     clone) for the backward's ``clipped_scratch`` / ``range_grad`` / ``outside_range_grad``.
     """

@@ -293,7 +293,9 @@ def test_sgd_reduces_loss(preset):
     x = torch.randn(64, 8)
     y = x @ torch.randn(8, 3) + 0.5
     layer = AnalogLinear(8, 3, config=getattr(presets, preset)(), seed=1)
-    opt = torch.optim.SGD(layer.parameters(), lr=0.05)
+    # standard_hwa: AIHWKIT's weight gradient is divided by the learned input range (about 3
+    # here, 3 std of x), so the same effective step needs 3x the learning rate
+    opt = torch.optim.SGD(layer.parameters(), lr=0.05 if preset == "pcm_inference" else 0.15)
     losses = []
     for _ in range(30):
         opt.zero_grad()

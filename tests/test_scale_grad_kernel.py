@@ -117,6 +117,7 @@ def _compact(columnwise: bool, split: bool):
         max_input_size=24, max_output_size=16 if split else 0, weight_scaling_columnwise=columnwise
     )
     cfg = aimc.AnalogConfig(io=presets.standard_hwa().io, mapping=mapping)
+    torch.manual_seed(3)  # the weights' init (whatever tests ran before: float rounding varies)
     layer = AnalogLinear(60, 40, bias=False, config=cfg, seed=3).eval()
     x = torch.randn(1, 150, 60, generator=torch.Generator().manual_seed(4)) * 2
     layer.manual_seed(7)

@@ -70,6 +70,8 @@ class _AnalogMVM(torch.autograd.Function):
         ctx.has_bias = b is not None
         ctx.layout = layer.tile_layout() if per_tile else None
         ctx.bound = output_bound(layer.analog_config)
+        # AIHWKIT's weight gradient divides by the range (Layer.weight_grad_factor)
+        ctx.w_factor = None if input_range is None else layer.weight_grad_factor(input_range)
         # the input's gradient zeroes the outputs at the ADC bound, per input tile (AIHWKIT's
         # handle_output_bound): the tile outputs kept as TileOutputs (the summed forward with
         # output scales of 1, as a layer with learned output scales runs), where an eager
@@ -104,7 +106,11 @@ class _AnalogMVM(torch.autograd.Function):
             gx = batched_matmul(grad, w)
             # less the outputs at the bound, per input tile
             _mask_bound_(ctx, gx, grad, w, levels, factor, col_scale, unit)
-        gw = batched_matmul(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        gw = None
+        if ctx.needs_input_grad[1]:
+            gw = batched_matmul(grad.transpose(1, 2), x)
+            if ctx.w_factor is not None:  # one range per layer: one factor
+                gw.mul_(ctx.w_factor.flatten()[0])
         gb = grad.sum(dim=1) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb, None, None, None
 
@@ -175,6 +181,9 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         ctx.layout = out.layout
         ctx.has_bias = b is not None
         ctx.clip_learning = clip_learning
+        # AIHWKIT's weight gradient: 1 / (r * mapping scale) per tile column, not alpha
+        # (Layer.weight_grad_factor)
+        ctx.w_factor = layer.weight_grad_factor(input_range)
         return y
 
     @staticmethod
@@ -200,14 +209,14 @@ class _ScaledAnalogMVM(torch.autograd.Function):
                 a_t = alpha.transpose(1, 2).unsqueeze(-1)
                 if needs[1]:
                     gw = batched_matmul(grad.transpose(1, 2), x)
-                    gw.view(g, o, lo.n_in, lo.rows).mul_(a_t)
+                    gw.view(g, o, lo.n_in, lo.rows).mul_(ctx.w_factor.transpose(1, 2).unsqueeze(-1))
                 if want_gx:
                     w_a = (w.reshape(g, o, lo.n_in, lo.rows) * a_t).view(g, o, k)
                     gx = batched_matmul(grad, w_a)
             else:
                 a_w = lo.per_weight(alpha)  # (G, O, K): each weight's alpha_t
                 if needs[1]:
-                    gw = batched_matmul(grad.transpose(1, 2), x).mul_(a_w)
+                    gw = batched_matmul(grad.transpose(1, 2), x).mul_(lo.per_weight(ctx.w_factor))
                 if want_gx:
                     w_a = w * a_w
                     gx = batched_matmul(grad, w_a)
@@ -486,6 +495,29 @@ class AnalogLayerMixin(ChipMixin):
         if self.analog_config.mapping.out_scaling_columnwise:
             return alpha
         return self.tile_layout().tile_columns(alpha)
+
+    def weight_grad_factor(self, input_range: Tensor | None) -> Tensor | None:
+        """AIHWKIT's factor on a training backward's weight gradient, per (group, input tile,
+        output column) ``(G, ti, O)`` float32: ``1 / (r * mapping_scale)``. AIHWKIT's
+        ``InferenceTile`` writes ``g ⊗ clip(x) / (r * m)`` into its tile weights' gradient (the
+        clipped input divided by the range ``r``, the output gradient by the mapping scale
+        ``m``), not its forward's ``alpha * m * g ⊗ clip(x)``; aimc's weight after a remap is
+        AIHWKIT's tile weight (column maxima 1, the magnitude in ``mapping_scale``), so the same
+        factor gives AIHWKIT's gradient, and before a remap (``mapping_scale`` 1, the weight not
+        normalised) the same effective update under SGD. None where it is 1 (no learned output
+        scale, no range)."""
+        if self.out_scale is None and input_range is None:
+            return None
+        lo = self.tile_layout()
+        if self.out_scale is None:
+            f = torch.ones(lo.groups, lo.n_in, lo.out_size, device=self.weight.device)
+        else:
+            m = self.mapping_scale.detach().float()
+            columnwise = self.analog_config.mapping.out_scaling_columnwise
+            f = (m if columnwise else lo.tile_columns(m)).reciprocal()
+        if input_range is not None:
+            f = f / input_range.detach().float().reshape(())
+        return f
 
     def _out_scale_tiles(self, lo: TileLayout) -> Tensor:
         """The learned output scale as a digital rescale of the MVM, ``(B, to)`` per tile or
