@@ -70,8 +70,16 @@ class _AnalogMVM(torch.autograd.Function):
         ctx.has_bias = b is not None
         ctx.layout = layer.tile_layout() if per_tile else None
         ctx.bound = output_bound(layer.analog_config)
-        # AIHWKIT's weight gradient divides by the range (Layer.weight_grad_factor)
-        ctx.w_factor = None if input_range is None else layer.weight_grad_factor(input_range)
+        # AIHWKIT's weight gradient divides by the range (Layer.weight_grad_factor); per tile
+        # (an eval-mode forward with autograd under torch.compile: the caller multiplies the
+        # tile outputs by the output scales through autograd) also undoes that alpha * m
+        ctx.w_factor = None
+        if per_tile and layer.out_scale is not None:
+            alpha = layer.out_scale_columns().detach()
+            f = layer.weight_grad_factor(input_range)
+            ctx.w_factor = torch.where(alpha != 0, f / alpha, 0.0)  # (G, ti, O)
+        elif input_range is not None:
+            ctx.w_factor = layer.weight_grad_factor(input_range)
         # the input's gradient zeroes the outputs at the ADC bound, per input tile (AIHWKIT's
         # handle_output_bound): the tile outputs kept as TileOutputs (the summed forward with
         # output scales of 1, as a layer with learned output scales runs), where an eager
@@ -100,6 +108,8 @@ class _AnalogMVM(torch.autograd.Function):
         lo = ctx.layout
         if lo is not None:
             gx, gw = _per_tile_backward(grad, x, w, lo, ctx.needs_input_grad)
+            if gw is not None and ctx.w_factor is not None:
+                gw = gw * lo.per_weight(ctx.w_factor)
             return gx, gw, None, None, None, None
         gx = None
         if ctx.needs_input_grad[0]:
@@ -504,8 +514,9 @@ class AnalogLayerMixin(ChipMixin):
         ``m``), not its forward's ``alpha * m * g ⊗ clip(x)``; aimc's weight after a remap is
         AIHWKIT's tile weight (column maxima 1, the magnitude in ``mapping_scale``), so the same
         factor gives AIHWKIT's gradient, and before a remap (``mapping_scale`` 1, the weight not
-        normalised) the same effective update under SGD. None where it is 1 (no learned output
-        scale, no range)."""
+        normalised) the same effective update under SGD. 0 for an all-zero tile column (its
+        mapping scale at the remap's floor, 1e-12). None where it is 1 (no learned output scale,
+        no range)."""
         if self.out_scale is None and input_range is None:
             return None
         lo = self.tile_layout()
@@ -514,7 +525,10 @@ class AnalogLayerMixin(ChipMixin):
         else:
             m = self.mapping_scale.detach().float()
             columnwise = self.analog_config.mapping.out_scaling_columnwise
-            f = (m if columnwise else lo.tile_columns(m)).reciprocal()
+            m = m if columnwise else lo.tile_columns(m)
+            # an all-zero tile column (the remap's floor 1e-12, or 0 once a half-precision
+            # buffer underflows) keeps the zero gradient it had: its 1/m would overflow float16
+            f = torch.where(m > 1e-12, m.reciprocal(), 0.0)
         if input_range is not None:
             f = f / input_range.detach().float().reshape(())
         return f
