@@ -110,6 +110,21 @@ def mlp_train_step(
     return y.detach(), grads
 
 
+def float16_remapped_zero_row(cfg: Any) -> torch.nn.Sequential:
+    """``Linear(8, 4)`` in float16 with an all-zero output row (a pruned unit), converted under
+    ``cfg`` (learned output scales and a remap), in training mode, after one ``post_step``."""
+    import aimc
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4)).to(torch.float16)
+    with torch.no_grad():
+        model[0].weight[1] = 0.0
+    aimc.convert(model, cfg, seed=1)
+    model.train()
+    aimc.post_step(model)
+    return model
+
+
 def save_tiny_bert(out: Path, *, qa: bool = True, dropout: bool = True, seed: int = 0) -> Path:
     """Save a tiny random-init BERT (2 layers, hidden 32, 2 heads) with the real fast tokenizer of
     the shared MiniLM model to ``out``: ``BertForQuestionAnswering`` if ``qa`` else a bare

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from conftest import float16_remapped_zero_row
 
 import aimc
 from aimc import presets
@@ -32,13 +32,7 @@ def test_post_step_remap_of_a_float16_layer_keeps_an_all_zero_column_finite():
     ``clamp_min(1e-12)`` in the weight's dtype, where 1e-12 underflows to 0, and divides
     0 / 0. The next training forward then refuses the layer ("weight has 8 non-finite
     values"), although nothing diverged. float32 / bfloat16 / float64 keep the row at 0."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 4)).to(torch.float16)
-    with torch.no_grad():
-        model[0].weight[1] = 0.0
-    aimc.convert(model, _hwa_config(), seed=1)
-    model.train()
-    aimc.post_step(model)
+    model = float16_remapped_zero_row(_hwa_config())
     w = model[0].weight
     assert torch.isfinite(w).all(), f"{int((~torch.isfinite(w)).sum())} non-finite weights"
     assert (w[1] == 0).all()

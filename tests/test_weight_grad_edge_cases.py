@@ -5,7 +5,7 @@ gradient."""
 
 import pytest
 import torch
-from torch import nn
+from conftest import float16_remapped_zero_row
 
 import aimc
 from aimc import presets
@@ -74,13 +74,7 @@ def test_float16_remapped_all_zero_column_weight_gradient_is_finite():
     scale buffer in float16 itself, the model converted first, is 0 and gives inf at once).
     Before 81c5635 the row's gradient was autograd's alpha * m * g x x = 0 (finite); one SGD
     step now makes the weights inf and the next forward refuses the layer."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 4)).to(torch.float16)
-    with torch.no_grad():
-        model[0].weight[1] = 0.0
-    aimc.convert(model, _hwa_config(), seed=1)
-    model.train()
-    aimc.post_step(model)
+    model = float16_remapped_zero_row(_hwa_config())
     layer = model[0]
     with torch.no_grad():
         layer.input_range.fill_(2.0)
