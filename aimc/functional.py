@@ -75,6 +75,17 @@ def _positions(n: int, parts: int, size: int, device: torch.device) -> Tensor:
         return (tile * size + row).to(device)
 
 
+@functools.lru_cache(maxsize=256)
+def _columns(n: int, parts: int, size: int, device: torch.device) -> Tensor:
+    """``(parts * size,)`` int64: the logical index at each padded slot, -1 for padding (the
+    inverse of :func:`_positions`)."""
+    with torch.inference_mode(False):  # a normal tensor: usable in and outside inference mode
+        out = torch.full((parts * size,), -1, dtype=torch.int64, device=device)
+        return out.index_copy_(
+            0, _positions(n, parts, size, device), torch.arange(n, device=device)
+        )
+
+
 def _valid(n: int, parts: int, size: int, device: torch.device) -> Tensor:
     mask = torch.zeros(parts * size, dtype=torch.bool, device=device)
     return mask.index_fill_(0, _positions(n, parts, size, device), True)
@@ -149,6 +160,11 @@ class TileLayout:
     def out_positions(self, device: torch.device) -> Tensor:
         """``(O,)`` padded output position of each output (cached per layout and device)."""
         return _positions(self.out_size, self.n_out, self.cols, torch.device(device))
+
+    def out_columns(self, device: torch.device) -> Tensor:
+        """``(O_pad,)`` int64: the output column at each padded output position, -1 for
+        padding (cached per layout and device; the inverse of :meth:`out_positions`)."""
+        return _columns(self.out_size, self.n_out, self.cols, torch.device(device))
 
     def in_valid(self, device: torch.device) -> Tensor:
         """``(K_pad,)`` bool: the padded input positions that hold a real input."""

@@ -120,6 +120,15 @@ class TileWeights:
     fixed: bool = False
 
 
+def _peak_reaches(mag: Tensor, unit: Tensor, bound: float) -> bool:
+    """Whether the largest of ``mag`` ``(B, N, to, cols)`` per output tile, times ``unit``,
+    reaches ``bound`` anywhere (False for no vectors)."""
+    if mag.numel() == 0:
+        return False
+    peak = mag.amax(dim=-1)  # (B, N, to)
+    return bool((peak.to(torch.float32) * unit.to(torch.float32) >= bound).any())
+
+
 @dataclass
 class TileOutputs:
     """Every input tile's output of one forward (``analog_mvm(..., per_tile="compact")``), kept
@@ -165,9 +174,9 @@ class TileOutputs:
         AIHWKIT's ``handle_output_bound`` with ``unit`` the levels' value in its tile-output
         units (:func:`aimc.hwa.output_bound_unit`)."""
         lo, n = self.layout, self.n
-        if not self.any_at_bound(unit, bound):
+        mag = self._magnitudes()
+        if not _peak_reaches(mag, unit, bound):
             return None
-        mag = self.levels.view(lo.batch, n, lo.n_out, lo.cols).abs()  # |top| fits the dtype
         u = unit.to(torch.float32)
         if mag.is_floating_point():
             u = u if u.dim() == 0 else u.unsqueeze(-1)
@@ -178,12 +187,12 @@ class TileOutputs:
     def any_at_bound(self, unit: Tensor, bound: float) -> bool:
         """Whether :meth:`bound_mask` masks any output (one pass over the levels: the largest
         per output tile)."""
-        lo, n = self.layout, self.n
-        if n == 0:
-            return False
-        mag = self.levels.view(lo.batch, n, lo.n_out, lo.cols).abs()  # |top| fits the dtype
-        peak = mag.amax(dim=-1)  # (B, N, to)
-        return bool((peak.to(torch.float32) * unit.to(torch.float32) >= bound).any())
+        return _peak_reaches(self._magnitudes(), unit, bound)
+
+    def _magnitudes(self) -> Tensor:
+        """``|levels|`` as ``(B, N, to, cols)`` (the largest level fits the dtype)."""
+        lo = self.layout
+        return self.levels.view(lo.batch, self.n, lo.n_out, lo.cols).abs()
 
     def bound_thresholds(self, unit: Tensor, bound: float) -> Tensor:
         """``(B, N, to)`` int32: the largest magnitude of an integer level below ``bound``, per

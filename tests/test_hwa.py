@@ -546,8 +546,7 @@ def test_masked_input_gradient_equals_the_dense_per_tile_product(with_alpha, pat
         levels = torch.where(mask, 200 * sign, 50).to(torch.int16)
         levels[:, :, ~lo.out_valid(torch.device("cpu"))] = 0
         below = torch.full((lo.batch, n, lo.n_out), 100, dtype=torch.int32)
-        out_map = torch.full((lo.padded_out,), -1, dtype=torch.int64)
-        out_map[lo.out_positions(torch.device("cpu"))] = torch.arange(o)
+        out_map = lo.out_columns(torch.device("cpu"))
         BOUND_MASK.subtract_masked(
             gx, grad, levels, below, (w * a_w).contiguous(), lo.n_in, lo.in_sizes, out_map
         )

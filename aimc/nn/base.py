@@ -311,10 +311,7 @@ def _mask_bound_(
         and BOUND_MASK.usable()
     ):
         below = out.bound_thresholds(unit, ctx.bound)
-        out_map = None
-        if lo.padded_out != lo.out_size:
-            out_map = torch.full((lo.padded_out,), -1, dtype=torch.int64)
-            out_map[lo.out_positions(gx.device)] = torch.arange(lo.out_size)
+        out_map = lo.out_columns(gx.device) if lo.padded_out != lo.out_size else None
         BOUND_MASK.subtract_masked(
             gx, grad.contiguous(), levels, below, w.contiguous(), lo.n_in, lo.in_sizes, out_map
         )
@@ -501,10 +498,15 @@ class AnalogLayerMixin(ChipMixin):
         ``out_scale``), or ``None``."""
         if self.out_scale is None:
             return None
-        alpha = self.effective_out_scale().float()
+        return self._scale_columns(self.effective_out_scale().float())
+
+    def _scale_columns(self, values: Tensor) -> Tensor:
+        """A per-tile scale of :meth:`out_scale_shape` per (group, input tile, output column),
+        ``(G, ti, O)``: itself with ``mapping.out_scaling_columnwise``, else each output tile's
+        value repeated over its columns."""
         if self.analog_config.mapping.out_scaling_columnwise:
-            return alpha
-        return self.tile_layout().tile_columns(alpha)
+            return values
+        return self.tile_layout().tile_columns(values)
 
     def weight_grad_factor(self, input_range: Tensor | None) -> Tensor | None:
         """AIHWKIT's factor on a training backward's weight gradient, per (group, input tile,
@@ -523,9 +525,7 @@ class AnalogLayerMixin(ChipMixin):
         if self.out_scale is None:
             f = torch.ones(lo.groups, lo.n_in, lo.out_size, device=self.weight.device)
         else:
-            m = self.mapping_scale.detach().float()
-            columnwise = self.analog_config.mapping.out_scaling_columnwise
-            m = m if columnwise else lo.tile_columns(m)
+            m = self._scale_columns(self.mapping_scale.detach().float())
             # an all-zero tile column (the remap's floor 1e-12, or 0 once a half-precision
             # buffer underflows) keeps the zero gradient it had: its 1/m would overflow float16
             f = torch.where(m > 1e-12, m.reciprocal(), 0.0)
