@@ -36,33 +36,22 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     times = [0.0, DAY, 365 * DAY]
+    noise = dict(hwa_noise=args.hwa_noise, hwa_clip_sigma=args.clip_sigma)
+    # the input gradient masked only where the ADC clipped (AIHWKIT's rule, the default, masks
+    # outputs beyond the bound in the input's units: see docs/hwa.md); exact IO has no ADC, so
+    # there "saturated" masks nothing
+    saturated = dict(hwa_output_bound_mask="saturated")
+    hwa = f"HWA training (noise {args.hwa_noise}, clip {args.clip_sigma} sigma)"
+    only = f"HWA, weight noise only (noise {args.hwa_noise}, clip {args.clip_sigma} sigma)"
     variants = {
         "digital training": dict(train_config="digital", hwa_noise=0.0),
-        f"HWA training (noise {args.hwa_noise}, clip {args.clip_sigma} sigma)": dict(
-            train_config="pcm_inference", hwa_noise=args.hwa_noise, hwa_clip_sigma=args.clip_sigma
-        ),
-        # the same with the input gradient masked only where the ADC clipped (AIHWKIT's rule,
-        # the default, masks outputs beyond the bound in the input's units: see docs/hwa.md)
+        hwa: dict(train_config="pcm_inference", **noise),
         f"HWA (noise {args.hwa_noise}, clip {args.clip_sigma} sigma), saturated-only mask": dict(
-            train_config="pcm_inference",
-            hwa_noise=args.hwa_noise,
-            hwa_clip_sigma=args.clip_sigma,
-            hwa_output_bound_mask="saturated",
+            train_config="pcm_inference", **noise, **saturated
         ),
         # noise injection only (Joshi et al., Nat. Commun. 2020): exact periphery while training
-        f"HWA, weight noise only (noise {args.hwa_noise}, clip {args.clip_sigma} sigma)": dict(
-            train_config="pcm_weights_only",
-            hwa_noise=args.hwa_noise,
-            hwa_clip_sigma=args.clip_sigma,
-        ),
-        # the same without the mask: exact IO has no ADC, so "saturated" masks nothing
-        f"HWA, weight noise only (noise {args.hwa_noise}, clip {args.clip_sigma} sigma), "
-        "saturated-only mask": dict(
-            train_config="pcm_weights_only",
-            hwa_noise=args.hwa_noise,
-            hwa_clip_sigma=args.clip_sigma,
-            hwa_output_bound_mask="saturated",
-        ),
+        only: dict(train_config="pcm_weights_only", **noise),
+        f"{only}, saturated-only mask": dict(train_config="pcm_weights_only", **noise, **saturated),
         # AIHWKIT's StandardHWATrainingPreset as it is: learned input ranges and output scales,
         # clip at 1.0 and column-wise remap after each step, its own weight noise
         "HWA, standard_hwa preset": dict(train_config="standard_hwa", hwa_noise=0.0),
