@@ -36,7 +36,11 @@ from ._native import _check_buffers, _NativeKernel
 #: to)`` int32 (a level counts where its magnitude exceeds it), ``grad`` ``(g, n, o)``, ``w``
 #: ``(g, o, k)`` and ``gx`` ``(g, n, k)`` float32 (``gx`` updated in place), ``out_map``
 #: ``(to * cols)`` int64 (each padded output's column, -1 for padding; 0: the identity),
-#: ``starts`` ``(ti + 1)`` int64 (each input tile's first input).
+#: ``starts`` ``(ti + 1)`` int64 (each input tile's first input). Kind 3: ``lev`` is the masked
+#: outputs' bits instead, ``(g * ti, n, words)`` int64 words (``words = ceil(to * cols / 64)``,
+#: output ``j`` at bit ``j % 64`` of word ``j // 64``; ``below`` unused). Kinds 4 and 5 write
+#: those bits from int8 and int16 levels and ``below`` into ``gx`` (nothing subtracted; ``grad``,
+#: ``w``, ``out_map``, ``starts`` unused).
 SOURCE = r"""
 #include <torch/csrc/inductor/cpp_prefix.h>
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
@@ -74,12 +78,10 @@ static inline void aimc_push(std::vector<AimcEntry>& list, int64_t j, const int6
     if (col >= 0) list.push_back({static_cast<int32_t>(col), gr[col]});
 }
 
-// every level of lr[c0..c1) whose magnitude exceeds thr (|level| fits T: the ADC's bound is
-// within the type's range), in order, onto the list
-template <typename T>
-static inline void aimc_scan(const T* lr, int64_t c0, int64_t c1, int32_t thr,
-                             const int64_t* out_map, const float* gr,
-                             std::vector<AimcEntry>& list) {
+// emit(j) for every level j of lr[c0..c1) whose magnitude exceeds thr (|level| fits T: the
+// ADC's bound is within the type's range), in order
+template <typename T, typename Emit>
+static inline void aimc_scan(const T* lr, int64_t c0, int64_t c1, int32_t thr, Emit&& emit) {
     if (thr >= static_cast<int32_t>(std::numeric_limits<T>::max())) return;  // none above
     int64_t j = c0;
 #if defined(CPU_CAPABILITY_AVX512)
@@ -89,7 +91,7 @@ static inline void aimc_scan(const T* lr, int64_t c0, int64_t c1, int32_t thr,
             const __m512i v = _mm512_abs_epi16(_mm512_loadu_si512(lr + j));
             uint32_t m = _mm512_cmpgt_epi16_mask(v, vt);
             while (m != 0) {
-                aimc_push(list, j + __builtin_ctz(m), out_map, gr);
+                emit(j + __builtin_ctz(m));
                 m &= m - 1;
             }
         }
@@ -99,7 +101,7 @@ static inline void aimc_scan(const T* lr, int64_t c0, int64_t c1, int32_t thr,
             const __m512i v = _mm512_abs_epi8(_mm512_loadu_si512(lr + j));
             uint64_t m = _mm512_cmpgt_epi8_mask(v, vt);
             while (m != 0) {
-                aimc_push(list, j + __builtin_ctzll(m), out_map, gr);
+                emit(j + __builtin_ctzll(m));
                 m &= m - 1;
             }
         }
@@ -114,7 +116,7 @@ static inline void aimc_scan(const T* lr, int64_t c0, int64_t c1, int32_t thr,
             uint32_t m = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpgt_epi16(v, vt)))
                          & 0x55555555u;
             while (m != 0) {
-                aimc_push(list, j + (__builtin_ctz(m) >> 1), out_map, gr);
+                emit(j + (__builtin_ctz(m) >> 1));
                 m &= m - 1;
             }
         }
@@ -125,7 +127,7 @@ static inline void aimc_scan(const T* lr, int64_t c0, int64_t c1, int32_t thr,
                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lr + j)));
             uint32_t m = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpgt_epi8(v, vt)));
             while (m != 0) {
-                aimc_push(list, j + __builtin_ctz(m), out_map, gr);
+                emit(j + __builtin_ctz(m));
                 m &= m - 1;
             }
         }
@@ -133,16 +135,62 @@ static inline void aimc_scan(const T* lr, int64_t c0, int64_t c1, int32_t thr,
 #endif
     for (; j < c1; ++j) {
         const int32_t l = static_cast<int32_t>(lr[j]);
-        if ((l < 0 ? -l : l) > thr) aimc_push(list, j, out_map, gr);
+        if ((l < 0 ? -l : l) > thr) emit(j);
     }
 }
 
+// emit(j) for every set bit j of a row of bits (bit j in words[j >> 6] at j & 63), in order
+template <typename Emit>
+static inline void aimc_scan_bits(const uint64_t* words, int64_t count, Emit&& emit) {
+    for (int64_t wi = 0; wi < count; ++wi) {
+        uint64_t m = words[wi];
+        while (m != 0) {
+            emit((wi << 6) + __builtin_ctzll(m));
+            m &= m - 1;
+        }
+    }
+}
+
+// the masked outputs of a (tile, vector) row, emitted in order: from its levels and the per
+// output tile thresholds, or from its bits
 template <typename T>
-static void aimc_subtract_masked(const T* lev, const int32_t* below, const float* grad,
-                                 const float* w, float* gx, const int64_t* out_map,
-                                 const int64_t* starts, int64_t g, int64_t ti, int64_t n,
-                                 int64_t to, int64_t cols, int64_t o, int64_t k) {
-    const int64_t width = to * cols;
+struct AimcLevelRows {
+    const T* lev;
+    const int32_t* below;
+    int64_t to, cols;
+    template <typename Emit>
+    void operator()(int64_t row, Emit&& emit) const {
+        const T* lr = lev + row * to * cols;
+        const int32_t* th = below + row * to;
+        for (int64_t kt = 0; kt < to; ++kt) aimc_scan(lr, kt * cols, (kt + 1) * cols, th[kt], emit);
+    }
+};
+
+struct AimcBitRows {
+    const uint64_t* bits;
+    int64_t words;
+    template <typename Emit>
+    void operator()(int64_t row, Emit&& emit) const {
+        aimc_scan_bits(bits + row * words, words, emit);
+    }
+};
+
+// the bits of AimcLevelRows' masked outputs, (rows, words) (bit j of a row: output j)
+template <typename T>
+static void aimc_pack(const AimcLevelRows<T>& scan, uint64_t* bits, int64_t rows,
+                      int64_t words) {
+    #pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < rows; ++row) {
+        uint64_t* out = bits + row * words;
+        std::fill(out, out + words, uint64_t{0});
+        scan(row, [out](int64_t j) { out[j >> 6] |= uint64_t{1} << (j & 63); });
+    }
+}
+
+template <typename Scan>
+static void aimc_subtract_masked(const Scan& scan, const float* grad, const float* w,
+                                 float* gx, const int64_t* out_map, const int64_t* starts,
+                                 int64_t g, int64_t ti, int64_t n, int64_t o, int64_t k) {
     const int64_t rows = g * n;
     const int64_t chunks = (rows + AIMC_ROWS - 1) / AIMC_ROWS;
     // pass 1: each (tile, vector)'s masked outputs and their gradients, listed per chunk of
@@ -157,12 +205,8 @@ static void aimc_subtract_masked(const T* lev, const int32_t* below, const float
             const float* gr = grad + row * o;
             for (int64_t t = 0; t < ti; ++t) {
                 const int64_t b = gi * ti + t;
-                const T* lr = lev + (b * n + v) * width;
-                const int32_t* th = below + (b * n + v) * to;
                 first[b * n + v] = static_cast<int64_t>(list.size());
-                for (int64_t kt = 0; kt < to; ++kt) {
-                    aimc_scan(lr, kt * cols, (kt + 1) * cols, th[kt], out_map, gr, list);
-                }
+                scan(b * n + v, [&](int64_t j) { aimc_push(list, j, out_map, gr); });
                 count[b * n + v] = static_cast<int64_t>(list.size()) - first[b * n + v];
             }
         }
@@ -208,12 +252,20 @@ extern "C" void kernel(int64_t lev, int64_t kind, int64_t below, int64_t grad, i
     float* xp = reinterpret_cast<float*>(gx);
     const int64_t* mp = reinterpret_cast<const int64_t*>(out_map);
     const int64_t* sp = reinterpret_cast<const int64_t*>(starts);
-    if (kind == 1) {
-        aimc_subtract_masked(reinterpret_cast<const int8_t*>(lev), bp, gp, wp, xp, mp, sp, g, ti,
-                             n, to, cols, o, k);
+    const int64_t words = (to * cols + 63) / 64;
+    const AimcLevelRows<int8_t> rows8{reinterpret_cast<const int8_t*>(lev), bp, to, cols};
+    const AimcLevelRows<int16_t> rows16{reinterpret_cast<const int16_t*>(lev), bp, to, cols};
+    if (kind == 4 || kind == 5) {  // pack: gx is the bits
+        uint64_t* bits = reinterpret_cast<uint64_t*>(gx);
+        if (kind == 4) aimc_pack(rows8, bits, g * ti * n, words);
+        else aimc_pack(rows16, bits, g * ti * n, words);
+    } else if (kind == 3) {
+        const AimcBitRows rows{reinterpret_cast<const uint64_t*>(lev), words};
+        aimc_subtract_masked(rows, gp, wp, xp, mp, sp, g, ti, n, o, k);
+    } else if (kind == 1) {
+        aimc_subtract_masked(rows8, gp, wp, xp, mp, sp, g, ti, n, o, k);
     } else {
-        aimc_subtract_masked(reinterpret_cast<const int16_t*>(lev), bp, gp, wp, xp, mp, sp, g,
-                             ti, n, to, cols, o, k);
+        aimc_subtract_masked(rows16, gp, wp, xp, mp, sp, g, ti, n, o, k);
     }
 }
 """
@@ -274,19 +326,95 @@ class NativeBoundMaskKernel(_NativeKernel):
             )
         _check_buffers("output-bound mask", [(levels, (b, n, width))], levels.dtype)
         _check_buffers("output-bound mask", [(below, (b, n, to))], torch.int32)
-        _check_buffers("output-bound mask", [(grad, (g, n, o)), (w, (g, o, k)), (gx, (g, n, k))])
-        if out_map is not None:
-            _check_buffers("output-bound mask", [(out_map, (width,))], torch.int64)
-        elif width != o:
-            raise ValueError(f"aimc._boundmask: {width} padded outputs need a map to {o}")
+        self._check_gradient(gx, grad, w, b, tiles, in_sizes, width, out_map)
         starts = torch.tensor([0, *itertools.accumulate(in_sizes)], dtype=torch.int64)
         ptrs = (levels.data_ptr(), kind, below.data_ptr(), grad.data_ptr(), w.data_ptr())
         m = out_map.data_ptr() if out_map is not None else 0
         self._fn(*ptrs, gx.data_ptr(), m, starts.data_ptr(), g, tiles, n, to, width // to, o, k)
 
+    def pack_bits(self, levels: Tensor, below: Tensor) -> Tensor:
+        """``(B, N, ceil(O_pad / 64))`` int64: the bits of the outputs whose level
+        ``|levels[b, n, o]|`` exceeds ``below[b, n, o // cols]`` (output ``o`` at bit ``o % 64``
+        of word ``o // 64``; the padding bits of the last word 0), from ``levels`` ``(B, N,
+        O_pad)`` int8 or int16 and ``below`` ``(B, N, to)`` int32 — what a training forward
+        keeps of its tile outputs for :meth:`subtract_bits`: an eighth of int8 levels, a
+        sixteenth of int16 ones. Contiguous CPU tensors (checked)."""
+        b, n, width = levels.shape
+        to = below.shape[-1]
+        kind = _KINDS.get(levels.dtype, 0)
+        if kind == 0:
+            raise ValueError(f"aimc._boundmask: levels as {levels.dtype}; allowed: int8, int16")
+        if to < 1 or width % to:
+            raise ValueError(
+                f"aimc._boundmask: levels {tuple(levels.shape)} do not split into the "
+                f"thresholds' {to} output tiles"
+            )
+        _check_buffers("output-bound mask", [(levels, (b, n, width))], levels.dtype)
+        _check_buffers("output-bound mask", [(below, (b, n, to))], torch.int32)
+        bits = torch.empty(b, n, -(-width // 64), dtype=torch.int64)
+        args = (levels.data_ptr(), kind + 3, below.data_ptr(), 0, 0, bits.data_ptr(), 0, 0)
+        self._fn(*args, 1, b, n, to, width // to, 0, 0)
+        return bits
+
+    def subtract_bits(
+        self,
+        gx: Tensor,
+        grad: Tensor,
+        bits: Tensor,
+        width: int,
+        w: Tensor,
+        tiles: int,
+        in_sizes: list[int],
+        out_map: Tensor | None,
+    ) -> None:
+        """:meth:`subtract_masked` with the masked outputs given as :meth:`pack_bits`'s bits
+        ``(G * ti, N, ceil(width / 64))`` of ``width`` padded outputs: the same terms in the
+        same order, so the same result bit for bit."""
+        g, n, k = gx.shape
+        o = grad.shape[-1]
+        b = bits.shape[0]
+        if bits.dtype != torch.int64 or bits.shape[1:] != (n, -(-width // 64)):
+            raise ValueError(
+                f"aimc._boundmask: bits {tuple(bits.shape)} {bits.dtype} do not hold {width} "
+                f"outputs of {n} vectors as int64 words"
+            )
+        self._check_gradient(gx, grad, w, b, tiles, in_sizes, width, out_map)
+        _check_buffers("output-bound mask", [(bits, tuple(bits.shape))], torch.int64)
+        starts = torch.tensor([0, *itertools.accumulate(in_sizes)], dtype=torch.int64)
+        ptrs = (bits.data_ptr(), 3, 0, grad.data_ptr(), w.data_ptr())
+        m = out_map.data_ptr() if out_map is not None else 0
+        self._fn(*ptrs, gx.data_ptr(), m, starts.data_ptr(), g, tiles, n, 1, width, o, k)
+
+    @staticmethod
+    def _check_gradient(
+        gx: Tensor,
+        grad: Tensor,
+        w: Tensor,
+        b: int,
+        tiles: int,
+        in_sizes: list[int],
+        width: int,
+        out_map: Tensor | None,
+    ) -> None:
+        """The checks of the gradient's operands common to both subtractions."""
+        g, n, k = gx.shape
+        o = grad.shape[-1]
+        if b != g * tiles or len(in_sizes) != tiles or sum(in_sizes) != k:
+            raise ValueError(
+                f"aimc._boundmask: {b} tile rows and {tiles} input tiles of {in_sizes} do not "
+                f"fit a gradient {tuple(gx.shape)}"
+            )
+        _check_buffers("output-bound mask", [(grad, (g, n, o)), (w, (g, o, k)), (gx, (g, n, k))])
+        if out_map is not None:
+            _check_buffers("output-bound mask", [(out_map, (width,))], torch.int64)
+        elif width != o:
+            raise ValueError(f"aimc._boundmask: {width} padded outputs need a map to {o}")
+
     def self_check(self, fn: Any) -> str | None:
         """The kernel against float64 arithmetic: each level type, one and several groups,
-        input and output tiles, padded outputs, thresholds that mask nothing and everything."""
+        input and output tiles, padded outputs, thresholds that mask nothing and everything;
+        and the bits of the same masks (:meth:`pack_bits`, :meth:`subtract_bits`) against the
+        levels' comparison."""
         return self._first_mismatch(fn, _cases(), _mismatch)
 
 
@@ -336,6 +464,7 @@ def _cases() -> list[tuple]:
         (1, 2, [5, 4], 3, 1, 130, 130, torch.int8, -1),  # every output masked
         (1, 2, [5, 4], 3, 1, 130, 130, torch.int8, 127),  # none
         (1, 1, [40], 4, 2, 100, 200, torch.int16, 32767),  # none
+        (1, 2, [5, 4], 3, 2, 70, 130, torch.int16, -1),  # every output, padding too (masked)
     ]:
         b, width = g * tiles, to * cols
         # an ADC bound within the type: never -128 as an int8 level
@@ -363,15 +492,34 @@ def _cases() -> list[tuple]:
     return cases
 
 
+def unpack_bits(bits: Tensor, width: int) -> Tensor:
+    """``(B, N, width)`` bool from :meth:`NativeBoundMaskKernel.pack_bits`'s words (tensor code,
+    any device: output ``j`` at bit ``j % 64`` of word ``j // 64``)."""
+    b, n, words = bits.shape
+    shifts = torch.arange(64, device=bits.device, dtype=torch.int64)
+    flat = (bits.unsqueeze(-1) >> shifts) & 1  # (B, N, words, 64)
+    return flat.view(b, n, words * 64)[..., :width].bool()
+
+
 def _mismatch(kernel: NativeBoundMaskKernel, gx: Tensor, grad: Tensor, *args: Any) -> str | None:
     out = gx.clone()
     kernel.subtract_masked(out, grad, *args)
     ref, bound = subtract_masked_reference(gx, grad, *args)
     # each product and each of at most o + 1 differences rounded once to float32
     tol = bound * (grad.shape[-1] + 2) * 2.0**-23
+    levels, below, w, tiles, in_sizes, out_map = args
     if not bool(((out.double() - ref).abs() <= tol).all()):
-        levels = args[0]
         return f"input gradient off the float64 result ({levels.dtype} levels)"
+    bits = kernel.pack_bits(levels, below)
+    b, n, width = levels.shape
+    to = below.shape[-1]
+    mag = levels.to(torch.int32).abs().view(b, n, to, width // to)
+    if not torch.equal(unpack_bits(bits, width), (mag > below.unsqueeze(-1)).view(b, n, width)):
+        return f"the mask's bits differ from the levels' comparison ({levels.dtype} levels)"
+    out_bits = gx.clone()
+    kernel.subtract_bits(out_bits, grad, bits, width, w, tiles, in_sizes, out_map)
+    if not torch.equal(out_bits, out):
+        return f"the input gradient from the bits differs from the levels' ({levels.dtype})"
     return None
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._boundmask import BOUND_MASK
+from .._boundmask import BOUND_MASK, unpack_bits
 from .._intmvm import INT_MVM, keep_limbs
 from .._tiles import TILES
 from ..compensation import valid_mask
@@ -81,9 +81,9 @@ class _AnalogMVM(torch.autograd.Function):
         elif input_range is not None:
             ctx.w_factor = layer.weight_grad_factor(input_range)
         # the input's gradient zeroes the outputs at the ADC bound, per input tile (AIHWKIT's
-        # handle_output_bound): the tile outputs kept as TileOutputs (the summed forward with
-        # output scales of 1, as a layer with learned output scales runs), where an eager
-        # forward's input needs a gradient
+        # handle_output_bound): the tile outputs as TileOutputs (the summed forward with output
+        # scales of 1, as a layer with learned output scales runs), where an eager forward's
+        # input needs a gradient, of which only the mask is kept
         keep = (
             ctx.bound is not None
             and not per_tile
@@ -92,19 +92,22 @@ class _AnalogMVM(torch.autograd.Function):
         )
         with torch.no_grad():
             if not keep:
-                ctx.save_for_backward(x, w, None, None, None, None)
+                ctx.save_for_backward(x, w, None)
                 return _run_mvm(layer, x, b, input_range, per_tile)
             lo = layer.tile_layout()
             ones = x.new_ones(lo.batch, lo.padded_out)
             out, y = _run_mvm(layer, x, b, input_range, per_tile="compact", out_scale=ones)
-        unit = output_bound_unit(out, input_range, layer.analog_config)
-        ctx.save_for_backward(x, w, out.levels, out.factor, out.col_scale, unit)
-        ctx.tile_shape = (out.layout, out.groups, out.n)
+            # only which tile outputs are at the bound is kept for the backward (bits, or a
+            # bool mask off the kernel's path; nothing where none is), not the tile outputs
+            unit = output_bound_unit(out, input_range, layer.analog_config)
+            mask = _saved_bound_mask(out, unit, ctx.bound)
+        ctx.save_for_backward(x, w, mask)
+        ctx.mask_layout = out.layout
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, w, levels, factor, col_scale, unit = ctx.saved_tensors
+        x, w, mask = ctx.saved_tensors
         lo = ctx.layout
         if lo is not None:
             gx, gw = _per_tile_backward(grad, x, w, lo, ctx.needs_input_grad)
@@ -114,8 +117,8 @@ class _AnalogMVM(torch.autograd.Function):
         gx = None
         if ctx.needs_input_grad[0]:
             gx = batched_matmul(grad, w)
-            # less the outputs at the bound, per input tile
-            _mask_bound_(ctx, gx, grad, w, levels, factor, col_scale, unit)
+            if mask is not None:  # less the outputs at the bound, per input tile
+                _subtract_saved_mask_(gx, grad, w, mask, ctx.mask_layout)
         gw = None
         if ctx.needs_input_grad[1]:
             gw = batched_matmul(grad.transpose(1, 2), x)
@@ -319,6 +322,60 @@ def _mask_bound_(
     mask = out.bound_mask(unit, ctx.bound)
     if mask is not None:
         _subtract_masked_(gx, grad, mask, w, lo)
+
+
+def _saved_bound_mask(out: TileOutputs, unit: Tensor | None, bound: float | None) -> Tensor | None:
+    """What a training forward without learned output scales keeps of its tile outputs for the
+    output-bound mask of its backward (:func:`_subtract_saved_mask_`): the masked outputs' bits
+    (:meth:`aimc._boundmask.NativeBoundMaskKernel.pack_bits`, ``(B, N, ceil(O_pad / 64))``
+    int64: 1/8 of int8 levels, 1/16 of int16, 1/32 of float32 tile outputs) on the CPU with
+    integer levels, else :meth:`TileOutputs.bound_mask`'s bool mask; None where no output is at
+    the bound (or there is no bound). Float levels (no ADC) are compared by the tensor code and
+    their bool mask packed into the same bits."""
+    if unit is None or bound is None:
+        return None
+    levels = out.levels
+    if levels.device.type != "cpu" or not BOUND_MASK.usable():
+        return out.bound_mask(unit, bound)
+    if BOUND_MASK.takes(levels):
+        bits = BOUND_MASK.pack_bits(levels.contiguous(), out.bound_thresholds(unit, bound))
+        return bits if bool(bits.any()) else None
+    mask = out.bound_mask(unit, bound)
+    if mask is None:
+        return None
+    # the mask as int8 levels 0 and 1, one threshold 0 per row: its bits
+    zero = torch.zeros(*mask.shape[:2], 1, dtype=torch.int32)
+    return BOUND_MASK.pack_bits(mask.contiguous().view(torch.int8), zero)
+
+
+def _subtract_saved_mask_(
+    gx: Tensor, grad: Tensor, w: Tensor, mask: Tensor, lo: TileLayout
+) -> None:
+    """``gx`` ``(G, N, K)`` (``grad @ w``) less the part of the outputs :func:`_saved_bound_mask`
+    kept, per input tile, in place: from the bits in one pass of the kernel
+    (:meth:`~aimc._boundmask.NativeBoundMaskKernel.subtract_bits`: the same terms in the same
+    order as from the levels), else :func:`_subtract_masked_`."""
+    if mask.dtype == torch.int64:  # the bits
+        if (
+            gx.dtype == grad.dtype == w.dtype == torch.float32
+            and gx.device.type == "cpu"
+            and gx.is_contiguous()
+            and BOUND_MASK.usable()
+        ):
+            out_map = lo.out_columns(gx.device) if lo.padded_out != lo.out_size else None
+            BOUND_MASK.subtract_bits(
+                gx,
+                grad.contiguous(),
+                mask,
+                lo.padded_out,
+                w.contiguous(),
+                lo.n_in,
+                lo.in_sizes,
+                out_map,
+            )
+            return
+        mask = unpack_bits(mask, lo.padded_out)
+    _subtract_masked_(gx, grad, mask, w, lo)
 
 
 def _subtract_masked_(gx: Tensor, grad: Tensor, mask: Tensor, w: Tensor, lo: TileLayout) -> None:
