@@ -501,10 +501,11 @@ def finetune_study(inp: Inputs) -> str:
     labels = {
         "original": "shared MiniLM QA model (no further training)",
         "digital-continued": "+ digital fine-tuning (control)",
-        "hwa": "+ HWA fine-tuning",
+        "hwa": "+ HWA fine-tuning (AIHWKIT's output-bound mask, the default)",
+        "hwa-saturated": '+ HWA fine-tuning, `hwa.output_bound_mask="saturated"`',
     }
     rows = []
-    for name in ("original", "digital-continued", "hwa"):
+    for name in ("original", "digital-continued", "hwa", "hwa-saturated"):
         cells = [labels[name], f"{_num(f1, name, 'digital_f1', source=src):.2f}"]
         for t in ("0", "86400", "31536000"):
             chips = _get(f1, name, f"analog_f1_t{t}_chips", source=src)
