@@ -390,6 +390,7 @@ def post_step(model: nn.Module) -> nn.Module:
         # (G, O, K): a view of the weight, or a copy where its layout has none (a
         # channels_last convolution's), written back after
         w = layer.weight_matrix()
+        _normalise_as_set(layer, w)
         if not _fused_post_step(layer, hwa, w):
             if hwa.clip != WeightClip.NONE:
                 _clip(layer, hwa, w)
@@ -398,6 +399,23 @@ def post_step(model: nn.Module) -> nn.Module:
         if w.untyped_storage().data_ptr() != layer.weight.untyped_storage().data_ptr():
             layer.weight.copy_(w.reshape(layer.weight.shape))
     return model
+
+
+def _normalise_as_set(layer: nn.Module, w: Tensor) -> None:
+    """The first post-step after conversion: the weight divided by AIHWKIT's set_weights scale
+    (``layer.set_scale``, the weight scaling of the converted weights) and that scale moved into
+    the mapping scale, so that the clip and the remap after it see AIHWKIT's tile weights (a
+    fixed clip of 1.0 leaves a converted column whose max |W| is 7.9 as it is, where clipping
+    the weight as given cut it to 1). The layer's function is unchanged; nothing where the
+    scale is 1 (every later step)."""
+    s = getattr(layer, "set_scale", None)
+    if s is None or bool((s == 1).all()):
+        return
+    lo = layer.tile_layout()
+    divide_columns_(w, layer._scale_columns(s), lo, layer.bias if layer.analog_bias() else None)
+    layer.mapping_scale.mul_(s.to(layer.mapping_scale.dtype))
+    s.fill_(1.0)
+    layer.invalidate_tiles()
 
 
 def _fused_post_step(layer: nn.Module, hwa: HWAConfig, w: Tensor) -> bool:
@@ -451,7 +469,8 @@ def _clip(layer: nn.Module, hwa: HWAConfig, w: Tensor) -> None:
 
 def _tile_std(w: Tensor, layout: TileLayout) -> Tensor:
     """The unbiased std of each tile's elements of ``w`` ``(G, O, K)`` (float64), broadcast
-    back to the shape of ``w`` (padding excluded)."""
+    back to the shape of ``w`` (padding excluded); ``inf`` for a tile of one weight, whose std is
+    undefined (AIHWKIT's clip leaves such a tile as it is)."""
     g = w.shape[0]
     lo = layout
     w = w.double()
@@ -462,6 +481,7 @@ def _tile_std(w: Tensor, layout: TileLayout) -> Tensor:
     n = mask.sum(dim=(2, 4), keepdim=True)
     mean = vals.sum(dim=(2, 4), keepdim=True) / n
     var = ((vals - mean) * mask).square().sum(dim=(2, 4), keepdim=True) / (n - 1).clamp_min(1)
+    var = torch.where(n > 1, var, torch.inf)
     std = var.sqrt().expand(shape).reshape(g, lo.padded_out, lo.padded_in)
     return lo.unpad_out(lo.unpad_in(std, 2), 1)
 

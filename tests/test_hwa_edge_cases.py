@@ -237,9 +237,9 @@ def test_grouped_channels_last_conv_training_gradients_equal_float64_conv():
     tol = {"rtol": 1e-5, "atol": 2e-5}
     torch.testing.assert_close(y.double(), ref, **tol)
     torch.testing.assert_close(x.grad.double(), xr.grad, **tol)
-    # the weight's: AIHWKIT's, autograd's without the output scale and divided by the range
-    # (Layer.weight_grad_factor; the mapping scales are 1 before a remap)
-    want_w = wr.grad / (ar.detach().view(-1, 1, 1, 1) * rv)
+    # the weight's: AIHWKIT's, autograd's divided by the range (Layer.weight_grad_factor,
+    # alpha / (r * m); the mapping scales are 1 before a remap)
+    want_w = wr.grad / rv
     torch.testing.assert_close(layer.weight.grad.double(), want_w, **tol)
     torch.testing.assert_close(layer.bias.grad.double(), br.grad, **tol)
     torch.testing.assert_close(layer.input_range.grad.double(), r_grad.view(1), **tol)

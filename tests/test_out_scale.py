@@ -99,8 +99,8 @@ def test_forward_with_weight_scaling(columnwise):
 def test_gradients_match_tile_by_tile_reference(columnwise):
     """Perfect IO: the gradients of x, b and every tile's alpha are those of the float64
     tile-by-tile formula (the forward computes in float32, hence the tolerances); W's is
-    AIHWKIT's, the formula's without the tile's alpha (``weight_grad_factor``: 1 / (r * mapping
-    scale), both 1 here)."""
+    AIHWKIT's, ``alpha * g x x / (r * mapping scale)`` (``weight_grad_factor``; r and the mapping
+    scale 1 here: the formula's own)."""
     layer = _linear(columnwise)
     x = torch.randn(6, 13, requires_grad=True)
     up = torch.randn(6, 10)
@@ -110,10 +110,9 @@ def test_gradients_match_tile_by_tile_reference(columnwise):
     br = layer.bias.detach().double().requires_grad_()
     ar = layer.out_scale.detach()[0].double().requires_grad_()
     _reference(xr, wr, br, ar, columnwise).backward(up.double())
-    per_weight = layer.tile_layout().per_weight(layer.out_scale_columns().detach().double())[0]
     for got, want in (
         (x.grad, xr.grad),
-        (layer.weight.grad, wr.grad / per_weight),
+        (layer.weight.grad, wr.grad),
         (layer.bias.grad, br.grad),
         (layer.out_scale.grad[0], ar.grad),
     ):

@@ -41,7 +41,7 @@ def test_compiled_eval_mode_weight_gradient_is_the_eager_ones():
     """An eval-mode forward with autograd under ``torch.compile`` (documented: it stays in the
     graph) takes ``analog_matmul``'s ``_AnalogMVM.apply(..., per_tile=True)`` branch and
     autograd's product with ``out_scale_columns()``: the weight gradient there is still
-    autograd's ``alpha * m * g x clip(x)``, not the ``g x clip(x) / (r * m)`` that the eager
+    autograd's ``alpha * m * g x clip(x)``, not the ``alpha * g x clip(x) / (r * m)`` that the eager
     eval forward (``_ScaledAnalogMVM``) and the training forwards now give.
     ``_AnalogMVM.forward`` stores ``ctx.w_factor`` for it, but the ``per_tile`` backward
     (``_per_tile_backward``) never applies it, and autograd multiplies by alpha * m on top.
@@ -57,10 +57,14 @@ def test_compiled_eval_mode_weight_gradient_is_the_eager_ones():
         f = torch.compile(layer, backend="eager") if compiled else layer
         f(x).backward(up)
         grads.append(layer.weight.grad.clone())
-    # the oracle: g x clip(x) / (r * m), each input tile's columns by their own mapping scale
+    # the oracle: alpha * g x clip(x) / (r * m), each input tile's columns by their own learned
+    # and mapping scales
     m = layer.mapping_scale[0].double()  # (ti, O)
+    a = layer.out_scale.detach()[0].double()
     gw = up.double().T @ x.double().clamp(-r, r)
-    want = torch.cat([gw[:, 8 * t : 8 * t + 8] / (r * m[t][:, None]) for t in range(3)], dim=1)
+    want = torch.cat(
+        [gw[:, 8 * t : 8 * t + 8] * (a[t] / (r * m[t]))[:, None] for t in range(3)], dim=1
+    )
     torch.testing.assert_close(grads[0].double(), want, rtol=1e-5, atol=1e-5)  # eager: right
     torch.testing.assert_close(grads[1].double(), want, rtol=1e-5, atol=1e-5)  # compiled
 

@@ -25,6 +25,7 @@ from ..hwa import (
     RangeLearning,
     clip_input,
     clipped_scratch,
+    column_maxima,
     draw_chip_sample,
     modify_weights,
     outside_range_grad,
@@ -529,6 +530,39 @@ class AnalogLayerMixin(ChipMixin):
             else torch.ones(shape, device=self.weight.device, dtype=torch.float32)
         )
         self.register_buffer("mapping_scale", mapping)
+        # AIHWKIT's set_weights stores each tile normalised by its weight scaling (the tile
+        # column's max |W| / omega) and that scale as the tile's mapping scale; aimc keeps the
+        # weight as given until the first post_step (hwa.post_step moves this scale into the
+        # mapping scale there, before clipping: AIHWKIT clips the normalised tile weights)
+        self.register_buffer("set_scale", None if shape is None else self._set_weights_scale())
+
+    def _set_weights_scale(self) -> Tensor:
+        """AIHWKIT's ``apply_weight_scaling`` scale of the current weight (an analog bias
+        included), in :meth:`out_scale_shape`: max |W| per tile column
+        (``mapping.weight_scaling_columnwise``) or per tile, divided by
+        ``mapping.weight_scaling_omega``, 1 for an all-zero column (AIHWKIT's ``alpha == 0``) or
+        a non-finite one. Ones without weight scaling, for a weight not yet materialised (the
+        meta device), and for column-wise weight scaling with per-tile output scales (AIHWKIT's
+        mapping scale is then per column, which a per-tile scale cannot hold)."""
+        shape = self.out_scale_shape()
+        m = self.analog_config.mapping
+        ones = torch.ones(shape, device=self.weight.device, dtype=torch.float32)
+        if (
+            m.weight_scaling_omega <= 0
+            or self.weight.device.type == "meta"
+            or (m.weight_scaling_columnwise and not m.out_scaling_columnwise)
+        ):
+            return ones
+        lo = self.tile_layout()
+        with torch.no_grad():
+            full = self._analog_weight().detach().float()
+            mags = column_maxima(full, lo)  # (G, ti, O)
+            if not m.weight_scaling_columnwise:
+                per_tile = lo.pad_out(mags, 2).view(lo.groups, lo.n_in, lo.n_out, lo.cols)
+                per_tile = per_tile.amax(dim=3)  # (G, ti, to)
+                mags = lo.tile_columns(per_tile) if m.out_scaling_columnwise else per_tile
+            scale = mags / m.weight_scaling_omega
+            return torch.where(torch.isfinite(scale) & (scale > 0), scale, 1.0).reshape(shape)
 
     def out_scale_shape(self) -> tuple[int, int, int] | None:
         """Shape of the learned output scale (``mapping.learn_out_scaling``), one per tile as in
@@ -567,15 +601,18 @@ class AnalogLayerMixin(ChipMixin):
 
     def weight_grad_factor(self, input_range: Tensor | None) -> Tensor | None:
         """AIHWKIT's factor on a training backward's weight gradient, per (group, input tile,
-        output column) ``(G, ti, O)`` float32: ``1 / (r * mapping_scale)``. AIHWKIT's
-        ``InferenceTile`` writes ``g ⊗ clip(x) / (r * m)`` into its tile weights' gradient (the
-        clipped input divided by the range ``r``, the output gradient by the mapping scale
-        ``m``), not its forward's ``alpha * m * g ⊗ clip(x)``; aimc's weight after a remap is
-        AIHWKIT's tile weight (column maxima 1, the magnitude in ``mapping_scale``), so the same
-        factor gives AIHWKIT's gradient, and before a remap (``mapping_scale`` 1, the weight not
-        normalised) the same effective update under SGD. 0 for an all-zero tile column (its
-        mapping scale at the remap's floor, 1e-12). None where it is 1 (no learned output scale,
-        no range)."""
+        output column) ``(G, ti, O)`` float32: ``alpha / (r * mapping_scale)``. AIHWKIT's
+        ``InferenceTile`` writes ``alpha * g ⊗ clip(x) / (r * m)`` into its tile weights'
+        gradient (the learned output scale ``alpha`` multiplies the tile's output outside its
+        analog function, so its update sees ``alpha * g``; the clipped input is divided by the
+        range ``r``, the output gradient by the mapping scale ``m``), not its forward's
+        ``alpha * m * g ⊗ clip(x)``; aimc's weight after a remap is AIHWKIT's tile weight (column
+        maxima 1, the magnitude in ``mapping_scale``), so the same factor gives AIHWKIT's
+        gradient, and before a remap (``mapping_scale`` 1, the weight not normalised) the same
+        effective update under SGD. 0 for an all-zero tile column (its mapping scale at the
+        remap's floor, 1e-12, in magnitude: a mapping scale made negative by a remap of a
+        negative learned scale divides as AIHWKIT's does). None where it is 1 (no learned output
+        scale, no range)."""
         if self.out_scale is None and input_range is None:
             return None
         lo = self.tile_layout()
@@ -583,9 +620,10 @@ class AnalogLayerMixin(ChipMixin):
             f = torch.ones(lo.groups, lo.n_in, lo.out_size, device=self.weight.device)
         else:
             m = self._scale_columns(self.mapping_scale.detach().float())
+            alpha = self._scale_columns(self.out_scale.detach().float())
             # an all-zero tile column (the remap's floor 1e-12, or 0 once a half-precision
             # buffer underflows) keeps the zero gradient it had: its 1/m would overflow float16
-            f = torch.where(m > 1e-12, m.reciprocal(), 0.0)
+            f = torch.where(m.abs() > 1e-12, alpha / m, 0.0)
         if input_range is not None:
             f = f / input_range.detach().float().reshape(())
         return f
@@ -602,6 +640,14 @@ class AnalogLayerMixin(ChipMixin):
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ) -> None:
         key = prefix + "out_scale"
+        # a digital checkpoint's weight (no output scales, no set_weights scale): the scale
+        # AIHWKIT's set_weights would give the loaded weight, once it is loaded
+        rescale = (
+            self.out_scale is not None
+            and prefix + "weight" in state_dict
+            and key not in state_dict
+            and prefix + "set_scale" not in state_dict
+        )
         if self.out_scale is not None and key in state_dict:
             state_dict[key] = self._checkpoint_out_scale(state_dict[key])
             # a checkpoint from before the mapping scales: its out_scale is the whole scale
@@ -610,9 +656,14 @@ class AnalogLayerMixin(ChipMixin):
             device = value.device if isinstance(value, Tensor) else self.mapping_scale.device
             ones = torch.ones(self.mapping_scale.shape, dtype=self.mapping_scale.dtype)
             state_dict.setdefault(prefix + "mapping_scale", ones.to(device))
+            # and from before the set_weights scale: its weights are the layer's as they are
+            state_dict.setdefault(prefix + "set_scale", ones.to(device))
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        if rescale:
+            with torch.no_grad():
+                self.set_scale = self._set_weights_scale()
 
     def _checkpoint_out_scale(self, value: Any) -> Any:
         """A checkpoint's ``out_scale`` in this layer's per-tile shape. Earlier aimc kept one scale
@@ -913,6 +964,15 @@ class AnalogLayerMixin(ChipMixin):
                 None if r is None else r.detach(),
             )
         return y.to(dtype)
+
+    def exact_shortcut(self, x: Tensor) -> bool:
+        """Whether the forward on ``x`` may be the digital op itself: :meth:`is_exact`, and no
+        output-bound mask (:func:`output_bound`: AIHWKIT's masks with perfect IO too) can act on
+        ``x``'s gradient."""
+        if not self.is_exact():
+            return False
+        grad = torch.is_grad_enabled() and x.requires_grad
+        return not grad or output_bound(self.analog_config) is None
 
     def is_exact(self) -> bool:
         """True when the forward is exactly the digital one (perfect IO, no out scaling, no

@@ -83,7 +83,7 @@ class _AnalogConvMixin(AnalogLayerMixin):
     def forward(self, x: Tensor) -> Tensor:
         check_conv_input(self, x)
         shape = tuple(x.shape)
-        if self.is_exact():
+        if self.exact_shortcut(x):
             with _named_errors(self, shape):
                 return self._conv_forward(x, self.weight, self.bias)
         unbatched = x.dim() == self._ndim + 1
