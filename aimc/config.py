@@ -710,7 +710,8 @@ class HWAConfig(_ConfigBase):
     remap: WeightRemap = WeightRemap.NONE
     """Symmetric remapping after each optimizer step (needs ``mapping.learn_out_scaling``)."""
     learn_input_range: bool = False
-    """Learn a per-layer DAC input range (replaces noise management)."""
+    """Learn a per-layer DAC input range ``r`` (inputs clipped to ``[-r, r]`` and divided by it;
+    noise management then acts on ``x / r``, as AIHWKIT's tile applies it)."""
     input_range_init_batches: int = 100
     """Initialise the input range from this many training batches (mean of
     ``input_range_init_std * std(x)``; AIHWKIT ``init_from_data``); 0 keeps the range as set

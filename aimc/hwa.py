@@ -12,10 +12,11 @@ inference workloads using in-memory computing-based accelerators", Nat. Commun. 
   :func:`post_step` (call it after ``optimizer.step()``) or :func:`register_post_step_hook`
   (an optimizer step hook that does it for you).
 * The learned input range is a per-layer DAC range ``r``: inputs are clipped to ``[-r, r]`` and
-  divided by ``r`` (instead of noise management); ``r`` is initialised from the data and trained
-  as AIHWKIT 1.2.0 trains it (``TileWithPeriphery.post_backward``): the input gradient passes
-  straight through the clip, and the range's gradient keeps only the part of the clipped
-  inputs' gradient that widens the range, relative to ``r``, plus a slow decay while nearly
+  divided by ``r`` (noise management then acts on ``x / r``, as in AIHWKIT); ``r`` is
+  initialised from the data and trained as AIHWKIT 1.2.0 trains it
+  (``TileWithPeriphery.post_backward``): the input gradient passes straight through the clip,
+  and the range's gradient keeps only the part of the clipped inputs' gradient that widens the
+  range, relative to ``r``, plus a slow decay while nearly
   all inputs are inside (:class:`RangeLearning`).
 """
 
@@ -409,7 +410,10 @@ def _normalise_as_set(layer: nn.Module, w: Tensor) -> None:
     the weight as given cut it to 1). The layer's function is unchanged; nothing where the
     scale is 1 (every later step)."""
     s = getattr(layer, "set_scale", None)
-    if s is None or bool((s == 1).all()):
+    if s is None:
+        return
+    layer.take_set_scale()  # (post_step before any training forward: the weight as it is)
+    if bool((s == 1).all()) or bool((s == 0).all()):  # done, or a meta weight: nothing to move
         return
     lo = layer.tile_layout()
     divide_columns_(w, layer._scale_columns(s), lo, layer.bias if layer.analog_bias() else None)

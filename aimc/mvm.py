@@ -302,7 +302,10 @@ def _input_scale(
 ) -> tuple[Tensor, Tensor]:
     """Noise-management divisor per (group, vector, input tile) and a finite-input mask.
 
-    A learned ``input_range`` (HWA) replaces noise management."""
+    With a learned ``input_range`` r (HWA) the divisor is ``r`` times noise management's scale
+    of ``clip(x, -r, r) / r``, as AIHWKIT's tile applies noise management to the input it is
+    given, ``x / r``: ``r`` without noise management, ``r * nm_thres`` with constant,
+    ``min(max |x|, r)`` (capped at ``r * nm_thres``) with abs-max."""
     # (not aminmax(dim=-1): 12x slower than amax and amin on CPU, torch 2.13, 2048 x 384)
     return _scale_of(torch.maximum(xv.amax(dim=-1), xv.amin(dim=-1).neg_()), io, input_range)
 
@@ -313,7 +316,13 @@ def _scale_of(
     """:func:`_input_scale` from the inputs' abs-max per (group, vector, input tile)."""
     finite = amax < math.inf  # amax is >= 0 or NaN: isfinite's answer in one kernel (of 3)
     if input_range is not None:
-        return input_range.float().expand_as(amax).clone(), finite
+        r = input_range.float().expand_as(amax)
+        if io.noise_management != NoiseManagement.ABS_MAX:
+            return (r * _constant_scale(io)).clone(), finite
+        # the clipped input's abs-max, min(max |x|, r), capped at r * nm_thres: one cap
+        # (the fused DAC's, _dac_args); NaN stays NaN, a subnormal abs-max is an all-zero vector
+        amax = torch.where(amax < _FLOAT32_TINY, 0.0, amax)
+        return torch.minimum(amax, r * _range_cap(io)), finite
     if io.noise_management == NoiseManagement.ABS_MAX:
         # a vector whose abs-max is subnormal is an all-zero vector (AIHWKIT flushes such
         # values; 1 / s would overflow to inf and give NaN levels); NaN stays NaN
@@ -321,6 +330,13 @@ def _scale_of(
         # AIHWKIT: a positive nm_thres caps the abs-max scale
         return (amax.clamp(max=io.nm_thres) if io.nm_thres > 0 else amax), finite
     return torch.full_like(amax, _constant_scale(io)), finite
+
+
+def _range_cap(io: IOConfig) -> float:
+    """Abs-max noise management on ``x / r`` (a learned range ``r``) caps the scale of ``x`` at
+    ``r`` times this: 1 (the clipped input's abs-max is at most ``r``), or ``nm_thres`` where
+    that is a smaller positive cap."""
+    return min(1.0, io.nm_thres) if io.nm_thres > 0 else 1.0
 
 
 def _constant_scale(io: IOConfig) -> float:
@@ -402,7 +418,9 @@ def dac_clips_range(x: Tensor, io: IOConfig, input_range: Tensor | None) -> bool
     exactly what it computes from the clipped inputs, so that the clip can be left out: the
     fused DAC (:func:`_fused_dac`) scales by the range and clips at a bound no wider than it
     (``0 < inp_bound <= 1``: a value beyond the range reaches the bound's level either way,
-    one inside it is untouched), and nothing else reads the inputs (no bound management, whose
+    one inside it is untouched; with constant noise management the DAC's bound in input units
+    is ``r * nm_thres * inp_bound``, so that product of the last two at most 1 too; abs-max's
+    scale is at most ``r``), and nothing else reads the inputs (no bound management, whose
     rounds rescale them, and a quantizing periphery), for a positive range (the DAC scales by
     1 where it is not). An input of +-inf, which the clip makes NaN, gives NaN outputs either
     way: its tile's abs-max is not finite."""
@@ -411,6 +429,10 @@ def dac_clips_range(x: Tensor, io: IOConfig, input_range: Tensor | None) -> bool
         and not io.is_perfect
         and io.bound_management == BoundManagement.NONE
         and 0 < io.inp_bound <= 1
+        and (
+            io.noise_management == NoiseManagement.ABS_MAX
+            or _constant_scale(io) * io.inp_bound <= 1
+        )
         and _fused_dac(x, io, input_range)
         and float(input_range.detach()) > 0
     )
@@ -427,8 +449,12 @@ def _dac_args(
     """``(scale, step, bound, round, fixed)`` of :meth:`NativeDacKernel.levels`: the scale as
     :func:`_scale_of` sets it, and the constants that :func:`_to_levels_` and :func:`_dac_`
     use (``<= 0``: that step left out)."""
-    if input_range is not None:
-        scale, fixed = float(input_range.detach().float()), True  # one range per layer
+    if input_range is not None:  # one range per layer: noise management on x / r
+        r = float(input_range.detach().float())
+        if io.noise_management == NoiseManagement.ABS_MAX:
+            scale, fixed = r * _range_cap(io), False  # the abs-max, capped (r > 0: checked)
+        else:
+            scale, fixed = r * _constant_scale(io), True
     elif io.noise_management == NoiseManagement.ABS_MAX:
         scale, fixed = io.nm_thres, False
     else:

@@ -15,6 +15,7 @@ from .config import (
     IOConfig,
     MappingConfig,
     NoiseManagement,
+    OutputBoundMask,
     WeightClip,
     WeightNoiseType,
     WeightRemap,
@@ -27,9 +28,13 @@ def _pcm() -> DeviceConfig:
 
 
 def ideal() -> AnalogConfig:
-    """Everything off: perfect IO, no tiling effects; equals the digital model."""
+    """Everything off: perfect IO, no tiling effects; equals the digital model, in training too
+    (``hwa.output_bound_mask="none"``: AIHWKIT's perfect tiles still drop the input gradient of
+    outputs beyond 0.999 * ``out_bound``, which the digital model does not)."""
     return AnalogConfig(
-        io=IOConfig(is_perfect=True), mapping=MappingConfig(max_input_size=0, max_output_size=0)
+        io=IOConfig(is_perfect=True),
+        mapping=MappingConfig(max_input_size=0, max_output_size=0),
+        hwa=HWAConfig(output_bound_mask=OutputBoundMask.NONE),
     )
 
 

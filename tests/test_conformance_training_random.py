@@ -257,9 +257,9 @@ def known_causes(c: dict[str, Any]) -> list[str]:
 
 
 #: root causes to steer clear of, by the letters of :func:`known_causes`: the differences not
-#: followed yet (C2-C3, E, I: docs/conformance.md, each pinned by its strict xfail below);
+#: followed yet (C2-C3, I: docs/conformance.md, each pinned by its strict xfail below);
 #: ``main(--avoid ...)`` explores with another set (``--avoid ""``: none)
-AVOID: set[str] = {"C", "E", "I"}
+AVOID: set[str] = {"C", "I"}
 
 
 def _avoid(c: dict[str, Any]) -> None:
@@ -886,7 +886,6 @@ def test_remapped_tiles_are_not_rescaled_to_omega():
     )
 
 
-@pytest.mark.xfail(strict=True, reason="known difference from AIHWKIT: docs/conformance.md")
 @pytest.mark.parametrize("nm,thres", [("abs_max", 0.0), ("constant", 2.0)])
 def test_learned_input_range_keeps_noise_management(nm, thres):
     # E. AIHWKIT's pre_forward clips x to the learned range and divides by it; the RPUCuda tile

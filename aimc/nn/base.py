@@ -130,6 +130,13 @@ class _AnalogMVM(torch.autograd.Function):
 
 
 @torch._dynamo.disable
+def _take_set_scale(layer: AnalogLayerMixin) -> None:
+    """:meth:`AnalogLayerMixin.take_set_scale`, eagerly under ``torch.compile`` (a buffer
+    written once, at the first training forward)."""
+    layer.take_set_scale()
+
+
+@torch._dynamo.disable
 def _train_mvm(*args: object) -> Tensor:
     """``_AnalogMVM.apply(*args)`` of a layer in training mode, run eagerly under
     ``torch.compile`` (a graph break).
@@ -533,8 +540,30 @@ class AnalogLayerMixin(ChipMixin):
         # AIHWKIT's set_weights stores each tile normalised by its weight scaling (the tile
         # column's max |W| / omega) and that scale as the tile's mapping scale; aimc keeps the
         # weight as given until the first post_step (hwa.post_step moves this scale into the
-        # mapping scale there, before clipping: AIHWKIT clips the normalised tile weights)
-        self.register_buffer("set_scale", None if shape is None else self._set_weights_scale())
+        # mapping scale there, before clipping: AIHWKIT clips the normalised tile weights). The
+        # scale is taken from the weight the layer trains (take_set_scale): at the first
+        # training forward, or that post_step, after any write to the weight since conversion;
+        # zeros until then
+        pending = None if shape is None else torch.zeros(shape, device=self.weight.device)
+        self.register_buffer("set_scale", pending)
+        self._set_scale_pending = shape is not None
+
+    def _set_scale_pending_now(self) -> bool:
+        """Whether a training forward takes the set_weights scale now (its first, with
+        autograd)."""
+        return getattr(self, "_set_scale_pending", False) and torch.is_grad_enabled()
+
+    def take_set_scale(self) -> None:
+        """Take AIHWKIT's set_weights scale of the weight as it is now into ``set_scale``, if not
+        taken yet (a layer with learned output scales, before its first training forward or
+        post-step: :meth:`_set_weights_scale`)."""
+        if not getattr(self, "_set_scale_pending", False):
+            return
+        if self.weight.device.type == "meta":
+            return
+        with torch.no_grad():
+            self.set_scale.copy_(self._set_weights_scale())
+        self._set_scale_pending = False
 
     def _set_weights_scale(self) -> Tensor:
         """AIHWKIT's ``apply_weight_scaling`` scale of the current weight (an analog bias
@@ -641,7 +670,7 @@ class AnalogLayerMixin(ChipMixin):
     ) -> None:
         key = prefix + "out_scale"
         # a digital checkpoint's weight (no output scales, no set_weights scale): the scale
-        # AIHWKIT's set_weights would give the loaded weight, once it is loaded
+        # AIHWKIT's set_weights would give the loaded weight, taken when it trains
         rescale = (
             self.out_scale is not None
             and prefix + "weight" in state_dict
@@ -661,9 +690,12 @@ class AnalogLayerMixin(ChipMixin):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-        if rescale:
-            with torch.no_grad():
-                self.set_scale = self._set_weights_scale()
+        if self.out_scale is not None:
+            if rescale:
+                self.set_scale.zero_()
+            s = self.set_scale
+            # (zeros: not taken yet; a meta-device buffer is taken when it has values)
+            self._set_scale_pending = s.device.type == "meta" or bool((s == 0).all())
 
     def _checkpoint_out_scale(self, value: Any) -> Any:
         """A checkpoint's ``out_scale`` in this layer's per-tile shape. Earlier aimc kept one scale
@@ -897,6 +929,8 @@ class AnalogLayerMixin(ChipMixin):
             and torch.is_grad_enabled()
             and not torch.compiler.is_compiling()
         )
+        if self.training and self._set_scale_pending_now():
+            _take_set_scale(self)
         if r is not None:
             if not torch.compiler.is_compiling():
                 check_input_range(self, r)
