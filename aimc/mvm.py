@@ -24,6 +24,7 @@ from torch import Tensor
 
 from . import _workspace
 from ._intmvm import INT_MVM, cached_limbs, int_bmm_
+from ._kernels import FusedKernel
 from ._native import NativeAdcKernel, NativeDacKernel
 from ._scalegrad import SCALE_GRAD
 from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType, io_config_by_key
@@ -555,6 +556,7 @@ def _mvm_adc(
     x2: Tensor | None = None,
     adc: bool = True,
     limbs: tuple[Tensor, Tensor] | None = None,
+    predict: bool = False,
 ) -> Tensor | None:
     """``z = ADC(W x' + weight noise + output noise)`` in ADC steps, in place; ``xq`` is
     ``(B, N, ci)``. With ``n_out`` (the number of output tiles in ``z``'s last dimension) returns
@@ -563,7 +565,12 @@ def _mvm_adc(
     kernel already wrote them (eager ``pcm_read``). ``adc=False``: ``z`` is left before the ADC
     (the fused ADC kernel or :func:`_adc_` takes it from there), and None returned.
     ``limbs``: ``tw.w``'s :func:`aimc._intmvm.cached_limbs`, where ``xq`` holds whole-number
-    levels in ``[-128, 128]`` (:func:`_int_limbs`): the MVM then runs in int8."""
+    levels in ``[-128, 128]`` (:func:`_int_limbs`): the MVM then runs in int8.
+
+    ``predict`` (eager ``pcm_read`` with iterative bound management, :func:`_predicting`): the
+    variance MVM is left out for the tiles whose output surely saturates
+    (:func:`_predicted_variance`); they are in the returned mask (with ``adc=False``: the
+    returned mask holds only them, None if none)."""
     in_unit, out_unit = units(io)
     w_t = tw.w.transpose(1, 2)
 
@@ -573,8 +580,17 @@ def _mvm_adc(
         return _bmm_(z, xq, w_t, beta=beta)
 
     kind = io.w_noise_type if io.w_noise > 0 else WeightNoiseType.NONE
+    sure = None  # predict: the (B, N, to) tiles known to saturate before their variance
     if kind == WeightNoiseType.NONE and io.out_noise <= 0:
         mvm_(z)
+    elif predict and kind == WeightNoiseType.PCM_READ and isinstance(gen, torch.Generator):
+        mvm_(z)  # the signal W x' first, then the noise's standard normal draws
+        zeta = noise_normal_(_scratch(9, tuple(z.shape), z), gen)
+        if x2 is None:
+            dtype = torch.bfloat16 if io.w_noise_bf16 else xq.dtype
+            x2 = _scratch(2, tuple(xq.shape), xq, dtype)
+            torch.mul(xq, xq, out=x2)
+        sure = _predicted_variance(z, zeta, x2, tw, io, n_out or 1)
     else:
         # else a tensor stream: the compiled forward, or its gathered bound-management rounds
         eager = isinstance(gen, torch.Generator)
@@ -628,7 +644,148 @@ def _mvm_adc(
                 z.add_(noise, alpha=io.out_noise / out_unit)
             else:
                 z.addcmul_(noise, std)
-    return _adc_(z, io, n_out) if adc else None
+    if not adc:
+        return sure
+    sat = _adc_(z, io, n_out)
+    return sure if sat is None else (sat if sure is None else sat | sure)
+
+
+#: An eager ``pcm_read`` forward predicts saturation (:func:`_predicted_variance`) where at
+#: least this share of its tile matrices' (tile, vector) pairs saturated in the first pass of
+#: the layer's previous forward (remembered on the tile matrices). Below it the prediction's
+#: extra passes cost about what the variance MVM it saves does, or more (Zen 5 host,
+#: 2026-12-07, ``benchmarks/bench_predict_saturation.py``: break-even at 28 % saturated with the
+#: float32 variance MVM, a loss there with the bfloat16 one; 60 % and 91 % gain with both).
+PREDICT_MIN_SATURATED = 0.4
+
+
+def _predicting(x: Tensor, tw: TileWeights, io: IOConfig, gen: Rng, compact: bool) -> bool:
+    """Whether this first pass predicts saturation: :func:`_may_predict`, on tile matrices
+    that saturated often in their previous forward."""
+    return (
+        _may_predict(x, io, gen, compact)
+        and getattr(tw.w, "_aimc_saturated", 0.0) >= PREDICT_MIN_SATURATED
+    )
+
+
+def _may_predict(x: Tensor, io: IOConfig, gen: Rng, compact: bool) -> bool:
+    """Whether a first pass could predict saturation (:func:`_predicted_variance`): an eager
+    CPU forward (not compact, not traced) with ``pcm_read`` noise and iterative bound management
+    whose first round is allowed."""
+    return (
+        not compact
+        and isinstance(gen, torch.Generator)
+        and x.device.type == "cpu"
+        and not _compiling()
+        and io.bound_management == BoundManagement.ITERATIVE
+        and io.w_noise > 0
+        and io.w_noise_type == WeightNoiseType.PCM_READ
+        and bool(_bm_allowed(1.0, io))
+        and _saturation_limit(io) < math.inf
+    )
+
+
+def _remember_saturation(tw: TileWeights, sat: Tensor | None) -> None:
+    """Keep on ``tw.w`` the share of (tile, vector) pairs that saturated in this first pass
+    (:func:`_predicting` reads it at the layer's next forward)."""
+    tw.w._aimc_saturated = 0.0 if sat is None else float(sat.float().mean())  # type: ignore[attr-defined]
+
+
+def _tile_abs_max(w_abs: Tensor, n_out: int) -> Tensor:
+    """The largest ``|W|`` of each (input tile, output tile) matrix, ``(B, to)`` float32, kept
+    on ``w_abs`` until it changes."""
+    version = 0 if w_abs.is_inference() else w_abs._version
+    cached = getattr(w_abs, "_aimc_abs_max", None)
+    if cached is not None and cached[0] == (version, n_out):
+        return cached[1]
+    b, o, ci = w_abs.shape
+    out = w_abs.view(b, n_out, (o // n_out) * ci).amax(dim=2).float()
+    w_abs._aimc_abs_max = ((version, n_out), out)  # type: ignore[attr-defined]
+    return out
+
+
+#: The relative slack on the bound of a ``pcm_read`` output's noise standard deviation
+#: (:func:`_predicted_variance`): covers the float32 rounding of the variance MVM (``ci`` terms
+#: of one sign: a relative error below ``ci * 2**-24``, 3e-5 for 512 rows) and of the bound
+#: itself.
+_STD_SLACK = 1e-3
+#: ... and the margin in ADC steps by which an output must surely exceed the saturation limit
+_LIMIT_MARGIN = 0.01
+
+
+def _saturation_margins(z: Tensor, zeta: Tensor, s_max: Tensor) -> Tensor:
+    """``max_j (|z_j| - s_max |zeta_j|)`` over each tile's outputs: ``z`` and ``zeta``
+    ``(B, N, to, cols)``, ``s_max`` ``(B, N, to, 1)``; ``(B, N, to)`` (NaN where a value is)."""
+    return (z.abs() - zeta.abs() * s_max).amax(dim=3)
+
+
+def _noise_rows_into(z: Tensor, zeta: Tensor, var: Tensor, rows: Tensor) -> None:
+    """``z[rows] <- z[rows] + sqrt(var) * zeta[rows]``: ``z`` and ``zeta`` ``(R, O)``, ``var``
+    ``(K, O)``, ``rows`` ``(K,)`` distinct row indices."""
+    y = torch.addcmul(z.index_select(0, rows), var.sqrt(), zeta.index_select(0, rows))
+    z.index_copy_(0, rows, y)
+
+
+#: :func:`_saturation_margins` and :func:`_noise_rows_into` as fused CPU kernels (one pass each,
+#: no temporaries of the output's size; built on first use)
+_MARGINS = FusedKernel(_saturation_margins, env="AIMC_FUSED_KERNELS")
+_NOISE_ROWS = FusedKernel(_noise_rows_into, env="AIMC_FUSED_KERNELS")
+
+
+def _predicted_variance(
+    z: Tensor, zeta: Tensor, x2: Tensor, tw: TileWeights, io: IOConfig, n_out: int
+) -> Tensor | None:
+    """``z <- z + sqrt(var) * zeta`` (``z`` the signal ``W x'`` in ADC steps, ``zeta`` the
+    standard normal draws, ``var`` the ``pcm_read`` variance ``out_noise^2 + gain x'^2 |W|`` in
+    ADC steps squared) for every (input tile, vector) whose output is not yet known to saturate;
+    returns the ``(B, N, to)`` mask of the tiles known to saturate, or None if none is.
+
+    Saturation predicted exactly, with the noise drawn: an output ``y = m + sigma zeta`` moves
+    monotonically with ``sigma`` between ``out_noise`` (no weight noise) and the bound
+    ``sigma_max^2 = out_noise^2 + gain max|W| sum(x'^2)`` (``|W| <= max|W|`` term by term), so
+    ``|m| - sigma_max |zeta| > limit`` means ``|y| > limit`` whatever the variance MVM would
+    give: the tile saturates in this pass, as the full computation would find it. Such a tile's
+    first-pass output is never used (bound management redoes it), so its variance is not
+    computed: the variance MVM runs only on the other vectors, gathered per tile (all of them
+    where fewer than a fifth are known). The outputs are those of the full computation (the same
+    draws, the same sums; ``tests/test_predict_saturation.py``), at the cost of the signal MVM
+    and two passes over the output for the layers that saturate often (random ``nn.Linear``
+    weights under standard-normal inputs: 29-91 % of the pairs, almost all predicted)."""
+    b, n, o = z.shape
+    in_unit, out_unit = units(io)
+    gain = (io.w_noise * in_unit) ** 2 / out_unit**2
+    offset = (io.out_noise / out_unit) ** 2
+    w_abs = tw.w_abs if tw.w_abs is not None else tw.w.abs()
+    # the bound on each tile output's standard deviation, (B, N, to, 1)
+    n2 = x2.sum(dim=-1, dtype=torch.float32).unsqueeze(2)  # (B, N, 1)
+    s_max = (n2 * _tile_abs_max(w_abs, n_out).unsqueeze(1)).mul_(gain).add_(offset).sqrt_()
+    s_max = s_max.mul_(1 + _STD_SLACK).unsqueeze(3)
+    cols = o // n_out
+    margins = _MARGINS(z.view(b, n, n_out, cols), zeta.view(b, n, n_out, cols), s_max)
+    sure = margins > _saturation_limit(io) + _LIMIT_MARGIN  # (B, N, to)
+    undecided = ~sure.all(dim=2)  # (B, N): vectors whose variance is needed
+    counts = undecided.sum(dim=1)
+    k = int(counts.max())
+    if k == 0:
+        return sure
+    dtype = torch.bfloat16 if io.w_noise_bf16 else torch.float32
+    w2 = w_abs.to(dtype).transpose(1, 2)
+    ci = x2.shape[2]
+    if k * 5 > n * 4:  # nearly all needed: the whole variance MVM, no gathering
+        var = _scratch(3, (b, n, o), z, dtype).fill_(offset)
+        var = _bmm_(var, x2.to(dtype), w2, beta=1.0, alpha=gain)
+        z.addcmul_(var.float().sqrt_(), zeta)
+        return sure if bool(sure.any()) else None
+    # per tile, the undecided vectors first, then (up to k) decided ones: their outputs get the
+    # full computation's values too, and bound management redoes them anyway
+    order = torch.argsort((~undecided).to(torch.uint8), dim=1, stable=True)[:, :k]  # (B, k)
+    rows = (torch.arange(b).view(b, 1) * n + order).reshape(-1)
+    x2_u = _scratch(10, (b * k, ci), x2, x2.dtype)
+    torch.index_select(x2.reshape(b * n, ci), 0, rows, out=x2_u)
+    var = _scratch(3, (b, k, o), z, dtype).fill_(offset)
+    var = _bmm_(var, x2_u.view(b, k, ci).to(dtype), w2, beta=1.0, alpha=gain)
+    _NOISE_ROWS(z.view(b * n, o), zeta.view(b * n, o), var.float().view(b * k, o), rows)
+    return sure
 
 
 #: The int8 MVM runs on at least this many vectors per tile (fewer: the float32 GEMM, faster
@@ -920,7 +1077,11 @@ def analog_mvm(
     bm = io.bound_management == BoundManagement.ITERATIVE
     fused_out = _fused_adc(z, per_tile, summed)
     limbs = _int_limbs(x, tw, io, n)
-    sat = _mvm_adc(xq3, tw, io, generator, z, lo.n_out if bm else None, x2, not fused_out, limbs)
+    remember = bm and _may_predict(x, io, generator, compact)
+    predict = remember and _predicting(x, tw, io, generator, compact)
+    sat = _mvm_adc(
+        xq3, tw, io, generator, z, lo.n_out if bm else None, x2, not fused_out, limbs, predict
+    )
     # an all-zero vector (s = 0) gives 0, unless input noise makes it non-zero: AIHWKIT then
     # runs the MVM unscaled (``forwardVector`` short-cuts only without input noise)
     s_out = s if io.inp_noise <= 0 else s_pos
@@ -930,13 +1091,21 @@ def analog_mvm(
         return f_gnt.transpose(1, 2).reshape(lo.batch, n, 1).expand(-1, -1, lo.n_out)
 
     if fused_out:  # the ADC and the digital periphery in one pass, unless something saturated
-        factor = to_factor(f_gnt)
-        # (summed: the levels kept for the output scales' gradient, written by the kernel)
-        levels = z.new_empty(z.shape, dtype=_level_dtype(io)) if summed else None
-        y = _fused_finish(z, factor, scaled, g, n, bias, io, bm, levels)
-        if y is not None:
-            return y if levels is None else (_compact(z, factor, tw, g, n, io, levels), y)
+        sure, sat = sat, None  # (predict: the tiles known to saturate, or None)
+        if sure is None:
+            factor = to_factor(f_gnt)
+            # (summed: the levels kept for the output scales' gradient, written by the kernel)
+            levels = z.new_empty(z.shape, dtype=_level_dtype(io)) if summed else None
+            y = _fused_finish(z, factor, scaled, g, n, bias, io, bm, levels)
+            if y is not None:
+                if remember:
+                    _remember_saturation(tw, None)
+                return y if levels is None else (_compact(z, factor, tw, g, n, io, levels), y)
         sat = _adc_(z, io, lo.n_out if bm else None)
+        if sure is not None:
+            sat = sure if sat is None else sat | sure
+    if remember:
+        _remember_saturation(tw, sat)
 
     if bm and sat is not None and limbs is not None:
         # the int8 MVM packs a NaN level as 0: a vector with a non-finite input (its outputs

@@ -751,6 +751,56 @@ def _ns_per_value(data: Any, src: str, i: int) -> float:
     return after * 1e6 / _num(data, "rows", i, "values", source=src)
 
 
+def predict_saturation(inp: Inputs) -> str:
+    """bench_predict_saturation.py: the saturating layers' eval forward with and without
+    predicted saturation, the share of saturated pairs decided, and whether the outputs agree."""
+    src = "predict_saturation_cpu.json"
+    data = inp.json(src)
+    rows = []
+    for i, _ in enumerate(_rows(data, "rows", src)):
+
+        def num(*keys, i=i):
+            return _num(data, "rows", i, *keys, source=src)
+
+        equal = _get(data, "rows", i, "outputs_equal", source=src)
+        rows.append(
+            [
+                f"`{_get(data, 'rows', i, 'config', source=src)}`",
+                _get(data, "rows", i, "layer", source=src),
+                f"{100 * num('saturated_fraction_first_pass'):.0f} %",
+                f"{100 * num('decided_fraction_of_saturated'):.0f} %",
+                _timing(data, src, "rows", i, "digital"),
+                _timing(data, src, "rows", i, "not predicted"),
+                _timing(data, src, "rows", i, "predicted"),
+                f"{num('ratio not predicted'):.2f}",
+                f"{num('ratio predicted'):.2f}",
+                f"**{num('ratio default'):.2f}** ("
+                + (
+                    "predicted"
+                    if _get(data, "rows", i, "predicts_by_default", source=src)
+                    else "not"
+                )
+                + ")",
+                "yes" if equal is True else "**no**",
+            ]
+        )
+    header = [
+        "config",
+        "layer",
+        "saturated pairs, 1st pass",
+        "of them decided before the variance",
+        "`nn.Linear`",
+        "analog, not predicted",
+        "analog, predicted",
+        "ratio, not predicted",
+        "ratio, predicted",
+        "ratio as aimc runs it",
+        "same outputs",
+    ]
+    note = f"\n\n({_host(data)}; {_get(data, 'meta', 'date', source=src)})"
+    return _table(header, ["---", "---"] + ["---:"] * 8 + ["---"], rows) + note
+
+
 def int_mvm(inp: Inputs) -> str:
     """bench_int_mvm.py: the int8 MVM against the float32 GEMM, accuracy and time."""
     src = "int_mvm_cpu.json"
@@ -1259,6 +1309,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
         bm_work,
         rng_draw,
         int_mvm,
+        predict_saturation,
         two_hosts,
         targets,
         squad_dev1000,

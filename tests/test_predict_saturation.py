@@ -1,0 +1,230 @@
+"""Predicted saturation (``aimc.mvm._predicted_variance``): an eager ``pcm_read`` forward with
+iterative bound management leaves the variance MVM out for the tiles whose output surely
+saturates in the first pass. The outputs must be those of the full computation: the same
+draws, the same decisions, the same values (bit for bit here), whatever the prediction skips."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import aimc
+import aimc.mvm as mvm
+from aimc import presets
+
+
+def _layer(n_in: int, n_out: int, *, max_in: int = 256, max_out: int = 0, **io) -> torch.nn.Module:
+    """A programmed, drifted ``bert_squad`` layer with ``nn.Linear``'s initialisation: under
+    uniform inputs (:func:`_inputs`) its column-normalised tiles saturate the ADC often."""
+    cfg = presets.bert_squad(0.0175)
+    cfg = cfg.replace(
+        io=cfg.io.replace(**io),
+        mapping=cfg.mapping.replace(max_input_size=max_in, max_output_size=max_out),
+    )
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Linear(n_in, n_out))
+    model = aimc.convert(lin, cfg, seed=0).eval()
+    aimc.program(model, seed=0)
+    aimc.drift(model, 3600.0, seed=0)
+    return model
+
+
+def _inputs(tokens: int, n_in: int, seed: int) -> torch.Tensor:
+    """Uniform inputs: abs-max noise management leaves most of each vector's levels large."""
+    return torch.rand(tokens, n_in, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _states(model: torch.nn.Module) -> list:
+    return [
+        (m, {k: g.get_state() for k, g in m._generators.items()})
+        for m in model.modules()
+        if hasattr(m, "_generators")
+    ]
+
+
+def _restore(states: list) -> None:
+    for m, gens in states:
+        for k, s in gens.items():
+            m._generators[k].set_state(s)
+
+
+class _Spy:
+    """Counts the predicted first passes and the tiles they decided."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        self.decided = 0
+        original = mvm._predicted_variance
+
+        def spy(*args):
+            sure = original(*args)
+            self.calls += 1
+            self.decided += 0 if sure is None else int(sure.sum())
+            return sure
+
+        monkeypatch.setattr(mvm, "_predicted_variance", spy)
+
+
+def _both(model: torch.nn.Module, x: torch.Tensor, monkeypatch) -> tuple[torch.Tensor, ...]:
+    """The forward without and with prediction, from the same generator states (after a
+    first forward, which creates the layer's generators)."""
+    monkeypatch.setattr(mvm, "PREDICT_MIN_SATURATED", math.inf)
+    with torch.inference_mode():
+        model(x)
+    states = _states(model)
+    assert states and all(gens for _, gens in states)
+    with torch.inference_mode():
+        monkeypatch.setattr(mvm, "PREDICT_MIN_SATURATED", math.inf)
+        full = model(x)
+        _restore(states)
+        monkeypatch.setattr(mvm, "PREDICT_MIN_SATURATED", 0.0)
+        predicted = model(x)
+    return full, predicted
+
+
+CASES = {
+    "int8 MVM, 2 input tiles": dict(n_in=512, n_out=384, tokens=300),
+    "float32 MVM (64 vectors)": dict(n_in=512, n_out=384, tokens=64),
+    "output tiles split": dict(n_in=384, n_out=384, tokens=200, max_out=128),
+    "uneven input split": dict(n_in=300, n_out=256, tokens=160, max_in=128),
+    "no output noise": dict(n_in=256, n_out=256, tokens=160, out_noise=0.0),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_predicted_forward_equals_the_full_one(case, monkeypatch):
+    kw = dict(CASES[case])
+    tokens = kw.pop("tokens")
+    n_in, n_out = kw.pop("n_in"), kw.pop("n_out")
+    model = _layer(n_in, n_out, **kw)
+    x = _inputs(tokens, n_in, 1)
+    spy = _Spy(monkeypatch)
+    full, predicted = _both(model, x, monkeypatch)
+    assert spy.calls == 1
+    assert spy.decided > 0, "nothing predicted: the test compares nothing"
+    assert torch.equal(full, predicted)
+
+
+def test_predicted_forward_with_bfloat16_variance(monkeypatch):
+    model = _layer(512, 256, w_noise_bf16=True)
+    x = _inputs(200, 512, 2)
+    spy = _Spy(monkeypatch)
+    with pytest.warns(RuntimeWarning) if mvm._native_bf16_cpu() is False else _nothing():
+        full, predicted = _both(model, x, monkeypatch)
+    assert spy.decided > 0
+    assert torch.equal(full, predicted)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_non_finite_inputs_are_never_predicted(monkeypatch):
+    # a NaN or inf input makes its vector's outputs NaN; its tiles must not count as saturated
+    # (bound management would spend the other vectors' draws on them)
+    model = _layer(512, 256)
+    x = _inputs(160, 512, 3)
+    x[5, 7] = math.nan
+    x[9, 300] = math.inf
+    x[11] *= 1e30  # finite, huge: abs-max noise management scales it back
+    spy = _Spy(monkeypatch)
+    full, predicted = _both(model, x, monkeypatch)
+    assert spy.decided > 0
+    assert torch.equal(full.isnan(), predicted.isnan())
+    assert bool(full[5].isnan().all()) and bool(full[9].isnan().all())
+    assert torch.equal(full.nan_to_num(), predicted.nan_to_num())
+
+
+def test_a_layer_predicts_after_a_forward_that_saturated_often(monkeypatch):
+    model = _layer(512, 256)
+    x = _inputs(200, 512, 4)
+    spy = _Spy(monkeypatch)
+    with torch.inference_mode():
+        model(x)  # the first forward has no history: no prediction, the share remembered
+        assert spy.calls == 0
+        model(x)
+        assert spy.calls == 1
+        model(x * 1e-3)  # (abs-max noise management: the same levels) still predicts
+        assert spy.calls == 2
+
+
+def test_a_layer_that_does_not_saturate_never_predicts(monkeypatch):
+    model = _layer(512, 256)
+    # inputs with one large value per tile: abs-max scaling leaves the rest small
+    x = _inputs(200, 512, 5) * 0.01
+    x[:, ::256] = 10.0  # one per input tile
+    spy = _Spy(monkeypatch)
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+    assert spy.calls == 0
+
+
+def test_training_and_other_configs_do_not_predict(monkeypatch):
+    x = _inputs(200, 256, 6)
+    model = _layer(256, 256).train()
+    others = []
+    no_bm = presets.bert_squad().io.replace(bound_management=aimc.BoundManagement.NONE)
+    for cfg in (presets.pcm_inference(), presets.bert_squad().replace(io=no_bm)):
+        m = aimc.convert(torch.nn.Sequential(torch.nn.Linear(256, 256)), cfg, seed=0).eval()
+        aimc.program(m, seed=0)
+        others.append(m)
+    monkeypatch.setattr(mvm, "PREDICT_MIN_SATURATED", 0.0)
+    spy = _Spy(monkeypatch)
+    model(x).sum().backward()  # a training forward (kept tile outputs): never
+    for m in others:  # no pcm_read noise; no bound management
+        with torch.inference_mode():
+            m(x)
+    assert spy.calls == 0
+    with torch.inference_mode():  # (the spy counts)
+        model.eval()(x)
+    assert spy.calls == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n_out=st.sampled_from([1, 2, 3]),
+    spread=st.floats(0.5, 3.0),
+    out_noise=st.sampled_from([0.0, 0.04, 0.5]),
+    w_noise=st.sampled_from([0.0175, 0.07, 0.5]),
+)
+def test_a_tile_predicted_to_saturate_saturates(seed, n_out, spread, out_noise, w_noise):
+    # the decision alone, on signals spread around the ADC limit: every tile it marks must
+    # saturate under the exact variance (float64), whatever that variance is
+    g = torch.Generator().manual_seed(seed)
+    io = presets.bert_squad(w_noise).io.replace(out_noise=out_noise)
+    b, n, cols, ci = 2, 24, 8, 16
+    limit = mvm._saturation_limit(io)
+    o = n_out * cols
+    z = torch.randn(b, n, o, generator=g) * spread * limit
+    zeta = torch.randn(b, n, o, generator=g)
+    levels = torch.randint(-128, 129, (b, n, ci), generator=g).float()
+    x2 = levels * levels
+    w = torch.rand(b, o, ci, generator=g) * 3 - 1.5
+    tw = mvm.TileWeights(None, w, None, w.abs())
+    z_before = z.clone()
+    sure = mvm._predicted_variance(z, zeta, x2, tw, io, n_out)
+    in_unit, out_unit = mvm.units(io)
+    var = (out_noise / out_unit) ** 2 + (w_noise * in_unit / out_unit) ** 2 * torch.bmm(
+        x2.double(), w.abs().double().transpose(1, 2)
+    )
+    y = (z_before.double() + var.sqrt() * zeta.double()).round()
+    saturated = (y.abs() > limit).view(b, n, n_out, cols).any(dim=3)
+    if sure is not None:
+        assert not bool((sure & ~saturated).any())
+        undecided = ~sure.all(dim=2)
+    else:
+        undecided = torch.ones(b, n, dtype=torch.bool)
+    # the vectors not decided got the full computation's values
+    got = z.double()[undecided]
+    want = z_before.double()[undecided] + var.sqrt()[undecided] * zeta.double()[undecided]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
