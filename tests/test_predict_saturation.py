@@ -1,7 +1,12 @@
 """Predicted saturation (``aimc.mvm._predicted_variance``): an eager ``pcm_read`` forward with
 iterative bound management leaves the variance MVM out for the tiles whose output surely
 saturates in the first pass. The outputs must be those of the full computation: the same
-draws, the same decisions, the same values (bit for bit here), whatever the prediction skips."""
+draws, the same decisions, the same values up to float rounding (the signal and the noise are
+added, and the gathered variance MVM summed, in another order: an output sitting on an ADC
+rounding tie may move by one level, as between the compiled and the eager forward). A wrong
+decision would redo a whole (tile, vector) pair with other draws: many outputs apart by about
+the noise, far outside :func:`assert_same_to_rounding`. Edge cases (a review's):
+``tests/test_predict_saturation_edge_cases.py``."""
 
 from __future__ import annotations
 
@@ -36,6 +41,24 @@ def _layer(n_in: int, n_out: int, *, max_in: int = 256, max_out: int = 0, **io) 
 def _inputs(tokens: int, n_in: int, seed: int) -> torch.Tensor:
     """Uniform inputs: abs-max noise management leaves most of each vector's levels large."""
     return torch.rand(tokens, n_in, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def assert_same_to_rounding(full: torch.Tensor, predicted: torch.Tensor) -> None:
+    """``predicted`` equals ``full`` up to float rounding: NaN where it is; elsewhere within
+    1e-5 relative (plus 1e-6 of the largest output), except for at most one output in 10,000
+    (at least one) that moved by an ADC level (at most 2 % of the largest output)."""
+    assert full.shape == predicted.shape
+    assert torch.equal(full.isnan(), predicted.isnan())
+    a, b = full.nan_to_num().double(), predicted.nan_to_num().double()
+    top = float(a.abs().max()) if a.numel() else 0.0
+    diff = (a - b).abs()
+    apart = diff > 1e-5 * a.abs() + 1e-6 * top
+    allowed = max(1, a.numel() // 10_000)
+    assert int(apart.sum()) <= allowed, (
+        f"{int(apart.sum())} of {a.numel()} outputs apart (allowed {allowed}), by up to "
+        f"{float(diff.max()):.3g} (largest output {top:.3g})"
+    )
+    assert (float(diff.max()) if diff.numel() else 0.0) <= 0.02 * top
 
 
 class _Spy:
@@ -87,7 +110,7 @@ def test_predicted_forward_equals_the_full_one(case, monkeypatch):
     full, predicted = _both(model, x, monkeypatch)
     assert spy.calls == 1
     assert spy.decided > 0, "nothing predicted: the test compares nothing"
-    assert torch.equal(full, predicted)
+    assert_same_to_rounding(full, predicted)
 
 
 def test_predicted_forward_with_bfloat16_variance(monkeypatch):
@@ -97,7 +120,7 @@ def test_predicted_forward_with_bfloat16_variance(monkeypatch):
     with pytest.warns(RuntimeWarning) if mvm._native_bf16_cpu() is False else _nothing():
         full, predicted = _both(model, x, monkeypatch)
     assert spy.decided > 0
-    assert torch.equal(full, predicted)
+    assert_same_to_rounding(full, predicted)
 
 
 class _nothing:
@@ -119,9 +142,8 @@ def test_non_finite_inputs_are_never_predicted(monkeypatch):
     spy = _Spy(monkeypatch)
     full, predicted = _both(model, x, monkeypatch)
     assert spy.decided > 0
-    assert torch.equal(full.isnan(), predicted.isnan())
     assert bool(full[5].isnan().all()) and bool(full[9].isnan().all())
-    assert torch.equal(full.nan_to_num(), predicted.nan_to_num())
+    assert_same_to_rounding(full, predicted)
 
 
 def test_a_layer_predicts_after_a_forward_that_saturated_often(monkeypatch):
