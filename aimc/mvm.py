@@ -754,10 +754,14 @@ def _predicted_variance(
     give: the tile saturates in this pass, as the full computation would find it. Such a tile's
     first-pass output is never used (bound management redoes it), so its variance is not
     computed: the variance MVM runs only on the other vectors, gathered per tile (all of them
-    where fewer than a fifth are known). The outputs are those of the full computation (the same
-    draws, the same sums; ``tests/test_predict_saturation.py``), at the cost of the signal MVM
-    and two passes over the output for the layers that saturate often (random ``nn.Linear``
-    weights under standard-normal inputs: 29-91 % of the pairs, almost all predicted)."""
+    where fewer than a fifth are known). The outputs are those of the full computation up to
+    float rounding: the same draws and decisions, but the noise is added to the finished signal
+    and the gathered variance summed over fewer rows, where the full pass lets the GEMM
+    accumulate onto the drawn noise, so an output on an ADC rounding tie can move by one level
+    (``tests/test_predict_saturation.py``, ``tests/test_predict_saturation_edge_cases.py``).
+    The cost: two passes over the output (the margins, the undecided rows' noise) and a buffer
+    for the draws, worth it on layers that saturate often (random ``nn.Linear`` weights under
+    standard-normal inputs: 29-91 % of the pairs, 92-99 % of them decided)."""
     b, n, o = z.shape
     in_unit, out_unit = units(io)
     gain = (io.w_noise * in_unit) ** 2 / out_unit**2

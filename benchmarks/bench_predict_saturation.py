@@ -10,7 +10,8 @@ run, interleaved (A B C A B C ...): ``nn.Linear``, the analog layer with predict
 predicts by default where its previous forward saturated at least ``PREDICT_MIN_SATURATED`` of
 its pairs: the row's ``predicts_by_default``, and ``ratio default`` the side that then runs. It
 also counts, on one forward, the share of the first pass's saturated pairs that the prediction
-decided, and checks that both forwards give the same outputs from the same seed.
+decided, and how many outputs of the two forwards from the same seed differ (none, or a few
+moved by an ADC level on a rounding tie: the two sum in another order).
 
     python benchmarks/bench_predict_saturation.py [--repeats 21] [--out ...]
 
@@ -40,8 +41,8 @@ CONFIGS = ("bert_squad:0.0175", "bert_squad:0.0175" + BF16)
 
 def decided_share(analog: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
     """On one forward with prediction: the share of (tile, vector) pairs saturated in the first
-    pass, and the share of those the prediction decided before their variance; and whether the
-    forward without prediction, from the same seed, gives the same outputs."""
+    pass, the share of those the prediction decided before their variance, and how many outputs
+    the forward without prediction, from the same seed, gives otherwise."""
     seen: dict[str, float] = {}
     original_predict, original_bm = mvm._predicted_variance, mvm._bound_management
 
@@ -76,7 +77,9 @@ def decided_share(analog: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
         "predicts_by_default": sat >= mvm.PREDICT_MIN_SATURATED,
         "saturated_fraction_first_pass": sat,
         "decided_fraction_of_saturated": seen["decided"] / sat if sat else 0.0,
-        "outputs_equal": bool(torch.equal(y, y_full)),
+        # the same up to float rounding: an output on an ADC rounding tie may move a level
+        "outputs_apart": int((y != y_full).sum()),
+        "outputs": y.numel(),
     }
 
 
@@ -154,7 +157,7 @@ def main() -> None:
                 f"{row['digital']['median_ms']:6.1f} ms  predicted "
                 f"{row['ratio predicted']:.2f}x  not predicted {row['ratio not predicted']:.2f}x  "
                 f"(default: {'predicted' if row['predicts_by_default'] else 'not predicted'})  "
-                f"outputs equal {row['outputs_equal']}",
+                f"outputs apart {row['outputs_apart']} of {row['outputs']}",
                 flush=True,
             )
     meta = {
