@@ -22,25 +22,38 @@ import aimc.mvm as mvm
 from aimc import presets
 
 
-def _layer(n_in: int, n_out: int, *, max_in: int = 256, max_out: int = 0, **io) -> torch.nn.Module:
-    """A programmed, drifted ``bert_squad`` layer with ``nn.Linear``'s initialisation: under
-    uniform inputs (:func:`_inputs`) its column-normalised tiles saturate the ADC often."""
-    cfg = presets.bert_squad(0.0175)
+def _layer(
+    n_in: int,
+    n_out: int,
+    *,
+    max_in: int = 256,
+    max_out: int = 0,
+    digital_bias: bool = True,
+    module: torch.nn.Module | None = None,
+    storage: str = "full",
+    **io,
+) -> torch.nn.Module:
+    """A programmed, drifted ``bert_squad`` layer (``w_noise`` among ``io``; 0.0175 unless
+    given) with ``nn.Linear``'s initialisation, or ``module`` converted: under uniform inputs
+    (:func:`_inputs`) its column-normalised tiles saturate the ADC often."""
+    cfg = presets.bert_squad(io.pop("w_noise", 0.0175))
     cfg = cfg.replace(
         io=cfg.io.replace(**io),
-        mapping=cfg.mapping.replace(max_input_size=max_in, max_output_size=max_out),
+        mapping=cfg.mapping.replace(
+            max_input_size=max_in, max_output_size=max_out, digital_bias=digital_bias
+        ),
     )
     torch.manual_seed(0)
-    lin = torch.nn.Sequential(torch.nn.Linear(n_in, n_out))
-    model = aimc.convert(lin, cfg, seed=0).eval()
-    aimc.program(model, seed=0)
+    mod = module if module is not None else torch.nn.Sequential(torch.nn.Linear(n_in, n_out))
+    model = aimc.convert(mod, cfg, seed=0).eval()
+    aimc.program(model, seed=0, storage=storage)
     aimc.drift(model, 3600.0, seed=0)
     return model
 
 
-def _inputs(tokens: int, n_in: int, seed: int) -> torch.Tensor:
+def _inputs(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """Uniform inputs: abs-max noise management leaves most of each vector's levels large."""
-    return torch.rand(tokens, n_in, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
 def assert_same_to_rounding(full: torch.Tensor, predicted: torch.Tensor) -> None:
@@ -78,14 +91,21 @@ class _Spy:
         monkeypatch.setattr(mvm, "_predicted_variance", spy)
 
 
-def _both(model: torch.nn.Module, x: torch.Tensor, monkeypatch) -> tuple[torch.Tensor, ...]:
-    """The forward without and with prediction, each from the same seed (``aimc.manual_seed``
-    restarts the layers' noise generators)."""
+def _both(
+    model: torch.nn.Module, x: torch.Tensor, monkeypatch, *, ctx=torch.inference_mode, warm=False
+) -> tuple[torch.Tensor, ...]:
+    """The forward without and with prediction (forced on), each from the same seed
+    (``aimc.manual_seed`` restarts the layers' noise generators), under ``ctx``; with ``warm``
+    after a first forward without prediction (the layer's tiles and hint)."""
+    if warm:
+        monkeypatch.setattr(mvm, "PREDICT_MIN_SATURATED", math.inf)
+        with ctx():
+            model(x)
     out = []
     for limit in (math.inf, 0.0):
         monkeypatch.setattr(mvm, "PREDICT_MIN_SATURATED", limit)
         aimc.manual_seed(model, 1)
-        with torch.inference_mode():
+        with ctx():
             out.append(model(x))
     return tuple(out)
 
@@ -105,7 +125,7 @@ def test_predicted_forward_equals_the_full_one(case, monkeypatch):
     tokens = kw.pop("tokens")
     n_in, n_out = kw.pop("n_in"), kw.pop("n_out")
     model = _layer(n_in, n_out, **kw)
-    x = _inputs(tokens, n_in, 1)
+    x = _inputs((tokens, n_in), 1)
     spy = _Spy(monkeypatch)
     full, predicted = _both(model, x, monkeypatch)
     assert spy.calls == 1
@@ -115,7 +135,7 @@ def test_predicted_forward_equals_the_full_one(case, monkeypatch):
 
 def test_predicted_forward_with_bfloat16_variance(monkeypatch):
     model = _layer(512, 256, w_noise_bf16=True)
-    x = _inputs(200, 512, 2)
+    x = _inputs((200, 512), 2)
     spy = _Spy(monkeypatch)
     with pytest.warns(RuntimeWarning) if mvm._native_bf16_cpu() is False else _nothing():
         full, predicted = _both(model, x, monkeypatch)
@@ -135,7 +155,7 @@ def test_non_finite_inputs_are_never_predicted(monkeypatch):
     # a NaN or inf input makes its vector's outputs NaN; its tiles must not count as saturated
     # (bound management would spend the other vectors' draws on them)
     model = _layer(512, 256)
-    x = _inputs(160, 512, 3)
+    x = _inputs((160, 512), 3)
     x[5, 7] = math.nan
     x[9, 300] = math.inf
     x[11] *= 1e30  # finite, huge: abs-max noise management scales it back
@@ -148,7 +168,7 @@ def test_non_finite_inputs_are_never_predicted(monkeypatch):
 
 def test_a_layer_predicts_after_a_forward_that_saturated_often(monkeypatch):
     model = _layer(512, 256)
-    x = _inputs(200, 512, 4)
+    x = _inputs((200, 512), 4)
     spy = _Spy(monkeypatch)
     with torch.inference_mode():
         model(x)  # the first forward has no history: no prediction, the share remembered
@@ -162,7 +182,7 @@ def test_a_layer_predicts_after_a_forward_that_saturated_often(monkeypatch):
 def test_a_layer_that_does_not_saturate_never_predicts(monkeypatch):
     model = _layer(512, 256)
     # inputs with one large value per tile: abs-max scaling leaves the rest small
-    x = _inputs(200, 512, 5) * 0.01
+    x = _inputs((200, 512), 5) * 0.01
     x[:, ::256] = 10.0  # one per input tile
     spy = _Spy(monkeypatch)
     with torch.inference_mode():
@@ -172,7 +192,7 @@ def test_a_layer_that_does_not_saturate_never_predicts(monkeypatch):
 
 
 def test_training_and_other_configs_do_not_predict(monkeypatch):
-    x = _inputs(200, 256, 6)
+    x = _inputs((200, 256), 6)
     model = _layer(256, 256).train()
     others = []
     no_bm = presets.bert_squad().io.replace(bound_management=aimc.BoundManagement.NONE)

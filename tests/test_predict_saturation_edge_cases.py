@@ -20,7 +20,7 @@ import warnings
 
 import pytest
 import torch
-from test_predict_saturation import assert_same_to_rounding
+from test_predict_saturation import _both, _inputs, _layer, _Spy, assert_same_to_rounding
 
 import aimc
 import aimc.mvm as mvm
@@ -29,34 +29,7 @@ from aimc.config import DeviceConfig
 from aimc.functional import TileLayout
 
 # --------------------------------------------------------------------------------------------
-# helpers (the patterns of tests/test_predict_saturation.py)
-
-
-def _layer(
-    n_in: int,
-    n_out: int,
-    *,
-    max_in: int = 256,
-    max_out: int = 0,
-    digital_bias: bool = True,
-    module: torch.nn.Module | None = None,
-    storage: str = "full",
-    **io,
-) -> torch.nn.Module:
-    """A programmed, drifted ``bert_squad`` layer (``nn.Linear``'s initialisation)."""
-    cfg = presets.bert_squad(io.pop("w_noise", 0.0175))
-    cfg = cfg.replace(
-        io=cfg.io.replace(**io),
-        mapping=cfg.mapping.replace(
-            max_input_size=max_in, max_output_size=max_out, digital_bias=digital_bias
-        ),
-    )
-    torch.manual_seed(0)
-    mod = module if module is not None else torch.nn.Sequential(torch.nn.Linear(n_in, n_out))
-    model = aimc.convert(mod, cfg, seed=0).eval()
-    aimc.program(model, seed=0, storage=storage)
-    aimc.drift(model, 3600.0, seed=0)
-    return model
+# helpers (with _layer, _inputs, _Spy and _both of tests/test_predict_saturation.py)
 
 
 def _binary_layer(n_in: int, n_out: int, **io) -> torch.nn.Module:
@@ -70,44 +43,6 @@ def _binary_layer(n_in: int, n_out: int, **io) -> torch.nn.Module:
     with torch.no_grad():
         lin.weight.copy_(signs.float() * 2 - 1)
     return aimc.convert(torch.nn.Sequential(lin), cfg, seed=0).eval()
-
-
-def _uniform(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
-class _Spy:
-    """Counts the predicted first passes and the (tile, vector) pairs they decided."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls = 0
-        self.decided = 0
-        original = mvm._predicted_variance
-
-        def spy(*args):
-            sure = original(*args)
-            self.calls += 1
-            self.decided += 0 if sure is None else int(sure.sum())
-            return sure
-
-        monkeypatch.setattr(mvm, "_predicted_variance", spy)
-
-
-def _both(model, x, monkeypatch, *, ctx=torch.inference_mode, warm=True, threshold=0.0):
-    """The forward without and with prediction (``PREDICT_MIN_SATURATED = threshold``), each
-    from the same seed, after a first forward (the layer's hint) unless ``warm`` is False."""
-    monkeypatch.setattr(mvm, "PREDICT_MIN_SATURATED", math.inf)
-    if warm:
-        with ctx():
-            model(x)
-    out = []
-    for limit in (math.inf, threshold):
-        monkeypatch.setattr(mvm, "PREDICT_MIN_SATURATED", limit)
-        aimc.manual_seed(model, 1)
-        with ctx():
-            out.append(model(x))
-    monkeypatch.setattr(mvm, "PREDICT_MIN_SATURATED", math.inf)
-    return tuple(out)
 
 
 # ============================================================================================
@@ -171,9 +106,9 @@ def test_unquantized_adc_outputs_to_the_last_bits(case, monkeypatch):
     kw = dict(UNQUANTIZED[case])
     tokens, n_in, n_out = kw.pop("tokens"), kw.pop("n_in"), kw.pop("n_out")
     model = _layer(n_in, n_out, out_res=0.0, **kw)
-    x = _uniform((tokens, n_in), 1)
+    x = _inputs((tokens, n_in), 1)
     spy = _Spy(monkeypatch)
-    full, predicted = _both(model, x, monkeypatch)
+    full, predicted = _both(model, x, monkeypatch, warm=True)
     assert spy.calls == 1
     assert_same_to_rounding(full, predicted)
 
@@ -249,7 +184,7 @@ def test_bf16_variance_end_to_end(monkeypatch):
         model = _binary_layer(64, 1, w_noise_bf16=True, out_noise=out_noise)
         g = torch.Generator().manual_seed(seed)
         x = (torch.randint(0, 2, (2048, 64), generator=g) * 2 - 1).float()
-        full, predicted = _both(model, x, monkeypatch)
+        full, predicted = _both(model, x, monkeypatch, warm=True)
         assert_same_to_rounding(full, predicted)
     assert spy.decided > 0
 
@@ -273,6 +208,20 @@ def test_non_contiguous_tile_matrices(monkeypatch):
     assert_same_to_rounding(full, predicted)
 
 
+def _in_place_case() -> tuple[torch.nn.Module, torch.Tensor]:
+    """A ``bert_squad(0.05)`` layer without device model (its tiles are the cached digital
+    weights') and inputs of growing density (some vectors saturate, some do not), for the
+    in-place writes to cached tiles below."""
+    cfg = presets.bert_squad(0.05)
+    cfg = cfg.replace(device=DeviceConfig(), mapping=cfg.mapping.replace(max_input_size=256))
+    torch.manual_seed(0)
+    model = aimc.convert(torch.nn.Sequential(torch.nn.Linear(512, 256)), cfg, seed=0).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(100, 512, generator=g) * 2 - 1
+    x = x * (torch.rand(100, 512, generator=g) < torch.linspace(0.01, 0.3, 100).unsqueeze(1))
+    return model, x
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="tile caches (int8 limbs, max|W|) do not see in-place writes to inference tensors",
@@ -284,13 +233,7 @@ def test_stale_abs_max_after_in_place_write_to_inference_tiles(monkeypatch):
     # (4 pairs decided against 1; 1196 outputs differ). The same write to normal tensors (below)
     # bumps the version and is seen. The int8 limbs' cache (_intmvm.cached_limbs) has the same
     # blind spot for tw.w; aimc itself never writes into cached tiles.
-    cfg = presets.bert_squad(0.05)
-    cfg = cfg.replace(device=DeviceConfig(), mapping=cfg.mapping.replace(max_input_size=256))
-    torch.manual_seed(0)
-    model = aimc.convert(torch.nn.Sequential(torch.nn.Linear(512, 256)), cfg, seed=0).eval()
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(100, 512, generator=g) * 2 - 1
-    x = x * (torch.rand(100, 512, generator=g) < torch.linspace(0.01, 0.3, 100).unsqueeze(1))
+    model, x = _in_place_case()
     monkeypatch.setattr(mvm, "PREDICT_MIN_SATURATED", 0.0)
     with torch.inference_mode():
         model(x)  # builds the tiles (inference tensors) and caches max|W| on w_abs
@@ -298,7 +241,7 @@ def test_stale_abs_max_after_in_place_write_to_inference_tiles(monkeypatch):
         assert tw.w_abs.is_inference() and hasattr(tw.w_abs, "_aimc_abs_max")
         tw.w_abs.mul_(16)  # the cached tile matrices' |W| written in place
     spy = _Spy(monkeypatch)
-    full, predicted = _both(model, x, monkeypatch, warm=False)
+    full, predicted = _both(model, x, monkeypatch)
     assert spy.decided > 0
     assert_same_to_rounding(full, predicted)
 
@@ -337,9 +280,9 @@ def test_layer_variants(case, monkeypatch):
     module = kw.pop("module", None)
     n_in, n_out = kw.pop("n", (0, 0))
     model = _layer(n_in, n_out, module=None if module is None else module(), **kw)
-    x = _uniform(shape, 1)
+    x = _inputs(shape, 1)
     spy = _Spy(monkeypatch)
-    full, predicted = _both(model, x, monkeypatch)
+    full, predicted = _both(model, x, monkeypatch, warm=True)
     assert spy.calls == 1 and spy.decided > 0
     assert_same_to_rounding(full, predicted)
 
@@ -348,7 +291,7 @@ def test_float64_module_and_non_finite_rows(monkeypatch):
     # A float64 module; NaN, +-inf, huge, subnormal and all-zero rows, with input noise
     # (the all-zero vector is then multiplied unscaled)
     model = _layer(512, 256, inp_noise=0.02).double()
-    x = _uniform((200, 512), 8).double()
+    x = _inputs((200, 512), 8).double()
     x[3] = 0
     x[4, 5] = math.nan
     x[6, 400] = math.inf
@@ -357,7 +300,7 @@ def test_float64_module_and_non_finite_rows(monkeypatch):
     x[9, :256] = 0
     x[10, 3] = -math.inf
     spy = _Spy(monkeypatch)
-    full, predicted = _both(model, x, monkeypatch)
+    full, predicted = _both(model, x, monkeypatch, warm=True)
     assert spy.decided > 0
     assert_same_to_rounding(full, predicted)
 
@@ -365,7 +308,7 @@ def test_float64_module_and_non_finite_rows(monkeypatch):
 def test_reprogram_and_drift_under_inference_mode(monkeypatch):
     # program/drift drop the chip cache; the new tiles carry neither hint nor max|W|
     model = _layer(512, 256)
-    x = _uniform((200, 512), 1)
+    x = _inputs((200, 512), 1)
     monkeypatch.setattr(mvm, "PREDICT_MIN_SATURATED", 0.0)
     with torch.inference_mode():
         model(x)
@@ -373,7 +316,7 @@ def test_reprogram_and_drift_under_inference_mode(monkeypatch):
         aimc.program(model, seed=5)
         aimc.drift(model, 1e6, seed=3)
     spy = _Spy(monkeypatch)
-    full, predicted = _both(model, x, monkeypatch, warm=False)
+    full, predicted = _both(model, x, monkeypatch)
     assert spy.decided > 0
     assert_same_to_rounding(full, predicted)
 
@@ -381,13 +324,7 @@ def test_reprogram_and_drift_under_inference_mode(monkeypatch):
 def test_in_place_write_to_normal_tiles_is_seen(monkeypatch):
     # The counterpart of the stale-cache xfail, with tiles built under no_grad
     # (normal tensors): the write bumps w_abs._version and _tile_abs_max recomputes
-    cfg = presets.bert_squad(0.05)
-    cfg = cfg.replace(device=DeviceConfig(), mapping=cfg.mapping.replace(max_input_size=256))
-    torch.manual_seed(0)
-    model = aimc.convert(torch.nn.Sequential(torch.nn.Linear(512, 256)), cfg, seed=0).eval()
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(100, 512, generator=g) * 2 - 1
-    x = x * (torch.rand(100, 512, generator=g) < torch.linspace(0.01, 0.3, 100).unsqueeze(1))
+    model, x = _in_place_case()
     monkeypatch.setattr(mvm, "PREDICT_MIN_SATURATED", 0.0)
     with torch.no_grad():
         model(x)
@@ -395,7 +332,7 @@ def test_in_place_write_to_normal_tiles_is_seen(monkeypatch):
         assert not tw.w_abs.is_inference() and hasattr(tw.w_abs, "_aimc_abs_max")
         tw.w_abs.mul_(16)
     spy = _Spy(monkeypatch)
-    full, predicted = _both(model, x, monkeypatch, ctx=torch.no_grad, warm=False)
+    full, predicted = _both(model, x, monkeypatch, ctx=torch.no_grad)
     assert spy.decided > 0
     assert_same_to_rounding(full, predicted)
 
@@ -405,7 +342,7 @@ def test_compiled_model_predicts_inside_the_eager_op(monkeypatch):
     # (_opaque_mvm, a fresh torch.Generator per call), where prediction is active
     model = _layer(512, 256)
     compiled = aimc.compile(model)
-    x = _uniform((300, 512), 1)
+    x = _inputs((300, 512), 1)
     monkeypatch.setattr(mvm, "PREDICT_MIN_SATURATED", math.inf)
     with torch.inference_mode():
         compiled(x)
