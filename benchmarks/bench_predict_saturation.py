@@ -21,7 +21,6 @@ Writes ``benchmarks/results/predict_saturation_cpu.json`` (``--out`` to change).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import statistics
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import torch
 from bench_eval_forward import BF16, analog_twin, synthetic_layers
-from bench_linear import _stats, cpu_host  # benchmarks/ is the script's directory
+from bench_linear import _stats, write_results  # benchmarks/ is the script's directory
 
 import aimc
 import aimc.mvm as mvm
@@ -161,19 +160,14 @@ def main() -> None:
                 flush=True,
             )
     meta = {
-        "torch": torch.__version__,
         "aimc": aimc.__version__,
         "threads": args.threads,
         "repeats": args.repeats,
         "predict_min_saturated": mvm.PREDICT_MIN_SATURATED,
         "machine": platform.machine(),
-        "host": cpu_host(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
-
+    write_results(args.out, {"meta": meta, "rows": rows})
 
 if __name__ == "__main__":
     main()
