@@ -546,6 +546,35 @@ def _bmm_(z: Tensor, a: Tensor, b: Tensor, beta: float = 0.0, alpha: float = 1.0
     return z
 
 
+def _variance_dtype(io: IOConfig, like: Tensor) -> torch.dtype:
+    """The dtype of the ``pcm_read`` variance MVM: bfloat16 with ``io.w_noise_bf16`` (warning
+    once where a CPU would emulate it: :func:`_check_bf16_cpu`), else ``like``'s."""
+    if not io.w_noise_bf16:
+        return like.dtype
+    if like.device.type == "cpu" and not _compiling():
+        _check_bf16_cpu()
+    return torch.bfloat16
+
+
+def _eager_squares(xq: Tensor, io: IOConfig, x2: Tensor | None) -> Tensor:
+    """``x2`` if the fused DAC kernel wrote the squared levels there, else ``xq``'s squares in
+    a scratch buffer, in the variance MVM's dtype (bfloat16: the float32 square, rounded
+    once)."""
+    if x2 is None:
+        x2 = _scratch(2, tuple(xq.shape), xq, _variance_dtype(io, xq))
+        torch.mul(xq, xq, out=x2)
+    return x2
+
+
+def _variance_(var: Tensor, x2: Tensor, w2: Tensor, io: IOConfig) -> Tensor:
+    """``var <- (out_noise^2 + (w_noise * in_unit)^2 * x2 @ w2) / out_unit^2`` in place: the
+    ``pcm_read`` variance in ADC steps squared of the squared levels ``x2`` and the transposed
+    ``|W|`` ``w2`` (``var`` in their dtype; bfloat16 rounds the offset and the result)."""
+    in_unit, out_unit = units(io)
+    var.fill_((io.out_noise / out_unit) ** 2)
+    return _bmm_(var, x2, w2, beta=1.0, alpha=(io.w_noise * in_unit) ** 2 / out_unit**2)
+
+
 def _mvm_adc(
     xq: Tensor,
     tw: TileWeights,
@@ -586,10 +615,7 @@ def _mvm_adc(
     elif predict and kind == WeightNoiseType.PCM_READ and isinstance(gen, torch.Generator):
         mvm_(z)  # the signal W x' first, then the noise's standard normal draws
         zeta = noise_normal_(_scratch(9, tuple(z.shape), z), gen)
-        if x2 is None:
-            dtype = torch.bfloat16 if io.w_noise_bf16 else xq.dtype
-            x2 = _scratch(2, tuple(xq.shape), xq, dtype)
-            torch.mul(xq, xq, out=x2)
+        x2 = _eager_squares(xq, io, x2)
         sure = _predicted_variance(z, zeta, x2, tw, io, n_out or 1)
     else:
         # else a tensor stream: the compiled forward, or its gathered bound-management rounds
@@ -604,19 +630,13 @@ def _mvm_adc(
             else:
                 # var = out_noise^2 + gain * (x'^2 @ |W|^T): the scale and offset ride on the MVM
                 w_abs = tw.w_abs if tw.w_abs is not None else tw.w.abs()
-                dtype = torch.bfloat16 if io.w_noise_bf16 else xq.dtype
-                if io.w_noise_bf16 and xq.device.type == "cpu" and not _compiling():
-                    _check_bf16_cpu()
+                dtype = _variance_dtype(io, xq)
                 w2 = w_abs.to(dtype).transpose(1, 2)
                 if eager:  # in ADC steps^2: the noise kernel scales by its square root
-                    offset = (io.out_noise / out_unit) ** 2
                     # scratch buffers: no fresh multi-MB tensors (glibc maps those above 32 MiB
                     # afresh on every call, each 4 KiB page faulting on first touch)
-                    if x2 is None:
-                        x2 = _scratch(2, tuple(xq.shape), xq, dtype)
-                        torch.mul(xq, xq, out=x2)  # bfloat16: the float32 square, rounded once
-                    var = _scratch(3, tuple(z.shape), z, dtype).fill_(offset)
-                    var = _bmm_(var, x2, w2, beta=1.0, alpha=gain / out_unit**2)
+                    x2 = _eager_squares(xq, io, x2)
+                    var = _variance_(_scratch(3, tuple(z.shape), z, dtype), x2, w2, io)
                     var_steps = (
                         var if dtype == torch.float32 else _scratch(4, z.shape, z).copy_(var)
                     )
@@ -779,12 +799,11 @@ def _predicted_variance(
     k = int(counts.max())
     if k == 0:
         return sure
-    dtype = torch.bfloat16 if io.w_noise_bf16 else torch.float32
+    dtype = _variance_dtype(io, z)
     w2 = w_abs.to(dtype).transpose(1, 2)
     ci = x2.shape[2]
     if k * 5 > n * 4:  # nearly all needed: the whole variance MVM, no gathering
-        var = _scratch(3, (b, n, o), z, dtype).fill_(offset)
-        var = _bmm_(var, x2.to(dtype), w2, beta=1.0, alpha=gain)
+        var = _variance_(_scratch(3, (b, n, o), z, dtype), x2.to(dtype), w2, io)
         z.addcmul_(var.float().sqrt_(), zeta)
         return sure if bool(sure.any()) else None
     # per tile, the undecided vectors first, then (up to k) decided ones: their outputs get the
@@ -793,8 +812,7 @@ def _predicted_variance(
     rows = (torch.arange(b).view(b, 1) * n + order).reshape(-1)
     x2_u = _scratch(10, (b * k, ci), x2, x2.dtype)
     torch.index_select(x2.reshape(b * n, ci), 0, rows, out=x2_u)
-    var = _scratch(3, (b, k, o), z, dtype).fill_(offset)
-    var = _bmm_(var, x2_u.view(b, k, ci).to(dtype), w2, beta=1.0, alpha=gain)
+    var = _variance_(_scratch(3, (b, k, o), z, dtype), x2_u.view(b, k, ci).to(dtype), w2, io)
     z_rows = z.view(b * n, o)
     z_rows.index_copy_(
         0, rows, _NOISY_ROWS(z_rows, zeta.view(b * n, o), var.float().view(b * k, o), rows)
