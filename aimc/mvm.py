@@ -26,6 +26,7 @@ from . import _workspace
 from ._intmvm import INT_MVM, cached_limbs, int_bmm_
 from ._kernels import FusedKernel
 from ._native import NativeAdcKernel, NativeDacKernel
+from ._onednn import ONEDNN_GEMM, affine_bmm
 from ._scalegrad import SCALE_GRAD
 from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType, io_config_by_key
 from .functional import TileLayout, stochastic_round
@@ -567,12 +568,22 @@ def _eager_squares(xq: Tensor, io: IOConfig, x2: Tensor | None) -> Tensor:
 
 
 def _variance_(var: Tensor, x2: Tensor, w2: Tensor, io: IOConfig) -> Tensor:
-    """``var <- (out_noise^2 + (w_noise * in_unit)^2 * x2 @ w2) / out_unit^2`` in place: the
-    ``pcm_read`` variance in ADC steps squared of the squared levels ``x2`` and the transposed
-    ``|W|`` ``w2`` (``var`` in their dtype; bfloat16 rounds the offset and the result)."""
+    """``(out_noise^2 + (w_noise * in_unit)^2 * x2 @ w2) / out_unit^2``: the ``pcm_read``
+    variance in ADC steps squared of the squared levels ``x2`` and the transposed ``|W|``
+    ``w2``, in ``var`` (in their dtype; bfloat16 rounds the offset and the result) or, with
+    float32 on CPU (:mod:`aimc._onednn`), possibly in a fresh tensor; returns it.
+
+    float32 on an x86 CPU: oneDNN's GEMM on ``x2`` scaled by the gain (in a scratch buffer),
+    the offset as its bias, where MKL's ``baddbmm`` is twice as slow on AMD CPUs; the same
+    products and sums in another order."""
     in_unit, out_unit = units(io)
-    var.fill_((io.out_noise / out_unit) ** 2)
-    return _bmm_(var, x2, w2, beta=1.0, alpha=(io.w_noise * in_unit) ** 2 / out_unit**2)
+    offset = (io.out_noise / out_unit) ** 2
+    gain = (io.w_noise * in_unit) ** 2 / out_unit**2
+    if ONEDNN_GEMM.applies(x2, w2, var):
+        x2g = torch.mul(x2, gain, out=_scratch(11, tuple(x2.shape), x2))
+        return affine_bmm(var, x2g, w2.transpose(1, 2), offset)
+    var.fill_(offset)
+    return _bmm_(var, x2, w2, beta=1.0, alpha=gain)
 
 
 def _mvm_adc(

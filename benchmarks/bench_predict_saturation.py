@@ -169,5 +169,6 @@ def main() -> None:
     }
     write_results(args.out, {"meta": meta, "rows": rows})
 
+
 if __name__ == "__main__":
     main()

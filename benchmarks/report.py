@@ -800,6 +800,52 @@ def predict_saturation(inp: Inputs) -> str:
     return _table(header, ["---", "---"] + ["---:"] * 9, rows) + note
 
 
+def onednn_gemm(inp: Inputs) -> str:
+    """bench_onednn_gemm.py: the pcm_read variance MVM through oneDNN against MKL's GEMM."""
+    src = "onednn_gemm_cpu.json"
+    data = inp.json(src)
+    rows = []
+    for i, _ in enumerate(_rows(data, "rows", src)):
+
+        def num(*keys, i=i):
+            return _num(data, "rows", i, *keys, source=src)
+
+        def err(side, i=i):
+            return f"{num('error_vs_float64', side, 'max'):.1e}"
+
+        rows.append(
+            [
+                _get(data, "rows", i, "layer", source=src),
+                _timing(data, src, "rows", i, "variance mkl"),
+                _timing(data, src, "rows", i, "variance onednn"),
+                f"{num('variance ratio onednn/mkl'):.2f}",
+                f"{err('mkl')} / {err('onednn')}",
+                _timing(data, src, "rows", i, "digital"),
+                f"{num('ratio analog mkl'):.2f}",
+                f"**{num('ratio analog onednn'):.2f}**",
+                f"{num('onednn_linear / digital'):.2f}",
+                f"{int(num('outputs_apart')):,} of {int(num('outputs')):,}",
+            ]
+        )
+    header = [
+        "layer",
+        "variance MVM, MKL",
+        "variance MVM, oneDNN",
+        "oneDNN / MKL",
+        "max rel. error vs float64, MKL / oneDNN",
+        "`nn.Linear`",
+        "forward / `nn.Linear`, MKL variance",
+        "forward / `nn.Linear`, oneDNN variance",
+        "`nn.Linear`'s product through oneDNN / `nn.Linear`",
+        "outputs apart",
+    ]
+    note = (
+        f"\n\n(`{_get(data, 'meta', 'config', source=src)}`, programmed, drifted 1 h; "
+        f"{_host(data)})"
+    )
+    return _table(header, ["---"] + ["---:"] * 9, rows) + note
+
+
 def int_mvm(inp: Inputs) -> str:
     """bench_int_mvm.py: the int8 MVM against the float32 GEMM, accuracy and time."""
     src = "int_mvm_cpu.json"
@@ -1308,6 +1354,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
         bm_work,
         rng_draw,
         int_mvm,
+        onednn_gemm,
         predict_saturation,
         two_hosts,
         targets,
