@@ -1158,19 +1158,20 @@ def analog_mvm(
         if not bool(sat.any()):
             sat = None
     if bm and sat is not None:
-        x_t = xv.transpose(1, 2).reshape(lo.batch, n, lo.rows)
         if isinstance(generator, KeyedStream):
             return _bound_management_keyed(
                 z,
                 sat,
                 f_gnt,
-                x_t,
+                xv.transpose(1, 2).reshape(lo.batch, n, lo.rows),
                 s_div.reshape(lo.batch, n, 1),
                 tw,
                 io,
                 generator,
                 lambda z, r, f: _digital(z, to_factor(f) * r, tw, g, n, bias, per_tile, False),
             )
+        # the inputs as (G, n_in, N, rows), a view: the rounds gather their rows from it
+        x_t = xv.transpose(1, 2)
         r = _bound_management(
             z, sat, x_t, s_div.reshape(lo.batch, n, 1), _output_tiles(tw), io, generator, limbs
         )
@@ -1406,7 +1407,9 @@ def _bound_management(
     ``r`` of shape ``(B, N, to)``. Each round gathers, for every tile, only the vectors that
     saturated there (padded to the largest count), recomputes them in one batched MVM and copies
     the rows back (row-wise ``index_select`` / ``index_copy_``). ``w_sub`` holds one matrix per
-    (input tile, output tile) (:func:`_output_tiles`).
+    (input tile, output tile) (:func:`_output_tiles`). ``x_t``: the inputs per tile,
+    ``(B, N, rows)``, or the layer's inputs as a ``(G, n_in, N, rows)`` view (input tile ``b``
+    of group ``b // n_in``, part ``b % n_in``: the eager forward's, read without a copy).
 
     ``gen`` is a ``torch.Generator`` (eager forwards), or the ``(rounds,)`` int64 keys of a
     tensor stream's rounds (compiled forwards, :func:`_gathered_rounds`): round ``k`` then draws
@@ -1421,7 +1424,15 @@ def _bound_management(
     rows_in, cols = w_sub.w.shape[2], w_sub.w.shape[1]
     in_unit = units(io)[0]
     r = torch.ones(sat.shape, device=z.device, dtype=torch.float32)
-    x_rows = x_t.reshape(nb * n, rows_in)
+    if x_t.dim() == 4:  # (G, n_in, N, rows): tile b = g n_in + t reads x[g, v, t]
+        n_in = x_t.shape[1]
+        x_rows = x_t.transpose(1, 2).reshape(-1, rows_in)  # row (g N + v) n_in + t
+        b_ar = torch.arange(nb, device=z.device)
+        src_base = ((b_ar // n_in) * (n * n_in) + b_ar % n_in).view(nb, 1, 1)
+        src_step = n_in
+    else:  # (B, N, rows)
+        x_rows = x_t.reshape(nb * n, rows_in)
+        src_base, src_step = None, 1
     z_rows = z.view(nb * n * n_out, cols)  # row (b*N + v)*to + t
     base = (torch.arange(nb, device=z.device) * n).view(nb, 1, 1)
     t_ar = torch.arange(n_out, device=z.device).view(1, n_out, 1)
@@ -1449,7 +1460,8 @@ def _bound_management(
             .reciprocal_()
             .div_(r.transpose(1, 2).reshape(nb, n_out, n).gather(2, order).reshape(-1))
         )
-        xq = _to_levels_(x_rows.index_select(0, rows).mul_(inv.unsqueeze(1)), io)
+        src = rows if src_base is None else (src_base + order * src_step).reshape(-1)
+        xq = _to_levels_(x_rows.index_select(0, src).mul_(inv.unsqueeze(1)), io)
         xq = _dac_(xq, io, in_unit, g).view(nb * n_out, k, rows_in)
         zs = torch.empty(nb * n_out, k, cols, dtype=torch.float32, device=z.device)
         lb = limbs if limbs is not None and k >= INT_MIN_VECTORS else None
