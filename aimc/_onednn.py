@@ -1,4 +1,5 @@
-"""Float32 GEMMs through oneDNN on x86 CPUs: the ``pcm_read`` variance MVM.
+"""Float32 GEMMs through oneDNN on x86 CPUs: the ``pcm_read`` variance MVM and the analog
+layers' backward.
 
 PyTorch runs a float32 ``mm`` / ``bmm`` on x86 CPUs through its BLAS, MKL. On AMD CPUs MKL's
 single-precision GEMM is far below the hardware's speed: on the Zen 5 host (AMD EPYC, CPU
@@ -79,7 +80,7 @@ class OneDnnGemm:
     def applies(self, *tensors: Tensor) -> bool:
         """Whether :func:`affine_bmm` runs oneDNN on these operands: float32 CPU tensors that
         autograd does not track, outside a compiled graph's tracing, the check passed."""
-        if not self.switched_on() or torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or not self.switched_on():
             return False
         for t in tensors:
             if t.device.type != "cpu" or t.dtype != torch.float32:
@@ -127,9 +128,27 @@ class OneDnnGemm:
 ONEDNN_GEMM = OneDnnGemm()
 
 
-def _linear(x: Tensor, w: Tensor, bias: Tensor) -> Tensor:
-    """``x @ w^T + bias`` by oneDNN's float32 matmul (a fresh tensor)."""
+def _linear(x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+    """``x @ w^T + bias`` by oneDNN's float32 matmul (a fresh tensor; ``w`` may be a view)."""
     return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+
+
+def bmm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` per batch through oneDNN as a fresh ``(B, M, N)`` tensor: ``a`` ``(B, M, K)``,
+    ``b`` ``(B, K, N)``, float32 CPU tensors (:meth:`OneDnnGemm.applies`) of any strides
+    (oneDNN reads transposed views as they are), no dimension 0."""
+    nb, m, k = a.shape
+    if b.shape[0] != nb or b.shape[1] != k or 0 in (nb, m, k, b.shape[2]):
+        raise ValueError(
+            f"aimc._onednn.bmm: shapes a {tuple(a.shape)}, b {tuple(b.shape)}; allowed: "
+            "(B, M, K) and (B, K, N), none of them 0"
+        )
+    if nb == 1:
+        return _linear(a[0], b[0].transpose(0, 1), None).unsqueeze(0)
+    out = a.new_empty((nb, m, b.shape[2]))
+    for i in range(nb):
+        out[i].copy_(_linear(a[i], b[i].transpose(0, 1), None))
+    return out
 
 
 def affine_bmm(out: Tensor, x: Tensor, w: Tensor, offset: float) -> Tensor:

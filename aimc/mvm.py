@@ -27,6 +27,7 @@ from ._intmvm import INT_MVM, cached_limbs, int_bmm_
 from ._kernels import FusedKernel
 from ._native import NativeAdcKernel, NativeDacKernel
 from ._onednn import ONEDNN_GEMM, affine_bmm
+from ._onednn import bmm as onednn_bmm
 from ._scalegrad import SCALE_GRAD
 from .config import BoundManagement, IOConfig, NoiseManagement, WeightNoiseType, io_config_by_key
 from .functional import TileLayout, stochastic_round
@@ -514,7 +515,11 @@ def _split_batches(a: Tensor, b: Tensor) -> bool:
 
 def batched_matmul(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` per batch as a fresh tensor, one GEMM per batch where :func:`_split_batches`
-    says so (eager and compiled; the sums are those of ``torch.bmm`` up to float rounding)."""
+    says so (eager and compiled; the sums are those of ``torch.bmm`` up to float rounding),
+    through oneDNN where it applies (float32 on an x86 CPU, eager, outside autograd:
+    :mod:`aimc._onednn`; twice as fast as MKL's GEMM on AMD CPUs)."""
+    if 0 not in a.shape and 0 not in b.shape and ONEDNN_GEMM.applies(a, b):
+        return onednn_bmm(a, b)
     if not _split_batches(a, b):
         return torch.bmm(a, b)
     nb = a.shape[0]

@@ -6,12 +6,16 @@ Two stacks, 8 x 128 tokens of width 768, AdamW:
 - ``bert``: four BERT-base encoder layers (HF ``BertLayer``: attention, MLP, LayerNorms, random
   init) — what a BERT fine-tune runs.
 Digital and analog steps are interleaved (A B A B ...), medians and min-max reported; 2 threads.
+A third side, interleaved too, runs the same analog model with ``AIMC_ONEDNN_GEMM=0``: its
+float32 GEMMs (the backward's, the ``pcm_read`` variance) through MKL as ``nn.Linear``'s are
+(``ratio_mkl``: the like-for-like library ratio; ``aimc._onednn``).
 Writes benchmarks/results/hwa_step_cpu.json (``--out``: another file).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +25,7 @@ from bench_linear import write_results  # benchmarks/ is the script's directory
 from torch import nn
 
 import aimc
+from aimc import _onednn
 
 
 class _BertStack(nn.Module):
@@ -118,20 +123,25 @@ def main() -> None:
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
         opts = trainers(kind, cfg)
 
-        def step(label: str, opts=opts, x=x) -> float:
+        def step(label: str, opts=opts, x=x, onednn: str = "1") -> float:
             model, opt = opts[label]
-            start = time.perf_counter()
-            opt.zero_grad()
-            model(x).square().mean().backward()
-            opt.step()
-            return time.perf_counter() - start
+            os.environ[_onednn.ENV] = onednn
+            try:
+                start = time.perf_counter()
+                opt.zero_grad()
+                model(x).square().mean().backward()
+                opt.step()
+                return time.perf_counter() - start
+            finally:
+                os.environ.pop(_onednn.ENV)
 
         for _ in range(2):
-            step("digital"), step("analog")
-        td, ta = [], []
+            step("digital"), step("analog"), step("analog", onednn="0")
+        td, ta, tm = [], [], []
         for _ in range(args.repeats):
             td.append(step("digital"))
             ta.append(step("analog"))
+            tm.append(step("analog", onednn="0"))
         row = {
             "stack": kind,
             "config": name,
@@ -140,13 +150,16 @@ def main() -> None:
             "ratio": statistics.median(ta) / statistics.median(td),
             "digital_minmax_ms": [1e3 * min(td), 1e3 * max(td)],
             "analog_minmax_ms": [1e3 * min(ta), 1e3 * max(ta)],
+            "analog_mkl_ms": 1e3 * statistics.median(tm),
+            "analog_mkl_minmax_ms": [1e3 * min(tm), 1e3 * max(tm)],
+            "ratio_mkl": statistics.median(tm) / statistics.median(td),
         }
         rows.append(row)
         print(
             f"{kind:<5} {name:<42} digital {row['digital_ms']:7.1f} ms  "
             f"HWA {row['analog_ms']:7.1f} ms  "
             f"ratio {row['ratio']:.2f}  (digital {min(td) * 1e3:.0f}-{max(td) * 1e3:.0f}, "
-            f"HWA {min(ta) * 1e3:.0f}-{max(ta) * 1e3:.0f})"
+            f"HWA {min(ta) * 1e3:.0f}-{max(ta) * 1e3:.0f}); MKL's GEMMs {row['ratio_mkl']:.2f}"
         )
     write_results(args.out, {"threads": args.threads, "tokens": 1024, "rows": rows})
 

@@ -194,3 +194,59 @@ def test_a_lowered_float32_matmul_precision_keeps_torchs_gemm(monkeypatch, preci
     finally:
         torch.set_float32_matmul_precision(before)
     assert ONEDNN_GEMM.applies(x)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    b=st.integers(1, 3),
+    m=st.integers(1, 40),
+    k=st.integers(1, 50),
+    n=st.integers(1, 30),
+    ta=st.booleans(),
+    tb=st.booleans(),
+)
+def test_bmm_is_the_product_to_float_rounding(b, m, k, n, ta, tb):
+    """``aimc._onednn.bmm`` on contiguous operands and on transposed views (the backward's
+    ``grad^T @ x`` and ``grad @ W``), one batch and several: the float32 product."""
+    gen = torch.Generator().manual_seed(b * 100 + m + k + n)
+    a = torch.randn(b, k, m, generator=gen).transpose(1, 2) if ta else torch.randn(b, m, k)
+    c = torch.randn(b, n, k, generator=gen).transpose(1, 2) if tb else torch.randn(b, k, n)
+    got = _onednn.bmm(a, c)
+    exact = a.double() @ c.double()
+    scale = a.double().abs() @ c.double().abs()
+    assert got.shape == (b, m, n) and got.dtype == torch.float32 and got.is_contiguous()
+    assert float(((got.double() - exact).abs() / scale.clamp_min(1e-30)).max()) <= 4 * k * 2.0**-24
+
+
+def test_bmm_refuses_mismatched_or_empty_shapes():
+    with pytest.raises(ValueError, match=r"a \(2, 3, 4\), b \(2, 5, 6\)"):
+        _onednn.bmm(torch.ones(2, 3, 4), torch.ones(2, 5, 6))
+    with pytest.raises(ValueError, match="none of them 0"):
+        _onednn.bmm(torch.ones(2, 0, 4), torch.ones(2, 4, 6))
+    # batched_matmul keeps torch.bmm for empty products
+    assert mvm.batched_matmul(torch.ones(2, 0, 4), torch.ones(2, 4, 6)).shape == (2, 0, 6)
+
+
+def test_a_training_step_runs_onednn_and_gives_mkls_gradients(monkeypatch):
+    """An HWA training step (``standard_hwa``: learned output scales, the ADC-bound mask in the
+    backward, ``pcm_read`` noise) runs its backward's products through oneDNN, and its
+    gradients are those of the same step with MKL's GEMMs, from the same seed, to float
+    rounding."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(300, 200), torch.nn.GELU(), torch.nn.Linear(200, 50))
+    model = aimc.convert(net, aimc.presets.standard_hwa(), seed=0).train()
+    x = torch.randn(64, 300, generator=torch.Generator().manual_seed(1))
+    calls = []
+    monkeypatch.setattr(mvm, "onednn_bmm", lambda a, b: calls.append(1) or _onednn.bmm(a, b))
+    grads = []
+    for env in ("0", "1"):
+        monkeypatch.setenv(_onednn.ENV, env)
+        model.zero_grad()
+        aimc.manual_seed(model, 3)
+        model(x).square().mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert calls, "the backward ran no product through oneDNN"
+    assert len(grads[0]) == len(grads[1]) > 0
+    for g0, g1 in zip(*grads, strict=True):
+        top = float(g0.abs().max())
+        assert float((g0 - g1).abs().max()) <= 1e-4 * top + 1e-12
