@@ -1063,6 +1063,15 @@ def targets(inp: Inputs) -> str:
             for variant in (config, f"{config}, w_noise_bf16"):
                 ratios = ratios_of(d, src, "ratio", variant)
                 add(side, f"HWA training step, `{variant}` (MLP and BERT stacks)", goal, ratios)
+            # the same steps with aimc's float32 GEMMs through MKL, as nn.Linear's (files of
+            # the twentieth session on: aimc._onednn)
+            for variant in (config, f"{config}, w_noise_bf16"):
+                if ratios := ratios_of(d, src, "ratio_mkl", variant):
+                    label = (
+                        f"HWA training step, `{variant}`, aimc's GEMMs through MKL "
+                        "as the digital step's"
+                    )
+                    add(side, label, goal, ratios)
     rows = [[label, f"≤ {goal:g}", *values] for (label, goal), values in cells.items()]
     header = ["target", "goal"] + [
         f"{name} ({h})" for (_, name), h in zip(HOSTS, hosts, strict=True)
