@@ -38,14 +38,12 @@ def _exact(x2: torch.Tensor, w: torch.Tensor, offset: float) -> torch.Tensor:
     return x2.double() @ w.double().transpose(1, 2) + offset
 
 
+#: batches, rows, the summed dimension and columns of the products the tests draw
+SIZES = dict(b=st.integers(1, 3), m=st.integers(1, 70), k=st.integers(1, 90), n=st.integers(1, 40))
+
+
 @settings(max_examples=25, deadline=None)
-@given(
-    b=st.integers(1, 3),
-    m=st.integers(1, 70),
-    k=st.integers(1, 90),
-    n=st.integers(1, 40),
-    block=st.sampled_from([None, 1, 7]),
-)
+@given(**SIZES, block=st.sampled_from([None, 1, 7]))
 def test_affine_bmm_is_the_product_to_float_rounding(b, m, k, n, block):
     """Every batch and row block (forced small: ``BLOCK_BYTES`` of a few rows) is computed,
     with the offset, within float32 rounding of the exact sums."""
@@ -197,14 +195,7 @@ def test_a_lowered_float32_matmul_precision_keeps_torchs_gemm(monkeypatch, preci
 
 
 @settings(max_examples=25, deadline=None)
-@given(
-    b=st.integers(1, 3),
-    m=st.integers(1, 40),
-    k=st.integers(1, 50),
-    n=st.integers(1, 30),
-    ta=st.booleans(),
-    tb=st.booleans(),
-)
+@given(**SIZES, ta=st.booleans(), tb=st.booleans())
 def test_bmm_is_the_product_to_float_rounding(b, m, k, n, ta, tb):
     """``aimc._onednn.bmm`` on contiguous operands and on transposed views (the backward's
     ``grad^T @ x`` and ``grad @ W``), one batch and several: the float32 product."""
