@@ -100,11 +100,11 @@ class OneDnnGemm:
         gen = torch.Generator().manual_seed(0)
         try:
             for m, k, n, signed in ((37, 70, 53, True), (300, 512, 96, False), (1, 3, 1, False)):
-                x = torch.rand(m, k, generator=gen)
-                w = torch.rand(n, k, generator=gen)
+                x = torch.rand(m, k, generator=gen, dtype=torch.float32)
+                w = torch.rand(n, k, generator=gen, dtype=torch.float32)
                 if signed:
                     x, w = x - 0.5, w - 0.5
-                bias = torch.rand(n, generator=gen)
+                bias = torch.rand(n, generator=gen, dtype=torch.float32)
                 got = _linear(x, w, bias).double()
                 ref = x.double() @ w.double().T + bias.double()
                 scale = x.double().abs() @ w.double().abs().T + bias.double().abs()
