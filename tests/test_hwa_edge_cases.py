@@ -244,3 +244,39 @@ def test_grouped_channels_last_conv_training_gradients_equal_float64_conv():
     torch.testing.assert_close(layer.bias.grad.double(), br.grad, **tol)
     torch.testing.assert_close(layer.input_range.grad.double(), r_grad.view(1), **tol)
     torch.testing.assert_close(layer.out_scale.grad.sum(dim=1).reshape(-1).double(), ar.grad, **tol)
+
+
+# -- backward inside an autocast region -------------------------------------------------------
+
+
+@pytest.mark.parametrize("onednn", ["1", "0"], ids=["oneDNN GEMMs", "torch.bmm"])
+@pytest.mark.parametrize(
+    "preset", ["standard_hwa", "pcm_inference"], ids=["learned output scales", "plain"]
+)
+def test_backward_called_inside_autocast_gives_the_float32_gradients(preset, onednn, monkeypatch):
+    """``loss.backward()`` inside ``torch.autocast('cpu', bfloat16)`` (a common pattern) runs
+    the analog layers' custom backward with autocast off: it raised in the output-bound mask's
+    sparse product (no bfloat16 CPU kernel) under ``standard_hwa``, and would otherwise compute
+    the gradients in bfloat16 (``torch.bmm`` follows autocast; aimc's oneDNN products do not).
+    The gradients equal those of the backward called outside."""
+    monkeypatch.setenv("AIMC_ONEDNN_GEMM", onednn)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(96, 80), torch.nn.GELU(), torch.nn.Linear(80, 24))
+    cfg = getattr(presets, preset)().replace(device=aimc.DeviceConfig())
+    model = aimc.convert(net, cfg, seed=0).train()
+    x = torch.randn(64, 96, generator=torch.Generator().manual_seed(1)) * 3
+    grads = []
+    for inside in (False, True):
+        model.zero_grad()
+        aimc.manual_seed(model, 2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x).float().square().mean()
+            if inside:
+                loss.backward()
+        if not inside:
+            loss.backward()
+        grads.append([p.grad for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for outside, inside in zip(*grads, strict=True):
+        assert inside.dtype == torch.float32
+        assert torch.equal(outside, inside)

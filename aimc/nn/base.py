@@ -8,8 +8,10 @@ changes (tracked by the tensor's version counter) and cached otherwise.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,6 +49,20 @@ from ..mvm import (
 from ..random import CounterStream, check_seed, derive_seed
 from .checks import check_finite_weights, check_input_range, compute_dtype, layer_label
 from .chip import ChipMixin
+
+
+def _float32_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """An analog Function's ``backward`` run with autocast off on the gradient's device: its
+    products in float32, as the forward's. (``.backward()`` called inside an autocast region
+    runs a custom backward under it: its matmuls would give bfloat16 gradients, and the
+    output-bound mask's sparse product has no bfloat16 CPU kernel — it raised.)"""
+
+    @functools.wraps(backward)
+    def run(ctx: Any, grad: Tensor, *rest: Any) -> Any:
+        with torch.autocast(device_type=grad.device.type, enabled=False):
+            return backward(ctx, grad, *rest)
+
+    return run
 
 
 class _AnalogMVM(torch.autograd.Function):
@@ -107,6 +123,7 @@ class _AnalogMVM(torch.autograd.Function):
         return y
 
     @staticmethod
+    @_float32_backward
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         x, w, mask = ctx.saved_tensors
         lo = ctx.layout
@@ -208,6 +225,7 @@ class _ScaledAnalogMVM(torch.autograd.Function):
         return y
 
     @staticmethod
+    @_float32_backward
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         x_in, w, alpha, levels, factor, col_scale, r, unit = ctx.saved_tensors
         needs = ctx.needs_input_grad
