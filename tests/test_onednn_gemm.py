@@ -241,3 +241,52 @@ def test_a_training_step_runs_onednn_and_gives_mkls_gradients(monkeypatch):
     for g0, g1 in zip(*grads, strict=True):
         top = float(g0.abs().max())
         assert float((g0 - g1).abs().max()) <= 1e-4 * top + 1e-12
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    **SIZES,
+    beta=st.sampled_from([0.0, 1.0, 0.5]),
+    alpha=st.sampled_from([1.0, 0.3]),
+    tb=st.booleans(),
+)
+def test_bmm_in_place_is_beta_z_plus_alpha_product(b, m, k, n, beta, alpha, tb):
+    """``aimc._onednn.bmm_``: ``beta z + alpha a @ b`` to float rounding; ``beta = 0`` ignores
+    what ``z`` held (NaN there stays out)."""
+    gen = torch.Generator().manual_seed(b + 7 * m + 11 * k + 13 * n)
+    a = torch.randn(b, m, k, generator=gen)
+    c = torch.randn(b, n, k, generator=gen).transpose(1, 2) if tb else torch.randn(b, k, n)
+    z0 = torch.full((b, m, n), math.nan) if beta == 0.0 else torch.randn(b, m, n, generator=gen)
+    got = _onednn.bmm_(z0.clone(), a, c, beta, alpha)
+    kept = torch.zeros_like(z0) if beta == 0.0 else z0  # what of z the result holds
+    exact = alpha * (a.double() @ c.double()) + beta * kept.double()
+    scale = abs(alpha) * (a.double().abs() @ c.double().abs()) + abs(beta) * kept.double().abs()
+    assert not got.isnan().any()
+    assert (
+        float(((got.double() - exact).abs() / scale.clamp_min(1e-30)).max())
+        <= 4 * (k + 2) * 2.0**-24
+    )
+    with pytest.raises(ValueError, match="z has shape"):
+        _onednn.bmm_(torch.empty(b, m + 1, n), a, c)
+
+
+@pytest.mark.parametrize("tokens", [64, 5])
+def test_a_float32_mvm_runs_onednn_from_min_rows_and_gives_mkls_outputs(monkeypatch, tokens):
+    """A forward on fewer vectors than the int8 MVM takes (64: its float32 signal MVM) runs it
+    through oneDNN, with the same outputs as with MKL's to rounding; below ``MIN_ROWS`` (5
+    vectors) MKL's GEMM runs."""
+    model = _layer(512, 384)
+    x = _inputs((tokens, 512), 2)
+    calls = []
+    monkeypatch.setattr(mvm, "onednn_bmm_", lambda *a: calls.append(a[1].shape) or _onednn.bmm_(*a))
+    out = []
+    for env in ("0", "1"):
+        monkeypatch.setenv(_onednn.ENV, env)
+        aimc.manual_seed(model, 1)
+        with torch.inference_mode():
+            out.append(model(x))
+    if tokens >= _onednn.MIN_ROWS:
+        assert calls and calls[0] == (2, tokens, 256)
+    else:
+        assert not [s for s in calls if s[1] == tokens]
+    assert_same_to_rounding(*out)
