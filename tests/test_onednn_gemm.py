@@ -34,6 +34,18 @@ def _operands(b: int, m: int, k: int, n: int, seed: int) -> tuple[torch.Tensor, 
     return x2, w
 
 
+def forwards(model, x, monkeypatch, envs=("0", "1"), run=None) -> list[torch.Tensor]:
+    """``run(x)`` (default ``model(x)``) in inference mode with ``AIMC_ONEDNN_GEMM`` set to each
+    of ``envs`` in turn, each from the same seed (``aimc.manual_seed(model, 1)``)."""
+    out = []
+    for env in envs:
+        monkeypatch.setenv(_onednn.ENV, env)
+        aimc.manual_seed(model, 1)
+        with torch.inference_mode():
+            out.append((run or model)(x))
+    return out
+
+
 def _exact(x2: torch.Tensor, w: torch.Tensor, offset: float) -> torch.Tensor:
     return x2.double() @ w.double().transpose(1, 2) + offset
 
@@ -122,12 +134,7 @@ def test_a_pcm_read_forward_runs_onednn_and_gives_mkls_outputs(monkeypatch):
     monkeypatch.setattr(mvm, "PREDICT_MIN_SATURATED", math.inf)
     calls = []
     monkeypatch.setattr(mvm, "affine_bmm", lambda *a: calls.append(a[1].shape) or affine_bmm(*a))
-    out = []
-    for env in ("0", "1"):
-        monkeypatch.setenv(_onednn.ENV, env)
-        aimc.manual_seed(model, 1)
-        with torch.inference_mode():
-            out.append(model(x))
+    out = forwards(model, x, monkeypatch)
     assert len(calls) >= 2, f"oneDNN ran for {calls}: the first pass and a round expected"
     assert calls[0] == (2, 300, 256)
     assert_same_to_rounding(*out)
@@ -279,12 +286,7 @@ def test_a_float32_mvm_runs_onednn_from_min_rows_and_gives_mkls_outputs(monkeypa
     x = _inputs((tokens, 512), 2)
     calls = []
     monkeypatch.setattr(mvm, "onednn_bmm_", lambda *a: calls.append(a[1].shape) or _onednn.bmm_(*a))
-    out = []
-    for env in ("0", "1"):
-        monkeypatch.setenv(_onednn.ENV, env)
-        aimc.manual_seed(model, 1)
-        with torch.inference_mode():
-            out.append(model(x))
+    out = forwards(model, x, monkeypatch)
     if tokens >= _onednn.MIN_ROWS:
         assert calls and calls[0] == (2, tokens, 256)
     else:

@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from test_onednn_gemm import forwards
 from test_predict_saturation import _inputs, _layer, assert_same_to_rounding
 
 import aimc
@@ -209,12 +210,7 @@ def test_compiled_forward_is_unaffected(monkeypatch):
         return compile_fx(gm, example_inputs)
 
     compiled = aimc.compile(model, fullgraph=True, backend=backend)
-    out = []
-    for env in ("1", "0"):
-        monkeypatch.setenv(_onednn.ENV, env)
-        aimc.manual_seed(model, 1)
-        with torch.inference_mode():
-            out.append(compiled(x))
+    out = forwards(model, x, monkeypatch, envs=("1", "0"), run=compiled)
     assert graphs and not any("mkldnn" in g for g in graphs)
     assert torch.equal(out[0], out[1])
 
