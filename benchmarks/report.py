@@ -19,11 +19,12 @@ error that names the file.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,13 @@ def _rows(data: Any, key: str, source: str) -> list[Any]:
     if not isinstance(rows, list) or not rows:
         raise ReportError(f"{source}: malformed: [{key!r}] is not a non-empty list")
     return rows
+
+
+def _row_numbers(data: Any, source: str) -> Iterator[tuple[int, Callable[..., float]]]:
+    """``(i, num)`` for each row of ``data["rows"]`` (:func:`_rows`): ``num(*keys)`` is
+    :func:`_num` of row ``i``."""
+    for i, _ in enumerate(_rows(data, "rows", source)):
+        yield i, functools.partial(_num, data, "rows", i, source=source)
 
 
 def _table(header: list[str], align: list[str], rows: list[list[str]]) -> str:
@@ -757,11 +765,7 @@ def predict_saturation(inp: Inputs) -> str:
     src = "predict_saturation_cpu.json"
     data = inp.json(src)
     rows = []
-    for i, _ in enumerate(_rows(data, "rows", src)):
-
-        def num(*keys, i=i):
-            return _num(data, "rows", i, *keys, source=src)
-
+    for i, num in _row_numbers(data, src):
         rows.append(
             [
                 f"`{_get(data, 'rows', i, 'config', source=src)}`",
@@ -805,12 +809,9 @@ def onednn_gemm(inp: Inputs) -> str:
     src = "onednn_gemm_cpu.json"
     data = inp.json(src)
     rows = []
-    for i, _ in enumerate(_rows(data, "rows", src)):
+    for i, num in _row_numbers(data, src):
 
-        def num(*keys, i=i):
-            return _num(data, "rows", i, *keys, source=src)
-
-        def err(side, i=i):
+        def err(side, num=num):
             return f"{num('error_vs_float64', side, 'max'):.1e}"
 
         rows.append(
@@ -851,11 +852,7 @@ def int_mvm(inp: Inputs) -> str:
     src = "int_mvm_cpu.json"
     data = inp.json(src)
     rows = []
-    for i, _ in enumerate(_rows(data, "rows", src)):
-
-        def num(*keys, i=i):
-            return _num(data, "rows", i, *keys, source=src)
-
+    for i, num in _row_numbers(data, src):
         rows.append(
             [
                 f"`{_get(data, 'rows', i, 'config', source=src)}`",
