@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_eval_forward import BF16, analog_twin, synthetic_layers
+from bench_eval_forward import BF16, analog_twin, interleaved, synthetic_layers
 from bench_linear import _stats, write_results  # benchmarks/ is the script's directory
 
 import aimc
@@ -108,15 +108,7 @@ def bench(label: str, lin: torch.nn.Linear, x: torch.Tensor, config: str, repeat
         "predicted": run(analog, 0.0),
         "not predicted": run(analog, math.inf),
     }
-    for _ in range(2):
-        for f in sides.values():
-            f()
-    times: dict[str, list[float]] = {k: [] for k in sides}
-    for _ in range(repeats):
-        for k, f in sides.items():
-            start = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - start)
+    times = interleaved(sides, repeats, warmup=2)
     digital = statistics.median(times["digital"])
     for k, ts in times.items():
         row[k] = _stats(ts)
