@@ -33,6 +33,7 @@ about twice as much as against ``nn.Linear`` (``docs/benchmarks.md`` reports bot
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import threading
@@ -52,8 +53,20 @@ BLOCK_BYTES = 8 << 20
 MIN_BLOCK_ROWS = 256
 
 
+@functools.cache
+def _available() -> bool:
+    """An x86-64 CPU and a PyTorch built with oneDNN and its linear op (fixed for the process:
+    asked once)."""
+    return (
+        platform.machine().lower() in ("x86_64", "amd64")
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
 class OneDnnGemm:
-    """Whether, and how, a float32 product runs through oneDNN (:func:`affine_bmm`)."""
+    """Whether a float32 product runs through oneDNN (:func:`bmm`, :func:`bmm_`,
+    :func:`affine_bmm`)."""
 
     def __init__(self) -> None:
         self.failed: str | None = None
@@ -67,18 +80,16 @@ class OneDnnGemm:
         return (
             os.environ.get(ENV, "1") != "0"
             and self.failed is None
-            and platform.machine().lower() in ("x86_64", "amd64")
-            and torch.backends.mkldnn.is_available()
+            and _available()
             and torch._C._get_mkldnn_enabled()  # torch.backends.mkldnn.flags(enabled=False)
             # float32 products in float32: not where the user allowed oneDNN bfloat16 or TF32
             # (torch.set_float32_matmul_precision("medium"), torch.backends.mkldnn.matmul's
             # fp32_precision); torch.bmm then follows the user's setting
             and torch.backends.mkldnn.matmul.fp32_precision in ("none", "ieee")
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         )
 
     def applies(self, *tensors: Tensor) -> bool:
-        """Whether :func:`affine_bmm` runs oneDNN on these operands: float32 CPU tensors that
+        """Whether this module's products run oneDNN on these operands: float32 CPU tensors that
         autograd does not track, outside a compiled graph's tracing, the check passed."""
         if torch.compiler.is_compiling() or not self.switched_on():
             return False
@@ -117,9 +128,10 @@ class OneDnnGemm:
         self._checked = True
         if self.failed is not None:
             warnings.warn(
-                f"aimc: oneDNN's float32 GEMM failed its check ({self.failed}); the pcm_read "
-                f"variance MVM runs as torch.bmm instead (slower on AMD CPUs). Set {ENV}=0 to "
-                "skip the attempt.",
+                f"aimc: oneDNN's float32 GEMM failed its check ({self.failed}); aimc's float32 "
+                "products (the pcm_read variance MVM, the float32 MVM, the backward) run "
+                f"through torch's bmm instead (slower on AMD CPUs). Set {ENV}=0 to skip the "
+                "attempt.",
                 RuntimeWarning,
                 stacklevel=4,
             )
@@ -143,12 +155,9 @@ def bmm(a: Tensor, b: Tensor) -> Tensor:
             f"aimc._onednn.bmm: shapes a {tuple(a.shape)}, b {tuple(b.shape)}; allowed: "
             "(B, M, K) and (B, K, N), none of them 0"
         )
-    if nb == 1:
+    if nb == 1:  # oneDNN's result as it is, no copy
         return _linear(a[0], b[0].transpose(0, 1), None).unsqueeze(0)
-    out = a.new_empty((nb, m, b.shape[2]))
-    for i in range(nb):
-        out[i].copy_(_linear(a[i], b[i].transpose(0, 1), None))
-    return out
+    return bmm_(a.new_empty((nb, m, b.shape[2])), a, b)
 
 
 #: :func:`bmm_` runs oneDNN from this many rows per batch on (fewer: MKL's lower call overhead
