@@ -160,9 +160,10 @@ def bmm(a: Tensor, b: Tensor) -> Tensor:
     return bmm_(a.new_empty((nb, m, b.shape[2])), a, b)
 
 
-#: :func:`bmm_` runs oneDNN from this many rows per batch on (fewer: MKL's lower call overhead
-#: wins on small layers; Zen 5 host, 2 threads: a 2 x (1 x 384 x 768) product 0.031 ms through
-#: MKL against 0.057 ms, at 8 rows 0.094 against 0.085, at 127 rows 0.71 against 0.38 ms).
+#: aimc runs a product through oneDNN from this many rows per batch on (``aimc.mvm``'s
+#: ``_onednn_takes``; fewer: MKL's lower call overhead wins on small layers; Zen 5 host,
+#: 2 threads: a 2 x (1 x 384 x 768) product 0.031 ms through MKL against 0.057 ms, at 8 rows
+#: 0.094 against 0.085, at 127 rows 0.71 against 0.38 ms).
 MIN_ROWS = 8
 
 

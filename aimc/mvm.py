@@ -515,12 +515,24 @@ def _split_batches(a: Tensor, b: Tensor) -> bool:
     )
 
 
+def _onednn_takes(a: Tensor, b: Tensor, *more: Tensor) -> bool:
+    """Whether the product ``a @ b`` (batched) runs through oneDNN (:mod:`aimc._onednn`): where
+    it applies to the operands (float32 on an x86 CPU, eager, outside autograd) and has
+    at least :data:`aimc._onednn.MIN_ROWS` rows per batch and no empty dimension."""
+    return (
+        a.shape[1] >= ONEDNN_MIN_ROWS
+        and 0 not in a.shape
+        and 0 not in b.shape
+        and ONEDNN_GEMM.applies(a, b, *more)
+    )
+
+
 def batched_matmul(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` per batch as a fresh tensor, one GEMM per batch where :func:`_split_batches`
     says so (eager and compiled; the sums are those of ``torch.bmm`` up to float rounding),
-    through oneDNN where it applies (float32 on an x86 CPU, eager, outside autograd:
-    :mod:`aimc._onednn`; twice as fast as MKL's GEMM on AMD CPUs)."""
-    if 0 not in a.shape and 0 not in b.shape and ONEDNN_GEMM.applies(a, b):
+    through oneDNN where :func:`_onednn_takes` says so (twice as fast as MKL's GEMM on AMD
+    CPUs)."""
+    if _onednn_takes(a, b):
         return onednn_bmm(a, b)
     if not _split_batches(a, b):
         return torch.bmm(a, b)
@@ -537,15 +549,10 @@ def batched_matmul(a: Tensor, b: Tensor) -> Tensor:
 def _bmm_(z: Tensor, a: Tensor, b: Tensor, beta: float = 0.0, alpha: float = 1.0) -> Tensor:
     """``z <- beta * z + alpha * a @ b`` per batch, in place (``beta = 0`` ignores ``z``), one
     ``addmm`` per batch where :func:`_split_batches` says so. A compiled forward does the same
-    (``beta = 0`` only). The sums are the same up to float rounding. Through oneDNN where it
-    applies (:mod:`aimc._onednn`: float32 on an x86 CPU, eager, from 8 rows per batch).
+    (``beta = 0`` only). The sums are the same up to float rounding. Through oneDNN where
+    :func:`_onednn_takes` says so.
     """
-    if (
-        a.shape[1] >= ONEDNN_MIN_ROWS
-        and 0 not in a.shape
-        and 0 not in b.shape
-        and ONEDNN_GEMM.applies(a, b, z)
-    ):
+    if _onednn_takes(a, b, z):
         return onednn_bmm_(z, a, b, beta, alpha)
     loop = _split_batches(a, b)
     if _compiling() and beta == 0.0 and alpha == 1.0:
@@ -588,13 +595,13 @@ def _variance_(var: Tensor, x2: Tensor, w2: Tensor, io: IOConfig) -> Tensor:
     ``w2``, in ``var`` (in their dtype; bfloat16 rounds the offset and the result) or, with
     float32 on CPU (:mod:`aimc._onednn`), possibly in a fresh tensor; returns it.
 
-    float32 on an x86 CPU: oneDNN's GEMM on ``x2`` scaled by the gain (in a scratch buffer),
-    the offset as its bias, where MKL's ``baddbmm`` is twice as slow on AMD CPUs; the same
-    products and sums in another order."""
+    Where :func:`_onednn_takes` the product: oneDNN's GEMM on ``x2`` scaled by the gain (in a
+    scratch buffer), the offset as its bias, where MKL's ``baddbmm`` is twice as slow on AMD
+    CPUs; the same products and sums in another order."""
     in_unit, out_unit = units(io)
     offset = (io.out_noise / out_unit) ** 2
     gain = (io.w_noise * in_unit) ** 2 / out_unit**2
-    if ONEDNN_GEMM.applies(x2, w2, var):
+    if _onednn_takes(x2, w2, var):
         x2g = torch.mul(x2, gain, out=_scratch(11, tuple(x2.shape), x2))
         return affine_bmm(var, x2g, w2.transpose(1, 2), offset)
     var.fill_(offset)
