@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from . import _workspace
+from . import _bracket, _workspace
 from ._intmvm import INT_MVM, cached_limbs, int_bmm_
 from ._kernels import FusedKernel
 from ._native import NativeAdcKernel, NativeDacKernel
@@ -645,6 +645,15 @@ def _mvm_adc(
     sure = None  # predict: the (B, N, to) tiles known to saturate before their variance
     if kind == WeightNoiseType.NONE and io.out_noise <= 0:
         mvm_(z)
+    elif (
+        kind == WeightNoiseType.PCM_READ
+        and not predict
+        and isinstance(gen, torch.Generator)
+        and _bracketing(z, xq.shape[1], tw, io)
+    ):
+        mvm_(z)  # the signal W x' first, then the noise's standard normal draws
+        zeta = noise_normal_(_scratch(9, tuple(z.shape), z), gen)
+        _bracketed_noise_(z, zeta, _eager_squares(xq, io, x2), tw, io)
     elif predict and kind == WeightNoiseType.PCM_READ and isinstance(gen, torch.Generator):
         mvm_(z)  # the signal W x' first, then the noise's standard normal draws
         zeta = noise_normal_(_scratch(9, tuple(z.shape), z), gen)
@@ -701,6 +710,46 @@ def _mvm_adc(
         return sure
     sat = _adc_(z, io, n_out)
     return sure if sat is None else (sat if sure is None else sat | sure)
+
+
+#: The bracketed bfloat16 variance (:mod:`aimc._bracket`) runs on at least this many vectors
+#: per tile (fewer: the float32 variance MVM, whose single call costs less than the bfloat16
+#: conversions and the kernel's pass)
+BRACKET_MIN_VECTORS = 8
+
+
+def _bracketing(z: Tensor, n: int, tw: TileWeights, io: IOConfig) -> bool:
+    """Whether the noise of this eager ``pcm_read`` MVM on ``n`` vectors per tile comes from
+    the bracketed bfloat16 variance (:mod:`aimc._bracket`): float32 CPU tile outputs, not
+    traced, an ADC that rounds, the float32 variance (not ``io.w_noise_bf16``), tile matrices
+    with their ``|W|``, enough vectors, a CPU with native bfloat16 matmuls, and the kernel
+    built (on first use) and not switched off (``AIMC_BF16_BRACKET=0``)."""
+    return (
+        io.out_step > 0
+        and not io.w_noise_bf16
+        and z.device.type == "cpu"
+        and z.dtype == torch.float32
+        and n >= BRACKET_MIN_VECTORS
+        and tw.w_abs is not None
+        and tw.w_abs.is_contiguous()
+        and not _compiling()
+        and _bracket.switched_on()
+        and _native_bf16_cpu() is True
+        and _bracket.BRACKET.usable()
+    )
+
+
+def _bracketed_noise_(z: Tensor, zeta: Tensor, x2: Tensor, tw: TileWeights, io: IOConfig) -> int:
+    """``z <- z + sqrt(var) * zeta`` to the ADC's levels, ``var`` the ``pcm_read`` variance in
+    ADC steps squared, from the bfloat16 variance MVM and, where it cannot decide an output's
+    level, the float32 one (:mod:`aimc._bracket`); returns how many outputs needed that."""
+    in_unit, out_unit = units(io)
+    gain = (io.w_noise * in_unit) ** 2 / out_unit**2
+    offset = (io.out_noise / out_unit) ** 2
+    x2b = _scratch(20, tuple(x2.shape), x2, torch.bfloat16).copy_(x2)
+    vb = _scratch(21, tuple(z.shape), z, torch.bfloat16)
+    torch.bmm(x2b, _bracket.abs_bf16(tw.w_abs).transpose(1, 2), out=vb)
+    return _bracket.BRACKET.noisy_(z, zeta, vb, x2, tw.w_abs, offset, gain)
 
 
 #: An eager ``pcm_read`` forward predicts saturation (:func:`_predicted_variance`) where at
@@ -835,9 +884,13 @@ def _predicted_variance(
     dtype = _variance_dtype(io, z)
     w2 = w_abs.to(dtype).transpose(1, 2)
     ci = x2.shape[2]
+    bracket = x2.dtype == torch.float32 and _bracketing(z, k, tw, io)
     if k * 5 > n * 4:  # nearly all needed: the whole variance MVM, no gathering
-        var = _variance_(_scratch(3, (b, n, o), z, dtype), x2.to(dtype), w2, io)
-        z.addcmul_(var.float().sqrt_(), zeta)
+        if bracket:
+            _bracketed_noise_(z, zeta, x2, tw, io)
+        else:
+            var = _variance_(_scratch(3, (b, n, o), z, dtype), x2.to(dtype), w2, io)
+            z.addcmul_(var.float().sqrt_(), zeta)
         return sure if bool(sure.any()) else None
     # per tile, the undecided vectors first, then (up to k) decided ones: their outputs get the
     # full computation's values too, and bound management redoes them anyway
@@ -845,8 +898,14 @@ def _predicted_variance(
     rows = (torch.arange(b).view(b, 1) * n + order).reshape(-1)
     x2_u = _scratch(10, (b * k, ci), x2, x2.dtype)
     torch.index_select(x2.reshape(b * n, ci), 0, rows, out=x2_u)
-    var = _variance_(_scratch(3, (b, k, o), z, dtype), x2_u.view(b, k, ci).to(dtype), w2, io)
     z_rows = z.view(b * n, o)
+    if bracket:  # the gathered rows' outputs and draws, bracketed, then put back
+        z_u = torch.index_select(z_rows, 0, rows, out=_scratch(12, (b * k, o), z))
+        zeta_u = torch.index_select(zeta.view(b * n, o), 0, rows, out=_scratch(13, (b * k, o), z))
+        _bracketed_noise_(z_u.view(b, k, o), zeta_u.view(b, k, o), x2_u.view(b, k, ci), tw, io)
+        z_rows.index_copy_(0, rows, z_u)
+        return sure
+    var = _variance_(_scratch(3, (b, k, o), z, dtype), x2_u.view(b, k, ci).to(dtype), w2, io)
     z_rows.index_copy_(
         0, rows, _NOISY_ROWS(z_rows, zeta.view(b * n, o), var.float().view(b * k, o), rows)
     )
