@@ -244,10 +244,12 @@ class BracketKernel(_NativeKernel):
 
 def _bracket_mismatch(kernel: BracketKernel, b: int, n: int, o: int, k: int) -> str | None:
     gen = torch.Generator().manual_seed(b * 1000 + k)
+    f32 = torch.float32  # (not the default dtype, which a user may have set to float64)
     levels = torch.randint(-127, 128, (b, n, k), generator=gen).float()
     levels[0, 0] = 0.0  # an all-zero vector
     x2 = levels.square()
-    w_abs = torch.rand(b, o, k, generator=gen) * torch.rand(b, o, 1, generator=gen)
+    w_abs = torch.rand(b, o, k, generator=gen, dtype=f32)
+    w_abs *= torch.rand(b, o, 1, generator=gen, dtype=f32)
     offset, gain = 0.3, 1e-5
     exact = torch.bmm(x2.double(), w_abs.double().transpose(1, 2))
     vb = torch.bmm(x2.bfloat16(), w_abs.bfloat16().transpose(1, 2))
@@ -255,11 +257,11 @@ def _bracket_mismatch(kernel: BracketKernel, b: int, n: int, o: int, k: int) -> 
     rel = float(((vb.double() - exact).abs() / exact.clamp_min(1e-300)).max())
     if not rel <= eps:
         return f"the bfloat16 matmul is off by {rel:.3g} relative (bound {eps:.3g})"
-    zeta = torch.randn(b, n, o, generator=gen)
+    zeta = torch.randn(b, n, o, generator=gen, dtype=f32)
     sigma = (exact * gain + offset).sqrt()
     # signals that put about half of the outputs within the bracket of a rounding boundary
     frac = torch.rand(b, n, o, generator=gen, dtype=torch.float64)
-    near = torch.rand(b, n, o, generator=gen) < 0.5
+    near = torch.rand(b, n, o, generator=gen, dtype=f32) < 0.5
     z64 = torch.randint(-200, 200, (b, n, o), generator=gen).double() + 0.5
     z64 = torch.where(near, z64 + (frac - 0.5) * 2 * eps * sigma * zeta.double().abs(), z64 + frac)
     z64 = z64 - sigma * zeta.double()

@@ -273,7 +273,7 @@ def test_a_process_with_a_float64_default_dtype_builds_every_kernel(tmp_path):
 import warnings, torch
 torch.set_default_dtype(torch.float64)
 import aimc
-from aimc import _intmvm, _rangeclip, _scalegrad, _tiles, mvm
+from aimc import _bracket, _intmvm, _rangeclip, _scalegrad, _tiles, mvm
 from torch import nn
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -295,7 +295,7 @@ with warnings.catch_warnings(record=True) as caught:
 bad = [str(w.message) for w in caught if "could not be built" in str(w.message)]
 assert not bad, bad
 kernels = [mvm._DAC, mvm._ADC, _intmvm.INT_MVM, _tiles.TILES, _rangeclip.CLIP,
-           _scalegrad.SCALE_GRAD]
+           _scalegrad.SCALE_GRAD, _bracket.BRACKET]
 for k in kernels:
     k.ready()  # built (or refused: an ISA it is not written for), never a failed self-check
     assert not (k.failed or "").startswith("its self-check"), (type(k).__name__, k.failed)
