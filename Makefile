@@ -63,6 +63,7 @@ bench: $(STAMP) reference
 	$(PY) benchmarks/bench_eval_forward.py --compile
 	$(PY) benchmarks/bench_predict_saturation.py
 	$(PY) benchmarks/bench_onednn_gemm.py
+	$(PY) benchmarks/bench_bf16_bracket.py
 	THP_MEM_ALLOC_ENABLE=1 $(PY) benchmarks/bench_eval_forward.py --compile \
 		--out benchmarks/results/eval_forward_cpu_huge_pages.json
 	$(PY) benchmarks/bench_huge_pages.py

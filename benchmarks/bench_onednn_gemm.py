@@ -22,7 +22,9 @@ per row:
     python benchmarks/bench_onednn_gemm.py [--threads 2] [--repeats 15] [--no-minilm]
 
 Writes ``benchmarks/results/onednn_gemm_cpu.json`` (``--out`` to change). Where oneDNN does not
-apply (not x86-64, PyTorch without oneDNN, ``AIMC_ONEDNN_GEMM=0``) the script says so.
+apply (not x86-64, PyTorch without oneDNN, ``AIMC_ONEDNN_GEMM=0``) the script says so. The
+forwards run the float32 variance MVM (``AIMC_BF16_BRACKET=0``: the bracketed bfloat16 variance,
+``bench_bf16_bracket.py``, would replace it on CPUs with native bfloat16 matmuls).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from bench_linear import _stats, write_results
 
 import aimc
 import aimc.mvm as mvm
-from aimc import _onednn
+from aimc import _bracket, _onednn
 
 CONFIG = "bert_squad:0.0175"
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +168,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.pop(_onednn.ENV, None)
+    # the float32 variance MVM, which the bracketed bfloat16 one (aimc._bracket,
+    # bench_bf16_bracket.py) replaces in forwards on CPUs with native bfloat16 matmuls
+    os.environ[_bracket.ENV] = "0"
     probe = torch.ones(1, 1, 1)
     if not _onednn.ONEDNN_GEMM.applies(probe):
         raise SystemExit(

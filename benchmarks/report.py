@@ -847,6 +847,44 @@ def onednn_gemm(inp: Inputs) -> str:
     return _table(header, ["---"] + ["---:"] * 9, rows) + note
 
 
+def bf16_bracket(inp: Inputs) -> str:
+    """bench_bf16_bracket.py: the bracketed bfloat16 variance against the float32 one."""
+    src = "bf16_bracket_cpu.json"
+    data = inp.json(src)
+    rows = []
+    for i, num in _row_numbers(data, src):
+        share = num("outputs_float32_variance") / max(num("outputs_bracketed"), 1)
+        rows.append(
+            [
+                _get(data, "rows", i, "layer", source=src),
+                f"{num('bf16_max_rel_error'):.2e} / {num('bound'):.2e}",
+                f"{share:.2%} of {int(num('outputs_bracketed')):,}",
+                _timing(data, src, "rows", i, "digital"),
+                _timing(data, src, "rows", i, "analog float32"),
+                _timing(data, src, "rows", i, "analog bracket"),
+                f"{num('ratio analog float32'):.2f}",
+                f"**{num('ratio analog bracket'):.2f}**",
+                f"{int(num('outputs_apart')):,} of {int(num('outputs')):,}",
+            ]
+        )
+    header = [
+        "layer",
+        "bf16 variance: max rel. error vs float64 / bound",
+        "outputs that needed the float32 variance",
+        "`nn.Linear`",
+        "analog, float32 variance",
+        "analog, bracketed bf16 variance",
+        "ratio, float32 variance",
+        "ratio, bracketed",
+        "outputs apart",
+    ]
+    note = (
+        f"\n\n(`{_get(data, 'meta', 'config', source=src)}`, programmed, drifted 1 h; "
+        f"{_host(data)})"
+    )
+    return _table(header, ["---"] + ["---:"] * 8, rows) + note
+
+
 def int_mvm(inp: Inputs) -> str:
     """bench_int_mvm.py: the int8 MVM against the float32 GEMM, accuracy and time."""
     src = "int_mvm_cpu.json"
@@ -1361,6 +1399,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
         rng_draw,
         int_mvm,
         onednn_gemm,
+        bf16_bracket,
         predict_saturation,
         two_hosts,
         targets,
