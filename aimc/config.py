@@ -373,7 +373,10 @@ class IOConfig(_ConfigBase):
     slower than float32 on an AVX2-only host, ``benchmarks/bench_bf16_matmul.py``), so aimc
     warns once there. The noise std carries a relative error of at most about 0.4 % (bfloat16
     keeps 8 significand bits). The noise-free MVM stays float32. An implementation choice, not
-    physics; off = exact float32."""
+    physics; off = exact float32 — which on CPUs with native bfloat16 matmuls also computes
+    this MVM in bfloat16 in eager forwards, but bracketed (``aimc._bracket``): each output's
+    ADC level is proven equal to the float32 variance's, or computed from it, so the
+    statistics are exact and the speed about the same as with this option."""
     out_noise: float = 0.06
     """Std of additive Gaussian output noise before the ADC (AIHWKIT default 0.06)."""
     out_bound: float = 12.0

@@ -757,7 +757,8 @@ def _bracketed_noise_(z: Tensor, zeta: Tensor, x2: Tensor, tw: TileWeights, io: 
 #: the layer's previous forward (remembered on the tile matrices). Below it the prediction's
 #: extra passes cost about what the variance MVM it saves does, or more (Zen 5 host,
 #: 2026-12-07, ``benchmarks/bench_predict_saturation.py``: break-even at 28 % saturated with the
-#: float32 variance MVM, a loss there with the bfloat16 one; 60 % and 91 % gain with both).
+#: float32 variance MVM, a loss there with the bfloat16 one and with the bracketed bfloat16 one,
+#: :mod:`aimc._bracket` (1.79x against 1.63x ``nn.Linear``); 60 % and 91 % gain with all three).
 PREDICT_MIN_SATURATED = 0.4
 
 
