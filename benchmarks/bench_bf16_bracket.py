@@ -25,21 +25,17 @@ nothing (exit status 0, so that ``make bench`` goes on).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
-from pathlib import Path
 
 import torch
-from bench_eval_forward import analog_twin, interleaved, minilm_layers, synthetic_layers
-from bench_linear import _stats, write_results
+from bench_eval_forward import analog_twin, interleaved, spying
+from bench_linear import _stats
+from bench_onednn_gemm import CONFIG, bench_layers, layer_args
 
 import aimc
 import aimc.mvm as mvm
 from aimc import _bracket
-
-CONFIG = "bert_squad:0.0175"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def with_bracket(on: bool, fn):
@@ -54,19 +50,13 @@ def bf16_error(analog: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
     """The bfloat16 variance MVM's largest relative error against float64 on the first
     bracketed pass of one forward, and the bound the bracket takes for it."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    original = mvm._bracketed_noise_
 
-    def spy(z, zeta, x2, tw, io):
+    def record(z, zeta, x2, tw, io) -> None:
         if not seen:
             seen.append((x2.clone(), tw.w_abs.clone()))
-        return original(z, zeta, x2, tw, io)
 
-    mvm._bracketed_noise_ = spy
-    try:
-        with torch.inference_mode():
-            analog(x)
-    finally:
-        mvm._bracketed_noise_ = original
+    with spying("_bracketed_noise_", record), torch.inference_mode():
+        analog(x)
     x2, w = seen[0]
     exact = torch.bmm(x2.double(), w.double().transpose(1, 2))
     vb = torch.bmm(x2.bfloat16(), _bracket.abs_bf16(w).transpose(1, 2)).double()
@@ -144,13 +134,7 @@ def bench_layer(name: str, lin: torch.nn.Linear, x: torch.Tensor, repeats: int) 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--no-minilm", action="store_true", help="only the three synthetic layers")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/bf16_bracket_cpu.json")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    args = layer_args(__doc__, "bf16_bracket_cpu.json")
     os.environ.pop(_bracket.ENV, None)
     if mvm._native_bf16_cpu() is not True or not _bracket.BRACKET.ready():
         # (not an error: `make bench` goes on; the committed result stays that of its host)
@@ -160,20 +144,7 @@ def main() -> None:
             "measured"
         )
         return
-    layers = synthetic_layers() + ([] if args.no_minilm else minilm_layers())
-    rows = [bench_layer(name, lin, x, args.repeats) for name, lin, x in layers]
-    write_results(
-        args.out,
-        {
-            "meta": {
-                "aimc": aimc.__version__,
-                "threads": args.threads,
-                "repeats": args.repeats,
-                "config": CONFIG,
-            },
-            "rows": rows,
-        },
-    )
+    bench_layers(args, bench_layer)
 
 
 if __name__ == "__main__":

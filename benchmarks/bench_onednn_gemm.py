@@ -33,6 +33,7 @@ import argparse
 import math
 import os
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -159,14 +160,22 @@ def bench_layer(name: str, lin: torch.nn.Linear, x: torch.Tensor, repeats: int) 
     return row
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def layer_args(doc: str, out: str) -> argparse.Namespace:
+    """The command line of a layer benchmark (this script's, ``bench_bf16_bracket.py``'s):
+    ``--threads`` (set here), ``--repeats``, ``--no-minilm``, ``--out`` (default
+    ``benchmarks/results/<out>``)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--no-minilm", action="store_true", help="only the three synthetic layers")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/onednn_gemm_cpu.json")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results" / out)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    return args
+
+
+def main() -> None:
+    args = layer_args(__doc__, "onednn_gemm_cpu.json")
     os.environ.pop(_onednn.ENV, None)
     # the float32 variance MVM, which the bracketed bfloat16 one (aimc._bracket,
     # bench_bf16_bracket.py) replaces in forwards on CPUs with native bfloat16 matmuls
@@ -177,20 +186,17 @@ def main() -> None:
             "bench_onednn_gemm: oneDNN's GEMM does not apply here "
             f"({_onednn.ONEDNN_GEMM.failed or 'not an x86-64 CPU with oneDNN, or switched off'})"
         )
+    bench_layers(args, bench_layer)
+
+
+def bench_layers(args: argparse.Namespace, bench: Callable[..., dict]) -> None:
+    """``bench(name, lin, x, repeats)`` on the synthetic layers and (unless ``--no-minilm``)
+    the MiniLM ones, the rows written to ``args.out`` with the run's settings (this script's
+    and ``bench_bf16_bracket.py``'s)."""
     layers = synthetic_layers() + ([] if args.no_minilm else minilm_layers())
-    rows = [bench_layer(name, lin, x, args.repeats) for name, lin, x in layers]
-    write_results(
-        args.out,
-        {
-            "meta": {
-                "aimc": aimc.__version__,
-                "threads": args.threads,
-                "repeats": args.repeats,
-                "config": CONFIG,
-            },
-            "rows": rows,
-        },
-    )
+    rows = [bench(name, lin, x, args.repeats) for name, lin, x in layers]
+    meta = {"aimc": aimc.__version__, "threads": args.threads, "repeats": args.repeats}
+    write_results(args.out, {"meta": {**meta, "config": CONFIG}, "rows": rows})
 
 
 if __name__ == "__main__":
