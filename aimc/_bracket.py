@@ -15,8 +15,8 @@ variance would round to the same level:
   sign: at most ``k * 2**-24``) and rounding the result to bfloat16 (``u`` again) keeps the
   bfloat16 product ``v_b`` within ``eps = (1 + u)^3 (1 + k 2**-24) - 1`` (1.2 %, plus a margin)
   of the exact ``v``: ``v`` lies in ``[v_b / (1 + eps), v_b / (1 - eps)]``. (Denormal inputs,
-  which the bfloat16 instructions flush to zero, only lower ``v_b``; an absolute slack covers
-  them.)
+  which the bfloat16 instructions flush to zero, only lower ``v_b``; an absolute slack sized
+  from the operands' largest values covers them, :func:`flush_slack`.)
 * **the decision.** ``y = z + sqrt(out_noise^2 + gain v) * zeta`` moves monotonically with
   ``v``, and the ADC's rounding (half to even, as PyTorch rounds) is monotonic, so where both
   ends of the bracket round to the same level, every variance inside it does, the float32 one
@@ -44,6 +44,7 @@ everywhere).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -60,9 +61,17 @@ _U = 2.0**-8
 #: the relative margin on top of the bound (float32 rounding of the bracket's own arithmetic:
 #: a few operations of ``2**-24`` each)
 _MARGIN = 2.0**-18
-#: the absolute slack on the upper end (bfloat16 instructions flush denormal inputs to zero:
-#: each flushed product is below ``2**-126`` times the largest squared level, ``128**2``)
-_ABS_SLACK_PER_TERM = 2.0**-126 * 2.0**14
+#: the smallest normal float32 (and bfloat16): bfloat16 dot-product instructions flush
+#: denormal inputs and results to zero
+_TINY = 2.0**-126
+
+
+def flush_slack(k: int, max_x2: float, max_w: float) -> float:
+    """The absolute slack on the upper end for flushed denormals, over ``k`` terms whose
+    factors are at most ``max_x2`` and ``max_w``: a term with a denormal factor is below
+    ``2**-126`` times the other factor (rounded up to bfloat16), a product or partial sum that
+    underflows is below ``2**-126``; twice that, per term."""
+    return 2.0 * k * _TINY * max(1.0, max_x2, max_w)
 
 
 def bracket_eps(k: int) -> float:
@@ -199,11 +208,19 @@ class BracketKernel(_NativeKernel):
         w_abs: Tensor,
         offset: float,
         gain: float,
+        max_x2: float,
+        max_w: float,
     ) -> int:
         """``z <- z + sqrt(offset + gain * x2 @ w_abs^T) * zeta`` to the ADC's levels (see the
         module docstring), ``vb`` the bfloat16 ``x2 @ w_abs^T``: ``z``, ``zeta``, ``vb``
         ``(B, N, O)``, ``x2`` ``(B, N, K)``, ``w_abs`` ``(B, O, K)``, contiguous CPU tensors
-        (checked). Returns how many outputs took the float32 variance."""
+        (checked); ``max_x2`` and ``max_w`` bounds on ``x2`` and ``w_abs`` (finite: the
+        denormals' slack, :func:`flush_slack`). Returns how many outputs took the float32
+        variance."""
+        if not (math.isfinite(max_x2) and math.isfinite(max_w)):
+            raise ValueError(
+                f"aimc._bracket: max_x2={max_x2}, max_w={max_w}; allowed: finite bounds"
+            )
         b, n, o = z.shape
         k = x2.shape[2]
         _check_buffers("bracket", [(z, (b, n, o)), (zeta, (b, n, o)), (x2, (b, n, k))])
@@ -226,7 +243,7 @@ class BracketKernel(_NativeKernel):
             gain,
             1.0 / (1.0 + eps),
             1.0 / (1.0 - eps),
-            k * _ABS_SLACK_PER_TERM,
+            flush_slack(k, max_x2, max_w),
         )
         return int(count)
 
@@ -268,7 +285,9 @@ def _bracket_mismatch(kernel: BracketKernel, b: int, n: int, o: int, k: int) -> 
     z = z64.float()
     ref = (z.double() + sigma * zeta.double()).round()
     out = z.clone()
-    count = kernel.noisy_(out, zeta, vb, x2, w_abs, offset, gain)
+    count = kernel.noisy_(
+        out, zeta, vb, x2, w_abs, offset, gain, float(x2.max()), float(w_abs.max())
+    )
     got = out.double().round()
     # outputs within float32 rounding of a tie may land either way
     tie = ((z.double() + sigma * zeta.double()) % 1.0 - 0.5).abs() < 1e-4
@@ -290,22 +309,25 @@ def switched_on() -> bool:
     return BRACKET.switched_on() and os.environ.get(ENV, "1") != "0"
 
 
-def abs_bf16(w_abs: Tensor) -> Tensor:
-    """``w_abs`` (float32, contiguous) rounded to bfloat16, kept on the tensor it views (or on
-    itself) until that changes (its version counter, as :func:`aimc._intmvm.cached_limbs`), so
-    that the tile matrices convert once, not at every forward or bound-management round."""
+def abs_bf16(w_abs: Tensor) -> tuple[Tensor, float]:
+    """``w_abs`` (float32, contiguous) rounded to bfloat16, and a bound on its largest value,
+    kept on the tensor it views (or on itself) until that changes (its version counter, as
+    :func:`aimc._intmvm.cached_limbs`), so that the tile matrices convert once, not at every
+    forward or bound-management round. A view that is not the whole of a contiguous base is
+    converted on its own."""
     base = w_abs if w_abs._base is None else w_abs._base
+    whole = base is w_abs or (
+        base.is_contiguous()
+        and w_abs.is_contiguous()
+        and w_abs.numel() == base.numel()
+        and w_abs.storage_offset() == base.storage_offset()
+    )
+    if not whole:
+        return w_abs.to(torch.bfloat16).contiguous(), float(w_abs.max()) if w_abs.numel() else 0.0
     version = 0 if base.is_inference() else base._version
     cached = getattr(base, "_aimc_abs_bf16", None)
     if cached is None or cached[0] != version or cached[1].numel() != base.numel():
-        cached = (version, base.detach().to(torch.bfloat16).contiguous())
+        top = float(base.max()) if base.numel() else 0.0
+        cached = (version, base.detach().to(torch.bfloat16).contiguous(), top)
         base._aimc_abs_bf16 = cached  # type: ignore[attr-defined]
-    if base is w_abs:
-        return cached[1]
-    if (
-        not w_abs.is_contiguous()
-        or w_abs.numel() != base.numel()
-        or w_abs.storage_offset() != base.storage_offset()
-    ):
-        return w_abs.to(torch.bfloat16)
-    return cached[1].view(w_abs.shape)
+    return (cached[1] if base is w_abs else cached[1].view(w_abs.shape)), cached[2]

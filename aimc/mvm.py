@@ -746,10 +746,18 @@ def _bracketed_noise_(z: Tensor, zeta: Tensor, x2: Tensor, tw: TileWeights, io: 
     in_unit, out_unit = units(io)
     gain = (io.w_noise * in_unit) ** 2 / out_unit**2
     offset = (io.out_noise / out_unit) ** 2
+    w_b, max_w = _bracket.abs_bf16(tw.w_abs)
+    # a bound on the squared levels (the flushed denormals' slack): 128^2 where the DAC makes
+    # whole levels in [-128, 128], else their largest (not finite: the float32 variance)
+    max_x2 = 128.0**2 if _dac_levels_int8(io) else float(x2.max()) if x2.numel() else 0.0
+    if not (math.isfinite(max_x2) and math.isfinite(max_w)):
+        var = _variance_(_scratch(3, tuple(z.shape), z), x2, tw.w_abs.transpose(1, 2), io)
+        z.addcmul_(var.sqrt_(), zeta)
+        return z.numel()
     x2b = _scratch(20, tuple(x2.shape), x2, torch.bfloat16).copy_(x2)
     vb = _scratch(21, tuple(z.shape), z, torch.bfloat16)
-    torch.bmm(x2b, _bracket.abs_bf16(tw.w_abs).transpose(1, 2), out=vb)
-    return _bracket.BRACKET.noisy_(z, zeta, vb, x2, tw.w_abs, offset, gain)
+    torch.bmm(x2b, w_b.transpose(1, 2), out=vb)
+    return _bracket.BRACKET.noisy_(z, zeta, vb, x2, tw.w_abs, offset, gain, max_x2, max_w)
 
 
 #: An eager ``pcm_read`` forward predicts saturation (:func:`_predicted_variance`) where at

@@ -59,7 +59,7 @@ def bf16_error(analog: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
         analog(x)
     x2, w = seen[0]
     exact = torch.bmm(x2.double(), w.double().transpose(1, 2))
-    vb = torch.bmm(x2.bfloat16(), _bracket.abs_bf16(w).transpose(1, 2)).double()
+    vb = torch.bmm(x2.bfloat16(), _bracket.abs_bf16(w)[0].transpose(1, 2)).double()
     rel = ((vb - exact).abs() / exact.clamp_min(1e-300)).max()
     return float(rel), _bracket.bracket_eps(x2.shape[2])
 

@@ -32,6 +32,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _noisy(out, zeta, vb, x2, w, offset, gain):
+    """``BRACKET.noisy_`` with the operands' largest values (NaN ignored) as its bounds."""
+
+    def top(t):
+        return float(t.nan_to_num(0.0, 0.0, 0.0).max()) if t.numel() else 0.0
+
+    return BRACKET.noisy_(out, zeta, vb, x2, w, offset, gain, top(x2), top(w))
+
+
 def test_the_kernel_passes_its_self_check_here():
     assert BRACKET.ready(), BRACKET.failed
 
@@ -107,7 +116,7 @@ def test_the_kernels_levels_are_float64s(b, n, o, k, seed, offset, gain, w_scale
     z, zeta, vb, x2, w = _case(b, n, o, k, seed, offset=offset, gain=gain, w_scale=w_scale)
     want, tie = _exact_levels(z, zeta, x2, w, offset, gain)
     out = z.clone()
-    found = BRACKET.noisy_(out, zeta, vb, x2, w, offset, gain)
+    found = _noisy(out, zeta, vb, x2, w, offset, gain)
     assert 0 <= found <= out.numel()
     bad = (out.double().round() != want) & ~tie
     assert not bool(bad.any()), f"{int(bad.sum())} of {bad.numel()} outputs at another level"
@@ -118,7 +127,7 @@ def test_outputs_near_boundaries_take_the_float32_variance():
     # and those get the float32 value itself (not the bracket's end)
     z, zeta, vb, x2, w = _case(2, 64, 70, 384, 3, offset=0.3, gain=1e-5, w_scale=1.0, near=1.0)
     out = z.clone()
-    found = BRACKET.noisy_(out, zeta, vb, x2, w, 0.3, 1e-5)
+    found = _noisy(out, zeta, vb, x2, w, 0.3, 1e-5)
     assert found > 0.2 * out.numel()
     var = (torch.bmm(x2, w.transpose(1, 2)) * 1e-5 + 0.3).sqrt()
     exact = z + var * zeta
@@ -135,7 +144,7 @@ def test_non_finite_outputs_stay_non_finite():
     vb = torch.bmm(x2.bfloat16(), w.bfloat16().transpose(1, 2))
     zeta[0, 2, 5] = 1.0
     out = z.clone()
-    BRACKET.noisy_(out, zeta, vb, x2, w, 0.3, 1e-5)
+    _noisy(out, zeta, vb, x2, w, 0.3, 1e-5)
     assert math.isnan(out[0, 0, 3])
     assert out[0, 1, 4] == math.inf or math.isnan(out[0, 1, 4])
     assert out[0, 2, 5] == -math.inf or math.isnan(out[0, 2, 5])
@@ -184,7 +193,26 @@ def test_wrong_buffers_are_refused(bad, message):
         w_abs=torch.zeros(1, 5, 5),
     )
     with pytest.raises(ValueError, match=message):
-        BRACKET.noisy_(**bad(t), offset=0.1, gain=1.0)
+        BRACKET.noisy_(**bad(t), offset=0.1, gain=1.0, max_x2=1.0, max_w=1.0)
+
+
+def test_non_finite_bounds_are_refused():
+    t = dict(
+        z=torch.zeros(1, 4, 5),
+        zeta=torch.zeros(1, 4, 5),
+        vb=torch.zeros(1, 4, 5, dtype=torch.bfloat16),
+        x2=torch.zeros(1, 4, 5),
+        w_abs=torch.zeros(1, 5, 5),
+    )
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="max_x2=.*allowed: finite bounds"):
+            BRACKET.noisy_(**t, offset=0.1, gain=1.0, max_x2=bad, max_w=1.0)
+
+
+def test_the_flush_slack_grows_with_the_operands():
+    assert _bracket.flush_slack(64, 1.0, 1.0) == 2 * 64 * 2.0**-126
+    assert _bracket.flush_slack(64, 1e38, 1.0) == 2 * 64 * 2.0**-126 * 1e38
+    assert _bracket.flush_slack(64, 3.0, 1e20) == 2 * 64 * 2.0**-126 * 1e20
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,6 +275,24 @@ def test_a_conv_and_non_finite_inputs(monkeypatch):
     a, b = _forwards(model, x, monkeypatch, spy)
     assert bool(a.isnan().any())
     assert_same_to_rounding(a, b)
+
+
+def test_unquantized_inputs_with_a_non_finite_value(monkeypatch):
+    # no DAC (no noise management, bound or steps): the squared inputs' bound is their largest
+    # value, which an inf input makes infinite; that forward takes the float32 variance
+    model = _layer(
+        256, 128, inp_res=-1.0, inp_bound=-1.0, noise_management=aimc.NoiseManagement.NONE
+    )
+    spy = _Spy(monkeypatch)
+    monkeypatch.setattr(mvm, "PREDICT_MIN_SATURATED", math.inf)  # every vector's variance
+    x = _inputs((100, 256), 11)
+    a, b = _forwards(model, x, monkeypatch, spy)
+    assert_same_to_rounding(a, b)
+    x[3, 7] = math.inf
+    exact_before = spy.exact
+    a, b = _forwards(model, x, monkeypatch, spy)
+    assert_same_to_rounding(a, b)
+    assert spy.exact - exact_before >= 100 * 128  # the first pass: every output in float32
 
 
 def test_same_seed_same_outputs(monkeypatch):
@@ -334,15 +380,16 @@ def test_a_training_step_gives_the_float32_variances_gradients(monkeypatch):
 
 def test_abs_bf16_is_kept_and_follows_writes():
     w = torch.rand(2, 6, 8)
-    first = abs_bf16(w)
+    first = abs_bf16(w)[0]
     assert first.dtype == torch.bfloat16 and torch.equal(first, w.bfloat16())
-    assert abs_bf16(w) is first  # kept
+    assert abs_bf16(w)[0] is first  # kept
+    assert abs_bf16(w)[1] == float(w.max())  # with the largest value
     view = w.view(12, 1, 8)
-    assert abs_bf16(view).data_ptr() == first.data_ptr()  # a view reads its base's
+    assert abs_bf16(view)[0].data_ptr() == first.data_ptr()  # a view reads its base's
     w.mul_(2)  # an in-place write bumps the version: converted afresh
-    assert torch.equal(abs_bf16(w), w.bfloat16())
+    assert torch.equal(abs_bf16(w)[0], w.bfloat16())
     part = w[:1]  # a view of part of it: converted on its own, not kept
-    assert torch.equal(abs_bf16(part), part.bfloat16())
+    assert torch.equal(abs_bf16(part)[0], part.bfloat16())
 
 
 @pytest.mark.xfail(
