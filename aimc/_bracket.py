@@ -45,7 +45,6 @@ everywhere).
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
@@ -306,7 +305,7 @@ BRACKET = BracketKernel()
 def switched_on() -> bool:
     """Not switched off by the environment (``AIMC_BF16_BRACKET=0``, ``AIMC_FUSED_KERNELS=0``)
     and not failed its build or check (builds nothing)."""
-    return BRACKET.switched_on() and os.environ.get(ENV, "1") != "0"
+    return BRACKET.switched_on()
 
 
 def abs_bf16(w_abs: Tensor) -> tuple[Tensor, float]:

@@ -748,9 +748,12 @@ def _bracketed_noise_(z: Tensor, zeta: Tensor, x2: Tensor, tw: TileWeights, io: 
     offset = (io.out_noise / out_unit) ** 2
     w_b, max_w = _bracket.abs_bf16(tw.w_abs)
     # a bound on the squared levels (the flushed denormals' slack): 128^2 where the DAC makes
-    # whole levels in [-128, 128], else their largest (not finite: the float32 variance)
+    # whole levels in [-128, 128], else their largest; not finite, or a variance that could
+    # come near float32's overflow (where bfloat16's rounding up could overflow alone): the
+    # float32 variance
     max_x2 = 128.0**2 if _dac_levels_int8(io) else float(x2.max()) if x2.numel() else 0.0
-    if not (math.isfinite(max_x2) and math.isfinite(max_w)):
+    v_max = x2.shape[2] * max_x2 * max_w
+    if not (v_max < 2.0**120 and gain * v_max + offset < 2.0**120):
         var = _variance_(_scratch(3, tuple(z.shape), z), x2, tw.w_abs.transpose(1, 2), io)
         z.addcmul_(var.sqrt_(), zeta)
         return z.numel()

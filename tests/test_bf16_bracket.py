@@ -209,6 +209,26 @@ def test_non_finite_bounds_are_refused():
             BRACKET.noisy_(**t, offset=0.1, gain=1.0, max_x2=bad, max_w=1.0)
 
 
+@pytest.mark.parametrize("w_scale, bracketed", [(1.0, True), (1e36, False), (math.nan, False)])
+def test_variances_near_float32s_overflow_take_the_float32_variance(w_scale, bracketed):
+    # bfloat16's rounding up could overflow where float32 does not: a variance that could come
+    # near float32's overflow (or a NaN bound) takes the float32 variance for the whole MVM
+    io = presets.bert_squad(0.0175).io
+    g = torch.Generator().manual_seed(12)
+    x2 = torch.randint(-128, 129, (2, 16, 64), generator=g).float().square()
+    w = torch.rand(2, 24, 64, generator=g) * w_scale
+    tw = mvm.TileWeights(None, w, None, w.abs())
+    z = torch.randn(2, 16, 24, generator=g) * 50
+    zeta = torch.randn(2, 16, 24, generator=g)
+    out = z.clone()
+    found = mvm._bracketed_noise_(out, zeta, x2, tw, io)
+    assert (found < out.numel()) == bracketed
+    if not bracketed:
+        var = torch.empty(z.shape)
+        var = mvm._variance_(var, x2, w.abs().transpose(1, 2), io)
+        torch.testing.assert_close(out, z + var.sqrt() * zeta, equal_nan=True)
+
+
 def test_the_flush_slack_grows_with_the_operands():
     assert _bracket.flush_slack(64, 1.0, 1.0) == 2 * 64 * 2.0**-126
     assert _bracket.flush_slack(64, 1e38, 1.0) == 2 * 64 * 2.0**-126 * 1e38
