@@ -172,6 +172,17 @@ def test_bracket_eps():
     assert bracket_eps(4096) > bracket_eps(512)
 
 
+def _buffers() -> dict[str, torch.Tensor]:
+    """Valid buffers of the kernel (1 tile, 4 vectors, 5 outputs, 5 rows)."""
+    return dict(
+        z=torch.zeros(1, 4, 5),
+        zeta=torch.zeros(1, 4, 5),
+        vb=torch.zeros(1, 4, 5, dtype=torch.bfloat16),
+        x2=torch.zeros(1, 4, 5),
+        w_abs=torch.zeros(1, 5, 5),
+    )
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
@@ -185,25 +196,13 @@ def test_bracket_eps():
     ],
 )
 def test_wrong_buffers_are_refused(bad, message):
-    t = dict(
-        z=torch.zeros(1, 4, 5),
-        zeta=torch.zeros(1, 4, 5),
-        vb=torch.zeros(1, 4, 5, dtype=torch.bfloat16),
-        x2=torch.zeros(1, 4, 5),
-        w_abs=torch.zeros(1, 5, 5),
-    )
+    t = _buffers()
     with pytest.raises(ValueError, match=message):
         BRACKET.noisy_(**bad(t), offset=0.1, gain=1.0, max_x2=1.0, max_w=1.0)
 
 
 def test_non_finite_bounds_are_refused():
-    t = dict(
-        z=torch.zeros(1, 4, 5),
-        zeta=torch.zeros(1, 4, 5),
-        vb=torch.zeros(1, 4, 5, dtype=torch.bfloat16),
-        x2=torch.zeros(1, 4, 5),
-        w_abs=torch.zeros(1, 5, 5),
-    )
+    t = _buffers()
     for bad in (math.nan, math.inf):
         with pytest.raises(ValueError, match="max_x2=.*allowed: finite bounds"):
             BRACKET.noisy_(**t, offset=0.1, gain=1.0, max_x2=bad, max_w=1.0)

@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from test_bf16_bracket import _bf16_host, _noisy, _Spy  # noqa: F401 - (_bf16_host: autouse)
 from test_predict_saturation import _inputs, _layer, assert_same_to_rounding
 
 import aimc
@@ -22,38 +23,6 @@ from aimc.config import AnalogConfig, BoundManagement, DeviceConfig, IOConfig, M
 pytestmark = pytest.mark.skipif(
     not BRACKET.ready(), reason=f"the bracket kernel cannot be built here ({BRACKET.failed})"
 )
-
-
-@pytest.fixture(autouse=True)
-def _bf16_host(monkeypatch):
-    """The forwards take the bracket on any CPU (emulated bfloat16 matmuls where not native)."""
-    monkeypatch.setattr(mvm, "_native_bf16_cpu", lambda: True)
-
-
-class _Spy:
-    """Counts the bracketed MVMs and the outputs that needed the float32 variance."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls = 0
-        self.exact = 0
-        original = mvm._bracketed_noise_
-
-        def spy(z, *args):
-            self.calls += 1
-            found = original(z, *args)
-            self.exact += found
-            return found
-
-        monkeypatch.setattr(mvm, "_bracketed_noise_", spy)
-
-
-def _noisy(out, zeta, vb, x2, w, offset, gain):
-    """``BRACKET.noisy_`` with the operands' largest values (NaN ignored) as its bounds."""
-
-    def top(t):
-        return float(t.nan_to_num(0.0, 0.0, 0.0).max()) if t.numel() else 0.0
-
-    return BRACKET.noisy_(out, zeta, vb, x2, w, offset, gain, top(x2), top(w))
 
 
 def _both(model, x, monkeypatch, *, ctx=torch.inference_mode, seed=1, run=None):
