@@ -302,12 +302,6 @@ def _bracket_mismatch(kernel: BracketKernel, b: int, n: int, o: int, k: int) -> 
 BRACKET = BracketKernel()
 
 
-def switched_on() -> bool:
-    """Not switched off by the environment (``AIMC_BF16_BRACKET=0``, ``AIMC_FUSED_KERNELS=0``)
-    and not failed its build or check (builds nothing)."""
-    return BRACKET.switched_on()
-
-
 def abs_bf16(w_abs: Tensor) -> tuple[Tensor, float]:
     """``w_abs`` (float32, contiguous) rounded to bfloat16, and a bound on its largest value,
     kept on the tensor it views (or on itself) until that changes (its version counter, as

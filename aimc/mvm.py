@@ -647,18 +647,16 @@ def _mvm_adc(
         mvm_(z)
     elif (
         kind == WeightNoiseType.PCM_READ
-        and not predict
         and isinstance(gen, torch.Generator)
-        and _bracketing(z, xq.shape[1], tw, io)
+        and (predict or _bracketing(z, xq.shape[1], tw, io))
     ):
         mvm_(z)  # the signal W x' first, then the noise's standard normal draws
         zeta = noise_normal_(_scratch(9, tuple(z.shape), z), gen)
-        _bracketed_noise_(z, zeta, _eager_squares(xq, io, x2), tw, io)
-    elif predict and kind == WeightNoiseType.PCM_READ and isinstance(gen, torch.Generator):
-        mvm_(z)  # the signal W x' first, then the noise's standard normal draws
-        zeta = noise_normal_(_scratch(9, tuple(z.shape), z), gen)
         x2 = _eager_squares(xq, io, x2)
-        sure = _predicted_variance(z, zeta, x2, tw, io, n_out or 1)
+        if predict:
+            sure = _predicted_variance(z, zeta, x2, tw, io, n_out or 1)
+        else:
+            _bracketed_noise_(z, zeta, x2, tw, io)
     else:
         # else a tensor stream: the compiled forward, or its gathered bound-management rounds
         eager = isinstance(gen, torch.Generator)
@@ -732,10 +730,8 @@ def _bracketing(z: Tensor, n: int, tw: TileWeights, io: IOConfig) -> bool:
         and n >= BRACKET_MIN_VECTORS
         and tw.w_abs is not None
         and tw.w_abs.is_contiguous()
-        and not _compiling()
-        and _bracket.switched_on()
         and _native_bf16_cpu() is True
-        and _bracket.BRACKET.usable()
+        and _bracket.BRACKET.usable()  # (not traced, not switched off; built on first use)
     )
 
 
@@ -754,13 +750,19 @@ def _bracketed_noise_(z: Tensor, zeta: Tensor, x2: Tensor, tw: TileWeights, io: 
     max_x2 = 128.0**2 if _dac_levels_int8(io) else float(x2.max()) if x2.numel() else 0.0
     v_max = x2.shape[2] * max_x2 * max_w
     if not (v_max < 2.0**120 and gain * v_max + offset < 2.0**120):
-        var = _variance_(_scratch(3, tuple(z.shape), z), x2, tw.w_abs.transpose(1, 2), io)
-        z.addcmul_(var.sqrt_(), zeta)
+        _noise_from_variance_(z, zeta, x2, tw.w_abs.transpose(1, 2), io)
         return z.numel()
     x2b = _scratch(20, tuple(x2.shape), x2, torch.bfloat16).copy_(x2)
     vb = _scratch(21, tuple(z.shape), z, torch.bfloat16)
     torch.bmm(x2b, w_b.transpose(1, 2), out=vb)
     return _bracket.BRACKET.noisy_(z, zeta, vb, x2, tw.w_abs, offset, gain, max_x2, max_w)
+
+
+def _noise_from_variance_(z: Tensor, zeta: Tensor, x2: Tensor, w2: Tensor, io: IOConfig) -> None:
+    """``z <- z + sqrt(var) * zeta``, ``var`` the ``pcm_read`` variance MVM
+    (:func:`_variance_`) of ``x2`` and the transposed ``|W|`` ``w2`` in ``x2``'s dtype."""
+    var = _variance_(_scratch(3, tuple(z.shape), z, x2.dtype), x2, w2, io)
+    z.addcmul_(var.float().sqrt_(), zeta)
 
 
 #: An eager ``pcm_read`` forward predicts saturation (:func:`_predicted_variance`) where at
@@ -901,8 +903,7 @@ def _predicted_variance(
         if bracket:
             _bracketed_noise_(z, zeta, x2, tw, io)
         else:
-            var = _variance_(_scratch(3, (b, n, o), z, dtype), x2.to(dtype), w2, io)
-            z.addcmul_(var.float().sqrt_(), zeta)
+            _noise_from_variance_(z, zeta, x2.to(dtype), w2, io)
         return sure if bool(sure.any()) else None
     # per tile, the undecided vectors first, then (up to k) decided ones: their outputs get the
     # full computation's values too, and bound management redoes them anyway
