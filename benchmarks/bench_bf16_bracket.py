@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import statistics
+from unittest import mock
 
 import torch
 from bench_eval_forward import analog_twin, interleaved, spying
@@ -75,12 +76,8 @@ def exact_share(analog: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
         counts[1] += z.numel()
         return found
 
-    mvm._bracketed_noise_ = spy
-    try:
-        with torch.inference_mode():
-            analog(x)
-    finally:
-        mvm._bracketed_noise_ = original
+    with mock.patch.object(mvm, "_bracketed_noise_", spy), torch.inference_mode():
+        analog(x)
     return counts[0], counts[1]
 
 

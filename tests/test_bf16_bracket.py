@@ -172,14 +172,14 @@ def test_bracket_eps():
     assert bracket_eps(4096) > bracket_eps(512)
 
 
-def _buffers() -> dict[str, torch.Tensor]:
-    """Valid buffers of the kernel (1 tile, 4 vectors, 5 outputs, 5 rows)."""
+def _buffers(k: int = 5) -> dict[str, torch.Tensor]:
+    """Valid buffers of the kernel (1 tile, 4 vectors, 5 outputs, ``k`` rows)."""
     return dict(
         z=torch.zeros(1, 4, 5),
         zeta=torch.zeros(1, 4, 5),
         vb=torch.zeros(1, 4, 5, dtype=torch.bfloat16),
-        x2=torch.zeros(1, 4, 5),
-        w_abs=torch.zeros(1, 5, 5),
+        x2=torch.zeros(1, 4, k),
+        w_abs=torch.zeros(1, 5, k),
     )
 
 

@@ -11,7 +11,7 @@ import os
 
 import pytest
 import torch
-from test_bf16_bracket import _bf16_host, _noisy, _Spy  # noqa: F401 - (_bf16_host: autouse)
+from test_bf16_bracket import _bf16_host, _buffers, _noisy, _Spy  # noqa: F401 - (_bf16_host: autouse)
 from test_predict_saturation import _inputs, _layer, assert_same_to_rounding
 
 import aimc
@@ -67,6 +67,15 @@ def _assert_levels(out, y, tie):
     assert not bool(bad.any()), f"{int(bad.sum())} of {bad.numel()} outputs at another level"
 
 
+def _signals(sigma, zeta, g, span: int, width: float):
+    """Signals ``z`` whose exact outputs ``z + sigma * zeta`` lie within ``width / 2`` of a
+    rounding boundary (a half level in ``[-span, span)``), drawn in ``zeta``'s shape."""
+    shape = zeta.shape
+    target = torch.randint(-span, span, shape, generator=g).double() + 0.5
+    target += (torch.rand(shape, generator=g, dtype=torch.float64) - 0.5) * width
+    return (target - sigma * zeta.double()).float()
+
+
 # (b, n, o, k): o not a multiple of the vector width, k below it, between, and empty
 ODD_SHAPES = [
     (1, 1, 1, 1),
@@ -88,9 +97,7 @@ def test_odd_shapes_against_float64(b, n, o, k):
     zeta = torch.randn(b, n, o, generator=g)
     sigma = (torch.bmm(x2.double(), w.double().transpose(1, 2)) * 1e-4 + 0.2).sqrt()
     # half the outputs within a few bracket widths of a rounding boundary
-    target = torch.randint(-50, 50, (b, n, o), generator=g).double() + 0.5
-    target += (torch.rand(b, n, o, generator=g, dtype=torch.float64) - 0.5) * 0.02
-    z = (target - sigma * zeta.double()).float()
+    z = _signals(sigma, zeta, g, 50, 0.02)
     out, y, tie, found = _kernel_levels(z, zeta, x2, w, 0.2, 1e-4)
     _assert_levels(out, y, tie)
     assert 0 <= found <= out.numel()
@@ -164,9 +171,7 @@ def test_wide_dynamic_range_of_weights_against_float64():
     w[:, ::7] = 0.0  # all-zero rows
     zeta = torch.randn(b, n, o, generator=g)
     sigma = (torch.bmm(x2.double(), w.double().transpose(1, 2)) * 1e-7 + 0.3).sqrt()
-    target = torch.randint(-100, 100, (b, n, o), generator=g).double() + 0.5
-    target += (torch.rand(b, n, o, generator=g, dtype=torch.float64) - 0.5) * 0.05
-    z = (target - sigma * zeta.double()).float()
+    z = _signals(sigma, zeta, g, 100, 0.05)
     out, y, tie, _ = _kernel_levels(z, zeta, x2, w, 0.3, 1e-7)
     _assert_levels(out, y, tie)
 
@@ -251,16 +256,6 @@ def test_denormal_weights_under_large_unquantized_inputs(monkeypatch):
 # refused buffers
 
 
-def _buffers():
-    return dict(
-        z=torch.zeros(1, 4, 5),
-        zeta=torch.zeros(1, 4, 5),
-        vb=torch.zeros(1, 4, 5, dtype=torch.bfloat16),
-        x2=torch.zeros(1, 4, 3),
-        w_abs=torch.zeros(1, 5, 3),
-    )
-
-
 @pytest.mark.parametrize(
     "name, bad",
     [
@@ -282,14 +277,14 @@ def _buffers():
     ],
 )
 def test_non_contiguous_or_wrong_buffers_raise(name, bad):
-    t = _buffers()
+    t = _buffers(3)
     t[name] = bad(t)
     with pytest.raises(ValueError, match="bracket kernel got"):
         BRACKET.noisy_(**t, offset=0.1, gain=1.0, max_x2=1.0, max_w=1.0)
 
 
 def test_a_wrong_rank_raises_rather_than_reads_out_of_bounds():
-    t = _buffers()
+    t = _buffers(3)
     t["z"] = torch.zeros(4, 5)
     with pytest.raises(ValueError):
         BRACKET.noisy_(**t, offset=0.1, gain=1.0, max_x2=1.0, max_w=1.0)

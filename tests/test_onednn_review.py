@@ -12,25 +12,13 @@ import warnings
 
 import pytest
 import torch
-from test_onednn_gemm import forwards
+from test_onednn_gemm import _float32_variance, forwards, pytestmark  # noqa: F401 - (autouse)
 from test_predict_saturation import _inputs, _layer, assert_same_to_rounding
 
 import aimc
 import aimc.mvm as mvm
-from aimc import _bracket, _onednn, presets
+from aimc import _onednn, presets
 from aimc._onednn import OneDnnGemm
-
-pytestmark = pytest.mark.skipif(
-    not OneDnnGemm().switched_on(), reason="oneDNN's GEMM does not run here (not x86-64)"
-)
-
-
-@pytest.fixture(autouse=True)
-def _float32_variance(monkeypatch):
-    """These tests are about the float32 variance MVM through oneDNN: the bracketed bfloat16
-    variance (aimc._bracket, tests/test_bf16_bracket.py), which would take its place on a CPU
-    with native bfloat16 matmuls, is switched off."""
-    monkeypatch.setenv(_bracket.ENV, "0")
 
 
 class _Spy:
