@@ -21,8 +21,9 @@ variance would round to the same level:
   ``v``, and the ADC's rounding (half to even, as PyTorch rounds) is monotonic, so where both
   ends of the bracket round to the same level, every variance inside it does, the float32 one
   included: the kernel writes that level's end of the bracket, which the ADC rounds to it.
-* **the rest.** Where the two ends round differently (about 1 % of the outputs at
-  ``bert_squad``'s noise, whose standard deviation is about one ADC step), the kernel
+* **the rest.** Where the two ends round differently (0.1-0.6 % of the outputs on the
+  benchmark layers under ``bert_squad``, whose noise has a standard deviation of about one
+  ADC step: ``benchmarks/bench_bf16_bracket.py``), the kernel
   computes that output's variance in float32 (one dot product of ``x'^2`` and the row of
   ``|W|``) and the output from it, as the float32 path does.
 
